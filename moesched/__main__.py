@@ -1,0 +1,5 @@
+import sys
+
+from moesched.cli import main
+
+sys.exit(main())

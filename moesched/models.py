@@ -1,0 +1,183 @@
+"""MoE transformer shapes: a frozen dataclass and a registry of presets by name.
+
+Sizes are per *rank*: ``micro_batch`` samples of ``seq_len`` tokens enter every rank of
+the expert-parallel group each step. All sizes are counts; bytes come from ``dtype``.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from moesched.errors import MoeschedError
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+EXPERT_KINDS = ("gpt", "swiglu")
+ROUTERS = ("topk_softmax",)
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    """One MoE transformer: every layer is attention + norm + router + MoE FFN.
+
+    Attributes:
+        name: preset name, or any label.
+        layers: number of transformer blocks (each with an MoE FFN).
+        d_model: hidden size M.
+        heads: attention heads (d_model must divide by it).
+        seq_len: tokens per sample L.
+        micro_batch: samples per rank per step B.
+        ffn_hidden: hidden size H of one expert (and of one shared expert).
+        experts: routed experts E per layer.
+        top_k: experts per token k.
+        capacity_factor: f of GShard (slots per expert = ceil(f*k*B*L/E)); None = dropless.
+        shared_experts: always-on experts per layer (DeepSeek style), 0 for none.
+        expert_kind: "gpt" (two GEMMs, GELU) or "swiglu" (three GEMMs).
+        router: routing function; "topk_softmax" (GShard/Switch).
+        dtype: "bf16", "fp16" or "fp32" for activations, weights and gradients.
+    """
+
+    name: str
+    layers: int
+    d_model: int
+    heads: int
+    seq_len: int
+    micro_batch: int
+    ffn_hidden: int
+    experts: int
+    top_k: int
+    capacity_factor: float | None = None
+    shared_experts: int = 0
+    expert_kind: str = "gpt"
+    router: str = "topk_softmax"
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise MoeschedError(f"model {self.name}: {f} must be a positive integer, got {v!r}")
+        if self.shared_experts < 0:
+            raise MoeschedError(f"model {self.name}: shared_experts must be >= 0, got {self.shared_experts}")
+        if self.top_k > self.experts:
+            raise MoeschedError(f"model {self.name}: top_k={self.top_k} exceeds experts={self.experts}")
+        if self.d_model % self.heads:
+            raise MoeschedError(f"model {self.name}: d_model={self.d_model} is not divisible by heads={self.heads}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise MoeschedError(f"model {self.name}: capacity_factor must be > 0 or None (dropless)")
+        if self.expert_kind not in EXPERT_KINDS:
+            raise MoeschedError(f"model {self.name}: expert_kind must be one of {EXPERT_KINDS}, got {self.expert_kind!r}")
+        if self.router not in ROUTERS:
+            raise MoeschedError(f"model {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
+        if self.dtype not in DTYPE_BYTES:
+            raise MoeschedError(f"model {self.name}: dtype must be one of {tuple(DTYPE_BYTES)}, got {self.dtype!r}")
+
+    # ---- derived sizes -------------------------------------------------------------
+    @property
+    def bytes_per_elem(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per rank per step, T = B*L."""
+        return self.micro_batch * self.seq_len
+
+    @property
+    def expert_gemms(self) -> int:
+        """GEMMs per expert application: 2 for a GPT FFN, 3 for SwiGLU."""
+        return 2 if self.expert_kind == "gpt" else 3
+
+    def slots_per_rank(self, tokens: int | None = None) -> int:
+        """Token slots a rank sends through the dispatch all-to-all.
+
+        Dropless: T*k (uniform routing expected). With a capacity factor f, every one of the
+        E experts gets ceil(f*k*T/E) padded slots from this rank (GShard, Lepikhin et al. 2020,
+        capacity C = f*k*T/E), so T_slots = E*C.
+        """
+        t = self.tokens if tokens is None else tokens
+        if self.capacity_factor is None:
+            return t * self.top_k
+        return self.experts * math.ceil(self.capacity_factor * self.top_k * t / self.experts)
+
+    def expert_params(self) -> int:
+        """Parameters of one routed expert: (2 or 3) * M * H (biases ignored)."""
+        return self.expert_gemms * self.d_model * self.ffn_hidden
+
+    def dense_params_per_layer(self) -> int:
+        """Parameters reduced over the data-parallel group per layer.
+
+        Attention 4*M^2 (QKV and output projection), two RMS/LayerNorm weights 2*M, router
+        M*E, shared experts shared*(2 or 3)*M*H.
+        """
+        m = self.d_model
+        return 4 * m * m + 2 * m + m * self.experts + self.shared_experts * self.expert_params()
+
+    def memory_bytes_per_rank(self, ep: int) -> int:
+        """Model states per rank under mixed-precision Adam: 16 bytes/param (ZeRO, Rajbhandari
+        et al. 2020, Sec. 3.1: 2 weight + 2 grad + 12 optimizer), fp32 training 16 too."""
+        params = self.layers * (self.dense_params_per_layer() + (self.experts // ep) * self.expert_params())
+        return 16 * params
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MoEModel":
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            extra = sorted(set(d) - names) if isinstance(d, dict) else []
+            missing = sorted(names - set(d)) if isinstance(d, dict) else sorted(names)
+            raise MoeschedError(f"model spec has wrong keys (missing {missing}, unknown {extra})")
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "MoEModel":
+        """Look a preset up by name (case-insensitive), optionally overriding fields."""
+        key = name.lower()
+        for preset_name, preset in PRESETS.items():
+            if preset_name.lower() == key:
+                return replace(preset, **overrides) if overrides else preset
+        close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(PRESETS)}"
+        raise MoeschedError(f"unknown model preset {name!r}{hint}")
+
+
+def _p(**kw: Any) -> MoEModel:
+    return MoEModel(**kw)
+
+
+#: Presets. Sources are named per entry; where a paper leaves a size out (sequence
+#: length, batch), the value is ours and marked "assumed".
+PRESETS: dict[str, MoEModel] = {
+    m.name: m
+    for m in [
+        # FlowMoE (arXiv 2510.00207) Table 2, cluster C1 = 16 GPUs, so E = P = 16 or 2P = 32.
+        # seq_len and micro_batch assumed. M=embedding, H=expert hidden.
+        _p(name="GPT2-Tiny-MoE", layers=12, d_model=256, heads=4, seq_len=512, micro_batch=8,
+           ffn_hidden=512, experts=16, top_k=2, dtype="fp32"),
+        _p(name="BERT-Large-MoE", layers=24, d_model=512, heads=8, seq_len=512, micro_batch=8,
+           ffn_hidden=1024, experts=32, top_k=1, dtype="fp32"),
+        _p(name="LLaMA2-MoE", layers=32, d_model=1024, heads=16, seq_len=1024, micro_batch=4,
+           ffn_hidden=4096, experts=16, top_k=1, expert_kind="swiglu", dtype="fp32"),
+        _p(name="DeepSeek-V2-S", layers=4, d_model=5120, heads=40, seq_len=1024, micro_batch=2,
+           ffn_hidden=1536, experts=32, top_k=8, expert_kind="swiglu", dtype="fp32"),
+        # FSMoE (arXiv 2501.10714) Sec. 5: B=1, k=2, f=1.2; L=1024 on testbed A.
+        # GPT2-XL shape (48 x 1600, 25 heads, FFN 4M); experts assumed 16.
+        _p(name="GPT2-XL-MoE", layers=48, d_model=1600, heads=25, seq_len=1024, micro_batch=1,
+           ffn_hidden=6400, experts=16, top_k=2, capacity_factor=1.2),
+        # "Mixtral-7B" as FSMoE ran it on testbed B: 7 layers, L=256, Mixtral-8x7B layer shapes.
+        _p(name="Mixtral-7B-FSMoE", layers=7, d_model=4096, heads=32, seq_len=256, micro_batch=1,
+           ffn_hidden=14336, experts=8, top_k=2, capacity_factor=1.2, expert_kind="swiglu"),
+        # Published configs (Hugging Face config.json); GQA and the dense first layers of
+        # DeepSeek are not modelled; seq_len and micro_batch assumed.
+        _p(name="Mixtral-8x7B", layers=32, d_model=4096, heads=32, seq_len=4096, micro_batch=1,
+           ffn_hidden=14336, experts=8, top_k=2, expert_kind="swiglu"),
+        _p(name="Mixtral-8x22B", layers=56, d_model=6144, heads=48, seq_len=4096, micro_batch=1,
+           ffn_hidden=16384, experts=8, top_k=2, expert_kind="swiglu"),
+        _p(name="DeepSeek-V2-Lite", layers=27, d_model=2048, heads=16, seq_len=4096, micro_batch=1,
+           ffn_hidden=1408, experts=64, top_k=6, shared_experts=2, expert_kind="swiglu"),
+        _p(name="Qwen3-30B-A3B", layers=48, d_model=2048, heads=32, seq_len=4096, micro_batch=1,
+           ffn_hidden=768, experts=128, top_k=8, expert_kind="swiglu"),
+    ]
+}

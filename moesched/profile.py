@@ -1,0 +1,208 @@
+"""The profile: measured (or analytic) costs of every task kind and collective.
+
+Format (JSON, version 1, exact keys, units in names)::
+
+    {"format": "moesched.profile", "version": 1,
+     "name": "h200x4-nvlink", "kind": "measured" | "analytic", "description": "...",
+     "hardware": {"gpu": "NVIDIA H200", "nodes": 1, "gpus_per_node": 4,
+                  "gpu_memory_bytes": 150000000000, "regime": "nvlink"},
+     "meta": {... free-form: driver, torch, NCCL, environment, date ...},
+     "compute": {KIND: COST, ...},                      # KIND in COMPUTE_KINDS, x = FLOPs
+     "comm": {COLLECTIVE: {SCOPE: COST, ...}, ...},     # x = bytes per rank
+     "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0}}
+
+    COST = {"alpha_us": a, "beta_us_per_unit": b, "points": [[x, us], ...], "r2": r2}
+
+``points`` and ``r2`` are optional. With points, the cost is interpolated piecewise
+linearly between measured points (FSMoE/FinDEP fit one line; a table also captures small
+GEMM and small-message inefficiency) and the line alpha + beta*x is used outside them.
+``compute_slowdown`` is how many times longer compute takes while a collective runs on
+another stream; ``comm_slowdown`` the reverse (Calculon models the first as
+1/(1-processor_usage), calculon/llm/layers.py).
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moesched.errors import MoeschedError
+from moesched.fileio import read_json, write_json
+
+FORMAT = "moesched.profile"
+VERSION = 1
+COMPUTE_KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
+COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
+SCOPES = ("intra", "inter", "world")
+TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
+HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+DEFAULT_PROFILE = "h200x4-nvlink"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """t(x) = alpha_us + beta_us_per_unit * x, or interpolation in measured ``points``."""
+
+    alpha_us: float
+    beta_us_per_unit: float
+    points: tuple[tuple[float, float], ...] = ()
+    r2: float | None = None
+    _xs: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.points:
+            pts = tuple(sorted((float(x), float(y)) for x, y in self.points))
+            object.__setattr__(self, "points", pts)
+            object.__setattr__(self, "_xs", tuple(p[0] for p in pts))
+
+    def __call__(self, x: float) -> float:
+        """Time in µs for x units of work (FLOPs or bytes); 0 work costs 0."""
+        if x <= 0:
+            return 0.0
+        pts = self.points
+        if len(pts) >= 2 and pts[0][0] <= x <= pts[-1][0]:
+            i = bisect.bisect_left(self._xs, x)
+            if pts[i][0] == x:
+                return pts[i][1]
+            (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        return max(self.alpha_us + self.beta_us_per_unit * x, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"alpha_us": self.alpha_us, "beta_us_per_unit": self.beta_us_per_unit}
+        if self.points:
+            d["points"] = [list(p) for p in self.points]
+        if self.r2 is not None:
+            d["r2"] = self.r2
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "Cost":
+        if not isinstance(d, dict) or not {"alpha_us", "beta_us_per_unit"} <= set(d) or \
+                not set(d) <= {"alpha_us", "beta_us_per_unit", "points", "r2"}:
+            raise MoeschedError(f"profile: {where} must have keys alpha_us, beta_us_per_unit[, points, r2]")
+        try:
+            a, b = float(d["alpha_us"]), float(d["beta_us_per_unit"])
+            pts = tuple((float(x), float(y)) for x, y in d.get("points", ()))
+            r2 = None if d.get("r2") is None else float(d["r2"])
+        except (TypeError, ValueError):
+            raise MoeschedError(f"profile: {where} has a non-numeric value") from None
+        if b < 0 or any(y < 0 or x < 0 for x, y in pts):
+            raise MoeschedError(f"profile: {where} has a negative cost")
+        return cls(a, b, pts, r2)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Costs for one cluster; see the module docstring for the file format."""
+
+    name: str
+    kind: str
+    description: str
+    hardware: dict[str, Any]
+    meta: dict[str, Any]
+    compute: dict[str, Cost]
+    comm: dict[str, dict[str, Cost]]
+    compute_slowdown: float = 1.0
+    comm_slowdown: float = 1.0
+
+    def compute_us(self, kind: str, flops: float) -> float:
+        """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs."""
+        return self.compute[kind](flops)
+
+    def comm_us(self, collective: str, scope: str, nbytes: float) -> float:
+        """Duration in µs of ``collective`` over a group of ``scope`` with ``nbytes`` per rank."""
+        by_scope = self.comm.get(collective)
+        if not by_scope:
+            raise MoeschedError(f"profile {self.name} has no cost for collective {collective}")
+        if scope not in by_scope:
+            raise MoeschedError(f"profile {self.name} has no {collective} cost for scope {scope!r} "
+                                f"(it has {sorted(by_scope)}); was it measured on a single node?")
+        return by_scope[scope](nbytes)
+
+    @property
+    def nodes(self) -> int:
+        return int(self.hardware["nodes"])
+
+    @property
+    def gpus_per_node(self) -> int:
+        return int(self.hardware["gpus_per_node"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "name": self.name, "kind": self.kind,
+            "description": self.description, "hardware": dict(self.hardware), "meta": dict(self.meta),
+            "compute": {k: c.to_dict() for k, c in self.compute.items()},
+            "comm": {op: {s: c.to_dict() for s, c in by.items()} for op, by in self.comm.items()},
+            "interference": {"compute_slowdown": self.compute_slowdown, "comm_slowdown": self.comm_slowdown},
+        }
+
+    def digest(self) -> str:
+        """Content hash (sha256 of canonical JSON), first 16 hex digits."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "profile") -> "Profile":
+        if not isinstance(d, dict):
+            raise MoeschedError(f"{source}: a profile must be a JSON object")
+        if d.get("format") != FORMAT:
+            raise MoeschedError(f"{source}: not a moesched profile (format {d.get('format')!r}, expected {FORMAT!r})")
+        if d.get("version") != VERSION:
+            raise MoeschedError(f"{source}: profile version {d.get('version')!r} is not supported (expected {VERSION})")
+        if set(d) != TOP_KEYS:
+            raise MoeschedError(f"{source}: profile keys differ: missing {sorted(TOP_KEYS - set(d))}, "
+                                f"unknown {sorted(set(d) - TOP_KEYS)}")
+        if d["kind"] not in ("measured", "analytic"):
+            raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")
+        hw = d["hardware"]
+        if not isinstance(hw, dict) or set(hw) != HW_KEYS:
+            raise MoeschedError(f"{source}: hardware must have exactly the keys {sorted(HW_KEYS)}")
+        if not all(isinstance(hw[k], int) and hw[k] > 0 for k in ("nodes", "gpus_per_node", "gpu_memory_bytes")):
+            raise MoeschedError(f"{source}: hardware nodes, gpus_per_node, gpu_memory_bytes must be positive integers")
+        comp = d["compute"]
+        if not isinstance(comp, dict) or set(comp) != set(COMPUTE_KINDS):
+            raise MoeschedError(f"{source}: compute must have exactly the kinds {list(COMPUTE_KINDS)}")
+        compute = {k: Cost.from_dict(comp[k], f"compute.{k}") for k in COMPUTE_KINDS}
+        comm_d = d["comm"]
+        if not isinstance(comm_d, dict) or not {"all_to_all", "all_reduce"} <= set(comm_d) \
+                or not set(comm_d) <= set(COLLECTIVES):
+            raise MoeschedError(f"{source}: comm must hold all_to_all and all_reduce (and only {list(COLLECTIVES)})")
+        comm: dict[str, dict[str, Cost]] = {}
+        for op, by in comm_d.items():
+            if not isinstance(by, dict) or not by or not set(by) <= set(SCOPES):
+                raise MoeschedError(f"{source}: comm.{op} must map scopes {list(SCOPES)} to costs")
+            comm[op] = {s: Cost.from_dict(c, f"comm.{op}.{s}") for s, c in by.items()}
+        inter = d["interference"]
+        if not isinstance(inter, dict) or set(inter) != {"compute_slowdown", "comm_slowdown"}:
+            raise MoeschedError(f"{source}: interference must have keys compute_slowdown, comm_slowdown")
+        cs, ms = inter["compute_slowdown"], inter["comm_slowdown"]
+        if not all(isinstance(v, (int, float)) and v >= 1.0 for v in (cs, ms)):
+            raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
+        return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
+                   compute, comm, float(cs), float(ms))
+
+    @classmethod
+    def load(cls, path_or_name: str | os.PathLike) -> "Profile":
+        """Load a profile from a path, or by name from the shipped ``profiles/`` folder."""
+        p = Path(path_or_name)
+        if not p.exists() and not p.suffix:
+            shipped = PROFILES_DIR / f"{path_or_name}.json"
+            if shipped.exists():
+                p = shipped
+        return cls.from_dict(read_json(p, "profile"), source=str(p))
+
+
+def default_profile_path() -> Path:
+    """The profile the CLI uses when none is given: the measured 4 x H200 one if shipped,
+    else the analytic one."""
+    measured = PROFILES_DIR / f"{DEFAULT_PROFILE}.json"
+    return measured if measured.exists() else PROFILES_DIR / "analytic-h200x4-nvlink.json"
