@@ -176,7 +176,9 @@ class _Builder:
                 gout = [[a]]
             grad_ready_dense[l] = attn + ready
             grad_ready_expert[l] = dws
-        last_bwd = gout[0] if len(gout) == 1 else _flat(gout)
+        # The end of backward: the last attention gradients and every expert dW (dW tasks
+        # have no other successor, so a priority may run them last).
+        last_bwd = (gout[0] if len(gout) == 1 else _flat(gout)) + [t for l in range(L) for t in grad_ready_expert[l]]
         self.grad_chunks("dense", work.dense_grad_bytes(m), grad_ready_dense, self.c.scope("dp"), last_bwd)
         if self.c.expert_dp > 1:
             self.grad_chunks("expert", work.expert_grad_bytes(m, self.c.ep_size), grad_ready_expert,
@@ -198,8 +200,8 @@ class _Builder:
             first, last = off // bytes_per_layer, (off + n - 1) // bytes_per_layer  # positions, last layer first
             layers = [L - 1 - p for p in range(first, last + 1)]
             deps = [t for l in layers for t in ready[l]]
-            if self.k.grad_sync == "after_backward":
-                deps += last_bwd
+            if self.k.grad_sync == "after_backward":  # first chunk waits for all of backward, the rest for it
+                deps += last_bwd if i == 0 else [f"G.{group}.k0"]
             self.add(f"G.{group}.k{i}", dict.fromkeys(deps), kind="grad_ar", layer=-1, chunk=i, nchunks=0,
                      phase="grad", resource=resource_of(scope), op="all_reduce", scope=scope, work=n,
                      group=group, offset_bytes=off, layers=tuple(layers), tokens=0)

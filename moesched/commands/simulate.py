@@ -1,0 +1,84 @@
+"""``moesched simulate``: predict the step time of each schedule policy on a profile."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from moesched import schedules
+from moesched.cluster import Cluster
+from moesched.commands.models import format_table
+from moesched.errors import MoeschedError
+from moesched.graph import check_memory
+from moesched.models import MoEModel
+from moesched.profile import Profile, default_profile_path
+from moesched.schedules.base import Evaluation, evaluate
+
+HELP = "simulate one training step under each schedule policy"
+BASELINE = "vanilla"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model preset (see `moesched models`)")
+    parser.add_argument("--profile", default=None,
+                        help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
+    parser.add_argument("--cluster", default=None,
+                        help="NODESxGPUS[/epN], e.g. 1x4 (default: the profile's hardware layout)")
+    parser.add_argument("--schedules", default="all", help="comma list of policies, or 'all' (default)")
+    parser.add_argument("--trace", default=None, help="write a Chrome trace (Perfetto) of the fastest schedule")
+    parser.add_argument("--png", default=None, help="write a Gantt chart PNG of the fastest schedule vs vanilla")
+
+
+def _evaluate(name: str, model: MoEModel, cluster: Cluster, profile: Profile) -> Evaluation:
+    sched = schedules.get(name).schedule(model, cluster, profile)
+    return evaluate(model, cluster, profile, sched)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = MoEModel.from_name(args.model)
+    names = schedules.parse_list(args.schedules)
+    path = args.profile if args.profile is not None else default_profile_path()
+    profile = Profile.load(path)
+    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
+        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
+                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
+    cluster.check_model(model.experts)
+    note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
+    print(f"profile: {profile.name} ({note}) from {path}")
+    print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")
+    try:
+        check_memory(model, cluster, profile)
+    except MoeschedError as e:
+        print(f"moesched: warning: {e}; simulating anyway", file=sys.stderr)
+
+    evals: dict[str, Evaluation] = {}
+    for name in ([BASELINE] if BASELINE not in names else []) + names:
+        evals[name] = _evaluate(name, model, cluster, profile)
+    base_us = evals[BASELINE].step_us
+    headers = ["schedule", "step (ms)", "speedup", "exposed comm (ms)", "exposed %", "compute busy (ms)"]
+    rows = []
+    for name in [BASELINE] + [n for n in names if n != BASELINE]:
+        ev = evals[name]
+        tl, step = ev.timeline, ev.step_us
+        exposed = tl.exposed_comm_us()
+        busy = tl.busy_us().get("compute", 0.0)
+        label = name if name in names else f"{name} (baseline)"
+        rows.append([label, f"{step / 1e3:.3f}", f"{base_us / step:.2f}x" if step > 0 else "-",
+                     f"{exposed / 1e3:.3f}", f"{100 * exposed / step:.1f}" if step > 0 else "-", f"{busy / 1e3:.3f}"])
+    print(format_table(headers, rows, [False, True, True, True, True, True]))
+
+    best = min(names, key=lambda n: evals[n].step_us)
+    print(f"fastest: {best} ({evals[best].step_us / 1e3:.3f} ms)")
+    if args.trace or args.png:
+        from moesched.trace import gantt_png, write_chrome_trace
+        if args.trace:
+            write_chrome_trace(evals[best].timeline, args.trace, label=best)
+            print(f"trace of {best} written to {args.trace}")
+        if args.png:
+            shown = {best: evals[best].timeline}
+            if len(names) > 1 and best != BASELINE:
+                shown[BASELINE] = evals[BASELINE].timeline
+            title = f"{model.name} on {cluster.label()} ({profile.name}), rank 0: " + " vs ".join(shown)
+            gantt_png(shown, args.png, title)
+            print(f"Gantt chart of {' vs '.join(shown)} written to {args.png}")
+    return 0

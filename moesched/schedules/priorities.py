@@ -1,0 +1,138 @@
+"""Shared pieces of the published policies: per-chunk cost lookups, degree candidates,
+gradient bucket sizes and the ScheMoE Theorem-1 all-to-all order.
+
+Units: µs for times, bytes for sizes, FLOPs for work.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import networkx as nx
+
+from moesched import work
+from moesched.cluster import Cluster
+from moesched.knobs import MAX_DEGREE
+from moesched.models import MoEModel
+from moesched.profile import Profile
+from moesched.schedules.base import PriorityFn, seq_priority
+
+#: PyTorch DDP default bucket: bucket_cap_mb=25 -> 25 * 1024 * 1024 bytes (torch DDP source).
+DDP_BUCKET_BYTES = 25 * 2**20
+#: FSMoE's PipeMoE+Lina baseline cuts the all-reduce into fixed 30 MB chunks (FSMoE Sec. 5).
+LINA_CHUNK_BYTES = 30 * 2**20
+#: A2A tasks that open a layer's phase (ScheMoE Theorem 1: these run first) -> those after.
+FIRST_A2A = {"fwd": "dispatch", "bwd": "combine_bwd"}
+SECOND_A2A = {"fwd": "combine", "bwd": "dispatch_bwd"}
+#: Upper bound on gradient chunks a policy asks for (simulation cost; smaller chunks only
+#: repeat the all-reduce startup cost).
+MAX_GRAD_CHUNKS = 2048
+
+
+def degrees(model: MoEModel, candidates: Iterable[int] = range(1, MAX_DEGREE + 1),
+            at_chunked: bool = False) -> list[int]:
+    """Candidate pipeline degrees that divide the tokens per rank (and the micro-batch when
+    attention is chunked), as Knobs.check demands; sorted ascending."""
+    return sorted(r for r in set(candidates) if 1 <= r <= MAX_DEGREE and model.tokens % r == 0
+                  and (not at_chunked or model.micro_batch % r == 0))
+
+
+def t_a2a_us(model: MoEModel, cluster: Cluster, profile: Profile, r: int) -> float:
+    """Per-chunk all-to-all time t_a2a,r at degree r: flat all-to-all of one chunk's bytes
+    over the EP group (FSMoE Eq. 1 evaluated with the profile instead of a line)."""
+    nbytes = work.a2a_bytes(model, model.tokens // r)
+    return profile.comm_us("all_to_all", cluster.scope("ep"), nbytes)
+
+
+def t_exp_us(model: MoEModel, profile: Profile, r: int, backward: bool) -> float:
+    """Per-chunk routed-expert time t_exp,r; in backward dX + dW (FSMoE Sec. 2.2: expert
+    work doubled in backward; PipeMoE likewise)."""
+    flops = work.expert_fwd_flops(model, model.tokens // r)
+    if not backward:
+        return profile.compute_us("expert_fwd", flops)
+    return profile.compute_us("expert_dx", flops) + profile.compute_us("expert_dw", flops)
+
+
+def t_attn_bwd_us(model: MoEModel, profile: Profile) -> float:
+    """Unchunked attention+router backward of one layer, µs (the dense part of a
+    generalised layer's overlappable window, FSMoE Sec. 2.4 t_olp,dense)."""
+    return profile.compute_us("attn_bwd", work.attn_bwd_flops(model, model.tokens))
+
+
+def grad_groups(model: MoEModel, cluster: Cluster) -> list[tuple[str, int, str]]:
+    """(group, gradient bytes per layer, scope) of every reduced gradient group, as
+    moesched.graph builds them (expert gradients only when expert_dp > 1)."""
+    out = [("dense", work.dense_grad_bytes(model), cluster.scope("dp"))]
+    if cluster.expert_dp > 1:
+        out.append(("expert", work.expert_grad_bytes(model, cluster.ep_size), cluster.scope("expert_dp")))
+    return out
+
+
+def n_grad_chunks(model: MoEModel, cluster: Cluster, chunk_bytes: int | None) -> int:
+    """Number of gradient all-reduce chunks the graph will hold for ``chunk_bytes``."""
+    total = 0
+    for _, per_layer, _ in grad_groups(model, cluster):
+        size = per_layer * model.layers
+        total += 1 if chunk_bytes is None else -(-size // min(chunk_bytes, size))
+    return total
+
+
+def ar_bytes_within(profile: Profile, scope: str, budget_us: float, hi: int) -> int:
+    """Largest byte count n <= hi with t_ar(n) <= budget_us: FSMoE's g^inv (Sec. 2.2),
+    by bisection since profile costs may be piecewise (t_ar is nondecreasing)."""
+    if budget_us <= 0 or profile.comm_us("all_reduce", scope, 1) > budget_us:
+        return 0
+    lo, up = 1, max(1, hi)
+    if profile.comm_us("all_reduce", scope, up) <= budget_us:
+        return up
+    while up - lo > 1:
+        mid = (lo + up) // 2
+        lo, up = (mid, up) if profile.comm_us("all_reduce", scope, mid) <= budget_us else (lo, mid)
+    return lo
+
+
+def ranked(g: nx.DiGraph, key: Callable[[str, dict], tuple]) -> dict[str, float]:
+    """Priorities 0, 1, 2, ... by ascending ``key(task, attrs)``, ties broken by task name
+    (deterministic)."""
+    order = sorted(g.nodes(data=True), key=lambda na: (key(na[0], na[1]), na[0]))
+    return {t: float(i) for i, (t, _) in enumerate(order)}
+
+
+def theorem1(base: PriorityFn) -> PriorityFn:
+    """Wrap ``base`` so that, within each layer and phase, every first all-to-all
+    (dispatch in forward, combine_bwd in backward) outranks every second one (combine,
+    dispatch_bwd): ScheMoE Theorem 1 order (C1^1..C1^r)(..E^i..)(D2^1..D2^r), EuroSys'24
+    Sec. 4, and FlowMoE Sec. 3.2's comm stream D_1..D_R -> C_1..C_R. Other tasks keep
+    ``base``'s order."""
+
+    def prio(g: nx.DiGraph) -> dict[str, float]:
+        p = base(g)
+        first: dict[tuple[int, str], float] = {}
+        for t, a in g.nodes(data=True):
+            if a["kind"] == FIRST_A2A.get(a["phase"]):
+                k = (a["layer"], a["phase"])
+                first[k] = max(first.get(k, p[t]), p[t])
+
+        def key(t: str, a: dict) -> tuple:
+            if a["kind"] == SECOND_A2A.get(a["phase"]) and (a["layer"], a["phase"]) in first:
+                return (first[(a["layer"], a["phase"])], 1, p[t])
+            return (p[t], 0, p[t])
+        return ranked(g, key)
+    return prio
+
+
+def window_priority(window: dict[str, int], base: PriorityFn = seq_priority) -> PriorityFn:
+    """``base``, except that a gradient chunk placed in layer j's backward window (FSMoE
+    Sec. 2.4) ranks just after layer j's backward all-to-alls: it takes the link when no
+    all-to-all of layer j is ready, i.e. while experts and attention compute. Chunks not
+    in ``window`` keep ``base`` (with seq_priority: after every all-to-all)."""
+    def prio(g: nx.DiGraph) -> dict[str, float]:
+        p = base(g)
+        last: dict[int, float] = {}
+        for t, a in g.nodes(data=True):
+            if a["phase"] == "bwd" and a["kind"] in (FIRST_A2A["bwd"], SECOND_A2A["bwd"]):
+                last[a["layer"]] = max(last.get(a["layer"], p[t]), p[t])
+        placed = sorted((t for t in window if t in p), key=lambda t: (-window[t], p[t], t))
+        for i, t in enumerate(placed):
+            p[t] = last[window[t]] + 0.5 + 0.4 * i / max(len(placed), 1)
+        return p
+    return prio

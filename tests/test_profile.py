@@ -1,0 +1,143 @@
+"""Profile format: costs, round trips, and every malformed file rejected in one line."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from moesched.errors import MoeschedError
+from moesched.profile import COMPUTE_KINDS, PROFILES_DIR, Cost, Profile, default_profile_path
+
+NVLINK_PATH = PROFILES_DIR / "analytic-h200x4-nvlink.json"
+
+
+def good() -> dict:
+    return json.loads(NVLINK_PATH.read_text())
+
+
+def write(tmp_path: Path, obj: object, name: str = "p.json") -> Path:
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return p
+
+
+def test_shipped_profiles_load() -> None:
+    for path in PROFILES_DIR.glob("*.json"):
+        p = Profile.load(path)
+        assert p.kind in ("analytic", "measured")
+        assert set(p.compute) == set(COMPUTE_KINDS)
+        assert p.compute_slowdown >= 1.0 and p.comm_slowdown >= 1.0
+    assert Profile.load("analytic-h200x4-nvlink") == Profile.load(NVLINK_PATH)  # by name
+    assert default_profile_path().exists()
+
+
+def test_round_trip_and_digest(tmp_path: Path) -> None:
+    p = Profile.load(NVLINK_PATH)
+    p.save(tmp_path / "copy.json")
+    q = Profile.load(tmp_path / "copy.json")
+    assert q == p and q.digest() == p.digest() and len(p.digest()) == 16
+    d = p.to_dict()
+    d["compute"]["attn_fwd"]["alpha_us"] += 1.0
+    assert Profile.from_dict(d).digest() != p.digest()
+
+
+def test_cost_line_and_points() -> None:
+    c = Cost(10.0, 2.0)
+    assert c(0) == 0.0 and c(-5) == 0.0 and c(5) == 20.0
+    t = Cost(1.0, 1.0, ((100.0, 50.0), (0.5, 3.0), (10.0, 10.0)))
+    assert t.points[0] == (0.5, 3.0)  # sorted
+    assert t(10.0) == 10.0 and t(100.0) == 50.0
+    assert t(55.0) == pytest.approx(30.0)  # halfway between 10 and 100
+    assert t(1000.0) == 1001.0 and t(0.1) == pytest.approx(1.1)  # the line outside the points
+    assert Cost.from_dict(t.to_dict(), "x") == t
+
+
+def test_profile_costs_monotone() -> None:
+    p = Profile.load(NVLINK_PATH)
+    xs = [2.0**i for i in range(10, 36)]
+    for kind in COMPUTE_KINDS:
+        ys = [p.compute_us(kind, x) for x in xs]
+        assert ys == sorted(ys)
+    ys = [p.comm_us("all_to_all", "intra", x) for x in xs]
+    assert ys == sorted(ys) and ys[0] > 0
+    with pytest.raises(MoeschedError, match="scope 'inter'"):
+        p.comm_us("all_to_all", "inter", 1e6)
+
+
+def test_malformed_json(tmp_path: Path) -> None:
+    with pytest.raises(MoeschedError, match="not valid JSON"):
+        Profile.load(write(tmp_path, '{"format": "moesched.profile", '))
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(MoeschedError, match="not found"):
+        Profile.load(tmp_path / "nope.json")
+    with pytest.raises(MoeschedError, match="not found"):
+        Profile.load("no-such-shipped-profile")
+    with pytest.raises(MoeschedError, match="directory"):
+        Profile.load(tmp_path)
+
+
+def test_wrong_version(tmp_path: Path) -> None:
+    d = good()
+    d["version"] = 2
+    with pytest.raises(MoeschedError, match="version 2 is not supported"):
+        Profile.load(write(tmp_path, d))
+
+
+def test_wrong_format(tmp_path: Path) -> None:
+    d = good()
+    d["format"] = "moesched.plan"
+    with pytest.raises(MoeschedError, match="not a moesched profile"):
+        Profile.load(write(tmp_path, d))
+    with pytest.raises(MoeschedError, match="JSON object"):
+        Profile.load(write(tmp_path, [1, 2]))
+
+
+def _mutations() -> list[tuple[str, object]]:
+    def drop(*path: str):
+        def f(d: dict) -> None:
+            for k in path[:-1]:
+                d = d[k]
+            del d[path[-1]]
+        return f
+
+    def setv(value: object, *path: str):
+        def f(d: dict) -> None:
+            for k in path[:-1]:
+                d = d[k]
+            d[path[-1]] = value
+        return f
+
+    return [
+        ("profile keys differ", drop("meta")),
+        ("profile keys differ", setv(1, "extra")),
+        ("kind must be", setv("guessed", "kind")),
+        ("hardware must have", drop("hardware", "regime")),
+        ("positive integers", setv(0, "hardware", "nodes")),
+        ("positive integers", setv(2.5, "hardware", "gpus_per_node")),
+        ("compute must have", drop("compute", "expert_dw")),
+        ("compute must have", setv({"alpha_us": 1, "beta_us_per_unit": 1}, "compute", "gelu")),
+        ("compute.attn_fwd must have", drop("compute", "attn_fwd", "alpha_us")),
+        ("compute.attn_fwd must have", setv(3, "compute", "attn_fwd", "gamma")),
+        ("non-numeric", setv("fast", "compute", "attn_fwd", "alpha_us")),
+        ("negative cost", setv(-1.0, "compute", "attn_fwd", "beta_us_per_unit")),
+        ("comm must hold", drop("comm", "all_reduce")),
+        ("comm must hold", setv({"intra": {"alpha_us": 1, "beta_us_per_unit": 1}}, "comm", "broadcast")),
+        ("comm.all_to_all must map", setv({}, "comm", "all_to_all")),
+        ("comm.all_to_all must map", setv({"galaxy": {"alpha_us": 1, "beta_us_per_unit": 1}}, "comm", "all_to_all")),
+        ("interference must have", drop("interference", "comm_slowdown")),
+        (">= 1.0", setv(0.5, "interference", "compute_slowdown")),
+        (">= 1.0", setv("high", "interference", "comm_slowdown")),
+    ]
+
+
+@pytest.mark.parametrize("match,mutate", _mutations())
+def test_wrong_keys_and_values(tmp_path: Path, match: str, mutate) -> None:
+    d = copy.deepcopy(good())
+    mutate(d)
+    with pytest.raises(MoeschedError, match=match) as e:
+        Profile.load(write(tmp_path, d))
+    assert "\n" not in str(e.value)
