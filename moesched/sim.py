@@ -23,8 +23,7 @@ symmetric step are identical). A collective takes the longest of its ranks' dura
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import networkx as nx
 import pandas as pd
@@ -36,19 +35,30 @@ _RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
 
 
-@dataclass
 class Timeline:
     """Result of a simulation (or a measurement).
 
     df: one row per task and rank: task, kind, layer, chunk, phase, rank, resource,
-        start_us, end_us.
+        start_us, end_us (built lazily for simulated timelines).
+    meta: free-form facts about how it was made.
     """
 
-    df: pd.DataFrame
-    meta: dict = field(default_factory=dict)
+    def __init__(self, df: pd.DataFrame | None, meta: dict | None = None, *,
+                 builder: Callable[[], pd.DataFrame] | None = None, makespan_us: float | None = None) -> None:
+        self._df, self._builder, self._makespan = df, builder, makespan_us
+        self.meta = dict(meta or {})
+
+    @property
+    def df(self) -> pd.DataFrame:
+        if self._df is None:
+            self._df = self._builder() if self._builder else pd.DataFrame(columns=COLUMNS)
+        return self._df
 
     @property
     def makespan_us(self) -> float:
+        """Step time, µs: the last end (times start at 0 for simulated timelines)."""
+        if self._makespan is not None:
+            return self._makespan
         return float(self.df["end_us"].max() - min(0.0, float(self.df["start_us"].min()))) if len(self.df) else 0.0
 
     def busy_us(self, rank: int = 0) -> dict[str, float]:
@@ -69,179 +79,238 @@ class Timeline:
         return d.sort_values(["start_us", "end_us"], kind="stable")["task"].tolist()
 
 
+class Compiled:
+    """A task graph flattened into arrays once, to simulate under many priorities.
+
+    names[i] is task i; res[i] its resource (0 compute, 1 comm_intra, 2 comm_inter);
+    dur[i] its duration per simulated rank (µs); succ[i] its successors; seq[i] its
+    creation order. ``run`` is the event loop; ``simulate`` wraps it into a Timeline.
+    """
+
+    def __init__(self, g: nx.DiGraph) -> None:
+        self.graph = g
+        self.names: list[str] = list(g.nodes)
+        n = len(self.names)
+        self.index = {t: i for i, t in enumerate(self.names)}
+        nodes = g.nodes
+        R = self.ranks = int(g.graph.get("ranks", 1))
+        inter = g.graph.get("interference", (1.0, 1.0))
+        self.slowdown = (float(inter[0]), float(inter[1]))
+        self.res = [_RES_INDEX[nodes[t]["resource"]] for t in self.names]
+        self.seq = [float(nodes[t]["seq"]) for t in self.names]
+        self.dur: list[list[float]] = []
+        for t in self.names:
+            byr = nodes[t].get("duration_by_rank_us")
+            d = [float(x) for x in byr] if byr is not None else [float(nodes[t]["duration_us"])] * R
+            if len(d) != R:
+                raise MoeschedError(f"task {t} has {len(d)} per-rank durations for {R} ranks")
+            self.dur.append(d)
+        self.succ = [[self.index[s] for s in g.successors(t)] for t in self.names]
+        # A collective waits for each compute predecessor on every rank (R completions) and
+        # for each collective predecessor once; a compute task counts its predecessors per rank.
+        self.npred = [0] * n
+        for i, t in enumerate(self.names):
+            for p in g.predecessors(t):
+                self.npred[i] += R if (self.res[i] and self.res[self.index[p]] == 0) else 1
+        self.loss = self.index.get("loss", -1)
+
+    def vector(self, priority: Mapping[str, float] | Sequence[float] | None) -> list[float]:
+        """Priorities aligned with ``names`` (``seq`` when None)."""
+        if priority is None:
+            return list(self.seq)
+        if isinstance(priority, (list, tuple)):
+            return [float(x) for x in priority]
+        return [float(priority[t]) for t in self.names]
+
+    def run(self, priority: Mapping[str, float] | Sequence[float] | None = None, *, strict: bool = False,
+            slowdown: tuple[float, float] | None = None,
+            durations: Sequence[float] | None = None) -> tuple[list[list[float]], list[list[float]], float]:
+        """Simulate; return (start[rank][task], end[rank][task], makespan), times in µs.
+
+        slowdown: (compute, comm) interference factors; default the graph's.
+        durations: one µs value per task overriding the graph's (all ranks alike).
+        """
+        prio = self.vector(priority)
+        sc, sm = self.slowdown if slowdown is None else slowdown
+        dur = self.dur if durations is None else [[float(d)] * self.ranks for d in durations]
+        return _event_loop(self.res, dur, self.succ, self.npred, prio, self.ranks, float(sc), float(sm), strict,
+                           self.names)
+
+    def makespan_us(self, priority: Mapping[str, float] | Sequence[float] | None = None, *, strict: bool = False,
+                    slowdown: tuple[float, float] | None = None, durations: Sequence[float] | None = None,
+                    starts: list[float] | None = None) -> float:
+        """Step time in µs; ``starts``, if given, is filled with rank 0's start times."""
+        st, _, ms = self.run(priority, strict=strict, slowdown=slowdown, durations=durations)
+        if starts is not None:
+            starts[:] = st[0]
+        return ms
+
+    def loss_start_us(self, starts: Sequence[float]) -> float:
+        """End of forward: the start of the zero-length loss task (every forward task is its
+        ancestor and every backward task its descendant, so nothing runs then)."""
+        return starts[self.loss] if self.loss >= 0 else 0.0
+
+    def timeline(self, start: list[list[float]], end: list[list[float]], makespan: float,
+                 meta: dict) -> "Timeline":
+        """Wrap a run into a Timeline whose DataFrame is built on first use."""
+        def rows() -> pd.DataFrame:
+            nodes = self.graph.nodes
+            res_name = ("compute",) + LINKS
+            recs = []
+            for i, t in enumerate(self.names):
+                a = nodes[t]
+                base = (t, a["kind"], a["layer"], a["chunk"], a["phase"])
+                for k in range(self.ranks):
+                    recs.append(base + (k, res_name[self.res[i]], start[k][i], end[k][i]))
+            return pd.DataFrame.from_records(recs, columns=COLUMNS)
+        return Timeline(None, meta, builder=rows, makespan_us=makespan)
+
+
 def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, strict: bool = False,
              compute_slowdown: float | None = None, comm_slowdown: float | None = None) -> Timeline:
     """Simulate graph ``g`` (see :mod:`moesched.graph`) and return its Timeline.
 
     priority: task -> number, lower first; default the graph's creation order ``seq``.
     compute_slowdown, comm_slowdown: interference factors; default those stored in the
-    graph attribute ``interference`` (set by the caller from the profile), else 1.0.
+    graph attribute ``interference`` (set by graph.build from the profile), else 1.0.
     """
-    names = list(g.nodes)
-    n = len(names)
-    index = {t: i for i, t in enumerate(names)}
-    nodes = g.nodes
-    R = int(g.graph.get("ranks", 1))
-    inter = g.graph.get("interference", (1.0, 1.0))
-    sc = float(inter[0] if compute_slowdown is None else compute_slowdown)
-    sm = float(inter[1] if comm_slowdown is None else comm_slowdown)
-    res = [0] * n
-    dur: list[list[float]] = [None] * n  # type: ignore[list-item]
-    prio = [0.0] * n
-    for i, t in enumerate(names):
-        a = nodes[t]
-        res[i] = _RES_INDEX[a["resource"]]
-        byr = a.get("duration_by_rank_us")
-        dur[i] = [float(x) for x in byr] if byr is not None else [float(a["duration_us"])] * R
-        if len(dur[i]) != R:
-            raise MoeschedError(f"task {t} has {len(dur[i])} per-rank durations for {R} ranks")
-        prio[i] = float(a["seq"] if priority is None else priority[t])
-    succ: list[list[int]] = [[index[s] for s in g.successors(t)] for t in names]
-    cnt_comm = [0] * n
-    cnt = [[0] * n for _ in range(R)]
-    for i, t in enumerate(names):
-        for p in g.predecessors(t):
-            if res[i]:
-                cnt_comm[i] += R if res[index[p]] == 0 else 1
-            else:
-                for k in range(R):
-                    cnt[k][i] += 1
+    c = Compiled(g)
+    sc = c.slowdown[0] if compute_slowdown is None else float(compute_slowdown)
+    sm = c.slowdown[1] if comm_slowdown is None else float(comm_slowdown)
+    start, end, ms = c.run(priority, strict=strict, slowdown=(sc, sm))
+    return c.timeline(start, end, ms, {"ranks": c.ranks, "compute_slowdown": sc, "comm_slowdown": sm,
+                                       "strict": strict})
 
-    # Ready structures: heaps of (priority, seq, i); strict mode uses sequences.
-    comp_heap: list[list[tuple[float, int]]] = [[] for _ in range(R)]
-    link_heap: list[list[tuple[float, int]]] = [[], [], []]
-    ready_c = [[False] * n for _ in range(R)]
-    ready_l = [False] * n
+
+def _event_loop(res: list[int], dur: list[list[float]], succ: list[list[int]], npred: list[int],
+                prio: list[float], R: int, sc: float, sm: float, strict: bool,
+                names: list[str]) -> tuple[list[list[float]], list[list[float]], float]:
+    """List scheduling with rate-based interference; see the module docstring."""
+    n = len(res)
+    cnt_comm = [npred[i] if res[i] else 0 for i in range(n)]
+    cnt = [[0 if res[i] else npred[i] for i in range(n)] for _ in range(R)]
+    heaps: list[list[list[tuple[float, int]]]] = [[[] for _ in range(3)] for _ in range(R)]  # [rank][res]
+    ready = [[False] * n for _ in range(R)]  # strict mode; collectives use rank 0's row
     if strict:
         seqs = [sorted((i for i in range(n) if res[i] == r), key=lambda i: (prio[i], i)) for r in range(3)]
-        ptr_c = [0] * R
-        ptr_l = [0, 0, 0]
+        ptr = [[0, 0, 0] for _ in range(R)]
 
-    def mark_ready_comp(k: int, i: int) -> None:
+    def push(k: int, i: int) -> None:
         if strict:
-            ready_c[k][i] = True
+            ready[k][i] = True
         else:
-            heapq.heappush(comp_heap[k], (prio[i], i))
-
-    def mark_ready_link(i: int) -> None:
-        if strict:
-            ready_l[i] = True
-        else:
-            heapq.heappush(link_heap[res[i]], (prio[i], i))
+            heapq.heappush(heaps[k][res[i]], (prio[i], i))
 
     for i in range(n):
-        if res[i] == 0:
+        if res[i]:
+            if cnt_comm[i] == 0:
+                push(0, i)
+        else:
             for k in range(R):
                 if cnt[k][i] == 0:
-                    mark_ready_comp(k, i)
-        elif cnt_comm[i] == 0:
-            mark_ready_link(i)
-
-    start_c = [[0.0] * n for _ in range(R)]
-    end_c = [[0.0] * n for _ in range(R)]
-    start_l = [0.0] * n
-    end_l = [0.0] * n
-    run_c: list[int] = [-1] * R
+                    push(k, i)
+    start = [[0.0] * n for _ in range(R)]
+    end = [[0.0] * n for _ in range(R)]
+    run_c = [-1] * R
     rem_c = [0.0] * R
     run_l = [-1, -1, -1]
     rem_l = [0.0, 0.0, 0.0]
     t = 0.0
     done = 0
-    total = n * R  # compute instances count R each; collectives count R too (one per rank)
     EPS = 1e-9
+    rc_on, rm_on = 1.0 / sc, 1.0 / sm
+    ranks = range(R)
     while True:
-        # Start what can start.
-        for k in range(R):
+        for k in ranks:  # start compute tasks
             if run_c[k] < 0:
                 if strict:
-                    seq = seqs[0]
-                    if ptr_c[k] < len(seq) and ready_c[k][seq[ptr_c[k]]]:
-                        i = seq[ptr_c[k]]
-                        ptr_c[k] += 1
-                        run_c[k], rem_c[k], start_c[k][i] = i, dur[i][k], t
-                elif comp_heap[k]:
-                    i = heapq.heappop(comp_heap[k])[1]
-                    run_c[k], rem_c[k], start_c[k][i] = i, dur[i][k], t
-        for j in (1, 2):
+                    seq, p = seqs[0], ptr[k][0]
+                    if p < len(seq) and ready[k][seq[p]]:
+                        i = seq[p]
+                        ptr[k][0] = p + 1
+                        run_c[k], rem_c[k] = i, dur[i][k]
+                        start[k][i] = t
+                elif heaps[k][0]:
+                    i = heapq.heappop(heaps[k][0])[1]
+                    run_c[k], rem_c[k] = i, dur[i][k]
+                    start[k][i] = t
+        for j in (1, 2):  # start collectives (one per link, all ranks at once)
             if run_l[j] < 0:
+                i = -1
                 if strict:
-                    seq = seqs[j]
-                    if ptr_l[j] < len(seq) and ready_l[seq[ptr_l[j]]]:
-                        i = seq[ptr_l[j]]
-                        ptr_l[j] += 1
-                        run_l[j], rem_l[j], start_l[i] = i, max(dur[i]), t
-                elif link_heap[j]:
-                    i = heapq.heappop(link_heap[j])[1]
-                    run_l[j], rem_l[j], start_l[i] = i, max(dur[i]), t
-        comp_on = any(x >= 0 for x in run_c)
+                    seq, p = seqs[j], ptr[0][j]
+                    if p < len(seq) and ready[0][seq[p]]:
+                        i = seq[p]
+                        ptr[0][j] = p + 1
+                elif heaps[0][j]:
+                    i = heapq.heappop(heaps[0][j])[1]
+                if i >= 0:
+                    run_l[j], rem_l[j] = i, max(dur[i])
+                    for k in ranks:
+                        start[k][i] = t
+        comp_on = False
+        for k in ranks:
+            if run_c[k] >= 0:
+                comp_on = True
+                break
         comm_on = run_l[1] >= 0 or run_l[2] >= 0
         if not comp_on and not comm_on:
             break
-        rc = 1.0 / sc if comm_on else 1.0
-        rm = 1.0 / sm if comp_on else 1.0
+        rc = rc_on if comm_on else 1.0
+        rm = rm_on if comp_on else 1.0
         dt = float("inf")
-        for k in range(R):
-            if run_c[k] >= 0:
-                dt = min(dt, rem_c[k] / rc)
+        for k in ranks:
+            if run_c[k] >= 0 and rem_c[k] / rc < dt:
+                dt = rem_c[k] / rc
         for j in (1, 2):
-            if run_l[j] >= 0:
-                dt = min(dt, rem_l[j] / rm)
+            if run_l[j] >= 0 and rem_l[j] / rm < dt:
+                dt = rem_l[j] / rm
         t += dt
-        for k in range(R):
+        for k in ranks:  # finish compute tasks
             i = run_c[k]
             if i < 0:
                 continue
             rem_c[k] -= dt * rc
-            if rem_c[k] <= EPS * max(1.0, dur[i][k]):
+            d = dur[i][k]
+            if rem_c[k] <= EPS * (d if d > 1.0 else 1.0):
                 run_c[k] = -1
-                end_c[k][i] = t
+                end[k][i] = t
                 done += 1
                 for s in succ[i]:
                     if res[s]:
                         cnt_comm[s] -= 1
                         if cnt_comm[s] == 0:
-                            mark_ready_link(s)
+                            push(0, s)
                     else:
                         cnt[k][s] -= 1
                         if cnt[k][s] == 0:
-                            mark_ready_comp(k, s)
-        for j in (1, 2):
+                            push(k, s)
+        for j in (1, 2):  # finish collectives
             i = run_l[j]
             if i < 0:
                 continue
             rem_l[j] -= dt * rm
-            if rem_l[j] <= EPS * max(1.0, max(dur[i])):
+            d = max(dur[i])
+            if rem_l[j] <= EPS * (d if d > 1.0 else 1.0):
                 run_l[j] = -1
-                end_l[i] = t
                 done += R
+                for k in ranks:
+                    end[k][i] = t
                 for s in succ[i]:
                     if res[s]:
                         cnt_comm[s] -= 1
                         if cnt_comm[s] == 0:
-                            mark_ready_link(s)
+                            push(0, s)
                     else:
-                        for k in range(R):
+                        for k in ranks:
                             cnt[k][s] -= 1
                             if cnt[k][s] == 0:
-                                mark_ready_comp(k, s)
-    if done != total:
-        stuck = [names[i] for i in range(n) if (res[i] and cnt_comm[i] > 0) or (not res[i] and cnt[0][i] > 0)][:3]
-        raise MoeschedError(f"schedule deadlocks: {total - done} task instances never ran (e.g. {stuck}); "
+                                push(k, s)
+    if done != n * R:
+        stuck = [names[i] for i in range(n) if (cnt_comm[i] > 0 if res[i] else cnt[0][i] > 0)][:3]
+        raise MoeschedError(f"schedule deadlocks: {n * R - done} task instances never ran (e.g. {stuck}); "
                             "a strict order must be consistent with the dependencies")
-
-    rows = []
-    res_name = ("compute",) + LINKS
-    for i, t_ in enumerate(names):
-        a = nodes[t_]
-        base = (t_, a["kind"], a["layer"], a["chunk"], a["phase"])
-        if res[i] == 0:
-            for k in range(R):
-                rows.append(base + (k, "compute", start_c[k][i], end_c[k][i]))
-        else:
-            for k in range(R):
-                rows.append(base + (k, res_name[res[i]], start_l[i], end_l[i]))
-    df = pd.DataFrame.from_records(rows, columns=COLUMNS)
-    return Timeline(df, {"ranks": R, "compute_slowdown": sc, "comm_slowdown": sm, "strict": strict})
+    return start, end, t
 
 
 def critical_path_us(g: nx.DiGraph) -> float:
