@@ -68,13 +68,14 @@ class _Builder:
                             interference=(1.0, 1.0) if profile is None else
                             (profile.compute_slowdown, profile.comm_slowdown))
         self.seq = 0
+        self.shape = model.shape_key()
 
     def add(self, name: str, deps: Iterable[str], **attrs: object) -> str:
         kind = attrs["kind"]
         if self.p is None or kind == "loss":
             dur = 0.0
         elif attrs["resource"] == COMPUTE:
-            dur = self.p.compute_us(str(kind), float(attrs["work"]))
+            dur = self.p.compute_us(str(kind), float(attrs["work"]), self.shape)
         else:
             dur = self.p.comm_us(str(attrs["op"]), str(attrs["scope"]), float(attrs["work"]))
         self.g.add_node(name, seq=self.seq, duration_us=dur, **attrs)
@@ -116,9 +117,15 @@ class _Builder:
             toks = chunk_tokens(T, r)
             if k.at_chunked:
                 same = prev_out and len(prev_out) == r
-                attn = [self.compute(tid(l, "fwd", "attn_fwd", c), prev_out[c] if same else _flat(prev_out),
-                                     "attn_fwd", l, c, r, "fwd", toks[c], work.attn_fwd_flops(m, toks[c]))
-                        for c in range(r)]
+                attn = []
+                for c in range(r):
+                    deps = prev_out[c] if same else _flat(prev_out)
+                    if m.capacity_factor is not None and c:
+                        # Capacity ranks copies in token order across chunks (GShard): chunk c's
+                        # routing needs the per-expert counts of chunks 0..c-1.
+                        deps = deps + [attn[c - 1]]
+                    attn.append(self.compute(tid(l, "fwd", "attn_fwd", c), deps, "attn_fwd", l, c, r, "fwd", toks[c],
+                                             work.attn_fwd_flops(m, toks[c])))
             else:
                 a = self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T,
                                  work.attn_fwd_flops(m, T))

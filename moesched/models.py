@@ -119,6 +119,13 @@ class MoEModel:
         params = self.layers * (self.dense_params_per_layer() + (self.experts // ep) * self.expert_params())
         return 16 * params
 
+    def shape_key(self) -> str:
+        """What sets a compute task's efficiency besides its token count: a profile may hold
+        compute costs per shape key (measured on exactly these matrices)."""
+        cf = "dropless" if self.capacity_factor is None else f"f{self.capacity_factor:g}"
+        return (f"M{self.d_model}-h{self.heads}-L{self.seq_len}-H{self.ffn_hidden}-E{self.experts}-k{self.top_k}"
+                f"-{cf}-s{self.shared_experts}-{self.expert_kind}-{self.dtype}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -9,7 +9,13 @@ Format (JSON, version 1, exact keys, units in names)::
      "meta": {... free-form: driver, torch, NCCL, environment, date ...},
      "compute": {KIND: COST, ...},                      # KIND in COMPUTE_KINDS, x = FLOPs
      "comm": {COLLECTIVE: {SCOPE: COST, ...}, ...},     # x = bytes per rank
-     "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0}}
+     "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0},
+     "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...}}            # optional
+
+``shapes`` (optional) holds compute costs measured on one model shape
+(``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
+measured on the user's model predicts it from its own curve, and falls back to the
+per-kind cost for other shapes.
 
     COST = {"alpha_us": a, "beta_us_per_unit": b, "points": [[x, us], ...], "r2": r2}
 
@@ -39,6 +45,7 @@ COMPUTE_KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw",
 COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 SCOPES = ("intra", "inter", "world")
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
+OPTIONAL_KEYS = {"shapes"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_PROFILE = "h200x4-nvlink"
@@ -110,9 +117,14 @@ class Profile:
     comm: dict[str, dict[str, Cost]]
     compute_slowdown: float = 1.0
     comm_slowdown: float = 1.0
+    shapes: dict[str, dict[str, Cost]] = field(default_factory=dict)
 
-    def compute_us(self, kind: str, flops: float) -> float:
-        """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs."""
+    def compute_us(self, kind: str, flops: float, shape: str | None = None) -> float:
+        """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs; from the
+        curve measured on ``shape`` (a MoEModel.shape_key()) when the profile has one."""
+        by = self.shapes.get(shape) if shape else None
+        if by and kind in by:
+            return by[kind](flops)
         return self.compute[kind](flops)
 
     def comm_us(self, collective: str, scope: str, nbytes: float) -> float:
@@ -140,6 +152,8 @@ class Profile:
             "compute": {k: c.to_dict() for k, c in self.compute.items()},
             "comm": {op: {s: c.to_dict() for s, c in by.items()} for op, by in self.comm.items()},
             "interference": {"compute_slowdown": self.compute_slowdown, "comm_slowdown": self.comm_slowdown},
+            **({"shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+               if self.shapes else {}),
         }
 
     def digest(self) -> str:
@@ -158,9 +172,14 @@ class Profile:
             raise MoeschedError(f"{source}: not a moesched profile (format {d.get('format')!r}, expected {FORMAT!r})")
         if d.get("version") != VERSION:
             raise MoeschedError(f"{source}: profile version {d.get('version')!r} is not supported (expected {VERSION})")
-        if set(d) != TOP_KEYS:
+        if not TOP_KEYS <= set(d) <= TOP_KEYS | OPTIONAL_KEYS:
             raise MoeschedError(f"{source}: profile keys differ: missing {sorted(TOP_KEYS - set(d))}, "
-                                f"unknown {sorted(set(d) - TOP_KEYS)}")
+                                f"unknown {sorted(set(d) - TOP_KEYS - OPTIONAL_KEYS)}")
+        shapes_d = d.get("shapes", {})
+        if not isinstance(shapes_d, dict) or not all(
+                isinstance(by, dict) and set(by) <= set(COMPUTE_KINDS) for by in shapes_d.values()):
+            raise MoeschedError(f"{source}: shapes must map shape keys to {{kind: cost}} with kinds in {list(COMPUTE_KINDS)}")
+        shapes = {s: {k: Cost.from_dict(c, f"shapes.{s}.{k}") for k, c in by.items()} for s, by in shapes_d.items()}
         if d["kind"] not in ("measured", "analytic"):
             raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")
         hw = d["hardware"]
@@ -188,7 +207,7 @@ class Profile:
         if not all(isinstance(v, (int, float)) and v >= 1.0 for v in (cs, ms)):
             raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
         return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
-                   compute, comm, float(cs), float(ms))
+                   compute, comm, float(cs), float(ms), shapes)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":

@@ -1,0 +1,9 @@
+"""The torch side of moesched: task kernels, the plan interpreter and the torchrun entry point.
+
+Modules: ``layers`` (the MoE transformer and a plain reference model), ``ffn`` (hand-written
+expert math), ``state`` (per-step buffers and index bookkeeping), ``comm`` (process groups
+and all-to-all helpers), ``tasks`` (one function per task kind of :mod:`moesched.graph`),
+``runtime`` (:class:`PlannedStep`, the plan interpreter), ``run`` (``python -m executor.run``).
+
+Imports from moesched only its pure-Python modules; never ortools.
+"""

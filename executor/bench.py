@@ -1,0 +1,111 @@
+"""Benchmark closures: one compute task kind on synthetic inputs, through the runtime's own
+task functions (:mod:`executor.tasks`), for the profiler.
+
+``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a one-layer, one-chunk
+context of ``tokens`` tokens (whole samples for attention kinds) and returns a closure that
+runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
+spread evenly over the E/ep local experts and ep sources (what the graph's work assumes).
+Not included: the count all-gather of attn_fwd (a benchmark has no process group) and, for
+attn_fwd, the merge of the previous layer (it runs as layer 0).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+
+from moesched import work
+from moesched.knobs import Knobs
+from moesched.models import MoEModel
+
+from executor import tasks
+from executor.layers import MoEModule
+from executor.state import ExpertBwd
+
+KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
+
+
+def _ctx(model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype, ep: int) -> tasks.Ctx:
+    if tokens % model.seq_len == 0:
+        m = replace(model, layers=1, micro_batch=tokens // model.seq_len)
+    else:
+        m = replace(model, layers=1, micro_batch=1, seq_len=tokens)
+    module = MoEModule(m, ep=ep, ep_rank=0, seed=0, device=device, dtype=dtype)
+    knobs = Knobs.uniform(1, 1)
+    flat = tasks.grad_buffers(module)
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(tokens, m.d_model, generator=g, device=device).to(dtype)
+    ctx = tasks.Ctx(module=module, cfg=m, knobs=knobs, groups=None, world=1,
+                    layers=tasks.new_layer_states(m, knobs, ep, device, dtype), x=x, target=x.clone(), flat=flat,
+                    retain_graph=True)
+    return ctx
+
+
+def _fake_expert_input(ctx: tasks.Ctx, model: MoEModel, tokens: int) -> None:
+    ls = ctx.layers[0]
+    S, El = ls.S, ls.El
+    copies = work.routed_copies(model, tokens)
+    per = torch.full((S * El,), copies // (S * El), dtype=torch.long)
+    per[: copies % (S * El)] += 1
+    cnt = torch.zeros(S, S, El, 1, dtype=torch.long)
+    cnt[:, 0, :, 0] = per.view(S, El)
+    ls.cnt[0] = cnt
+    g = torch.Generator(device=ctx.x.device).manual_seed(2)
+    ls.xin[0] = torch.randn(copies, ls.M, generator=g, device=ctx.x.device).to(ctx.x.dtype)
+
+
+def make_bench(kind: str, model: MoEModel, tokens: int, device: torch.device | str, dtype: torch.dtype,
+               ep: int = 1) -> Callable[[], None]:
+    """Closure running compute task ``kind`` once on ``tokens`` tokens (see module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown compute task kind {kind!r}; expected one of {KINDS}")
+    if kind.startswith("shared") and not model.shared_experts:
+        raise ValueError(f"model {model.name} has no shared experts")
+    device = torch.device(device)
+    ctx = _ctx(model, tokens, device, dtype, ep)
+    ls = ctx.layers[0]
+
+    if kind in ("attn_fwd", "attn_bwd"):
+        def fwd() -> None:
+            ls.pieces.clear()
+            ls.counters.zero_()
+            tasks.attn_fwd(ctx, 0, 0, 1)
+        if kind == "attn_fwd":
+            return fwd
+        fwd()
+        ls.dy.normal_()
+        ls.dxr[0] = None
+
+        def bwd() -> None:
+            tasks.attn_bwd(ctx, 0, 0, 1)
+        return bwd
+
+    if kind.startswith("shared"):
+        ls.u.normal_()
+        if kind == "shared_fwd":
+            return lambda: tasks.shared_fwd(ctx, 0, 0, 1)
+        tasks.shared_fwd(ctx, 0, 0, 1)
+        ls.dy.normal_()
+        return lambda: tasks.shared_bwd(ctx, 0, 0, 1)
+
+    _fake_expert_input(ctx, ctx.cfg, tokens)
+    xin = ls.xin[0]
+    if kind == "expert_fwd":
+        def efwd() -> None:
+            ls.xin[0] = xin
+            tasks.expert_fwd(ctx, 0, 0, 1)
+        return efwd
+    tasks.expert_fwd(ctx, 0, 0, 1)
+    eb: ExpertBwd = ls.expert_bwd(0)
+    eb.dy = torch.randn_like(xin)
+    ls.ebwd[0] = eb
+    dy_msg = eb.dy
+
+    def edx() -> None:
+        eb.dy = dy_msg
+        tasks.expert_dx(ctx, 0, 0, 1)
+    if kind == "expert_dx":
+        return edx
+    edx()
+    return lambda: tasks.expert_dw(ctx, 0, 0, 1)

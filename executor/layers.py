@@ -1,0 +1,219 @@
+"""The MoE transformer the executor trains, parameterised by :class:`moesched.models.MoEModel`.
+
+Per block (pre-norm, causal self-attention, RMSNorm, no biases)::
+
+    h = x + Attn(Norm1(x))            Wqkv [3M, M], Wo [M, M], causal SDPA
+    u = Norm2(h)                      RMSNorm weights [M]
+    p = softmax(u Wg^T)               Wg [E, M]; (w, idx) = topk(p, k); w /= w.sum() (Mixtral)
+    y = h + sum_j w_j Expert_{idx_j}(u) + Shared(u)
+
+Capacity (``capacity_factor`` f set): C = ceil(f*k*T/E), T = tokens of this rank; copies
+(token t, slot j) are ranked per expert in token-major order and kept iff rank < C; a
+dropped copy contributes 0. Loss of rank r: mean((y_last - target_r)^2); the step's loss is
+the mean over ranks.
+
+Parameters per layer: dense (reduced over all ranks) ``norm1, wqkv, wo, norm2, wg`` and, with
+shared experts, ``sw1, sw3, sw2`` (hidden shared*H); routed experts stacked ``w1 [El, H, M],
+w3 [El, H, M], w2 [El, M, H]`` for the El = E/ep experts [ep_rank*El, (ep_rank+1)*El) of this
+rank. Counts match ``MoEModel.dense_params_per_layer()`` and ``expert_params()`` exactly.
+Initialisation is deterministic per (seed, layer, name, global expert), so every rank
+builds the same dense parameters and the reference model the same experts.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moesched.models import MoEModel
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+RMS_EPS = 1e-6
+
+
+def _randn(shape: tuple[int, ...], std: float, seed: int, key: str, device: torch.device,
+           dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+    return (torch.randn(shape, generator=g, device=device, dtype=torch.float32) * std).to(dtype)
+
+
+class LayerParams(nn.Module):
+    """Parameters of one block (see the module docstring for names and shapes)."""
+
+    def __init__(self, m: MoEModel, layer: int, ep: int, ep_rank: int, seed: int, device: torch.device,
+                 dtype: torch.dtype):
+        super().__init__()
+        M, H, E = m.d_model, m.ffn_hidden, m.experts
+        el = E // ep
+        self.kind = m.expert_kind
+
+        def p(name: str, shape: tuple[int, ...], std: float) -> nn.Parameter:
+            return nn.Parameter(_randn(shape, std, seed, f"L{layer}/{name}", device, dtype))
+
+        self.norm1 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
+        self.wqkv = p("wqkv", (3 * M, M), 1 / math.sqrt(M))
+        self.wo = p("wo", (M, M), 1 / math.sqrt(M))
+        self.norm2 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
+        self.wg = p("wg", (E, M), 1 / math.sqrt(M))
+        self.shared = m.shared_experts > 0
+        if self.shared:
+            sh = m.shared_experts * H
+            self.sw1 = p("sw1", (sh, M), 1 / math.sqrt(M))
+            self.sw3 = p("sw3", (sh, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
+            self.sw2 = p("sw2", (M, sh), 1 / math.sqrt(sh))
+
+        def ex(name: str, shape: tuple[int, ...], std: float) -> nn.Parameter:
+            return nn.Parameter(torch.stack([_randn(shape, std, seed, f"L{layer}/{name}/e{ep_rank * el + e}",
+                                                    device, dtype) for e in range(el)]))
+
+        self.w1 = ex("w1", (H, M), 1 / math.sqrt(M))
+        self.w3 = ex("w3", (H, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
+        self.w2 = ex("w2", (M, H), 1 / math.sqrt(H))
+
+    def dense_params(self) -> list[nn.Parameter]:
+        """Fixed order: norm1, wqkv, wo, norm2, wg, [sw1, (sw3), sw2]."""
+        ps = [self.norm1, self.wqkv, self.wo, self.norm2, self.wg]
+        if self.shared:
+            ps += [self.sw1] + ([self.sw3] if self.sw3 is not None else []) + [self.sw2]
+        return ps
+
+    def expert_params(self) -> list[nn.Parameter]:
+        """Fixed order: w1, (w3), w2 (each stacked over local experts)."""
+        return [self.w1] + ([self.w3] if self.w3 is not None else []) + [self.w2]
+
+
+class MoEModule(nn.Module):
+    """All blocks of one rank. ``ep``/``ep_rank`` select the routed experts held here."""
+
+    def __init__(self, m: MoEModel, ep: int = 1, ep_rank: int = 0, seed: int = 0,
+                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+        super().__init__()
+        if m.experts % ep:
+            raise ValueError(f"experts={m.experts} not divisible by ep={ep}")
+        self.cfg, self.ep, self.ep_rank = m, ep, ep_rank
+        self.device = torch.device(device)
+        self.dtype = dtype or TORCH_DTYPES[m.dtype]
+        self.blocks = nn.ModuleList(LayerParams(m, l, ep, ep_rank, seed, self.device, self.dtype)
+                                    for l in range(m.layers))
+
+
+def grad_buffers(module: MoEModule) -> dict[str, torch.Tensor]:
+    """Flat gradient buffers, layers LAST first, parameters in LayerParams order; every
+    parameter's .grad becomes a view into them. Returns {"dense": ..., "expert": ...}."""
+    out = {}
+    blocks = list(module.blocks)[::-1]
+    for name, get in (("dense", lambda b: b.dense_params()), ("expert", lambda b: b.expert_params())):
+        ps = [p for blk in blocks for p in get(blk)]
+        flat = torch.zeros(sum(p.numel() for p in ps), device=module.device, dtype=module.dtype)
+        o = 0
+        for p in ps:
+            p.grad = flat[o:o + p.numel()].view_as(p)
+            o += p.numel()
+        out[name] = flat
+    return out
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., M] * rsqrt(mean(x^2) + eps) * w, computed in fp32."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + RMS_EPS)).to(x.dtype) * w
+
+
+def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable part of a block for whole samples.
+
+    x [b, L, M] -> h [b, L, M], u [b, L, M], w [b, L, k] (fp32 router weights, renormalised),
+    idx [b, L, k] (expert ids, long).
+    """
+    b, L, M = x.shape
+    hd = M // m.heads
+    qkv = rmsnorm(x, p.norm1) @ p.wqkv.t()
+    q, k, v = (t.view(b, L, m.heads, hd).transpose(1, 2) for t in qkv.split(M, dim=-1))
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    h = x + a.transpose(1, 2).reshape(b, L, M) @ p.wo.t()
+    u = rmsnorm(h, p.norm2)
+    probs = torch.softmax((u @ p.wg.t()).float(), dim=-1)
+    w, idx = probs.topk(m.top_k, dim=-1)
+    return h, u, w / w.sum(-1, keepdim=True), idx
+
+
+def capacity(m: MoEModel, tokens: int) -> int | None:
+    """Slots per expert from one rank, C = ceil(f*k*T/E) (GShard), or None when dropless."""
+    if m.capacity_factor is None:
+        return None
+    return math.ceil(m.capacity_factor * m.top_k * tokens / m.experts)
+
+
+def keep_mask(idx: torch.Tensor, experts: int, cap: int | None, counts: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Kept copies of tokens idx [n, k] (token-major rank per expert < cap).
+
+    counts [E] (long): copies per expert already ranked by earlier tokens; updated in place.
+    """
+    if cap is None:
+        if counts is not None:
+            counts += torch.bincount(idx.reshape(-1), minlength=experts)
+        return torch.ones_like(idx, dtype=torch.bool)
+    flat = idx.reshape(-1)
+    oh = F.one_hot(flat, experts)
+    base = counts if counts is not None else torch.zeros(experts, dtype=torch.long, device=idx.device)
+    rank = (oh.cumsum(0) - 1).gather(1, flat[:, None])[:, 0] + base[flat]
+    if counts is not None:
+        counts += oh.sum(0)
+    return (rank < cap).view_as(idx)
+
+
+class ReferenceModel:
+    """Plain single-process model with all experts: the mean over ranks of the per-rank
+    losses, differentiated by autograd (experts via F.gelu / F.silu, not the executor's
+    hand-written backward)."""
+
+    def __init__(self, m: MoEModel, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 init_device: torch.device | str = "cpu"):
+        self.cfg = m
+        self.module = MoEModule(m, ep=1, ep_rank=0, seed=seed, device=init_device, dtype=dtype).to("cpu")
+        self.module.device = torch.device("cpu")
+
+    def _ffn(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor | None) -> torch.Tensor:
+        h = x @ w1.t()
+        a = F.gelu(h) if self.cfg.expert_kind == "gpt" else F.silu(h) * (x @ w3.t())
+        return a @ w2.t()
+
+    def rank_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of one rank's batch x, target [B, L, M]."""
+        m = self.cfg
+        B, L, M = x.shape
+        T = B * L
+        for p in self.module.blocks:
+            h, u, w, idx = attention_router(x, p, m)
+            uf, wf, idf = u.reshape(T, M), w.reshape(T, -1), idx.reshape(T, -1)
+            kept = keep_mask(idf, m.experts, capacity(m, T))
+            y = h.reshape(T, M)
+            for e in range(m.experts):
+                sel = (idf == e) & kept
+                if not sel.any():
+                    continue
+                t, j = sel.nonzero(as_tuple=True)
+                out = self._ffn(uf[t], p.w1[e], p.w2[e], None if p.w3 is None else p.w3[e])
+                y = y.index_add(0, t, (wf[t, j, None] * out).to(y.dtype))
+            if p.shared:
+                y = y + self._ffn(uf, p.sw1, p.sw2, p.sw3)
+            x = y.view(B, L, M)
+        return ((x.float() - target.float()) ** 2).mean()
+
+    def loss(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over ranks of rank_loss."""
+        return sum(self.rank_loss(x, t) for x, t in zip(xs, targets)) / len(xs)
+
+
+def make_batch(m: MoEModel, rank: int, seed: int = 0, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic synthetic (x, target) [B, L, M] for a rank."""
+    shape = (m.micro_batch, m.seq_len, m.d_model)
+    dev = torch.device(device)
+    return (_randn(shape, 1.0, seed, f"x/{rank}", dev, dtype), _randn(shape, 1.0, seed, f"t/{rank}", dev, dtype))

@@ -1,0 +1,401 @@
+"""Measure a profile on the target devices: ``torchrun --nproc_per_node=N -m moesched profile``.
+
+Times (a) every compute task kind through ``executor.tasks.make_bench`` (the functions the
+runtime calls) over a grid of token counts per model shape, x = FLOPs from
+:mod:`moesched.work`; (b) the collectives the executor uses (all-to-all with even and
+uneven splits, all-reduce, all-gather, reduce-scatter) over message sizes on each group
+scope (intra, inter, world); (c) interference of compute and a collective running at the
+same time; (d) the per-task overhead at a tiny size; (e) a replay check on points held
+out of the fit. Medians of ``reps`` runs after warm-up: CUDA events on GPU (a barrier
+before each collective), ``perf_counter`` on CPU. Rank 0 fits (:mod:`moesched.fit`) and
+writes the profile atomically at the very end, so a failed run leaves the old file intact.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
+
+from moesched import work
+from moesched.errors import MoeschedError
+from moesched.configs import models_from_spec
+from moesched.fit import profile_from_samples
+from moesched.models import MoEModel
+from moesched.profile import COMPUTE_KINDS
+
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+GPU_MODELS = ("Mixtral-8x7B", "DeepSeek-V2-Lite", "GPT2-XL-MoE")
+CPU_MODELS = ("GPT2-Tiny-MoE",)
+OPS = ("all_to_all", "all_to_all_uneven", "all_reduce", "all_gather", "reduce_scatter")
+KB, MB = 2**10, 2**20
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to measure: token counts (fit), held-out token counts (replay), a tiny token
+    count (overhead), message sizes in bytes (fit and replay), repetitions."""
+
+    tokens: tuple[int, ...]
+    replay_tokens: tuple[int, ...]
+    tiny_tokens: int
+    sizes: tuple[int, ...]
+    replay_sizes: tuple[int, ...]
+    reps: int
+    warmup: int
+    interference_bytes: int
+    interference_tokens: int
+
+
+def make_grid(cuda: bool, quick: bool) -> Grid:
+    """GPU: 256..32768 tokens (x2 steps; quick x4) and 64 KB..512 MB (x2; quick x4), 7 timed
+    runs after 2 warm-ups. CPU/gloo: small grids, 5 timed runs after 1 warm-up."""
+    if cuda:
+        step = 2 if quick else 1
+        tokens = tuple(256 * 2**i for i in range(0, 8, step))
+        sizes = tuple(64 * KB * 2**i for i in range(0, 14, step))
+        return Grid(tokens, (384, 3072, 24576), 16, sizes, (96 * KB, 12 * MB, 192 * MB), 7, 2, 64 * MB, 8192)
+    if quick:
+        return Grid((32, 128, 512), (256,), 8, (4 * KB, 32 * KB, 256 * KB, 1 * MB), (128 * KB,), 5, 1, 1 * MB, 512)
+    return Grid((32, 64, 128, 256, 512, 1024), (96, 768), 8, tuple(4 * KB * 2**i for i in range(0, 11, 2)),
+                (24 * KB, 1536 * KB), 5, 1, 4 * MB, 1024)
+
+
+def bench_shape(m: MoEModel, kind: str, tokens: int) -> MoEModel:
+    """Shape for ``tokens`` tokens of whole samples: seq_len min(L, tokens), halved until it
+    divides tokens; shared kinds of a model without shared experts time one."""
+    seq = min(m.seq_len, tokens)
+    while tokens % seq:
+        seq //= 2
+    shared = max(1, m.shared_experts) if kind.startswith("shared") else m.shared_experts
+    return replace(m, seq_len=seq, micro_batch=tokens // seq, shared_experts=shared)
+
+
+def task_flops(kind: str, m: MoEModel, tokens: int) -> float:
+    """FLOPs of one task, as :mod:`moesched.graph` charges them."""
+    f = {"attn_fwd": work.attn_fwd_flops, "attn_bwd": work.attn_bwd_flops, "expert_fwd": work.expert_fwd_flops,
+         "expert_dx": work.expert_fwd_flops, "expert_dw": work.expert_fwd_flops,
+         "shared_fwd": work.shared_fwd_flops}
+    return 2 * work.shared_fwd_flops(m, tokens) if kind == "shared_bwd" else f[kind](m, tokens)
+
+
+class Ctx:
+    """The process group state: ranks, device, emulated layout, groups per scope."""
+
+    def __init__(self, emulate_nodes: int | None) -> None:
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.nodes = emulate_nodes or max(1, self.world // local_world)
+        if self.world % self.nodes:
+            raise MoeschedError(f"--emulate-nodes {self.nodes} does not divide world size {self.world}")
+        self.gpn = self.world // self.nodes
+        if emulate_nodes:
+            os.environ["NCCL_HOSTID"] = f"node{self.rank // self.gpn}"
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+            dist.init_process_group("nccl", device_id=self.device)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+            dist.init_process_group("gloo")
+        node = self.rank // self.gpn
+        intra = [dist.new_group(list(range(n * self.gpn, (n + 1) * self.gpn))) for n in range(self.nodes)]
+        inter = [dist.new_group([n * self.gpn + l for n in range(self.nodes)]) for l in range(self.gpn)]
+        world = dist.group.WORLD
+        if self.nodes == 1:
+            self.scopes = {"intra": (world, self.world)}
+        else:
+            self.scopes = {"inter": (inter[self.rank % self.gpn], self.nodes), "world": (world, self.world)}
+            if self.gpn > 1:
+                self.scopes["intra"] = (intra[node], self.gpn)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def barrier(self) -> None:
+        self.sync()
+        dist.barrier()
+        self.sync()
+
+    def gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def _loop(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
+    return lambda: [fn() for _ in range(n)]
+
+
+def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
+    """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls. Compute runs back to back
+    (CUDA events between calls, as the runtime queues tasks); a collective gets a barrier
+    before each rep, which times ``inner`` calls back to back and divides (as nccl-tests
+    does), so that ranks leaving the barrier at different times barely count."""
+    if inner > 1:
+        fn = _loop(fn, inner)
+    for _ in range(warmup):
+        fn()
+    ctx.sync()
+    times = []
+    if ctx.cuda and not barrier:
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+        ev[0].record()
+        for i in range(reps):
+            fn()
+            ev[i + 1].record()
+        ev[-1].synchronize()
+        times = [1000.0 * ev[i].elapsed_time(ev[i + 1]) for i in range(reps)]
+    else:
+        for _ in range(reps):
+            if barrier:
+                ctx.barrier()
+            if ctx.cuda:
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                fn()
+                e1.record()
+                e1.synchronize()
+                times.append(1000.0 * e0.elapsed_time(e1))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e6 * (time.perf_counter() - t0))
+    return statistics.median(times) / inner
+
+
+def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = False) -> Callable[[], Any]:
+    """A closure running one collective of ``nbytes`` bytes per rank on the scope's group.
+    x = bytes of each rank's buffer: the all-to-all send buffer, the all-reduce tensor, the
+    gathered output of all-gather, the input of reduce-scatter."""
+    group, p = ctx.scopes[scope]
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    me = dist.get_rank(group=group)
+    weights = [1 + (me + j) % p for j in range(p)]  # uneven: i->j sends as many as j->i
+    unit = max(1, nbytes // (dtype.itemsize * p * sum(weights)))
+    n = unit * p * sum(weights)
+    buf = torch.ones(n, dtype=dtype, device=ctx.device)
+    out = torch.empty_like(buf)
+    part = torch.empty(n // p, dtype=dtype, device=ctx.device)
+    kw: dict[str, Any] = {"group": group, "async_op": async_op}
+    if op == "all_to_all":
+        return lambda: dist.all_to_all_single(out, buf, **kw)
+    if op == "all_to_all_uneven":
+        splits = [w * unit * p for w in weights]
+        return lambda: dist.all_to_all_single(out, buf, splits, splits, **kw)
+    if op == "all_reduce":
+        return lambda: dist.all_reduce(buf, **kw)
+    if op == "all_gather":
+        return lambda: dist.all_gather_into_tensor(out, part, **kw)
+    if op == "reduce_scatter":
+        return lambda: dist.reduce_scatter_tensor(part, buf, **kw)
+    raise ValueError(op)
+
+
+def _bench(model: MoEModel, kind: str, tokens: int, ctx: Ctx) -> tuple[Callable[[], None], float]:
+    try:
+        from executor.tasks import make_bench
+    except ImportError as e:
+        raise MoeschedError(f"compute kinds cannot be timed: executor.tasks.make_bench is missing ({e})") from None
+    m = bench_shape(model, kind, tokens)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[m.dtype] if ctx.cuda \
+        else torch.float32
+    ep = ctx.world if m.experts % ctx.world == 0 else 1  # expert GEMM sizes as with EP = world
+    return make_bench(kind, m, tokens, ctx.device, dtype, ep=ep), task_flops(kind, m, tokens)
+
+
+def measure_compute(ctx: Ctx, models: list[MoEModel], grid: Grid, bar: Any) -> list[tuple]:
+    """(model, kind, tokens, flops, us, role) rows; role is "fit", "tiny" or "replay". Ranks
+    split the items and share the results."""
+    items = [(m.name, k, t, "fit") for m in models for k in COMPUTE_KINDS for t in grid.tokens]
+    items += [(models[0].name, k, grid.tiny_tokens, "tiny") for k in COMPUTE_KINDS]
+    items += [(m.name, k, t, "replay") for m in models for k in COMPUTE_KINDS for t in grid.replay_tokens]
+    by_name = {m.name: m for m in models}
+    rows = []
+    for name, kind, tokens, role in items[ctx.rank::ctx.world]:
+        fn, flops = _bench(by_name[name], kind, tokens, ctx)
+        rows.append((name, kind, tokens, flops, time_us(ctx, fn, grid.reps, grid.warmup), role))
+        del fn
+        bar.update(1)
+    return [r for part in ctx.gather(rows) for r in part]
+
+
+def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
+    """(op, scope, bytes, us, role) rows: the slowest rank's median per point; messages under
+    4 MB are timed 4 MB / size (at most 16) at a time."""
+    rows = []
+    for scope in sorted(ctx.scopes):
+        for op in OPS:
+            for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]:
+                inner = max(1, min(16, 4 * MB // nbytes))
+                us = time_us(ctx, collective(ctx, op, scope, nbytes), grid.reps, grid.warmup, True, inner)
+                rows.append((op, scope, nbytes, us, role))
+                bar.update(1)
+    every = ctx.gather([r[3] for r in rows])
+    return [(*r[:3], max(ts[i] for ts in every), r[4]) for i, r in enumerate(rows)]
+
+
+def _together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
+              measure: str) -> float:
+    """µs of the compute loop (measure="compute") or the comm loop (measure="comm") while
+    the other runs: CUDA streams on GPU, gloo async work beside the main thread on CPU."""
+    ctx.barrier()
+    if ctx.cuda:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.cuda.stream(side):
+            ev[0].record()
+            for _ in range(n_comm):
+                comm().wait()
+            ev[1].record()
+        ev[2].record()
+        _loop(comp, n_comp)()
+        ev[3].record()
+        ctx.sync()
+        return 1000.0 * (ev[0].elapsed_time(ev[1]) if measure == "comm" else ev[2].elapsed_time(ev[3]))
+    t0 = time.perf_counter()
+    works = [comm() for _ in range(n_comm)]
+    comm_end = None
+    for _ in range(n_comp):
+        comp()
+        if comm_end is None and works[-1].is_completed():
+            comm_end = time.perf_counter()
+    comp_end = time.perf_counter()
+    for w in works:
+        w.wait()
+    comm_end = comm_end or time.perf_counter()
+    return 1e6 * ((comm_end if measure == "comm" else comp_end) - t0)
+
+
+def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dict[str, float]:
+    """compute_slowdown = compute time with an all-to-all on another stream / alone;
+    comm_slowdown = all-to-all time with compute running / alone (each >= 1.0)."""
+    comp, _ = _bench(model, "expert_fwd", grid.interference_tokens, ctx)
+    scope = "world" if "world" in ctx.scopes else "intra"
+    comm_sync = collective(ctx, "all_to_all", scope, grid.interference_bytes)
+    comm = collective(ctx, "all_to_all", scope, grid.interference_bytes, async_op=True)
+    t_comp = time_us(ctx, comp, grid.reps, grid.warmup)
+    t_comm = time_us(ctx, comm_sync, grid.reps, grid.warmup, barrier=True)
+    box = [(t_comp, t_comm)]
+    dist.broadcast_object_list(box, src=0)  # rank 0's times: the same loop counts on every rank
+    t_comp, t_comm = box[0]
+    loop_us = 20000.0 if ctx.cuda else 50000.0
+    n_c = min(500, max(5, math.ceil(loop_us / t_comp)))
+    n_m = min(500, max(2, math.ceil(1.3 * n_c * t_comp / t_comm)))
+    alone_c = time_us(ctx, _loop(comp, n_c), 3, 1)
+    with_comm = _together(ctx, comp, n_c, comm, n_m, "compute")
+    n_m2 = min(500, max(3, math.ceil(loop_us / t_comm)))
+    n_c2 = min(2000, max(2, math.ceil(1.3 * n_m2 * t_comm / t_comp)))
+    alone_m = time_us(ctx, lambda: [w.wait() for w in [comm() for _ in range(n_m2)]], 3, 1, barrier=True)
+    with_comp = _together(ctx, comp, n_c2, comm, n_m2, "comm")
+    bar.update(1)
+    r = [max(ts) for ts in zip(*ctx.gather([alone_c, with_comm, alone_m, with_comp]))]
+    return {"compute_alone_us": r[0], "compute_with_comm_us": r[1], "comm_alone_us": r[2], "comm_with_compute_us": r[3],
+            "compute_loop": n_c, "comm_loop": n_m2, "bytes": grid.interference_bytes, "scope": scope,
+            "tokens": grid.interference_tokens, "compute_slowdown": max(1.0, r[1] / r[0]),
+            "comm_slowdown": max(1.0, r[3] / r[2])}
+
+
+def _versions(ctx: Ctx) -> dict[str, Any]:
+    out: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "host": platform.node(), "backend": dist.get_backend()}
+    if ctx.cuda:
+        out.update(cuda=torch.version.cuda, nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   gpu=torch.cuda.get_device_name(ctx.device))
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            smi = ""
+        out["driver"] = smi.split("\n")[0].strip() or None
+    return out
+
+
+def _regime(nodes: int, emulated: bool) -> str:
+    """Default hardware.regime label from the transport settings."""
+    p2p_off, shm_off = (os.environ.get(k) == "1" for k in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE"))
+    base = "cpu-gloo" if not torch.cuda.is_available() else \
+        ("sockets" if shm_off else "host-memory") if p2p_off else "nvlink"
+    return f"{nodes}nodes-{base}-sockets" if emulated and torch.cuda.is_available() else base
+
+
+def _meta(ctx: Ctx, args: argparse.Namespace, grid: Grid, names: list[str]) -> dict[str, Any]:
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_") or k in SAFE_ENV}
+    cmd = " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items() if k not in ("NCCL_HOSTID", "NCCL_VERSION")] +
+                   [f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ctx.world)} -m moesched"] +
+                   [shlex.quote(a) for a in sys.argv[1:]])
+    return {"command": cmd, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **_versions(ctx), "world_size": ctx.world, "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,
+            "emulated_nodes": bool(args.emulate_nodes), "env": env, "models": names,
+            "bench": "executor.tasks.make_bench, ep = world size where it divides experts, else 1",
+            "grid": {"tokens": list(grid.tokens), "replay_tokens": list(grid.replay_tokens),
+                     "tiny_tokens": grid.tiny_tokens, "sizes_bytes": list(grid.sizes),
+                     "replay_sizes_bytes": list(grid.replay_sizes), "reps": grid.reps, "warmup": grid.warmup},
+            "x": {"compute": "FLOPs (moesched.work)", "comm": "bytes of each rank's buffer: all-to-all send "
+                  "buffer, all-reduce tensor, all-gather output, reduce-scatter input"}}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Measure and write the profile; every rank runs this."""
+    t_start = time.time()
+    if not {"RANK", "WORLD_SIZE"} <= set(os.environ):
+        raise MoeschedError("measuring a profile runs under torchrun: "
+                            "torchrun --nproc_per_node=N -m moesched profile --out FILE")
+    for k, v in SAFE_ENV.items():
+        os.environ.setdefault(k, v)
+    cuda = torch.cuda.is_available()
+    models = models_from_spec(args.models or ",".join(GPU_MODELS if cuda else CPU_MODELS))
+    names = [m.name for m in models]
+    grid = make_grid(cuda, args.quick)
+    ctx = Ctx(args.emulate_nodes)
+    try:
+        from tqdm import tqdm
+        n_comp = len(models) * len(COMPUTE_KINDS) * (len(grid.tokens) + len(grid.replay_tokens)) + len(COMPUTE_KINDS)
+        n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes))
+        if ctx.rank == 0:
+            print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), {n_comm} "
+                  f"collective timings on scopes {sorted(ctx.scopes)}, x{grid.reps} runs each", file=sys.stderr)
+        bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1, disable=ctx.rank != 0, file=sys.stderr,
+                   desc="profile", unit="pt")
+        compute = measure_compute(ctx, models, grid, bar)
+        comm = measure_comm(ctx, grid, bar)
+        inter = measure_interference(ctx, models[0], grid, bar)
+        if ctx.rank == 0:
+            meta = dict(_meta(ctx, args, grid, names), interference=inter)
+            mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
+                else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            hw = {"gpu": meta.get("gpu") or f"CPU ({platform.machine()})", "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,
+                  "gpu_memory_bytes": int(mem), "regime": args.regime or _regime(ctx.nodes, bool(args.emulate_nodes))}
+            name = args.name or os.path.splitext(os.path.basename(args.out))[0]
+            desc = f"measured: {ctx.world} x {hw['gpu']} as {ctx.nodes} node(s) x {ctx.gpn}, {hw['regime']}"
+            prof = profile_from_samples(name, desc, hw, meta, compute, comm, inter["compute_slowdown"],
+                                        inter["comm_slowdown"], duration_s=time.time() - t_start,
+                                        shape_of={m.name: m.shape_key() for m in models})
+            prof.save(args.out)
+            bar.close()
+            rep = prof.meta["replay"]
+            print(f"wrote {args.out} in {prof.meta['duration_s']} s; replay error mean {rep['mean_err_pct']} %, "
+                  f"max {rep['max_err_pct']} % ({rep['worst']})", file=sys.stderr)
+        ctx.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,179 @@
+"""Per-step buffers of one layer and the row bookkeeping of the all-to-alls.
+
+Vocabulary (per rank; T tokens, k slots, E experts, S = EP group size, El = E/S):
+
+* copy (t, j): token t routed to its j-th expert; flat copy index ci = t*k + j.
+* owner side: the rank that owns token t (runs attention, merge, loss for it).
+* expert side: the rank holding the copy's expert.
+* message order of a dispatch chunk c (and of its combine): copies sorted by (destination,
+  expert, token, slot); the receiver sees them as (source, local expert, token, slot).
+* the forward count exchange gives, for every forward chunk c, cnt[c] [S_src, S_dst, El, rb]:
+  copies from src to (dst, local expert) whose token lies in backward chunk j. From it the
+  expert side selects backward chunk j's rows without a second exchange, in the message
+  order (source, expert, forward chunk, token, slot) that the owner also uses.
+* GEMM order on the expert side: rows grouped by local expert (expert, source, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from moesched.knobs import Knobs
+from moesched.models import MoEModel
+
+
+def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Concatenate arange(s, s+n) for s, n in zip(starts, lengths) (1-D long CPU tensors)."""
+    lengths = lengths.reshape(-1).long()
+    starts = starts.reshape(-1).long()
+    total = int(lengths.sum())
+    offs = torch.cumsum(lengths, 0) - lengths
+    return torch.arange(total, dtype=torch.long) + torch.repeat_interleave(starts - offs, lengths)
+
+
+def excl_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Exclusive prefix sum over the flattened tensor, reshaped like x."""
+    f = x.reshape(-1)
+    return (torch.cumsum(f, 0) - f).view_as(x)
+
+
+@dataclass
+class Piece:
+    """One autograd subgraph of attention + norms + router: tokens [a, b) (whole samples).
+
+    x: detached leaf [nb, L, M]; h, u [nb, L, M]; w [nb, L, k] fp32 router weights.
+    """
+
+    a: int
+    b: int
+    x: torch.Tensor
+    h: torch.Tensor
+    u: torch.Tensor
+    w: torch.Tensor
+
+
+@dataclass
+class ExpertChunk:
+    """Expert-side forward chunk: rows in GEMM order.
+
+    x [n, M] inputs, h1/h3 [n, H] pre-activations, perm [n] message position of each GEMM
+    row, ne[e] rows per local expert, cnt [S_src, El, rb] counts received."""
+
+    cnt: torch.Tensor
+    perm: torch.Tensor | None = None
+    ne: list[int] = field(default_factory=list)
+    x: torch.Tensor | None = None
+    h1: torch.Tensor | None = None
+    h3: torch.Tensor | None = None
+
+
+@dataclass
+class ExpertBwd:
+    """Expert-side backward chunk j: sel [n] rows of the saved (concatenated) GEMM-order
+    tensors in GEMM order; perm [n] their message positions; ne rows per local expert;
+    recv_split rows per source."""
+
+    sel: torch.Tensor
+    perm: torch.Tensor
+    ne: list[int]
+    recv_split: list[int]
+    dy: torch.Tensor | None = None
+    g_h1: torch.Tensor | None = None
+    g_h3: torch.Tensor | None = None
+
+
+class LayerState:
+    """Everything one layer keeps during a step on one rank (owner and expert side)."""
+
+    def __init__(self, T: int, M: int, k: int, E: int, S: int, rf: int, rb: int, device: torch.device,
+                 dtype: torch.dtype, shared_hidden: int):
+        self.T, self.M, self.k, self.E, self.S, self.El, self.rf, self.rb = T, M, k, E, S, E // S, rf, rb
+        z = dict(device=device, dtype=dtype)
+        # owner side, forward
+        self.pieces: list[Piece] = []
+        self.h = torch.empty(T, M, **z)
+        self.u = torch.empty(T, M, **z)
+        self.w = torch.empty(T, k, device=device, dtype=torch.float32)
+        self.idx = torch.empty(T, k, device=device, dtype=torch.long)
+        self.kept = torch.empty(T, k, device=device, dtype=torch.bool)
+        self.counters = torch.zeros(E, device=device, dtype=torch.long)
+        self.fsend: list[torch.Tensor | None] = [None] * rf      # dispatch send rows
+        self.fci: list[torch.Tensor | None] = [None] * rf        # flat copy index per row
+        self.fsplit: list[list[int]] = [[] for _ in range(rf)]  # dispatch rows per destination
+        self.cnt: list[torch.Tensor | None] = [None] * rf        # [S, S, El, rb] all-gathered counts
+        self.comb: list[torch.Tensor | None] = [None] * rf       # combine results (message order)
+        self.comb_pos: list[torch.Tensor | None] = [None] * rf   # flat message position per received row
+        self.comb_full = torch.zeros(T * k, M, **z)              # combine result per copy (0: dropped)
+        self.scattered = [False] * rf
+        self.shared_out = torch.zeros(T, M, **z) if shared_hidden else None
+        self.sh1 = torch.empty(T, shared_hidden, **z) if shared_hidden else None
+        self.sh3 = torch.empty(T, shared_hidden, **z) if shared_hidden else None
+        # expert side, forward
+        self.xin: list[torch.Tensor | None] = [None] * rf        # dispatch received rows (message order)
+        self.ech: list[ExpertChunk | None] = [None] * rf
+        self.eout: list[torch.Tensor | None] = [None] * rf       # expert output rows (message order)
+        self.saved: tuple[torch.Tensor, ...] | None = None       # concatenated GEMM-order x, h1, h3
+        # backward
+        self.dy = torch.zeros(T, M, **z)                         # dL/d(layer output)
+        self.dy_ready = bytearray(T)
+        self.bsend: list[torch.Tensor | None] = [None] * rb      # combine_bwd send rows (owner)
+        self.bci: list[torch.Tensor | None] = [None] * rb
+        self.bsplit: list[list[int]] = [[] for _ in range(rb)]
+        self.ebwd: list[ExpertBwd | None] = [None] * rb
+        self.edx: list[torch.Tensor | None] = [None] * rb        # expert dX rows (message order)
+        self.dxr: list[torch.Tensor | None] = [None] * rb        # dispatch_bwd received rows (owner)
+        self.dxr_pos: list[torch.Tensor | None] = [None] * rb
+        self.du_shared = torch.zeros(T, M, **z) if shared_hidden else None
+
+    def frange(self, c: int) -> tuple[int, int]:
+        n = self.T // self.rf
+        return c * n, (c + 1) * n
+
+    def brange(self, j: int) -> tuple[int, int]:
+        n = self.T // self.rb
+        return j * n, (j + 1) * n
+
+    # ---- expert-side index bookkeeping ------------------------------------------------
+    def expert_chunk(self, c: int, me: int) -> ExpertChunk:
+        """GEMM order of forward chunk c's received rows."""
+        cnt = self.cnt[c][:, me]                      # [S, El, rb]
+        n = cnt.sum(-1)                               # [S, El]
+        mo = excl_cumsum(n)
+        perm = ranges(mo.t(), n.t())
+        return ExpertChunk(cnt=cnt, perm=perm, ne=n.sum(0).tolist())
+
+    def expert_bwd(self, j: int) -> ExpertBwd:
+        """Rows of backward chunk j on the expert side (needs every forward chunk done)."""
+        starts, lens, base = [], [], 0
+        for ch in self.ech:
+            cnt = ch.cnt                              # [S, El, rb]
+            n = cnt.sum(-1)
+            go = excl_cumsum(n.t()).t()               # GEMM-order offset of block (s, e)
+            inb = (torch.cumsum(cnt, -1) - cnt)[..., j]
+            starts.append(base + go + inb)
+            lens.append(cnt[..., j])
+            base += int(n.sum())
+        st = torch.stack(starts)                      # [rf, S, El]
+        ln = torch.stack(lens)
+        ln_msg = ln.permute(1, 2, 0)                  # message order (s, e, c)
+        mpos = excl_cumsum(ln_msg.contiguous())
+        sel = ranges(st.permute(2, 1, 0), ln.permute(2, 1, 0))
+        perm = ranges(mpos.permute(1, 0, 2), ln_msg.permute(1, 0, 2))
+        return ExpertBwd(sel=sel, perm=perm, ne=ln.sum((0, 1)).tolist(), recv_split=ln.sum((0, 2)).tolist())
+
+    def matrix_fwd(self, c: int) -> torch.Tensor:
+        """Rows src -> dst [S, S] of dispatch chunk c (same on every rank of the EP group)."""
+        return self.cnt[c].sum((2, 3))
+
+    def matrix_bwd(self, j: int) -> torch.Tensor:
+        """Rows owner -> expert rank [S, S] of combine_bwd chunk j."""
+        return sum(cnt[..., j].sum(-1) for cnt in self.cnt)
+
+
+def new_layer_states(m: MoEModel, knobs: Knobs, ep: int, device: torch.device,
+                     dtype: torch.dtype) -> list[LayerState]:
+    """Fresh per-step states of every layer of model m under the knobs' degrees."""
+    sh = m.shared_experts * m.ffn_hidden
+    return [LayerState(m.tokens, m.d_model, m.top_k, m.experts, ep, knobs.r_fwd[l], knobs.r_bwd[l], device,
+                       dtype, sh) for l in range(m.layers)]

@@ -1,0 +1,407 @@
+"""One function per task kind of :mod:`moesched.graph`, on a per-step context.
+
+Compute tasks take ``(ctx, layer, chunk, nchunks)`` and run on the current (compute) stream.
+Communication tasks take ``(ctx, layer, chunk, hop)`` (``grad_ar``: the node's attributes),
+issue their collectives async on the current (link) stream and return the Works.
+
+Chunk c of n covers tokens [c*T/n, (c+1)*T/n) of the rank's T = B*L flattened tokens (whole
+samples when attention is chunked). Gradients are exact for any r_fwd, r_bwd:
+
+* attn_fwd merges the previous layer's output for its tokens (h + shared + sum_j w_j *
+  combined_j), runs norms/attention/router under autograd on a detached leaf (split at
+  backward-chunk boundaries when attention is chunked, so attn_bwd chunks own whole
+  subgraphs), routes with capacity counters carried across chunks, builds the dispatch
+  send rows sorted by (destination, expert, token, slot) and all-gathers (gloo, small)
+  the counts per (source, destination, local expert, backward chunk).
+* the expert side keeps inputs and pre-activations; backward chunk j selects its copies
+  from the counts alone (no second exchange).
+* attn_bwd sums dL/du (expert copies, shared path), dL/dw (router weights: dy . combined)
+  and dL/dh = dy into the saved subgraphs with autograd; the leaf gradient is the previous
+  layer's output gradient, from which its combine_bwd send rows (w * dy) are built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from moesched.knobs import Knobs
+from moesched.models import MoEModel
+
+from executor.comm import Groups, a2a, hop_plan
+from executor.ffn import ffn_dw, ffn_dx, ffn_fwd
+from executor.layers import MoEModule, attention_router, capacity, grad_buffers, keep_mask  # noqa: F401
+from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
+
+
+@dataclass
+class Ctx:
+    """Per-step context of one rank. x, target [T, M]; flat: "dense"/"expert" gradient buffers."""
+
+    module: MoEModule
+    cfg: MoEModel
+    knobs: Knobs
+    groups: Groups | None
+    world: int
+    layers: list[LayerState]
+    x: torch.Tensor
+    target: torch.Tensor
+    flat: dict[str, torch.Tensor]
+    compute_stream: Any = None          # torch.cuda.Stream on CUDA, else None
+    loss: torch.Tensor | None = None
+    retain_graph: bool = False          # benchmarks replay attn_bwd
+    hold: dict = field(default_factory=dict)    # first-hop results of two-hop all-to-alls
+    alive: list = field(default_factory=list)   # buffers read by a link stream: kept to step end
+
+    @property
+    def me(self) -> int:
+        return 0 if self.groups is None else self.groups.ep_rank
+
+
+# ---- forward ---------------------------------------------------------------------------
+def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
+    """Output y [b-a, M] of layer l for tokens [a, b): h + shared + sum_j w_j combined_j."""
+    ls = ctx.layers[l]
+    for c in range(ls.rf):
+        fa, fb = ls.frange(c)
+        if fa < b and fb > a and not ls.scattered[c]:
+            ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][ls.comb_pos[c].to(ls.fci[c].device)]
+            ls.comb_full.index_copy_(0, ci, ls.comb[c])
+            ls.scattered[c] = True
+    comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
+    y = ls.h[a:b] + (ls.w[a:b, :, None] * comb).sum(1).to(ls.h.dtype)
+    if ls.shared_out is not None:
+        y = y + ls.shared_out[a:b]
+    return y
+
+
+def _cuts(ctx: Ctx, ls: LayerState, a: int, b: int) -> list[int]:
+    if not ctx.knobs.at_chunked:
+        return [a, b]
+    step = ls.T // ls.rb
+    return sorted({a, b} | {q for q in range(0, ls.T, step) if a < q < b})
+
+
+def _dispatch_counts(ls: LayerState, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch chunk c without a host sync: the order of its copies (kept ones first, by
+    global expert = (destination, local expert), then token and slot; dropped ones last)
+    and the counts [S, El, rb] of kept copies by (destination, local expert, bwd chunk)."""
+    fa, fb = ls.frange(c)
+    k, rb = ls.k, ls.rb
+    kept = ls.kept[fa:fb].reshape(-1)
+    e = ls.idx[fa:fb].reshape(-1)
+    tok = torch.arange(e.numel(), device=e.device) // k + fa
+    _, order = torch.sort(torch.where(kept, e, ls.E), stable=True)
+    cnt = torch.zeros(ls.E * rb, dtype=torch.long, device=e.device)
+    cnt.index_add_(0, e * rb + tok // (ls.T // rb), kept.long())
+    return order, cnt.view(ls.S, ls.El, rb)
+
+
+def _dispatch_rows(ls: LayerState, c: int, order: torch.Tensor, kept: int) -> None:
+    """Send rows of dispatch chunk c: the first ``kept`` copies of ``order``."""
+    ci = order[:kept] + ls.frange(c)[0] * ls.k
+    ls.fci[c] = ci
+    ls.fsend[c] = ls.u[ci // ls.k]
+
+
+@torch.no_grad()
+def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
+    m, ls = ctx.cfg, ctx.layers[l]
+    L, M, k = m.seq_len, m.d_model, m.top_k
+    a, b = c * ls.T // n, (c + 1) * ls.T // n
+    x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
+    p = ctx.module.blocks[l]
+    cuts = _cuts(ctx, ls, a, b)
+    for pa, pb in zip(cuts, cuts[1:]):
+        xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(l > 0)
+        with torch.enable_grad():
+            h, u, w, idx = attention_router(xl, p, m)
+        ls.pieces.append(Piece(pa, pb, xl, h, u, w))
+        ls.h[pa:pb] = h.detach().reshape(-1, M)
+        ls.u[pa:pb] = u.detach().reshape(-1, M)
+        ls.w[pa:pb] = w.detach().reshape(-1, k)
+        ls.idx[pa:pb] = idx.reshape(-1, k)
+    ls.kept[a:b] = keep_mask(ls.idx[a:b], m.experts, capacity(m, ls.T), ls.counters)
+    chunks = [c] if ctx.knobs.at_chunked else list(range(ls.rf))
+    orders, cnts = zip(*[_dispatch_counts(ls, cc) for cc in chunks])
+    cnt = torch.stack(cnts)                    # [nc, S, El, rb]
+    # The one host sync of the task: split sizes of the uneven all-to-alls must be known on
+    # the host. On CUDA the counts travel by NCCL (own group, so queued all-to-alls do not
+    # delay them) and one copy brings every source's counts to the host.
+    if ctx.groups is None:                     # benchmark: pretend every source sends alike
+        allc = cnt.cpu().unsqueeze(0).expand(ls.S, *cnt.shape)
+    elif cnt.is_cuda:
+        out = torch.empty((ls.S, *cnt.shape), dtype=cnt.dtype, device=cnt.device)
+        dist.all_gather_into_tensor(out, cnt, group=ctx.groups.meta)
+        allc = out.cpu()                       # [S_src, nc, S_dst, El, rb]
+    else:
+        parts = [torch.empty_like(cnt) for _ in range(ls.S)]
+        dist.all_gather(parts, cnt, group=ctx.groups.meta)
+        allc = torch.stack(parts)
+    mine = allc[ctx.me]
+    for i, cc in enumerate(chunks):
+        ls.cnt[cc] = allc[:, i].contiguous()
+        ls.fsplit[cc] = mine[i].sum((1, 2)).tolist()
+        _dispatch_rows(ls, cc, orders[i], int(mine[i].sum()))
+
+
+@torch.no_grad()
+def shared_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
+    ls, p = ctx.layers[l], ctx.module.blocks[l]
+    a, b = ls.frange(c)
+    y, h1, h3 = ffn_fwd(ls.u[a:b], p.sw1, p.sw2, p.sw3, p.kind)
+    ls.shared_out[a:b] = y
+    ls.sh1[a:b] = h1
+    if h3 is not None:
+        ls.sh3[a:b] = h3
+
+
+@torch.no_grad()
+def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
+    ls, p = ctx.layers[l], ctx.module.blocks[l]
+    ch = ls.expert_chunk(c, ctx.me)
+    dev = ls.xin[c].device
+    perm = ch.perm.to(dev)
+    x = ls.xin[c][perm]
+    rows = x.shape[0]
+    H = p.w1.shape[1]
+    h1 = x.new_empty(rows, H)
+    h3 = x.new_empty(rows, H) if p.kind == "swiglu" else None
+    y = x.new_empty(rows, ls.M)
+    o = 0
+    for e, ne in enumerate(ch.ne):
+        if ne:
+            sl = slice(o, o + ne)
+            y[sl], h1[sl], h3_e = ffn_fwd(x[sl], p.w1[e], p.w2[e], None if p.w3 is None else p.w3[e], p.kind)
+            if h3 is not None:
+                h3[sl] = h3_e
+        o += ne
+    out = torch.empty_like(y)
+    out[perm] = y
+    ch.x, ch.h1, ch.h3 = x, h1, h3
+    ls.ech[c] = ch
+    ls.eout[c] = out
+    ls.xin[c] = None
+
+
+@torch.no_grad()
+def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
+    """Merge the last layer, loss_r = mean((y - target)^2); seed dy = d(loss_r / world)/dy."""
+    ls = ctx.layers[-1]
+    diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
+    ctx.loss = (diff * diff).mean().detach()
+    ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
+    _mark_ready(ctx, ls, 0, ls.T)
+
+
+# ---- backward --------------------------------------------------------------------------
+def _mark_ready(ctx: Ctx, ls: LayerState, a: int, b: int) -> None:
+    """dy of tokens [a, b) exists: build combine_bwd send rows (w * dy) of covered chunks."""
+    ls.dy_ready[a:b] = b"\x01" * (b - a)
+    for j in range(ls.rb):
+        ja, jb = ls.brange(j)
+        if ls.bsend[j] is None and all(ls.dy_ready[ja:jb]):
+            split = ls.matrix_bwd(j)[ctx.me]
+            local = torch.nonzero_static(ls.kept[ja:jb].reshape(-1), size=int(split.sum()))[:, 0]
+            e = ls.idx[ja:jb].reshape(-1)[local]
+            _, order = torch.sort(e, stable=True)
+            ci = local[order] + ja * ls.k
+            tok = ci // ls.k
+            ls.bci[j] = ci
+            ls.bsend[j] = (ls.w.view(-1)[ci, None] * ls.dy[tok]).to(ls.dy.dtype)
+            ls.bsplit[j] = split.tolist()
+
+
+def _saved(ls: LayerState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if ls.saved is None:
+        x = torch.cat([ch.x for ch in ls.ech])
+        h1 = torch.cat([ch.h1 for ch in ls.ech])
+        h3 = torch.cat([ch.h3 for ch in ls.ech]) if ls.ech[0].h3 is not None else None
+        ls.saved = (x, h1, h3)
+        for ch in ls.ech:
+            ch.x = ch.h1 = ch.h3 = None
+    return ls.saved
+
+
+@torch.no_grad()
+def expert_dx(ctx: Ctx, l: int, j: int, n: int) -> None:
+    ls, p = ctx.layers[l], ctx.module.blocks[l]
+    eb = ls.ebwd[j]
+    x, h1, h3 = _saved(ls)
+    dev = x.device
+    sel, perm = eb.sel.to(dev), eb.perm.to(dev)
+    eb.sel, eb.perm = sel, perm
+    dy = eb.dy[perm]
+    h1s, h3s = h1[sel], (h3[sel] if h3 is not None else None)
+    dx = torch.empty_like(dy)
+    g1 = torch.empty_like(h1s)
+    g3 = torch.empty_like(h3s) if h3s is not None else None
+    o = 0
+    for e, ne in enumerate(eb.ne):
+        if ne:
+            sl = slice(o, o + ne)
+            dx[sl], g1[sl], g3_e = ffn_dx(dy[sl], h1s[sl], None if h3s is None else h3s[sl], p.w1[e], p.w2[e],
+                                          None if p.w3 is None else p.w3[e], p.kind)
+            if g3 is not None:
+                g3[sl] = g3_e
+        o += ne
+    eb.dy, eb.g_h1, eb.g_h3 = dy, g1, g3
+    out = torch.empty_like(dx)
+    out[perm] = dx
+    ls.edx[j] = out
+
+
+@torch.no_grad()
+def expert_dw(ctx: Ctx, l: int, j: int, n: int) -> None:
+    ls, p = ctx.layers[l], ctx.module.blocks[l]
+    eb = ls.ebwd[j]
+    x, h1, h3 = _saved(ls)
+    xs, h1s, h3s = x[eb.sel], h1[eb.sel], (h3[eb.sel] if h3 is not None else None)
+    o = 0
+    for e, ne in enumerate(eb.ne):
+        if ne:
+            sl = slice(o, o + ne)
+            ffn_dw(eb.dy[sl], xs[sl], h1s[sl], None if h3s is None else h3s[sl], eb.g_h1[sl],
+                   None if eb.g_h3 is None else eb.g_h3[sl], p.w1.grad[e], p.w2.grad[e],
+                   None if p.w3 is None else p.w3.grad[e], p.kind)
+        o += ne
+    if not ctx.retain_graph:  # keep recv_split for dispatch_bwd
+        eb.dy = eb.g_h1 = eb.g_h3 = None
+
+
+@torch.no_grad()
+def shared_bwd(ctx: Ctx, l: int, j: int, n: int) -> None:
+    ls, p = ctx.layers[l], ctx.module.blocks[l]
+    a, b = ls.brange(j)
+    dy, h1 = ls.dy[a:b], ls.sh1[a:b]
+    h3 = ls.sh3[a:b] if p.kind == "swiglu" else None
+    dx, g1, g3 = ffn_dx(dy, h1, h3, p.sw1, p.sw2, p.sw3, p.kind)
+    ls.du_shared[a:b] = dx
+    ffn_dw(dy, ls.u[a:b], h1, h3, g1, g3, p.sw1.grad, p.sw2.grad, None if p.sw3 is None else p.sw3.grad, p.kind)
+
+
+@torch.no_grad()
+def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
+    ls = ctx.layers[l]
+    a, b = c * ls.T // n, (c + 1) * ls.T // n
+    du = ls.du_shared[a:b].clone() if ls.du_shared is not None else torch.zeros_like(ls.u[a:b])
+    for j in range(ls.rb):
+        ja, jb = ls.brange(j)
+        if a <= ja and jb <= b and ls.dxr[j] is not None:
+            ci = ls.bci[j] if ls.dxr_pos[j] is None else ls.bci[j][ls.dxr_pos[j].to(ls.bci[j].device)]
+            du.index_add_(0, ci // ls.k - a, ls.dxr[j])
+            if not ctx.retain_graph:
+                ls.dxr[j] = None
+    comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
+    dw = (ls.dy[a:b, None, :].float() * comb.float()).sum(-1)
+    dy = ls.dy[a:b]
+    keep = []
+    for pc in ls.pieces:
+        if not (a <= pc.a and pc.b <= b):
+            keep.append(pc)
+            continue
+        s = slice(pc.a - a, pc.b - a)
+        torch.autograd.backward([pc.h, pc.u, pc.w], [dy[s].view_as(pc.h), du[s].view_as(pc.u), dw[s].view_as(pc.w)],
+                                retain_graph=ctx.retain_graph)
+        if l > 0:
+            prev = ctx.layers[l - 1]
+            prev.dy[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
+            _mark_ready(ctx, prev, pc.a, pc.b)
+    if not ctx.retain_graph:
+        ls.pieces = keep
+
+
+# ---- communication -----------------------------------------------------------------------
+def _a2a(ctx: Ctx, key: tuple, hop: str | None, forward: bool, send: Callable[[], torch.Tensor],
+         send_split: list[int], recv_split: list[int], R: Callable[[], torch.Tensor]
+         ) -> tuple[torch.Tensor | None, torch.Tensor | None, list]:
+    """Flat all-to-all, or one hop of the two-hop one. Returns (recv or None while the first
+    hop's rows are held, flat position of each received row or None, works)."""
+    g = ctx.groups
+    if hop is None:
+        recv, w = a2a(send(), send_split, recv_split, g.ep, ctx.compute_stream)
+        return recv, None, [w]
+    first = hop == ("intra" if forward else "inter")
+    src = send() if first else ctx.hold.pop(key)
+    idx, ss, rs, pos = hop_plan(R(), g.ep_rank, g.node_size, hop, forward)
+    ctx.alive.append(src)
+    if idx is not None:
+        src = src[idx.to(src.device)]
+        ctx.alive.append(src)
+    recv, w = a2a(src, ss, rs, g.intra if hop == "intra" else g.inter, ctx.compute_stream)
+    if first:
+        ctx.hold[key] = recv
+        return None, None, [w]
+    return recv, pos, [w]
+
+
+@torch.no_grad()
+def dispatch(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
+    ls = ctx.layers[l]
+    rs = ls.cnt[c][:, ctx.me].sum((1, 2)).tolist()
+    recv, _, works = _a2a(ctx, ("d", l, c), hop, True, lambda: ls.fsend[c], ls.fsplit[c], rs,
+                          lambda: ls.matrix_fwd(c))
+    if recv is not None:
+        ls.xin[c] = recv
+    return works
+
+
+@torch.no_grad()
+def combine(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
+    ls = ctx.layers[l]
+    ss = ls.cnt[c][:, ctx.me].sum((1, 2)).tolist()
+    recv, pos, works = _a2a(ctx, ("c", l, c), hop, False, lambda: ls.eout[c], ss, ls.fsplit[c],
+                            lambda: ls.matrix_fwd(c).t().contiguous())
+    if recv is not None:
+        ls.comb[c], ls.comb_pos[c] = recv, pos
+    return works
+
+
+@torch.no_grad()
+def combine_bwd(ctx: Ctx, l: int, j: int, hop: str | None) -> list:
+    ls = ctx.layers[l]
+    if ls.ebwd[j] is None:
+        ls.ebwd[j] = ls.expert_bwd(j)
+    recv, _, works = _a2a(ctx, ("cb", l, j), hop, True, lambda: ls.bsend[j], ls.bsplit[j], ls.ebwd[j].recv_split,
+                          lambda: ls.matrix_bwd(j))
+    if recv is not None:
+        ls.ebwd[j].dy = recv
+    return works
+
+
+@torch.no_grad()
+def dispatch_bwd(ctx: Ctx, l: int, j: int, hop: str | None) -> list:
+    ls = ctx.layers[l]
+    recv, pos, works = _a2a(ctx, ("db", l, j), hop, False, lambda: ls.edx[j], ls.ebwd[j].recv_split, ls.bsplit[j],
+                            lambda: ls.matrix_bwd(j).t().contiguous())
+    if recv is not None:
+        ls.dxr[j], ls.dxr_pos[j] = recv, pos
+    return works
+
+
+@torch.no_grad()
+def grad_ar(ctx: Ctx, node: dict) -> list:
+    """All-reduce (SUM) bytes [offset, offset+work) of the group's flat gradient buffer,
+    rounded to whole elements: elements [off // b, (off + n) // b)."""
+    flat = ctx.flat[node["group"]]
+    b = flat.element_size()
+    s, e = node["offset_bytes"] // b, (node["offset_bytes"] + int(node["work"])) // b
+    if e <= s:
+        return []
+    pg = ctx.groups.dense if node["group"] == "dense" else ctx.groups.expert
+    return [dist.all_reduce(flat[s:e], op=dist.ReduceOp.SUM, group=pg, async_op=True)]
+
+
+COMPUTE = {"attn_fwd": attn_fwd, "shared_fwd": shared_fwd, "expert_fwd": expert_fwd, "loss": loss,
+           "expert_dx": expert_dx, "expert_dw": expert_dw, "shared_bwd": shared_bwd, "attn_bwd": attn_bwd}
+A2A = {"dispatch": dispatch, "combine": combine, "combine_bwd": combine_bwd, "dispatch_bwd": dispatch_bwd}
+
+
+def make_bench(kind: str, model: MoEModel, tokens: int, device: torch.device | str, dtype: torch.dtype,
+               ep: int = 1) -> Callable[[], None]:
+    """Closure running compute task ``kind`` once on synthetic inputs of ``tokens`` tokens
+    (see :mod:`executor.bench`)."""
+    from executor.bench import make_bench as _mb
+    return _mb(kind, model, tokens, device, dtype, ep=ep)

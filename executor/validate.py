@@ -1,0 +1,173 @@
+"""Predicted against measured, on real GPUs: the executor runs every plan the simulator scored.
+
+Run under torchrun, once per network regime (the regime is the process environment:
+``NCCL_P2P_DISABLE=1``, or ``--emulate-nodes 2``)::
+
+    torchrun --nproc_per_node=4 -m moesched validate --profile profiles/h200x4-hostmem.json \
+        --configs docs/validation_configs.json --out results/validation.csv --traces results/traces
+
+For each configuration and each schedule (every published policy and moesched's solved
+plan), rank 0 builds the plan (in a process pool, before any GPU work), every rank runs it
+for ``--warmup`` + ``--steps`` steps, and rank 0 appends a CSV row: predicted and measured
+step time (median), their error, and the mean error of the per-task durations of compute
+tasks in the last step. Predicted and measured Chrome traces go to ``--traces``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from moesched.cluster import Cluster
+from moesched.configs import load_configs
+from moesched.errors import MoeschedError
+from moesched.graph import build
+from moesched.plan import Plan, from_timeline
+from moesched.profile import Profile
+from moesched.sim import simulate
+
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
+          "predicted_exposed_ms", "knobs", "plan_hash"]
+
+
+def make_plan(args: tuple) -> dict:
+    """Plan dict for (profile path, model dict, cluster dict, schedule name); in a worker."""
+    from moesched.models import MoEModel
+    from moesched.schedules import get
+    from moesched.schedules.base import evaluate
+    prof_path, mdict, cdict, name = args
+    profile, model, cluster = Profile.load(prof_path), MoEModel.from_dict(mdict), Cluster.from_dict(cdict)
+    if name == "moesched":
+        from moesched.solve.api import solve
+        ev = solve(model, cluster, profile).evaluation
+    else:
+        ev = evaluate(model, cluster, profile, get(name).schedule(model, cluster, profile))
+    return from_timeline(name, model, cluster, ev.schedule.knobs, ev.timeline, profile).to_dict()
+
+
+def _task_error_pct(measured, predicted) -> float:
+    """Mean |error| % of compute-task durations, measured rank 0 vs predicted."""
+    m = measured[(measured["rank"] == 0) & (measured["resource"] == "compute")]
+    p = predicted[(predicted["rank"] == 0) & (predicted["resource"] == "compute")].set_index("task")
+    errs = []
+    for t, s, e in zip(m["task"], m["start_us"], m["end_us"]):
+        if t in p.index:
+            pd_ = float(p.at[t, "end_us"] - p.at[t, "start_us"])
+            if pd_ > 1.0:
+                errs.append(abs((e - s) - pd_) / pd_ * 100)
+    return statistics.fmean(errs) if errs else float("nan")
+
+
+def main(args: argparse.Namespace) -> int:
+    for k, v in SAFE_ENV.items():
+        os.environ.setdefault(k, v)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.emulate_nodes:
+        os.environ["NCCL_HOSTID"] = f"node{rank // (world // args.emulate_nodes)}"
+    profile = Profile.load(args.profile)
+    configs = load_configs(args.configs)
+    cluster = Cluster(profile.nodes, profile.gpus_per_node)
+    if cluster.world != world:
+        raise MoeschedError(f"profile {profile.name} is for {cluster.world} ranks but {world} are running")
+    schedules = [s for s in args.schedules.split(",") if s]
+    regime = args.regime or str(profile.hardware["regime"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=300))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    from executor.layers import TORCH_DTYPES, MoEModule, make_batch
+    from executor.runtime import PlannedStep
+    from moesched.trace import write_chrome_trace
+
+    jobs = [(args.profile, c.model.to_dict(), cluster.to_dict(), s) for c in configs for s in schedules]
+    box: list = [None]
+    if rank == 0:
+        t0 = time.time()
+        with ProcessPoolExecutor(max_workers=min(len(jobs), args.workers)) as ex:
+            box[0] = list(ex.map(make_plan, jobs))
+        print(f"validate: {len(jobs)} plans solved in {time.time() - t0:.1f} s", flush=True)
+    dist.broadcast_object_list(box, src=0)
+    plans = box[0]
+    if args.traces and rank == 0:
+        os.makedirs(args.traces, exist_ok=True)
+    rows = []
+    dev = torch.device("cuda" if cuda else "cpu")
+    for (_, _, _, sched), pd_ in zip(jobs, plans):
+        plan = Plan.from_dict(pd_)
+        g = plan.validate()
+        m = plan.model
+        dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
+        module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
+        step = PlannedStep(module, plan)
+        x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
+        times = []
+        for i in range(args.warmup + args.steps):
+            dist.barrier()
+            sync()
+            t0 = time.perf_counter()
+            step(x, t)
+            sync()
+            if i >= args.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+        measured = step.timeline()
+        if rank == 0:
+            gp = build(m, cluster, profile, plan.knobs)
+            pred = simulate(gp, {t_: i for i, t_ in enumerate(plan.order)}, strict=True)
+            med = statistics.median(times)
+            p_ms = pred.makespan_us / 1e3
+            row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
+                   "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
+                   "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
+                   "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
+                   "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
+                            f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
+                            f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
+                   "plan_hash": plan.hash[:12]}
+            rows.append(row)
+            print(f"validate {regime} {m.name} {sched}: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
+                  f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %", flush=True)
+            if args.traces:
+                base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}")
+                write_chrome_trace(pred, base + "_predicted.json", label="predicted")
+                write_chrome_trace(measured, base + "_measured.json", label="measured")
+        del step, module
+        if cuda:
+            torch.cuda.empty_cache()
+    if rank == 0:
+        new = not os.path.exists(args.out)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a", newline="") as f:
+            w = csv.DictWriter(f, FIELDS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+        summarize(rows)
+    dist.destroy_process_group()
+    return 0
+
+
+def summarize(rows: list[dict]) -> None:
+    """Print mean and max |error| of step time and the rank correlation of schedule orders."""
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    err = df["error_pct"].abs()
+    print(f"step time error over {len(df)} runs: mean {err.mean():.2f} %, max {err.max():.2f} %")
+    rhos = [g["predicted_ms"].corr(g["measured_ms"], method="spearman") for _, g in df.groupby(["regime", "config"])
+            if len(g) > 2]
+    if rhos:
+        print(f"rank correlation of schedules (Spearman, per config): mean {statistics.fmean(rhos):.3f}, "
+              f"min {min(rhos):.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(argparse.Namespace()))

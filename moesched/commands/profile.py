@@ -1,0 +1,97 @@
+"""``moesched profile``: measure a profile under torchrun, or check the fits of one.
+
+Measure (needs torch; every rank runs it)::
+
+    torchrun --nproc_per_node=4 -m moesched profile --out profiles/h200x4-nvlink.json
+    torchrun --nproc_per_node=2 -m moesched profile --out profiles/cpu-gloo-2.json --quick
+
+Check (no torch)::
+
+    moesched profile --check profiles/h200x4-nvlink.json
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moesched.errors import MoeschedError
+
+HELP = "measure a profile (under torchrun, --out FILE) or check the fits of one (--check FILE)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", metavar="FILE", help="print every fit of a profile (no torch needed)")
+    p.add_argument("--tol", type=float, default=0.10,
+                   help="with --check: flag points whose fitted value is off by more than this fraction (0.10)")
+    p.add_argument("--out", metavar="FILE", help="where to write the measured profile (atomically, rank 0)")
+    p.add_argument("--models", metavar="A,B|FILE.json", help="model presets, or a configs JSON "
+                   "(moesched.configs), whose shapes are timed and kept as per-shape curves (default: Mixtral-8x7B,DeepSeek-V2-Lite,GPT2-XL-MoE on GPU, GPT2-Tiny-MoE on CPU)")
+    p.add_argument("--emulate-nodes", type=int, metavar="K", default=None,
+                   help="pose as K nodes (NCCL_HOSTID per node of world/K ranks)")
+    p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
+    p.add_argument("--regime", metavar="LABEL", help="hardware.regime label (default from NCCL_* settings)")
+    p.add_argument("--name", help="profile name (default: the file name without .json)")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def check_lines(path: str, tol: float) -> list[str]:
+    """The report of ``--check`` as lines."""
+    from moesched.fit import check
+    from moesched.profile import Profile
+
+    prof = Profile.load(path)
+    rows = check(prof, tol)
+    lines = [f"profile {prof.name} ({prof.kind}): {prof.description}",
+             f"hardware: {prof.hardware}",
+             f"interference: compute_slowdown {_fmt(prof.compute_slowdown)}, comm_slowdown {_fmt(prof.comm_slowdown)}",
+             f"{'fit':34} {'model':9} {'alpha_us':>10} {'beta_us/unit':>12} {'R^2':>8} {'pts':>4} {'max_err%':>8}"]
+    for r in rows:
+        r2 = "-" if r.r2 is None else f"{r.r2:.5f}"
+        lines.append(f"{r.key:34} {r.model:9} {_fmt(r.alpha_us):>10} {_fmt(r.beta_us_per_unit):>12} {r2:>8} "
+                     f"{r.n_points:>4} {r.max_err_pct:>8.2f}")
+        for x, t, y, e in r.flagged:
+            lines.append(f"    off by {e:.1f} %: x={_fmt(x)} measured {_fmt(t)} us, fitted {_fmt(y)} us"
+                         f" (the profile interpolates the measured point)")
+    flagged = sum(len(r.flagged) for r in rows)
+    lines.append(f"{len(rows)} fits, {flagged} point(s) more than {100 * tol:g} % off their line")
+    meta: dict[str, Any] = prof.meta
+    rep = meta.get("replay")
+    if isinstance(rep, dict):
+        lines.append(f"replay on {rep.get('n')} held-out points: mean error {rep.get('mean_err_pct')} %, "
+                     f"max {rep.get('max_err_pct')} % ({rep.get('worst')}); compute mean "
+                     f"{rep.get('compute_mean_err_pct')} %, comm mean {rep.get('comm_mean_err_pct')} %")
+    else:
+        lines.append("replay: none recorded")
+    if isinstance(meta.get("overhead_us"), dict):
+        lines.append("per-task overhead (us): " + ", ".join(f"{k} {_fmt(v)}" for k, v in meta["overhead_us"].items()))
+    if isinstance(meta.get("all_to_all_uneven"), dict):
+        lines.append("uneven all-to-all / even: " + ", ".join(
+            f"{s} mean {v.get('mean_ratio_to_even')} max {v.get('max_ratio_to_even')}"
+            for s, v in meta["all_to_all_uneven"].items()))
+    for k in ("command", "date", "duration_s"):
+        if k in meta:
+            lines.append(f"{k}: {meta[k]}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check:
+        if args.out:
+            raise MoeschedError("profile: give either --check FILE or --out FILE, not both")
+        print("\n".join(check_lines(args.check, args.tol)))
+        return 0
+    if not args.out:
+        raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
+    if args.emulate_nodes is not None and args.emulate_nodes < 1:
+        raise MoeschedError(f"profile: --emulate-nodes must be >= 1, got {args.emulate_nodes}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MoeschedError("profile: measuring needs torch (pip install 'moesched[torch]'); "
+                            "--check FILE works without it") from None
+    from executor import profiler
+
+    return profiler.main(args)

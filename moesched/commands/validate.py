@@ -1,0 +1,34 @@
+"""``moesched validate``: predicted against measured on real GPUs (runs under torchrun)."""
+from __future__ import annotations
+
+import argparse
+
+from moesched.errors import MoeschedError
+from moesched.schedules import POLICIES
+
+HELP = "execute every schedule on real GPUs (under torchrun) and compare measured with predicted step times"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True, help="measured profile of this cluster and network regime")
+    p.add_argument("--configs", required=True, help="configuration set (JSON, see moesched.configs)")
+    p.add_argument("--schedules", default=",".join(POLICIES) + ",moesched", help="comma list (default: all + moesched)")
+    p.add_argument("--out", required=True, help="CSV to append rows to")
+    p.add_argument("--traces", default=None, help="folder for predicted and measured Chrome traces")
+    p.add_argument("--regime", default=None, help="label (default: the profile's hardware.regime)")
+    p.add_argument("--emulate-nodes", type=int, default=None, metavar="K", help="pose as K nodes (NCCL_HOSTID)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--workers", type=int, default=16, help="processes that solve the plans")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MoeschedError("moesched validate needs torch and GPUs; run it under torchrun on the GPU machine") from None
+    import os
+    if "RANK" not in os.environ:
+        raise MoeschedError("moesched validate runs under torchrun: torchrun --nproc_per_node=N -m moesched validate ...")
+    from executor.validate import main
+    return main(args)

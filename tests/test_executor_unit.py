@@ -1,0 +1,209 @@
+"""Executor pieces in one process: expert math, capacity, index bookkeeping, 2DH hop plans,
+parameter counts, benchmark closures, order checks."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moesched import work
+from moesched.cluster import Cluster
+from moesched.errors import MoeschedError
+from moesched.knobs import Knobs
+from moesched.models import MoEModel
+from moesched.plan import Plan
+
+from executor import tasks
+from executor.bench import KINDS, make_bench
+from executor.comm import hop_plan
+from executor.ffn import ffn_dw, ffn_dx, ffn_fwd
+from executor.layers import MoEModule, keep_mask
+from executor.state import LayerState, ranges
+from executor.testplans import make_plan, random_order, tiny_model
+
+
+@pytest.mark.parametrize("kind", ["gpt", "swiglu"])
+def test_ffn_backward_matches_autograd(kind: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, M, H = 7, 6, 5
+    x = torch.randn(n, M, generator=g, dtype=torch.float64, requires_grad=True)
+    w1, w3 = (torch.randn(H, M, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w2 = torch.randn(M, H, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(n, M, generator=g, dtype=torch.float64)
+    h = x @ w1.t()
+    a = F.gelu(h) if kind == "gpt" else F.silu(h) * (x @ w3.t())
+    (a @ w2.t()).backward(dy)
+    with torch.no_grad():
+        y, h1, h3 = ffn_fwd(x, w1, w2, w3, kind)
+        torch.testing.assert_close(y, a @ w2.t())
+        dx, g1, g3 = ffn_dx(dy, h1, h3, w1, w2, w3, kind)
+        gw1, gw2, gw3 = torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(w3)
+        ffn_dw(dy, x, h1, h3, g1, g3, gw1, gw2, gw3, kind)
+    torch.testing.assert_close(dx, x.grad)
+    torch.testing.assert_close(gw1, w1.grad)
+    torch.testing.assert_close(gw2, w2.grad)
+    if kind == "swiglu":
+        torch.testing.assert_close(gw3, w3.grad)
+
+
+def test_capacity_counters_match_unchunked() -> None:
+    g = torch.Generator().manual_seed(1)
+    idx = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(40)])
+    whole = keep_mask(idx, 6, 9)
+    assert not whole.all()  # some copies dropped
+    counts = torch.zeros(6, dtype=torch.long)
+    parts = [keep_mask(idx[a:a + 10], 6, 9, counts) for a in range(0, 40, 10)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert counts.tolist() == torch.bincount(idx.reshape(-1), minlength=6).tolist()
+
+
+def test_ranges() -> None:
+    assert ranges(torch.tensor([5, 0, 9]), torch.tensor([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
+
+
+def _simulate_2dh(R: torch.Tensor, G: int, forward: bool) -> None:
+    """Move labelled rows through both hops and compare with the flat all-to-all."""
+    S = R.shape[0]
+    send = [[(s, d, i) for d in range(S) for i in range(int(R[s, d]))] for s in range(S)]
+    flat = [[row for s in range(S) for row in send[s] if row[1] == d] for d in range(S)]
+    hops = ("intra", "inter") if forward else ("inter", "intra")
+    bufs = send
+    for h, hop in enumerate(hops):
+        plans = [hop_plan(R, me, G, hop, forward) for me in range(S)]
+        peers = (lambda me: [me // G * G + j for j in range(G)]) if hop == "intra" else \
+            (lambda me: [me % G + n * G for n in range(S // G)])
+        outs = []
+        for me in range(S):
+            gathered = []
+            for src in peers(me):
+                idx, ss, _, _ = plans[src]
+                rows = bufs[src] if idx is None else [bufs[src][i] for i in idx.tolist()]
+                pos = peers(src).index(me)
+                off = sum(ss[:pos])
+                gathered += rows[off:off + ss[pos]]
+            assert len(gathered) == sum(plans[me][2])
+            outs.append(gathered)
+        bufs = outs
+    for me in range(S):
+        pos = plans[me][3]
+        got = bufs[me]
+        if pos is not None:
+            reordered = [None] * len(got)
+            for i, p in enumerate(pos.tolist()):
+                reordered[p] = got[i]
+            got = reordered
+        assert got == flat[me]
+
+
+@pytest.mark.parametrize("forward", [True, False])
+@pytest.mark.parametrize("nodes,G", [(2, 2), (3, 2), (2, 3)])
+def test_two_hop_all_to_all_equals_flat(forward: bool, nodes: int, G: int) -> None:
+    g = torch.Generator().manual_seed(nodes * 10 + G)
+    R = torch.randint(0, 4, (nodes * G, nodes * G), generator=g)
+    _simulate_2dh(R, G, forward)
+
+
+def test_expert_bwd_order_matches_owner_order() -> None:
+    """Expert-side backward rows, in message order, are the forward rows of token range j
+    grouped by (source, expert) and sorted by token: what the owner sends."""
+    S, El, rf, rb, T, k = 2, 2, 2, 4, 16, 2
+    ls = LayerState(T, 4, k, S * El, S, rf, rb, torch.device("cpu"), torch.float32, 0)
+    g = torch.Generator().manual_seed(3)
+    labels = []  # per fwd chunk: rows in message order (s, e, j) labels
+    for c in range(rf):
+        cnt = torch.randint(0, 3, (S, S, El, rb), generator=g)
+        for jj in range(rb):  # only backward chunks inside forward chunk c may be nonzero
+            if not (c * T // rf <= jj * T // rb < (c + 1) * T // rf):
+                cnt[..., jj] = 0
+        ls.cnt[c] = cnt
+        ls.ech[c] = ls.expert_chunk(c, 0)
+        mine = cnt[:, 0]
+        labels.append([(s, e, jj) for s in range(S) for e in range(El) for jj in range(rb)
+                       for _ in range(int(mine[s, e, jj]))])
+    gemm = [lab for c in range(rf) for lab in [labels[c][i] for i in ls.ech[c].perm.tolist()]]
+    for j in range(rb):
+        eb = ls.expert_bwd(j)
+        rows = [gemm[i] for i in eb.sel.tolist()]
+        assert all(r[2] == j for r in rows)
+        msg = [None] * len(rows)
+        for i, p in enumerate(eb.perm.tolist()):
+            msg[p] = rows[i]
+        assert msg == sorted(msg, key=lambda r: (r[0], r[1]))
+        assert eb.recv_split == [sum(1 for r in msg if r[0] == s) for s in range(S)]
+        assert eb.ne == [sum(1 for r in rows if r[1] == e) for e in range(El)]
+
+
+@pytest.mark.parametrize("shared,kind", [(0, "gpt"), (2, "swiglu")])
+def test_parameter_counts_match_the_model(shared: int, kind: str) -> None:
+    m = tiny_model(shared_experts=shared, expert_kind=kind, layers=3)
+    mod = MoEModule(m, ep=2, ep_rank=1)
+    blk = mod.blocks[0]
+    assert sum(p.numel() for p in blk.dense_params()) == m.dense_params_per_layer()
+    assert sum(p.numel() for p in blk.expert_params()) == (m.experts // 2) * m.expert_params()
+    flat = tasks.grad_buffers(mod)
+    assert flat["dense"].numel() * flat["dense"].element_size() == work.dense_grad_bytes(m) * m.layers
+    assert flat["expert"].numel() * 4 == work.expert_grad_bytes(m, 2) * m.layers
+    # last layer first
+    assert mod.blocks[-1].norm1.grad.data_ptr() == flat["dense"].data_ptr()
+
+
+def test_experts_are_sharded_consistently() -> None:
+    m = tiny_model()
+    full = MoEModule(m, ep=1)
+    half = MoEModule(m, ep=2, ep_rank=1)
+    assert torch.equal(half.blocks[1].w1, full.blocks[1].w1[2:])
+    assert torch.equal(half.blocks[1].wqkv, full.blocks[1].wqkv)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bench_closures_run(kind: str) -> None:
+    m = tiny_model(shared_experts=1, expert_kind="swiglu", capacity_factor=1.0)
+    fn = make_bench(kind, m, 16, "cpu", torch.float32, ep=2)
+    fn()
+    fn()
+
+
+def test_bench_signature_from_tasks() -> None:
+    m = tiny_model()
+    tasks.make_bench("expert_dx", m, 8, torch.device("cpu"), torch.float32)()
+
+
+def test_capacity_chunks_are_ordered_by_the_graph() -> None:
+    """Token-major capacity ranking needs a layer's attention chunks in order: the graph
+    chains them, so a plan that swaps them is refused at validation."""
+    m = tiny_model(capacity_factor=1.0)
+    c, k = Cluster(1, 2), Knobs((2, 2), (1, 1), at_chunked=True)
+    p = make_plan(m, c, k)
+    assert p.graph().has_edge("L0.F.attn_fwd.c0", "L0.F.attn_fwd.c1")
+    order = list(p.order)
+    i, j = order.index("L0.F.attn_fwd.c0"), order.index("L0.F.attn_fwd.c1")
+    order[i], order[j] = order[j], order[i]
+    with pytest.raises(MoeschedError, match="before its dependency"):
+        Plan("t", m, c, k, order).validate()
+
+
+def test_random_order_is_topological() -> None:
+    p = make_plan(tiny_model(), Cluster(1, 2), Knobs((2, 1), (4, 2)))
+    g = p.graph()
+    for seed in range(3):
+        Plan("t", p.model, p.cluster, p.knobs, random_order(g, random.Random(seed))).validate()
+
+
+def test_model_dtype_maps() -> None:
+    m = MoEModel(name="b", layers=1, d_model=8, heads=2, seq_len=4, micro_batch=1, ffn_hidden=8, experts=2,
+                 top_k=1)
+    assert MoEModule(m).dtype == torch.bfloat16
+
+
+def test_random_plans_are_valid_and_executable_orders() -> None:
+    """random_plan yields valid plans, also with serialize + capacity + chunked attention."""
+    from executor.testplans import random_plan
+    rng = random.Random(0)
+    for i in range(40):
+        p = random_plan(rng, [Cluster(1, 2), Cluster(2, 2), Cluster(1, 4, ep=2)][i % 3])
+        p.validate()
+    p = make_plan(tiny_model(capacity_factor=1.0), Cluster(1, 2), Knobs((2, 4), (1, 2), at_chunked=True,
+                                                                           serialize=True), random.Random(1))
+    p.validate()

@@ -1,0 +1,151 @@
+"""executor.profiler end to end on gloo: 2 processes under real torchrun, tiny grids."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moesched.cli import main
+from moesched.profile import COMPUTE_KINDS, Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Used only while executor/tasks.py has no make_bench: a GEMM of the task's shape.
+STAND_IN = '''
+import sys, types
+def make_bench(kind, model, tokens, device, dtype):
+    import torch
+    rows = tokens * (model.top_k if kind.startswith("expert") else 1)
+    x = torch.randn(rows, model.d_model, device=device, dtype=dtype)
+    w = torch.randn(model.d_model, model.ffn_hidden, device=device, dtype=dtype)
+    return lambda: (x @ w).relu_()
+mod = types.ModuleType("executor.tasks")
+mod.make_bench = make_bench
+sys.modules["executor.tasks"] = mod
+'''
+
+
+def _has_make_bench() -> bool:
+    try:
+        return hasattr(importlib.import_module("executor.tasks"), "make_bench")
+    except ImportError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+            "-m", "moesched", "profile", "--out", str(out), "--quick", *extra]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    paths = [str(ROOT)]
+    if not _has_make_bench():
+        (tmp_path / "sitecustomize.py").write_text(STAND_IN)
+        paths.insert(0, str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("emulate", [None, 2])
+def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.json"
+    out.write_text("previous profile\n")  # replaced atomically on success
+    extra = ["--emulate-nodes", str(emulate)] if emulate else []
+    t0 = time.time()
+    res = subprocess.run(_cmd(out, *extra), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert time.time() - t0 < 120
+    prof = Profile.load(out)
+    assert prof.kind == "measured"
+    assert set(prof.compute) == set(COMPUTE_KINDS)
+    scopes = {"intra"} if emulate is None else {"inter", "world"}
+    assert (prof.nodes, prof.gpus_per_node) == ((1, 2) if emulate is None else (2, 1))
+    for op in ("all_to_all", "all_reduce", "all_gather", "reduce_scatter"):
+        assert set(prof.comm[op]) == scopes
+        for cost in prof.comm[op].values():
+            assert len(cost.points) >= 2 and cost.r2 is not None
+    for cost in prof.compute.values():
+        assert len(cost.points) >= 2 and all(x > 0 and t > 0 for x, t in cost.points)
+    assert prof.compute_slowdown >= 1.0 and prof.comm_slowdown >= 1.0
+    meta = prof.meta
+    assert meta["replay"]["n"] > 0 and meta["replay"]["mean_err_pct"] is not None
+    assert meta["world_size"] == 2 and "torchrun --nproc_per_node=2 -m moesched profile" in meta["command"]
+    assert meta["env"]["NCCL_NVLS_ENABLE"] == "0"
+    assert set(meta["overhead_us"]) >= set(COMPUTE_KINDS)
+    assert not list(tmp_path.glob(".p.json.*"))  # no temporary file left behind
+    capsys.readouterr()
+    assert main(["profile", "--check", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "compute.expert_fwd" in text and "replay on" in text
+
+
+@pytest.mark.slow
+def test_interrupted_run_leaves_old_profile(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    old = json.dumps({"old": True})
+    out.write_text(old)
+    proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until measuring has started, then interrupt
+            if line.startswith("profiling:"):
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert out.read_text() == old
+    assert not list(tmp_path.glob(".p.json.*"))
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["profile"]) == 2
+    assert main(["profile", "--check", str(tmp_path / "missing.json")]) == 2
+    assert main(["profile", "--out", str(tmp_path / "p.json")]) == 2  # not under torchrun
+    err = capsys.readouterr().err
+    assert "torchrun" in err and all(line.startswith("moesched: error:") for line in err.strip().splitlines())
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_shipped_cpu_profile_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    path = ROOT / "profiles" / "cpu-gloo-2.json"
+    if not path.exists():
+        pytest.skip("profiles/cpu-gloo-2.json not produced yet")
+    prof = Profile.load(path)
+    assert (prof.nodes, prof.gpus_per_node, prof.kind) == (1, 2, "measured")
+    assert main(["profile", "--check", str(path)]) == 0
+
+
+def test_bench_shape_and_flops() -> None:
+    from executor.profiler import bench_shape, task_flops
+    from moesched.models import MoEModel
+
+    m = MoEModel.from_name("Mixtral-8x7B")
+    s = bench_shape(m, "shared_fwd", 6144)
+    assert s.seq_len * s.micro_batch == 6144 and s.seq_len == 2048 and s.shared_experts == 1
+    assert bench_shape(m, "attn_fwd", 256).seq_len == 256
+    assert bench_shape(m, "attn_fwd", 256).shared_experts == 0
+    assert task_flops("shared_bwd", s, 6144) == 2 * task_flops("shared_fwd", s, 6144) > 0
+    assert task_flops("expert_dw", s, 6144) == task_flops("expert_fwd", s, 6144)
