@@ -14,6 +14,8 @@ flat all-to-all, known on every rank from the count exchange.
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -44,6 +46,25 @@ class Groups:
     node_size: int  # EP members per node (hierarchical hops)
 
 
+# Passing NCCL options together with timeout= makes PyTorch warn on every group although the
+# timeout keyword is what we mean to apply.
+warnings.filterwarnings("ignore", message=r"backend_options\._timeout was specified")
+
+
+def link_pg_options(backend: str, resource: str) -> object | None:
+    """NCCL options with a high-priority internal stream for the links: a collective issued
+    while GEMMs fill the GPU otherwise waits for SMs until they drain (Megatron-Core's
+    --high-priority-a2a-comm-stream does the same). None elsewhere."""
+    if backend != "nccl" or not resource.startswith("comm"):
+        return None
+    try:
+        opts = dist.ProcessGroupNCCL.Options()
+        opts.islink_pg_options_stream = True
+        return opts
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def build_groups(cluster: Cluster, knobs: Knobs, backend: str, timeout_s: float = 120.0) -> Groups:
     """Create every subgroup (collective over the world: all ranks must call it)."""
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -56,7 +77,7 @@ def build_groups(cluster: Cluster, knobs: Knobs, backend: str, timeout_s: float 
         for s in sets:
             key = (resource, be, tuple(s))
             if key not in cache:
-                cache[key] = dist.new_group(s, backend=be, timeout=to)
+                cache[key] = dist.new_group(s, backend=be, timeout=to, pg_options=link_pg_options(be, resource))
             if rank in s:
                 mine[name] = cache[key]
 

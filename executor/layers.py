@@ -157,7 +157,7 @@ def keep_mask(idx: torch.Tensor, experts: int, cap: int | None, counts: torch.Te
     """
     if cap is None:
         if counts is not None:
-            counts += torch.bincount(idx.reshape(-1), minlength=experts)
+            counts.index_add_(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1)))  # bincount would sync
         return torch.ones_like(idx, dtype=torch.bool)
     flat = idx.reshape(-1)
     oh = F.one_hot(flat, experts)

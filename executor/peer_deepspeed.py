@@ -14,7 +14,6 @@ time is the median over timed steps (CUDA-synchronised wall clock).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from moesched.configs import load_configs
 from moesched.models import MoEModel
 
 
@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="CSV to append rows to (rank 0)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K", help="pose as K nodes (NCCL_HOSTID)")
     args = ap.parse_args(argv)
+    if args.emulate_nodes:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        os.environ["NCCL_HOSTID"] = f"node{rank // (world // args.emulate_nodes)}"
     for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
         os.environ.setdefault(k, "0" if k == "NCCL_NVLS_ENABLE" else "1")
     import deepspeed
@@ -105,19 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     rank = dist.get_rank()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = torch.device("cuda")
-    with open(args.configs) as f:
-        configs = json.load(f)
     rows = []
-    for c in configs:
-        m = MoEModel.from_dict(c["model"])
+    for c in load_configs(args.configs):
+        m = c.model
         try:
             ms = run_config(m, args.steps, args.warmup, device, torch.bfloat16)
             err = ""
         except Exception as e:  # a peer failure is reported, not fatal to the batch
             ms, err = float("nan"), f"{type(e).__name__}: {e}".splitlines()[0][:200]
         if rank == 0:
-            print(f"deepspeed {c['name']} {args.regime}: {ms:.2f} ms {err}", flush=True)
-            rows.append(f"{c['name']},{args.regime},deepspeed,{ms:.4f},{deepspeed.__version__},\"{err}\"\n")
+            print(f"deepspeed {c.name} {args.regime}: {ms:.2f} ms {err}", flush=True)
+            rows.append(f"{c.name},{args.regime},deepspeed,{ms:.4f},{deepspeed.__version__},\"{err}\"\n")
     if rank == 0:
         new = not os.path.exists(args.out)
         with open(args.out, "a") as f:

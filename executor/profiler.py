@@ -31,9 +31,10 @@ import torch.distributed as dist
 
 warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
 
+from executor.comm import link_pg_options
 from moesched import work
-from moesched.errors import MoeschedError
 from moesched.configs import models_from_spec
+from moesched.errors import MoeschedError
 from moesched.fit import profile_from_samples
 from moesched.models import MoEModel
 from moesched.profile import COMPUTE_KINDS
@@ -116,9 +117,15 @@ class Ctx:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
             dist.init_process_group("gloo")
         node = self.rank // self.gpn
-        intra = [dist.new_group(list(range(n * self.gpn, (n + 1) * self.gpn))) for n in range(self.nodes)]
-        inter = [dist.new_group([n * self.gpn + l for n in range(self.nodes)]) for l in range(self.gpn)]
-        world = dist.group.WORLD
+        # The executor's link groups: own NCCL communicators with a high-priority stream
+        # (executor.comm), so the profile times the very collectives the runtime issues.
+        be = "nccl" if self.cuda else "gloo"
+
+        def group(ranks: list[int]) -> Any:
+            return dist.new_group(ranks, backend=be, pg_options=link_pg_options(be, "comm"))
+        intra = [group(list(range(n * self.gpn, (n + 1) * self.gpn))) for n in range(self.nodes)]
+        inter = [group([n * self.gpn + l for n in range(self.nodes)]) for l in range(self.gpn)]
+        world = group(list(range(self.world)))
         if self.nodes == 1:
             self.scopes = {"intra": (world, self.world)}
         else:
@@ -146,17 +153,20 @@ def _loop(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
 
 
 def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
-    """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls. Compute runs back to back
-    (CUDA events between calls, as the runtime queues tasks); a collective gets a barrier
-    before each rep, which times ``inner`` calls back to back and divides (as nccl-tests
-    does), so that ranks leaving the barrier at different times barely count."""
+    """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls, each rep ``inner`` calls
+    back to back (divided). GPU: CUDA events between consecutive reps, as the runtime queues
+    tasks. A collective (``barrier``) gets one barrier before its warm-up: after it the
+    collectives themselves keep the ranks in step, so rank skew at a barrier never lands in
+    a timed rep (timing each rep after its own barrier made large messages noisy)."""
     if inner > 1:
         fn = _loop(fn, inner)
+    if barrier:
+        ctx.barrier()
     for _ in range(warmup):
         fn()
     ctx.sync()
     times = []
-    if ctx.cuda and not barrier:
+    if ctx.cuda:
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
         ev[0].record()
         for i in range(reps):
@@ -166,19 +176,9 @@ def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bo
         times = [1000.0 * ev[i].elapsed_time(ev[i + 1]) for i in range(reps)]
     else:
         for _ in range(reps):
-            if barrier:
-                ctx.barrier()
-            if ctx.cuda:
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                fn()
-                e1.record()
-                e1.synchronize()
-                times.append(1000.0 * e0.elapsed_time(e1))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e6 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e6 * (time.perf_counter() - t0))
     return statistics.median(times) / inner
 
 
@@ -196,8 +196,9 @@ def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = Fals
     out = torch.empty_like(buf)
     part = torch.empty(n // p, dtype=dtype, device=ctx.device)
     kw: dict[str, Any] = {"group": group, "async_op": async_op}
-    if op == "all_to_all":
-        return lambda: dist.all_to_all_single(out, buf, **kw)
+    if op == "all_to_all":  # explicit split lists: the runtime's call (a different NCCL path than none)
+        even = [n // p] * p
+        return lambda: dist.all_to_all_single(out, buf, even, even, **kw)
     if op == "all_to_all_uneven":
         splits = [w * unit * p for w in weights]
         return lambda: dist.all_to_all_single(out, buf, splits, splits, **kw)
@@ -236,6 +237,32 @@ def measure_compute(ctx: Ctx, models: list[MoEModel], grid: Grid, bar: Any) -> l
         del fn
         bar.update(1)
     return [r for part in ctx.gather(rows) for r in part]
+
+
+def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
+    """µs of attn_fwd's routing-count exchange, which its benchmark closure leaves out: a
+    small all-gather over the EP group (the world here) and the copy of the counts to the
+    host (executor.tasks.attn_fwd). The profile adds it to every attn_fwd sample."""
+    cnt = torch.ones(256, dtype=torch.long, device=ctx.device)
+    out = torch.empty(256 * ctx.world, dtype=torch.long, device=ctx.device)
+    parts = [torch.empty_like(cnt) for _ in range(ctx.world)]
+
+    def exchange() -> None:
+        if ctx.cuda:
+            dist.all_gather_into_tensor(out, cnt)
+            out.cpu()
+        else:
+            dist.all_gather(parts, cnt)
+
+    ctx.barrier()
+    for _ in range(grid.warmup + 2):
+        exchange()
+    times = []
+    for _ in range(grid.reps):
+        t0 = time.perf_counter()
+        exchange()
+        times.append(1e6 * (time.perf_counter() - t0))
+    return max(ctx.gather(statistics.median(times)))
 
 
 def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
@@ -378,9 +405,11 @@ def main(args: argparse.Namespace) -> int:
                    desc="profile", unit="pt")
         compute = measure_compute(ctx, models, grid, bar)
         comm = measure_comm(ctx, grid, bar)
+        exchange_us = measure_count_exchange(ctx, grid)
+        compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
         inter = measure_interference(ctx, models[0], grid, bar)
         if ctx.rank == 0:
-            meta = dict(_meta(ctx, args, grid, names), interference=inter)
+            meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us)
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
                 else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             hw = {"gpu": meta.get("gpu") or f"CPU ({platform.machine()})", "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,

@@ -16,7 +16,8 @@ consumers wait on that event. A link stream thus runs its collectives one at a t
 order, as the simulator's serial resource. CPU/gloo: compute runs inline; a collective is
 issued async (gloo progresses it on a background thread) and consumers ``wait()`` on it.
 Collective start times are max(issue, end of the previous task on the link, ends of the
-dependencies); ends come from CUDA events (GPU) or the Work's completion callback (CPU).
+dependencies), the issue being an event recorded on the link stream after its waits (GPU);
+ends come from CUDA events (GPU) or the Work's completion callback (CPU).
 
 Memory safety on CUDA: receive buffers are allocated on the link stream and recorded on the
 compute stream; every buffer a link stream reads stays referenced by the step's context
@@ -194,6 +195,8 @@ class PlannedStep:
                     for p in preds:
                         if self.graph.nodes[p]["resource"] != res:
                             ls.wait_event(eev[p])
+                    sev[name] = ev()  # fires once dependencies are met AND the CPU has issued it
+                    sev[name].record(ls)
                     for w in self._call(ctx, name, a):
                         w.wait()
                     eev[name] = ev()

@@ -67,7 +67,7 @@ def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
     for c in range(ls.rf):
         fa, fb = ls.frange(c)
         if fa < b and fb > a and not ls.scattered[c]:
-            ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][ls.comb_pos[c].to(ls.fci[c].device)]
+            ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][h2d(ls.comb_pos[c], ls.fci[c].device)]
             ls.comb_full.index_copy_(0, ci, ls.comb[c])
             ls.scattered[c] = True
     comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
@@ -75,6 +75,16 @@ def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
     if ls.shared_out is not None:
         y = y + ls.shared_out[a:b]
     return y
+
+
+def h2d(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host index tensor to ``device`` without a host sync: a pageable copy with
+    non_blocking=False waits for the whole stream, which would stop the issue thread from
+    running ahead of the GPU. Pinned memory from PyTorch's caching host allocator stays
+    alive until the copy is done."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _cuts(ctx: Ctx, ls: LayerState, a: int, b: int) -> list[int]:
@@ -163,7 +173,7 @@ def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls, p = ctx.layers[l], ctx.module.blocks[l]
     ch = ls.expert_chunk(c, ctx.me)
     dev = ls.xin[c].device
-    perm = ch.perm.to(dev)
+    perm = h2d(ch.perm, dev)
     x = ls.xin[c][perm]
     rows = x.shape[0]
     H = p.w1.shape[1]
@@ -231,7 +241,7 @@ def expert_dx(ctx: Ctx, l: int, j: int, n: int) -> None:
     eb = ls.ebwd[j]
     x, h1, h3 = _saved(ls)
     dev = x.device
-    sel, perm = eb.sel.to(dev), eb.perm.to(dev)
+    sel, perm = h2d(eb.sel, dev), h2d(eb.perm, dev)
     eb.sel, eb.perm = sel, perm
     dy = eb.dy[perm]
     h1s, h3s = h1[sel], (h3[sel] if h3 is not None else None)
@@ -290,7 +300,7 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     for j in range(ls.rb):
         ja, jb = ls.brange(j)
         if a <= ja and jb <= b and ls.dxr[j] is not None:
-            ci = ls.bci[j] if ls.dxr_pos[j] is None else ls.bci[j][ls.dxr_pos[j].to(ls.bci[j].device)]
+            ci = ls.bci[j] if ls.dxr_pos[j] is None else ls.bci[j][h2d(ls.dxr_pos[j], ls.bci[j].device)]
             du.index_add_(0, ci // ls.k - a, ls.dxr[j])
             if not ctx.retain_graph:
                 ls.dxr[j] = None
@@ -328,7 +338,7 @@ def _a2a(ctx: Ctx, key: tuple, hop: str | None, forward: bool, send: Callable[[]
     idx, ss, rs, pos = hop_plan(R(), g.ep_rank, g.node_size, hop, forward)
     ctx.alive.append(src)
     if idx is not None:
-        src = src[idx.to(src.device)]
+        src = src[h2d(idx, src.device)]
         ctx.alive.append(src)
     recv, w = a2a(src, ss, rs, g.intra if hop == "intra" else g.inter, ctx.compute_stream)
     if first:

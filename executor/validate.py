@@ -134,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
                             f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                    "plan_hash": plan.hash[:12]}
             rows.append(row)
+            _append_row(args.out, row)
             print(f"validate {regime} {m.name} {sched}: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
                   f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %", flush=True)
             if args.traces:
@@ -144,16 +145,20 @@ def main(args: argparse.Namespace) -> int:
         if cuda:
             torch.cuda.empty_cache()
     if rank == 0:
-        new = not os.path.exists(args.out)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a", newline="") as f:
-            w = csv.DictWriter(f, FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
         summarize(rows)
     dist.destroy_process_group()
     return 0
+
+
+def _append_row(path: str, row: dict) -> None:
+    """Append one CSV row as soon as it is measured (a run cut short keeps what it had)."""
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 def summarize(rows: list[dict]) -> None:

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moesched: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `moesched models | head`: the reader left; say nothing
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()

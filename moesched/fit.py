@@ -264,8 +264,18 @@ def build_profile(name: str, description: str, hardware: dict[str, Any], meta: d
     fits: dict[str, Any] = {}
     costs: dict[str, Cost] = {}
     for k in COMPUTE_KINDS:
-        r = fit([x for x, _ in compute[k]], [t for _, t in compute[k]])
-        costs[k], fits[f"compute.{k}"] = r.cost, r.info
+        xs, ts = [x for x, _ in compute[k]], [t for _, t in compute[k]]
+        if shapes:
+            # Measured shapes use their own curves; the per-kind cost is the fallback for other
+            # shapes, and there a table through several shapes' medians zigzags (shapes of
+            # equal FLOPs differ several-fold in time), so the fallback is one monotone line.
+            line = fit_line(xs, ts)
+            costs[k] = Cost(line.alpha_us, line.beta, (), round(line.r2, 6))
+            fits[f"compute.{k}"] = {"model": "line (fallback for unmeasured shapes)", "n_samples": len(xs),
+                                    "max_rel_err": round(line.max_rel_err, 6)}
+        else:
+            r = fit(xs, ts)
+            costs[k], fits[f"compute.{k}"] = r.cost, r.info
     comm_costs: dict[str, dict[str, Cost]] = {}
     for op, by in comm.items():
         for scope, samples in by.items():
@@ -355,7 +365,8 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
     for op, s, b, us, role in comm:
         if role != "replay" and op != UNEVEN:
             fit_m.setdefault(op, {}).setdefault(s, []).append((b, us))
-    meta = dict(meta, samples={"compute": [list(r) for r in compute], "comm": [list(r) for r in comm]})
+    meta = dict(meta, samples={"compute": [list(r) for r in compute], "comm": [list(r) for r in comm]},
+                shape_of=dict(shape_of or {}))
     shapes = {shape_of[m]: {k: curves[k][m] for k in COMPUTE_KINDS if m in curves[k]}
               for m in {m for by in curves.values() for m in by} if shape_of and m in shape_of}
     prof = build_profile(name, description, hardware, meta, fit_c, fit_m, compute_slowdown, comm_slowdown, shapes)
@@ -364,3 +375,18 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
         extra["duration_s"] = round(duration_s, 1)
     return build_profile(name, description, hardware, dict(meta, **extra), fit_c, fit_m, compute_slowdown,
                          comm_slowdown, shapes)
+
+
+def refit(prof: Profile) -> Profile:
+    """Rebuild a measured profile's fits from the raw samples it keeps in meta (no new
+    measurement): for when the fitting code improves."""
+    meta = dict(prof.meta)
+    samples = meta.pop("samples", None)
+    if not samples or "compute" not in samples or "comm" not in samples:
+        raise MoeschedError(f"profile {prof.name} keeps no raw samples to refit")
+    for k in ("fits", "replay", "overhead_us", UNEVEN):
+        meta.pop(k, None)
+    shape_of = meta.get("shape_of") or {}
+    return profile_from_samples(prof.name, prof.description, prof.hardware, meta,
+                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
+                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)

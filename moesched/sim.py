@@ -69,9 +69,9 @@ class Timeline:
     def exposed_comm_us(self, rank: int = 0) -> float:
         """Time on ``rank`` during which some collective runs and compute is idle, µs."""
         d = self.df[self.df["rank"] == rank]
-        comm = _union(d.loc[d["resource"] != "compute", ["start_us", "end_us"]].to_numpy().tolist())
-        comp = _union(d.loc[d["resource"] == "compute", ["start_us", "end_us"]].to_numpy().tolist())
-        return _length(comm) - _intersection_length(comm, comp)
+        comm = union_intervals(d.loc[d["resource"] != "compute", ["start_us", "end_us"]].to_numpy().tolist())
+        comp = union_intervals(d.loc[d["resource"] == "compute", ["start_us", "end_us"]].to_numpy().tolist())
+        return intervals_length(comm) - intersection_length(comm, comp)
 
     def order(self, rank: int = 0) -> list[str]:
         """Tasks of ``rank`` by start time: an issue order the executor can replay."""
@@ -322,7 +322,8 @@ def critical_path_us(g: nx.DiGraph) -> float:
     return max(best.values(), default=0.0)
 
 
-def _union(iv: list[list[float]]) -> list[tuple[float, float]]:
+def union_intervals(iv: list[list[float]]) -> list[tuple[float, float]]:
+    """Sorted disjoint union of [start, end) intervals (µs); empty ones dropped."""
     out: list[tuple[float, float]] = []
     for s, e in sorted(iv):
         if e <= s:
@@ -334,11 +335,11 @@ def _union(iv: list[list[float]]) -> list[tuple[float, float]]:
     return out
 
 
-def _length(iv: list[tuple[float, float]]) -> float:
+def intervals_length(iv: list[tuple[float, float]]) -> float:
     return sum(e - s for s, e in iv)
 
 
-def _intersection_length(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+def intersection_length(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
     i = j = 0
     tot = 0.0
     while i < len(a) and j < len(b):

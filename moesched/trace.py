@@ -17,7 +17,7 @@ import pandas as pd
 from moesched import __version__
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json, write_atomic, write_json
-from moesched.sim import COLUMNS, Timeline
+from moesched.sim import COLUMNS, Timeline, union_intervals
 
 RESOURCE_TID = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 TID_RESOURCE = {v: k for k, v in RESOURCE_TID.items()}
@@ -113,8 +113,8 @@ def read_chrome_trace(path: str | os.PathLike, label: str | None = None) -> Time
 def exposed_intervals_us(tl: Timeline, rank: int = 0) -> list[tuple[float, float]]:
     """Intervals (µs) on ``rank`` where some collective runs while compute is idle."""
     d = tl.df[tl.df["rank"] == rank]
-    comm = _union(d.loc[d["resource"] != "compute", ["start_us", "end_us"]].to_numpy().tolist())
-    comp = _union(d.loc[d["resource"] == "compute", ["start_us", "end_us"]].to_numpy().tolist())
+    comm = union_intervals(d.loc[d["resource"] != "compute", ["start_us", "end_us"]].to_numpy().tolist())
+    comp = union_intervals(d.loc[d["resource"] == "compute", ["start_us", "end_us"]].to_numpy().tolist())
     out: list[tuple[float, float]] = []
     j = 0
     for s, e in comm:
@@ -129,18 +129,6 @@ def exposed_intervals_us(tl: Timeline, rank: int = 0) -> list[tuple[float, float
             k += 1
         if cur < e:
             out.append((cur, e))
-    return out
-
-
-def _union(iv: list[list[float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for s, e in sorted(iv):
-        if e <= s:
-            continue
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
     return out
 
 

@@ -81,8 +81,12 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
         assert set(prof.comm[op]) == scopes
         for cost in prof.comm[op].values():
             assert len(cost.points) >= 2 and cost.r2 is not None
-    for cost in prof.compute.values():
-        assert len(cost.points) >= 2 and all(x > 0 and t > 0 for x, t in cost.points)
+    assert prof.shapes, "measured model shapes keep their own curves"
+    for by in prof.shapes.values():
+        for cost in by.values():
+            assert len(cost.points) >= 2 and all(x > 0 and t > 0 for x, t in cost.points)
+    for cost in prof.compute.values():  # the fallback for unmeasured shapes: one line per kind
+        assert cost.alpha_us >= 0 and cost.beta_us_per_unit >= 0 and cost.r2 is not None
     assert prof.compute_slowdown >= 1.0 and prof.comm_slowdown >= 1.0
     meta = prof.meta
     assert meta["replay"]["n"] > 0 and meta["replay"]["mean_err_pct"] is not None

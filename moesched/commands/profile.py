@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", metavar="FILE", help="print every fit of a profile (no torch needed)")
     p.add_argument("--tol", type=float, default=0.10,
                    help="with --check: flag points whose fitted value is off by more than this fraction (0.10)")
+    p.add_argument("--refit", metavar="FILE", help="rebuild the fits of a measured profile from the raw samples "
+                   "it keeps (no torch, no measuring); writes --out, default in place")
     p.add_argument("--out", metavar="FILE", help="where to write the measured profile (atomically, rank 0)")
     p.add_argument("--models", metavar="A,B|FILE.json", help="model presets, or a configs JSON "
                    "(moesched.configs), whose shapes are timed and kept as per-shape curves (default: Mixtral-8x7B,DeepSeek-V2-Lite,GPT2-XL-MoE on GPU, GPT2-Tiny-MoE on CPU)")
@@ -78,6 +80,15 @@ def check_lines(path: str, tol: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.refit:
+        from moesched.fit import refit
+        from moesched.profile import Profile
+        prof = refit(Profile.load(args.refit))
+        prof.save(args.out or args.refit)
+        rep = prof.meta["replay"]
+        print(f"refitted {args.refit} -> {args.out or args.refit}: replay error mean {rep['mean_err_pct']} %, "
+              f"max {rep['max_err_pct']} % ({rep['worst']})")
+        return 0
     if args.check:
         if args.out:
             raise MoeschedError("profile: give either --check FILE or --out FILE, not both")

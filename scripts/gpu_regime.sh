@@ -1,0 +1,35 @@
+#!/bin/bash
+# One network regime on 4 x H200: profile, check, validate every schedule, DeepSpeed-MoE peer.
+# Usage (device tool, repo root): bash scripts/gpu_regime.sh nvlink|hostmem|2nodes
+# Results land in $OUT (profile, check, CSVs, traces tarball, log).
+set -u
+REG=$1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=. PYTHONUNBUFFERED=1
+EM=""
+case $REG in
+  nvlink) ;;
+  hostmem) export NCCL_P2P_DISABLE=1 ;;
+  2nodes) export NCCL_SOCKET_NTHREADS=4 NCCL_NSOCKS_PERTHREAD=4; EM="--emulate-nodes 2" ;;
+  *) echo "unknown regime $REG"; exit 2 ;;
+esac
+CFG=${CFG:-docs/validation_configs.json}
+STEPS=${STEPS:-6}
+F="grep -v -e ^W1 -e OMP_NUM -e ^\*\*\*"
+mkdir -p $OUT/traces
+{
+echo "== profile $REG"; date -u
+timeout 150 torchrun --nproc_per_node=4 -m moesched profile --out $OUT/h200x4-$REG.json --models $CFG $EM 2>&1 | $F | tail -4
+python -m moesched profile --check $OUT/h200x4-$REG.json > $OUT/check-$REG.txt 2>&1
+echo "== validate $REG"; date -u
+timeout 300 torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \
+  --regime $REG --out $OUT/validation-$REG.csv --traces $OUT/traces --steps $STEPS --warmup 2 $EM 2>&1 | $F
+echo "== deepspeed $REG"; date -u
+if [ -d .whl ]; then
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:.
+  DS_BUILD_OPS=0 timeout 110 torchrun --nproc_per_node=4 -m executor.peer_deepspeed --configs $CFG --regime $REG \
+    --out $OUT/deepspeed-$REG.csv --steps $STEPS --warmup 2 $EM 2>&1 | grep -e "^deepspeed" -e Error -e error | tail -12
+fi
+date -u
+} 2>&1 | tee $OUT/log-$REG.txt
+tar czf $OUT/traces-$REG.tgz -C $OUT traces && rm -rf $OUT/traces
