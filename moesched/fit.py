@@ -218,6 +218,8 @@ class CheckRow:
 
 def _costs(profile: Profile) -> list[tuple[str, Cost]]:
     out = [(f"compute.{k}", profile.compute[k]) for k in COMPUTE_KINDS if k in profile.compute]
+    for shape, by in sorted(profile.shapes.items()):
+        out += [(f"shapes.{shape}.{k}", by[k]) for k in COMPUTE_KINDS if k in by]
     for op in COLLECTIVES:
         for scope, cost in sorted(profile.comm.get(op, {}).items()):
             out.append((f"comm.{op}.{scope}", cost))

@@ -201,6 +201,7 @@ class _Builder:
         L = self.m.layers
         total = bytes_per_layer * L
         size = total if self.k.grad_chunk_bytes is None else min(self.k.grad_chunk_bytes, total)
+        count = -(-total // size)
         off, i = 0, 0
         while off < total:
             n = min(size, total - off)
@@ -209,14 +210,11 @@ class _Builder:
             deps = [t for l in layers for t in ready[l]]
             if self.k.grad_sync == "after_backward":  # first chunk waits for all of backward, the rest for it
                 deps += last_bwd if i == 0 else [f"G.{group}.k0"]
-            self.add(f"G.{group}.k{i}", dict.fromkeys(deps), kind="grad_ar", layer=-1, chunk=i, nchunks=0,
+            self.add(f"G.{group}.k{i}", dict.fromkeys(deps), kind="grad_ar", layer=-1, chunk=i, nchunks=count,
                      phase="grad", resource=resource_of(scope), op="all_reduce", scope=scope, work=n,
                      group=group, offset_bytes=off, layers=tuple(layers), tokens=0)
             off += n
             i += 1
-        for n in self.g.nodes:  # fill in the chunk count now known
-            if self.g.nodes[n]["kind"] == "grad_ar" and self.g.nodes[n]["group"] == group:
-                self.g.nodes[n]["nchunks"] = i
 
 
 def _flat(xs: list[list[str]]) -> list[str]:

@@ -40,6 +40,7 @@ def env() -> dict[str, str]:
 
 
 def save(plans, tmp: Path) -> list[str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, p in enumerate(plans):
         path = tmp / f"plan{i}.json"
@@ -140,3 +141,33 @@ def test_run_entry_point_writes_trace(tmp_path: Path) -> None:
     assert sorted(e["name"] for e in events if e["pid"] == 0) == sorted(plan.order)
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in events)
     assert {e["tid"] for e in events} == {0, 1}  # compute and comm_intra
+
+
+def _policy_plans(model, cluster: Cluster, profile_name: str) -> list:
+    """The plan of every published policy and moesched's solved plan, as the CLI makes them."""
+    from moesched.plan import from_timeline
+    from moesched.profile import Profile
+    from moesched.schedules import POLICIES, get
+    from moesched.schedules.base import evaluate
+    from moesched.solve.api import solve
+    prof = Profile.load(profile_name)
+    evs = [evaluate(model, cluster, prof, get(n).schedule(model, cluster, prof)) for n in POLICIES]
+    evs.append(solve(model, cluster, prof).evaluation)
+    names = list(POLICIES) + ["moesched"]
+    return [from_timeline(n, model, cluster, ev.schedule.knobs, ev.timeline, prof) for n, ev in zip(names, evs)]
+
+
+def test_exact_every_published_policy(tmp_path: Path) -> None:
+    """Every policy's plan (and moesched's) gives the reference's loss and gradients: 2 ranks on
+    the CPU profile, and 4 ranks as 2 nodes x 2 on the analytic two-node profile."""
+    m = tiny_model(capacity_factor=1.0, shared_experts=1)   # batch 4: FlowMoE chunks attention
+    for nproc, cluster, prof in ((2, Cluster(1, 2), "cpu-gloo-2"), (4, Cluster(2, 2), "analytic-h200x4-2nodes")):
+        plans = _policy_plans(m, cluster, prof)
+        assert any(p.knobs.at_chunked for p in plans) and any(p.knobs.serialize for p in plans)
+        out = tmp_path / f"res{nproc}.jsonl"
+        r = torchrun(nproc, "executor.selfcheck",
+                     ["--plan", *save(plans, tmp_path / f"n{nproc}"), "--out", str(out), "--steps", "1"],
+                     free_port(), timeout=230)
+        res = results(out, len(plans), r.stdout + r.stderr)
+        assert r.returncode == 0
+        assert [Path(x["plan"]).name for x in res] == [f"plan{i}.json" for i in range(len(plans))]
