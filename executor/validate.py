@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
     dev = torch.device("cuda" if cuda else "cpu")
     for (_, _, _, sched), pd_ in zip(jobs, plans):
         plan = Plan.from_dict(pd_)
-        g = plan.validate()
+        plan.validate()
         m = plan.model
         dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
         module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)

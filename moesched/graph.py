@@ -197,24 +197,37 @@ class _Builder:
 
     def grad_chunks(self, group: str, bytes_per_layer: int, ready: dict[int, list[str]], scope: str,
                     last_bwd: list[str]) -> None:
-        """Cut the group's gradients (last layer first) into chunks of S_p bytes."""
+        """Cut the group's gradients (last layer first) into chunks of S_p bytes.
+
+        Built directly rather than through :meth:`add`: with small S_p a step has thousands
+        of chunks, all but the last of one size, so the cost is looked up once per size."""
         L = self.m.layers
         total = bytes_per_layer * L
         size = total if self.k.grad_chunk_bytes is None else min(self.k.grad_chunk_bytes, total)
         count = -(-total // size)
-        off, i = 0, 0
-        while off < total:
+        res = resource_of(scope)
+        dur: dict[int, float] = {}
+        nodes: list[tuple[str, dict]] = []
+        edges: list[tuple[str, str]] = []
+        off = 0
+        for i in range(count):
             n = min(size, total - off)
+            if n not in dur:
+                dur[n] = 0.0 if self.p is None else self.p.comm_us("all_reduce", scope, float(n))
             first, last = off // bytes_per_layer, (off + n - 1) // bytes_per_layer  # positions, last layer first
-            layers = [L - 1 - p for p in range(first, last + 1)]
+            layers = tuple(L - 1 - p for p in range(first, last + 1))
             deps = [t for l in layers for t in ready[l]]
             if self.k.grad_sync == "after_backward":  # first chunk waits for all of backward, the rest for it
                 deps += last_bwd if i == 0 else [f"G.{group}.k0"]
-            self.add(f"G.{group}.k{i}", dict.fromkeys(deps), kind="grad_ar", layer=-1, chunk=i, nchunks=count,
-                     phase="grad", resource=resource_of(scope), op="all_reduce", scope=scope, work=n,
-                     group=group, offset_bytes=off, layers=tuple(layers), tokens=0)
+            name = f"G.{group}.k{i}"
+            nodes.append((name, dict(seq=self.seq, duration_us=dur[n], kind="grad_ar", layer=-1, chunk=i,
+                                     nchunks=count, phase="grad", resource=res, op="all_reduce", scope=scope,
+                                     work=n, group=group, offset_bytes=off, layers=layers, tokens=0)))
+            edges.extend((d, name) for d in dict.fromkeys(deps))
+            self.seq += 1
             off += n
-            i += 1
+        self.g.add_nodes_from(nodes)
+        self.g.add_edges_from(edges)
 
 
 def _flat(xs: list[list[str]]) -> list[str]:

@@ -89,29 +89,32 @@ class Compiled:
 
     def __init__(self, g: nx.DiGraph) -> None:
         self.graph = g
-        self.names: list[str] = list(g.nodes)
+        items = list(g.nodes(data=True))  # one pass over networkx's views: this runs per candidate
+        self.names: list[str] = [t for t, _ in items]
         n = len(self.names)
-        self.index = {t: i for i, t in enumerate(self.names)}
-        nodes = g.nodes
+        self.index = index = {t: i for i, t in enumerate(self.names)}
         R = self.ranks = int(g.graph.get("ranks", 1))
         inter = g.graph.get("interference", (1.0, 1.0))
         self.slowdown = (float(inter[0]), float(inter[1]))
-        self.res = [_RES_INDEX[nodes[t]["resource"]] for t in self.names]
-        self.seq = [float(nodes[t]["seq"]) for t in self.names]
+        self.res = res = [_RES_INDEX[a["resource"]] for _, a in items]
+        self.seq = [float(a["seq"]) for _, a in items]
         self.dur: list[list[float]] = []
-        for t in self.names:
-            byr = nodes[t].get("duration_by_rank_us")
-            d = [float(x) for x in byr] if byr is not None else [float(nodes[t]["duration_us"])] * R
+        for t, a in items:
+            byr = a.get("duration_by_rank_us")
+            d = [float(x) for x in byr] if byr is not None else [float(a["duration_us"])] * R
             if len(d) != R:
                 raise MoeschedError(f"task {t} has {len(d)} per-rank durations for {R} ranks")
             self.dur.append(d)
-        self.succ = [[self.index[s] for s in g.successors(t)] for t in self.names]
+        succ, pred = g.succ, g.pred
+        self.succ = [[index[s] for s in succ[t]] for t in self.names]
         # A collective waits for each compute predecessor on every rank (R completions) and
         # for each collective predecessor once; a compute task counts its predecessors per rank.
         self.npred = [0] * n
         for i, t in enumerate(self.names):
-            for p in g.predecessors(t):
-                self.npred[i] += R if (self.res[i] and self.res[self.index[p]] == 0) else 1
+            if res[i]:
+                self.npred[i] = sum(R if res[index[p]] == 0 else 1 for p in pred[t])
+            else:
+                self.npred[i] = len(pred[t])
         self.loss = self.index.get("loss", -1)
 
     def vector(self, priority: Mapping[str, float] | Sequence[float] | None) -> list[float]:

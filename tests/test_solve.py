@@ -160,3 +160,17 @@ def test_sweep_limit_writes_csv(tmp_path, capsys) -> None:
     for r in rows:
         pub = [float(r[f"{n}_us"]) for n in POLICIES if r[f"{n}_us"]]
         assert float(r["moesched_us"]) <= min(pub) + 1e-6
+
+
+def test_link_bound_is_a_lower_bound(profiles) -> None:
+    """The S_p prune is exact only if link_bound_us never exceeds a simulated step."""
+    from moesched.solve.candidates import Evaluator
+    for path, cluster in ((NVLINK, Cluster(1, 4)), (TWO_NODES, Cluster(2, 2))):
+        model = MoEModel.from_name("GPT2-Tiny-MoE", layers=3)
+        ev = Evaluator(model, cluster, profiles[path])
+        for knobs in (Knobs.uniform(3, 2, grad_chunk_bytes=2**16), Knobs.uniform(3, 1, grad_chunk_bytes=2**20),
+                      Knobs((1, 4, 2), (2, 1, 4), at_chunked=True, grad_chunk_bytes=3000)):
+            bound = ev.link_bound_us(knobs)
+            assert bound > 0
+            for rule in (Rule(), Rule("first", "first", "layer", 1)):
+                assert bound <= ev.step_us(knobs, rule) * (1 + 1e-9)

@@ -93,17 +93,13 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from moesched.cluster import Cluster
+    from moesched.commands.setup import resolve
     from moesched.figures import policy_bar_figure, save_png
-    from moesched.models import MoEModel
-    from moesched.profile import Profile, default_profile_path
     from moesched.solve.api import solve
 
     if args.time_limit is not None and not args.time_limit > 0:
         raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
-    model = MoEModel.from_name(args.model, **({"layers": args.layers} if args.layers is not None else {}))
-    profile = Profile.load(args.profile if args.profile is not None else default_profile_path())
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    model, profile, cluster = resolve(args)
     res = solve(model, cluster, profile, args.time_limit)
     steps = {r["policy"]: r["step_us"] for r in res.table}
     steps["moesched"] = res.step_us

@@ -7,6 +7,7 @@ import sys
 from moesched import schedules
 from moesched.cluster import Cluster
 from moesched.commands.models import format_table
+from moesched.commands.setup import resolve
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.models import MoEModel
@@ -34,17 +35,14 @@ def _evaluate(name: str, model: MoEModel, cluster: Cluster, profile: Profile) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    model = MoEModel.from_name(args.model)
+    model, profile, cluster = resolve(args)
     names = schedules.parse_list(args.schedules)
-    path = args.profile if args.profile is not None else default_profile_path()
-    profile = Profile.load(path)
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
     if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
         raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
                             f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
     cluster.check_model(model.experts)
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
-    print(f"profile: {profile.name} ({note}) from {path}")
+    print(f"profile: {profile.name} ({note}) from {args.profile if args.profile is not None else default_profile_path()}")
     print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")
     try:
         check_memory(model, cluster, profile)

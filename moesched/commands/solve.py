@@ -12,11 +12,10 @@ import argparse
 import sys
 import time
 
-from moesched.cluster import Cluster
+from moesched.commands.setup import resolve
 from moesched.errors import MoeschedError
-from moesched.models import MoEModel
 from moesched.plan import from_timeline
-from moesched.profile import Profile, default_profile_path
+from moesched.profile import default_profile_path
 
 HELP = "search knobs and task priorities for the fastest predicted step; write the plan"
 QUIET_S = 0.5
@@ -47,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.time_limit is not None and not args.time_limit > 0:
         raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
-    model = MoEModel.from_name(args.model, **({"layers": args.layers} if args.layers is not None else {}))
-    profile = Profile.load(args.profile if args.profile is not None else default_profile_path())
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    model, profile, cluster = resolve(args)
     t0 = time.perf_counter()
     res = solve(model, cluster, profile, args.time_limit, _progress(t0))
     if res.timed_out:

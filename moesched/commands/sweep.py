@@ -11,9 +11,10 @@ import sys
 import time
 
 from moesched.cluster import Cluster
+from moesched.commands.setup import load_profile
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
-from moesched.profile import Profile, default_profile_path
+from moesched.profile import default_profile_path
 
 HELP = "solve every layer of a published grid and compare with every published schedule"
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from moesched.solve import grids, sweep
 
-    profile = Profile.load(args.profile if args.profile is not None else default_profile_path())
+    profile = load_profile(args)
     cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
     if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
         raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "

@@ -6,6 +6,7 @@ builds the graph, simulates it, and gives the issue order the executor replays.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +17,7 @@ from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.sim import Timeline, simulate
+from moesched.sim import Compiled, Timeline
 
 #: Maps a built graph to a priority per task (lower first).
 PriorityFn = Callable[[nx.DiGraph], dict[str, float]]
@@ -62,8 +63,29 @@ class Evaluation:
         return self.timeline.makespan_us
 
 
+_COMPILED: "OrderedDict[tuple, tuple[Profile, Compiled]]" = OrderedDict()
+_COMPILED_MAX = 256
+
+
+def compiled_graph(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Knobs) -> Compiled:
+    """The graph of ``knobs``, built and compiled once per process (policies and the solver
+    evaluate the same knobs many times). The graph must not be mutated by callers."""
+    key = (id(profile), model, cluster, knobs)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is profile:
+        _COMPILED.move_to_end(key)
+        return hit[1]
+    c = Compiled(build(model, cluster, profile, knobs))
+    _COMPILED[key] = (profile, c)
+    if len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return c
+
+
 def evaluate(model: MoEModel, cluster: Cluster, profile: Profile, schedule: Schedule) -> Evaluation:
-    """Build the graph for ``schedule`` and simulate it under its priorities."""
-    g = build(model, cluster, profile, schedule.knobs)
-    tl = simulate(g, schedule.priority(g))
-    return Evaluation(schedule, g, tl)
+    """Build (or reuse) the graph for ``schedule`` and simulate it under its priorities."""
+    c = compiled_graph(model, cluster, profile, schedule.knobs)
+    start, end, ms = c.run(schedule.priority(c.graph))
+    tl = c.timeline(start, end, ms, {"ranks": c.ranks, "compute_slowdown": c.slowdown[0],
+                                     "comm_slowdown": c.slowdown[1], "strict": False})
+    return Evaluation(schedule, c.graph, tl)

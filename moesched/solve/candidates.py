@@ -15,12 +15,11 @@ from typing import Any, Callable
 from moesched import work
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
-from moesched.graph import build
 from moesched.knobs import MAX_DEGREE, Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
 from moesched.schedules import POLICIES
-from moesched.schedules.base import PriorityFn, Schedule
+from moesched.schedules.base import PriorityFn, Schedule, compiled_graph
 from moesched.sim import Compiled
 from moesched.solve.rules import Rule
 
@@ -62,16 +61,34 @@ class Evaluator:
 
     def __init__(self, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
         self.model, self.cluster, self.profile = model, cluster, profile
-        self.cache: dict[Knobs, Compiled] = {}
         self.sims = 0
 
     def compiled(self, knobs: Knobs) -> Compiled:
-        c = self.cache.get(knobs)
-        if c is None:
-            if len(self.cache) > 64:
-                self.cache.clear()
-            c = self.cache[knobs] = Compiled(build(self.model, self.cluster, self.profile, knobs))
-        return c
+        """The compiled graph of ``knobs`` (shared with the policies' evaluations)."""
+        return compiled_graph(self.model, self.cluster, self.profile, knobs)
+
+    def link_bound_us(self, knobs: Knobs) -> float:
+        """A lower bound on the step time of ``knobs``, µs, without building its graph: each
+        link runs its collectives one at a time, never faster than their profiled durations
+        (interference only slows them), so the busiest link's total is a bound. The
+        all-to-all work per link and the gradient groups come from the one-bucket graph of
+        the same knobs (cached); the S_p chunks are priced from the profile."""
+        base = self.compiled(knobs.with_(grad_chunk_bytes=None))
+        busy = [0.0, 0.0, 0.0]
+        nodes = base.graph.nodes
+        for i, t in enumerate(base.names):
+            r = base.res[i]
+            if not r:
+                continue
+            a = nodes[t]
+            if a["kind"] != "grad_ar":
+                busy[r] += max(base.dur[i])
+                continue
+            total, size = int(a["work"]), knobs.grad_chunk_bytes or int(a["work"])
+            count, last = -(-total // size), total - (-(-total // size) - 1) * size
+            cost = self.profile.comm_us
+            busy[r] += (count - 1) * cost("all_reduce", a["scope"], size) + cost("all_reduce", a["scope"], last)
+        return max(busy)
 
     def step_us(self, knobs: Knobs, priority: PriorityFn | Rule, starts: list[float] | None = None) -> float:
         """Predicted step time of ``knobs`` under ``priority`` (a rule or a PriorityFn), µs."""

@@ -171,6 +171,10 @@ def _grad_search(model: MoEModel, cluster: Cluster, ev: Evaluator, best: _Best, 
         if sp in tried:
             continue
         k = base.with_(grad_chunk_bytes=sp, grad_sync="overlap")
+        if ev.link_bound_us(k) >= best.r.step_us:
+            # Can improve neither r nor c (c <= r): skipped unbuilt, the result is unchanged.
+            tried[sp] = math.inf
+            continue
         best_here = math.inf
         for lag in lags:
             rule = replace(rule0, grad=lag)
