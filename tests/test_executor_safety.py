@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from localhost import free_port
 
 from moesched.cluster import Cluster
 from moesched.knobs import Knobs
@@ -21,10 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(plan_paths: list[str], world: int, timeout_s: int = 20) -> list[tuple[int, str]]:

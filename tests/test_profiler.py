@@ -5,13 +5,13 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from localhost import free_port
 
 from moesched.cli import main
 from moesched.profile import COMPUTE_KINDS, Profile
@@ -40,14 +40,10 @@ def _has_make_bench() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
             "-m", "moesched", "profile", "--out", str(out), "--quick", *extra]
 
 
