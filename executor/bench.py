@@ -1,12 +1,15 @@
 """Benchmark closures: one compute task kind on synthetic inputs, through the runtime's own
 task functions (:mod:`executor.tasks`), for the profiler.
 
-``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a one-layer, one-chunk
+``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a two-layer, one-chunk
 context of ``tokens`` tokens (whole samples for attention kinds) and returns a closure that
 runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
 spread evenly over the E/ep local experts and ep sources (what the graph's work assumes).
-Not included: the count all-gather of attn_fwd (a benchmark has no process group) and, for
-attn_fwd, the merge of the previous layer (it runs as layer 0).
+Attention kinds run as layer 1, so they include what the runtime does there for layer 0:
+attn_fwd merges layer 0's combined rows into its input, attn_bwd builds layer 0's
+combine_bwd send rows from the input gradient. ``loss`` merges the last layer, computes the
+loss and its gradient, and builds the combine_bwd send rows. Not included: the count
+all-gather of attn_fwd (a benchmark has no process group; the profiler times it apart).
 """
 from __future__ import annotations
 
@@ -23,16 +26,17 @@ from executor import tasks
 from executor.layers import MoEModule
 from executor.state import ExpertBwd
 
-KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
+KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd", "loss")
 
 
-def _ctx(model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype, ep: int) -> tasks.Ctx:
+def _ctx(model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype, ep: int,
+         layers: int = 1) -> tasks.Ctx:
     if tokens % model.seq_len == 0:
-        m = replace(model, layers=1, micro_batch=tokens // model.seq_len)
+        m = replace(model, layers=layers, micro_batch=tokens // model.seq_len)
     else:
-        m = replace(model, layers=1, micro_batch=1, seq_len=tokens)
+        m = replace(model, layers=layers, micro_batch=1, seq_len=tokens)
     module = MoEModule(m, ep=ep, ep_rank=0, seed=0, device=device, dtype=dtype)
-    knobs = Knobs.uniform(1, 1)
+    knobs = Knobs.uniform(layers, 1)
     flat = tasks.grad_buffers(module)
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(tokens, m.d_model, generator=g, device=device).to(dtype)
@@ -63,23 +67,10 @@ def make_bench(kind: str, model: MoEModel, tokens: int, device: torch.device | s
     if kind.startswith("shared") and not model.shared_experts:
         raise ValueError(f"model {model.name} has no shared experts")
     device = torch.device(device)
+    if kind in ("attn_fwd", "attn_bwd", "loss"):
+        return _attn_bench(kind, model, tokens, device, dtype, ep)
     ctx = _ctx(model, tokens, device, dtype, ep)
     ls = ctx.layers[0]
-
-    if kind in ("attn_fwd", "attn_bwd"):
-        def fwd() -> None:
-            ls.pieces.clear()
-            ls.counters.zero_()
-            tasks.attn_fwd(ctx, 0, 0, 1)
-        if kind == "attn_fwd":
-            return fwd
-        fwd()
-        ls.dy.normal_()
-        ls.dxr[0] = None
-
-        def bwd() -> None:
-            tasks.attn_bwd(ctx, 0, 0, 1)
-        return bwd
 
     if kind.startswith("shared"):
         ls.u.normal_()
@@ -109,3 +100,41 @@ def make_bench(kind: str, model: MoEModel, tokens: int, device: torch.device | s
         return edx
     edx()
     return lambda: tasks.expert_dw(ctx, 0, 0, 1)
+
+
+def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype,
+                ep: int) -> Callable[[], None]:
+    """attn_fwd / attn_bwd as layer 1 of two, loss after one layer; layer 0's expert side is
+    replaced by random combined rows."""
+    ctx = _ctx(model, tokens, device, dtype, ep, layers=1 if kind == "loss" else 2)
+    l0 = ctx.layers[0]
+    tasks.attn_fwd(ctx, 0, 0, 1)
+    g = torch.Generator(device=device).manual_seed(3)
+    l0.comb[0] = torch.randn(l0.fci[0].numel(), l0.M, generator=g, device=device).to(dtype)
+
+    def reset_l0() -> None:       # layer 0 as before its merge / before its backward
+        l0.scattered[0] = False
+        l0.dy_ready[:] = bytes(l0.T)
+        l0.bsend = [None] * l0.rb
+
+    if kind == "loss":
+        def loss() -> None:
+            reset_l0()
+            tasks.loss(ctx, 0, 0, 1)
+        return loss
+    l1 = ctx.layers[1]
+
+    def fwd() -> None:
+        reset_l0()
+        l1.pieces.clear()
+        l1.counters.zero_()
+        tasks.attn_fwd(ctx, 1, 0, 1)
+    if kind == "attn_fwd":
+        return fwd
+    fwd()
+    l1.dy.normal_()
+
+    def bwd() -> None:
+        reset_l0()
+        tasks.attn_bwd(ctx, 1, 0, 1)
+    return bwd

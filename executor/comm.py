@@ -59,7 +59,7 @@ def link_pg_options(backend: str, resource: str) -> object | None:
         return None
     try:
         opts = dist.ProcessGroupNCCL.Options()
-        opts.islink_pg_options_stream = True
+        opts.is_high_priority_stream = True
         return opts
     except (AttributeError, RuntimeError):
         return None

@@ -118,9 +118,9 @@ def grad_buffers(module: MoEModule) -> dict[str, torch.Tensor]:
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [..., M] * rsqrt(mean(x^2) + eps) * w, computed in fp32."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + RMS_EPS)).to(x.dtype) * w
+    """x [..., M] * rsqrt(mean(x^2) + eps) * w: torch's fused RMSNorm (one autograd node
+    instead of seven: the attention backward is launch-bound at these sizes)."""
+    return F.rms_norm(x, (x.shape[-1],), w, RMS_EPS)
 
 
 def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
@@ -160,11 +160,15 @@ def keep_mask(idx: torch.Tensor, experts: int, cap: int | None, counts: torch.Te
             counts.index_add_(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1)))  # bincount would sync
         return torch.ones_like(idx, dtype=torch.bool)
     flat = idx.reshape(-1)
-    oh = F.one_hot(flat, experts)
-    base = counts if counts is not None else torch.zeros(experts, dtype=torch.long, device=idx.device)
-    rank = (oh.cumsum(0) - 1).gather(1, flat[:, None])[:, 0] + base[flat]
+    tot = torch.zeros(experts, dtype=torch.long, device=idx.device).index_add_(0, flat, torch.ones_like(flat))
+    # rank within its expert = position in the stable sort by expert - start of the expert's
+    # block (a cumsum over a one-hot [n, E] is ~1.4 ms on an H100 at n = 8192: avoided)
+    order = torch.sort(flat, stable=True)[1]
+    pos = torch.empty_like(order).scatter_(0, order, torch.arange(flat.numel(), device=idx.device))
+    rank = pos - (torch.cumsum(tot, 0) - tot)[flat]
     if counts is not None:
-        counts += oh.sum(0)
+        rank += counts[flat]
+        counts += tot
     return (rank < cap).view_as(idx)
 
 

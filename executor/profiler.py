@@ -31,13 +31,13 @@ import torch.distributed as dist
 
 warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
 
-from executor.comm import link_pg_options
+from executor.comm import a2a, link_pg_options
 from moesched import work
 from moesched.configs import models_from_spec
 from moesched.errors import MoeschedError
 from moesched.fit import profile_from_samples
 from moesched.models import MoEModel
-from moesched.profile import COMPUTE_KINDS
+from moesched.profile import ALL_COMPUTE_KINDS as COMPUTE_KINDS
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 GPU_MODELS = ("Mixtral-8x7B", "DeepSeek-V2-Lite", "GPT2-XL-MoE")
@@ -87,10 +87,10 @@ def bench_shape(m: MoEModel, kind: str, tokens: int) -> MoEModel:
 
 
 def task_flops(kind: str, m: MoEModel, tokens: int) -> float:
-    """FLOPs of one task, as :mod:`moesched.graph` charges them."""
+    """Work of one task as :mod:`moesched.graph` charges it: FLOPs (loss: elements)."""
     f = {"attn_fwd": work.attn_fwd_flops, "attn_bwd": work.attn_bwd_flops, "expert_fwd": work.expert_fwd_flops,
          "expert_dx": work.expert_fwd_flops, "expert_dw": work.expert_fwd_flops,
-         "shared_fwd": work.shared_fwd_flops}
+         "shared_fwd": work.shared_fwd_flops, "loss": work.loss_elements}
     return 2 * work.shared_fwd_flops(m, tokens) if kind == "shared_bwd" else f[kind](m, tokens)
 
 
@@ -182,6 +182,36 @@ def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bo
     return statistics.median(times) / inner
 
 
+def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> float:
+    """Median µs of ``reps`` collectives, each issued alone as the runtime issues one: all
+    ranks synchronised and at a barrier first, then ``issue()`` (async, returns the Work) on
+    a link stream, timed by CUDA events on that stream around the issue and the wait.
+
+    Collectives timed back to back pipeline their launch and handshake with the previous
+    one: on NVLink a 26 MB all-to-all took 95 µs back to back and 245 µs alone, and alone is
+    how the executor runs it (``scripts/gpu_a2a_diag.py``). CPU: perf_counter around the
+    issue and the wait."""
+    link = torch.cuda.Stream() if ctx.cuda else None
+    times = []
+    for i in range(warmup + reps):
+        ctx.barrier()
+        if link is None:
+            t0 = time.perf_counter()
+            issue().wait()
+            t = 1e6 * (time.perf_counter() - t0)
+        else:
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(link):
+                e0.record()
+                issue().wait()
+                e1.record()
+            e1.synchronize()
+            t = 1000.0 * e0.elapsed_time(e1)
+        if i >= warmup:
+            times.append(t)
+    return statistics.median(times)
+
+
 def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = False) -> Callable[[], Any]:
     """A closure running one collective of ``nbytes`` bytes per rank on the scope's group.
     x = bytes of each rank's buffer: the all-to-all send buffer, the all-reduce tensor, the
@@ -196,11 +226,11 @@ def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = Fals
     out = torch.empty_like(buf)
     part = torch.empty(n // p, dtype=dtype, device=ctx.device)
     kw: dict[str, Any] = {"group": group, "async_op": async_op}
-    if op == "all_to_all":  # explicit split lists: the runtime's call (a different NCCL path than none)
-        even = [n // p] * p
-        return lambda: dist.all_to_all_single(out, buf, even, even, **kw)
-    if op == "all_to_all_uneven":
-        splits = [w * unit * p for w in weights]
+    if op in ("all_to_all", "all_to_all_uneven"):
+        # the runtime's own call: executor.comm.a2a (split lists, a fresh receive buffer)
+        splits = [n // p] * p if op == "all_to_all" else [w * unit * p for w in weights]
+        if async_op:
+            return lambda: a2a(buf, splits, splits, group, None)[1]
         return lambda: dist.all_to_all_single(out, buf, splits, splits, **kw)
     if op == "all_reduce":
         return lambda: dist.all_reduce(buf, **kw)
@@ -266,14 +296,13 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
 
 
 def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
-    """(op, scope, bytes, us, role) rows: the slowest rank's median per point; messages under
-    4 MB are timed 4 MB / size (at most 16) at a time."""
+    """(op, scope, bytes, us, role) rows: the slowest rank's median per point, each
+    collective timed alone (:func:`time_isolated_us`)."""
     rows = []
     for scope in sorted(ctx.scopes):
         for op in OPS:
             for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]:
-                inner = max(1, min(16, 4 * MB // nbytes))
-                us = time_us(ctx, collective(ctx, op, scope, nbytes), grid.reps, grid.warmup, True, inner)
+                us = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), grid.reps, grid.warmup)
                 rows.append((op, scope, nbytes, us, role))
                 bar.update(1)
     every = ctx.gather([r[3] for r in rows])

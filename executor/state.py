@@ -72,7 +72,9 @@ class ExpertChunk:
 class ExpertBwd:
     """Expert-side backward chunk j: sel [n] rows of the saved (concatenated) GEMM-order
     tensors in GEMM order; perm [n] their message positions; ne rows per local expert;
-    recv_split rows per source."""
+    recv_split rows per source. Between expert_dx and expert_dw: dy [n, M], the selected
+    pre-activations h1, h3 [n, H], their gradients g_h1, g_h3 [n, H] (GEMM order) and offs,
+    the grouped GEMM's row ends (None: loop over experts)."""
 
     sel: torch.Tensor
     perm: torch.Tensor
@@ -81,6 +83,9 @@ class ExpertBwd:
     dy: torch.Tensor | None = None
     g_h1: torch.Tensor | None = None
     g_h3: torch.Tensor | None = None
+    h1: torch.Tensor | None = None
+    h3: torch.Tensor | None = None
+    offs: torch.Tensor | None = None
 
 
 class LayerState:

@@ -31,7 +31,7 @@ from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
 from executor.comm import Groups, a2a, hop_plan
-from executor.ffn import ffn_dw, ffn_dx, ffn_fwd
+from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
 from executor.layers import MoEModule, attention_router, capacity, grad_buffers, keep_mask  # noqa: F401
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 
@@ -168,31 +168,23 @@ def shared_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
         ls.sh3[a:b] = h3
 
 
+def _offs(ne: list[int], x: torch.Tensor) -> torch.Tensor | None:
+    """Cumulative row ends [El] (int32, on x's device) for the grouped GEMM, or None (loop)."""
+    if not grouped(x) or not sum(ne):
+        return None
+    return h2d(torch.tensor(ne, dtype=torch.int32).cumsum(0, dtype=torch.int32), x.device)
+
+
 @torch.no_grad()
 def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls, p = ctx.layers[l], ctx.module.blocks[l]
     ch = ls.expert_chunk(c, ctx.me)
-    dev = ls.xin[c].device
-    perm = h2d(ch.perm, dev)
-    x = ls.xin[c][perm]
-    rows = x.shape[0]
-    H = p.w1.shape[1]
-    h1 = x.new_empty(rows, H)
-    h3 = x.new_empty(rows, H) if p.kind == "swiglu" else None
-    y = x.new_empty(rows, ls.M)
-    o = 0
-    for e, ne in enumerate(ch.ne):
-        if ne:
-            sl = slice(o, o + ne)
-            y[sl], h1[sl], h3_e = ffn_fwd(x[sl], p.w1[e], p.w2[e], None if p.w3 is None else p.w3[e], p.kind)
-            if h3 is not None:
-                h3[sl] = h3_e
-        o += ne
-    out = torch.empty_like(y)
-    out[perm] = y
+    perm = h2d(ch.perm, ls.xin[c].device)
+    x = ls.xin[c].index_select(0, perm)
+    y, h1, h3 = experts_fwd(x, ch.ne, _offs(ch.ne, x), p.w1, p.w2, p.w3, p.kind)
     ch.x, ch.h1, ch.h3 = x, h1, h3
     ls.ech[c] = ch
-    ls.eout[c] = out
+    ls.eout[c] = torch.empty_like(y).index_copy_(0, perm, y)
     ls.xin[c] = None
 
 
@@ -243,42 +235,24 @@ def expert_dx(ctx: Ctx, l: int, j: int, n: int) -> None:
     dev = x.device
     sel, perm = h2d(eb.sel, dev), h2d(eb.perm, dev)
     eb.sel, eb.perm = sel, perm
-    dy = eb.dy[perm]
-    h1s, h3s = h1[sel], (h3[sel] if h3 is not None else None)
-    dx = torch.empty_like(dy)
-    g1 = torch.empty_like(h1s)
-    g3 = torch.empty_like(h3s) if h3s is not None else None
-    o = 0
-    for e, ne in enumerate(eb.ne):
-        if ne:
-            sl = slice(o, o + ne)
-            dx[sl], g1[sl], g3_e = ffn_dx(dy[sl], h1s[sl], None if h3s is None else h3s[sl], p.w1[e], p.w2[e],
-                                          None if p.w3 is None else p.w3[e], p.kind)
-            if g3 is not None:
-                g3[sl] = g3_e
-        o += ne
-    eb.dy, eb.g_h1, eb.g_h3 = dy, g1, g3
-    out = torch.empty_like(dx)
-    out[perm] = dx
-    ls.edx[j] = out
+    dy = eb.dy.index_select(0, perm)
+    h1s = h1.index_select(0, sel)
+    h3s = h3.index_select(0, sel) if h3 is not None else None
+    eb.offs = _offs(eb.ne, dy)
+    dx, g1, g3 = experts_dx(dy, h1s, h3s, eb.ne, eb.offs, p.w1, p.w2, p.w3, p.kind)
+    eb.dy, eb.g_h1, eb.g_h3, eb.h1, eb.h3 = dy, g1, g3, h1s, h3s
+    ls.edx[j] = torch.empty_like(dx).index_copy_(0, perm, dx)
 
 
 @torch.no_grad()
 def expert_dw(ctx: Ctx, l: int, j: int, n: int) -> None:
     ls, p = ctx.layers[l], ctx.module.blocks[l]
     eb = ls.ebwd[j]
-    x, h1, h3 = _saved(ls)
-    xs, h1s, h3s = x[eb.sel], h1[eb.sel], (h3[eb.sel] if h3 is not None else None)
-    o = 0
-    for e, ne in enumerate(eb.ne):
-        if ne:
-            sl = slice(o, o + ne)
-            ffn_dw(eb.dy[sl], xs[sl], h1s[sl], None if h3s is None else h3s[sl], eb.g_h1[sl],
-                   None if eb.g_h3 is None else eb.g_h3[sl], p.w1.grad[e], p.w2.grad[e],
-                   None if p.w3 is None else p.w3.grad[e], p.kind)
-        o += ne
+    x = _saved(ls)[0].index_select(0, eb.sel)
+    experts_dw(eb.dy, x, eb.h1, eb.h3, eb.g_h1, eb.g_h3, eb.ne, eb.offs, p.w1.grad, p.w2.grad,
+               None if p.w3 is None else p.w3.grad, p.kind)
     if not ctx.retain_graph:  # keep recv_split for dispatch_bwd
-        eb.dy = eb.g_h1 = eb.g_h3 = None
+        eb.dy = eb.g_h1 = eb.g_h3 = eb.h1 = eb.h3 = None
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from moesched.errors import MoeschedError
-from moesched.profile import COLLECTIVES, COMPUTE_KINDS, Cost, Profile
+from moesched.profile import ALL_COMPUTE_KINDS, COLLECTIVES, COMPUTE_KINDS, Cost, Profile
 
 REL_TOL = 0.10  # a point whose fitted value is more than 10 % off is flagged
 
@@ -217,9 +217,9 @@ class CheckRow:
 
 
 def _costs(profile: Profile) -> list[tuple[str, Cost]]:
-    out = [(f"compute.{k}", profile.compute[k]) for k in COMPUTE_KINDS if k in profile.compute]
+    out = [(f"compute.{k}", profile.compute[k]) for k in ALL_COMPUTE_KINDS if k in profile.compute]
     for shape, by in sorted(profile.shapes.items()):
-        out += [(f"shapes.{shape}.{k}", by[k]) for k in COMPUTE_KINDS if k in by]
+        out += [(f"shapes.{shape}.{k}", by[k]) for k in ALL_COMPUTE_KINDS if k in by]
     for op in COLLECTIVES:
         for scope, cost in sorted(profile.comm.get(op, {}).items()):
             out.append((f"comm.{op}.{scope}", cost))
@@ -265,7 +265,7 @@ def build_profile(name: str, description: str, hardware: dict[str, Any], meta: d
         raise MoeschedError(f"profile: no compute measurements for {missing}")
     fits: dict[str, Any] = {}
     costs: dict[str, Cost] = {}
-    for k in COMPUTE_KINDS:
+    for k in [k for k in ALL_COMPUTE_KINDS if compute.get(k)]:
         xs, ts = [x for x, _ in compute[k]], [t for _, t in compute[k]]
         if shapes:
             # Measured shapes use their own curves; the per-kind cost is the fallback for other
@@ -358,18 +358,18 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
     samples, the replay check and the overheads (:func:`summarize`); compute curves of
     several model shapes are combined by :func:`consensus` into the per-kind costs, and,
     when ``shape_of`` maps model names to shape keys, also kept per shape."""
-    curves: dict[str, dict[str, list[tuple[float, float]]]] = {k: {} for k in COMPUTE_KINDS}
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {k: {} for k in ALL_COMPUTE_KINDS}
     for model, k, _, x, us, role in compute:
         if role != "replay":
             curves[k].setdefault(model, []).append((x, us))
-    fit_c = {k: consensus(list(by.values())) for k, by in curves.items()}
+    fit_c = {k: consensus(list(by.values())) for k, by in curves.items() if by}
     fit_m: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for op, s, b, us, role in comm:
         if role != "replay" and op != UNEVEN:
             fit_m.setdefault(op, {}).setdefault(s, []).append((b, us))
     meta = dict(meta, samples={"compute": [list(r) for r in compute], "comm": [list(r) for r in comm]},
                 shape_of=dict(shape_of or {}))
-    shapes = {shape_of[m]: {k: curves[k][m] for k in COMPUTE_KINDS if m in curves[k]}
+    shapes = {shape_of[m]: {k: curves[k][m] for k in ALL_COMPUTE_KINDS if m in curves[k]}
               for m in {m for by in curves.values() for m in by} if shape_of and m in shape_of}
     prof = build_profile(name, description, hardware, meta, fit_c, fit_m, compute_slowdown, comm_slowdown, shapes)
     extra = summarize(compute, comm, prof, shape_of)

@@ -24,11 +24,15 @@ group, offset_bytes, layers   for grad_ar: "dense" or "expert", byte range start
                group's flat gradient buffer (ordered last layer first), layers covered
 =============  ==============================================================
 
-Graph attributes: model, cluster, knobs, profile (name or None), resources.
+Graph attributes: model, cluster, knobs, profile (name or None), resources, interference.
+
+``build_compiled(...)`` gives the same graph as a :class:`moesched.sim.Compiled` straight
+from the builder's lists, without a DiGraph (the solver builds thousands of graphs; its
+``.graph`` makes the DiGraph on first use).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections import OrderedDict
 
 import networkx as nx
 
@@ -38,16 +42,17 @@ from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
+from moesched.sim import RES_INDEX, Compiled
 
 COMPUTE = "compute"
 RESOURCES = (COMPUTE, "comm_intra", "comm_inter")
 A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
+_PHASE_LETTER = {"fwd": "F", "bwd": "B"}
 
 
 def tid(layer: int, phase: str, kind: str, chunk: int, hop: str | None = None) -> str:
     """Task name, e.g. ``L3.F.dispatch.c1`` or ``L3.B.dispatch_bwd.c0.inter``."""
-    p = {"fwd": "F", "bwd": "B"}[phase]
-    return f"L{layer}.{p}.{kind}.c{chunk}" + (f".{hop}" if hop else "")
+    return f"L{layer}.{_PHASE_LETTER[phase]}.{kind}.c{chunk}" + (f".{hop}" if hop else "")
 
 
 def resource_of(scope: str) -> str:
@@ -60,178 +65,310 @@ def chunk_tokens(tokens: int, nchunks: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(nchunks)]
 
 
+#: FLOPs of a compute task of each kind for ``tokens`` tokens (backward: 2x forward).
+_FLOPS = {
+    "attn_fwd": work.attn_fwd_flops, "attn_bwd": work.attn_bwd_flops,
+    "expert_fwd": work.expert_fwd_flops, "expert_dx": work.expert_fwd_flops, "expert_dw": work.expert_fwd_flops,
+    "shared_fwd": work.shared_fwd_flops, "shared_bwd": lambda m, t: 2 * work.shared_fwd_flops(m, t),
+    "loss": work.loss_elements,  # not FLOPs: elements of the merged output (profile.OPTIONAL_COMPUTE_KINDS)
+}
+
+
 class _Builder:
+    """Writes the tasks as columns (index == creation order == ``seq``): ``names``,
+    ``res`` (index into RESOURCES), ``dur`` (µs), ``kind``, ``phase``, ``layer``, ``layers``
+    (gradient chunks; None elsewhere) and ``preds`` (predecessor indices, duplicates
+    dropped, in the order given). Adjacency is kept in tuples: tuples of ints cost the
+    garbage collector nothing once it has seen them, where lists of cached graphs would
+    be traversed again and again. Attribute dicts are made on demand (:meth:`attr_dicts`).
+
+    :meth:`body` writes the forward and backward tasks; :meth:`with_grads` copies them and
+    adds the gradient chunks of some knobs (graphs differing only in gradient knobs or
+    ``serialize`` share one body); :meth:`digraph` and :meth:`compiled` give the two forms."""
+
     def __init__(self, model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs):
         self.m, self.c, self.p, self.k = model, cluster, profile, knobs
-        self.g = nx.DiGraph(model=model, cluster=cluster, knobs=knobs,
-                            profile=None if profile is None else profile.name, resources=RESOURCES,
-                            interference=(1.0, 1.0) if profile is None else
-                            (profile.compute_slowdown, profile.comm_slowdown))
-        self.seq = 0
+        self.names: list[str] = []
+        self.res: list[int] = []
+        self.dur: list[float] = []
+        self.kind: list[str] = []
+        self.phase: list[str] = []
+        self.layer: list[int] = []
+        self.layers: list[tuple[int, ...] | None] = []
+        self.preds: list[tuple[int, ...]] = []
+        self.attrs: list[dict[str, object]] = []  # of the body tasks, without seq and duration_us
+        self.succ: list[tuple[int, ...]] = []  # of the body tasks, set by body()
+        self.groups: list[tuple[str, int, int, int, int, str]] = []  # group, first index, count, S_p, bytes, scope
+        self.ready: dict[str, dict[int, list[int]]] = {}  # gradient group -> layer -> tasks making them
+        self.last_bwd: list[int] = []
+        self.loss = -1
         self.shape = model.shape_key()
+        self.ep_scope = scope = cluster.scope("ep")
+        self.hier = not (knobs.a2a == "flat" or cluster.nodes == 1 or scope == "intra")  # two-hop all-to-alls
+        self.costs: dict[tuple[str, object], tuple[float, float]] = {}  # (kind or scope, tokens) -> (work, µs)
 
-    def add(self, name: str, deps: Iterable[str], **attrs: object) -> str:
-        kind = attrs["kind"]
-        if self.p is None or kind == "loss":
-            dur = 0.0
-        elif attrs["resource"] == COMPUTE:
-            dur = self.p.compute_us(str(kind), float(attrs["work"]), self.shape)
-        else:
-            dur = self.p.comm_us(str(attrs["op"]), str(attrs["scope"]), float(attrs["work"]))
-        self.g.add_node(name, seq=self.seq, duration_us=dur, **attrs)
-        self.seq += 1
-        for d in deps:
-            self.g.add_edge(d, name)
-        return name
+    def graph_attrs(self) -> dict[str, object]:
+        p = self.p
+        return dict(model=self.m, cluster=self.c, knobs=self.k, profile=None if p is None else p.name,
+                    resources=RESOURCES, interference=(1.0, 1.0) if p is None else
+                    (p.compute_slowdown, p.comm_slowdown))
 
-    def compute(self, name: str, deps: Iterable[str], kind: str, layer: int, chunk: int, nchunks: int,
-                phase: str, tokens: int, flops: float) -> str:
-        return self.add(name, deps, kind=kind, layer=layer, chunk=chunk, nchunks=nchunks, phase=phase,
-                        resource=COMPUTE, tokens=tokens, work=flops)
+    def add(self, name: str, deps: list[int], res: int, dur: float, attrs: dict[str, object]) -> int:
+        """Append task ``name`` after ``deps`` (indices) on resource index ``res``, lasting
+        ``dur`` µs, with attributes ``attrs`` (kind, phase, layer, ...); returns its index."""
+        i = len(self.names)
+        self.names.append(name)
+        self.res.append(res)
+        self.dur.append(dur)
+        self.kind.append(attrs["kind"])  # type: ignore[arg-type]
+        self.phase.append(attrs["phase"])  # type: ignore[arg-type]
+        self.layer.append(attrs["layer"])  # type: ignore[arg-type]
+        self.layers.append(None)
+        self.preds.append(tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps)))
+        self.attrs.append(attrs)
+        return i
 
-    def a2a(self, kind: str, deps: list[str], layer: int, chunk: int, nchunks: int, phase: str,
-            tokens: int, forward_order: bool) -> str:
+    def compute(self, name: str, deps: list[int], kind: str, layer: int, chunk: int, nchunks: int, phase: str,
+                tokens: int) -> int:
+        """A compute task of ``kind`` on ``tokens`` tokens; FLOPs and µs looked up once per build."""
+        hit = self.costs.get((kind, tokens))
+        if hit is None:
+            flops = _FLOPS[kind](self.m, tokens)
+            hit = self.costs[(kind, tokens)] = (flops, 0.0 if self.p is None else
+                                                self.p.compute_us(kind, float(flops), self.shape))
+        attrs = {"kind": kind, "layer": layer, "chunk": chunk, "nchunks": nchunks, "phase": phase,
+                 "resource": COMPUTE, "tokens": tokens, "work": hit[0]}
+        return self.add(name, deps, RES_INDEX[COMPUTE], hit[1], attrs)
+
+    def a2a(self, kind: str, deps: list[int], layer: int, chunk: int, nchunks: int, phase: str,
+            tokens: int, forward_order: bool) -> int:
         """One all-to-all, or its two hops when hierarchical. ``forward_order``: intra hop
         first (dispatch direction), else inter hop first (combine direction)."""
-        nbytes = work.a2a_bytes(self.m, tokens)
-        scope = self.c.scope("ep")
-        common = dict(kind=kind, layer=layer, chunk=chunk, nchunks=nchunks, phase=phase, op="all_to_all",
-                      tokens=tokens, work=nbytes)
-        if self.k.a2a == "flat" or self.c.nodes == 1 or scope == "intra":
-            return self.add(tid(layer, phase, kind, chunk), deps, resource=resource_of(scope), scope=scope,
-                            **common)
-        hops = ("intra", "inter") if forward_order else ("inter", "intra")
         last = deps
-        for hop in hops:
-            name = self.add(tid(layer, phase, kind, chunk, hop), last, resource=resource_of(hop), scope=hop,
-                            hop=hop, **common)
-            last = [name]
+        for hop in (("intra", "inter") if forward_order else ("inter", "intra")) if self.hier else (None,):
+            scope = hop or self.ep_scope
+            hit = self.costs.get((scope, tokens))
+            if hit is None:
+                nbytes = work.a2a_bytes(self.m, tokens)
+                hit = self.costs[(scope, tokens)] = (nbytes, 0.0 if self.p is None else
+                                                     self.p.comm_us("all_to_all", scope, float(nbytes)))
+            res = resource_of(scope)
+            head = {"resource": res, "scope": scope, "hop": hop} if hop else {"resource": res, "scope": scope}
+            head.update(kind=kind, layer=layer, chunk=chunk, nchunks=nchunks, phase=phase, op="all_to_all",
+                        tokens=tokens, work=hit[0])
+            last = [self.add(tid(layer, phase, kind, chunk, hop), last, RES_INDEX[res], hit[1], head)]
         return last[0]
 
-    def build(self) -> nx.DiGraph:
+    def body(self) -> "_Builder":
+        """Forward, loss and backward tasks (everything but the gradient chunks)."""
         m, k = self.m, self.k
         L, T = m.layers, m.tokens
-        prev_out: list[list[str]] = []  # per chunk: tasks producing layer output
+        prev_out: list[list[int]] = []  # per chunk: tasks producing layer output
         for l in range(L):
             r = k.r_fwd[l]
             toks = chunk_tokens(T, r)
             if k.at_chunked:
                 same = prev_out and len(prev_out) == r
-                attn = []
+                attn: list[int] = []
                 for c in range(r):
                     deps = prev_out[c] if same else _flat(prev_out)
                     if m.capacity_factor is not None and c:
                         # Capacity ranks copies in token order across chunks (GShard): chunk c's
                         # routing needs the per-expert counts of chunks 0..c-1.
                         deps = deps + [attn[c - 1]]
-                    attn.append(self.compute(tid(l, "fwd", "attn_fwd", c), deps, "attn_fwd", l, c, r, "fwd", toks[c],
-                                             work.attn_fwd_flops(m, toks[c])))
+                    attn.append(self.compute(tid(l, "fwd", "attn_fwd", c), deps, "attn_fwd", l, c, r, "fwd", toks[c]))
             else:
-                a = self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T,
-                                 work.attn_fwd_flops(m, T))
-                attn = [a] * r
+                attn = [self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T)] * r
             out = []
             for c in range(r):
                 d = self.a2a("dispatch", [attn[c]], l, c, r, "fwd", toks[c], True)
-                e = self.compute(tid(l, "fwd", "expert_fwd", c), [d], "expert_fwd", l, c, r, "fwd", toks[c],
-                                 work.expert_fwd_flops(m, toks[c]))
-                cb = self.a2a("combine", [e], l, c, r, "fwd", toks[c], False)
-                o = [cb]
+                e = self.compute(tid(l, "fwd", "expert_fwd", c), [d], "expert_fwd", l, c, r, "fwd", toks[c])
+                o = [self.a2a("combine", [e], l, c, r, "fwd", toks[c], False)]
                 if m.shared_experts:
                     o.append(self.compute(tid(l, "fwd", "shared_fwd", c), [attn[c]], "shared_fwd", l, c, r, "fwd",
-                                          toks[c], work.shared_fwd_flops(m, toks[c])))
+                                          toks[c]))
                 out.append(o)
             prev_out = out
-        # The loss task merges the last layer's output, computes the loss and its gradient
-        # (an elementwise step: 0 µs in the simulator). Backward starts from it.
-        loss = self.add("loss", _flat(prev_out), kind="loss", layer=L, chunk=0, nchunks=1, phase="fwd",
-                        resource=COMPUTE, tokens=T, work=0.0)
+        # The loss task merges the last layer's output, computes the loss and its gradient;
+        # 0 µs with a profile that does not measure it. Backward starts from it.
+        loss = self.loss = self.compute("loss", _flat(prev_out), "loss", L, 0, 1, "fwd", T)
         # Backward, last layer first. gout[c]: tasks producing the gradient of layer output c.
-        gout: list[list[str]] = [[loss]]
-        grad_ready_dense: dict[int, list[str]] = {}
-        grad_ready_expert: dict[int, list[str]] = {}
+        gout: list[list[int]] = [[loss]]
+        dense: dict[int, list[int]] = {}
+        expert: dict[int, list[int]] = {}
         for l in reversed(range(L)):
             rb = k.r_bwd[l]
             toks = chunk_tokens(T, rb)
             same = len(gout) == rb
-            into_attn: list[list[str]] = []
+            into_attn: list[list[int]] = []
             dws, ready = [], []
             for c in range(rb):
                 src = gout[c] if same else _flat(gout)
                 cb = self.a2a("combine_bwd", src, l, c, rb, "bwd", toks[c], True)
-                dx = self.compute(tid(l, "bwd", "expert_dx", c), [cb], "expert_dx", l, c, rb, "bwd", toks[c],
-                                  work.expert_fwd_flops(m, toks[c]))
+                dx = self.compute(tid(l, "bwd", "expert_dx", c), [cb], "expert_dx", l, c, rb, "bwd", toks[c])
                 # dW reuses the activation gradient that dX computes (g_h = dY W2 * act'(h)).
-                dws.append(self.compute(tid(l, "bwd", "expert_dw", c), [dx], "expert_dw", l, c, rb, "bwd", toks[c],
-                                        work.expert_fwd_flops(m, toks[c])))
-                db = self.a2a("dispatch_bwd", [dx], l, c, rb, "bwd", toks[c], False)
-                ins = [db]
+                dws.append(self.compute(tid(l, "bwd", "expert_dw", c), [dx], "expert_dw", l, c, rb, "bwd", toks[c]))
+                ins = [self.a2a("dispatch_bwd", [dx], l, c, rb, "bwd", toks[c], False)]
                 if m.shared_experts:
-                    s = self.compute(tid(l, "bwd", "shared_bwd", c), src, "shared_bwd", l, c, rb, "bwd", toks[c],
-                                     2 * work.shared_fwd_flops(m, toks[c]))
+                    s = self.compute(tid(l, "bwd", "shared_bwd", c), src, "shared_bwd", l, c, rb, "bwd", toks[c])
                     ins.append(s)
                     ready.append(s)
                 into_attn.append(ins)
             if k.at_chunked:
-                attn = [self.compute(tid(l, "bwd", "attn_bwd", c), into_attn[c], "attn_bwd", l, c, rb, "bwd",
-                                     toks[c], work.attn_bwd_flops(m, toks[c])) for c in range(rb)]
+                attn = [self.compute(tid(l, "bwd", "attn_bwd", c), into_attn[c], "attn_bwd", l, c, rb, "bwd", toks[c])
+                        for c in range(rb)]
                 gout = [[a] for a in attn]
             else:
-                a = self.compute(tid(l, "bwd", "attn_bwd", 0), _flat(into_attn), "attn_bwd", l, 0, 1, "bwd", T,
-                                 work.attn_bwd_flops(m, T))
-                attn = [a]
-                gout = [[a]]
-            grad_ready_dense[l] = attn + ready
-            grad_ready_expert[l] = dws
+                attn = [self.compute(tid(l, "bwd", "attn_bwd", 0), _flat(into_attn), "attn_bwd", l, 0, 1, "bwd", T)]
+                gout = [attn]
+            dense[l] = attn + ready
+            expert[l] = dws
+        self.ready = {"dense": dense, "expert": expert}
         # The end of backward: the last attention gradients and every expert dW (dW tasks
         # have no other successor, so a priority may run them last).
-        last_bwd = (gout[0] if len(gout) == 1 else _flat(gout)) + [t for l in range(L) for t in grad_ready_expert[l]]
-        self.grad_chunks("dense", work.dense_grad_bytes(m), grad_ready_dense, self.c.scope("dp"), last_bwd)
-        if self.c.expert_dp > 1:
-            self.grad_chunks("expert", work.expert_grad_bytes(m, self.c.ep_size), grad_ready_expert,
-                             self.c.scope("expert_dp"), last_bwd)
-        if k.serialize:
-            order = sorted(self.g.nodes, key=lambda n: self.g.nodes[n]["seq"])
-            self.g.add_edges_from(zip(order, order[1:]))
-        return self.g
+        self.last_bwd = (gout[0] if len(gout) == 1 else _flat(gout)) + [t for l in range(L) for t in expert[l]]
+        succ: list[list[int]] = [[] for _ in self.names]
+        for i, ps in enumerate(self.preds):
+            for p in ps:
+                succ[p].append(i)
+        self.succ = [tuple(s) for s in succ]
+        return self
 
-    def grad_chunks(self, group: str, bytes_per_layer: int, ready: dict[int, list[str]], scope: str,
-                    last_bwd: list[str]) -> None:
+    def with_grads(self, knobs: Knobs) -> "_Builder":
+        """A builder holding a copy of this body plus the gradient chunks of ``knobs``
+        (whose degrees, attention chunking and all-to-all kind are this body's)."""
+        b = _Builder.__new__(_Builder)
+        b.__dict__.update(self.__dict__)
+        b.k, b.groups = knobs, []
+        for col in ("names", "res", "dur", "kind", "phase", "layer", "layers", "preds"):
+            setattr(b, col, list(getattr(self, col)))
+        m, c = self.m, self.c
+        b.grad_chunks("dense", work.dense_grad_bytes(m), c.scope("dp"))
+        if c.expert_dp > 1:
+            b.grad_chunks("expert", work.expert_grad_bytes(m, c.ep_size), c.scope("expert_dp"))
+        return b
+
+    def grad_chunks(self, group: str, bytes_per_layer: int, scope: str) -> None:
         """Cut the group's gradients (last layer first) into chunks of S_p bytes.
 
-        Built directly rather than through :meth:`add`: with small S_p a step has thousands
-        of chunks, all but the last of one size, so the cost is looked up once per size."""
+        With small S_p a step has thousands of chunks, all but the last of one size: the
+        cost is looked up once per size and the dependencies once per range of layers
+        (chunks of one range share one tuple)."""
         L = self.m.layers
         total = bytes_per_layer * L
         size = total if self.k.grad_chunk_bytes is None else min(self.k.grad_chunk_bytes, total)
         count = -(-total // size)
-        res = resource_of(scope)
-        dur: dict[int, float] = {}
-        nodes: list[tuple[str, dict]] = []
-        edges: list[tuple[str, str]] = []
-        off = 0
+        size_last = total - (count - 1) * size
+        ready = self.ready[group]
+        cost = {n: 0.0 if self.p is None else self.p.comm_us("all_reduce", scope, float(n))
+                for n in dict.fromkeys((size, size_last))}
+        spans: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        per = []  # (layers, predecessors) of each chunk
         for i in range(count):
-            n = min(size, total - off)
-            if n not in dur:
-                dur[n] = 0.0 if self.p is None else self.p.comm_us("all_reduce", scope, float(n))
-            first, last = off // bytes_per_layer, (off + n - 1) // bytes_per_layer  # positions, last layer first
-            layers = tuple(L - 1 - p for p in range(first, last + 1))
-            deps = [t for l in layers for t in ready[l]]
-            if self.k.grad_sync == "after_backward":  # first chunk waits for all of backward, the rest for it
-                deps += last_bwd if i == 0 else [f"G.{group}.k0"]
-            name = f"G.{group}.k{i}"
-            nodes.append((name, dict(seq=self.seq, duration_us=dur[n], kind="grad_ar", layer=-1, chunk=i,
-                                     nchunks=count, phase="grad", resource=res, op="all_reduce", scope=scope,
-                                     work=n, group=group, offset_bytes=off, layers=layers, tokens=0)))
-            edges.extend((d, name) for d in dict.fromkeys(deps))
-            self.seq += 1
-            off += n
-        self.g.add_nodes_from(nodes)
-        self.g.add_edges_from(edges)
+            off = i * size
+            # positions (last layer first) of the chunk's first and last byte
+            first, last = off // bytes_per_layer, (off + (size if i < count - 1 else size_last) - 1) // bytes_per_layer
+            hit = spans.get((first, last))
+            if hit is None:
+                layers = tuple(L - 1 - p for p in range(first, last + 1))
+                hit = spans[(first, last)] = (layers, tuple(dict.fromkeys(t for l in layers for t in ready[l])))
+            per.append(hit)
+        k0 = len(self.names)
+        self.names += [f"G.{group}.k{i}" for i in range(count)]
+        self.dur += [cost[size]] * (count - 1) + [cost[size_last]]
+        self.layers += [h[0] for h in per]
+        if self.k.grad_sync == "after_backward":  # first chunk waits for all of backward, the rest for it
+            self.preds.append(tuple(dict.fromkeys(per[0][1] + tuple(self.last_bwd))))
+            self.preds += [tuple(dict.fromkeys(h[1] + (k0,))) for h in per[1:]]
+        else:
+            self.preds += [h[1] for h in per]
+        self.res += [RES_INDEX[resource_of(scope)]] * count
+        self.kind += ["grad_ar"] * count
+        self.phase += ["grad"] * count
+        self.layer += [-1] * count
+        self.groups.append((group, k0, count, size, total, scope))
+
+    def attr_dicts(self) -> list[dict[str, object]]:
+        """Every task's attribute dict (the DiGraph's node data; see the module docstring)."""
+        out = [{"seq": i, "duration_us": self.dur[i], **a} for i, a in enumerate(self.attrs)]
+        for group, k0, count, size, total, scope in self.groups:
+            res = resource_of(scope)
+            for i in range(count):
+                j, off = k0 + i, i * size
+                out.append(dict(seq=j, duration_us=self.dur[j], kind="grad_ar", layer=-1, chunk=i, nchunks=count,
+                                phase="grad", resource=res, op="all_reduce", scope=scope, work=min(size, total - off),
+                                group=group, offset_bytes=off, layers=self.layers[j], tokens=0))
+        return out
+
+    def digraph(self) -> nx.DiGraph:
+        """The tasks as a networkx DiGraph. With ``serialize`` the chain edges come after
+        every data edge, as a step-by-step build adds them."""
+        g = nx.DiGraph(**self.graph_attrs())
+        names = self.names
+        g.add_nodes_from(zip(names, self.attr_dicts()))
+        g.add_edges_from((names[p], names[i]) for i, ps in enumerate(self.preds) for p in ps)
+        if self.k.serialize:
+            g.add_edges_from(zip(names, names[1:]))
+        return g
+
+    def compiled(self) -> Compiled:
+        """The tasks compiled for the simulator without a DiGraph (made from the same
+        columns on first use of ``Compiled.graph``): equal to ``Compiled(digraph())``."""
+        n, nb = len(self.names), len(self.succ)
+        preds = self.preds
+        succ = self.succ + [()] * (n - nb)
+        extra: dict[int, list[int]] = {}  # successors among the gradient chunks
+        i = nb
+        while i < n:  # by runs of chunks sharing one predecessor tuple
+            ps, j = preds[i], i + 1
+            while j < n and preds[j] is ps:
+                j += 1
+            for p in ps:
+                extra.setdefault(p, []).extend(range(i, j))
+            i = j
+        for p, xs in extra.items():
+            succ[p] = succ[p] + tuple(xs)
+        if self.k.serialize:  # chain edges j -> j+1 after the data edges (new ones only)
+            preds = list(preds)
+            for j in range(n - 1):
+                if j not in preds[j + 1]:
+                    preds[j + 1] = preds[j + 1] + (j,)
+                    succ[j] = succ[j] + (j + 1,)
+        return Compiled.from_columns(
+            names=self.names, res=self.res, dur=self.dur, kind=self.kind, phase=self.phase, layer=self.layer,
+            layers=self.layers, preds=preds, succ=succ, loss=self.loss, graph_attrs=self.graph_attrs(),
+            make_attrs=self.attr_dicts, make_graph=self.digraph)
 
 
-def _flat(xs: list[list[str]]) -> list[str]:
+def _flat(xs: list[list[int]]) -> list[int]:
     return list(dict.fromkeys(t for x in xs for t in x))
+
+
+_BODIES: "OrderedDict[tuple, tuple[Profile | None, _Builder]]" = OrderedDict()
+_BODIES_MAX = 64
+
+
+def _builder(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs, cached: bool) -> _Builder:
+    """Check the request, then build; with ``cached``, the body comes from (or goes to) a
+    per-process cache keyed like :func:`moesched.schedules.base.compiled_graph`'s (the
+    profile by identity: profiles are not mutated)."""
+    cluster.check_model(model.experts)
+    knobs.check(model.layers, model.tokens, model.micro_batch)
+    if profile is not None and (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
+        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
+                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
+    if not cached:
+        return _Builder(model, cluster, profile, knobs).body().with_grads(knobs)
+    key = (id(profile), model, cluster, knobs.r_fwd, knobs.r_bwd, knobs.at_chunked, knobs.a2a)
+    hit = _BODIES.get(key)
+    if hit is not None and hit[0] is profile:
+        _BODIES.move_to_end(key)
+        return hit[1].with_grads(knobs)
+    body = _Builder(model, cluster, profile, knobs).body()
+    _BODIES[key] = (profile, body)
+    if len(_BODIES) > _BODIES_MAX:
+        _BODIES.popitem(last=False)
+    return body.with_grads(knobs)
 
 
 def build(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs) -> nx.DiGraph:
@@ -240,12 +377,17 @@ def build(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Kno
     Raises MoeschedError when the model does not divide over the cluster or the knobs do
     not fit the model.
     """
-    cluster.check_model(model.experts)
-    knobs.check(model.layers, model.tokens, model.micro_batch)
-    if profile is not None and (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
-        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
-                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
-    return _Builder(model, cluster, profile, knobs).build()
+    return _builder(model, cluster, profile, knobs, cached=False).digraph()
+
+
+def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs) -> Compiled:
+    """The graph of :func:`build`, compiled for the simulator without building a networkx
+    DiGraph (the solver's hot path; ``.graph`` builds the DiGraph on first use). Equal to
+    ``Compiled(build(...))`` array for array. Graphs differing only in gradient knobs or
+    ``serialize`` share their forward and backward tasks (built once per process, the
+    profile taken by identity, as :func:`moesched.schedules.base.compiled_graph` does).
+    Raises as :func:`build` does."""
+    return _builder(model, cluster, profile, knobs, cached=True).compiled()
 
 
 def check_memory(model: MoEModel, cluster: Cluster, profile: Profile) -> None:

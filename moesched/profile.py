@@ -8,6 +8,7 @@ Format (JSON, version 1, exact keys, units in names)::
                   "gpu_memory_bytes": 150000000000, "regime": "nvlink"},
      "meta": {... free-form: driver, torch, NCCL, environment, date ...},
      "compute": {KIND: COST, ...},                      # KIND in COMPUTE_KINDS, x = FLOPs
+                                                        # (+ optional "loss": x = elements T*M)
      "comm": {COLLECTIVE: {SCOPE: COST, ...}, ...},     # x = bytes per rank
      "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0},
      "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...}}            # optional
@@ -42,6 +43,10 @@ from moesched.fileio import read_json, write_json
 FORMAT = "moesched.profile"
 VERSION = 1
 COMPUTE_KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
+# Optional kinds: a profile without them costs them 0 µs. "loss": merge of the last layer,
+# loss and its gradient (x = elements of the layer output, T*M).
+OPTIONAL_COMPUTE_KINDS = ("loss",)
+ALL_COMPUTE_KINDS = COMPUTE_KINDS + OPTIONAL_COMPUTE_KINDS
 COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 SCOPES = ("intra", "inter", "world")
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
@@ -125,6 +130,8 @@ class Profile:
         by = self.shapes.get(shape) if shape else None
         if by and kind in by:
             return by[kind](flops)
+        if kind not in self.compute and kind in OPTIONAL_COMPUTE_KINDS:
+            return 0.0
         return self.compute[kind](flops)
 
     def comm_us(self, collective: str, scope: str, nbytes: float) -> float:
@@ -177,8 +184,9 @@ class Profile:
                                 f"unknown {sorted(set(d) - TOP_KEYS - OPTIONAL_KEYS)}")
         shapes_d = d.get("shapes", {})
         if not isinstance(shapes_d, dict) or not all(
-                isinstance(by, dict) and set(by) <= set(COMPUTE_KINDS) for by in shapes_d.values()):
-            raise MoeschedError(f"{source}: shapes must map shape keys to {{kind: cost}} with kinds in {list(COMPUTE_KINDS)}")
+                isinstance(by, dict) and set(by) <= set(ALL_COMPUTE_KINDS) for by in shapes_d.values()):
+            raise MoeschedError(f"{source}: shapes must map shape keys to {{kind: cost}} with kinds in "
+                                f"{list(ALL_COMPUTE_KINDS)}")
         shapes = {s: {k: Cost.from_dict(c, f"shapes.{s}.{k}") for k, c in by.items()} for s, by in shapes_d.items()}
         if d["kind"] not in ("measured", "analytic"):
             raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")
@@ -188,9 +196,10 @@ class Profile:
         if not all(isinstance(hw[k], int) and hw[k] > 0 for k in ("nodes", "gpus_per_node", "gpu_memory_bytes")):
             raise MoeschedError(f"{source}: hardware nodes, gpus_per_node, gpu_memory_bytes must be positive integers")
         comp = d["compute"]
-        if not isinstance(comp, dict) or set(comp) != set(COMPUTE_KINDS):
-            raise MoeschedError(f"{source}: compute must have exactly the kinds {list(COMPUTE_KINDS)}")
-        compute = {k: Cost.from_dict(comp[k], f"compute.{k}") for k in COMPUTE_KINDS}
+        if not isinstance(comp, dict) or not set(COMPUTE_KINDS) <= set(comp) <= set(ALL_COMPUTE_KINDS):
+            raise MoeschedError(f"{source}: compute must have the kinds {list(COMPUTE_KINDS)} "
+                                f"(optionally {list(OPTIONAL_COMPUTE_KINDS)}) and no others")
+        compute = {k: Cost.from_dict(comp[k], f"compute.{k}") for k in ALL_COMPUTE_KINDS if k in comp}
         comm_d = d["comm"]
         if not isinstance(comm_d, dict) or not {"all_to_all", "all_reduce"} <= set(comm_d) \
                 or not set(comm_d) <= set(COLLECTIVES):

@@ -31,7 +31,8 @@ import pandas as pd
 from moesched.errors import MoeschedError
 
 LINKS = ("comm_intra", "comm_inter")
-_RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
+#: Resource name -> index in Compiled.res.
+RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
 
 
@@ -82,40 +83,114 @@ class Timeline:
 class Compiled:
     """A task graph flattened into arrays once, to simulate under many priorities.
 
-    names[i] is task i; res[i] its resource (0 compute, 1 comm_intra, 2 comm_inter);
-    dur[i] its duration per simulated rank (µs); succ[i] its successors; seq[i] its
-    creation order. ``run`` is the event loop; ``simulate`` wraps it into a Timeline.
+    Task i: names[i]; res[i] its resource (0 compute, 1 comm_intra, 2 comm_inter); dur[i]
+    its duration per simulated rank (µs); preds[i], succ[i] its predecessors and
+    successors (tuples of indices, in edge insertion order); npred[i] the completions it
+    waits for; seq[i] its creation order; kind[i], phase[i], layer[i], layers[i] (None
+    unless a gradient chunk) for priority rules; attrs[i] its full attribute dict.
+    ``run`` is the event loop; ``simulate`` wraps it into a Timeline.
+
+    ``Compiled(g)`` compiles a DiGraph. :meth:`from_columns` (what
+    :func:`moesched.graph.build_compiled` uses) takes the columns directly and makes
+    ``attrs`` and ``graph`` only when they are read.
     """
 
     def __init__(self, g: nx.DiGraph) -> None:
-        self.graph = g
-        items = list(g.nodes(data=True))  # one pass over networkx's views: this runs per candidate
-        self.names: list[str] = [t for t, _ in items]
-        n = len(self.names)
-        self.index = index = {t: i for i, t in enumerate(self.names)}
+        items = list(g.nodes(data=True))  # one pass over networkx's views
+        names = [t for t, _ in items]
+        attrs = [a for _, a in items]
+        index = {t: i for i, t in enumerate(names)}
+        pred, succ = g.pred, g.succ
+        self.names, self.graph_attrs = names, g.graph
+        self.preds = [tuple([index[p] for p in pred[t]]) for t in names]
+        self.succ = [tuple([index[s] for s in succ[t]]) for t in names]
         R = self.ranks = int(g.graph.get("ranks", 1))
-        inter = g.graph.get("interference", (1.0, 1.0))
-        self.slowdown = (float(inter[0]), float(inter[1]))
-        self.res = res = [_RES_INDEX[a["resource"]] for _, a in items]
-        self.seq = [float(a["seq"]) for _, a in items]
-        self.dur: list[list[float]] = []
+        self.res = [RES_INDEX[a["resource"]] for a in attrs]
+        self.seq = [float(a["seq"]) for a in attrs]
+        self.kind = [a.get("kind") for a in attrs]
+        self.phase = [a.get("phase") for a in attrs]
+        self.layer = [a.get("layer") for a in attrs]
+        self.layers = [a.get("layers") for a in attrs]
+        dur: list[list[float]] = []
         for t, a in items:
             byr = a.get("duration_by_rank_us")
             d = [float(x) for x in byr] if byr is not None else [float(a["duration_us"])] * R
             if len(d) != R:
                 raise MoeschedError(f"task {t} has {len(d)} per-rank durations for {R} ranks")
-            self.dur.append(d)
-        succ, pred = g.succ, g.pred
-        self.succ = [[index[s] for s in succ[t]] for t in self.names]
+            dur.append(d)
+        self._dur: list[list[float]] | None = dur
+        self._dur1: list[float] | None = [d[0] for d in dur] if R == 1 else None
+        self.loss = index.get("loss", -1)
+        self._finish(g.graph)
+        self._attrs: list[dict] | None = attrs
+        self._index: dict[str, int] | None = index
+        self._graph: nx.DiGraph | None = g
+        self._make_attrs: Callable[[], list[dict]] | None = None
+        self._make_graph: Callable[[], nx.DiGraph] | None = None
+
+    @classmethod
+    def from_columns(cls, *, names: list[str], res: list[int], dur: list[float], kind: list[str], phase: list[str],
+                     layer: list[int], layers: list[tuple[int, ...] | None], preds: list[tuple[int, ...]],
+                     succ: list[tuple[int, ...]], loss: int, graph_attrs: dict,
+                     make_attrs: Callable[[], list[dict]], make_graph: Callable[[], nx.DiGraph]) -> "Compiled":
+        """Compile one-rank columns (task i created i-th, so ``seq[i] == i``; ``dur`` one µs
+        value per task; ``loss`` the loss task's index or -1); ``make_attrs()`` and
+        ``make_graph()`` give the attribute dicts and the equal DiGraph on first use. The
+        lists are kept, not copied."""
+        c = cls.__new__(cls)
+        c.names, c.graph_attrs, c.preds, c.succ = names, graph_attrs, preds, succ
+        c.ranks = 1
+        c.res, c.kind, c.phase, c.layer, c.layers = res, kind, phase, layer, layers
+        c.seq = [float(i) for i in range(len(names))]
+        c._dur, c._dur1 = None, dur
+        c.loss = loss
+        c._finish(graph_attrs)
+        c._attrs, c._index, c._graph = None, None, None
+        c._make_attrs, c._make_graph = make_attrs, make_graph
+        return c
+
+    def _finish(self, graph_attrs: Mapping[str, object]) -> None:
+        inter = graph_attrs.get("interference", (1.0, 1.0))
+        self.slowdown = (float(inter[0]), float(inter[1]))  # type: ignore[index]
         # A collective waits for each compute predecessor on every rank (R completions) and
         # for each collective predecessor once; a compute task counts its predecessors per rank.
-        self.npred = [0] * n
-        for i, t in enumerate(self.names):
-            if res[i]:
-                self.npred[i] = sum(R if res[index[p]] == 0 else 1 for p in pred[t])
-            else:
-                self.npred[i] = len(pred[t])
-        self.loss = self.index.get("loss", -1)
+        R, res = self.ranks, self.res
+        if R == 1:
+            self.npred = [len(ps) for ps in self.preds]
+        else:
+            self.npred = [sum(R if res[p] == 0 else 1 for p in ps) if res[i] else len(ps)
+                          for i, ps in enumerate(self.preds)]
+
+    @property
+    def dur(self) -> list[list[float]]:
+        """Durations per task and simulated rank, µs."""
+        if self._dur is None:
+            assert self._dur1 is not None
+            self._dur = [[d] for d in self._dur1]
+        return self._dur
+
+    @property
+    def attrs(self) -> list[dict]:
+        """Each task's attribute dict (the DiGraph's node data)."""
+        if self._attrs is None:
+            assert self._make_attrs is not None
+            self._attrs = self._make_attrs()
+        return self._attrs
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The networkx DiGraph (built on first use when compiled from columns)."""
+        if self._graph is None:
+            assert self._make_graph is not None
+            self._graph = self._make_graph()
+        return self._graph
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Task name -> index."""
+        if self._index is None:
+            self._index = {t: i for i, t in enumerate(self.names)}
+        return self._index
 
     def vector(self, priority: Mapping[str, float] | Sequence[float] | None) -> list[float]:
         """Priorities aligned with ``names`` (``seq`` when None)."""
@@ -135,6 +210,11 @@ class Compiled:
         """
         prio = self.vector(priority)
         sc, sm = self.slowdown if slowdown is None else slowdown
+        if self.ranks == 1 and not strict:  # the solver's case: one simulated rank, list scheduling
+            d1 = self._dur1 if durations is None else [float(d) for d in durations]
+            assert d1 is not None
+            st, en, ms = _event_loop_1(self.res, d1, self.succ, self.npred, prio, float(sc), float(sm), self.names)
+            return [st], [en], ms
         dur = self.dur if durations is None else [[float(d)] * self.ranks for d in durations]
         return _event_loop(self.res, dur, self.succ, self.npred, prio, self.ranks, float(sc), float(sm), strict,
                            self.names)
@@ -149,7 +229,7 @@ class Compiled:
         return ms
 
     def loss_start_us(self, starts: Sequence[float]) -> float:
-        """End of forward: the start of the zero-length loss task (every forward task is its
+        """End of forward: the start of the loss task (every forward task is its
         ancestor and every backward task its descendant, so nothing runs then)."""
         return starts[self.loss] if self.loss >= 0 else 0.0
 
@@ -157,11 +237,9 @@ class Compiled:
                  meta: dict) -> "Timeline":
         """Wrap a run into a Timeline whose DataFrame is built on first use."""
         def rows() -> pd.DataFrame:
-            nodes = self.graph.nodes
             res_name = ("compute",) + LINKS
             recs = []
-            for i, t in enumerate(self.names):
-                a = nodes[t]
+            for i, (t, a) in enumerate(zip(self.names, self.attrs)):
                 base = (t, a["kind"], a["layer"], a["chunk"], a["phase"])
                 for k in range(self.ranks):
                     recs.append(base + (k, res_name[self.res[i]], start[k][i], end[k][i]))
@@ -185,7 +263,7 @@ def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, stri
                                        "strict": strict})
 
 
-def _event_loop(res: list[int], dur: list[list[float]], succ: list[list[int]], npred: list[int],
+def _event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[int]], npred: list[int],
                 prio: list[float], R: int, sc: float, sm: float, strict: bool,
                 names: list[str]) -> tuple[list[list[float]], list[list[float]], float]:
     """List scheduling with rate-based interference; see the module docstring."""
@@ -312,6 +390,120 @@ def _event_loop(res: list[int], dur: list[list[float]], succ: list[list[int]], n
     if done != n * R:
         stuck = [names[i] for i in range(n) if (cnt_comm[i] > 0 if res[i] else cnt[0][i] > 0)][:3]
         raise MoeschedError(f"schedule deadlocks: {n * R - done} task instances never ran (e.g. {stuck}); "
+                            "a strict order must be consistent with the dependencies")
+    return start, end, t
+
+
+def _event_loop_1(res: list[int], dur: list[float], succ: Sequence[Sequence[int]], npred: list[int], prio: list[float],
+                  sc: float, sm: float, names: list[str]) -> tuple[list[float], list[float], float]:
+    """:func:`_event_loop` for one rank and ``strict=False``, with the same arithmetic in the
+    same order (so the same times to the last bit), without the per-rank lists. Tasks
+    enter the heaps by their rank in (priority, index) order, the order the general
+    loop's (priority, index) tuples give. Returns (start, end, makespan), µs."""
+    n = len(res)
+    order = sorted(range(n), key=prio.__getitem__)  # stable: ties by index
+    pos = [0] * n
+    for r, i in enumerate(order):
+        pos[i] = r
+    cnt = list(npred)
+    heaps: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for i in range(n):
+        if cnt[i] == 0:
+            heaps[res[i]].append(pos[i])
+    for h in heaps:
+        heapq.heapify(h)
+    hc, h1, h2 = heaps
+    push, pop = heapq.heappush, heapq.heappop
+    start = [0.0] * n
+    end = [0.0] * n
+    run_c = run_1 = run_2 = -1
+    rem_c = rem_1 = rem_2 = 0.0
+    t = 0.0
+    done = 0
+    EPS = 1e-9
+    rc_on, rm_on = 1.0 / sc, 1.0 / sm
+    inf = float("inf")
+    while True:
+        if run_c < 0 and hc:
+            run_c = order[pop(hc)]
+            rem_c = dur[run_c]
+            start[run_c] = t
+        if run_1 < 0 and h1:
+            run_1 = order[pop(h1)]
+            rem_1 = dur[run_1]
+            start[run_1] = t
+        if run_2 < 0 and h2:
+            run_2 = order[pop(h2)]
+            rem_2 = dur[run_2]
+            start[run_2] = t
+        comp_on = run_c >= 0
+        comm_on = run_1 >= 0 or run_2 >= 0
+        if not comp_on and not comm_on:
+            break
+        if comp_on + (run_1 >= 0) + (run_2 >= 0) == 1:
+            # One task runs alone, so both rates are 1.0 and it ends after its remaining µs
+            # (dt = rem / 1.0 below). Chain such steps while exactly one resource has work.
+            i, rem = (run_c, rem_c) if comp_on else (run_1, rem_1) if run_1 >= 0 else (run_2, rem_2)
+            while True:
+                t += rem
+                end[i] = t
+                done += 1
+                for s in succ[i]:
+                    cnt[s] -= 1
+                    if cnt[s] == 0:
+                        push(heaps[res[s]], pos[s])
+                if hc and not h1 and not h2:
+                    h = hc
+                elif h1 and not hc and not h2:
+                    h = h1
+                elif h2 and not hc and not h1:
+                    h = h2
+                else:
+                    break
+                i = order[pop(h)]
+                rem = dur[i]
+                start[i] = t
+            run_c = run_1 = run_2 = -1
+            continue
+        rc = rc_on if comm_on else 1.0
+        rm = rm_on if comp_on else 1.0
+        dt = inf
+        if comp_on and rem_c / rc < dt:
+            dt = rem_c / rc
+        if run_1 >= 0 and rem_1 / rm < dt:
+            dt = rem_1 / rm
+        if run_2 >= 0 and rem_2 / rm < dt:
+            dt = rem_2 / rm
+        t += dt
+        fin = []
+        if comp_on:
+            rem_c -= dt * rc
+            d = dur[run_c]
+            if rem_c <= EPS * (d if d > 1.0 else 1.0):
+                fin.append(run_c)
+                run_c = -1
+        if run_1 >= 0:
+            rem_1 -= dt * rm
+            d = dur[run_1]
+            if rem_1 <= EPS * (d if d > 1.0 else 1.0):
+                fin.append(run_1)
+                run_1 = -1
+        if run_2 >= 0:
+            rem_2 -= dt * rm
+            d = dur[run_2]
+            if rem_2 <= EPS * (d if d > 1.0 else 1.0):
+                fin.append(run_2)
+                run_2 = -1
+        for i in fin:
+            end[i] = t
+            done += 1
+            for s in succ[i]:
+                cnt[s] -= 1
+                if cnt[s] == 0:
+                    push(heaps[res[s]], pos[s])
+    if done != n:
+        stuck = [names[i] for i in range(n) if cnt[i] > 0][:3]
+        raise MoeschedError(f"schedule deadlocks: {n - done} task instances never ran (e.g. {stuck}); "
                             "a strict order must be consistent with the dependencies")
     return start, end, t
 

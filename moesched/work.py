@@ -46,6 +46,11 @@ def shared_fwd_flops(m: MoEModel, tokens: int) -> float:
     return tokens * m.shared_experts * 2.0 * m.expert_gemms * m.d_model * m.ffn_hidden
 
 
+def loss_elements(m: MoEModel, tokens: int) -> float:
+    """Work of the loss task: elements of the last layer's output merged, T*M."""
+    return float(tokens * m.d_model)
+
+
 def a2a_bytes(m: MoEModel, tokens: int) -> int:
     """Bytes per rank of one dispatch (or combine) all-to-all: copies * M * dtype bytes.
     ScheMoE Sec. 3: S = f*k*B*L*M*b/8 bits."""

@@ -18,7 +18,7 @@ from moesched.plan import Plan
 from executor import tasks
 from executor.bench import KINDS, make_bench
 from executor.comm import hop_plan
-from executor.ffn import ffn_dw, ffn_dx, ffn_fwd
+from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd
 from executor.layers import MoEModule, keep_mask
 from executor.state import LayerState, ranges
 from executor.testplans import make_plan, random_order, tiny_model
@@ -57,6 +57,46 @@ def test_capacity_counters_match_unchunked() -> None:
     parts = [keep_mask(idx[a:a + 10], 6, 9, counts) for a in range(0, 40, 10)]
     assert torch.equal(torch.cat(parts), whole)
     assert counts.tolist() == torch.bincount(idx.reshape(-1), minlength=6).tolist()
+
+
+def test_keep_mask_matches_definition() -> None:
+    """Kept iff the copy's token-major rank among its expert's copies (plus earlier counts) < C."""
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 5, (60, 3), generator=g)
+    counts = torch.tensor([0, 4, 1, 0, 7])
+    expect, seen = [], counts.clone().tolist()
+    for e in idx.reshape(-1).tolist():
+        expect.append(seen[e] < 10)
+        seen[e] += 1
+    got = keep_mask(idx, 5, 10, counts)
+    assert got.reshape(-1).tolist() == expect
+    assert counts.tolist() == seen
+
+
+@pytest.mark.parametrize("kind", ["gpt", "swiglu"])
+def test_grouped_experts_match_loop(kind: str) -> None:
+    """bf16 grouped GEMMs (torch._grouped_mm) give the per-expert loop's results, empty experts included."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("torch without _grouped_mm")
+    g = torch.Generator().manual_seed(4)
+    El, M, H, ne = 4, 16, 32, [5, 0, 7, 3]
+    n = sum(ne)
+
+    def r(*s: int) -> torch.Tensor:
+        return (torch.randn(*s, generator=g) * 0.3).to(torch.bfloat16)
+    x, dy, w1, w2 = r(n, M), r(n, M), r(El, H, M), r(El, M, H)
+    w3 = r(El, H, M) if kind == "swiglu" else None
+    offs = torch.tensor(ne).cumsum(0).to(torch.int32)
+    res = {}
+    for name, o in (("loop", None), ("grouped", offs)):
+        y, h1, h3 = experts_fwd(x, ne, o, w1, w2, w3, kind)
+        dx, g1, g3 = experts_dx(dy, h1, h3, ne, o, w1, w2, w3, kind)
+        gw = [torch.zeros_like(w) if w is not None else None for w in (w1, w2, w3)]
+        experts_dw(dy, x, h1, h3, g1, g3, ne, o, *gw, kind)
+        res[name] = [y, dx] + [t for t in gw if t is not None]
+    for a, b in zip(res["loop"], res["grouped"]):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    assert res["grouped"][2][1].abs().max() == 0   # expert 1 received no rows: no gradient
 
 
 def test_ranges() -> None:
@@ -207,3 +247,22 @@ def test_random_plans_are_valid_and_executable_orders() -> None:
     p = make_plan(tiny_model(capacity_factor=1.0), Cluster(1, 2), Knobs((2, 4), (1, 2), at_chunked=True,
                                                                            serialize=True), random.Random(1))
     p.validate()
+
+
+def test_link_groups_ask_for_high_priority_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL link groups get a high-priority internal stream (a misspelt option attribute once
+    went unnoticed: pybind options reject unknown names, and the error was swallowed)."""
+    import torch.distributed as dist
+
+    from executor.comm import link_pg_options
+
+    class Options:
+        __slots__ = ("is_high_priority_stream",)
+
+    class FakeNCCL:
+        pass
+    FakeNCCL.Options = Options
+    monkeypatch.setattr(dist, "ProcessGroupNCCL", FakeNCCL, raising=False)
+    opts = link_pg_options("nccl", "comm_a2a")
+    assert isinstance(opts, Options) and opts.is_high_priority_stream is True
+    assert link_pg_options("gloo", "comm_a2a") is None and link_pg_options("nccl", "compute") is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from moesched.errors import MoeschedError
-from moesched.profile import COMPUTE_KINDS, PROFILES_DIR, Cost, Profile, default_profile_path
+from moesched.profile import ALL_COMPUTE_KINDS, COMPUTE_KINDS, PROFILES_DIR, Cost, Profile, default_profile_path
 
 NVLINK_PATH = PROFILES_DIR / "analytic-h200x4-nvlink.json"
 
@@ -27,7 +27,7 @@ def test_shipped_profiles_load() -> None:
     for path in PROFILES_DIR.glob("*.json"):
         p = Profile.load(path)
         assert p.kind in ("analytic", "measured")
-        assert set(p.compute) == set(COMPUTE_KINDS)
+        assert set(COMPUTE_KINDS) <= set(p.compute) <= set(ALL_COMPUTE_KINDS)
         assert p.compute_slowdown >= 1.0 and p.comm_slowdown >= 1.0
     assert Profile.load("analytic-h200x4-nvlink") == Profile.load(NVLINK_PATH)  # by name
     assert default_profile_path().exists()
@@ -64,6 +64,22 @@ def test_profile_costs_monotone() -> None:
     assert ys == sorted(ys) and ys[0] > 0
     with pytest.raises(MoeschedError, match="scope 'inter'"):
         p.comm_us("all_to_all", "inter", 1e6)
+
+
+def test_optional_loss_kind(tmp_path: Path) -> None:
+    """A profile may cost the loss task (x = elements); without it the loss costs 0 µs; other
+    extra kinds, or a missing required kind, are rejected."""
+    d = good()
+    assert Profile.from_dict(d).compute_us("loss", 1e6) == 0.0
+    d["compute"]["loss"] = {"alpha_us": 20.0, "beta_us_per_unit": 1e-4}
+    assert Profile.from_dict(d).compute_us("loss", 1e6) == pytest.approx(120.0)
+    bad = copy.deepcopy(d)
+    bad["compute"]["lm_head"] = bad["compute"]["loss"]
+    with pytest.raises(MoeschedError, match="compute must have the kinds"):
+        Profile.from_dict(bad)
+    del d["compute"]["attn_bwd"]
+    with pytest.raises(MoeschedError, match="compute must have the kinds"):
+        Profile.from_dict(d)
 
 
 def test_malformed_json(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 import networkx as nx
 
 from moesched.cluster import Cluster
-from moesched.graph import build
+from moesched.graph import build_compiled
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
@@ -23,21 +23,58 @@ from moesched.sim import Compiled, Timeline
 PriorityFn = Callable[[nx.DiGraph], dict[str, float]]
 
 
-def seq_priority(g: nx.DiGraph) -> dict[str, float]:
+class Priority:
+    """A :data:`PriorityFn` that also ranks the tasks of a :class:`~moesched.sim.Compiled`
+    graph directly: ``vector(c)`` gives the priorities aligned with ``c.names``, so
+    evaluating it needs no networkx DiGraph (see :func:`priority_vector`). Calling it on a
+    DiGraph gives the same numbers as a dict. ``__name__`` labels it in notes."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+
+    def __call__(self, g: nx.DiGraph) -> dict[str, float]:
+        c = Compiled(g)
+        return dict(zip(c.names, self.vector(c)))
+
+    def vector(self, c: Compiled) -> list[float]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<priority {self.__name__}>"
+
+
+def priority_vector(priority: PriorityFn, c: Compiled) -> list[float]:
+    """The priorities ``priority`` gives the tasks of ``c``, aligned with ``c.names``: from
+    its ``vector(c)`` when it has one (:class:`Priority`, the solver's rules), else by
+    calling it on ``c.graph`` (which builds the DiGraph if needed)."""
+    vec = getattr(priority, "vector", None)
+    return vec(c) if vec is not None else c.vector(priority(c.graph))
+
+
+class _SeqPriority(Priority):
     """Creation order: forward by layer, backward in reverse; chunks in order; gradient
     chunks after all backward tasks (so the link takes an all-to-all first whenever both
     are ready)."""
-    return {t: float(a["seq"]) for t, a in g.nodes(data=True)}
+
+    def vector(self, c: Compiled) -> list[float]:
+        return list(c.seq)
 
 
-def ready_priority(g: nx.DiGraph) -> dict[str, float]:
+class _ReadyPriority(Priority):
     """Gradient chunks rank as if issued right after the task that makes them ready
     (PyTorch DDP: a bucket's all-reduce is launched as soon as it fills, no priority)."""
-    pr = seq_priority(g)
-    for t, a in g.nodes(data=True):
-        if a["kind"] == "grad_ar":
-            pr[t] = max((pr[p] for p in g.predecessors(t)), default=0.0) + 0.5
-    return pr
+
+    def vector(self, c: Compiled) -> list[float]:
+        pr = list(c.seq)
+        preds = c.preds
+        for i, kind in enumerate(c.kind):
+            if kind == "grad_ar":
+                pr[i] = max((pr[p] for p in preds[i]), default=0.0) + 0.5
+        return pr
+
+
+seq_priority = _SeqPriority("seq_priority")
+ready_priority = _ReadyPriority("ready_priority")
 
 
 @dataclass(frozen=True)
@@ -52,11 +89,16 @@ class Schedule:
 
 @dataclass
 class Evaluation:
-    """A schedule simulated: the graph, the timeline and the step time in µs."""
+    """A schedule simulated: the compiled graph, the timeline and the step time in µs."""
 
     schedule: Schedule
-    graph: nx.DiGraph
+    compiled: Compiled
     timeline: Timeline
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The task graph as a networkx DiGraph (built on first use)."""
+        return self.compiled.graph
 
     @property
     def step_us(self) -> float:
@@ -69,13 +111,14 @@ _COMPILED_MAX = 256
 
 def compiled_graph(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Knobs) -> Compiled:
     """The graph of ``knobs``, built and compiled once per process (policies and the solver
-    evaluate the same knobs many times). The graph must not be mutated by callers."""
+    evaluate the same knobs many times), without a DiGraph until ``.graph`` is read. The
+    graph must not be mutated by callers."""
     key = (id(profile), model, cluster, knobs)
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is profile:
         _COMPILED.move_to_end(key)
         return hit[1]
-    c = Compiled(build(model, cluster, profile, knobs))
+    c = build_compiled(model, cluster, profile, knobs)
     _COMPILED[key] = (profile, c)
     if len(_COMPILED) > _COMPILED_MAX:
         _COMPILED.popitem(last=False)
@@ -85,7 +128,7 @@ def compiled_graph(model: MoEModel, cluster: Cluster, profile: Profile, knobs: K
 def evaluate(model: MoEModel, cluster: Cluster, profile: Profile, schedule: Schedule) -> Evaluation:
     """Build (or reuse) the graph for ``schedule`` and simulate it under its priorities."""
     c = compiled_graph(model, cluster, profile, schedule.knobs)
-    start, end, ms = c.run(schedule.priority(c.graph))
+    start, end, ms = c.run(priority_vector(schedule.priority, c))
     tl = c.timeline(start, end, ms, {"ranks": c.ranks, "compute_slowdown": c.slowdown[0],
                                      "comm_slowdown": c.slowdown[1], "strict": False})
-    return Evaluation(schedule, c.graph, tl)
+    return Evaluation(schedule, c, tl)

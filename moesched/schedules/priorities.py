@@ -5,7 +5,7 @@ Units: µs for times, bytes for sizes, FLOPs for work.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import networkx as nx
 
@@ -14,7 +14,8 @@ from moesched.cluster import Cluster
 from moesched.knobs import MAX_DEGREE
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.schedules.base import PriorityFn, seq_priority
+from moesched.schedules.base import Priority, PriorityFn, priority_vector, seq_priority
+from moesched.sim import Compiled
 
 #: PyTorch DDP default bucket: bucket_cap_mb=25 -> 25 * 1024 * 1024 bytes (torch DDP source).
 DDP_BUCKET_BYTES = 25 * 2**20
@@ -90,49 +91,84 @@ def ar_bytes_within(profile: Profile, scope: str, budget_us: float, hi: int) -> 
     return lo
 
 
+def ranks(keys: Sequence[tuple], names: Sequence[str] | None = None) -> list[float]:
+    """Priorities 0, 1, 2, ... by ascending ``keys[i]``, ties broken by ``names[i]`` when
+    given (deterministic), else by index; aligned with ``keys``."""
+    n = len(keys)
+    order = sorted(range(n), key=keys.__getitem__)  # stable: ties by index
+    if names is not None:
+        try:
+            tied = len(set(keys)) < n
+        except TypeError:  # unhashable keys: assume ties
+            tied = True
+        if tied:
+            order = sorted(range(n), key=lambda i: (keys[i], names[i]))
+    out = [0.0] * n
+    for r, i in enumerate(order):
+        out[i] = float(r)
+    return out
+
+
 def ranked(g: nx.DiGraph, key: Callable[[str, dict], tuple]) -> dict[str, float]:
     """Priorities 0, 1, 2, ... by ascending ``key(task, attrs)``, ties broken by task name
     (deterministic)."""
-    order = sorted(g.nodes(data=True), key=lambda na: (key(na[0], na[1]), na[0]))
-    return {t: float(i) for i, (t, _) in enumerate(order)}
+    names = list(g.nodes)
+    return dict(zip(names, ranks([key(t, a) for t, a in g.nodes(data=True)], names)))
 
 
-def theorem1(base: PriorityFn) -> PriorityFn:
+class _Theorem1(Priority):
+    """See :func:`theorem1`."""
+
+    def __init__(self, base: PriorityFn) -> None:
+        super().__init__("prio")
+        self.base = base
+
+    def vector(self, c: Compiled) -> list[float]:
+        p = priority_vector(self.base, c)
+        first: dict[tuple[int, str], float] = {}
+        for i, (kind, phase, layer) in enumerate(zip(c.kind, c.phase, c.layer)):
+            if kind == FIRST_A2A.get(phase):
+                k = (layer, phase)
+                first[k] = max(first.get(k, p[i]), p[i])
+        keys = [(x, 0, x) for x in p]
+        for i, (kind, phase, layer) in enumerate(zip(c.kind, c.phase, c.layer)):
+            if kind == SECOND_A2A.get(phase) and (layer, phase) in first:
+                keys[i] = (first[(layer, phase)], 1, p[i])
+        return ranks(keys, c.names)
+
+
+def theorem1(base: PriorityFn) -> Priority:
     """Wrap ``base`` so that, within each layer and phase, every first all-to-all
     (dispatch in forward, combine_bwd in backward) outranks every second one (combine,
     dispatch_bwd): ScheMoE Theorem 1 order (C1^1..C1^r)(..E^i..)(D2^1..D2^r), EuroSys'24
     Sec. 4, and FlowMoE Sec. 3.2's comm stream D_1..D_R -> C_1..C_R. Other tasks keep
     ``base``'s order."""
-
-    def prio(g: nx.DiGraph) -> dict[str, float]:
-        p = base(g)
-        first: dict[tuple[int, str], float] = {}
-        for t, a in g.nodes(data=True):
-            if a["kind"] == FIRST_A2A.get(a["phase"]):
-                k = (a["layer"], a["phase"])
-                first[k] = max(first.get(k, p[t]), p[t])
-
-        def key(t: str, a: dict) -> tuple:
-            if a["kind"] == SECOND_A2A.get(a["phase"]) and (a["layer"], a["phase"]) in first:
-                return (first[(a["layer"], a["phase"])], 1, p[t])
-            return (p[t], 0, p[t])
-        return ranked(g, key)
-    return prio
+    return _Theorem1(base)
 
 
-def window_priority(window: dict[str, int], base: PriorityFn = seq_priority) -> PriorityFn:
+class _Window(Priority):
+    """See :func:`window_priority`."""
+
+    def __init__(self, window: dict[str, int], base: PriorityFn) -> None:
+        super().__init__("prio")
+        self.window, self.base = window, base
+
+    def vector(self, c: Compiled) -> list[float]:
+        p = list(priority_vector(self.base, c))
+        last: dict[int, float] = {}
+        for i, (kind, phase, layer) in enumerate(zip(c.kind, c.phase, c.layer)):
+            if phase == "bwd" and kind in (FIRST_A2A["bwd"], SECOND_A2A["bwd"]):
+                last[layer] = max(last.get(layer, p[i]), p[i])
+        window, index = self.window, c.index
+        placed = sorted((t for t in window if t in index), key=lambda t: (-window[t], p[index[t]], t))
+        for j, t in enumerate(placed):
+            p[index[t]] = last[window[t]] + 0.5 + 0.4 * j / max(len(placed), 1)
+        return p
+
+
+def window_priority(window: dict[str, int], base: PriorityFn = seq_priority) -> Priority:
     """``base``, except that a gradient chunk placed in layer j's backward window (FSMoE
     Sec. 2.4) ranks just after layer j's backward all-to-alls: it takes the link when no
     all-to-all of layer j is ready, i.e. while experts and attention compute. Chunks not
     in ``window`` keep ``base`` (with seq_priority: after every all-to-all)."""
-    def prio(g: nx.DiGraph) -> dict[str, float]:
-        p = base(g)
-        last: dict[int, float] = {}
-        for t, a in g.nodes(data=True):
-            if a["phase"] == "bwd" and a["kind"] in (FIRST_A2A["bwd"], SECOND_A2A["bwd"]):
-                last[a["layer"]] = max(last.get(a["layer"], p[t]), p[t])
-        placed = sorted((t for t in window if t in p), key=lambda t: (-window[t], p[t], t))
-        for i, t in enumerate(placed):
-            p[t] = last[window[t]] + 0.5 + 0.4 * i / max(len(placed), 1)
-        return p
-    return prio
+    return _Window(window, base)

@@ -19,7 +19,7 @@ from moesched.knobs import MAX_DEGREE, Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
 from moesched.schedules import POLICIES
-from moesched.schedules.base import PriorityFn, Schedule, compiled_graph
+from moesched.schedules.base import PriorityFn, Schedule, compiled_graph, priority_vector
 from moesched.sim import Compiled
 from moesched.solve.rules import Rule
 
@@ -57,11 +57,14 @@ def ordered_degrees(model: MoEModel, cluster: Cluster, profile: Profile, at_chun
 
 
 class Evaluator:
-    """Step times (µs) of knobs under priorities, each graph built and compiled once."""
+    """Step times (µs) of knobs under priorities, each graph built and compiled once and
+    each (knobs, priority) pair simulated once (the search asks for some pairs again).
+    ``sims`` counts the step times asked for, repeats included."""
 
     def __init__(self, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
         self.model, self.cluster, self.profile = model, cluster, profile
         self.sims = 0
+        self._memo: dict[tuple[Knobs, object], tuple[float, list[float]]] = {}
 
     def compiled(self, knobs: Knobs) -> Compiled:
         """The compiled graph of ``knobs`` (shared with the policies' evaluations)."""
@@ -75,12 +78,10 @@ class Evaluator:
         the same knobs (cached); the S_p chunks are priced from the profile."""
         base = self.compiled(knobs.with_(grad_chunk_bytes=None))
         busy = [0.0, 0.0, 0.0]
-        nodes = base.graph.nodes
-        for i, t in enumerate(base.names):
+        for i, a in enumerate(base.attrs):
             r = base.res[i]
             if not r:
                 continue
-            a = nodes[t]
             if a["kind"] != "grad_ar":
                 busy[r] += max(base.dur[i])
                 continue
@@ -91,11 +92,18 @@ class Evaluator:
         return max(busy)
 
     def step_us(self, knobs: Knobs, priority: PriorityFn | Rule, starts: list[float] | None = None) -> float:
-        """Predicted step time of ``knobs`` under ``priority`` (a rule or a PriorityFn), µs."""
-        c = self.compiled(knobs)
-        vec = priority.vector(c.graph) if isinstance(priority, Rule) else c.vector(priority(c.graph))
+        """Predicted step time of ``knobs`` under ``priority`` (a rule or a PriorityFn), µs;
+        ``starts``, if given, is filled with the start times (µs) of the graph's tasks."""
         self.sims += 1
-        return c.makespan_us(vec, starts=starts)
+        key = (knobs, priority)
+        hit = self._memo.get(key)
+        if hit is None:
+            c = self.compiled(knobs)
+            st: list[float] = []
+            hit = self._memo[key] = (c.makespan_us(priority_vector(priority, c), starts=st), st)
+        if starts is not None:
+            starts[:] = hit[1]
+        return hit[0]
 
 
 @dataclass

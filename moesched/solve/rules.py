@@ -1,7 +1,8 @@
 """The solver's family of priority rules (lower priority runs first).
 
 A rule is a picklable callable ``rule(g) -> {task: priority}`` (a
-:data:`moesched.schedules.base.PriorityFn`) with three independent choices:
+:class:`moesched.schedules.base.Priority`: ``rule.vector(c)`` ranks the tasks of a
+compiled graph without a DiGraph) with three independent choices:
 
 * ``a2a_fwd`` / ``a2a_bwd``: "seq" keeps creation order on the link (dispatch c0,
   combine c0, dispatch c1, ...); "first" runs every first all-to-all of a layer
@@ -22,13 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
+from moesched.schedules.base import Priority
+from moesched.schedules.priorities import ranks
+from moesched.sim import Compiled
 
 FIRST_A2A = {"fwd": "dispatch", "bwd": "combine_bwd"}
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(Priority):
     """See the module docstring."""
 
     a2a_fwd: str = "seq"
@@ -36,45 +39,34 @@ class Rule:
     dw: str = "inline"
     grad: int | None = None
 
-    def __call__(self, g: nx.DiGraph) -> dict[str, float]:
-        return dict(zip(g.nodes, self.vector(g)))
-
-    def vector(self, g: nx.DiGraph) -> list[float]:
-        """Priorities aligned with ``list(g.nodes)``: the rank of each task's sort key."""
-        L = int(g.graph["model"].layers)
-        keys = []
-        for i, (t, a) in enumerate(g.nodes(data=True)):
-            keys.append((self._key(a, L), i))
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        out = [0.0] * len(keys)
-        for rank, i in enumerate(order):
-            out[i] = float(rank)
-        return out
-
-    def _key(self, a: dict, L: int) -> tuple:
-        seq = a["seq"]
-        phase, kind = a["phase"], a["kind"]
-        if phase == "fwd":
-            if kind == "loss":
-                return (0, L, 0, 0, seq)
-            cls = 0 if (self.a2a_fwd == "first" and kind == "dispatch") else 1
-            return (0, a["layer"], cls, 0, seq)
-        if phase == "bwd":
-            pos = L - 1 - a["layer"]
-            if kind == "expert_dw":
-                if self.dw == "end":
-                    return (1, L, 0, 0, seq)
-                if self.dw == "layer":
-                    return (1, pos, 2, 0, seq)
-            cls = 0 if (self.a2a_bwd == "first" and kind == "combine_bwd") else 1
-            return (1, pos, cls, 0, seq)
-        # gradient chunk
-        if self.grad is None:
-            return (2, 0, 0, 0, seq)
-        target = min(a["layers"]) - self.grad
-        if target < 0:
-            return (1, L, 1, 0, seq)  # after all backward compute and all-to-alls of layer 0
-        return (1, L - 1 - target, 3, 0, seq)
+    def vector(self, c: Compiled) -> list[float]:
+        """Priorities aligned with ``c.names``: the rank of each task's sort key (ties, which
+        a graph's unique ``seq`` rules out, by index)."""
+        L = int(c.graph_attrs["model"].layers)
+        first_f, first_b, dw, grad = self.a2a_fwd == "first", self.a2a_bwd == "first", self.dw, self.grad
+        keys: list[tuple] = []
+        add = keys.append
+        for seq, phase, kind, layer, layers in zip(c.seq, c.phase, c.kind, c.layer, c.layers):
+            if phase == "fwd":
+                if kind == "loss":
+                    add((0, L, 0, 0, seq))
+                else:
+                    add((0, layer, 0 if first_f and kind == "dispatch" else 1, 0, seq))
+            elif phase == "bwd":
+                pos = L - 1 - layer
+                if kind == "expert_dw" and dw == "end":
+                    add((1, L, 0, 0, seq))
+                elif kind == "expert_dw" and dw == "layer":
+                    add((1, pos, 2, 0, seq))
+                else:
+                    add((1, pos, 0 if first_b and kind == "combine_bwd" else 1, 0, seq))
+            elif grad is None:  # gradient chunk
+                add((2, 0, 0, 0, seq))
+            else:
+                target = min(layers) - grad
+                # target < 0: after all backward compute and all-to-alls of layer 0
+                add((1, L, 1, 0, seq) if target < 0 else (1, L - 1 - target, 3, 0, seq))
+        return ranks(keys)
 
     def label(self) -> str:
         grad = "a2a-first" if self.grad is None else ("ready" if self.grad == 0 else f"lag{self.grad}")

@@ -7,9 +7,9 @@ Algorithm (every number is a simulated step time, µs, with the profile's interf
 2. **One-layer sub-simulations.** A one-layer model with the same shapes is simulated
    for every feasible degree r (closed-form order), attention chunked or not, flat or
    hierarchical all-to-all, and the priority variants (all-to-all order, dW placement).
-   The zero-length ``loss`` task is a barrier (every forward task is its ancestor, every
+   The ``loss`` task is a barrier (every forward task is its ancestor, every
    backward task its descendant, nothing runs when it starts), so one simulation at
-   r_fwd = r_bwd = r yields the forward time F(r) and the backward time B(r) exactly, and
+   r_fwd = r_bwd = r yields the forward time F(r) and the backward time B(r) (loss included) exactly, and
    r_fwd, r_bwd are chosen independently: |r| simulations instead of |r|^2.
 3. **Whole-step verification** of the best few one-layer combinations as uniform knobs.
 4. **Gradients**: a 1-D search over S_p on a log grid 64 KiB..64 MiB (plus one bucket,
