@@ -22,7 +22,6 @@ def main() -> None:
     dist.init_process_group("nccl", device_id=torch.device("cuda", rank))
     g = dist.new_group(list(range(world)), pg_options=link_pg_options("nccl", "comm"))
     link = torch.cuda.Stream()
-    print_rows = []
     for mb in (2, 8, 26, 64):
         rows = mb * MB // 2 // 1600 // world * world
         buf = torch.ones(rows, 1600, dtype=torch.bfloat16, device="cuda")

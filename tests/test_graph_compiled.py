@@ -17,7 +17,8 @@ from moesched.models import PRESETS, MoEModel
 from moesched.profile import Profile
 from moesched.schedules.base import priority_vector, ready_priority, seq_priority
 from moesched.schedules.priorities import theorem1, window_priority
-from moesched.sim import Compiled, _event_loop, _event_loop_1
+from moesched.sim import Compiled
+from moesched.simloop import event_loop, event_loop_1
 from moesched.solve import grids
 from moesched.solve.candidates import Evaluator
 from moesched.solve.rules import Rule
@@ -146,8 +147,8 @@ def test_one_rank_event_loop_equals_the_general_loop(seed: int) -> None:
         dur = [0.0 if rng.random() < 0.1 else rng.uniform(0.0, 500.0) for _ in range(n)]
         prio = [float(rng.randrange(max(1, n // rng.choice([1, 3])))) for _ in range(n)]
         for sc, sm in ((1.0, 1.0), (rng.uniform(1.0, 3.0), rng.uniform(1.0, 3.0)), (1.0, 2.5)):
-            st, en, ms = _event_loop_1(c.res, dur, c.succ, c.npred, prio, sc, sm, c.names)
-            st0, en0, ms0 = _event_loop(c.res, [[d] for d in dur], c.succ, c.npred, prio, 1, sc, sm, False, c.names)
+            st, en, ms = event_loop_1(c.res, dur, c.succ, c.npred, prio, sc, sm, c.names)
+            st0, en0, ms0 = event_loop(c.res, [[d] for d in dur], c.succ, c.npred, prio, 1, sc, sm, False, c.names)
             assert (st, en, ms) == (st0[0], en0[0], ms0)
 
 
