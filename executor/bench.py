@@ -1,8 +1,8 @@
 """Benchmark closures: one compute task kind on synthetic inputs, through the runtime's own
 task functions (:mod:`executor.tasks`), for the profiler.
 
-``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a two-layer, one-chunk
-context of ``tokens`` tokens (whole samples for attention kinds) and returns a closure that
+``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a one-chunk context of
+``tokens`` tokens (one layer; two for the attention kinds) (whole samples for attention kinds) and returns a closure that
 runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
 spread evenly over the E/ep local experts and ep sources (what the graph's work assumes).
 Attention kinds run as layer 1, so they include what the runtime does there for layer 0:

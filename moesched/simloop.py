@@ -3,7 +3,8 @@ tasks on serial resources (0 compute, 1 comm_intra, 2 comm_inter) with rate-base
 interference. Inputs are the columns of :class:`moesched.sim.Compiled`; times in µs.
 
 ``event_loop`` simulates R ranks and the strict (fixed-order) mode; ``event_loop_1`` is the
-same arithmetic, in the same order, for one rank and list scheduling: the solver's hot path.
+same arithmetic, in the same order, for one rank and list scheduling: the solver's hot path,
+with its three resources unrolled into local variables on purpose (the innermost loop of the search).
 """
 from __future__ import annotations
 

@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from executor.bench import make_bench
+from executor.profiler import time_us
 from moesched.configs import models_from_spec
 
 KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
 
 
 def gpu_us(fn, reps: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
-    ev[0].record()
-    for i in range(reps):
-        fn()
-        ev[i + 1].record()
-    ev[-1].synchronize()
-    return statistics.median(1000 * ev[i].elapsed_time(ev[i + 1]) for i in range(reps))
+    """The profiler's own timing (executor.profiler.time_us) on this one GPU."""
+    return time_us(SimpleNamespace(cuda=True, sync=torch.cuda.synchronize), fn, reps, 2)
 
 
 def issue_us(fn) -> float:
