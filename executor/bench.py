@@ -2,8 +2,8 @@
 task functions (:mod:`executor.tasks`), for the profiler.
 
 ``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a one-chunk context of
-``tokens`` tokens (one layer; two for the attention kinds) (whole samples for attention kinds) and returns a closure that
-runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
+``tokens`` tokens (whole samples; one layer, two for the attention kinds) and returns a
+closure that runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
 spread evenly over the E/ep local experts and ep sources (what the graph's work assumes).
 Attention kinds run as layer 1, so they include what the runtime does there for layer 0:
 attn_fwd merges layer 0's combined rows into its input, attn_bwd builds layer 0's
