@@ -22,7 +22,7 @@ from moesched import work
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
-from executor import tasks
+from executor import graphs, tasks
 from executor.layers import MoEModule
 from executor.state import ExpertBwd
 
@@ -107,6 +107,7 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
     """attn_fwd / attn_bwd as layer 1 of two, loss after one layer; layer 0's expert side is
     replaced by random combined rows."""
     ctx = _ctx(model, tokens, device, dtype, ep, layers=1 if kind == "loss" else 2)
+    ctx.graphs = graphs.capture(ctx.module, ctx.knobs)  # as the executor runs it (CUDA)
     l0 = ctx.layers[0]
     tasks.attn_fwd(ctx, 0, 0, 1)
     g = torch.Generator(device=device).manual_seed(3)

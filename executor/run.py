@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K",
                     help="pose as K nodes on one host (sets NCCL_HOSTID per rank group)")
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
+    ap.add_argument("--issue", choices=("single", "threads"), default="single",
+                    help="launch every task from one host thread (default) or collectives from their own")
     ap.add_argument("--seed", type=int, default=0, help="parameter and data seed")
     ap.add_argument("--timeout", type=float, default=120.0, help="collective timeout in seconds")
     return ap.parse_args(argv)
@@ -150,7 +152,7 @@ def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
     dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
     ep = plan.cluster.ep_size
     module = MoEModule(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev, dtype=dtype)
-    step = PlannedStep(module, plan, timeout_s=a.timeout)
+    step = PlannedStep(module, plan, timeout_s=a.timeout, issue=a.issue)
     x, t = make_batch(m, rank, a.seed, device=dev, dtype=dtype)
     times = []
     for i in range(a.warmup + a.steps):
@@ -169,11 +171,13 @@ def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
     if a.trace:
         tl = step.timeline()
         dfs = [None] * world
-        dist.all_gather_object(dfs, tl.df, group=step.groups.world_meta)
+        dist.all_gather_object(dfs, (tl.df, tl.host), group=step.groups.world_meta)
         if rank == 0:
             from moesched.trace import write_chrome_trace
             meta = dict(tl.meta, ranks=world, median_step_us=med * 1e6, policy=plan.policy, plan_hash=plan.hash)
-            write_chrome_trace(Timeline(pd.concat(dfs, ignore_index=True), meta), a.trace, label="measured")
+            write_chrome_trace(Timeline(pd.concat([d for d, _ in dfs], ignore_index=True), meta,
+                                        host=pd.concat([h for _, h in dfs], ignore_index=True)),
+                               a.trace, label="measured")
     return 0
 
 

@@ -7,29 +7,41 @@ returns the last step's measured :class:`moesched.sim.Timeline` (same columns as
 simulator: task, kind, layer, chunk, phase, rank, resource, start_us, end_us; µs from the
 step's start).
 
-Streams and ordering. Tasks are launched from one thread in plan order. CUDA: compute tasks
-run on the current stream; each link resource ("comm_intra", "comm_inter") has its own
-stream; a collective is issued under its link stream after that stream waited on the
-events of its dependencies (NCCL's internal stream waits for the current stream at issue),
-then ``work.wait()`` makes the link stream wait for completion and an event marks the end;
-consumers wait on that event. A link stream thus runs its collectives one at a time in plan
-order, as the simulator's serial resource. CPU/gloo: compute runs inline; a collective is
-issued async (gloo progresses it on a background thread) and consumers ``wait()`` on it.
-Collective start times are max(issue, end of the previous task on the link, ends of the
-dependencies), the issue being an event recorded on the link stream after its waits (GPU);
-ends come from CUDA events (GPU) or the Work's completion callback (CPU).
+Issue. By default (``issue="single"``) this thread launches every task in plan order.
+``issue="threads"`` launches compute tasks from this thread and the collectives from an
+issue thread, each in plan order (so every rank issues its collectives in the same order,
+from one thread); a task is launched once every predecessor on the other thread has been.
+Measured on 4 x H200 (``scripts/gpu_issue_ab.sh``, ``results/gpu/session3/``) the second
+thread made steps slower more often than faster (the two threads contend for the GIL and
+the host is the bottleneck either way), so it is an option, not the default.
+
+Streams. CUDA: compute tasks run on the current stream; each link resource ("comm_intra",
+"comm_inter") has its own stream; a collective is issued under its link stream after that
+stream waited on the events of its dependencies (NCCL's internal stream waits for the
+current stream at issue), then ``work.wait()`` makes the link stream wait for completion
+and an event marks the end; consumers wait on that event. A link stream thus runs its
+collectives one at a time in plan order, as the simulator's serial resource. CPU/gloo:
+compute runs inline; a collective is issued async (gloo progresses it on a background
+thread) and consumers ``wait()`` on it. Collective start times are max(issue, end of the
+previous task on the link, ends of the dependencies), the issue being an event recorded on
+the link stream after its waits (GPU); ends come from CUDA events (GPU) or the Work's
+completion callback (CPU). ``timeline().host`` has each task's host launch interval.
 
 Memory safety on CUDA: receive buffers are allocated on the link stream and recorded on the
 compute stream; every buffer a link stream reads stays referenced by the step's context
-until the step ends, when the compute stream waits for both link streams. Host syncs:
-attn_fwd copies the routing counts to the host and all-gathers them (gloo), so the CPU
-cannot run ahead of the GPU past an attn_fwd; the loss average ends the step with one more.
+until the step ends, when the compute stream waits for the link and meta streams. Host
+syncs: attn_fwd starts the routing-count exchange on the meta stream and copies the counts
+to pinned host memory without waiting; the first task that needs them on the host (the
+chunk's dispatch, on the comm thread) waits for that copy alone. The loss average ends the
+step with one more sync.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import torch
@@ -38,13 +50,14 @@ import torch.distributed as dist
 from moesched.errors import MoeschedError
 from moesched.graph import COMPUTE
 from moesched.plan import Plan
-from moesched.sim import COLUMNS, Timeline
+from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline
 
-from executor import tasks
+from executor import graphs, tasks
 from executor.comm import build_groups
 from executor.layers import MoEModule
 
 _WARNED = False
+ISSUE_MODES = ("single", "threads")
 
 
 def _warn_connections() -> None:
@@ -62,7 +75,10 @@ class PlannedStep:
     ep_rank = rank % ep). group: None (the default world group; reserved).
     """
 
-    def __init__(self, module: MoEModule, plan: Plan, group: object = None, timeout_s: float = 120.0):
+    def __init__(self, module: MoEModule, plan: Plan, group: object = None, timeout_s: float = 120.0,
+                 issue: str = "single", cuda_graphs: bool = True):
+        if issue not in ISSUE_MODES:
+            raise MoeschedError(f"issue must be one of {ISSUE_MODES}, got {issue!r}")
         if not dist.is_initialized():
             raise MoeschedError("PlannedStep needs torch.distributed to be initialised")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -83,11 +99,20 @@ class PlannedStep:
         self.steps = []  # (name, attrs, preds) in plan order
         for t in plan.order:
             self.steps.append((t, g.nodes[t], list(g.predecessors(t))))
-        self.compute_stream = None
+        self.issue = issue
+        self._compute_steps = [st for st in self.steps if st[1]["resource"] == COMPUTE]
+        self._comm_steps = [st for st in self.steps if st[1]["resource"] != COMPUTE]
+        on_comm = lambda t: g.nodes[t]["resource"] != COMPUTE  # noqa: E731
+        self._cross = {t: [p for p in preds if on_comm(p) != on_comm(t)] for t, _, preds in self.steps}
+        self._pool: ThreadPoolExecutor | None = None
+        self.compute_stream = self.meta_stream = self.graphs = None
         if self.cuda:
             _warn_connections()
             self.compute_stream = torch.cuda.current_stream(module.device)
+            self._device_index = self.compute_stream.device.index  # for the issue thread
+            self.graphs = graphs.capture(module, plan.knobs) if cuda_graphs else None
             self.links = {r: torch.cuda.Stream(module.device) for r in ("comm_intra", "comm_inter")}
+            self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
             self._warm_groups()
         self._last: dict | None = None
 
@@ -114,21 +139,20 @@ class PlannedStep:
         flat = lambda t: t.to(mod.device, mod.dtype).reshape(m.tokens, m.d_model)  # noqa: E731
         return tasks.Ctx(module=mod, cfg=m, knobs=self.plan.knobs, groups=self.groups, world=self.world,
                          layers=tasks.new_layer_states(m, self.plan.knobs, self.groups.ep_size, mod.device, mod.dtype),
-                         x=flat(batch), target=flat(target), flat=self.flat, compute_stream=self.compute_stream)
+                         x=flat(batch), target=flat(target), flat=self.flat, compute_stream=self.compute_stream,
+                         meta_stream=self.meta_stream, graphs=self.graphs)
 
     def __call__(self, batch: torch.Tensor, target: torch.Tensor) -> float:
         """One training step; returns the loss averaged over ranks."""
         if self._last is not None:
             self._last.pop("ctx", None)  # free the previous step's buffers before allocating new ones
         ctx = self._ctx(batch, target)
-        if self.cuda:
-            rec = self._run_cuda(ctx)
-        else:
-            rec = self._run_cpu(ctx)
-        self._last = rec
+        self._last = rec = self._drive(ctx)
         self.last_dropped = int(sum(int((~ls.kept).sum()) for ls in ctx.layers))  # copies over capacity
         loss = ctx.loss.detach().float().cpu().reshape(1)
         dist.all_reduce(loss, group=self.groups.world_meta)
+        if not self.cuda:
+            rec.pop("ctx", None)
         return float(loss) / self.world
 
     @staticmethod
@@ -141,69 +165,103 @@ class PlannedStep:
             return tasks.grad_ar(ctx, a)
         return tasks.A2A[kind](ctx, a["layer"], a["chunk"], a.get("hop"))
 
-    def _run_cpu(self, ctx: tasks.Ctx) -> dict:
-        t0 = time.perf_counter()
-        works: dict[str, list] = {}
-        waited: set[str] = set()
-        start, end = {}, {}
-
-        def wait(t: str) -> None:
-            if t not in waited:
-                for w in works[t]:
+    # ---- issuing the plan ------------------------------------------------------------------
+    def _drive(self, ctx: tasks.Ctx) -> dict:
+        """Issue every task of the plan; with ``issue="threads"`` the collectives come from
+        the issue thread, in plan order, and compute tasks from this one. Returns the
+        step's record (events or host times, works, host issue intervals)."""
+        rec: dict = {"ctx": ctx, "works": {}, "sev": {}, "eev": {}, "start": {}, "end": {}, "host": {},
+                     "h0": time.perf_counter()}
+        if self.cuda:
+            rec["t0"] = torch.cuda.Event(enable_timing=True)
+            rec["t0"].record(self.compute_stream)
+        issue = self._issue_cuda if self.cuda else self._issue_cpu
+        if self.issue == "single" or not self._comm_steps:
+            for st in self.steps:
+                issue(ctx, st, rec, "main")
+        else:
+            self._two_threads(ctx, rec, issue)
+        if self.cuda:
+            for s in list(self.links.values()) + [ctx.meta_stream]:
+                self.compute_stream.wait_stream(s)
+        else:
+            for ws in rec["works"].values():
+                for w in ws:
                     w.wait()
-                waited.add(t)
+        return rec
 
-        for name, a, preds in self.steps:
+    def _two_threads(self, ctx: tasks.Ctx, rec: dict, issue) -> None:
+        """Compute tasks from this thread, collectives from the issue thread, each in plan
+        order; a task waits until every predecessor on the other thread has been issued.
+        Plan order is topological, so the earliest unissued task can always go: no cycle.
+        A failure on either thread releases the other, and the first error is raised."""
+        done = {name: threading.Event() for name, _, _ in self.steps}
+        errors: list[BaseException] = []
+
+        def loop(steps: list, thread: str) -> None:
+            try:
+                if self.cuda:
+                    torch.cuda.set_device(self._device_index)
+                for st in steps:
+                    for p in self._cross[st[0]]:
+                        done[p].wait()
+                        if errors:
+                            return
+                    issue(ctx, st, rec, thread)
+                    done[st[0]].set()
+            except BaseException as e:  # noqa: BLE001 - re-raised by the main thread
+                errors.append(e)
+                for e_ in done.values():
+                    e_.set()
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesched-issue")
+        fut = self._pool.submit(loop, self._comm_steps, "comm")
+        loop(self._compute_steps, "compute")
+        fut.result()
+        if errors:
+            raise errors[0]
+
+    def _issue_cuda(self, ctx: tasks.Ctx, step: tuple, rec: dict, thread: str) -> None:
+        """Launch one task on its stream after the events of its other-stream predecessors.
+        A collective's start event fires once its dependencies are met and it was issued;
+        ``work.wait()`` makes the link stream wait for its completion."""
+        name, a, preds = step
+        h = time.perf_counter()
+        res = a["resource"]
+        s = self.compute_stream if res == COMPUTE else self.links[res]
+        sev, eev = rec["sev"], rec["eev"]
+        with torch.cuda.stream(s):
             for p in preds:
-                if p in works:
-                    wait(p)
-            start[name] = time.perf_counter() - t0
-            ws = self._call(ctx, name, a)
-            if a["resource"] == COMPUTE:
-                end[name] = time.perf_counter() - t0
-                continue
-            works[name] = ws
-            end[name] = start[name]
+                if self.graph.nodes[p]["resource"] != res:
+                    s.wait_event(eev[p])
+            sev[name] = torch.cuda.Event(enable_timing=True)
+            sev[name].record(s)
+            for w in self._call(ctx, name, a):
+                w.wait()
+            eev[name] = torch.cuda.Event(enable_timing=True)
+            eev[name].record(s)
+        rec["host"][name] = (thread, h, time.perf_counter())
+
+    def _issue_cpu(self, ctx: tasks.Ctx, step: tuple, rec: dict, thread: str) -> None:
+        """Run a compute task inline, or issue a gloo collective async, after waiting for the
+        collectives it depends on. Ends of collectives come from the Work's callback."""
+        name, a, preds = step
+        h = time.perf_counter()
+        t0, works, end = rec["h0"], rec["works"], rec["end"]
+        for p in preds:
+            for w in works.get(p, ()):
+                w.wait()
+        rec["start"][name] = time.perf_counter() - t0
+        ws = self._call(ctx, name, a)
+        end[name] = time.perf_counter() - t0
+        if a["resource"] != COMPUTE:
+            end[name] = rec["start"][name]
             for w in ws:
                 w.get_future().add_done_callback(
                     lambda _f, n=name: end.__setitem__(n, max(end[n], time.perf_counter() - t0)))
-        for t in works:
-            wait(t)
-        return {"start": start, "end": end}
-
-    def _run_cuda(self, ctx: tasks.Ctx) -> dict:
-        cs = self.compute_stream
-        ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
-        t0 = ev()
-        t0.record(cs)
-        sev, eev = {}, {}
-        for name, a, preds in self.steps:
-            res = a["resource"]
-            if res == COMPUTE:
-                with torch.cuda.stream(cs):
-                    for p in preds:
-                        if self.graph.nodes[p]["resource"] != COMPUTE:
-                            cs.wait_event(eev[p])
-                    sev[name] = ev()
-                    sev[name].record(cs)
-                    self._call(ctx, name, a)
-                    eev[name] = ev()
-                    eev[name].record(cs)
-            else:
-                ls = self.links[res]
-                with torch.cuda.stream(ls):
-                    for p in preds:
-                        if self.graph.nodes[p]["resource"] != res:
-                            ls.wait_event(eev[p])
-                    sev[name] = ev()  # fires once dependencies are met AND the CPU has issued it
-                    sev[name].record(ls)
-                    for w in self._call(ctx, name, a):
-                        w.wait()
-                    eev[name] = ev()
-                    eev[name].record(ls)
-        for s in self.links.values():
-            cs.wait_stream(s)
-        return {"t0": t0, "sev": sev, "eev": eev, "ctx": ctx}
+            works[name] = ws
+        rec["host"][name] = (thread, h, time.perf_counter())
 
     # ---- measured timeline ---------------------------------------------------------------
     def timeline(self) -> Timeline:
@@ -230,4 +288,9 @@ class PlannedStep:
                 link_end[res] = end[name]
             rows.append((name, a["kind"], a["layer"], a["chunk"], a["phase"], self.rank, res, start[name], end[name]))
         df = pd.DataFrame.from_records(rows, columns=COLUMNS)
-        return Timeline(df, {"ranks": 1, "measured": True, "device": str(self.module.device)})
+        h0 = rec["h0"]
+        host = pd.DataFrame.from_records(
+            [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6) for t, (th, a, b) in rec["host"].items()],
+            columns=HOST_COLUMNS)
+        return Timeline(df, {"ranks": 1, "measured": True, "device": str(self.module.device), "issue": self.issue},
+                        host=host)

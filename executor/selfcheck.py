@@ -49,7 +49,7 @@ def check_plan(plan: Plan, a: argparse.Namespace, rank: int, world: int, dev: to
     m = plan.model
     ep = plan.cluster.ep_size
     module = MoEModule(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev, dtype=torch.float32)
-    step = PlannedStep(module, plan)
+    step = PlannedStep(module, plan, issue=a.issue)
     ref = ReferenceModel(m, seed=a.seed, init_device=dev)  # same initial values as the module
     batches = [tuple(t.cpu() for t in make_batch(m, r, a.seed, device=dev)) for r in range(world)]
     ref_loss = ref.loss([b[0] for b in batches], [b[1] for b in batches])
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--atol", type=float, default=1e-5)
     ap.add_argument("--out")
+    ap.add_argument("--issue", choices=("single", "threads"), default="single")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if cuda:

@@ -15,7 +15,9 @@ Vocabulary (per rank; T tokens, k slots, E experts, S = EP group size, El = E/S)
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -107,6 +109,8 @@ class LayerState:
         self.fci: list[torch.Tensor | None] = [None] * rf        # flat copy index per row
         self.fsplit: list[list[int]] = [[] for _ in range(rf)]  # dispatch rows per destination
         self.cnt: list[torch.Tensor | None] = [None] * rf        # [S, S, El, rb] all-gathered counts
+        self.pending: list[Callable[[], None] | None] = [None] * rf  # count exchanges not yet on the host
+        self.lock = threading.Lock()                             # ready() may run on both issue threads
         self.comb: list[torch.Tensor | None] = [None] * rf       # combine results (message order)
         self.comb_pos: list[torch.Tensor | None] = [None] * rf   # flat message position per received row
         self.comb_full = torch.zeros(T * k, M, **z)              # combine result per copy (0: dropped)
@@ -139,9 +143,27 @@ class LayerState:
         n = self.T // self.rb
         return j * n, (j + 1) * n
 
+    # ---- routing counts on the host -----------------------------------------------------
+    def defer(self, chunks: list[int], resolve: Callable[[], None]) -> None:
+        """Dispatch chunks whose counts are in flight; ``resolve`` fills cnt, fsplit, fsend
+        and fci of all of them (it may block until the exchange is done)."""
+        for c in chunks:
+            self.pending[c] = resolve
+
+    def ready(self, c: int) -> None:
+        """Make chunk c's counts available on the host (waiting for them if needed)."""
+        if self.pending[c] is None:
+            return
+        with self.lock:
+            fn = self.pending[c]
+            if fn is not None:
+                fn()
+                self.pending = [None if p is fn else p for p in self.pending]
+
     # ---- expert-side index bookkeeping ------------------------------------------------
     def expert_chunk(self, c: int, me: int) -> ExpertChunk:
         """GEMM order of forward chunk c's received rows."""
+        self.ready(c)
         cnt = self.cnt[c][:, me]                      # [S, El, rb]
         n = cnt.sum(-1)                               # [S, El]
         mo = excl_cumsum(n)
@@ -169,10 +191,13 @@ class LayerState:
 
     def matrix_fwd(self, c: int) -> torch.Tensor:
         """Rows src -> dst [S, S] of dispatch chunk c (same on every rank of the EP group)."""
+        self.ready(c)
         return self.cnt[c].sum((2, 3))
 
     def matrix_bwd(self, j: int) -> torch.Tensor:
         """Rows owner -> expert rank [S, S] of combine_bwd chunk j."""
+        for c in range(self.rf):
+            self.ready(c)
         return sum(cnt[..., j].sum(-1) for cnt in self.cnt)
 
 

@@ -11,8 +11,9 @@ samples when attention is chunked). Gradients are exact for any r_fwd, r_bwd:
   combined_j), runs norms/attention/router under autograd on a detached leaf (split at
   backward-chunk boundaries when attention is chunked, so attn_bwd chunks own whole
   subgraphs), routes with capacity counters carried across chunks, builds the dispatch
-  send rows sorted by (destination, expert, token, slot) and all-gathers (gloo, small)
-  the counts per (source, destination, local expert, backward chunk).
+  send rows sorted by (destination, expert, token, slot) and starts the all-gather of the
+  counts per (source, destination, local expert, backward chunk); on CUDA the host waits
+  for them only where a task needs them (``LayerState.ready``: the chunk's dispatch).
 * the expert side keeps inputs and pre-activations; backward chunk j selects its copies
   from the counts alone (no second exchange).
 * attn_bwd sums dL/du (expert copies, shared path), dL/dw (router weights: dy . combined)
@@ -32,6 +33,7 @@ from moesched.models import MoEModel
 
 from executor.comm import Groups, a2a, hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
+from executor.graphs import piece_cuts
 from executor.layers import MoEModule, attention_router, capacity, grad_buffers, keep_mask  # noqa: F401
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 
@@ -50,6 +52,8 @@ class Ctx:
     target: torch.Tensor
     flat: dict[str, torch.Tensor]
     compute_stream: Any = None          # torch.cuda.Stream on CUDA, else None
+    meta_stream: Any = None             # CUDA: side stream of the routing-count exchange
+    graphs: dict | None = None          # CUDA graphs of attention pieces (executor.graphs)
     loss: torch.Tensor | None = None
     retain_graph: bool = False          # benchmarks replay attn_bwd
     hold: dict = field(default_factory=dict)    # first-hop results of two-hop all-to-alls
@@ -67,6 +71,7 @@ def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
     for c in range(ls.rf):
         fa, fb = ls.frange(c)
         if fa < b and fb > a and not ls.scattered[c]:
+            ls.ready(c)
             ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][h2d(ls.comb_pos[c], ls.fci[c].device)]
             ls.comb_full.index_copy_(0, ci, ls.comb[c])
             ls.scattered[c] = True
@@ -87,13 +92,6 @@ def h2d(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _cuts(ctx: Ctx, ls: LayerState, a: int, b: int) -> list[int]:
-    if not ctx.knobs.at_chunked:
-        return [a, b]
-    step = ls.T // ls.rb
-    return sorted({a, b} | {q for q in range(0, ls.T, step) if a < q < b})
-
-
 def _dispatch_counts(ls: LayerState, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch chunk c without a host sync: the order of its copies (kept ones first, by
     global expert = (destination, local expert), then token and slot; dropped ones last)
@@ -109,11 +107,55 @@ def _dispatch_counts(ls: LayerState, c: int) -> tuple[torch.Tensor, torch.Tensor
     return order, cnt.view(ls.S, ls.El, rb)
 
 
-def _dispatch_rows(ls: LayerState, c: int, order: torch.Tensor, kept: int) -> None:
-    """Send rows of dispatch chunk c: the first ``kept`` copies of ``order``."""
-    ci = order[:kept] + ls.frange(c)[0] * ls.k
+def _dispatch_rows(ls: LayerState, c: int, order: torch.Tensor) -> None:
+    """Send rows of dispatch chunk c for every copy of ``order`` (kept ones first): the
+    count exchange later cuts them to the kept ones (:func:`_resolve_counts`)."""
+    ci = order + ls.frange(c)[0] * ls.k
     ls.fci[c] = ci
     ls.fsend[c] = ls.u[ci // ls.k]
+
+
+def _exchange_counts(ctx: Ctx, ls: LayerState, cnt: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start the all-gather of counts cnt [nc, S_dst, El, rb] over the EP group; return a
+    function giving every source's counts [S_src, nc, S_dst, El, rb] on the host.
+
+    CUDA: the all-gather (NCCL, own group) and the copy to pinned host memory run on the
+    meta stream and the function waits for that copy alone, so the host is free until the
+    first task that needs the split sizes. gloo and benchmarks: done at once."""
+    if ctx.groups is None:                     # benchmark: pretend every source sends alike
+        allc = cnt.cpu().unsqueeze(0).expand(ls.S, *cnt.shape)
+        return lambda: allc
+    if not cnt.is_cuda or ctx.meta_stream is None:
+        parts = [torch.empty_like(cnt) for _ in range(ls.S)]
+        dist.all_gather(parts, cnt, group=ctx.groups.meta)
+        allc = torch.stack(parts).cpu()
+        return lambda: allc
+    ms = ctx.meta_stream
+    ms.wait_stream(torch.cuda.current_stream(cnt.device))
+    with torch.cuda.stream(ms):
+        out = torch.empty((ls.S, *cnt.shape), dtype=cnt.dtype, device=cnt.device)
+        dist.all_gather_into_tensor(out, cnt, group=ctx.groups.meta)
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(ms)
+    ctx.alive += [cnt, out]                    # read by the meta stream: kept to step end
+
+    def get() -> torch.Tensor:
+        done.synchronize()
+        return host
+    return get
+
+
+def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[], torch.Tensor]) -> None:
+    """Counts of dispatch chunks on the host: cnt, split sizes, send rows cut to kept copies."""
+    allc = get()
+    mine = allc[ctx.me]
+    for i, cc in enumerate(chunks):
+        ls.cnt[cc] = allc[:, i].contiguous()
+        ls.fsplit[cc] = mine[i].sum((1, 2)).tolist()
+        kept = sum(ls.fsplit[cc])
+        ls.fci[cc], ls.fsend[cc] = ls.fci[cc][:kept], ls.fsend[cc][:kept]
 
 
 @torch.no_grad()
@@ -123,11 +165,12 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     a, b = c * ls.T // n, (c + 1) * ls.T // n
     x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
     p = ctx.module.blocks[l]
-    cuts = _cuts(ctx, ls, a, b)
+    cuts = piece_cuts(ls.T, ls.rb, ctx.knobs.at_chunked, a, b)
     for pa, pb in zip(cuts, cuts[1:]):
         xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(l > 0)
+        graphed = ctx.graphs.get((l, pa, pb)) if ctx.graphs else None
         with torch.enable_grad():
-            h, u, w, idx = attention_router(xl, p, m)
+            h, u, w, idx = graphed(xl) if graphed is not None else attention_router(xl, p, m)
         ls.pieces.append(Piece(pa, pb, xl, h, u, w))
         ls.h[pa:pb] = h.detach().reshape(-1, M)
         ls.u[pa:pb] = u.detach().reshape(-1, M)
@@ -136,25 +179,12 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls.kept[a:b] = keep_mask(ls.idx[a:b], m.experts, capacity(m, ls.T), ls.counters)
     chunks = [c] if ctx.knobs.at_chunked else list(range(ls.rf))
     orders, cnts = zip(*[_dispatch_counts(ls, cc) for cc in chunks])
-    cnt = torch.stack(cnts)                    # [nc, S, El, rb]
-    # The one host sync of the task: split sizes of the uneven all-to-alls must be known on
-    # the host. On CUDA the counts travel by NCCL (own group, so queued all-to-alls do not
-    # delay them) and one copy brings every source's counts to the host.
-    if ctx.groups is None:                     # benchmark: pretend every source sends alike
-        allc = cnt.cpu().unsqueeze(0).expand(ls.S, *cnt.shape)
-    elif cnt.is_cuda:
-        out = torch.empty((ls.S, *cnt.shape), dtype=cnt.dtype, device=cnt.device)
-        dist.all_gather_into_tensor(out, cnt, group=ctx.groups.meta)
-        allc = out.cpu()                       # [S_src, nc, S_dst, El, rb]
-    else:
-        parts = [torch.empty_like(cnt) for _ in range(ls.S)]
-        dist.all_gather(parts, cnt, group=ctx.groups.meta)
-        allc = torch.stack(parts)
-    mine = allc[ctx.me]
-    for i, cc in enumerate(chunks):
-        ls.cnt[cc] = allc[:, i].contiguous()
-        ls.fsplit[cc] = mine[i].sum((1, 2)).tolist()
-        _dispatch_rows(ls, cc, orders[i], int(mine[i].sum()))
+    for cc, order in zip(chunks, orders):
+        _dispatch_rows(ls, cc, order)
+    get = _exchange_counts(ctx, ls, torch.stack(cnts))
+    ls.defer(chunks, lambda: _resolve_counts(ctx, ls, chunks, get))
+    if ctx.meta_stream is None:
+        ls.ready(c)
 
 
 @torch.no_grad()
@@ -324,6 +354,7 @@ def _a2a(ctx: Ctx, key: tuple, hop: str | None, forward: bool, send: Callable[[]
 @torch.no_grad()
 def dispatch(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
     ls = ctx.layers[l]
+    ls.ready(c)                                # waits for the chunk's counts (CUDA)
     rs = ls.cnt[c][:, ctx.me].sum((1, 2)).tolist()
     recv, _, works = _a2a(ctx, ("d", l, c), hop, True, lambda: ls.fsend[c], ls.fsplit[c], rs,
                           lambda: ls.matrix_fwd(c))
@@ -335,6 +366,7 @@ def dispatch(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
 @torch.no_grad()
 def combine(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
     ls = ctx.layers[l]
+    ls.ready(c)
     ss = ls.cnt[c][:, ctx.me].sum((1, 2)).tolist()
     recv, pos, works = _a2a(ctx, ("c", l, c), hop, False, lambda: ls.eout[c], ss, ls.fsplit[c],
                             lambda: ls.matrix_fwd(c).t().contiguous())

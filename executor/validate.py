@@ -36,7 +36,7 @@ from moesched.sim import simulate
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
-          "predicted_exposed_ms", "knobs", "plan_hash"]
+          "predicted_exposed_ms", "knobs", "plan_hash", "issue"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -79,16 +79,15 @@ def main(args: argparse.Namespace) -> int:
     if cluster.world != world:
         raise MoeschedError(f"profile {profile.name} is for {cluster.world} ranks but {world} are running")
     schedules = [s for s in args.schedules.split(",") if s]
+    issues = [s for s in args.issue.split(",") if s]
+    bad = [s for s in issues if s not in ("threads", "single")]
+    if bad or not issues:
+        raise MoeschedError(f"--issue takes threads and/or single, got {args.issue!r}")
     regime = args.regime or str(profile.hardware["regime"])
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=300))
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    from executor.layers import TORCH_DTYPES, MoEModule, make_batch
-    from executor.runtime import PlannedStep
-    from moesched.trace import write_chrome_trace
-
     jobs = [(args.profile, c.model.to_dict(), cluster.to_dict(), s) for c in configs for s in schedules]
     box: list = [None]
     if rank == 0:
@@ -105,49 +104,65 @@ def main(args: argparse.Namespace) -> int:
     for (_, _, _, sched), pd_ in zip(jobs, plans):
         plan = Plan.from_dict(pd_)
         plan.validate()
-        m = plan.model
-        dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
-        module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
-        step = PlannedStep(module, plan)
-        x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
-        times = []
-        for i in range(args.warmup + args.steps):
-            dist.barrier()
-            sync()
-            t0 = time.perf_counter()
-            step(x, t)
-            sync()
-            if i >= args.warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-        measured = step.timeline()
-        if rank == 0:
-            gp = build(m, cluster, profile, plan.knobs)
-            pred = simulate(gp, {t_: i for i, t_ in enumerate(plan.order)}, strict=True)
-            med = statistics.median(times)
-            p_ms = pred.makespan_us / 1e3
-            row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
-                   "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
-                   "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
-                   "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
-                   "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
-                            f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
-                            f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
-                   "plan_hash": plan.hash[:12]}
-            rows.append(row)
-            _append_row(args.out, row)
-            print(f"validate {regime} {m.name} {sched}: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
-                  f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %", flush=True)
-            if args.traces:
-                base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}")
-                write_chrome_trace(pred, base + "_predicted.json", label="predicted")
-                write_chrome_trace(measured, base + "_measured.json", label="measured")
-        del step, module
-        if cuda:
-            torch.cuda.empty_cache()
+        for issue in issues:
+            row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda)
+            if row is not None:
+                rows.append(row)
     if rank == 0:
         summarize(rows)
     dist.destroy_process_group()
     return 0
+
+
+def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
+             cluster: Cluster, rank: int, dev: torch.device, cuda: bool) -> dict | None:
+    """Run ``plan`` for warm-up + timed steps; on rank 0 append and return its CSV row and
+    write both traces."""
+    from executor.layers import TORCH_DTYPES, MoEModule, make_batch
+    from executor.runtime import PlannedStep
+    from moesched.trace import write_chrome_trace
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    m = plan.model
+    dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
+    module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
+    step = PlannedStep(module, plan, issue=issue)
+    x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
+    times = []
+    for i in range(args.warmup + args.steps):
+        dist.barrier()
+        sync()
+        t0 = time.perf_counter()
+        step(x, t)
+        sync()
+        if i >= args.warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    measured = step.timeline()
+    row = None
+    if rank == 0:
+        gp = build(m, cluster, profile, plan.knobs)
+        pred = simulate(gp, {t_: i for i, t_ in enumerate(plan.order)}, strict=True)
+        med = statistics.median(times)
+        p_ms = pred.makespan_us / 1e3
+        row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
+               "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
+               "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
+               "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
+               "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
+                        f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
+                        f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
+               "plan_hash": plan.hash[:12], "issue": issue}
+        _append_row(args.out, row)
+        print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
+              f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %", flush=True)
+        if args.traces:
+            tag = "" if issue == "threads" else f"_{issue}"
+            base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}{tag}")
+            write_chrome_trace(pred, base + "_predicted.json", label="predicted")
+            write_chrome_trace(measured, base + "_measured.json", label="measured")
+    del step, module
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
 
 
 def _append_row(path: str, row: dict) -> None:

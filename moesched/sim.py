@@ -34,6 +34,8 @@ LINKS = ("comm_intra", "comm_inter")
 #: Resource name -> index in Compiled.res.
 RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
+#: Host issue intervals of a measured timeline: thread "main", "compute" or "comm".
+HOST_COLUMNS = ["task", "rank", "thread", "start_us", "end_us"]
 
 
 class Timeline:
@@ -42,12 +44,16 @@ class Timeline:
     df: one row per task and rank: task, kind, layer, chunk, phase, rank, resource,
         start_us, end_us (built lazily for simulated timelines).
     meta: free-form facts about how it was made.
+    host: measured timelines only: when the host issued each task (HOST_COLUMNS, µs from
+        the step's start on the host clock), or None.
     """
 
     def __init__(self, df: pd.DataFrame | None, meta: dict | None = None, *,
-                 builder: Callable[[], pd.DataFrame] | None = None, makespan_us: float | None = None) -> None:
+                 builder: Callable[[], pd.DataFrame] | None = None, makespan_us: float | None = None,
+                 host: pd.DataFrame | None = None) -> None:
         self._df, self._builder, self._makespan = df, builder, makespan_us
         self.meta = dict(meta or {})
+        self.host = host
 
     @property
     def df(self) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Trace conventions (Kineto-like, so predicted and measured traces line up): one complete
 event (``ph: "X"``) per timeline row, ``pid`` = rank, ``tid`` = serial resource
-(0 compute, 1 comm_intra, 2 comm_inter), ``ts``/``dur`` in µs. Several timelines can share
+(0 compute, 1 comm_intra, 2 comm_inter), ``ts``/``dur`` in µs; a measured timeline's host
+issue intervals (``Timeline.host``) go to tids 10 (compute issue) and 11 (comm issue). Several timelines can share
 one file (``extra_timelines``); the k-th one's pids are offset by ``k * PID_STRIDE``.
 Works for any :class:`~moesched.sim.Timeline`, simulated or measured (same columns).
 """
@@ -17,11 +18,14 @@ import pandas as pd
 from moesched import __version__
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json, write_atomic, write_json
-from moesched.sim import COLUMNS, Timeline, union_intervals
+from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline, union_intervals
 
 RESOURCE_TID = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 TID_RESOURCE = {v: k for k, v in RESOURCE_TID.items()}
 THREAD_NAMES = {0: "compute", 1: "comm_intra (NVLink/intra-node link)", 2: "comm_inter (inter-node link)"}
+#: Host issue threads of measured timelines (Timeline.host): their own trace rows.
+HOST_TID = {"main": 10, "compute": 10, "comm": 11}
+HOST_THREAD_NAMES = {10: "host: compute issue", 11: "host: comm issue"}
 PID_STRIDE = 1000
 KIND_COLOURS = {
     "attn_fwd": "#4c72b0", "attn_bwd": "#8172b2", "expert_fwd": "#55a868", "expert_dx": "#2e7d32",
@@ -54,6 +58,17 @@ def _events(tl: Timeline, label: str, pid_offset: int) -> list[dict]:
                    "pid": pid_offset + int(rank), "tid": RESOURCE_TID[resource],
                    "args": {"layer": int(layer), "chunk": int(chunk), "phase": str(phase), "kind": str(kind),
                             "end_us": float(e)}})
+    if tl.host is not None and len(tl.host):
+        h = tl.host
+        for rank in sorted(int(r) for r in h["rank"].unique()):
+            for t, tname in HOST_THREAD_NAMES.items():
+                ev.append({"name": "thread_name", "ph": "M", "pid": pid_offset + rank, "tid": t, "args": {"name": tname}})
+                ev.append({"name": "thread_sort_index", "ph": "M", "pid": pid_offset + rank, "tid": t,
+                           "args": {"sort_index": t}})
+        for task, rank, thread, s, e in zip(*[h[c].tolist() for c in HOST_COLUMNS]):
+            ev.append({"name": str(task), "cat": "host", "ph": "X", "ts": float(s), "dur": float(e) - float(s),
+                       "pid": pid_offset + int(rank), "tid": HOST_TID[str(thread)],
+                       "args": {"thread": str(thread), "end_us": float(e)}})
     return ev
 
 
@@ -96,18 +111,22 @@ def read_chrome_trace(path: str | os.PathLike, label: str | None = None) -> Time
     if label not in offsets:
         raise MoeschedError(f"trace {path} has no timeline {label!r} (it has {sorted(offsets)})")
     lo = int(offsets[label])
-    rows = []
+    rows, host = [], []
     for e in d["traceEvents"]:
         if e.get("ph") != "X" or not lo <= int(e["pid"]) < lo + PID_STRIDE:
             continue
         a = e.get("args") or {}
         start = float(e["ts"])
         end = float(a["end_us"]) if "end_us" in a else start + float(e["dur"])
+        if int(e["tid"]) in HOST_THREAD_NAMES:
+            host.append((e["name"], int(e["pid"]) - lo, a.get("thread", "main"), start, end))
+            continue
         rows.append((e["name"], a.get("kind", e.get("cat", "")), int(a.get("layer", -1)), int(a.get("chunk", 0)),
                      a.get("phase", ""), int(e["pid"]) - lo, TID_RESOURCE.get(int(e["tid"]), "compute"), start, end))
     meta = dict((other.get("meta") or {}).get(label, {}))
     meta["label"] = label
-    return Timeline(pd.DataFrame.from_records(rows, columns=COLUMNS), meta)
+    return Timeline(pd.DataFrame.from_records(rows, columns=COLUMNS), meta,
+                    host=pd.DataFrame.from_records(host, columns=HOST_COLUMNS) if host else None)
 
 
 def exposed_intervals_us(tl: Timeline, rank: int = 0) -> list[tuple[float, float]]:

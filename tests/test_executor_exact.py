@@ -97,8 +97,8 @@ def test_exact_four_ranks(tmp_path: Path) -> None:
     rng = random.Random(5)
     plans += [random_plan(rng, c) for c in (Cluster(1, 4), Cluster(2, 2), Cluster(1, 4, ep=2))]
     out = tmp_path / "res.jsonl"
-    r = torchrun(4, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out), "--steps", "1"],
-                 free_port(), timeout=230)
+    r = torchrun(4, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out), "--steps", "1",
+                                           "--issue", "threads"], free_port(), timeout=230)
     results(out, len(plans), r.stdout + r.stderr)
     assert r.returncode == 0
 
@@ -128,15 +128,19 @@ def test_run_entry_point_writes_trace(tmp_path: Path) -> None:
     plan = make_plan(tiny_model(shared_experts=1), Cluster(1, 2), Knobs((2, 2), (1, 2), grad_chunk_bytes=2048))
     path = save([plan], tmp_path)[0]
     trace = tmp_path / "trace.json"
-    r = torchrun(2, "executor.run", ["--plan", path, "--steps", "2", "--warmup", "1", "--trace", str(trace)],
-                 free_port())
+    r = torchrun(2, "executor.run", ["--plan", path, "--steps", "2", "--warmup", "1", "--trace", str(trace),
+                                     "--issue", "threads"], free_port())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "median step" in r.stdout and "tokens/s" in r.stdout
     events = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    tasks, host = [e for e in events if e["tid"] < 10], [e for e in events if e["tid"] >= 10]
     assert sorted({e["pid"] for e in events}) == [0, 1]
-    assert sorted(e["name"] for e in events if e["pid"] == 0) == sorted(plan.order)
+    assert sorted(e["name"] for e in tasks if e["pid"] == 0) == sorted(plan.order)
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in events)
-    assert {e["tid"] for e in events} == {0, 1}  # compute and comm_intra
+    assert {e["tid"] for e in tasks} == {0, 1}  # compute and comm_intra
+    # host launch intervals: every task once per rank, compute and comm from their threads
+    assert sorted(e["name"] for e in host if e["pid"] == 1) == sorted(plan.order)
+    assert {(e["tid"], e["cat"]) for e in host} == {(10, "host"), (11, "host")}
 
 
 def _policy_plans(model, cluster: Cluster, profile_name: str) -> list:

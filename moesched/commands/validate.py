@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate-nodes", type=int, default=None, metavar="K", help="pose as K nodes (NCCL_HOSTID)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--issue", default="single",
+                   help="executor issue modes to run each plan in, comma list of single, threads (default single)")
     p.add_argument("--workers", type=int, default=16, help="processes that solve the plans")
 
 
