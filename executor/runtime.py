@@ -27,6 +27,9 @@ previous task on the link, ends of the dependencies), the issue being an event r
 the link stream after its waits (GPU); ends come from CUDA events (GPU) or the Work's
 completion callback (CPU). ``timeline().host`` has each task's host launch interval.
 
+CUDA graphs: with ``MOESCHED_CUDA_GRAPHS=1`` the attention block of every piece is captured
+once at construction and replayed (:mod:`executor.graphs`); off by default.
+
 Memory safety on CUDA: receive buffers are allocated on the link stream and recorded on the
 compute stream; every buffer a link stream reads stays referenced by the step's context
 until the step ends, when the compute stream waits for the link and meta streams. Host
