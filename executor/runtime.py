@@ -11,7 +11,7 @@ Issue. By default (``issue="single"``) this thread launches every task in plan o
 ``issue="threads"`` launches compute tasks from this thread and the collectives from an
 issue thread, each in plan order (so every rank issues its collectives in the same order,
 from one thread); a task is launched once every predecessor on the other thread has been.
-Measured on 4 x H200 (``scripts/gpu_issue_ab.sh``, ``results/gpu/session3/``) the second
+Measured on 4 x H200 (``scripts/gpu_ab.sh``, ``results/gpu/session3/``) the second
 thread made steps slower more often than faster (the two threads contend for the GIL and
 the host is the bottleneck either way), so it is an option, not the default.
 
@@ -35,7 +35,7 @@ compute stream; every buffer a link stream reads stays referenced by the step's 
 until the step ends, when the compute stream waits for the link and meta streams. Host
 syncs: attn_fwd starts the routing-count exchange on the meta stream and copies the counts
 to pinned host memory without waiting; the first task that needs them on the host (the
-chunk's dispatch, on the comm thread) waits for that copy alone. The loss average ends the
+chunk's dispatch, on whichever thread launches it) waits for that copy alone. The loss average ends the
 step with one more sync.
 """
 from __future__ import annotations
@@ -75,7 +75,9 @@ class PlannedStep:
     """Run training steps of ``module`` by the plan (see the module docstring).
 
     module: the rank's :class:`executor.layers.MoEModule` (ep = plan.cluster.ep_size,
-    ep_rank = rank % ep). group: None (the default world group; reserved).
+    ep_rank = rank % ep). group: None (the default world group; reserved). issue: "single"
+    or "threads" (module docstring). cuda_graphs: False keeps the attention block eager even
+    when ``MOESCHED_CUDA_GRAPHS=1`` (which alone turns graphs on, CUDA only).
     """
 
     def __init__(self, module: MoEModule, plan: Plan, group: object = None, timeout_s: float = 120.0,
