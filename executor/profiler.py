@@ -35,7 +35,8 @@ from executor.comm import a2a, link_pg_options
 from moesched import work
 from moesched.configs import models_from_spec
 from moesched.errors import MoeschedError
-from moesched.fit import profile_from_samples
+from moesched.cluster import Cluster
+from moesched.fit import profile_from_samples, with_host
 from moesched.models import MoEModel
 from moesched.profile import ALL_COMPUTE_KINDS as COMPUTE_KINDS
 
@@ -430,13 +431,24 @@ def main(args: argparse.Namespace) -> int:
         if ctx.rank == 0:
             print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), {n_comm} "
                   f"collective timings on scopes {sorted(ctx.scopes)}, x{grid.reps} runs each", file=sys.stderr)
-        bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1, disable=ctx.rank != 0, file=sys.stderr,
+        host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
+        n_host = len(models) * 3 if host_steps > 0 else 0  # calibration plans (executor.hostprof)
+        bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1 + n_host, disable=ctx.rank != 0, file=sys.stderr,
                    desc="profile", unit="pt")
         compute = measure_compute(ctx, models, grid, bar)
         comm = measure_comm(ctx, grid, bar)
         exchange_us = measure_count_exchange(ctx, grid)
         compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
         inter = measure_interference(ctx, models[0], grid, bar)
+        host_rows: list = []
+        lags: list = []
+        if host_steps > 0:  # the host issue cost of every task kind, from real executor steps
+            from executor import hostprof
+            dtype = torch.bfloat16 if cuda else torch.float32
+            mine, my_lags = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype,
+                                                  steps=host_steps, tick=lambda: bar.update(1))
+            host_rows = [r for rs in ctx.gather(mine) for r in rs]
+            lags = [x for ls in ctx.gather(my_lags) for x in ls]
         if ctx.rank == 0:
             meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us)
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
@@ -448,6 +460,10 @@ def main(args: argparse.Namespace) -> int:
             prof = profile_from_samples(name, desc, hw, meta, compute, comm, inter["compute_slowdown"],
                                         inter["comm_slowdown"], duration_s=time.time() - t_start,
                                         shape_of={m.name: m.shape_key() for m in models})
+            if host_rows:
+                prof = with_host(prof, host_rows, hostprof.lag_us(lags))
+                print(f"host issue µs (median per kind): {hostprof.summary(host_rows)}, lag "
+                      f"{prof.host.lag_us} µs", file=sys.stderr)
             prof.save(args.out)
             bar.close()
             rep = prof.meta["replay"]

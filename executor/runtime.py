@@ -232,7 +232,7 @@ class PlannedStep:
         A collective's start event fires once its dependencies are met and it was issued;
         ``work.wait()`` makes the link stream wait for its completion."""
         name, a, preds = step
-        h = time.perf_counter()
+        h, w0 = time.perf_counter(), ctx.host_wait_s
         res = a["resource"]
         s = self.compute_stream if res == COMPUTE else self.links[res]
         sev, eev = rec["sev"], rec["eev"]
@@ -246,7 +246,7 @@ class PlannedStep:
                 w.wait()
             eev[name] = torch.cuda.Event(enable_timing=True)
             eev[name].record(s)
-        rec["host"][name] = (thread, h, time.perf_counter())
+        rec["host"][name] = (thread, h, time.perf_counter(), ctx.host_wait_s - w0)
 
     def _issue_cpu(self, ctx: tasks.Ctx, step: tuple, rec: dict, thread: str) -> None:
         """Run a compute task inline, or issue a gloo collective async, after waiting for the
@@ -266,7 +266,7 @@ class PlannedStep:
                 w.get_future().add_done_callback(
                     lambda _f, n=name: end.__setitem__(n, max(end[n], time.perf_counter() - t0)))
             works[name] = ws
-        rec["host"][name] = (thread, h, time.perf_counter())
+        rec["host"][name] = (thread, h, time.perf_counter(), 0.0)
 
     # ---- measured timeline ---------------------------------------------------------------
     def timeline(self) -> Timeline:
@@ -295,7 +295,7 @@ class PlannedStep:
         df = pd.DataFrame.from_records(rows, columns=COLUMNS)
         h0 = rec["h0"]
         host = pd.DataFrame.from_records(
-            [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6) for t, (th, a, b) in rec["host"].items()],
+            [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6, w * 1e6) for t, (th, a, b, w) in rec["host"].items()],
             columns=HOST_COLUMNS)
         return Timeline(df, {"ranks": 1, "measured": True, "device": str(self.module.device), "issue": self.issue},
                         host=host)

@@ -22,6 +22,8 @@ samples when attention is chunked). Gradients are exact for any r_fwd, r_bwd:
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,6 +60,7 @@ class Ctx:
     retain_graph: bool = False          # benchmarks replay attn_bwd
     hold: dict = field(default_factory=dict)    # first-hop results of two-hop all-to-alls
     alive: list = field(default_factory=list)   # buffers read by a link stream: kept to step end
+    host_wait_s: float = 0.0            # host time blocked on routing counts so far this step, s
 
     @property
     def me(self) -> int:
@@ -142,7 +145,9 @@ def _exchange_counts(ctx: Ctx, ls: LayerState, cnt: torch.Tensor) -> Callable[[]
     ctx.alive += [cnt, out]                    # read by the meta stream: kept to step end
 
     def get() -> torch.Tensor:
+        t = time.perf_counter()
         done.synchronize()
+        ctx.host_wait_s += time.perf_counter() - t
         return host
     return get
 

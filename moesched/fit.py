@@ -379,6 +379,17 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
                          comm_slowdown, shapes)
 
 
+def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float) -> Profile:
+    """``prof`` with host issue costs fitted from rows (shape key, kind, x, µs) and the lag
+    (:func:`moesched.host.fit_host`); the rows and lag are kept in meta for :func:`refit`."""
+    from dataclasses import replace
+
+    from moesched.host import fit_host
+    samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
+    return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us),  # type: ignore[misc]
+                   meta=dict(prof.meta, samples=samples))
+
+
 def refit(prof: Profile) -> Profile:
     """Rebuild a measured profile's fits from the raw samples it keeps in meta (no new
     measurement): for when the fitting code improves."""
@@ -389,6 +400,9 @@ def refit(prof: Profile) -> Profile:
     for k in ("fits", "replay", "overhead_us", UNEVEN):
         meta.pop(k, None)
     shape_of = meta.get("shape_of") or {}
-    return profile_from_samples(prof.name, prof.description, prof.hardware, meta,
-                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
-                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
+    out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,
+                               [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
+                               prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
+    if samples.get("host"):
+        out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)))
+    return out

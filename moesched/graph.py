@@ -22,9 +22,12 @@ seq            creation index: a topological order (forward by layer, backward i
                reverse, gradient chunks last)
 group, offset_bytes, layers   for grad_ar: "dense" or "expert", byte range start in the
                group's flat gradient buffer (ordered last layer first), layers covered
+host_us        µs of host time to issue the task (only when the profile has host costs)
 =============  ==============================================================
 
-Graph attributes: model, cluster, knobs, profile (name or None), resources, interference.
+Graph attributes: model, cluster, knobs, profile (name or None), resources, interference;
+host_lag_us when the profile has host costs (:mod:`moesched.host`; strict simulations
+then model the host).
 
 ``build_compiled(...)`` gives the same graph as a :class:`moesched.sim.Compiled` straight
 from the builder's lists, without a DiGraph (the solver builds thousands of graphs; its
@@ -42,6 +45,7 @@ from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
+from moesched.host import HostCosts, host_x
 from moesched.sim import RES_INDEX, Compiled
 
 COMPUTE = "compute"
@@ -377,7 +381,18 @@ def build(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Kno
     Raises MoeschedError when the model does not divide over the cluster or the knobs do
     not fit the model.
     """
-    return _builder(model, cluster, profile, knobs, cached=False).digraph()
+    g = _builder(model, cluster, profile, knobs, cached=False).digraph()
+    if profile is not None and profile.host is not None:
+        add_host_costs(g, profile.host, model.shape_key())
+    return g
+
+
+def add_host_costs(g: nx.DiGraph, host: HostCosts, shape: str) -> None:
+    """Annotate every task with ``host_us`` (µs of host time to issue it) and the graph with
+    ``host_lag_us``: strict simulations then model the host (:mod:`moesched.host`)."""
+    for _, a in g.nodes(data=True):
+        a["host_us"] = host.us(a["kind"], host_x(a["kind"], a), shape)
+    g.graph["host_lag_us"] = host.lag_us
 
 
 def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs) -> Compiled:

@@ -11,7 +11,8 @@ Format (JSON, version 1, exact keys, units in names)::
                                                         # (+ optional "loss": x = elements T*M)
      "comm": {COLLECTIVE: {SCOPE: COST, ...}, ...},     # x = bytes per rank
      "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0},
-     "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...}}            # optional
+     "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...},            # optional
+     "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}}}  # optional, see moesched.host
 
 ``shapes`` (optional) holds compute costs measured on one model shape
 (``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
@@ -35,10 +36,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json, write_json
+
+if TYPE_CHECKING:
+    from moesched.host import HostCosts
 
 FORMAT = "moesched.profile"
 VERSION = 1
@@ -50,7 +54,7 @@ ALL_COMPUTE_KINDS = COMPUTE_KINDS + OPTIONAL_COMPUTE_KINDS
 COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 SCOPES = ("intra", "inter", "world")
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
-OPTIONAL_KEYS = {"shapes"}
+OPTIONAL_KEYS = {"shapes", "host"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_PROFILE = "h200x4-nvlink"
@@ -123,6 +127,7 @@ class Profile:
     compute_slowdown: float = 1.0
     comm_slowdown: float = 1.0
     shapes: dict[str, dict[str, Cost]] = field(default_factory=dict)
+    host: "HostCosts | None" = None  # host issue costs (moesched.host), measured on GPUs
 
     def compute_us(self, kind: str, flops: float, shape: str | None = None) -> float:
         """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs; from the
@@ -161,6 +166,7 @@ class Profile:
             "interference": {"compute_slowdown": self.compute_slowdown, "comm_slowdown": self.comm_slowdown},
             **({"shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
                if self.shapes else {}),
+            **({"host": self.host.to_dict()} if self.host is not None else {}),
         }
 
     def digest(self) -> str:
@@ -215,8 +221,10 @@ class Profile:
         cs, ms = inter["compute_slowdown"], inter["comm_slowdown"]
         if not all(isinstance(v, (int, float)) and v >= 1.0 for v in (cs, ms)):
             raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
+        from moesched.host import HostCosts
+        host = HostCosts.from_dict(d["host"], source) if "host" in d else None
         return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
-                   compute, comm, float(cs), float(ms), shapes)
+                   compute, comm, float(cs), float(ms), shapes, host)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":

@@ -16,6 +16,12 @@ Interference (the profile's factors): while any collective runs, compute progres
 1/comm_slowdown. Progress is tracked as remaining full-speed µs, so a task that overlaps
 only in part is stretched only for that part.
 
+Host (strict simulations of graphs whose profile measured host costs, :mod:`moesched.host`):
+each rank's host issues the tasks in priority order, taking ``host_us`` per task; a compute
+task starts no earlier than ``host_lag_us`` after its issue starts and ends no earlier than
+``host_lag_us`` after it ends, a collective starts ``host_lag_us`` after its issue ended on
+every rank, and a dispatch's issue waits for its attention task's end on the GPU.
+
 Per-rank costs: a node may carry ``duration_by_rank_us`` (one value per simulated rank);
 the graph attribute ``ranks`` sets how many ranks are simulated (default 1: all ranks of a
 symmetric step are identical). A collective takes the longest of its ranks' durations.
@@ -34,8 +40,9 @@ LINKS = ("comm_intra", "comm_inter")
 #: Resource name -> index in Compiled.res.
 RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
-#: Host issue intervals of a measured timeline: thread "main", "compute" or "comm".
-HOST_COLUMNS = ["task", "rank", "thread", "start_us", "end_us"]
+#: Host issue intervals of a measured timeline: thread "main", "compute" or "comm"; wait_us
+#: is the part of the interval the host spent blocked on routing counts (µs).
+HOST_COLUMNS = ["task", "rank", "thread", "start_us", "end_us", "wait_us"]
 
 
 class Timeline:
@@ -128,6 +135,7 @@ class Compiled:
         self._dur1: list[float] | None = [d[0] for d in dur] if R == 1 else None
         self.loss = index.get("loss", -1)
         self._finish(g.graph)
+        self.host = _host_columns(g.graph.get("host_lag_us"), attrs, self.preds, self.res, R)
         self._attrs: list[dict] | None = attrs
         self._index: dict[str, int] | None = index
         self._graph: nx.DiGraph | None = g
@@ -150,6 +158,7 @@ class Compiled:
         c.seq = [float(i) for i in range(len(names))]
         c._dur, c._dur1 = None, dur
         c.loss = loss
+        c.host = None
         c._finish(graph_attrs)
         c._attrs, c._index, c._graph = None, None, None
         c._make_attrs, c._make_graph = make_attrs, make_graph
@@ -222,8 +231,13 @@ class Compiled:
             st, en, ms = event_loop_1(self.res, d1, self.succ, self.npred, prio, float(sc), float(sm), self.names)
             return [st], [en], ms
         dur = self.dur if durations is None else [[float(d)] * self.ranks for d in durations]
+        host = None
+        if strict and self.host is not None:
+            seq = self.seq
+            host = (self.host[0], sorted(range(len(prio)), key=lambda i: (prio[i], seq[i])), self.host[1],
+                    self.host[2])
         return event_loop(self.res, dur, self.succ, self.npred, prio, self.ranks, float(sc), float(sm), strict,
-                           self.names)
+                           self.names, host)
 
     def makespan_us(self, priority: Mapping[str, float] | Sequence[float] | None = None, *, strict: bool = False,
                     slowdown: tuple[float, float] | None = None, durations: Sequence[float] | None = None,
@@ -251,6 +265,19 @@ class Compiled:
                     recs.append(base + (k, res_name[self.res[i]], start[k][i], end[k][i]))
             return pd.DataFrame.from_records(recs, columns=COLUMNS)
         return Timeline(None, meta, builder=rows, makespan_us=makespan)
+
+
+def _host_columns(lag_us: object, attrs: list[dict], preds: list[tuple[int, ...]], res: list[int],
+                  R: int) -> tuple[list[list[float]], list[tuple[int, ...]], float] | None:
+    """The host model's inputs (:mod:`moesched.host`) when the graph has ``host_lag_us``:
+    host µs per task and rank, the compute tasks whose GPU end each task's issue waits for
+    (the first hop of a dispatch waits for its routing counts), and the lag in µs."""
+    if lag_us is None:
+        return None
+    cost = [[float(a.get("host_us", 0.0))] * R for a in attrs]
+    waits = [tuple(p for p in ps if res[p] == 0) if a["kind"] == "dispatch" and a.get("hop") in (None, "intra")
+             else () for a, ps in zip(attrs, preds)]
+    return cost, waits, float(lag_us)  # type: ignore[arg-type]
 
 
 def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, strict: bool = False,

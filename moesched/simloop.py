@@ -14,10 +14,16 @@ from typing import Sequence
 from moesched.errors import MoeschedError
 
 
+Host = tuple[list[list[float]], list[int], list[tuple[int, ...]], float]
+
+
 def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[int]], npred: list[int],
                 prio: list[float], R: int, sc: float, sm: float, strict: bool,
-                names: list[str]) -> tuple[list[list[float]], list[list[float]], float]:
-    """List scheduling with rate-based interference; see the module docstring."""
+                names: list[str], host: Host | None = None) -> tuple[list[list[float]], list[list[float]], float]:
+    """List scheduling with rate-based interference; see the module docstring.
+
+    host (strict mode only): (host µs [task][rank], issue order, compute tasks each issue
+    waits for, lag µs); the model of :mod:`moesched.host`."""
     n = len(res)
     cnt_comm = [npred[i] if res[i] else 0 for i in range(n)]
     cnt = [[0 if res[i] else npred[i] for i in range(n)] for _ in range(R)]
@@ -52,13 +58,40 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
     EPS = 1e-9
     rc_on, rm_on = 1.0 / sc, 1.0 / sm
     ranks = range(R)
+    INF = float("inf")
+    if host is not None:  # issue start/end per rank and task, filled in issue order ahead of time
+        hcost, horder, hwait, lag = host
+        hs = [[INF] * n for _ in ranks]
+        he = [[INF] * n for _ in ranks]
+        hp, hclock = [0] * R, [0.0] * R
+        fin = [[False] * n for _ in ranks]
+        tail = [INF] * R  # a compute task whose work is done waits for its last launch until tail[k]
+
+        def issue(k: int) -> None:
+            while hp[k] < n:
+                i = horder[hp[k]]
+                h = hclock[k]
+                for q in hwait[i]:
+                    if not fin[k][q]:
+                        return
+                    h = max(h, end[k][q])
+                hs[k][i], he[k][i] = h, h + hcost[i][k]
+                hclock[k] = he[k][i]
+                hp[k] += 1
+
+        for k in ranks:
+            issue(k)
     while True:
+        gate = INF  # earliest time a task held back by the host may start
         for k in ranks:  # start compute tasks
             if run_c[k] < 0:
                 if strict:
                     seq, p = seqs[0], ptr[k][0]
                     if p < len(seq) and ready[k][seq[p]]:
                         i = seq[p]
+                        if host is not None and hs[k][i] + lag > t + EPS:
+                            gate = min(gate, hs[k][i] + lag)
+                            continue
                         ptr[k][0] = p + 1
                         run_c[k], rem_c[k] = i, dur[i][k]
                         start[k][i] = t
@@ -73,6 +106,11 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
                     seq, p = seqs[j], ptr[0][j]
                     if p < len(seq) and ready[0][seq[p]]:
                         i = seq[p]
+                        if host is not None:
+                            g_ = max(he[k][i] for k in ranks) + lag
+                            if g_ > t + EPS:
+                                gate = min(gate, g_)
+                                continue
                         ptr[0][j] = p + 1
                 elif heaps[0][j]:
                     i = heapq.heappop(heaps[0][j])[1]
@@ -87,12 +125,17 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
                 break
         comm_on = run_l[1] >= 0 or run_l[2] >= 0
         if not comp_on and not comm_on:
-            break
+            if gate == INF:
+                break
+            t = gate  # idle until the host has issued the next task
+            continue
         rc = rc_on if comm_on else 1.0
         rm = rm_on if comp_on else 1.0
-        dt = float("inf")
+        dt = gate - t
         for k in ranks:
-            if run_c[k] >= 0 and rem_c[k] / rc < dt:
+            if host is not None and tail[k] < INF:
+                dt = min(dt, tail[k] - t)
+            elif run_c[k] >= 0 and rem_c[k] / rc < dt:
                 dt = rem_c[k] / rc
         for j in (1, 2):
             if run_l[j] >= 0 and rem_l[j] / rm < dt:
@@ -102,12 +145,26 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
             i = run_c[k]
             if i < 0:
                 continue
-            rem_c[k] -= dt * rc
             d = dur[i][k]
+            if host is not None:
+                if tail[k] < INF:
+                    if t < tail[k] - EPS:
+                        continue
+                    tail[k] = INF
+                else:
+                    rem_c[k] -= dt * rc
+                    if rem_c[k] <= EPS * (d if d > 1.0 else 1.0) and t < he[k][i] + lag - EPS:
+                        tail[k], rem_c[k] = he[k][i] + lag, 0.0
+                        continue
+            else:
+                rem_c[k] -= dt * rc
             if rem_c[k] <= EPS * (d if d > 1.0 else 1.0):
                 run_c[k] = -1
                 end[k][i] = t
                 done += 1
+                if host is not None:
+                    fin[k][i] = True
+                    issue(k)
                 for s in succ[i]:
                     if res[s]:
                         cnt_comm[s] -= 1

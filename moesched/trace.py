@@ -65,10 +65,10 @@ def _events(tl: Timeline, label: str, pid_offset: int) -> list[dict]:
                 ev.append({"name": "thread_name", "ph": "M", "pid": pid_offset + rank, "tid": t, "args": {"name": tname}})
                 ev.append({"name": "thread_sort_index", "ph": "M", "pid": pid_offset + rank, "tid": t,
                            "args": {"sort_index": t}})
-        for task, rank, thread, s, e in zip(*[h[c].tolist() for c in HOST_COLUMNS]):
+        for task, rank, thread, s, e, w in zip(*[h[c].tolist() for c in HOST_COLUMNS]):
             ev.append({"name": str(task), "cat": "host", "ph": "X", "ts": float(s), "dur": float(e) - float(s),
                        "pid": pid_offset + int(rank), "tid": HOST_TID[str(thread)],
-                       "args": {"thread": str(thread), "end_us": float(e)}})
+                       "args": {"thread": str(thread), "end_us": float(e), "wait_us": float(w)}})
     return ev
 
 
@@ -119,7 +119,8 @@ def read_chrome_trace(path: str | os.PathLike, label: str | None = None) -> Time
         start = float(e["ts"])
         end = float(a["end_us"]) if "end_us" in a else start + float(e["dur"])
         if int(e["tid"]) in HOST_THREAD_NAMES:
-            host.append((e["name"], int(e["pid"]) - lo, a.get("thread", "main"), start, end))
+            host.append((e["name"], int(e["pid"]) - lo, a.get("thread", "main"), start, end,
+                         float(a.get("wait_us", 0.0))))
             continue
         rows.append((e["name"], a.get("kind", e.get("cat", "")), int(a.get("layer", -1)), int(a.get("chunk", 0)),
                      a.get("phase", ""), int(e["pid"]) - lo, TID_RESOURCE.get(int(e["tid"]), "compute"), start, end))

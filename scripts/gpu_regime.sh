@@ -18,7 +18,7 @@ F="grep -v -e ^W1 -e OMP_NUM -e ^\*\*\*"
 mkdir -p $OUT/traces
 {
 echo "== profile $REG"; date -u
-timeout 150 torchrun --nproc_per_node=4 -m moesched profile --out $OUT/h200x4-$REG.json --models $CFG $EM 2>&1 | $F | tail -4
+timeout 240 torchrun --nproc_per_node=4 -m moesched profile --out $OUT/h200x4-$REG.json --models $CFG $EM 2>&1 | $F | tail -4
 python -m moesched profile --check $OUT/h200x4-$REG.json > $OUT/check-$REG.txt 2>&1
 echo "== validate $REG"; date -u
 timeout 300 torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \

@@ -62,7 +62,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.json"
     out.write_text("previous profile\n")  # replaced atomically on success
-    extra = ["--emulate-nodes", str(emulate)] if emulate else []
+    extra = ["--emulate-nodes", str(emulate)] if emulate else ["--host-steps", "1"]
     t0 = time.time()
     res = subprocess.run(_cmd(out, *extra), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                          timeout=180)
@@ -89,6 +89,14 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
     assert meta["world_size"] == 2 and "torchrun --nproc_per_node=2 -m moesched profile" in meta["command"]
     assert meta["env"]["NCCL_NVLS_ENABLE"] == "0"
     assert set(meta["overhead_us"]) >= set(COMPUTE_KINDS)
+    if emulate is None:  # host issue costs from real executor steps (moesched.host)
+        assert prof.host is not None and {"attn_fwd", "attn_bwd", "expert_fwd", "dispatch", "combine",
+                                          "grad_ar"} <= set(prof.host.kinds)
+        assert all(c.alpha_us + c.beta_us_per_unit > 0 for c in prof.host.kinds.values())
+        assert set(prof.host.shapes) == set(prof.shapes)
+        assert meta["samples"]["host"] and Profile.from_dict(prof.to_dict()).host == prof.host
+    else:
+        assert prof.host is None  # the CPU default: no host calibration
     assert not list(tmp_path.glob(".p.json.*"))  # no temporary file left behind
     capsys.readouterr()
     assert main(["profile", "--check", str(out)]) == 0
@@ -124,6 +132,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypa
     assert main(["profile"]) == 2
     assert main(["profile", "--check", str(tmp_path / "missing.json")]) == 2
     assert main(["profile", "--out", str(tmp_path / "p.json")]) == 2  # not under torchrun
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--host-steps", "-1"]) == 2
     err = capsys.readouterr().err
     assert "torchrun" in err and all(line.startswith("moesched: error:") for line in err.strip().splitlines())
     assert not (tmp_path / "p.json").exists()

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
     p.add_argument("--regime", metavar="LABEL", help="hardware.regime label (default from NCCL_* settings)")
     p.add_argument("--name", help="profile name (default: the file name without .json)")
+    p.add_argument("--host-steps", type=int, default=None, metavar="N",
+                   help="executor steps per calibration plan that measure the host issue cost of each task "
+                        "kind (moesched.host; default 3 on GPUs, 0 = skip, the CPU default)")
 
 
 def _fmt(x: float) -> str:
@@ -73,6 +76,12 @@ def check_lines(path: str, tol: float) -> list[str]:
         lines.append("uneven all-to-all / even: " + ", ".join(
             f"{s} mean {v.get('mean_ratio_to_even')} max {v.get('max_ratio_to_even')}"
             for s, v in meta["all_to_all_uneven"].items()))
+    if prof.host is not None:
+        h = prof.host
+        lines.append(f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes:")
+        for k, c in h.kinds.items():
+            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  beta {_fmt(c.beta_us_per_unit):>10} us/unit"
+                         f"  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
     for k in ("command", "date", "duration_s"):
         if k in meta:
             lines.append(f"{k}: {meta[k]}")
@@ -96,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
+    if args.host_steps is not None and args.host_steps < 0:
+        raise MoeschedError(f"profile: --host-steps must be >= 0, got {args.host_steps}")
     if args.emulate_nodes is not None and args.emulate_nodes < 1:
         raise MoeschedError(f"profile: --emulate-nodes must be >= 1, got {args.emulate_nodes}")
     try:

@@ -1,0 +1,138 @@
+"""The host model (moesched.host): profile section, fits, and the simulator's host resource."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from moesched.cluster import Cluster
+from moesched.errors import MoeschedError
+from moesched.graph import build
+from moesched.host import HOST_KINDS, HostCosts, fit_host
+from moesched.knobs import Knobs
+from moesched.models import PRESETS
+from moesched.plan import from_timeline
+from moesched.profile import Cost, Profile
+from moesched.sim import HOST_COLUMNS, Timeline, simulate
+from moesched.trace import read_chrome_trace, write_chrome_trace
+from tests.test_sim import check_timeline
+
+NVLINK = Profile.load("analytic-h200x4-nvlink")
+MODEL = dataclasses.replace(PRESETS["GPT2-XL-MoE"], layers=2)
+CLUSTER = Cluster(1, 4)
+
+
+def _host(alpha_us: float, lag_us: float, kinds: tuple[str, ...] = HOST_KINDS) -> HostCosts:
+    return HostCosts(lag_us, {k: Cost(alpha_us, 0.0) for k in kinds})
+
+
+def _plan_graph(host: HostCosts | None, r: int = 2):
+    """A FlowMoE-like plan (degree r, gradients chunked) and its graph on ``host``."""
+    knobs = Knobs.uniform(MODEL.layers, r, grad_chunk_bytes=8 * 2**20)
+    g0 = build(MODEL, CLUSTER, NVLINK, knobs)
+    plan = from_timeline("t", MODEL, CLUSTER, knobs, simulate(g0), NVLINK)
+    prof = dataclasses.replace(NVLINK, host=host)
+    return plan, build(MODEL, CLUSTER, prof, knobs)
+
+
+def _issue_times(g, order: list[str], end: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """The host's issue intervals re-derived from the model's rules and the GPU ends."""
+    hs, he, h = {}, {}, 0.0
+    for t in order:
+        a = g.nodes[t]
+        if a["kind"] == "dispatch" and a.get("hop") in (None, "intra"):
+            h = max([h] + [end[p] for p in g.predecessors(t) if g.nodes[p]["resource"] == "compute"])
+        hs[t], h = h, h + a["host_us"]
+        he[t] = h
+    return hs, he
+
+
+# ---- profile section and fits -------------------------------------------------------------
+def test_profile_round_trip_keeps_host_costs(tmp_path: Path) -> None:
+    prof = dataclasses.replace(NVLINK, host=HostCosts(25.0, {"attn_bwd": Cost(900.0, 0.3)},
+                                                      {MODEL.shape_key(): {"attn_bwd": Cost(1000.0, 0.2)}}))
+    prof.save(tmp_path / "p.json")
+    back = Profile.load(tmp_path / "p.json")
+    assert back.host == prof.host
+    assert back.host.us("attn_bwd", 1000, MODEL.shape_key()) == pytest.approx(1200.0)
+    assert back.host.us("attn_bwd", 2000, "other-shape") == pytest.approx(900.0 + 600.0)  # pooled fallback
+    assert back.host.us("expert_fwd", 1000) == 0.0  # unmeasured kinds cost nothing
+
+
+@pytest.mark.parametrize("host, msg", [
+    ({"lag_us": 1.0, "kinds": {}}, "exactly the keys"),
+    ({"lag_us": -1.0, "kinds": {}, "shapes": {}}, "lag_us"),
+    ({"lag_us": 1.0, "kinds": {"warp": {"alpha_us": 1.0, "beta_us_per_unit": 0.0}}, "shapes": {}}, "task kinds"),
+    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0}}, "shapes": {}}, "alpha_us, beta_us_per_unit"),
+])
+def test_malformed_host_section_is_rejected(tmp_path: Path, host: dict, msg: str) -> None:
+    d = NVLINK.to_dict()
+    d["host"] = host
+    with pytest.raises(MoeschedError, match=msg):
+        Profile.from_dict(json.loads(json.dumps(d)))
+
+
+def test_fit_host_recovers_alpha_and_beta() -> None:
+    rows = [("s", "expert_fwd", x, 300.0 + 0.05 * x) for x in (256, 512, 1024, 2048) for _ in range(3)]
+    rows += [("s", "grad_ar", 4e6, 40.0), ("s", "grad_ar", 4e6, 60.0), ("s", "grad_ar", 4e6, 50.0)]
+    h = fit_host(rows, 31.0)
+    c = h.shapes["s"]["expert_fwd"]
+    assert c.alpha_us == pytest.approx(300.0, rel=1e-6) and c.beta_us_per_unit == pytest.approx(0.05, rel=1e-6)
+    assert h.kinds["grad_ar"].alpha_us == pytest.approx(50.0) and h.lag_us == 31.0  # one x: the median
+    with pytest.raises(MoeschedError, match="unknown task kind"):
+        fit_host([("s", "warp", 1.0, 1.0)], 0.0)
+
+
+# ---- the simulator's host resource ----------------------------------------------------------
+def test_free_host_changes_nothing() -> None:
+    plan, g = _plan_graph(_host(0.0, 0.0))
+    _, g0 = _plan_graph(None)
+    prio = {t: i for i, t in enumerate(plan.order)}
+    assert simulate(g, prio, strict=True).makespan_us == pytest.approx(simulate(g0, prio, strict=True).makespan_us)
+
+
+@pytest.mark.parametrize("alpha_us, lag_us", [(40.0, 25.0), (900.0, 30.0)])
+def test_host_rules_hold(alpha_us: float, lag_us: float) -> None:
+    """GPU work starts lag after its issue, compute ends lag after its issue ended, a
+    collective waits for its issue, dispatch issue waits for routing; the host is serial."""
+    plan, g = _plan_graph(_host(alpha_us, lag_us))
+    tl = simulate(g, {t: i for i, t in enumerate(plan.order)}, strict=True)
+    check_timeline(g, tl, exact_durations=False)
+    start = dict(zip(tl.df["task"], tl.df["start_us"]))
+    end = dict(zip(tl.df["task"], tl.df["end_us"]))
+    hs, he = _issue_times(g, plan.order, end)
+    eps = 1e-6
+    for t, a in g.nodes(data=True):
+        if a["resource"] == "compute":
+            assert start[t] >= hs[t] + lag_us - eps and end[t] >= he[t] + lag_us - eps, t
+        else:
+            assert start[t] >= he[t] + lag_us - eps, t
+    assert tl.makespan_us >= len(g) * alpha_us  # the host issues one task at a time
+    if alpha_us > 500:  # host-bound: the GPU only trails the host
+        assert tl.makespan_us <= max(he.values()) + lag_us + max(a["duration_us"] for _, a in g.nodes(data=True))
+
+
+def test_list_scheduling_ignores_the_host() -> None:
+    """The host is modelled for replays of a plan's order (strict) only."""
+    _, g = _plan_graph(_host(500.0, 30.0))
+    _, g0 = _plan_graph(None)
+    assert simulate(g).makespan_us == pytest.approx(simulate(g0).makespan_us)
+
+
+def test_inconsistent_order_still_deadlocks_with_a_host() -> None:
+    plan, g = _plan_graph(_host(10.0, 5.0))
+    prio = {t: -i for i, t in enumerate(plan.order)}  # reversed: not topological
+    with pytest.raises(MoeschedError, match="deadlock"):
+        simulate(g, prio, strict=True)
+
+
+def test_host_wait_survives_the_trace(tmp_path: Path) -> None:
+    df = pd.DataFrame([("a", "attn_fwd", 0, 0, "fwd", 0, "compute", 10.0, 20.0)],
+                      columns=["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"])
+    host = pd.DataFrame([("a", 0, "main", 1.0, 9.0, 2.5)], columns=HOST_COLUMNS)
+    write_chrome_trace(Timeline(df, {}, host=host), tmp_path / "t.json", label="measured")
+    back = read_chrome_trace(tmp_path / "t.json")
+    assert back.host[HOST_COLUMNS].values.tolist() == host.values.tolist()
