@@ -5,10 +5,10 @@ the host takes to issue a task matters as much as how long the GPU takes to run 
 changes with the regime (attention backward: 2.0 ms of host time on NVLink, 5.0 ms through
 host memory). So the profiler measures it the only faithful way, by running the executor:
 for each model shape, a few real training steps (:class:`executor.runtime.PlannedStep`)
-of two-layer plans at pipeline degrees 1, 2 and 4 (attention chunked at 4, gradients in
-4 MiB chunks when chunked). Every task's host interval, minus the time it blocked on
-routing counts, is one sample (shape, kind, x, µs), x = tokens of the task (bytes of a
-gradient chunk). The lag is the median delay from a compute task's issue start to its GPU
+of plans of up to four layers at pipeline degree 1, 2 (attention whole or chunked) and 4
+(chunked), gradients in 4 MiB chunks when r > 1. Every task's host interval, minus the
+time it blocked on routing counts, is one sample (shape, kind, x, r, µs): x = tokens of the
+task (bytes of a gradient chunk), r = its layer's degree in its phase. The lag is the median delay from a compute task's issue start to its GPU
 start, over tasks that did not wait for the GPU (those starting within 200 µs).
 
 Runs on every rank, with the same plans in the same order; returns this rank's samples.
@@ -25,25 +25,26 @@ import torch.distributed as dist
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
-from moesched.host import host_x
+from moesched.host import host_features
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.plan import Plan, from_timeline
 from moesched.sim import simulate
 
-DEGREES = (1, 2, 4)
+#: (degree, attention chunked) of the calibration plans.
+VARIANTS = ((1, False), (2, False), (2, True), (4, True))
+MAX_LAYERS = 4
 GRAD_CHUNK_BYTES = 4 * 2**20
 LAG_WINDOW_US = 200.0
 
 
 def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
-    """Two-layer plans of ``m`` at degrees 1, 2, 4 (those the model's tokens allow), in
-    creation order (the order is not what is measured, the per-task issue cost is)."""
-    mm = replace(m, layers=min(m.layers, 2))
+    """Plans of ``m`` (at most MAX_LAYERS layers) for each of VARIANTS the model's tokens
+    allow, in creation order (the order is not what is measured, the per-task issue cost is)."""
+    mm = replace(m, layers=min(m.layers, MAX_LAYERS))
     plans = []
-    for r in DEGREES:
-        knobs = Knobs.uniform(mm.layers, r, at_chunked=r == 4 and mm.micro_batch % r == 0,
-                              grad_chunk_bytes=GRAD_CHUNK_BYTES if r > 1 else None)
+    for r, at in VARIANTS:
+        knobs = Knobs.uniform(mm.layers, r, at_chunked=at, grad_chunk_bytes=GRAD_CHUNK_BYTES if r > 1 else None)
         try:
             g = build(mm, cluster, None, knobs)
         except MoeschedError:
@@ -54,12 +55,12 @@ def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
 
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
                  steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None
-                 ) -> tuple[list[tuple[str, str, float, float]], list[float]]:
-    """(samples (shape key, kind, x, µs), lag samples µs) of this rank; see the module docstring."""
+                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float]]:
+    """(samples (shape key, kind, x, r, µs), lag samples µs) of this rank; see the module docstring."""
     from executor.layers import MoEModule, make_batch
     from executor.runtime import PlannedStep
 
-    samples: list[tuple[str, str, float, float]] = []
+    samples: list[tuple[str, str, float, int, float]] = []
     lags: list[float] = []
     ep = cluster.ep_size
     for m in models:
@@ -78,7 +79,8 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                 gpu = tl.df.set_index("task")["start_us"].to_dict()
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
                     a = nodes[task]
-                    samples.append((shape, a["kind"], host_x(a["kind"], a), max(float(e - s - w), 0.0)))
+                    x, r = host_features(a["kind"], a, plan.knobs)
+                    samples.append((shape, a["kind"], x, r, max(float(e - s - w), 0.0)))
                     if device.type == "cuda" and a["resource"] == "compute":
                         d = gpu[task] - s
                         if 0.0 <= d <= LAG_WINDOW_US:
@@ -96,9 +98,9 @@ def lag_us(lags: list[float]) -> float:
     return float(statistics.median(lags)) if lags else 0.0
 
 
-def summary(samples: list[tuple[str, str, float, float]]) -> dict[str, Any]:
-    """Median host µs per kind (for the profiler's log and the profile's meta)."""
+def summary(samples: list[tuple[str, str, float, int, float]]) -> dict[str, Any]:
+    """Median host µs per kind (for the profiler's log)."""
     by: dict[str, list[float]] = {}
-    for _, kind, _, us in samples:
+    for _, kind, _, _, us in samples:
         by.setdefault(kind, []).append(us)
     return {k: round(statistics.median(v), 1) for k, v in sorted(by.items())}

@@ -431,8 +431,9 @@ def main(args: argparse.Namespace) -> int:
         if ctx.rank == 0:
             print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), {n_comm} "
                   f"collective timings on scopes {sorted(ctx.scopes)}, x{grid.reps} runs each", file=sys.stderr)
+        from executor import hostprof
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
-        n_host = len(models) * 3 if host_steps > 0 else 0  # calibration plans (executor.hostprof)
+        n_host = len(models) * len(hostprof.VARIANTS) if host_steps > 0 else 0  # calibration plans (executor.hostprof)
         bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1 + n_host, disable=ctx.rank != 0, file=sys.stderr,
                    desc="profile", unit="pt")
         compute = measure_compute(ctx, models, grid, bar)
@@ -443,7 +444,6 @@ def main(args: argparse.Namespace) -> int:
         host_rows: list = []
         lags: list = []
         if host_steps > 0:  # the host issue cost of every task kind, from real executor steps
-            from executor import hostprof
             dtype = torch.bfloat16 if cuda else torch.float32
             mine, my_lags = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype,
                                                   steps=host_steps, tick=lambda: bar.update(1))

@@ -380,7 +380,7 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
 
 
 def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float) -> Profile:
-    """``prof`` with host issue costs fitted from rows (shape key, kind, x, µs) and the lag
+    """``prof`` with host issue costs fitted from rows (shape key, kind, x, r, µs) and the lag
     (:func:`moesched.host.fit_host`); the rows and lag are kept in meta for :func:`refit`."""
     from dataclasses import replace
 

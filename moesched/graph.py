@@ -45,7 +45,7 @@ from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.host import HostCosts, host_x
+from moesched.host import HostCosts, host_features
 from moesched.sim import RES_INDEX, Compiled
 
 COMPUTE = "compute"
@@ -390,8 +390,10 @@ def build(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Kno
 def add_host_costs(g: nx.DiGraph, host: HostCosts, shape: str) -> None:
     """Annotate every task with ``host_us`` (µs of host time to issue it) and the graph with
     ``host_lag_us``: strict simulations then model the host (:mod:`moesched.host`)."""
+    knobs = g.graph["knobs"]
     for _, a in g.nodes(data=True):
-        a["host_us"] = host.us(a["kind"], host_x(a["kind"], a), shape)
+        x, r = host_features(a["kind"], a, knobs)
+        a["host_us"] = host.us(a["kind"], x, r, shape)
     g.graph["host_lag_us"] = host.lag_us
 
 

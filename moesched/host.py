@@ -11,18 +11,23 @@ serial resource per rank, fed in plan order.
 The model (used by strict simulations, i.e. replays of a plan's order):
 
 * the host issues the tasks one after the other in plan order; issuing task i takes
-  ``cost(kind_i, x_i)`` µs (x: tokens of the task; bytes of a gradient all-reduce chunk);
+  ``alpha + per_unit * x_i + per_chunk * r_i`` µs for its kind (x: tokens of the task,
+  bytes of a gradient all-reduce chunk; r: the pipeline degree of its layer and phase,
+  1 for gradient chunks). Measured on 4 x H200 the degree matters on its own: attention
+  backward of DeepSeek-shaped layers took 2.5 ms of host time at r_bwd = 1 and 3.3 ms
+  at r_bwd = 2, on the same tokens;
 * a compute task starts on the GPU no earlier than ``lag_us`` after its issue starts, and
   ends no earlier than ``lag_us`` after its issue ends;
 * a collective starts no earlier than ``lag_us`` after its issue ends on every rank;
 * the first issue of a dispatch blocks the host until the attention task that routed its
   tokens has finished on the GPU (the executor waits there for the routing counts).
 
-Profile section (optional key ``host``; COST as in :mod:`moesched.profile`)::
+Profile section (optional key ``host``)::
 
     "host": {"lag_us": 30.0,
              "kinds": {KIND: COST, ...},                 # pooled over shapes
              "shapes": {SHAPE_KEY: {KIND: COST, ...}}}  # per model shape
+    COST = {"alpha_us": a, "per_unit_us": b, "per_chunk_us": c, "r2": r2}
 
 KIND: a compute kind or dispatch, combine, combine_bwd, dispatch_bwd, grad_ar. A kind the
 profile lacks costs 0 µs of host time.
@@ -33,15 +38,53 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from moesched.errors import MoeschedError
-from moesched.profile import ALL_COMPUTE_KINDS, Cost
+from moesched.profile import ALL_COMPUTE_KINDS
 
 A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
 HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",)
 
 
-def host_x(kind: str, attrs: Mapping[str, Any]) -> float:
-    """The x of a task's host cost: its tokens, or the bytes of a gradient chunk."""
-    return float(attrs["work"]) if kind == "grad_ar" else float(attrs.get("tokens", 0))
+def host_features(kind: str, attrs: Mapping[str, Any], knobs: Any) -> tuple[float, int]:
+    """(x, r) of a task's host cost: its tokens (bytes of a gradient chunk) and the pipeline
+    degree of its layer in its phase (1 for gradient chunks). ``knobs``: the graph's Knobs."""
+    if kind == "grad_ar":
+        return float(attrs["work"]), 1
+    layer, phase = int(attrs["layer"]), attrs["phase"]
+    r = knobs.r_fwd[layer] if phase == "fwd" and layer < len(knobs.r_fwd) else \
+        knobs.r_bwd[layer] if layer < len(knobs.r_bwd) else 1
+    return float(attrs.get("tokens", 0)), int(r)
+
+
+@dataclass(frozen=True)
+class HostCost:
+    """Host µs of one task kind: alpha_us + per_unit_us * x + per_chunk_us * r."""
+
+    alpha_us: float
+    per_unit_us: float = 0.0
+    per_chunk_us: float = 0.0
+    r2: float | None = None
+
+    def __call__(self, x: float, r: int = 1) -> float:
+        return max(self.alpha_us + self.per_unit_us * x + self.per_chunk_us * r, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"alpha_us": self.alpha_us, "per_unit_us": self.per_unit_us,
+                             "per_chunk_us": self.per_chunk_us}
+        return d if self.r2 is None else dict(d, r2=self.r2)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "HostCost":
+        keys = {"alpha_us", "per_unit_us", "per_chunk_us"}
+        if not isinstance(d, dict) or not keys <= set(d) <= keys | {"r2"}:
+            raise MoeschedError(f"profile: {where} must have keys alpha_us, per_unit_us, per_chunk_us[, r2]")
+        try:
+            vals = [float(d[k]) for k in ("alpha_us", "per_unit_us", "per_chunk_us")]
+            r2 = None if d.get("r2") is None else float(d["r2"])
+        except (TypeError, ValueError):
+            raise MoeschedError(f"profile: {where} has a non-numeric value") from None
+        if vals[1] < 0 or vals[2] < 0:
+            raise MoeschedError(f"profile: {where} has a negative per-unit or per-chunk cost")
+        return cls(*vals, r2=r2)
 
 
 @dataclass(frozen=True)
@@ -49,16 +92,16 @@ class HostCosts:
     """Host issue costs of one cluster (see the module docstring); µs."""
 
     lag_us: float
-    kinds: dict[str, Cost]
-    shapes: dict[str, dict[str, Cost]] = field(default_factory=dict)
+    kinds: dict[str, HostCost]
+    shapes: dict[str, dict[str, HostCost]] = field(default_factory=dict)
 
-    def us(self, kind: str, x: float, shape: str | None = None) -> float:
-        """Host µs to issue a task of ``kind`` on x (tokens or bytes); 0 if unmeasured."""
+    def us(self, kind: str, x: float, r: int = 1, shape: str | None = None) -> float:
+        """Host µs to issue a task of ``kind`` on x (tokens or bytes) at degree r; 0 if unmeasured."""
         by = self.shapes.get(shape) if shape else None
         cost = by.get(kind) if by else None
         if cost is None:
             cost = self.kinds.get(kind)
-        return 0.0 if cost is None else cost(max(x, 1.0))
+        return 0.0 if cost is None else cost(x, r)
 
     def to_dict(self) -> dict[str, Any]:
         return {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
@@ -72,10 +115,10 @@ class HostCosts:
         if not isinstance(lag, (int, float)) or lag < 0:
             raise MoeschedError(f"{source}: host.lag_us must be a number >= 0")
 
-        def costs(by: Any, where: str) -> dict[str, Cost]:
+        def costs(by: Any, where: str) -> dict[str, HostCost]:
             if not isinstance(by, dict) or not set(by) <= set(HOST_KINDS):
                 raise MoeschedError(f"{source}: {where} must map task kinds in {list(HOST_KINDS)} to costs")
-            return {k: Cost.from_dict(c, f"{where}.{k}") for k, c in by.items()}
+            return {k: HostCost.from_dict(c, f"{where}.{k}") for k, c in by.items()}
 
         shapes = d["shapes"]
         if not isinstance(shapes, dict):
@@ -84,30 +127,63 @@ class HostCosts:
                    {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()})
 
 
-def fit_host(samples: list[tuple[str, str, float, float]], lag_us: float) -> HostCosts:
-    """Host costs from measured issue times: samples (shape key, kind, x, µs), one per task
-    issue. Per (shape, kind) and per kind (pooled): the median at each x, then a line
-    alpha + beta*x by relative least squares (:func:`moesched.fit.fit_line`); one x gives
-    a constant."""
+def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> list[float]:
+    """Least squares of ts on the chosen columns of rows (normal equations, Gaussian
+    elimination; a singular system drops to fewer columns at the caller)."""
+    n = len(cols)
+    a = [[sum(r[i] * r[j] for r in rows) for j in cols] + [sum(r[i] * t for r, t in zip(rows, ts))] for i in cols]
+    for c in range(n):
+        p = max(range(c, n), key=lambda k: abs(a[k][c]))
+        if abs(a[p][c]) < 1e-12 * max(1.0, abs(a[c][c])):
+            raise ZeroDivisionError
+        a[c], a[p] = a[p], a[c]
+        for k in range(n):
+            if k != c:
+                f = a[k][c] / a[c][c]
+                a[k] = [u - f * v for u, v in zip(a[k], a[c])]
+    return [a[i][n] / a[i][i] for i in range(n)]
+
+
+def fit_cost(points: list[tuple[float, int, float]]) -> HostCost:
+    """alpha + per_unit*x + per_chunk*r by least squares on the medians per (x, r), with
+    the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted)."""
     import statistics
 
-    from moesched.fit import fit_line
+    by: dict[tuple[float, int], list[float]] = {}
+    for x, r, us in points:
+        by.setdefault((x, r), []).append(us)
+    keys = sorted(by)
+    ts = [statistics.median(by[k]) for k in keys]
+    rows = [(1.0, x, float(r)) for x, r in keys]
+    cols = [0, 1, 2]
+    while True:
+        try:
+            coef = _solve(rows, ts, cols)
+        except ZeroDivisionError:
+            coef = [-1.0] * len(cols)  # singular: drop the last slope
+            coef[0] = 0.0
+        bad = [c for c, v in zip(cols, coef) if c > 0 and v < 0]
+        if not bad:
+            break
+        cols.remove(bad[-1])
+    full = dict(zip(cols, coef))
+    a, b, c = full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
+    pred = [a + b * x + c * r for _, x, r in rows]
+    mean = sum(ts) / len(ts)
+    ss_tot = sum((t - mean) ** 2 for t in ts)
+    r2 = 1.0 - sum((t - p) ** 2 for t, p in zip(ts, pred)) / ss_tot if ss_tot > 0 else 1.0
+    return HostCost(round(a, 3), b, c, round(r2, 6))
 
-    def cost(rows: list[tuple[float, float]]) -> Cost:
-        by_x: dict[float, list[float]] = {}
-        for x, us in rows:
-            by_x.setdefault(x, []).append(us)
-        xs = sorted(by_x)
-        ts = [max(statistics.median(by_x[x]), 1e-3) for x in xs]
-        line = fit_line(xs, ts)
-        return Cost(round(line.alpha_us, 3), line.beta, (), round(line.r2, 6))
 
-    kinds: dict[str, list[tuple[float, float]]] = {}
-    shapes: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for shape, kind, x, us in samples:
+def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float) -> HostCosts:
+    """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
+    task issue; per (shape, kind) and per kind pooled over shapes (:func:`fit_cost`)."""
+    kinds: dict[str, list[tuple[float, int, float]]] = {}
+    shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
+    for shape, kind, x, r, us in samples:
         if kind not in HOST_KINDS:
             raise MoeschedError(f"host samples: unknown task kind {kind!r}")
-        kinds.setdefault(kind, []).append((float(x), float(us)))
-        shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), float(us)))
-    return HostCosts(round(float(lag_us), 3), {k: cost(r) for k, r in sorted(kinds.items())},
-                     {s: {k: cost(r) for k, r in sorted(by.items())} for s, by in sorted(shapes.items())})
+        kinds.setdefault(kind, []).append((float(x), int(r), float(us)))
+        shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
+    return HostCosts(round(float(lag_us), 3), {k: fit_cost(p) for k, p in sorted(kinds.items())},
+                     {s: {k: fit_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())})

@@ -24,7 +24,7 @@ echo "== validate $REG"; date -u
 timeout 300 torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \
   --regime $REG --out $OUT/validation-$REG.csv --traces $OUT/traces --steps $STEPS --warmup 2 $EM 2>&1 | $F
 echo "== deepspeed $REG"; date -u
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${NODS:-}" ]; then  # NODS=1 skips the DeepSpeed peer
   python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:.
   DS_BUILD_OPS=0 timeout 110 torchrun --nproc_per_node=4 -m executor.peer_deepspeed --configs $CFG --regime $REG \

@@ -11,11 +11,11 @@ import pytest
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
-from moesched.host import HOST_KINDS, HostCosts, fit_host
+from moesched.host import HOST_KINDS, HostCost, HostCosts, fit_host
 from moesched.knobs import Knobs
 from moesched.models import PRESETS
 from moesched.plan import from_timeline
-from moesched.profile import Cost, Profile
+from moesched.profile import Profile
 from moesched.sim import HOST_COLUMNS, Timeline, simulate
 from moesched.trace import read_chrome_trace, write_chrome_trace
 from tests.test_sim import check_timeline
@@ -26,7 +26,7 @@ CLUSTER = Cluster(1, 4)
 
 
 def _host(alpha_us: float, lag_us: float, kinds: tuple[str, ...] = HOST_KINDS) -> HostCosts:
-    return HostCosts(lag_us, {k: Cost(alpha_us, 0.0) for k in kinds})
+    return HostCosts(lag_us, {k: HostCost(alpha_us) for k in kinds})
 
 
 def _plan_graph(host: HostCosts | None, r: int = 2):
@@ -52,21 +52,33 @@ def _issue_times(g, order: list[str], end: dict[str, float]) -> tuple[dict[str, 
 
 # ---- profile section and fits -------------------------------------------------------------
 def test_profile_round_trip_keeps_host_costs(tmp_path: Path) -> None:
-    prof = dataclasses.replace(NVLINK, host=HostCosts(25.0, {"attn_bwd": Cost(900.0, 0.3)},
-                                                      {MODEL.shape_key(): {"attn_bwd": Cost(1000.0, 0.2)}}))
+    prof = dataclasses.replace(NVLINK, host=HostCosts(25.0, {"attn_bwd": HostCost(900.0, 0.3, 50.0)},
+                                                      {MODEL.shape_key(): {"attn_bwd": HostCost(1000.0, 0.2)}}))
     prof.save(tmp_path / "p.json")
     back = Profile.load(tmp_path / "p.json")
     assert back.host == prof.host
-    assert back.host.us("attn_bwd", 1000, MODEL.shape_key()) == pytest.approx(1200.0)
-    assert back.host.us("attn_bwd", 2000, "other-shape") == pytest.approx(900.0 + 600.0)  # pooled fallback
+    assert back.host.us("attn_bwd", 1000, 2, MODEL.shape_key()) == pytest.approx(1200.0)
+    assert back.host.us("attn_bwd", 2000, 2, "other-shape") == pytest.approx(900.0 + 600.0 + 100.0)  # pooled
     assert back.host.us("expert_fwd", 1000) == 0.0  # unmeasured kinds cost nothing
+
+
+def test_host_cost_follows_the_layer_degree() -> None:
+    """x is the task's tokens, r its layer's degree in its phase."""
+    host = HostCosts(0.0, {"attn_bwd": HostCost(0.0, 0.0, 100.0), "attn_fwd": HostCost(0.0, 0.0, 10.0)})
+    knobs = Knobs((1, 2), (4, 1))
+    g = build(MODEL, CLUSTER, dataclasses.replace(NVLINK, host=host), knobs)
+    got = {(a["kind"], a["layer"]): a["host_us"] for _, a in g.nodes(data=True) if a["kind"].startswith("attn")}
+    assert got == {("attn_fwd", 0): 10.0, ("attn_fwd", 1): 20.0, ("attn_bwd", 0): 400.0, ("attn_bwd", 1): 100.0}
 
 
 @pytest.mark.parametrize("host, msg", [
     ({"lag_us": 1.0, "kinds": {}}, "exactly the keys"),
     ({"lag_us": -1.0, "kinds": {}, "shapes": {}}, "lag_us"),
-    ({"lag_us": 1.0, "kinds": {"warp": {"alpha_us": 1.0, "beta_us_per_unit": 0.0}}, "shapes": {}}, "task kinds"),
-    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0}}, "shapes": {}}, "alpha_us, beta_us_per_unit"),
+    ({"lag_us": 1.0, "kinds": {"warp": {"alpha_us": 1.0, "per_unit_us": 0.0, "per_chunk_us": 0.0}},
+      "shapes": {}}, "task kinds"),
+    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0}}, "shapes": {}}, "alpha_us, per_unit_us"),
+    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0, "per_unit_us": 0.0, "per_chunk_us": -2.0}},
+      "shapes": {}}, "negative"),
 ])
 def test_malformed_host_section_is_rejected(tmp_path: Path, host: dict, msg: str) -> None:
     d = NVLINK.to_dict()
@@ -75,15 +87,20 @@ def test_malformed_host_section_is_rejected(tmp_path: Path, host: dict, msg: str
         Profile.from_dict(json.loads(json.dumps(d)))
 
 
-def test_fit_host_recovers_alpha_and_beta() -> None:
-    rows = [("s", "expert_fwd", x, 300.0 + 0.05 * x) for x in (256, 512, 1024, 2048) for _ in range(3)]
-    rows += [("s", "grad_ar", 4e6, 40.0), ("s", "grad_ar", 4e6, 60.0), ("s", "grad_ar", 4e6, 50.0)]
+def test_fit_host_recovers_the_coefficients() -> None:
+    rows = [("s", "expert_fwd", x, r, 300.0 + 0.05 * x + 70.0 * r) for x in (256, 512, 1024, 2048)
+            for r in (1, 2, 4) for _ in range(3)]
+    rows += [("s", "grad_ar", 4e6, 1, 40.0), ("s", "grad_ar", 4e6, 1, 60.0), ("s", "grad_ar", 4e6, 1, 50.0)]
+    rows += [("s", "combine", x, 1, 500.0 - 0.1 * x) for x in (256, 1024)]  # a negative slope is dropped
     h = fit_host(rows, 31.0)
     c = h.shapes["s"]["expert_fwd"]
-    assert c.alpha_us == pytest.approx(300.0, rel=1e-6) and c.beta_us_per_unit == pytest.approx(0.05, rel=1e-6)
-    assert h.kinds["grad_ar"].alpha_us == pytest.approx(50.0) and h.lag_us == 31.0  # one x: the median
+    assert (c.alpha_us, c.per_unit_us, c.per_chunk_us) == pytest.approx((300.0, 0.05, 70.0), rel=1e-6)
+    assert c.r2 == pytest.approx(1.0)
+    assert h.kinds["grad_ar"].alpha_us == pytest.approx(50.0) and h.lag_us == 31.0  # one point: the median
+    cb = h.kinds["combine"]
+    assert cb.per_unit_us == 0.0 and cb.per_chunk_us == 0.0 and cb.alpha_us == pytest.approx(436.0)
     with pytest.raises(MoeschedError, match="unknown task kind"):
-        fit_host([("s", "warp", 1.0, 1.0)], 0.0)
+        fit_host([("s", "warp", 1.0, 1, 1.0)], 0.0)
 
 
 # ---- the simulator's host resource ----------------------------------------------------------

@@ -80,8 +80,8 @@ def check_lines(path: str, tol: float) -> list[str]:
         h = prof.host
         lines.append(f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes:")
         for k, c in h.kinds.items():
-            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  beta {_fmt(c.beta_us_per_unit):>10} us/unit"
-                         f"  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
+            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  + {_fmt(c.per_unit_us):>10} us/unit"
+                         f"  + {_fmt(c.per_chunk_us):>8} us/degree  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
     for k in ("command", "date", "duration_s"):
         if k in meta:
             lines.append(f"{k}: {meta[k]}")
