@@ -68,11 +68,11 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
         for plan in calibration_plans(m, cluster):
             module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
             step = PlannedStep(module, plan)
-            x, t = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
+            batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
             nodes = step.graph.nodes
             for i in range(warmup + steps):
                 dist.barrier(group=step.groups.world_meta)
-                step(x, t)
+                step(batch, target)
                 if i < warmup:
                     continue
                 tl = step.timeline()
