@@ -403,6 +403,7 @@ def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, k
     ``Compiled(build(...))`` array for array. Graphs differing only in gradient knobs or
     ``serialize`` share their forward and backward tasks (built once per process, the
     profile taken by identity, as :func:`moesched.schedules.base.compiled_graph` does).
+    Without the host model's ``host_us`` (the solver's list scheduling ignores the host).
     Raises as :func:`build` does."""
     return _builder(model, cluster, profile, knobs, cached=True).compiled()
 

@@ -221,7 +221,8 @@ class Compiled:
         """Simulate; return (start[rank][task], end[rank][task], makespan), times in µs.
 
         slowdown: (compute, comm) interference factors; default the graph's.
-        durations: one µs value per task overriding the graph's (all ranks alike).
+        durations: one µs value per task overriding the graph's (all ranks alike); the host
+            model (strict mode, graphs with host costs) applies only without them.
         """
         prio = self.vector(priority)
         sc, sm = self.slowdown if slowdown is None else slowdown
@@ -232,7 +233,7 @@ class Compiled:
             return [st], [en], ms
         dur = self.dur if durations is None else [[float(d)] * self.ranks for d in durations]
         host = None
-        if strict and self.host is not None:
+        if strict and self.host is not None and durations is None:  # overridden durations: no host
             seq = self.seq
             host = (self.host[0], sorted(range(len(prio)), key=lambda i: (prio[i], seq[i])), self.host[1],
                     self.host[2])

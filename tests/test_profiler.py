@@ -62,7 +62,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.json"
     out.write_text("previous profile\n")  # replaced atomically on success
-    extra = ["--emulate-nodes", str(emulate)] if emulate else ["--host-steps", "1"]
+    extra = ["--emulate-nodes", str(emulate)] if emulate else ["--host-steps", "2"]
     t0 = time.time()
     res = subprocess.run(_cmd(out, *extra), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                          timeout=180)
