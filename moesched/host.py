@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from moesched.errors import MoeschedError
+from moesched.fit import _r2
 from moesched.profile import ALL_COMPUTE_KINDS
 
 A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
@@ -129,7 +130,7 @@ class HostCosts:
 
 def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> list[float]:
     """Least squares of ts on the chosen columns of rows (normal equations, Gaussian
-    elimination; a singular system drops to fewer columns at the caller)."""
+    elimination); raises ZeroDivisionError when the system is singular."""
     n = len(cols)
     a = [[sum(r[i] * r[j] for r in rows) for j in cols] + [sum(r[i] * t for r, t in zip(rows, ts))] for i in cols]
     for c in range(n):
@@ -159,19 +160,16 @@ def fit_cost(points: list[tuple[float, int, float]]) -> HostCost:
     while True:
         try:
             coef = _solve(rows, ts, cols)
-        except ZeroDivisionError:
-            coef = [-1.0] * len(cols)  # singular: drop the last slope
-            coef[0] = 0.0
+        except ZeroDivisionError:  # singular (e.g. one degree only): drop the last slope
+            cols.pop()
+            continue
         bad = [c for c, v in zip(cols, coef) if c > 0 and v < 0]
         if not bad:
             break
         cols.remove(bad[-1])
     full = dict(zip(cols, coef))
     a, b, c = full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
-    pred = [a + b * x + c * r for _, x, r in rows]
-    mean = sum(ts) / len(ts)
-    ss_tot = sum((t - mean) ** 2 for t in ts)
-    r2 = 1.0 - sum((t - p) ** 2 for t, p in zip(ts, pred)) / ss_tot if ss_tot > 0 else 1.0
+    r2 = _r2(ts, [a + b * x + c * r for _, x, r in rows])
     return HostCost(round(a, 3), b, c, round(r2, 6))
 
 
