@@ -55,17 +55,21 @@ def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
 
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
                  steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None
-                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float]]:
-    """(samples (shape key, kind, x, r, µs), lag samples µs) of this rank; see the module docstring."""
+                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float], dict[tuple, tuple[str, str, float, float]]]:
+    """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls) of this rank; see
+    the module docstring. All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
+    µs)}, each flat all-to-all's measured duration on this rank, which includes its wait for
+    ranks that issued it later (:func:`a2a_samples` keeps the smallest over ranks)."""
     from executor.layers import MoEModule, make_batch
     from executor.runtime import PlannedStep
 
     samples: list[tuple[str, str, float, int, float]] = []
     lags: list[float] = []
+    a2a: dict[tuple, tuple[str, str, float, float]] = {}
     ep = cluster.ep_size
     for m in models:
         shape = m.shape_key()
-        for plan in calibration_plans(m, cluster):
+        for pi, plan in enumerate(calibration_plans(m, cluster)):
             module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
             step = PlannedStep(module, plan)
             batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
@@ -77,6 +81,10 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                     continue
                 tl = step.timeline()
                 gpu = tl.df.set_index("task")["start_us"].to_dict()
+                for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
+                    a = nodes[task]
+                    if a.get("op") == "all_to_all" and a.get("hop") is None:
+                        a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
                     a = nodes[task]
                     x, r = host_features(a["kind"], a, plan.knobs)
@@ -90,7 +98,19 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                 torch.cuda.empty_cache()
             if tick:
                 tick()
-    return samples, lags
+    return samples, lags, a2a
+
+
+def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]) -> list[tuple[str, str, float, float]]:
+    """(shape key, scope, bytes, µs) per all-to-all of the calibration steps: the smallest
+    duration over ranks, that of the rank that issued it last and so did not wait for the
+    others (the simulator starts a collective once every rank has issued it)."""
+    keys = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
+    out = []
+    for k in sorted(keys, key=str):
+        shape, scope, nbytes, _ = per_rank[0][k]
+        out.append((shape, scope, nbytes, min(d[k][3] for d in per_rank)))
+    return out
 
 
 def lag_us(lags: list[float]) -> float:

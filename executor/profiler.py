@@ -153,22 +153,53 @@ def _loop(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
     return lambda: [fn() for _ in range(n)]
 
 
+def _gpu_sleep(us: float) -> None:
+    """Queue a spin kernel of about ``us`` µs on the current stream (``torch.cuda._sleep``
+    counts cycles: the cycles per µs are measured once per process)."""
+    global _CYCLES_PER_US
+    if _CYCLES_PER_US is None:
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # warm the kernel up
+        e0.record()
+        torch.cuda._sleep(2_000_000)
+        e1.record()
+        e1.synchronize()
+        _CYCLES_PER_US = 2_000_000 / max(1.0, 1000.0 * e0.elapsed_time(e1))
+    torch.cuda._sleep(int(us * _CYCLES_PER_US))
+
+
+_CYCLES_PER_US: float | None = None
+#: Cap of the spin kernel that puts the host ahead of the GPU before timed reps, µs.
+MAX_AHEAD_US = 200_000.0
+
+
 def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
     """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls, each rep ``inner`` calls
-    back to back (divided). GPU: CUDA events between consecutive reps, as the runtime queues
-    tasks. A collective (``barrier``) gets one barrier before its warm-up: after it the
-    collectives themselves keep the ranks in step, so rank skew at a barrier never lands in
-    a timed rep (timing each rep after its own barrier made large messages noisy)."""
+    back to back (divided). GPU: CUDA events between consecutive reps. A collective
+    (``barrier``) gets one barrier before its warm-up: after it the collectives themselves
+    keep the ranks in step, so rank skew at a barrier never lands in a timed rep (timing each
+    rep after its own barrier made large messages noisy).
+
+    Compute (no ``barrier``) on GPU is timed as GPU time alone: a spin kernel longer than
+    the host takes to issue every rep goes first, so the reps run back to back on the GPU
+    however slowly the host issues them. The executor is host-bound at small token counts,
+    and its host issue cost is a separate model (:mod:`moesched.host`), so a compute cost
+    that also held the host's time would count it twice. A task that synchronises the host
+    inside falls back to host-bound timing (the spin only delays it)."""
     if inner > 1:
         fn = _loop(fn, inner)
     if barrier:
         ctx.barrier()
+    h0 = time.perf_counter()
     for _ in range(warmup):
         fn()
+    host_us = 1e6 * (time.perf_counter() - h0) / max(1, warmup)  # >= GPU time: warm-ups are not ahead
     ctx.sync()
     times = []
     if ctx.cuda:
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+        if not barrier and hasattr(torch.cuda, "_sleep"):
+            _gpu_sleep(min(MAX_AHEAD_US, 1.5 * host_us * reps + 1000.0))
         ev[0].record()
         for i in range(reps):
             fn()
@@ -183,15 +214,17 @@ def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bo
     return statistics.median(times) / inner
 
 
-def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> float:
-    """Median µs of ``reps`` collectives, each issued alone as the runtime issues one: all
-    ranks synchronised and at a barrier first, then ``issue()`` (async, returns the Work) on
-    a link stream, timed by CUDA events on that stream around the issue and the wait.
+def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> list[float]:
+    """µs of each of ``reps`` collectives on this rank, each issued alone as the runtime
+    issues one: all ranks synchronised and at a barrier first, then ``issue()`` (async,
+    returns the Work) on a link stream, timed by CUDA events on that stream around the issue
+    and the wait.
 
     Collectives timed back to back pipeline their launch and handshake with the previous
     one: on NVLink a 26 MB all-to-all took 95 µs back to back and 245 µs alone, and alone is
     how the executor runs it (``scripts/gpu_a2a_diag.py``). CPU: perf_counter around the
-    issue and the wait."""
+    issue and the wait. A rank's time includes its wait for ranks that left the barrier
+    later: :func:`measure_comm` keeps the last one's (the smallest)."""
     link = torch.cuda.Stream() if ctx.cuda else None
     times = []
     for i in range(warmup + reps):
@@ -210,7 +243,7 @@ def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int)
             t = 1000.0 * e0.elapsed_time(e1)
         if i >= warmup:
             times.append(t)
-    return statistics.median(times)
+    return times
 
 
 def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = False) -> Callable[[], Any]:
@@ -297,17 +330,21 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
 
 
 def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
-    """(op, scope, bytes, us, role) rows: the slowest rank's median per point, each
-    collective timed alone (:func:`time_isolated_us`)."""
+    """(op, scope, bytes, us, role) rows, each collective timed alone
+    (:func:`time_isolated_us`): per rep the smallest time over ranks, then the median over
+    reps. The smallest is the rank that joined last, which did not wait for the others: the
+    collective's own duration once every rank is in, which is what the simulator charges
+    (the host model and the dependencies decide when every rank is in)."""
     rows = []
     for scope in sorted(ctx.scopes):
         for op in OPS:
             for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]:
-                us = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), grid.reps, grid.warmup)
-                rows.append((op, scope, nbytes, us, role))
+                ts = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), grid.reps, grid.warmup)
+                rows.append((op, scope, nbytes, ts, role))
                 bar.update(1)
     every = ctx.gather([r[3] for r in rows])
-    return [(*r[:3], max(ts[i] for ts in every), r[4]) for i, r in enumerate(rows)]
+    return [(*r[:3], statistics.median(min(ts[i][k] for ts in every) for k in range(len(r[3]))), r[4])
+            for i, r in enumerate(rows)]
 
 
 def _together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
@@ -443,12 +480,14 @@ def main(args: argparse.Namespace) -> int:
         inter = measure_interference(ctx, models[0], grid, bar)
         host_rows: list = []
         lags: list = []
+        a2a_rows: list = []
         if host_steps > 0:  # the host issue cost of every task kind, from real executor steps
             dtype = torch.bfloat16 if cuda else torch.float32
-            mine, my_lags = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype,
-                                                  steps=host_steps, tick=lambda: bar.update(1))
+            mine, my_lags, my_a2a = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device,
+                                                          dtype, steps=host_steps, tick=lambda: bar.update(1))
             host_rows = [r for rs in ctx.gather(mine) for r in rs]
             lags = [x for ls in ctx.gather(my_lags) for x in ls]
+            a2a_rows = hostprof.a2a_samples(ctx.gather(my_a2a))
         if ctx.rank == 0:
             meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us)
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
@@ -461,7 +500,7 @@ def main(args: argparse.Namespace) -> int:
                                         inter["comm_slowdown"], duration_s=time.time() - t_start,
                                         shape_of={m.name: m.shape_key() for m in models})
             if host_rows:
-                prof = with_host(prof, host_rows, hostprof.lag_us(lags))
+                prof = with_host(prof, host_rows, hostprof.lag_us(lags), a2a_rows)
                 print(f"host issue µs (median per kind): {hostprof.summary(host_rows)}, lag "
                       f"{prof.host.lag_us} µs", file=sys.stderr)
             prof.save(args.out)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from moesched.errors import MoeschedError
-from moesched.profile import ALL_COMPUTE_KINDS, COLLECTIVES, COMPUTE_KINDS, Cost, Profile
+from moesched.profile import ALL_COMPUTE_KINDS, COLLECTIVES, COMPUTE_KINDS, SHAPE_A2A, Cost, Profile
 
 REL_TOL = 0.10  # a point whose fitted value is more than 10 % off is flagged
 
@@ -219,7 +219,7 @@ class CheckRow:
 def _costs(profile: Profile) -> list[tuple[str, Cost]]:
     out = [(f"compute.{k}", profile.compute[k]) for k in ALL_COMPUTE_KINDS if k in profile.compute]
     for shape, by in sorted(profile.shapes.items()):
-        out += [(f"shapes.{shape}.{k}", by[k]) for k in ALL_COMPUTE_KINDS if k in by]
+        out += [(f"shapes.{shape}.{k}", by[k]) for k in ALL_COMPUTE_KINDS + SHAPE_A2A if k in by]
     for op in COLLECTIVES:
         for scope, cost in sorted(profile.comm.get(op, {}).items()):
             out.append((f"comm.{op}.{scope}", cost))
@@ -379,15 +379,31 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
                          comm_slowdown, shapes)
 
 
-def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float) -> Profile:
-    """``prof`` with host issue costs fitted from rows (shape key, kind, x, r, µs) and the lag
-    (:func:`moesched.host.fit_host`); the rows and lag are kept in meta for :func:`refit`."""
+def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
+              a2a_rows: list[Sequence[Any]] | None = None) -> Profile:
+    """``prof`` with what the profiler measured inside real executor steps
+    (:mod:`executor.hostprof`): host issue costs fitted from rows (shape key, kind, x, r, µs)
+    and the lag (:func:`moesched.host.fit_host`), and, from ``a2a_rows`` (shape key, scope,
+    bytes, µs), an all-to-all cost per shape and scope (``shapes[shape]["all_to_all@SCOPE"]``,
+    :meth:`Profile.a2a_us`; medians per size, then :func:`fit_cost`). The rows and lag are
+    kept in meta for :func:`refit`."""
     from dataclasses import replace
 
     from moesched.host import fit_host
     samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
+    shapes = {s: dict(by) for s, by in prof.shapes.items()}
+    if a2a_rows:
+        samples["a2a"] = [list(r) for r in a2a_rows]
+        pts: dict[tuple[str, str], dict[float, list[float]]] = {}
+        for shape, scope, nbytes, us in a2a_rows:
+            pts.setdefault((str(shape), str(scope)), {}).setdefault(float(nbytes), []).append(float(us))
+        for (shape, scope), by in pts.items():
+            xs = sorted(by)
+            if len(xs) >= 2:  # one size says nothing of the others: the micro-benchmark stays
+                shapes.setdefault(shape, {})[f"all_to_all@{scope}"] = fit_cost(
+                    xs, [statistics.median(by[x]) for x in xs])
     return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us),  # type: ignore[misc]
-                   meta=dict(prof.meta, samples=samples))
+                   meta=dict(prof.meta, samples=samples), shapes=shapes)
 
 
 def refit(prof: Profile) -> Profile:
@@ -404,5 +420,5 @@ def refit(prof: Profile) -> Profile:
                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
     if samples.get("host"):
-        out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)))
+        out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"))
     return out

@@ -155,7 +155,7 @@ class _Builder:
             if hit is None:
                 nbytes = work.a2a_bytes(self.m, tokens)
                 hit = self.costs[(scope, tokens)] = (nbytes, 0.0 if self.p is None else
-                                                     self.p.comm_us("all_to_all", scope, float(nbytes)))
+                                                     self.p.a2a_us(scope, float(nbytes), self.shape))
             res = resource_of(scope)
             head = {"resource": res, "scope": scope, "hop": hop} if hop else {"resource": res, "scope": scope}
             head.update(kind=kind, layer=layer, chunk=chunk, nchunks=nchunks, phase=phase, op="all_to_all",

@@ -17,7 +17,11 @@ Format (JSON, version 1, exact keys, units in names)::
 ``shapes`` (optional) holds compute costs measured on one model shape
 (``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
 measured on the user's model predicts it from its own curve, and falls back to the
-per-kind cost for other shapes.
+per-kind cost for other shapes. Its keys ``all_to_all@SCOPE`` (x = bytes per rank) are
+all-to-alls timed inside the executor's own steps on that shape (the profiler's host
+calibration, :mod:`executor.hostprof`): they take precedence over ``comm.all_to_all``
+for that shape, because in host memory the isolated micro-benchmark prices mid-size
+all-to-alls up to 2.3x above what the executor sees (``docs/results.md``).
 
     COST = {"alpha_us": a, "beta_us_per_unit": b, "points": [[x, us], ...], "r2": r2}
 
@@ -53,6 +57,8 @@ OPTIONAL_COMPUTE_KINDS = ("loss",)
 ALL_COMPUTE_KINDS = COMPUTE_KINDS + OPTIONAL_COMPUTE_KINDS
 COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 SCOPES = ("intra", "inter", "world")
+#: Keys of in-situ all-to-all costs in ``shapes`` (x = bytes per rank).
+SHAPE_A2A = tuple(f"all_to_all@{s}" for s in SCOPES)
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
 OPTIONAL_KEYS = {"shapes", "host"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
@@ -169,6 +175,15 @@ class Profile:
             **({"host": self.host.to_dict()} if self.host is not None else {}),
         }
 
+    def a2a_us(self, scope: str, nbytes: float, shape: str | None = None) -> float:
+        """Duration in µs of an all-to-all of ``nbytes`` per rank over ``scope``: measured in
+        the executor's steps on ``shape`` when the profile has that, else the collective's
+        micro-benchmark cost (:meth:`comm_us`)."""
+        by = self.shapes.get(shape) if shape else None
+        if by and f"all_to_all@{scope}" in by:
+            return by[f"all_to_all@{scope}"](nbytes)
+        return self.comm_us("all_to_all", scope, nbytes)
+
     def digest(self) -> str:
         """Content hash (sha256 of canonical JSON), first 16 hex digits."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
@@ -190,9 +205,9 @@ class Profile:
                                 f"unknown {sorted(set(d) - TOP_KEYS - OPTIONAL_KEYS)}")
         shapes_d = d.get("shapes", {})
         if not isinstance(shapes_d, dict) or not all(
-                isinstance(by, dict) and set(by) <= set(ALL_COMPUTE_KINDS) for by in shapes_d.values()):
+                isinstance(by, dict) and set(by) <= set(ALL_COMPUTE_KINDS + SHAPE_A2A) for by in shapes_d.values()):
             raise MoeschedError(f"{source}: shapes must map shape keys to {{kind: cost}} with kinds in "
-                                f"{list(ALL_COMPUTE_KINDS)}")
+                                f"{list(ALL_COMPUTE_KINDS + SHAPE_A2A)}")
         shapes = {s: {k: Cost.from_dict(c, f"shapes.{s}.{k}") for k, c in by.items()} for s, by in shapes_d.items()}
         if d["kind"] not in ("measured", "analytic"):
             raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")

@@ -153,3 +153,35 @@ def test_host_wait_survives_the_trace(tmp_path: Path) -> None:
     write_chrome_trace(Timeline(df, {}, host=host), tmp_path / "t.json", label="measured")
     back = read_chrome_trace(tmp_path / "t.json")
     assert back.host[HOST_COLUMNS].values.tolist() == host.values.tolist()
+
+
+# ---- all-to-alls timed inside executor steps --------------------------------------------------
+def test_a2a_samples_keep_the_rank_that_issued_last() -> None:
+    from executor.hostprof import a2a_samples
+    k1, k2 = ("s", 0, 2, "L0.F.dispatch.c0"), ("s", 0, 2, "L0.F.combine.c0")
+    ranks = [{k1: ("s", "intra", 1e6, 900.0), k2: ("s", "intra", 1e6, 300.0)},
+             {k1: ("s", "intra", 1e6, 250.0), k2: ("s", "intra", 1e6, 700.0)}]
+    assert sorted(a2a_samples(ranks)) == [("s", "intra", 1e6, 250.0), ("s", "intra", 1e6, 300.0)]
+
+
+def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
+    """all-to-alls measured in executor steps on a shape price that shape's all-to-alls (the
+    graph's dispatch tasks included); other shapes keep the micro-benchmark; one measured
+    size is not enough to replace it; the costs survive a save and load."""
+    from moesched.fit import with_host
+    from moesched import work
+    shape = MODEL.shape_key()
+    b1, b2 = float(work.a2a_bytes(MODEL, MODEL.tokens)), float(work.a2a_bytes(MODEL, MODEL.tokens // 2))
+    rows = [("x", "expert_fwd", 256.0, 1, 100.0)]
+    a2a = [(shape, "intra", b1, 400.0), (shape, "intra", b1, 420.0), (shape, "intra", b1, 2000.0),
+           (shape, "intra", b2, 250.0), ("other", "intra", b1, 9.0)]
+    prof = with_host(NVLINK, rows, 10.0, a2a)
+    assert prof.a2a_us("intra", b1, shape) == pytest.approx(420.0)  # median of the three
+    assert prof.a2a_us("intra", b2, shape) == pytest.approx(250.0)
+    assert prof.a2a_us("intra", b1, "other") == pytest.approx(NVLINK.comm_us("all_to_all", "intra", b1))
+    assert prof.a2a_us("intra", b1, None) == pytest.approx(NVLINK.comm_us("all_to_all", "intra", b1))
+    g = build(MODEL, CLUSTER, prof, Knobs.uniform(MODEL.layers, 1))
+    durs = [a["duration_us"] for _, a in g.nodes(data=True) if a["kind"] == "dispatch"]
+    assert durs == [pytest.approx(420.0)] * MODEL.layers
+    prof.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json").a2a_us("intra", b2, shape) == pytest.approx(250.0)

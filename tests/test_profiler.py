@@ -98,6 +98,9 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
         assert refit(prof).host == prof.host    # --refit rebuilds the same host costs from meta
         assert set(prof.host.shapes) == set(prof.shapes)
         assert meta["samples"]["host"] and Profile.from_dict(prof.to_dict()).host == prof.host
+        # all-to-alls timed inside those steps price the measured shape (intra: one node)
+        assert meta["samples"]["a2a"] and all(by.get("all_to_all@intra") for by in prof.shapes.values())
+        assert refit(prof).shapes == prof.shapes
     else:
         assert prof.host is None  # the CPU default: no host calibration
     assert not list(tmp_path.glob(".p.json.*"))  # no temporary file left behind

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 from pathlib import Path
 
@@ -174,3 +175,48 @@ def test_link_bound_is_a_lower_bound(profiles) -> None:
             assert bound > 0
             for rule in (Rule(), Rule("first", "first", "layer", 1)):
                 assert bound <= ev.step_us(knobs, rule) * (1 + 1e-9)
+
+
+# ---- host-aware ranking -------------------------------------------------------------------
+def _with_host(profile: Profile, alpha_us: float, per_chunk_us: float = 0.0) -> Profile:
+    from moesched.host import HOST_KINDS, HostCost, HostCosts
+    return dataclasses.replace(profile, host=HostCosts(20.0, {k: HostCost(alpha_us, 0.0, per_chunk_us)
+                                                              for k in HOST_KINDS}))
+
+
+def _replayed_us(model: MoEModel, cluster: Cluster, profile: Profile, ev) -> float:
+    order = {t: i for i, t in enumerate(ev.timeline.order())}
+    return simulate(build(model, cluster, profile, ev.schedule.knobs), order, strict=True).makespan_us
+
+
+@pytest.mark.parametrize("alpha_us", [50.0, 2000.0])
+def test_host_aware_solve_is_never_slower_as_executed(profiles, alpha_us) -> None:
+    """With host costs the answer's plan, replayed as the executor runs it, is no slower
+    than any published policy's plan replayed the same way; the table holds those replays."""
+    model = MoEModel.from_name("DeepSeek-V2-S", layers=4)
+    cluster = Cluster(2, 2)
+    prof = _with_host(profiles[TWO_NODES], alpha_us)
+    res = solve(model, cluster, prof)
+    assert res.executed_us == pytest.approx(_replayed_us(model, cluster, prof, res.evaluation), rel=1e-9)
+    for name in POLICIES:
+        row = next(r for r in res.table if r["policy"] == name)
+        if row["step_us"] is None:
+            continue
+        ev = evaluate(model, cluster, prof, get(name).schedule(model, cluster, prof))
+        x = _replayed_us(model, cluster, prof, ev)
+        assert row["executed_us"] == pytest.approx(x, rel=1e-9)
+        assert row["step_us"] == pytest.approx(ev.step_us, rel=1e-9)
+        assert res.executed_us <= x * (1 + 1e-9), f"moesched {res.executed_us} slower than {name} {x} as executed"
+
+
+def test_costly_host_chunks_make_the_solver_keep_one_chunk(profiles) -> None:
+    """Over NVLink, GPU costs alone favour a pipelined plan; when every task costs the host
+    5 ms the host-aware ranking picks a plan without chunks (every degree 1)."""
+    model = MoEModel.from_name("DeepSeek-V2-S", layers=4)
+    cluster = Cluster(1, 4)
+    free = solve(model, cluster, profiles[NVLINK])
+    assert max(free.schedule.knobs.r_fwd + free.schedule.knobs.r_bwd) > 1
+    costly = _with_host(profiles[NVLINK], 5000.0)
+    res = solve(model, cluster, costly)
+    assert set(res.schedule.knobs.r_fwd + res.schedule.knobs.r_bwd) == {1}
+    assert res.executed_us < _replayed_us(model, cluster, costly, free.evaluation)

@@ -101,12 +101,13 @@ def _compare(args: argparse.Namespace) -> int:
         raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
     model, profile, cluster = resolve(args)
     res = solve(model, cluster, profile, args.time_limit)
-    steps = {r["policy"]: r["step_us"] for r in res.table}
-    steps["moesched"] = res.step_us
+    steps = {r["policy"]: r["executed_us"] for r in res.table}  # list-scheduled steps without host costs
+    steps["moesched"] = res.executed_us
     kind = "analytic profile" if profile.kind == "analytic" else "measured profile"
-    title = f"{model.name} on {cluster.label()}: predicted step time ({profile.name}, {kind})"
+    how = ", host model" if profile.host is not None else ""
+    title = f"{model.name} on {cluster.label()}: predicted step time ({profile.name}, {kind}{how})"
     save_png(policy_bar_figure(steps, title), args.out)
-    print(f"moesched {res.step_us / 1e3:.3f} ms; comparison written to {args.out}")
+    print(f"moesched {res.executed_us / 1e3:.3f} ms; comparison written to {args.out}")
     return 0
 
 

@@ -82,6 +82,14 @@ def check_lines(path: str, tol: float) -> list[str]:
         for k, c in h.kinds.items():
             lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  + {_fmt(c.per_unit_us):>10} us/unit"
                          f"  + {_fmt(c.per_chunk_us):>8} us/degree  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
+    insitu = [(sh, k, c) for sh, by in sorted(prof.shapes.items()) for k, c in by.items() if k.startswith("all_to_all@")]
+    if insitu:
+        lines.append("all-to-alls timed in executor steps (used for their shape) vs the micro-benchmark:")
+        for sh, k, c in insitu:
+            scope = k.split("@", 1)[1]
+            pts = "  ".join(f"{x / 2**20:.2f} MB {_fmt(t)} us ({t / prof.comm_us('all_to_all', scope, x):.2f}x)"
+                            for x, t in c.points) if scope in prof.comm["all_to_all"] else "-"
+            lines.append(f"    {sh} {scope}: {pts}")
     for k in ("command", "date", "duration_s"):
         if k in meta:
             lines.append(f"{k}: {meta[k]}")

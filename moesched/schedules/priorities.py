@@ -41,7 +41,7 @@ def t_a2a_us(model: MoEModel, cluster: Cluster, profile: Profile, r: int) -> flo
     """Per-chunk all-to-all time t_a2a,r at degree r: flat all-to-all of one chunk's bytes
     over the EP group (FSMoE Eq. 1 evaluated with the profile instead of a line)."""
     nbytes = work.a2a_bytes(model, model.tokens // r)
-    return profile.comm_us("all_to_all", cluster.scope("ep"), nbytes)
+    return profile.a2a_us(cluster.scope("ep"), nbytes, model.shape_key())
 
 
 def t_exp_us(model: MoEModel, profile: Profile, r: int, backward: bool) -> float:

@@ -1,15 +1,21 @@
 """The solver's Python API: ``solve(model, cluster, profile) -> SolveResult``."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from moesched.cluster import Cluster
+from moesched.graph import build
 from moesched.models import MoEModel
 from moesched.profile import Profile
 from moesched.schedules import POLICIES
 from moesched.schedules.base import Evaluation, Schedule, evaluate
-from moesched.solve.search import Outcome, search
+from moesched.sim import simulate
+from moesched.solve.search import search
+
+#: Searched candidates (one per pipeline shape) re-ranked with the published schedules by
+#: the host-aware replay when the profile has host issue costs.
+RUNNERS_UP = 6
 
 
 @dataclass
@@ -19,9 +25,12 @@ class SolveResult:
     schedule: the chosen schedule (policy "moesched"; ``notes["source"]`` says whether it
         came from the search or is a published policy's schedule kept because nothing
         beat it).
-    evaluation: the schedule simulated by :func:`moesched.schedules.base.evaluate`.
+    evaluation: the schedule simulated by :func:`moesched.schedules.base.evaluate` (list
+        scheduling on GPU costs; its start order is the plan's order).
+    executed_us: the predicted step of that plan as the executor runs it
+        (:func:`executed_us`; equals ``evaluation.step_us`` without host costs).
     table: one row per published policy: policy, step_us (None when the policy cannot
-        schedule the model) and speedup (its step / moesched's step).
+        schedule the model), executed_us, and speedup (its executed step / moesched's).
     timed_out: the time limit stopped the search early.
     stats: simulations run and seconds spent.
     """
@@ -31,20 +40,22 @@ class SolveResult:
     table: list[dict[str, Any]]
     timed_out: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    executed_us: float = 0.0
 
     @property
     def step_us(self) -> float:
         return self.evaluation.step_us
 
 
-def table_rows(outcome: Outcome, step_us: float) -> list[dict[str, Any]]:
-    """Rows policy, step_us, speedup of moesched (``step_us``) over each published policy."""
-    rows = []
-    for name in POLICIES:
-        c = outcome.published.get(name)
-        rows.append({"policy": name, "step_us": None if c is None else c.step_us,
-                     "speedup": None if c is None else c.step_us / step_us})
-    return rows
+def executed_us(model: MoEModel, cluster: Cluster, profile: Profile, ev: Evaluation) -> float:
+    """Predicted step (µs) of the plan made from ``ev`` as the executor runs it: its start
+    order replayed in strict mode on the graph with the profile's host issue costs
+    (:mod:`moesched.host`: each rank's host issues the tasks one by one, in plan order).
+    This is what ``moesched validate`` predicts. Without host costs: ``ev.step_us``."""
+    if profile.host is None:
+        return ev.step_us
+    g = build(model, cluster, profile, ev.schedule.knobs)
+    return simulate(g, {t: i for i, t in enumerate(ev.timeline.order())}, strict=True).makespan_us
 
 
 def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None = None,
@@ -52,17 +63,37 @@ def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: flo
     """Search knobs and priorities for ``model`` on ``cluster`` under ``profile``.
 
     The answer is never predicted slower than any published policy's schedule on the same
-    profile: the best published schedule is a candidate, and if the full simulator ever
-    disagrees with the search's fast simulator, the best published schedule is returned.
+    profile. Without host costs the prediction is the list-scheduled step: the best
+    published schedule is a candidate, and if the full simulator ever disagrees with the
+    search's fast simulator, the best published schedule is returned. With host costs the
+    search (on GPU costs) proposes its best candidate and RUNNERS_UP more, and these and
+    every published schedule are ranked by :func:`executed_us`: the host decides whether
+    the extra tasks of a deeper pipeline pay for themselves.
     Raises MoeschedError for infeasible requests.
     """
     out = search(model, cluster, profile, time_limit_s, progress)
-    sched = out.best.schedule("moesched")
-    ev = evaluate(model, cluster, profile, sched)
-    pub = [c for c in out.published.values() if c is not None]
-    floor = min(pub, key=lambda c: c.step_us)
-    if ev.step_us > floor.step_us:  # defensive: fast and full simulators disagree
-        sched = floor.schedule("moesched")
-        ev = evaluate(model, cluster, profile, sched)
-    return SolveResult(sched, ev, table_rows(out, ev.step_us), out.timed_out,
-                       {"simulations": out.sims, "elapsed_s": round(out.elapsed_s, 3)})
+    pub = {n: evaluate(model, cluster, profile, c.schedule(n)) for n, c in out.published.items() if c is not None}
+    pub_x = {n: executed_us(model, cluster, profile, e) for n, e in pub.items()}
+    if profile.host is None:
+        ev = evaluate(model, cluster, profile, out.best.schedule("moesched"))
+        floor = min(pub, key=lambda n: pub[n].step_us)
+        if ev.step_us > pub[floor].step_us:  # defensive: fast and full simulators disagree
+            ev = evaluate(model, cluster, profile, out.published[floor].schedule("moesched"))
+        x = ev.step_us
+    else:
+        mine = [evaluate(model, cluster, profile, c.schedule("moesched"))
+                for c in [out.best] + out.runners_up(RUNNERS_UP)]
+        options = [(e, executed_us(model, cluster, profile, e)) for e in mine]
+        options += [(replace(e, schedule=out.published[n].schedule("moesched")), pub_x[n]) for n, e in pub.items()]
+        ev, x = min(options, key=lambda o: o[1])  # the first of equals: the search's best
+        if progress:
+            progress(f"host-aware replay of {len(options)} plans: best {x / 1000:.3f} ms "
+                     f"({ev.schedule.notes.get('source')})")
+    rows = []
+    for name in POLICIES:
+        e = pub.get(name)
+        rows.append({"policy": name, "step_us": None if e is None else e.step_us,
+                     "executed_us": None if e is None else pub_x[name],
+                     "speedup": None if e is None else pub_x[name] / x})
+    return SolveResult(ev.schedule, ev, rows, out.timed_out,
+                       {"simulations": out.sims, "elapsed_s": round(out.elapsed_s, 3)}, x)

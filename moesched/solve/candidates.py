@@ -41,7 +41,7 @@ def closed_form_us(model: MoEModel, cluster: Cluster, profile: Profile, r: int, 
     flat all-to-all of 1/r of the bytes and t_e the experts on 1/r of the tokens (dX + dW
     in backward)."""
     toks = model.tokens // r
-    ta = profile.comm_us("all_to_all", cluster.scope("ep"), work.a2a_bytes(model, toks))
+    ta = profile.a2a_us(cluster.scope("ep"), work.a2a_bytes(model, toks), model.shape_key())
     fl = work.expert_fwd_flops(model, toks)
     te = profile.compute_us("expert_fwd", fl)
     if backward:

@@ -26,7 +26,7 @@ A time limit stops the search between simulations; the best candidate so far is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from moesched.cluster import Cluster
@@ -60,6 +60,23 @@ class Outcome:
     timed_out: bool
     sims: int
     elapsed_s: float
+    finalists: list[Candidate] = field(default_factory=list)
+
+    def runners_up(self, n: int) -> list[Candidate]:
+        """Up to ``n`` searched candidates after ``best``, fastest first, one per pipeline
+        shape (degrees, attention chunking, all-to-all kind, one gradient bucket or
+        several): the variety a second opinion (the host model) can rank differently."""
+        seen = {_shape(self.best.knobs)}
+        out = []
+        for c in self.finalists:
+            if _shape(c.knobs) not in seen and len(out) < n:
+                seen.add(_shape(c.knobs))
+                out.append(c)
+        return out
+
+
+def _shape(k: Knobs) -> tuple:
+    return k.r_fwd, k.r_bwd, k.at_chunked, k.a2a, k.grad_chunk_bytes is None
 
 
 def check_feasible(model: MoEModel, cluster: Cluster, profile: Profile) -> None:
@@ -138,9 +155,12 @@ class _Best:
     def __init__(self, first: Candidate) -> None:
         self.c = first
         self.r: Candidate | None = None
+        self.seen: dict[tuple, Candidate] = {}  # fastest candidate per (knobs, rule)
 
     def offer(self, knobs: Knobs, rule: Rule, step_us: float, source: str) -> bool:
         cand = Candidate(knobs, rule, step_us, source)
+        if (knobs, rule) not in self.seen:
+            self.seen[(knobs, rule)] = cand
         if self.r is None or step_us < self.r.step_us * (1 - 1e-12):
             self.r = cand
         if step_us < self.c.step_us * (1 - 1e-12):
@@ -282,4 +302,5 @@ def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: fl
         alts = [r for r in spec["rb_alts"] if r in (spec["rb_alts"][:3])]
         _descent(model, ev, best, alts, clock)
         clock.say(f"per-layer descent: best {best.c.step_us / 1000:.3f} ms")
-    return Outcome(best.c, pub, clock.hit, ev.sims, clock.elapsed_s())
+    finalists = sorted(best.seen.values(), key=lambda c: c.step_us)
+    return Outcome(best.c, pub, clock.hit, ev.sims, clock.elapsed_s(), finalists)
