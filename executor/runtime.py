@@ -153,6 +153,7 @@ class PlannedStep:
             self._last.pop("ctx", None)  # free the previous step's buffers before allocating new ones
         ctx = self._ctx(batch, target)
         self._last = rec = self._drive(ctx)
+        rec["cnt"] = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
         self.last_dropped = int(sum(int((~ls.kept).sum()) for ls in ctx.layers))  # copies over capacity
         loss = ctx.loss.detach().float().cpu().reshape(1)
         dist.all_reduce(loss, group=self.groups.world_meta)
@@ -267,6 +268,14 @@ class PlannedStep:
                     lambda _f, n=name: end.__setitem__(n, max(end[n], time.perf_counter() - t0)))
             works[name] = ws
         rec["host"][name] = (thread, h, time.perf_counter(), 0.0)
+
+    def routing(self) -> list[list[list[int]]]:
+        """The last step's routing: per layer, copies[src][dst] that EP rank src sent to the
+        experts of EP rank dst, over all chunks (the count exchange gives every rank the
+        whole matrix; :class:`moesched.routing.Routing`)."""
+        if self._last is None:
+            raise MoeschedError("no step has run yet")
+        return [sum(c.sum((2, 3)) for c in cnt if c is not None).tolist() for cnt in self._last["cnt"]]
 
     # ---- measured timeline ---------------------------------------------------------------
     def timeline(self) -> Timeline:

@@ -33,11 +33,14 @@ from moesched.errors import MoeschedError
 from moesched.graph import build
 from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
+from moesched.routing import Routing, apply_routing
+from moesched.routing import summary as routing_summary
 from moesched.sim import simulate
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
-          "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "knobs", "plan_hash", "issue"]
+          "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
+          "error_routed_pct", "max_recv_share", "knobs", "plan_hash", "issue"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -138,31 +141,40 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
         if i >= args.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     measured = step.timeline()
+    routing = Routing.from_lists(step.routing())
     row = None
     if rank == 0:
-        gp = build(m, cluster, profile, plan.knobs)
-        pred = simulate(gp, {t_: i for i, t_ in enumerate(plan.order)}, strict=True)
+        order = {t_: i for i, t_ in enumerate(plan.order)}
+        pred = simulate(build(m, cluster, profile, plan.knobs), order, strict=True)
         med = statistics.median(times)
         p_ms = pred.makespan_us / 1e3
         gpu_only = profile if profile.host is None else dataclasses.replace(profile, host=None)
-        g_ms = simulate(build(m, cluster, gpu_only, plan.knobs), {t_: i for i, t_ in enumerate(plan.order)},
+        g_ms = simulate(build(m, cluster, gpu_only, plan.knobs), order,
                         strict=True).makespan_us / 1e3  # the same prediction without the host model
+        # ... and with the step's own routing: per-rank expert load and all-to-all volume
+        routed = simulate(apply_routing(build(m, cluster, profile, plan.knobs), m, cluster, profile, routing),
+                          order, strict=True)
+        r_ms = routed.makespan_us / 1e3
         row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
                "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
                "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
                "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
                "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": round((g_ms - med) / med * 100, 3),
+               "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": round((r_ms - med) / med * 100, 3),
+               "max_recv_share": routing_summary(routing, m)["max_recv_share"],
                "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
                         f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                         f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                "plan_hash": plan.hash[:12], "issue": issue}
         _append_row(args.out, row)
         print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
-              f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %", flush=True)
+              f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing {r_ms:.2f} ms "
+              f"({row['error_routed_pct']:+.1f} %)", flush=True)
         if args.traces:
             tag = "" if issue == "threads" else f"_{issue}"
             base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}{tag}")
-            write_chrome_trace(pred, base + "_predicted.json", label="predicted")
+            write_chrome_trace(pred, base + "_predicted.json", label="predicted",
+                               extra_timelines={"predicted, measured routing": routed})
             write_chrome_trace(measured, base + "_measured.json", label="measured")
     del step, module
     if cuda:
@@ -190,11 +202,19 @@ def summarize(rows: list[dict]) -> None:
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()
         print(f"  without the host model (GPU costs only): mean {e0.mean():.2f} %, max {e0.max():.2f} %")
+    if "error_routed_pct" in df:
+        e1 = df["error_routed_pct"].abs()
+        print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")
     rhos = [g["predicted_ms"].corr(g["measured_ms"], method="spearman") for _, g in df.groupby(["regime", "config"])
             if len(g) > 2]
     if rhos:
         print(f"rank correlation of schedules (Spearman, per config): mean {statistics.fmean(rhos):.3f}, "
               f"min {min(rhos):.3f}")
+    if "predicted_routed_ms" in df:
+        rr = [g["predicted_routed_ms"].corr(g["measured_ms"], method="spearman")
+              for _, g in df.groupby(["regime", "config"]) if len(g) > 2]
+        if rr:
+            print(f"  with measured routing: mean {statistics.fmean(rr):.3f}, min {min(rr):.3f}")
 
 
 if __name__ == "__main__":
