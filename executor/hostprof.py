@@ -58,8 +58,10 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                  ) -> tuple[list[tuple[str, str, float, int, float]], list[float], dict[tuple, tuple[str, str, float, float]]]:
     """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls) of this rank; see
     the module docstring. All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
-    µs)}, each flat all-to-all's measured duration on this rank, which includes its wait for
-    ranks that issued it later (:func:`a2a_samples` keeps the smallest over ranks)."""
+    µs)}, the measured duration on this rank of each flat all-to-all but the forward dispatch
+    (whose measured interval also holds the host's wait for the routing counts, which the
+    host model prices), including its wait for ranks that issued it later
+    (:func:`a2a_samples`)."""
     from executor.layers import MoEModule, make_batch
     from executor.runtime import PlannedStep
 
@@ -83,7 +85,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                 gpu = tl.df.set_index("task")["start_us"].to_dict()
                 for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
                     a = nodes[task]
-                    if a.get("op") == "all_to_all" and a.get("hop") is None:
+                    if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
                         a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
                     a = nodes[task]
@@ -101,15 +103,19 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     return samples, lags, a2a
 
 
-def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]) -> list[tuple[str, str, float, float]]:
-    """(shape key, scope, bytes, µs) per all-to-all of the calibration steps: the smallest
-    duration over ranks, that of the rank that issued it last and so did not wait for the
-    others (the simulator starts a collective once every rank has issued it)."""
+def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
+                ) -> list[tuple[str, str, float, float, float]]:
+    """(shape key, scope, bytes, smallest µs, median µs over ranks) per all-to-all of the
+    calibration steps. The smallest is the rank that issued it last: the transfer alone. The
+    median is what a typical rank sees, the wait for the last rank included: a simulation
+    of one rank standing for all (ranks alike) needs that wait, because in a real step every
+    collective waits for the slowest rank of the moment (:func:`moesched.fit.with_host`)."""
     keys = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
     out = []
     for k in sorted(keys, key=str):
         shape, scope, nbytes, _ = per_rank[0][k]
-        out.append((shape, scope, nbytes, min(d[k][3] for d in per_rank)))
+        ts = [d[k][3] for d in per_rank]
+        out.append((shape, scope, nbytes, min(ts), float(statistics.median(ts))))
     return out
 
 

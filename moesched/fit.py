@@ -379,14 +379,22 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
                          comm_slowdown, shapes)
 
 
+#: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
+#: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
+#: simulator runs one rank for all, so no rank is ever late in it; the median carries the
+#: straggler wait every real collective has (docs/validation.md, Session 5).
+A2A_RANK_STAT = 1
+
+
 def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
               a2a_rows: list[Sequence[Any]] | None = None) -> Profile:
     """``prof`` with what the profiler measured inside real executor steps
     (:mod:`executor.hostprof`): host issue costs fitted from rows (shape key, kind, x, r, µs)
     and the lag (:func:`moesched.host.fit_host`), and, from ``a2a_rows`` (shape key, scope,
-    bytes, µs), an all-to-all cost per shape and scope (``shapes[shape]["all_to_all@SCOPE"]``,
-    :meth:`Profile.a2a_us`; medians per size, then :func:`fit_cost`). The rows and lag are
-    kept in meta for :func:`refit`."""
+    bytes, smallest µs over ranks, median µs over ranks), an all-to-all cost per shape and
+    scope (``shapes[shape]["all_to_all@SCOPE"]``, :meth:`Profile.a2a_us`; medians per size,
+    then :func:`fit_cost`) from the ranks' median (:data:`A2A_RANK_STAT`). The rows and lag
+    are kept in meta for :func:`refit`."""
     from dataclasses import replace
 
     from moesched.host import fit_host
@@ -395,7 +403,9 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
     if a2a_rows:
         samples["a2a"] = [list(r) for r in a2a_rows]
         pts: dict[tuple[str, str], dict[float, list[float]]] = {}
-        for shape, scope, nbytes, us in a2a_rows:
+        for row in a2a_rows:
+            shape, scope, nbytes = row[:3]
+            us = row[3] if len(row) == 4 else row[3 + A2A_RANK_STAT]  # 4 fields: one value per row
             pts.setdefault((str(shape), str(scope)), {}).setdefault(float(nbytes), []).append(float(us))
         for (shape, scope), by in pts.items():
             xs = sorted(by)

@@ -156,12 +156,13 @@ def test_host_wait_survives_the_trace(tmp_path: Path) -> None:
 
 
 # ---- all-to-alls timed inside executor steps --------------------------------------------------
-def test_a2a_samples_keep_the_rank_that_issued_last() -> None:
+def test_a2a_samples_keep_the_last_and_the_median_rank() -> None:
     from executor.hostprof import a2a_samples
     k1, k2 = ("s", 0, 2, "L0.F.dispatch.c0"), ("s", 0, 2, "L0.F.combine.c0")
     ranks = [{k1: ("s", "intra", 1e6, 900.0), k2: ("s", "intra", 1e6, 300.0)},
-             {k1: ("s", "intra", 1e6, 250.0), k2: ("s", "intra", 1e6, 700.0)}]
-    assert sorted(a2a_samples(ranks)) == [("s", "intra", 1e6, 250.0), ("s", "intra", 1e6, 300.0)]
+             {k1: ("s", "intra", 1e6, 250.0), k2: ("s", "intra", 1e6, 700.0)},
+             {k1: ("s", "intra", 1e6, 400.0), k2: ("s", "intra", 1e6, 350.0)}]
+    assert sorted(a2a_samples(ranks)) == [("s", "intra", 1e6, 250.0, 400.0), ("s", "intra", 1e6, 300.0, 350.0)]
 
 
 def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
@@ -173,8 +174,8 @@ def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
     shape = MODEL.shape_key()
     b1, b2 = float(work.a2a_bytes(MODEL, MODEL.tokens)), float(work.a2a_bytes(MODEL, MODEL.tokens // 2))
     rows = [("x", "expert_fwd", 256.0, 1, 100.0)]
-    a2a = [(shape, "intra", b1, 400.0), (shape, "intra", b1, 420.0), (shape, "intra", b1, 2000.0),
-           (shape, "intra", b2, 250.0), ("other", "intra", b1, 9.0)]
+    a2a = [(shape, "intra", b1, 1.0, 400.0), (shape, "intra", b1, 1.0, 420.0), (shape, "intra", b1, 1.0, 2000.0),
+           (shape, "intra", b2, 1.0, 250.0), ("other", "intra", b1, 1.0, 9.0)]  # the ranks' medians price
     prof = with_host(NVLINK, rows, 10.0, a2a)
     assert prof.a2a_us("intra", b1, shape) == pytest.approx(420.0)  # median of the three
     assert prof.a2a_us("intra", b2, shape) == pytest.approx(250.0)
