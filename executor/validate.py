@@ -40,7 +40,7 @@ from moesched.sim import simulate
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
           "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
-          "error_routed_pct", "max_recv_share", "knobs", "plan_hash", "issue"]
+          "error_routed_pct", "max_recv_share", "repeats", "measured_spread_pct", "knobs", "plan_hash", "issue"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -105,13 +105,19 @@ def main(args: argparse.Namespace) -> int:
         os.makedirs(args.traces, exist_ok=True)
     rows = []
     dev = torch.device("cuda" if cuda else "cpu")
-    for (_, _, _, sched), pd_ in zip(jobs, plans):
-        plan = Plan.from_dict(pd_)
-        plan.validate()
-        for issue in issues:
-            row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda)
-            if row is not None:
-                rows.append(row)
+    repeats = getattr(args, "repeats", 1)
+    if repeats < 1:
+        raise MoeschedError(f"--repeats must be at least 1, got {repeats}")
+    times: dict[tuple, list[list[float]]] = {}  # (plan index, issue) -> step times (ms) per repeat
+    for rep in range(repeats):  # interleaved: a drift of the machine spreads over every plan alike
+        for i, ((_, _, _, sched), pd_) in enumerate(zip(jobs, plans)):
+            plan = Plan.from_dict(pd_)
+            plan.validate()
+            for issue in issues:
+                row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda,
+                               times.setdefault((i, issue), []), last=rep == repeats - 1)
+                if row is not None:
+                    rows.append(row)
     if rank == 0:
         summarize(rows)
     dist.destroy_process_group()
@@ -119,9 +125,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
-             cluster: Cluster, rank: int, dev: torch.device, cuda: bool) -> dict | None:
-    """Run ``plan`` for warm-up + timed steps; on rank 0 append and return its CSV row and
-    write both traces."""
+             cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
+             last: bool = True) -> dict | None:
+    """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
+    per repeat). On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
+    median over every repeat's steps; spread: range of the repeats' medians over that
+    median) and writes both traces."""
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
     from moesched.trace import write_chrome_trace
@@ -140,10 +149,18 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
         sync()
         if i >= args.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
+    runs.append(times)
+    if not last:
+        del step, module
+        if cuda:
+            torch.cuda.empty_cache()
+        return None
     measured = step.timeline()
     routing = Routing.from_lists(step.routing())
     row = None
     if rank == 0:
+        times = [t_ for run in runs for t_ in run]
+        meds = [statistics.median(run) for run in runs]
         order = {t_: i for i, t_ in enumerate(plan.order)}
         pred = simulate(build(m, cluster, profile, plan.knobs), order, strict=True)
         med = statistics.median(times)
@@ -162,6 +179,7 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
                "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": round((g_ms - med) / med * 100, 3),
                "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": round((r_ms - med) / med * 100, 3),
                "max_recv_share": routing_summary(routing, m)["max_recv_share"],
+               "repeats": len(runs), "measured_spread_pct": round((max(meds) - min(meds)) / med * 100, 3),
                "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
                         f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                         f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
@@ -199,6 +217,10 @@ def summarize(rows: list[dict]) -> None:
     df = pd.DataFrame(rows)
     err = df["error_pct"].abs()
     print(f"step time error over {len(df)} runs: mean {err.mean():.2f} %, max {err.max():.2f} %")
+    if "repeats" in df and df["repeats"].max() > 1:
+        sp = df["measured_spread_pct"]
+        print(f"  measured spread over {int(df['repeats'].max())} interleaved repeats (range of their medians): "
+              f"mean {sp.mean():.2f} %, max {sp.max():.2f} %")
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()
         print(f"  without the host model (GPU costs only): mean {e0.mean():.2f} %, max {e0.max():.2f} %")

@@ -14,6 +14,7 @@ case $REG in
 esac
 CFG=${CFG:-docs/validation_configs.json}
 STEPS=${STEPS:-6}
+REPEATS=${REPEATS:-1}  # interleaved repeats of every plan (validate --repeats)
 F="grep -v -e ^W1 -e OMP_NUM -e ^\*\*\*"
 mkdir -p $OUT/traces
 {
@@ -22,7 +23,7 @@ timeout 240 torchrun --nproc_per_node=4 -m moesched profile --out $OUT/h200x4-$R
 python -m moesched profile --check $OUT/h200x4-$REG.json > $OUT/check-$REG.txt 2>&1
 echo "== validate $REG"; date -u
 timeout 300 torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \
-  --regime $REG --out $OUT/validation-$REG.csv --traces $OUT/traces --steps $STEPS --warmup 2 $EM 2>&1 | $F
+  --regime $REG --out $OUT/validation-$REG.csv --traces $OUT/traces --steps $STEPS --warmup 2 --repeats $REPEATS $EM 2>&1 | $F
 echo "== deepspeed $REG"; date -u
 if [ -d .whl ] && [ -z "${NODS:-}" ]; then  # NODS=1 skips the DeepSpeed peer
   python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -90,8 +90,9 @@ def test_malformed_routing_is_rejected(bad, msg) -> None:
 
 
 def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> None:
-    """``moesched validate`` end to end on 2 gloo processes: a CSV row per schedule with the
-    even and the routed prediction, the routing share of the step, and both traces."""
+    """``moesched validate`` end to end on 2 gloo processes, each plan measured twice
+    interleaved: one CSV row per schedule with the even and the routed prediction, the
+    routing share of the step, the repeats' spread, and both traces."""
     from localhost import free_port
     m = dict(name="tiny", layers=2, d_model=64, heads=4, seq_len=32, micro_batch=4, ffn_hidden=128, experts=4,
              top_k=2, capacity_factor=None, shared_experts=0, expert_kind="swiglu", router="topk_softmax",
@@ -103,12 +104,23 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "--master_addr=127.0.0.1", "-m", "moesched", "validate", "--profile", "profiles/cpu-gloo-2.json",
            "--configs", str(cfg), "--schedules", "vanilla,flowmoe", "--out", str(out), "--traces", str(traces),
-           "--steps", "1", "--warmup", "0", "--workers", "1"]
+           "--steps", "1", "--warmup", "0", "--workers", "1", "--repeats", "2"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["schedule"] for r in rows] == ["vanilla", "flowmoe"]
     for r in rows:
         assert float(r["predicted_routed_ms"]) > 0 and float(r["max_recv_share"]) >= 1.0  # some rank gets >= mean
-    assert "with each step's measured routing" in p.stdout
+        assert r["repeats"] == "2" and float(r["measured_spread_pct"]) >= 0.0
+    assert "with each step's measured routing" in p.stdout and "interleaved repeats" in p.stdout
     assert len(list(traces.glob("*_predicted.json"))) == 2
+
+
+@pytest.mark.parametrize("flag", [["--repeats", "0"], ["--steps", "0"], ["--warmup", "-1"]])
+def test_validate_rejects_bad_counts(flag, capsys) -> None:
+    from moesched.cli import main
+    argv = ["validate", "--profile", "profiles/cpu-gloo-2.json", "--configs", "docs/validation_configs.json",
+            "--out", "/nonexistent/v.csv", *flag]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least" in err[0]

@@ -19,12 +19,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate-nodes", type=int, default=None, metavar="K", help="pose as K nodes (NCCL_HOSTID)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure every plan this many times, interleaved across plans (median over all; the "
+                        "spread of the repeats' medians goes to the CSV)")
     p.add_argument("--issue", default="single",
                    help="executor issue modes to run each plan in, comma list of single, threads (default single)")
     p.add_argument("--workers", type=int, default=16, help="processes that solve the plans")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
+        raise MoeschedError(f"--repeats and --steps must be at least 1 and --warmup at least 0 "
+                            f"(got {args.repeats}, {args.steps}, {args.warmup})")
     try:
         import torch  # noqa: F401
     except ImportError:
