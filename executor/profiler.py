@@ -32,6 +32,7 @@ import torch.distributed as dist
 warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
 
 from executor.comm import a2a, link_pg_options
+from executor.timing import loop, time_isolated_us, time_us, together
 from moesched import work
 from moesched.configs import models_from_spec
 from moesched.errors import MoeschedError
@@ -149,103 +150,6 @@ class Ctx:
         return out
 
 
-def _loop(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
-    return lambda: [fn() for _ in range(n)]
-
-
-def _gpu_sleep(us: float) -> None:
-    """Queue a spin kernel of about ``us`` µs on the current stream (``torch.cuda._sleep``
-    counts cycles: the cycles per µs are measured once per process)."""
-    global _CYCLES_PER_US
-    if _CYCLES_PER_US is None:
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1000)  # warm the kernel up
-        e0.record()
-        torch.cuda._sleep(2_000_000)
-        e1.record()
-        e1.synchronize()
-        _CYCLES_PER_US = 2_000_000 / max(1.0, 1000.0 * e0.elapsed_time(e1))
-    torch.cuda._sleep(int(us * _CYCLES_PER_US))
-
-
-_CYCLES_PER_US: float | None = None
-#: Cap of the spin kernel that puts the host ahead of the GPU before timed reps, µs.
-MAX_AHEAD_US = 200_000.0
-
-
-def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
-    """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls, each rep ``inner`` calls
-    back to back (divided). GPU: CUDA events between consecutive reps. A collective
-    (``barrier``) gets one barrier before its warm-up: after it the collectives themselves
-    keep the ranks in step, so rank skew at a barrier never lands in a timed rep (timing each
-    rep after its own barrier made large messages noisy).
-
-    Compute (no ``barrier``) on GPU is timed as GPU time alone: a spin kernel longer than
-    the host takes to issue every rep goes first, so the reps run back to back on the GPU
-    however slowly the host issues them. The executor is host-bound at small token counts,
-    and its host issue cost is a separate model (:mod:`moesched.host`), so a compute cost
-    that also held the host's time would count it twice. A task that synchronises the host
-    inside falls back to host-bound timing (the spin only delays it)."""
-    if inner > 1:
-        fn = _loop(fn, inner)
-    if barrier:
-        ctx.barrier()
-    h0 = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    host_us = 1e6 * (time.perf_counter() - h0) / max(1, warmup)  # >= GPU time: warm-ups are not ahead
-    ctx.sync()
-    times = []
-    if ctx.cuda:
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
-        if not barrier and hasattr(torch.cuda, "_sleep"):
-            _gpu_sleep(min(MAX_AHEAD_US, 1.5 * host_us * reps + 1000.0))
-        ev[0].record()
-        for i in range(reps):
-            fn()
-            ev[i + 1].record()
-        ev[-1].synchronize()
-        times = [1000.0 * ev[i].elapsed_time(ev[i + 1]) for i in range(reps)]
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e6 * (time.perf_counter() - t0))
-    return statistics.median(times) / inner
-
-
-def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> list[float]:
-    """µs of each of ``reps`` collectives on this rank, each issued alone as the runtime
-    issues one: all ranks synchronised and at a barrier first, then ``issue()`` (async,
-    returns the Work) on a link stream, timed by CUDA events on that stream around the issue
-    and the wait.
-
-    Collectives timed back to back pipeline their launch and handshake with the previous
-    one: on NVLink a 26 MB all-to-all took 95 µs back to back and 245 µs alone, and alone is
-    how the executor runs it (``scripts/gpu_a2a_diag.py``). CPU: perf_counter around the
-    issue and the wait. A rank's time includes its wait for ranks that left the barrier
-    later: :func:`measure_comm` keeps the last one's (the smallest)."""
-    link = torch.cuda.Stream() if ctx.cuda else None
-    times = []
-    for i in range(warmup + reps):
-        ctx.barrier()
-        if link is None:
-            t0 = time.perf_counter()
-            issue().wait()
-            t = 1e6 * (time.perf_counter() - t0)
-        else:
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            with torch.cuda.stream(link):
-                e0.record()
-                issue().wait()
-                e1.record()
-            e1.synchronize()
-            t = 1000.0 * e0.elapsed_time(e1)
-        if i >= warmup:
-            times.append(t)
-    return times
-
-
 def collective(ctx: Ctx, op: str, scope: str, nbytes: int, async_op: bool = False) -> Callable[[], Any]:
     """A closure running one collective of ``nbytes`` bytes per rank on the scope's group.
     x = bytes of each rank's buffer: the all-to-all send buffer, the all-reduce tensor, the
@@ -347,39 +251,6 @@ def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
             for i, r in enumerate(rows)]
 
 
-def _together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
-              measure: str) -> float:
-    """µs of the compute loop (measure="compute") or the comm loop (measure="comm") while
-    the other runs: CUDA streams on GPU, gloo async work beside the main thread on CPU."""
-    ctx.barrier()
-    if ctx.cuda:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-        with torch.cuda.stream(side):
-            ev[0].record()
-            for _ in range(n_comm):
-                comm().wait()
-            ev[1].record()
-        ev[2].record()
-        _loop(comp, n_comp)()
-        ev[3].record()
-        ctx.sync()
-        return 1000.0 * (ev[0].elapsed_time(ev[1]) if measure == "comm" else ev[2].elapsed_time(ev[3]))
-    t0 = time.perf_counter()
-    works = [comm() for _ in range(n_comm)]
-    comm_end = None
-    for _ in range(n_comp):
-        comp()
-        if comm_end is None and works[-1].is_completed():
-            comm_end = time.perf_counter()
-    comp_end = time.perf_counter()
-    for w in works:
-        w.wait()
-    comm_end = comm_end or time.perf_counter()
-    return 1e6 * ((comm_end if measure == "comm" else comp_end) - t0)
-
-
 def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dict[str, float]:
     """compute_slowdown = compute time with an all-to-all on another stream / alone;
     comm_slowdown = all-to-all time with compute running / alone (each >= 1.0)."""
@@ -395,12 +266,12 @@ def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dic
     loop_us = 20000.0 if ctx.cuda else 50000.0
     n_c = min(500, max(5, math.ceil(loop_us / t_comp)))
     n_m = min(500, max(2, math.ceil(1.3 * n_c * t_comp / t_comm)))
-    alone_c = time_us(ctx, _loop(comp, n_c), 3, 1)
-    with_comm = _together(ctx, comp, n_c, comm, n_m, "compute")
+    alone_c = time_us(ctx, loop(comp, n_c), 3, 1)
+    with_comm = together(ctx, comp, n_c, comm, n_m, "compute")
     n_m2 = min(500, max(3, math.ceil(loop_us / t_comm)))
     n_c2 = min(2000, max(2, math.ceil(1.3 * n_m2 * t_comm / t_comp)))
     alone_m = time_us(ctx, lambda: [w.wait() for w in [comm() for _ in range(n_m2)]], 3, 1, barrier=True)
-    with_comp = _together(ctx, comp, n_c2, comm, n_m2, "comm")
+    with_comp = together(ctx, comp, n_c2, comm, n_m2, "comm")
     bar.update(1)
     r = [max(ts) for ts in zip(*ctx.gather([alone_c, with_comm, alone_m, with_comp]))]
     return {"compute_alone_us": r[0], "compute_with_comm_us": r[1], "comm_alone_us": r[2], "comm_with_compute_us": r[3],

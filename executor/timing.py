@@ -1,0 +1,150 @@
+"""Timing primitives of the profiler: CUDA events on GPU, ``perf_counter`` on CPU.
+
+``ctx`` is the profiler's process-group state (:class:`executor.profiler.Ctx`): it needs
+``cuda``, ``sync()`` and ``barrier()``. Every function returns µs.
+
+* :func:`time_us`: a closure's median time. Compute is timed as GPU time alone (a spin
+  kernel puts the host ahead); collectives with one barrier first.
+* :func:`time_isolated_us`: a collective issued alone after a barrier, as the runtime does.
+* :func:`together`: compute and a collective on two streams at once (interference).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from executor.profiler import Ctx
+
+
+def loop(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
+    return lambda: [fn() for _ in range(n)]
+
+
+def _gpu_sleep(us: float) -> None:
+    """Queue a spin kernel of about ``us`` µs on the current stream (``torch.cuda._sleep``
+    counts cycles: the cycles per µs are measured once per process)."""
+    global _CYCLES_PER_US
+    if _CYCLES_PER_US is None:
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # warm the kernel up
+        e0.record()
+        torch.cuda._sleep(2_000_000)
+        e1.record()
+        e1.synchronize()
+        _CYCLES_PER_US = 2_000_000 / max(1.0, 1000.0 * e0.elapsed_time(e1))
+    torch.cuda._sleep(int(us * _CYCLES_PER_US))
+
+
+_CYCLES_PER_US: float | None = None
+#: Cap of the spin kernel that puts the host ahead of the GPU before timed reps, µs.
+MAX_AHEAD_US = 200_000.0
+
+
+def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
+    """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls, each rep ``inner`` calls
+    back to back (divided). GPU: CUDA events between consecutive reps. A collective
+    (``barrier``) gets one barrier before its warm-up: after it the collectives themselves
+    keep the ranks in step, so rank skew at a barrier never lands in a timed rep (timing each
+    rep after its own barrier made large messages noisy).
+
+    Compute (no ``barrier``) on GPU is timed as GPU time alone: a spin kernel longer than
+    the host takes to issue every rep goes first, so the reps run back to back on the GPU
+    however slowly the host issues them. The executor is host-bound at small token counts,
+    and its host issue cost is a separate model (:mod:`moesched.host`), so a compute cost
+    that also held the host's time would count it twice. A task that synchronises the host
+    inside falls back to host-bound timing (the spin only delays it)."""
+    if inner > 1:
+        fn = loop(fn, inner)
+    if barrier:
+        ctx.barrier()
+    h0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    host_us = 1e6 * (time.perf_counter() - h0) / max(1, warmup)  # >= GPU time: warm-ups are not ahead
+    ctx.sync()
+    times = []
+    if ctx.cuda:
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+        if not barrier and hasattr(torch.cuda, "_sleep"):
+            _gpu_sleep(min(MAX_AHEAD_US, 1.5 * host_us * reps + 1000.0))
+        ev[0].record()
+        for i in range(reps):
+            fn()
+            ev[i + 1].record()
+        ev[-1].synchronize()
+        times = [1000.0 * ev[i].elapsed_time(ev[i + 1]) for i in range(reps)]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e6 * (time.perf_counter() - t0))
+    return statistics.median(times) / inner
+
+
+def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> list[float]:
+    """µs of each of ``reps`` collectives on this rank, each issued alone as the runtime
+    issues one: all ranks synchronised and at a barrier first, then ``issue()`` (async,
+    returns the Work) on a link stream, timed by CUDA events on that stream around the issue
+    and the wait.
+
+    Collectives timed back to back pipeline their launch and handshake with the previous
+    one: on NVLink a 26 MB all-to-all took 95 µs back to back and 245 µs alone, and alone is
+    how the executor runs it (``scripts/gpu_a2a_diag.py``). CPU: perf_counter around the
+    issue and the wait. A rank's time includes its wait for ranks that left the barrier
+    later: :func:`measure_comm` keeps the last one's (the smallest)."""
+    link = torch.cuda.Stream() if ctx.cuda else None
+    times = []
+    for i in range(warmup + reps):
+        ctx.barrier()
+        if link is None:
+            t0 = time.perf_counter()
+            issue().wait()
+            t = 1e6 * (time.perf_counter() - t0)
+        else:
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(link):
+                e0.record()
+                issue().wait()
+                e1.record()
+            e1.synchronize()
+            t = 1000.0 * e0.elapsed_time(e1)
+        if i >= warmup:
+            times.append(t)
+    return times
+
+
+def together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
+              measure: str) -> float:
+    """µs of the compute loop (measure="compute") or the comm loop (measure="comm") while
+    the other runs: CUDA streams on GPU, gloo async work beside the main thread on CPU."""
+    ctx.barrier()
+    if ctx.cuda:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.cuda.stream(side):
+            ev[0].record()
+            for _ in range(n_comm):
+                comm().wait()
+            ev[1].record()
+        ev[2].record()
+        loop(comp, n_comp)()
+        ev[3].record()
+        ctx.sync()
+        return 1000.0 * (ev[0].elapsed_time(ev[1]) if measure == "comm" else ev[2].elapsed_time(ev[3]))
+    t0 = time.perf_counter()
+    works = [comm() for _ in range(n_comm)]
+    comm_end = None
+    for _ in range(n_comp):
+        comp()
+        if comm_end is None and works[-1].is_completed():
+            comm_end = time.perf_counter()
+    comp_end = time.perf_counter()
+    for w in works:
+        w.wait()
+    comm_end = comm_end or time.perf_counter()
+    return 1e6 * ((comm_end if measure == "comm" else comp_end) - t0)
