@@ -30,12 +30,10 @@ import torch.distributed as dist
 from moesched.cluster import Cluster
 from moesched.configs import load_configs
 from moesched.errors import MoeschedError
-from moesched.graph import build
 from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
-from moesched.routing import Routing, apply_routing
+from moesched.routing import Routing
 from moesched.routing import summary as routing_summary
-from moesched.sim import simulate
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
@@ -161,16 +159,12 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     if rank == 0:
         times = [t_ for run in runs for t_ in run]
         meds = [statistics.median(run) for run in runs]
-        order = {t_: i for i, t_ in enumerate(plan.order)}
-        pred = simulate(build(m, cluster, profile, plan.knobs), order, strict=True)
+        pred = plan.replay(profile)
         med = statistics.median(times)
         p_ms = pred.makespan_us / 1e3
         gpu_only = profile if profile.host is None else dataclasses.replace(profile, host=None)
-        g_ms = simulate(build(m, cluster, gpu_only, plan.knobs), order,
-                        strict=True).makespan_us / 1e3  # the same prediction without the host model
-        # ... and with the step's own routing: per-rank expert load and all-to-all volume
-        routed = simulate(apply_routing(build(m, cluster, profile, plan.knobs), m, cluster, profile, routing),
-                          order, strict=True)
+        g_ms = plan.replay(gpu_only).makespan_us / 1e3  # the same prediction without the host model
+        routed = plan.replay(profile, routing)  # ... and with the step's routing: per-rank load
         r_ms = routed.makespan_us / 1e3
         row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
                "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),

@@ -31,6 +31,20 @@ from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
+def replay(model: MoEModel, cluster: Cluster, profile: Any, knobs: Knobs, order: list[str],
+           routing: Any = None) -> Any:
+    """The predicted :class:`~moesched.sim.Timeline` of issue order ``order`` as the executor
+    runs it: a strict simulation (each stream in that order) of the graph of ``knobs`` under
+    ``profile``, host issue costs included when the profile has them, and with
+    ``routing`` (:class:`moesched.routing.Routing`) every rank's measured load."""
+    from moesched.sim import simulate
+    g = build(model, cluster, profile, knobs)
+    if routing is not None:
+        from moesched.routing import apply_routing
+        g = apply_routing(g, model, cluster, profile, routing)
+    return simulate(g, {t: i for i, t in enumerate(order)}, strict=True)
+
+
 FORMAT = "moesched.plan"
 VERSION = 1
 KEYS = {"format", "version", "policy", "model", "cluster", "knobs", "profile", "order", "predicted", "hash"}
@@ -64,6 +78,10 @@ class Plan:
     def graph(self) -> nx.DiGraph:
         """The task graph (without durations) the plan orders."""
         return build(self.model, self.cluster, None, self.knobs)
+
+    def replay(self, profile: Any, routing: Any = None) -> Any:
+        """This plan's predicted timeline as the executor runs it (:func:`replay`)."""
+        return replay(self.model, self.cluster, profile, self.knobs, self.order, routing)
 
     def validate(self) -> nx.DiGraph:
         """Check the order is a topological order of exactly the graph's tasks; return the graph."""

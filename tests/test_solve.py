@@ -112,6 +112,8 @@ def test_plan_loads_and_matches_strict_replay(tmp_path, setup, capsys) -> None:
     g = build(plan.model, plan.cluster, profile, plan.knobs)
     tl = simulate(g, {t: i for i, t in enumerate(plan.order)}, strict=True)
     assert tl.makespan_us == pytest.approx(plan.predicted["step_us"], abs=1e-3)
+    assert plan.replay(profile).makespan_us == pytest.approx(tl.makespan_us, rel=1e-12)
+    assert plan.predicted["executed_step_us"] == pytest.approx(tl.makespan_us, abs=1e-3)  # no host costs here
 
 
 def test_time_limit_returns_a_plan(tmp_path, capsys) -> None:

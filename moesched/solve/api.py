@@ -5,12 +5,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from moesched.cluster import Cluster
-from moesched.graph import build
 from moesched.models import MoEModel
+from moesched.plan import replay
 from moesched.profile import Profile
 from moesched.schedules import POLICIES
 from moesched.schedules.base import Evaluation, Schedule, evaluate
-from moesched.sim import simulate
 from moesched.solve.search import search
 
 #: Searched candidates (one per pipeline shape) re-ranked with the published schedules by
@@ -54,8 +53,7 @@ def executed_us(model: MoEModel, cluster: Cluster, profile: Profile, ev: Evaluat
     This is what ``moesched validate`` predicts. Without host costs: ``ev.step_us``."""
     if profile.host is None:
         return ev.step_us
-    g = build(model, cluster, profile, ev.schedule.knobs)
-    return simulate(g, {t: i for i, t in enumerate(ev.timeline.order())}, strict=True).makespan_us
+    return replay(model, cluster, profile, ev.schedule.knobs, ev.timeline.order()).makespan_us
 
 
 def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None = None,
