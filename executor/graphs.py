@@ -11,18 +11,21 @@ same kernels eager mode runs, so results are unchanged. Each piece needs its own
 because a replay overwrites the graph's static outputs and saved activations, and a
 pipelined step runs several pieces of a layer before any of their backwards.
 
-Opt-in: ``MOESCHED_CUDA_GRAPHS=1`` (CUDA only; the default is eager mode). Measured on 4 x
-H200 over NVLink (``results/gpu/session3/graphs2/``) graphs made GPT2-XL-shaped steps
-1.2-1.7x faster and DeepSeek-shaped ones 1.16-1.26x, and every NCCL exactness plan still
-matched the reference. Not yet the default because a capture can fail (seen in the
-host-memory regime and in the profiler's attention benchmarks at some token counts), and a
-failed capture leaves PyTorch's CUDA generator in capture state, so a later random-number
-call in the process raises ("Offset increment outside graph capture"). A failed capture
-falls back to eager mode with one warning.
+On by default on CUDA; ``MOESCHED_CUDA_GRAPHS=0`` turns them off. Measured on 4 x H200 over
+NVLink (``results/gpu/session3/graphs2/``) graphs made GPT2-XL-shaped steps 1.2-1.7x faster
+and DeepSeek-shaped ones 1.16-1.26x, and every NCCL exactness plan still matched the
+reference. Session 3 saw a capture fail through host memory ("operation not permitted when
+stream is capturing", not reproduced since); the capture now collects garbage first and
+keeps the garbage collector off while it runs, since a collection inside a capture can free
+an earlier step's pinned host buffers, whose event query the capturing thread may not make.
+A failed capture falls back to eager mode with one warning; the sample inputs come from a
+CPU generator, so a failure does not leave the default CUDA generator in capture state for
+the executor's own calls.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from typing import Callable, Iterator
@@ -91,7 +94,7 @@ def _thread_local_capture() -> Iterator[None]:
 
 
 def enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and os.environ.get("MOESCHED_CUDA_GRAPHS", "0") == "1"
+    return device.type == "cuda" and os.environ.get("MOESCHED_CUDA_GRAPHS", "1") != "0"
 
 
 def capture(module: MoEModule, knobs: Knobs, m: MoEModel | None = None) -> dict[Piece, Callable] | None:
@@ -102,15 +105,23 @@ def capture(module: MoEModule, knobs: Knobs, m: MoEModel | None = None) -> dict[
     m = m or module.cfg
     L, M = m.seq_len, m.d_model
     out: dict[Piece, Callable] = {}
+    gen = torch.Generator().manual_seed(0)  # sample inputs: not from the CUDA generator (see below)
+    torch.cuda.synchronize(module.device)
+    gc.collect()    # a collection during a capture may free pinned host memory of an earlier step,
+    was = gc.isenabled()  # whose event query is illegal while this thread captures
+    gc.disable()
     try:
         with _thread_local_capture():
             for l, a, b in pieces(m, knobs):
-                x = torch.randn(((b - a) // L, L, M), device=module.device, dtype=module.dtype).requires_grad_(l > 0)
-                out[(l, a, b)] = torch.cuda.make_graphed_callables(_Block(module.blocks[l], m), (x,))
+                x = torch.randn(((b - a) // L, L, M), generator=gen).to(module.device, module.dtype)
+                out[(l, a, b)] = torch.cuda.make_graphed_callables(_Block(module.blocks[l], m),
+                                                                   (x.requires_grad_(l > 0),))
     except Exception as e:  # noqa: BLE001 - eager mode still gives the same results
         warnings.warn(f"CUDA graphs of the attention block failed ({type(e).__name__}: {e}); running eagerly",
                       RuntimeWarning, stacklevel=2)
         return None
     finally:
+        if was:
+            gc.enable()
         torch.cuda.synchronize(module.device)
     return out

@@ -233,17 +233,22 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
     return max(ctx.gather(statistics.median(times)))
 
 
+SMALL_BYTES, SMALL_REPS = 16 * MB, 3  # latency-bound collectives jitter by 20-50 % run to run
+                                      # (session 5, NVLink): 3x the reps for their median; cheap
+
+
 def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
     """(op, scope, bytes, us, role) rows, each collective timed alone
     (:func:`time_isolated_us`): per rep the smallest time over ranks, then the median over
-    reps. The smallest is the rank that joined last, which did not wait for the others: the
+    reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``). The smallest is the rank that joined last, which did not wait for the others: the
     collective's own duration once every rank is in, which is what the simulator charges
     (the host model and the dependencies decide when every rank is in)."""
     rows = []
     for scope in sorted(ctx.scopes):
         for op in OPS:
             for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]:
-                ts = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), grid.reps, grid.warmup)
+                reps = grid.reps * (SMALL_REPS if nbytes <= SMALL_BYTES else 1)
+                ts = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), reps, grid.warmup)
                 rows.append((op, scope, nbytes, ts, role))
                 bar.update(1)
     every = ctx.gather([r[3] for r in rows])

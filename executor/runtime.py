@@ -27,8 +27,8 @@ previous task on the link, ends of the dependencies), the issue being an event r
 the link stream after its waits (GPU); ends come from CUDA events (GPU) or the Work's
 completion callback (CPU). ``timeline().host`` has each task's host launch interval.
 
-CUDA graphs: with ``MOESCHED_CUDA_GRAPHS=1`` the attention block of every piece is captured
-once at construction and replayed (:mod:`executor.graphs`); off by default.
+CUDA graphs: the attention block of every piece is captured once at construction and
+replayed (:mod:`executor.graphs`); ``MOESCHED_CUDA_GRAPHS=0`` keeps it eager.
 
 Memory safety on CUDA: receive buffers are allocated on the link stream and recorded on the
 compute stream; every buffer a link stream reads stays referenced by the step's context
@@ -77,7 +77,7 @@ class PlannedStep:
     module: the rank's :class:`executor.layers.MoEModule` (ep = plan.cluster.ep_size,
     ep_rank = rank % ep). group: None (the default world group; reserved). issue: "single"
     or "threads" (module docstring). cuda_graphs: False keeps the attention block eager even
-    when ``MOESCHED_CUDA_GRAPHS=1`` (which alone turns graphs on, CUDA only).
+    on CUDA (graphs are on there unless ``MOESCHED_CUDA_GRAPHS=0``).
     """
 
     def __init__(self, module: MoEModule, plan: Plan, group: object = None, timeout_s: float = 120.0,

@@ -22,13 +22,13 @@ echo "== profile $REG"; date -u
 timeout 240 torchrun --nproc_per_node=4 -m moesched profile --out $OUT/h200x4-$REG.json --models $CFG $EM 2>&1 | $F | tail -4
 python -m moesched profile --check $OUT/h200x4-$REG.json > $OUT/check-$REG.txt 2>&1
 echo "== validate $REG"; date -u
-timeout 300 torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \
+timeout ${VTMO:-400} torchrun --nproc_per_node=4 -m moesched validate --profile $OUT/h200x4-$REG.json --configs $CFG \
   --regime $REG --out $OUT/validation-$REG.csv --traces $OUT/traces --steps $STEPS --warmup 2 --repeats $REPEATS $EM 2>&1 | $F
 echo "== deepspeed $REG"; date -u
 if [ -d .whl ] && [ -z "${NODS:-}" ]; then  # NODS=1 skips the DeepSpeed peer
   python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:.
-  DS_BUILD_OPS=0 timeout 110 torchrun --nproc_per_node=4 -m executor.peer_deepspeed --configs $CFG --regime $REG \
+  DS_BUILD_OPS=0 timeout ${DTMO:-150} torchrun --nproc_per_node=4 -m executor.peer_deepspeed --configs $CFG --regime $REG \
     --out $OUT/deepspeed-$REG.csv --steps $STEPS --warmup 2 $EM 2>&1 | grep -e "^deepspeed" -e Error -e error | tail -12
 fi
 date -u
