@@ -9,6 +9,7 @@ markdown tables.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,12 +21,15 @@ import pandas as pd  # noqa: E402
 from moesched.fileio import write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RES = ROOT / "results" / "gpu"
+RES = ROOT / "results" / "gpu"  # or the folder given as the first argument (a session's runs)
 REGIMES = ("nvlink", "hostmem", "2nodes")
 PUBLISHED = ("tutel", "pipemoe", "schemoe", "fsmoe", "lina", "flowmoe")
 
 
 def load() -> tuple[pd.DataFrame, pd.DataFrame]:
+    global RES
+    if len(sys.argv) > 1:
+        RES = Path(sys.argv[1])
     v = pd.concat([pd.read_csv(RES / f"validation-{r}.csv") for r in REGIMES], ignore_index=True)
     ds = pd.concat([pd.read_csv(RES / f"deepspeed-{r}.csv") for r in REGIMES], ignore_index=True)
     return v, ds
