@@ -266,3 +266,19 @@ def test_link_groups_ask_for_high_priority_streams(monkeypatch: pytest.MonkeyPat
     opts = link_pg_options("nccl", "comm_a2a")
     assert isinstance(opts, Options) and opts.is_high_priority_stream is True
     assert link_pg_options("gloo", "comm_a2a") is None and link_pg_options("nccl", "compute") is None
+
+
+def test_cuda_graphs_default_on_for_cuda_only(monkeypatch) -> None:
+    """Graphs of the attention block are the CUDA default; MOESCHED_CUDA_GRAPHS=0 turns them
+    off; CPU never graphs (and capture() returns None there without touching CUDA)."""
+    from executor import graphs
+    monkeypatch.delenv("MOESCHED_CUDA_GRAPHS", raising=False)
+    assert graphs.enabled(torch.device("cuda", 0))
+    assert not graphs.enabled(torch.device("cpu"))
+    monkeypatch.setenv("MOESCHED_CUDA_GRAPHS", "0")
+    assert not graphs.enabled(torch.device("cuda", 0))
+    monkeypatch.setenv("MOESCHED_CUDA_GRAPHS", "1")
+    assert graphs.enabled(torch.device("cuda", 0))
+    m = tiny_model()
+    module = MoEModule(m, ep=1, ep_rank=0, seed=0)
+    assert graphs.capture(module, Knobs.uniform(m.layers, 2, 2)) is None
