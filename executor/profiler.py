@@ -233,14 +233,16 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
     return max(ctx.gather(statistics.median(times)))
 
 
-SMALL_BYTES, SMALL_REPS = 16 * MB, 3  # latency-bound collectives jitter by 20-50 % run to run
-                                      # (session 5, NVLink): 3x the reps for their median; cheap
+# Latency-bound collectives jitter by 20-50 % run to run (session 5, NVLink): up to
+# SMALL_BYTES they get SMALL_REPS times the grid's reps for their median (cheap: ~0.1 ms each).
+SMALL_BYTES, SMALL_REPS = 16 * MB, 3
 
 
 def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
     """(op, scope, bytes, us, role) rows, each collective timed alone
     (:func:`time_isolated_us`): per rep the smallest time over ranks, then the median over
-    reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``). The smallest is the rank that joined last, which did not wait for the others: the
+    reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``). The smallest is the
+    rank that joined last, which did not wait for the others: the
     collective's own duration once every rank is in, which is what the simulator charges
     (the host model and the dependencies decide when every rank is in)."""
     rows = []

@@ -53,8 +53,8 @@ def op_table(prof, top: int) -> dict:
         while stack:
             c = stack.pop()
             acc[kind][c.name] += c.self_cpu_time_total
-            if not c.name.startswith("cuda"):
-                acc[kind]["<ops>"] += 1 if c.name.startswith("aten::") and not c.cpu_parent.name.startswith("aten::") else 0
+            top_level_op = c.name.startswith("aten::") and not c.cpu_parent.name.startswith("aten::")
+            acc[kind]["<ops>"] += top_level_op          # torch operators the task called itself
             stack.extend(c.cpu_children)
         acc[kind]["<task total>"] += ev.cpu_time_total
         acc[kind]["<tasks>"] += 1
