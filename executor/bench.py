@@ -7,8 +7,9 @@ closure that runs the task once. Routed experts: ``routed_copies(model, tokens)`
 spread evenly over the E/ep local experts and ep sources (what the graph's work assumes).
 Attention kinds run as layer 1, so they include what the runtime does there for layer 0:
 attn_fwd merges layer 0's combined rows into its input, attn_bwd builds layer 0's
-combine_bwd send rows from the input gradient. ``loss`` merges the last layer, computes the
-loss and its gradient, and builds the combine_bwd send rows. Not included: the count
+combine_bwd send rows from the input gradient, and scatter-adds the input gradients that
+its own combine_bwd rows came back with (random rows here). ``loss`` merges the last
+layer, computes the loss and its gradient, and builds the combine_bwd send rows. Not included: the count
 all-gather of attn_fwd (a benchmark has no process group; the profiler times it apart).
 """
 from __future__ import annotations
@@ -134,8 +135,15 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
         return fwd
     fwd()
     l1.dy.normal_()
+    # What dispatch_bwd leaves for attn_bwd in a real step: layer 1's combine_bwd send rows
+    # (built from dy) and the received input gradients of its kept copies, scatter-added
+    # into du by attn_bwd (one row per kept copy, as many as were sent).
+    tasks._mark_ready(ctx, l1, 0, l1.T)
+    for j in range(l1.rb):
+        l1.dxr[j] = torch.randn(l1.bci[j].numel(), l1.M, generator=g, device=device).to(dtype)
 
     def bwd() -> None:
         reset_l0()
         tasks.attn_bwd(ctx, 1, 0, 1)
+    bwd.ctx = ctx  # type: ignore[attr-defined]  # for inspection (tests)
     return bwd

@@ -4,7 +4,7 @@ Groups: one process group per (link resource, rank set): the expert-parallel gro
 all-to-alls, the world for dense gradients, the expert-DP group for expert gradients, and
 for a hierarchical all-to-all the node-local ("intra") and same-local-index ("inter")
 parts of the EP group. Each rank set is created with ``dist.new_group`` by every rank in
-the same order. A "meta" group per EP group (NCCL on GPUs, gloo on CPUs) carries the small count exchange, and a gloo world group the loss average.
+the same order, once per process: later plans reuse it. A "meta" group per EP group (NCCL on GPUs, gloo on CPUs) carries the small count exchange, and a gloo world group the loss average.
 
 All-to-all: ``a2a`` issues ``all_to_all_single`` with uneven splits, async. The two-hop
 (2DH) variant follows Tutel's 2DH: forward direction (dispatch, combine_bwd) runs the
@@ -65,21 +65,40 @@ def link_pg_options(backend: str, resource: str) -> object | None:
         return None
 
 
+# Groups live as long as the default group: every PlannedStep of a process (validation runs
+# dozens of plans) reuses one communicator per (link resource, backend, rank set, timeout),
+# as a training job does. A fresh set per plan leaked NCCL communicators (their buffers and
+# proxy threads stay until the process ends) and gave each plan its own channel set-up.
+_GROUPS: dict[tuple, object] = {}
+_GROUPS_OF: list[object] = [None]  # the default group that _GROUPS belongs to
+
+
+def _group(ranks: list[int], resource: str, backend: str, timeout: timedelta) -> object:
+    """The process group of ``ranks`` for ``resource``: created on first use (every rank
+    calls this in the same order, member or not, as ``dist.new_group`` requires)."""
+    if _GROUPS_OF[0] is not dist.group.WORLD:  # a new default group: the old groups are gone
+        _GROUPS.clear()
+        _GROUPS_OF[0] = dist.group.WORLD
+    key = (resource, backend, tuple(ranks), timeout)
+    if key not in _GROUPS:
+        _GROUPS[key] = dist.new_group(ranks, backend=backend, timeout=timeout,
+                                      pg_options=link_pg_options(backend, resource))
+    return _GROUPS[key]
+
+
 def build_groups(cluster: Cluster, knobs: Knobs, backend: str, timeout_s: float = 120.0) -> Groups:
-    """Create every subgroup (collective over the world: all ranks must call it)."""
+    """Every subgroup the plan uses (collective over the world: all ranks must call it);
+    groups made for an earlier plan of this process are reused (:func:`_group`)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     ep, G = cluster.ep_size, cluster.gpus_per_node
     to = timedelta(seconds=timeout_s)
-    cache: dict[tuple, object] = {}
     mine: dict[str, object] = {}
 
     def make(name: str, resource: str, sets: list[list[int]], be: str) -> None:
         for s in sets:
-            key = (resource, be, tuple(s))
-            if key not in cache:
-                cache[key] = dist.new_group(s, backend=be, timeout=to, pg_options=link_pg_options(be, resource))
+            pg = _group(s, resource, be, to)
             if rank in s:
-                mine[name] = cache[key]
+                mine[name] = pg
 
     ep_sets = [list(range(g * ep, (g + 1) * ep)) for g in range(world // ep)]
     make("ep", resource_of(cluster.scope("ep")), ep_sets, backend)

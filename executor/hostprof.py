@@ -9,7 +9,9 @@ of plans of up to four layers at pipeline degree 1, 2 (attention whole or chunke
 (chunked), gradients in 4 MiB chunks when r > 1. Every task's host interval, minus the
 time it blocked on routing counts, is one sample (shape, kind, x, r, µs): x = tokens of the
 task (bytes of a gradient chunk), r = its layer's degree in its phase. The lag is the median delay from a compute task's issue start to its GPU
-start, over tasks that did not wait for the GPU (those starting within 200 µs).
+start, over tasks that did not wait for the GPU (those starting within 200 µs). The GPU
+times of compute tasks in the degree-1 plan calibrate the micro-benchmarks' compute costs
+(:mod:`moesched.calibrate`).
 
 Runs on every rank, with the same plans in the same order; returns this rank's samples.
 """
@@ -22,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from moesched.calibrate import INSITU_KINDS
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
@@ -55,9 +58,12 @@ def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
 
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
                  steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None
-                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float], dict[tuple, tuple[str, str, float, float]]]:
-    """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls) of this rank; see
-    the module docstring. All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
+                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float],
+                            dict[tuple, tuple[str, str, float, float]], list[tuple[str, str, float, float]]]:
+    """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls, compute) of this
+    rank; see the module docstring. Compute: (shape key, kind, FLOPs, GPU µs) of the compute
+    tasks of :data:`moesched.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
+    issued in full before the GPU started them (GPU time not stretched by the host). All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
     µs)}, the measured duration on this rank of each flat all-to-all but the forward dispatch
     (whose measured interval also holds the host's wait for the routing counts, which the
     host model prices), including its wait for ranks that issued it later
@@ -68,6 +74,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     samples: list[tuple[str, str, float, int, float]] = []
     lags: list[float] = []
     a2a: dict[tuple, tuple[str, str, float, float]] = {}
+    compute: list[tuple[str, str, float, float]] = []
     ep = cluster.ep_size
     for m in models:
         shape = m.shape_key()
@@ -76,6 +83,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
             step = PlannedStep(module, plan)
             batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
             nodes = step.graph.nodes
+            serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # no overlap: no interference
             for i in range(warmup + steps):
                 dist.barrier(group=step.groups.world_meta)
                 step(batch, target)
@@ -87,6 +95,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                     a = nodes[task]
                     if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
                         a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
+                gpu_end = tl.df.set_index("task")["end_us"].to_dict()
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
                     a = nodes[task]
                     x, r = host_features(a["kind"], a, plan.knobs)
@@ -95,12 +104,14 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                         d = gpu[task] - s
                         if 0.0 <= d <= LAG_WINDOW_US:
                             lags.append(float(d))
+                        if serial and a["kind"] in INSITU_KINDS and e <= gpu[task]:  # GPU-bound: issued in full
+                            compute.append((shape, a["kind"], float(a["work"]), float(gpu_end[task] - gpu[task])))
             del step, module
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if tick:
                 tick()
-    return samples, lags, a2a
+    return samples, lags, a2a, compute
 
 
 def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
@@ -109,7 +120,7 @@ def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
     calibration steps. The smallest is the rank that issued it last: the transfer alone. The
     median is what a typical rank sees, the wait for the last rank included: a simulation
     of one rank standing for all (ranks alike) needs that wait, because in a real step every
-    collective waits for the slowest rank of the moment (:func:`moesched.fit.with_host`)."""
+    collective waits for the slowest rank of the moment (:func:`moesched.calibrate.with_host`)."""
     keys = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
     out = []
     for k in sorted(keys, key=str):

@@ -37,7 +37,8 @@ from moesched import work
 from moesched.configs import models_from_spec
 from moesched.errors import MoeschedError
 from moesched.cluster import Cluster
-from moesched.fit import profile_from_samples, with_host
+from moesched.calibrate import with_host
+from moesched.fit import profile_from_samples
 from moesched.models import MoEModel
 from moesched.profile import ALL_COMPUTE_KINDS as COMPUTE_KINDS
 
@@ -236,26 +237,40 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
 # Latency-bound collectives jitter by 20-50 % run to run (session 5, NVLink): up to
 # SMALL_BYTES they get SMALL_REPS times the grid's reps for their median (cheap: ~0.1 ms each).
 SMALL_BYTES, SMALL_REPS = 16 * MB, 3
+# Every collective is timed in ROUNDS passes over the whole grid, its reps split between
+# them: a slow spell of the links (host-memory and socket transports have them, session 6)
+# then hits a few reps of many sizes rather than all reps of one size, and the passes'
+# medians show how repeatable each point is (``meta.comm_spread_pct``).
+ROUNDS = 3
 
 
-def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> list[tuple]:
+def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> tuple[list[tuple], dict[str, float]]:
     """(op, scope, bytes, us, role) rows, each collective timed alone
     (:func:`time_isolated_us`): per rep the smallest time over ranks, then the median over
-    reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``). The smallest is the
-    rank that joined last, which did not wait for the others: the
-    collective's own duration once every rank is in, which is what the simulator charges
-    (the host model and the dependencies decide when every rank is in)."""
-    rows = []
-    for scope in sorted(ctx.scopes):
-        for op in OPS:
-            for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]:
-                reps = grid.reps * (SMALL_REPS if nbytes <= SMALL_BYTES else 1)
-                ts = time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), reps, grid.warmup)
-                rows.append((op, scope, nbytes, ts, role))
-                bar.update(1)
-    every = ctx.gather([r[3] for r in rows])
-    return [(*r[:3], statistics.median(min(ts[i][k] for ts in every) for k in range(len(r[3]))), r[4])
-            for i, r in enumerate(rows)]
+    reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``), the reps spread over
+    ``ROUNDS`` passes. The smallest is the rank that joined last, which did not wait for
+    the others: the collective's own duration once every rank is in, which is what the
+    simulator charges (the host model and the dependencies decide when every rank is in).
+    Also {"op.scope@bytes": spread %}: range of the passes' medians over the median."""
+    items = [(op, scope, nbytes, role) for scope in sorted(ctx.scopes) for op in OPS
+             for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]]
+    times: list[list[float]] = [[] for _ in items]
+    for rnd in range(ROUNDS):
+        for i, (op, scope, nbytes, _) in enumerate(items):
+            reps = math.ceil(grid.reps * (SMALL_REPS if nbytes <= SMALL_BYTES else 1) / ROUNDS)
+            times[i] += time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), reps,
+                                         grid.warmup if rnd == 0 else 1)
+            bar.update(1)
+    every = ctx.gather(times)
+    rows, spread = [], {}
+    for i, (op, scope, nbytes, role) in enumerate(items):
+        last = [min(ts[i][k] for ts in every) for k in range(len(times[i]))]  # per rep: the last rank in
+        per = len(last) // ROUNDS
+        meds = [statistics.median(last[r * per:(r + 1) * per]) for r in range(ROUNDS)]
+        med = statistics.median(last)
+        rows.append((op, scope, nbytes, med, role))
+        spread[f"{op}.{scope}@{nbytes}"] = round(100.0 * (max(meds) - min(meds)) / med, 2) if med > 0 else 0.0
+    return rows, spread
 
 
 def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dict[str, float]:
@@ -342,32 +357,37 @@ def main(args: argparse.Namespace) -> int:
     try:
         from tqdm import tqdm
         n_comp = len(models) * len(COMPUTE_KINDS) * (len(grid.tokens) + len(grid.replay_tokens)) + len(COMPUTE_KINDS)
-        n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes))
+        n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes)) * ROUNDS
         if ctx.rank == 0:
-            print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), {n_comm} "
-                  f"collective timings on scopes {sorted(ctx.scopes)}, x{grid.reps} runs each", file=sys.stderr)
+            print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), "
+                  f"{n_comm // ROUNDS} collective timings on scopes {sorted(ctx.scopes)} in {ROUNDS} passes, "
+                  f"x{grid.reps} runs each", file=sys.stderr)
         from executor import hostprof
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
         n_host = len(models) * len(hostprof.VARIANTS) if host_steps > 0 else 0  # calibration plans (executor.hostprof)
         bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1 + n_host, disable=ctx.rank != 0, file=sys.stderr,
                    desc="profile", unit="pt")
         compute = measure_compute(ctx, models, grid, bar)
-        comm = measure_comm(ctx, grid, bar)
+        comm, comm_spread = measure_comm(ctx, grid, bar)
         exchange_us = measure_count_exchange(ctx, grid)
         compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
         inter = measure_interference(ctx, models[0], grid, bar)
         host_rows: list = []
         lags: list = []
         a2a_rows: list = []
+        comp_rows: list = []
         if host_steps > 0:  # the host issue cost of every task kind, from real executor steps
             dtype = torch.bfloat16 if cuda else torch.float32
-            mine, my_lags, my_a2a = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device,
-                                                          dtype, steps=host_steps, tick=lambda: bar.update(1))
+            mine, my_lags, my_a2a, my_comp = hostprof.measure_host(
+                models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype, steps=host_steps,
+                tick=lambda: bar.update(1))
             host_rows = [r for rs in ctx.gather(mine) for r in rs]
             lags = [x for ls in ctx.gather(my_lags) for x in ls]
             a2a_rows = hostprof.a2a_samples(ctx.gather(my_a2a))
+            comp_rows = [r for rs in ctx.gather(my_comp) for r in rs]
         if ctx.rank == 0:
-            meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us)
+            meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us,
+                        comm_spread_pct=comm_spread)
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
                 else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             hw = {"gpu": meta.get("gpu") or f"CPU ({platform.machine()})", "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,
@@ -378,9 +398,10 @@ def main(args: argparse.Namespace) -> int:
                                         inter["comm_slowdown"], duration_s=time.time() - t_start,
                                         shape_of={m.name: m.shape_key() for m in models})
             if host_rows:
-                prof = with_host(prof, host_rows, hostprof.lag_us(lags), a2a_rows)
+                prof = with_host(prof, host_rows, hostprof.lag_us(lags), a2a_rows, comp_rows)
                 print(f"host issue µs (median per kind): {hostprof.summary(host_rows)}, lag "
                       f"{prof.host.lag_us} µs", file=sys.stderr)
+                print(f"in-situ compute factors: {prof.meta.get('insitu_compute')}", file=sys.stderr)
             prof.save(args.out)
             bar.close()
             rep = prof.meta["replay"]

@@ -27,6 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from moesched.calibrate import without_compute_factors
 from moesched.cluster import Cluster
 from moesched.configs import load_configs
 from moesched.errors import MoeschedError
@@ -38,7 +39,7 @@ from moesched.routing import summary as routing_summary
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
           "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
-          "error_routed_pct", "max_recv_share", "repeats", "measured_spread_pct", "knobs", "plan_hash", "issue"]
+          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats", "measured_spread_pct", "knobs", "plan_hash", "issue"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -166,12 +167,16 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
         g_ms = plan.replay(gpu_only).makespan_us / 1e3  # the same prediction without the host model
         routed = plan.replay(profile, routing)  # ... and with the step's routing: per-rank load
         r_ms = routed.makespan_us / 1e3
+        # ... and with compute costs as micro-benchmarked, before the in-situ factors
+        b_ms = plan.replay(without_compute_factors(profile)).makespan_us / 1e3 \
+            if profile.meta.get("insitu_compute") else p_ms
         row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
                "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
                "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
                "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
                "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": round((g_ms - med) / med * 100, 3),
                "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": round((r_ms - med) / med * 100, 3),
+               "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": round((b_ms - med) / med * 100, 3),
                "max_recv_share": routing_summary(routing, m)["max_recv_share"],
                "repeats": len(runs), "measured_spread_pct": round((max(meds) - min(meds)) / med * 100, 3),
                "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
@@ -218,6 +223,10 @@ def summarize(rows: list[dict]) -> None:
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()
         print(f"  without the host model (GPU costs only): mean {e0.mean():.2f} %, max {e0.max():.2f} %")
+    if "error_bench_pct" in df:
+        eb = df["error_bench_pct"].abs()
+        print(f"  with compute costs as micro-benchmarked (no in-situ factors): mean {eb.mean():.2f} %, "
+              f"max {eb.max():.2f} %")
     if "error_routed_pct" in df:
         e1 = df["error_routed_pct"].abs()
         print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")

@@ -322,6 +322,13 @@ def summarize(compute: list[Sequence[Any]], comm: list[Sequence[Any]], prof: Pro
         mine = [e for k, e in errs if k.startswith(part + ".")]
         replay[f"{part}_mean_err_pct"] = round(statistics.fmean(mine), 2) if mine else None
     replay["points"] = {k: round(e, 2) for k, e in errs}
+    spread = prof.meta.get("comm_spread_pct") or {}  # repeatability of each collective's median
+    names = {name for name, _ in errs}
+    held = [float(v) for k, v in spread.items() if f"comm.{k}" in names]
+    if spread:
+        replay["comm_spread_mean_pct"] = round(statistics.fmean(float(v) for v in spread.values()), 2)
+    if held:
+        replay["comm_replay_spread_mean_pct"] = round(statistics.fmean(held), 2)
     overhead = {k: us for _, k, _, _, us, role in compute if role == "tiny"}
     smallest = min((b for _, _, b, _, _ in comm), default=0)
     overhead.update({f"{op}.{s}": us for op, s, b, us, role in comm if role == "fit" and b == smallest})
@@ -379,43 +386,6 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
                          comm_slowdown, shapes)
 
 
-#: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
-#: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
-#: simulator runs one rank for all, so no rank is ever late in it; the median carries the
-#: straggler wait every real collective has (docs/validation.md, Session 5).
-A2A_RANK_STAT = 1
-
-
-def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
-              a2a_rows: list[Sequence[Any]] | None = None) -> Profile:
-    """``prof`` with what the profiler measured inside real executor steps
-    (:mod:`executor.hostprof`): host issue costs fitted from rows (shape key, kind, x, r, µs)
-    and the lag (:func:`moesched.host.fit_host`), and, from ``a2a_rows`` (shape key, scope,
-    bytes, smallest µs over ranks, median µs over ranks), an all-to-all cost per shape and
-    scope (``shapes[shape]["all_to_all@SCOPE"]``, :meth:`Profile.a2a_us`; medians per size,
-    then :func:`fit_cost`) from the ranks' median (:data:`A2A_RANK_STAT`). The rows and lag
-    are kept in meta for :func:`refit`."""
-    from dataclasses import replace
-
-    from moesched.host import fit_host
-    samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
-    shapes = {s: dict(by) for s, by in prof.shapes.items()}
-    if a2a_rows:
-        samples["a2a"] = [list(r) for r in a2a_rows]
-        pts: dict[tuple[str, str], dict[float, list[float]]] = {}
-        for row in a2a_rows:
-            shape, scope, nbytes = row[:3]
-            us = row[3] if len(row) == 4 else row[3 + A2A_RANK_STAT]  # 4 fields: one value per row
-            pts.setdefault((str(shape), str(scope)), {}).setdefault(float(nbytes), []).append(float(us))
-        for (shape, scope), by in pts.items():
-            xs = sorted(by)
-            if len(xs) >= 2:  # one size says nothing of the others: the micro-benchmark stays
-                shapes.setdefault(shape, {})[f"all_to_all@{scope}"] = fit_cost(
-                    xs, [statistics.median(by[x]) for x in xs])
-    return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us),  # type: ignore[misc]
-                   meta=dict(prof.meta, samples=samples), shapes=shapes)
-
-
 def refit(prof: Profile) -> Profile:
     """Rebuild a measured profile's fits from the raw samples it keeps in meta (no new
     measurement): for when the fitting code improves."""
@@ -423,12 +393,14 @@ def refit(prof: Profile) -> Profile:
     samples = meta.pop("samples", None)
     if not samples or "compute" not in samples or "comm" not in samples:
         raise MoeschedError(f"profile {prof.name} keeps no raw samples to refit")
-    for k in ("fits", "replay", "overhead_us", UNEVEN):
+    for k in ("fits", "replay", "overhead_us", UNEVEN, "insitu_compute"):
         meta.pop(k, None)
     shape_of = meta.get("shape_of") or {}
     out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,
                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
     if samples.get("host"):
-        out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"))
+        from moesched.calibrate import with_host
+        out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),
+                        samples.get("insitu_compute"))
     return out

@@ -110,3 +110,29 @@ def test_graph_pieces_cover_every_attention_call(world1) -> None:
     assert loss == ref_loss
     got = [p.grad for blk in module.blocks for p in blk.dense_params() + blk.expert_params()]
     assert all(torch.equal(a, b) for a, b in zip(got, ref_grads))
+
+
+def test_plans_of_one_process_share_their_groups(world1) -> None:
+    """Every plan of a process runs on the same communicators (validation runs dozens of
+    plans: a fresh set each leaked them), and a plan of another degree reuses them too."""
+    m = tiny_model(shared_experts=1, capacity_factor=1.0)
+    a = PlannedStep(MoEModule(m, ep=1, ep_rank=0, seed=0), _plan())
+    other = make_plan(m, Cluster(1, 1), Knobs.uniform(m.layers, 1), random.Random(1))
+    b = PlannedStep(MoEModule(m, ep=1, ep_rank=0, seed=0), other)
+    assert a.groups.ep is b.groups.ep and a.groups.dense is b.groups.dense and a.groups.meta is b.groups.meta
+    assert a.groups.meta is not a.groups.ep  # the count exchange keeps its own group
+    x, t = make_batch(m, 0, 0)
+    assert b(x, t) == PlannedStep(MoEModule(m, ep=1, ep_rank=0, seed=0), other)(x, t)
+
+
+def test_groups_are_not_reused_across_worlds(world1) -> None:
+    """After the default group is destroyed and made again, plans get new groups (the new
+    world is left for the fixture to destroy)."""
+    from executor.comm import build_groups
+    first = build_groups(Cluster(1, 1), Knobs.uniform(2, 1), "gloo").ep
+    assert build_groups(Cluster(1, 1), Knobs.uniform(2, 1), "gloo").ep is first
+    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    again = build_groups(Cluster(1, 1), Knobs.uniform(2, 1), "gloo").ep
+    assert again is not first
+    dist.all_reduce(torch.ones(1), group=again)  # a live group

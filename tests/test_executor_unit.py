@@ -205,6 +205,27 @@ def test_bench_closures_run(kind: str) -> None:
     fn()
 
 
+def test_attn_bwd_bench_scatters_the_returned_input_gradients() -> None:
+    """As in a real step, attn_bwd adds the input gradients its combine_bwd rows came back
+    with (one row per kept copy): the benchmark must time that scatter-add too."""
+    m = tiny_model(capacity_factor=1.0)
+    fn = make_bench("attn_bwd", m, 16, "cpu", torch.float32, ep=2)
+    l1 = fn.ctx.layers[1]
+    assert l1.dxr[0] is not None and l1.dxr[0].shape == (l1.bci[0].numel(), l1.M)
+    assert 0 < l1.bci[0].numel() <= 16 * m.top_k
+    params = [p for p in fn.ctx.module.blocks[1].parameters() if p.requires_grad]
+
+    def grads() -> list[torch.Tensor]:
+        for p in params:
+            p.grad = None
+        fn()
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    with_rows, again = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(with_rows, again))
+    l1.dxr[0].zero_()
+    assert any(not torch.allclose(a, b) for a, b in zip(with_rows, grads()))  # the rows reach du
+
+
 def test_bench_signature_from_tasks() -> None:
     m = tiny_model()
     tasks.make_bench("expert_dx", m, 8, torch.device("cpu"), torch.float32)()

@@ -169,7 +169,7 @@ def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
     """all-to-alls measured in executor steps on a shape price that shape's all-to-alls (the
     graph's dispatch tasks included); other shapes keep the micro-benchmark; one measured
     size is not enough to replace it; the costs survive a save and load."""
-    from moesched.fit import with_host
+    from moesched.calibrate import with_host
     from moesched import work
     shape = MODEL.shape_key()
     b1, b2 = float(work.a2a_bytes(MODEL, MODEL.tokens)), float(work.a2a_bytes(MODEL, MODEL.tokens // 2))

@@ -90,6 +90,10 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
     assert meta["world_size"] == 2 and "torchrun --nproc_per_node=2 -m moesched profile" in meta["command"]
     assert meta["env"]["NCCL_NVLS_ENABLE"] == "0"
     assert set(meta["overhead_us"]) >= set(COMPUTE_KINDS)
+    # every collective point timed in several passes, its repeatability kept and summarised
+    assert set(meta["comm_spread_pct"]) == {f"{op}.{s}@{b}" for op, s, b, _, _ in meta["samples"]["comm"]}
+    assert all(v >= 0 for v in meta["comm_spread_pct"].values())
+    assert meta["replay"]["comm_replay_spread_mean_pct"] is not None
     if emulate is None:  # host issue costs from real executor steps (moesched.host)
         assert prof.host is not None and {"attn_fwd", "attn_bwd", "expert_fwd", "dispatch", "combine",
                                           "grad_ar"} <= set(prof.host.kinds)
@@ -107,7 +111,7 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
     capsys.readouterr()
     assert main(["profile", "--check", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "compute.expert_fwd" in text and "replay on" in text
+    assert "compute.expert_fwd" in text and "replay on" in text and "repeatability of the collectives" in text
 
 
 @pytest.mark.slow

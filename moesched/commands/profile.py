@@ -68,6 +68,10 @@ def check_lines(path: str, tol: float) -> list[str]:
         lines.append(f"replay on {rep.get('n')} held-out points: mean error {rep.get('mean_err_pct')} %, "
                      f"max {rep.get('max_err_pct')} % ({rep.get('worst')}); compute mean "
                      f"{rep.get('compute_mean_err_pct')} %, comm mean {rep.get('comm_mean_err_pct')} %")
+        if rep.get("comm_spread_mean_pct") is not None:
+            lines.append(f"repeatability of the collectives (range of the passes' medians / median): mean "
+                         f"{rep.get('comm_spread_mean_pct')} % over all points, "
+                         f"{rep.get('comm_replay_spread_mean_pct')} % over the held-out ones")
     else:
         lines.append("replay: none recorded")
     if isinstance(meta.get("overhead_us"), dict):
@@ -90,6 +94,11 @@ def check_lines(path: str, tol: float) -> list[str]:
             pts = "  ".join(f"{x / 2**20:.2f} MB {_fmt(t)} us ({t / prof.comm_us('all_to_all', scope, x):.2f}x)"
                             for x, t in c.points) if scope in prof.comm["all_to_all"] else "-"
             lines.append(f"    {sh} {scope}: {pts}")
+    factors = meta.get("insitu_compute")
+    if isinstance(factors, dict) and factors:
+        lines.append("compute in executor steps / micro-benchmark (applied to the costs, moesched.calibrate):")
+        for sh, by in sorted(factors.items()):
+            lines.append(f"    {sh}: " + "  ".join(f"{k} {f['factor']:.3f} (n={f['n']})" for k, f in by.items()))
     for k in ("command", "date", "duration_s"):
         if k in meta:
             lines.append(f"{k}: {meta[k]}")

@@ -1,0 +1,133 @@
+"""In-situ calibration: what the profiler measured inside real executor steps
+(:mod:`executor.hostprof`), applied to a profile fitted from micro-benchmarks.
+
+A micro-benchmark times one task alone; in a training step the same task runs among
+others, on uneven expert loads, at the clocks of a GPU under sustained load, and a
+collective waits for the slowest rank. Three corrections come from the calibration steps:
+
+* **host issue costs** (:func:`moesched.host.fit_host`) and the host-to-GPU lag;
+* **all-to-alls per shape**: the in-situ time at the median rank
+  (:data:`A2A_RANK_STAT`), stored as ``shapes[shape]["all_to_all@SCOPE"]``;
+* **compute factors**: per shape and kind, the median ratio of a compute task's GPU time in
+  a step of pipeline degree 1 (no overlap, so no interference) to the micro-benchmark's
+  cost for the same shape and FLOPs (:func:`compute_factors`), over tasks issued in full
+  before the GPU reached them (so not waiting for the host, which the host model prices).
+  That shape's costs of the kind are scaled by it; the per-kind fallback costs by the
+  median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
+  routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
+  does not hold.
+
+The rows are kept in ``meta.samples`` so that :func:`moesched.fit.refit` can redo all this.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from typing import Any, Sequence
+
+from moesched.profile import Cost, Profile
+
+#: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
+#: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
+#: simulator runs one rank for all, so no rank is ever late in it; the median carries the
+#: straggler wait every real collective has (docs/validation.md, Session 5).
+A2A_RANK_STAT = 1
+
+#: Compute kinds calibrated in situ (see the module docstring for attn_fwd).
+INSITU_KINDS = ("attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd", "loss")
+MIN_SAMPLES = 3  # fewer in-situ tasks of a (shape, kind) leave its cost as benchmarked
+
+
+def compute_factors(prof: Profile, rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{shape: {kind: {"factor": median(in-situ µs / benchmark µs), "n": samples}}} from rows
+    (shape key, kind, FLOPs, in-situ GPU µs) of kinds in :data:`INSITU_KINDS`, for (shape,
+    kind) pairs with at least :data:`MIN_SAMPLES` rows and a benchmark cost of their own."""
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for shape, kind, flops, us in rows:
+        if kind not in INSITU_KINDS or kind not in prof.shapes.get(str(shape), {}):
+            continue
+        bench = prof.compute_us(str(kind), float(flops), str(shape))
+        if bench > 0 and float(us) > 0:
+            ratios.setdefault((str(shape), str(kind)), []).append(float(us) / bench)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (shape, kind), rs in sorted(ratios.items()):
+        if len(rs) >= MIN_SAMPLES:
+            out.setdefault(shape, {})[kind] = {"factor": round(statistics.median(rs), 4), "n": len(rs)}
+    return out
+
+
+def scaled(cost: Cost, factor: float) -> Cost:
+    """``cost`` with every time multiplied by ``factor`` (line and measured points)."""
+    return Cost(cost.alpha_us * factor, cost.beta_us_per_unit * factor,
+                tuple((x, t * factor) for x, t in cost.points), cost.r2)
+
+
+def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]]) -> Profile:
+    """``prof`` with each measured (shape, kind) cost scaled by its factor and each per-kind
+    fallback cost by the median factor of that kind over shapes."""
+    shapes = {s: dict(by) for s, by in prof.shapes.items()}
+    per_kind: dict[str, list[float]] = {}
+    for shape, by in factors.items():
+        for kind, f in by.items():
+            shapes[shape][kind] = scaled(shapes[shape][kind], f["factor"])
+            per_kind.setdefault(kind, []).append(f["factor"])
+    compute = {k: (scaled(c, statistics.median(per_kind[k])) if k in per_kind else c) for k, c in prof.compute.items()}
+    return replace(prof, shapes=shapes, compute=compute)
+
+
+def without_compute_factors(prof: Profile) -> Profile:
+    """``prof`` with the compute factors of ``meta.insitu_compute`` undone: the costs as the
+    micro-benchmarks gave them (validation reports its predictions with and without)."""
+    factors = prof.meta.get("insitu_compute") or {}
+    inverse = {s: {k: {"factor": 1.0 / f["factor"]} for k, f in by.items()} for s, by in factors.items()}
+    out = apply_factors(prof, inverse)
+    per_kind: dict[str, list[float]] = {}
+    for by in factors.values():
+        for k, f in by.items():
+            per_kind.setdefault(k, []).append(f["factor"])
+    compute = {k: (scaled(c, 1.0 / statistics.median(per_kind[k])) if k in per_kind else c)
+               for k, c in prof.compute.items()}
+    return replace(out, compute=compute, meta={k: v for k, v in prof.meta.items() if k != "insitu_compute"})
+
+
+def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
+    """{(shape, scope): cost} from rows (shape key, scope, bytes, smallest µs, median µs over
+    ranks): medians per size of the :data:`A2A_RANK_STAT` value, then
+    :func:`moesched.fit.fit_cost`; a (shape, scope) measured at one size only is left out
+    (one size says nothing of the others: the micro-benchmark stays)."""
+    from moesched.fit import fit_cost
+    pts: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for row in a2a_rows:
+        shape, scope, nbytes = row[:3]
+        us = row[3] if len(row) == 4 else row[3 + A2A_RANK_STAT]  # 4 fields: one value per row
+        pts.setdefault((str(shape), str(scope)), {}).setdefault(float(nbytes), []).append(float(us))
+    out = {}
+    for key, by in pts.items():
+        xs = sorted(by)
+        if len(xs) >= 2:
+            out[key] = fit_cost(xs, [statistics.median(by[x]) for x in xs])
+    return out
+
+
+def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
+              a2a_rows: list[Sequence[Any]] | None = None,
+              compute_rows: list[Sequence[Any]] | None = None) -> Profile:
+    """``prof`` (as fitted from the micro-benchmarks) with the in-situ corrections of the
+    module docstring: host costs from ``rows`` (shape key, kind, x, r, µs) and ``lag_us``,
+    all-to-alls from ``a2a_rows``, compute factors from ``compute_rows`` (shape key, kind,
+    FLOPs, µs; the factors go to ``meta.insitu_compute``)."""
+    from moesched.host import fit_host
+    samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
+    meta = dict(prof.meta)
+    if compute_rows:
+        samples["insitu_compute"] = [list(r) for r in compute_rows]
+        factors = compute_factors(prof, compute_rows)
+        prof = apply_factors(prof, factors)
+        meta["insitu_compute"] = factors
+    shapes = {s: dict(by) for s, by in prof.shapes.items()}
+    if a2a_rows:
+        samples["a2a"] = [list(r) for r in a2a_rows]
+        for (shape, scope), cost in a2a_costs(a2a_rows).items():
+            shapes.setdefault(shape, {})[f"all_to_all@{scope}"] = cost
+    return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us),  # type: ignore[misc]
+                   meta=dict(meta, samples=samples), shapes=shapes)
