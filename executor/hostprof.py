@@ -63,7 +63,10 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls, compute) of this
     rank; see the module docstring. Compute: (shape key, kind, FLOPs, GPU µs) of the compute
     tasks of :data:`moesched.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
-    issued in full before the GPU started them (GPU time not stretched by the host). All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
+    issued in full before the GPU started them (GPU time not stretched by the host) and that
+    no collective ran beside (not slowed by interference, which the profile prices apart:
+    in such a plan expert_dw runs beside dispatch_bwd and the shared expert beside the
+    all-to-alls). All-to-alls: {(shape, plan, step, task): (shape key, scope, bytes,
     µs)}, the measured duration on this rank of each flat all-to-all but the forward dispatch
     (whose measured interval also holds the host's wait for the routing counts, which the
     host model prices), including its wait for ranks that issued it later
@@ -83,7 +86,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
             step = PlannedStep(module, plan)
             batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
             nodes = step.graph.nodes
-            serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # no overlap: no interference
+            serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # degree 1: calibrates compute
             for i in range(warmup + steps):
                 dist.barrier(group=step.groups.world_meta)
                 step(batch, target)
@@ -96,6 +99,8 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                     if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
                         a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
                 gpu_end = tl.df.set_index("task")["end_us"].to_dict()
+                links = [(s, e) for res, s, e in zip(tl.df["resource"], tl.df["start_us"], tl.df["end_us"])
+                         if res != "compute"]  # a compute task beside one is slowed by it (interference)
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
                     a = nodes[task]
                     x, r = host_features(a["kind"], a, plan.knobs)
@@ -104,8 +109,10 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                         d = gpu[task] - s
                         if 0.0 <= d <= LAG_WINDOW_US:
                             lags.append(float(d))
-                        if serial and a["kind"] in INSITU_KINDS and e <= gpu[task]:  # GPU-bound: issued in full
-                            compute.append((shape, a["kind"], float(a["work"]), float(gpu_end[task] - gpu[task])))
+                        g0, g1 = gpu[task], gpu_end[task]
+                        if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
+                                ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
+                            compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
             del step, module
             if device.type == "cuda":
                 torch.cuda.empty_cache()

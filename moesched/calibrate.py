@@ -9,9 +9,10 @@ collective waits for the slowest rank. Three corrections come from the calibrati
 * **all-to-alls per shape**: the in-situ time at the median rank
   (:data:`A2A_RANK_STAT`), stored as ``shapes[shape]["all_to_all@SCOPE"]``;
 * **compute factors**: per shape and kind, the median ratio of a compute task's GPU time in
-  a step of pipeline degree 1 (no overlap, so no interference) to the micro-benchmark's
-  cost for the same shape and FLOPs (:func:`compute_factors`), over tasks issued in full
-  before the GPU reached them (so not waiting for the host, which the host model prices).
+  a step of pipeline degree 1 to the micro-benchmark's cost for the same shape and FLOPs
+  (:func:`compute_factors`), over tasks issued in full before the GPU reached them (so not
+  waiting for the host, which the host model prices) and with no collective beside them
+  (so not slowed by interference, which ``compute_slowdown`` prices).
   That shape's costs of the kind are scaled by it; the per-kind fallback costs by the
   median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
   routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
