@@ -177,12 +177,26 @@ class Profile:
 
     def a2a_us(self, scope: str, nbytes: float, shape: str | None = None) -> float:
         """Duration in µs of an all-to-all of ``nbytes`` per rank over ``scope``: measured in
-        the executor's steps on ``shape`` when the profile has that, else the collective's
-        micro-benchmark cost (:meth:`comm_us`)."""
+        the executor's steps on ``shape`` when the profile has that (interpolated between
+        the measured sizes; beyond them see the comments), else the
+        collective's micro-benchmark cost (:meth:`comm_us`)."""
         by = self.shapes.get(shape) if shape else None
-        if by and f"all_to_all@{scope}" in by:
-            return by[f"all_to_all@{scope}"](nbytes)
-        return self.comm_us("all_to_all", scope, nbytes)
+        cost = by.get(f"all_to_all@{scope}") if by else None
+        if cost is None:
+            return self.comm_us("all_to_all", scope, nbytes)
+        pts = cost.points
+        if len(pts) < 2 or pts[0][0] <= nbytes <= pts[-1][0] or nbytes <= 0:
+            return cost(nbytes)
+        # Outside the sizes the executor's steps had. Larger: the time per byte of the
+        # largest (bandwidth-bound there; a line through three in-situ sizes can be flat:
+        # hostmem GPT2-XL in session 7 gave 0.74 ms at 105 MB for all-to-alls that took 3 ms).
+        # Smaller: the micro-benchmark (it has every small size and the latency floor),
+        # scaled by in-situ / micro-benchmark at the smallest in-situ size.
+        (x0, t0), (x1, t1) = pts[0], pts[-1]
+        if nbytes > x1:
+            return t1 * nbytes / x1
+        bench0 = self.comm_us("all_to_all", scope, x0)
+        return t0 * self.comm_us("all_to_all", scope, nbytes) / bench0 if bench0 > 0 else cost(nbytes)
 
     def digest(self) -> str:
         """Content hash (sha256 of canonical JSON), first 16 hex digits."""

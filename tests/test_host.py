@@ -186,3 +186,21 @@ def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
     assert durs == [pytest.approx(420.0)] * MODEL.layers
     prof.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json").a2a_us("intra", b2, shape) == pytest.approx(250.0)
+    # beyond the measured sizes: larger at the largest one's time per byte; smaller as the
+    # micro-benchmark, scaled to the smallest in-situ point
+    assert prof.a2a_us("intra", 4 * b1, shape) == pytest.approx(4 * 420.0)
+    bench = lambda x: NVLINK.comm_us("all_to_all", "intra", x)  # noqa: E731
+    assert prof.a2a_us("intra", b2 / 8, shape) == pytest.approx(250.0 * bench(b2 / 8) / bench(b2))
+
+
+def test_in_situ_a2a_beyond_a_flat_fit_grows_with_bytes() -> None:
+    """Three in-situ sizes whose times do not grow (skew, noise) fit a flat line; a larger
+    all-to-all still costs more in proportion (hostmem GPT2-XL at 16k tokens, session 7)."""
+    from moesched.calibrate import with_host
+    shape = MODEL.shape_key()
+    mb = 2.0**20
+    a2a = [(shape, "intra", 6.25 * mb, 1.0, 803.0), (shape, "intra", 12.5 * mb, 1.0, 670.0),
+           (shape, "intra", 25 * mb, 1.0, 761.0)]
+    prof = with_host(NVLINK, [("x", "expert_fwd", 256.0, 1, 100.0)], 10.0, a2a)
+    assert prof.shapes[shape]["all_to_all@intra"].beta_us_per_unit == 0.0  # the flat fit
+    assert prof.a2a_us("intra", 100 * mb, shape) == pytest.approx(4 * 761.0)
