@@ -93,12 +93,12 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
                 if i < warmup:
                     continue
                 tl = step.timeline()
-                gpu = tl.df.set_index("task")["start_us"].to_dict()
+                by_task = tl.df.set_index("task")
+                gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()
                 for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
                     a = nodes[task]
                     if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
                         a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
-                gpu_end = tl.df.set_index("task")["end_us"].to_dict()
                 links = [(s, e) for res, s, e in zip(tl.df["resource"], tl.df["start_us"], tl.df["end_us"])
                          if res != "compute"]  # a compute task beside one is slowed by it (interference)
                 for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):

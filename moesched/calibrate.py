@@ -63,32 +63,26 @@ def scaled(cost: Cost, factor: float) -> Cost:
                 tuple((x, t * factor) for x, t in cost.points), cost.r2)
 
 
-def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]]) -> Profile:
+def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]], undo: bool = False) -> Profile:
     """``prof`` with each measured (shape, kind) cost scaled by its factor and each per-kind
-    fallback cost by the median factor of that kind over shapes."""
+    fallback cost by the median factor of that kind over shapes; ``undo`` divides instead."""
     shapes = {s: dict(by) for s, by in prof.shapes.items()}
     per_kind: dict[str, list[float]] = {}
     for shape, by in factors.items():
         for kind, f in by.items():
-            shapes[shape][kind] = scaled(shapes[shape][kind], f["factor"])
+            shapes[shape][kind] = scaled(shapes[shape][kind], 1.0 / f["factor"] if undo else f["factor"])
             per_kind.setdefault(kind, []).append(f["factor"])
-    compute = {k: (scaled(c, statistics.median(per_kind[k])) if k in per_kind else c) for k, c in prof.compute.items()}
+    median = {k: statistics.median(v) for k, v in per_kind.items()}
+    compute = {k: (scaled(c, 1.0 / median[k] if undo else median[k]) if k in median else c)
+               for k, c in prof.compute.items()}
     return replace(prof, shapes=shapes, compute=compute)
 
 
 def without_compute_factors(prof: Profile) -> Profile:
     """``prof`` with the compute factors of ``meta.insitu_compute`` undone: the costs as the
     micro-benchmarks gave them (validation reports its predictions with and without)."""
-    factors = prof.meta.get("insitu_compute") or {}
-    inverse = {s: {k: {"factor": 1.0 / f["factor"]} for k, f in by.items()} for s, by in factors.items()}
-    out = apply_factors(prof, inverse)
-    per_kind: dict[str, list[float]] = {}
-    for by in factors.values():
-        for k, f in by.items():
-            per_kind.setdefault(k, []).append(f["factor"])
-    compute = {k: (scaled(c, 1.0 / statistics.median(per_kind[k])) if k in per_kind else c)
-               for k, c in prof.compute.items()}
-    return replace(out, compute=compute, meta={k: v for k, v in prof.meta.items() if k != "insitu_compute"})
+    out = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True)
+    return replace(out, meta={k: v for k, v in prof.meta.items() if k != "insitu_compute"})
 
 
 def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
