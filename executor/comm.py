@@ -4,7 +4,9 @@ Groups: one process group per (link resource, rank set): the expert-parallel gro
 all-to-alls, the world for dense gradients, the expert-DP group for expert gradients, and
 for a hierarchical all-to-all the node-local ("intra") and same-local-index ("inter")
 parts of the EP group. Each rank set is created with ``dist.new_group`` by every rank in
-the same order, once per process: later plans reuse it. A "meta" group per EP group (NCCL on GPUs, gloo on CPUs) carries the small count exchange, and a gloo world group the loss average.
+the same order, once per process: later plans reuse it. A "meta" group per EP group (NCCL
+on GPUs, gloo on CPUs) carries the small count exchange, and a gloo world group the loss
+average on CPUs (on GPUs the dense group averages it).
 
 All-to-all: ``a2a`` issues ``all_to_all_single`` with uneven splits, async. The two-hop
 (2DH) variant follows Tutel's 2DH: forward direction (dispatch, combine_bwd) runs the
@@ -108,15 +110,15 @@ def build_groups(cluster: Cluster, knobs: Knobs, backend: str, timeout_s: float 
     if cluster.expert_dp > 1:
         make("expert", resource_of(cluster.scope("expert_dp")),
              [list(range(q, world, ep)) for q in range(ep)], backend)
-    hier = knobs.a2a == "hierarchical" and cluster.nodes > 1 and cluster.scope("ep") != "intra"
+    hier = knobs.a2a == "hierarchical" and cluster.nodes > 1 and G > 1 and cluster.scope("ep") != "intra"  # as graph
     if hier:
         if ep % G:
             raise MoeschedError(f"hierarchical all-to-all needs the EP group ({ep}) to span whole nodes of {G}")
         make("intra", "comm_intra", [s[i:i + G] for s in ep_sets for i in range(0, ep, G)], backend)
         make("inter", "comm_inter", [s[g::G] for s in ep_sets for g in range(G)], backend)
-    return Groups(ep=mine["ep"], meta=mine["meta"], world_meta=mine["world_meta"], dense=mine["dense"], expert=mine.get("expert"),
-                  intra=mine.get("intra"), inter=mine.get("inter"), ep_rank=rank % ep, ep_size=ep,
-                  node_size=G if hier else ep)
+    return Groups(ep=mine["ep"], meta=mine["meta"], world_meta=mine["world_meta"], dense=mine["dense"],
+                  expert=mine.get("expert"), intra=mine.get("intra"), inter=mine.get("inter"), ep_rank=rank % ep,
+                  ep_size=ep, node_size=G if hier else ep)
 
 
 def a2a(send: torch.Tensor, send_split: list[int], recv_split: list[int], group: object,

@@ -6,9 +6,11 @@ changes with the regime (attention backward: 2.0 ms of host time on NVLink, 5.0 
 host memory). So the profiler measures it the only faithful way, by running the executor:
 for each model shape, a few real training steps (:class:`executor.runtime.PlannedStep`)
 of plans of up to four layers at pipeline degree 1, 2 (attention whole or chunked) and 4
-(chunked), gradients in 4 MiB chunks when r > 1. Every task's host interval, minus the
-time it blocked on routing counts, is one sample (shape, kind, x, r, µs): x = tokens of the
-task (bytes of a gradient chunk), r = its layer's degree in its phase. The lag is the median delay from a compute task's issue start to its GPU
+(chunked), gradients in 4 MiB chunks when r > 1, and of one layer at degree 1. Every task's
+host interval, minus the time it blocked on routing counts, is one sample (shape, kind, x,
+r, µs): x = tokens of the task (bytes of a gradient chunk), r = its layer's degree in its
+phase; every step adds its setup and finish (:func:`step_samples`, x = layers). The lag
+is the median delay from a compute task's issue start to its GPU
 start, over tasks that did not wait for the GPU (those starting within 200 µs). The GPU
 times of compute tasks in the degree-1 plan calibrate the micro-benchmarks' compute costs
 (:mod:`moesched.calibrate`).
@@ -24,6 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from executor.timing import gc_quiet
 from moesched.calibrate import INSITU_KINDS
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
@@ -43,17 +46,31 @@ LAG_WINDOW_US = 200.0
 
 def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
     """Plans of ``m`` (at most MAX_LAYERS layers) for each of VARIANTS the model's tokens
-    allow, in creation order (the order is not what is measured, the per-task issue cost is)."""
+    allow, in creation order (the order is not what is measured, the per-task issue cost is),
+    then the degree-1 plan of one layer (the step's setup and finish against its layers)."""
     mm = replace(m, layers=min(m.layers, MAX_LAYERS))
     plans = []
-    for r, at in VARIANTS:
-        knobs = Knobs.uniform(mm.layers, r, at_chunked=at, grad_chunk_bytes=GRAD_CHUNK_BYTES if r > 1 else None)
+    variants = [(mm, r, at) for r, at in VARIANTS] + ([(replace(m, layers=1), 1, False)] if mm.layers > 1 else [])
+    for model, r, at in variants:
+        knobs = Knobs.uniform(model.layers, r, at_chunked=at, grad_chunk_bytes=GRAD_CHUNK_BYTES if r > 1 else None)
         try:
-            g = build(mm, cluster, None, knobs)
+            g = build(model, cluster, None, knobs)
         except MoeschedError:
             continue  # degree does not divide the tokens
-        plans.append(from_timeline(f"host-r{r}", mm, cluster, knobs, simulate(g, strict=False)))
+        plans.append(from_timeline(f"host-r{r}-L{model.layers}", model, cluster, knobs, simulate(g, strict=False)))
     return plans
+
+
+def step_samples(shape: str, layers: int, tl: Any) -> list[tuple[str, str, float, int, float]]:
+    """Host samples (shape, kind, layers, 1, µs) of the step around its tasks, from a
+    measured timeline's meta (:meth:`executor.runtime.PlannedStep.timeline`): setup = from
+    the call to the first task (host preparation or the GPU's zeroing of the gradient
+    buffers, whichever is longer); finish = the rest of the call after the last task."""
+    m = tl.meta
+    setup = max(float(m["setup_us"]), float(m.get("gpu_setup_us", 0.0)))
+    end = float(tl.df["end_us"].max()) if len(tl.df) else 0.0
+    finish = max(float(m["call_us"]) - setup - end, 0.0)
+    return [(shape, "step_setup", float(layers), 1, setup), (shape, "step_finish", float(layers), 1, finish)]
 
 
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
@@ -87,32 +104,35 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
             batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
             nodes = step.graph.nodes
             serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # degree 1: calibrates compute
-            for i in range(warmup + steps):
-                dist.barrier(group=step.groups.world_meta)
-                step(batch, target)
-                if i < warmup:
-                    continue
-                tl = step.timeline()
-                by_task = tl.df.set_index("task")
-                gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()
-                for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
-                    a = nodes[task]
-                    if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
-                        a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
-                links = [(s, e) for res, s, e in zip(tl.df["resource"], tl.df["start_us"], tl.df["end_us"])
-                         if res != "compute"]  # a compute task beside one is slowed by it (interference)
-                for task, s, e, w in zip(tl.host["task"], tl.host["start_us"], tl.host["end_us"], tl.host["wait_us"]):
-                    a = nodes[task]
-                    x, r = host_features(a["kind"], a, plan.knobs)
-                    samples.append((shape, a["kind"], x, r, max(float(e - s - w), 0.0)))
-                    if device.type == "cuda" and a["resource"] == "compute":
-                        d = gpu[task] - s
-                        if 0.0 <= d <= LAG_WINDOW_US:
-                            lags.append(float(d))
-                        g0, g1 = gpu[task], gpu_end[task]
-                        if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
-                                ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
-                            compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
+            with gc_quiet():  # no collection inside the timed steps
+                for i in range(warmup + steps):
+                    dist.barrier(group=step.groups.world_meta)
+                    step(batch, target)
+                    if i < warmup:
+                        continue
+                    tl = step.timeline()
+                    samples += step_samples(shape, plan.model.layers, tl)
+                    by_task = tl.df.set_index("task")
+                    gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()
+                    for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
+                        a = nodes[task]
+                        if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
+                            a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
+                    links = [(s, e) for res, s, e in zip(tl.df["resource"], tl.df["start_us"], tl.df["end_us"])
+                             if res != "compute"]  # a compute task beside one is slowed by it (interference)
+                    h = tl.host
+                    for task, s, e, w in zip(h["task"], h["start_us"], h["end_us"], h["wait_us"]):
+                        a = nodes[task]
+                        x, r = host_features(a["kind"], a, plan.knobs)
+                        samples.append((shape, a["kind"], x, r, max(float(e - s - w), 0.0)))
+                        if device.type == "cuda" and a["resource"] == "compute":
+                            d = gpu[task] - s
+                            if 0.0 <= d <= LAG_WINDOW_US:
+                                lags.append(float(d))
+                            g0, g1 = gpu[task], gpu_end[task]
+                            if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
+                                    ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
+                                compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
             del step, module
             if device.type == "cuda":
                 torch.cuda.empty_cache()

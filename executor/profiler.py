@@ -273,13 +273,15 @@ def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> tuple[list[tuple], dict[str,
     return rows, spread
 
 
-def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dict[str, float]:
-    """compute_slowdown = compute time with an all-to-all on another stream / alone;
-    comm_slowdown = all-to-all time with compute running / alone (each >= 1.0)."""
+def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any, op: str = "all_to_all") -> dict[str, float]:
+    """compute_slowdown = compute time with collective ``op`` (all_to_all or all_reduce)
+    looping on another stream / alone; comm_slowdown = the collective's time with compute
+    running / alone (each >= 1.0). The two differ by collective: an all-reduce reduces on
+    the SMs that the GEMMs use."""
     comp, _ = _bench(model, "expert_fwd", grid.interference_tokens, ctx)
     scope = "world" if "world" in ctx.scopes else "intra"
-    comm_sync = collective(ctx, "all_to_all", scope, grid.interference_bytes)
-    comm = collective(ctx, "all_to_all", scope, grid.interference_bytes, async_op=True)
+    comm_sync = collective(ctx, op, scope, grid.interference_bytes)
+    comm = collective(ctx, op, scope, grid.interference_bytes, async_op=True)
     t_comp = time_us(ctx, comp, grid.reps, grid.warmup)
     t_comm = time_us(ctx, comm_sync, grid.reps, grid.warmup, barrier=True)
     box = [(t_comp, t_comm)]
@@ -297,7 +299,7 @@ def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any) -> dic
     bar.update(1)
     r = [max(ts) for ts in zip(*ctx.gather([alone_c, with_comm, alone_m, with_comp]))]
     return {"compute_alone_us": r[0], "compute_with_comm_us": r[1], "comm_alone_us": r[2], "comm_with_compute_us": r[3],
-            "compute_loop": n_c, "comm_loop": n_m2, "bytes": grid.interference_bytes, "scope": scope,
+            "compute_loop": n_c, "comm_loop": n_m2, "bytes": grid.interference_bytes, "scope": scope, "op": op,
             "tokens": grid.interference_tokens, "compute_slowdown": max(1.0, r[1] / r[0]),
             "comm_slowdown": max(1.0, r[3] / r[2])}
 
@@ -364,14 +366,15 @@ def main(args: argparse.Namespace) -> int:
                   f"x{grid.reps} runs each", file=sys.stderr)
         from executor import hostprof
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
-        n_host = len(models) * len(hostprof.VARIANTS) if host_steps > 0 else 0  # calibration plans (executor.hostprof)
-        bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 1 + n_host, disable=ctx.rank != 0, file=sys.stderr,
+        n_host = sum(len(hostprof.VARIANTS) + (m.layers > 1) for m in models) if host_steps > 0 else 0  # executor.hostprof
+        bar = tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 2 + n_host, disable=ctx.rank != 0, file=sys.stderr,
                    desc="profile", unit="pt")
         compute = measure_compute(ctx, models, grid, bar)
         comm, comm_spread = measure_comm(ctx, grid, bar)
         exchange_us = measure_count_exchange(ctx, grid)
         compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
         inter = measure_interference(ctx, models[0], grid, bar)
+        inter_ar = measure_interference(ctx, models[0], grid, bar, "all_reduce")
         host_rows: list = []
         lags: list = []
         a2a_rows: list = []
@@ -386,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
             a2a_rows = hostprof.a2a_samples(ctx.gather(my_a2a))
             comp_rows = [r for rs in ctx.gather(my_comp) for r in rs]
         if ctx.rank == 0:
-            meta = dict(_meta(ctx, args, grid, names), interference=inter, count_exchange_us=exchange_us,
+            meta = dict(_meta(ctx, args, grid, names), interference=inter, interference_all_reduce=inter_ar,
+                        count_exchange_us=exchange_us,
                         comm_spread_pct=comm_spread)
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
                 else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -397,6 +401,8 @@ def main(args: argparse.Namespace) -> int:
             prof = profile_from_samples(name, desc, hw, meta, compute, comm, inter["compute_slowdown"],
                                         inter["comm_slowdown"], duration_s=time.time() - t_start,
                                         shape_of={m.name: m.shape_key() for m in models})
+            prof = replace(prof, interference_by_op={
+                "all_reduce": (inter_ar["compute_slowdown"], inter_ar["comm_slowdown"])})
             if host_rows:
                 prof = with_host(prof, host_rows, hostprof.lag_us(lags), a2a_rows, comp_rows)
                 print(f"host issue µs (median per kind): {hostprof.summary(host_rows)}, lag "

@@ -5,7 +5,11 @@ runs forward, backward and the chunked gradient all-reduce; parameter gradients 
 ``p.grad`` (views into the flat buffers ``step.flat["dense"|"expert"]``). ``step.timeline()``
 returns the last step's measured :class:`moesched.sim.Timeline` (same columns as the
 simulator: task, kind, layer, chunk, phase, rank, resource, start_us, end_us; µs from the
-step's start).
+step's start). Its meta also times the call around the plan's tasks (µs): ``call_us`` the
+whole call, ``setup_us`` from the call to the first issue (gradient buffers zeroed, layer
+state allocated), ``gpu_setup_us`` the same on the GPU, ``finish_us`` from the first issue
+to the host holding the loss (the GPU done; on GPUs the loss already averaged over ranks,
+by NCCL), ``loss_avg_us`` the rest (on CPUs the gloo average of the loss).
 
 Issue. By default (``issue="single"``) this thread launches every task in plan order.
 ``issue="threads"`` launches compute tasks from this thread and the collectives from an
@@ -36,10 +40,12 @@ until the step ends, when the compute stream waits for the link and meta streams
 syncs: attn_fwd starts the routing-count exchange on the meta stream and copies the counts
 to pinned host memory without waiting; the first task that needs them on the host (the
 chunk's dispatch, on whichever thread launches it) waits for that copy alone. The loss average ends the
-step with one more sync.
+step with one more sync. The gradient buffers are zeroed on a side stream beside the
+forward; the loss task (before any gradient is written) waits for it.
 """
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -118,6 +124,7 @@ class PlannedStep:
             self.graphs = graphs.capture(module, plan.knobs) if cuda_graphs else None
             self.links = {r: torch.cuda.Stream(module.device) for r in ("comm_intra", "comm_inter")}
             self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
+            self.zero_stream = torch.cuda.Stream(module.device)  # gradient buffers zeroed beside the forward
             self._warm_groups()
         self._last: dict | None = None
 
@@ -139,27 +146,68 @@ class PlannedStep:
             for p in blk.dense_params() + blk.expert_params():
                 if p.grad is None or p.grad.data_ptr() != self._views[id(p)].data_ptr():
                     p.grad = self._views[id(p)]
-        for f in self.flat.values():
-            f.zero_()
+        zeroed = None
+        if self.cuda:  # zero the gradient buffers beside the forward; the loss task waits for it
+            self.zero_stream.wait_stream(self.compute_stream)
+            with torch.cuda.stream(self.zero_stream):
+                for f in self.flat.values():
+                    f.zero_()
+                zeroed = torch.cuda.Event()
+                zeroed.record(self.zero_stream)
+        else:
+            for f in self.flat.values():
+                f.zero_()
         flat = lambda t: t.to(mod.device, mod.dtype).reshape(m.tokens, m.d_model)  # noqa: E731
         return tasks.Ctx(module=mod, cfg=m, knobs=self.plan.knobs, groups=self.groups, world=self.world,
                          layers=tasks.new_layer_states(m, self.plan.knobs, self.groups.ep_size, mod.device, mod.dtype),
                          x=flat(batch), target=flat(target), flat=self.flat, compute_stream=self.compute_stream,
-                         meta_stream=self.meta_stream, graphs=self.graphs)
+                         meta_stream=self.meta_stream, graphs=self.graphs, grads_zeroed=zeroed)
 
     def __call__(self, batch: torch.Tensor, target: torch.Tensor) -> float:
-        """One training step; returns the loss averaged over ranks."""
+        """One training step; returns the loss averaged over ranks. Python's automatic
+        garbage collection is paused during the step (a collection would stall the issue
+        of every task behind it) and restored after it: collections run between steps."""
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return self._step(batch, target)
+        finally:
+            if was:
+                gc.enable()
+
+    def _step(self, batch: torch.Tensor, target: torch.Tensor) -> float:
+        c0 = time.perf_counter()
         if self._last is not None:
             self._last.pop("ctx", None)  # free the previous step's buffers before allocating new ones
+        e_call = None
+        if self.cuda:
+            e_call = torch.cuda.Event(enable_timing=True)
+            e_call.record(self.compute_stream)
         ctx = self._ctx(batch, target)
         self._last = rec = self._drive(ctx)
+        rec["c0"], rec["e_call"] = c0, e_call
         rec["cnt"] = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
-        self.last_dropped = int(sum(int((~ls.kept).sum()) for ls in ctx.layers))  # copies over capacity
-        loss = ctx.loss.detach().float().cpu().reshape(1)
-        dist.all_reduce(loss, group=self.groups.world_meta)
+        rec["kept"] = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
+        if self.cuda:  # averaged on the GPU (NCCL, dense group = every rank), read once
+            loss = ctx.loss.detach().float().reshape(1)
+            dist.all_reduce(loss, group=self.groups.dense)
+            loss = loss.cpu()
+            rec["c_loss"] = time.perf_counter()
+        else:
+            loss = ctx.loss.detach().float().cpu().reshape(1)
+            rec["c_loss"] = time.perf_counter()  # the step's work is done
+            dist.all_reduce(loss, group=self.groups.world_meta)
         if not self.cuda:
             rec.pop("ctx", None)
+        rec["c1"] = time.perf_counter()
         return float(loss) / self.world
+
+    @property
+    def last_dropped(self) -> int:
+        """Expert copies over capacity in the last step, all layers of this rank."""
+        if self._last is None:
+            raise MoeschedError("no step has run yet")
+        return int(sum(int((~k).sum()) for k in self._last["kept"]))
 
     @staticmethod
     def _call(ctx: tasks.Ctx, name: str, a: dict) -> list:
@@ -306,5 +354,9 @@ class PlannedStep:
         host = pd.DataFrame.from_records(
             [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6, w * 1e6) for t, (th, a, b, w) in rec["host"].items()],
             columns=HOST_COLUMNS)
-        return Timeline(df, {"ranks": 1, "measured": True, "device": str(self.module.device), "issue": self.issue},
-                        host=host)
+        meta = {"ranks": 1, "measured": True, "device": str(self.module.device), "issue": self.issue,
+                "call_us": (rec["c1"] - rec["c0"]) * 1e6, "setup_us": (h0 - rec["c0"]) * 1e6,
+                "finish_us": (rec["c_loss"] - h0) * 1e6, "loss_avg_us": (rec["c1"] - rec["c_loss"]) * 1e6}
+        if self.cuda:  # GPU time from the call to the first task: the gradient buffers' zeroing
+            meta["gpu_setup_us"] = rec["e_call"].elapsed_time(rec["t0"]) * 1e3
+        return Timeline(df, meta, host=host)

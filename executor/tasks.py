@@ -62,6 +62,7 @@ class Ctx:
     alive: list = field(default_factory=list)   # buffers read by a link stream: kept to step end
     host_wait_s: float = 0.0            # host time blocked on routing counts so far this step, s
     bench_counts: dict = field(default_factory=dict)  # benchmarks (groups None): counts read once
+    grads_zeroed: Any = None            # CUDA: event of the gradient buffers' zeroing (side stream)
 
     @property
     def me(self) -> int:
@@ -231,6 +232,8 @@ def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
 def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
     """Merge the last layer, loss_r = mean((y - target)^2); seed dy = d(loss_r / world)/dy."""
     ls = ctx.layers[-1]
+    if ctx.grads_zeroed is not None:  # every gradient write comes after the loss
+        torch.cuda.current_stream().wait_event(ctx.grads_zeroed)
     diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
     ctx.loss = (diff * diff).mean().detach()
     ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))

@@ -31,6 +31,7 @@ from moesched.calibrate import without_compute_factors
 from moesched.cluster import Cluster
 from moesched.configs import load_configs
 from moesched.errors import MoeschedError
+from moesched.host import STEP_KINDS
 from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
 from moesched.routing import Routing
@@ -39,7 +40,10 @@ from moesched.routing import summary as routing_summary
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
           "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
-          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats", "measured_spread_pct", "knobs", "plan_hash", "issue"]
+          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
+          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_s7_ms",
+          "error_s7_pct", "last_call_ms",
+          "last_setup_ms", "last_finish_ms", "last_trace_ms"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -55,6 +59,16 @@ def make_plan(args: tuple) -> dict:
     else:
         ev = evaluate(model, cluster, profile, get(name).schedule(model, cluster, profile))
     return from_timeline(name, model, cluster, ev.schedule.knobs, ev.timeline, profile).to_dict()
+
+
+def session7_model(profile: Profile) -> Profile:
+    """``profile`` priced as the session-7 model did, for before/after columns: the
+    all-to-all's interference pair for every collective, and no step setup or finish."""
+    host = profile.host
+    if host is not None:
+        drop = lambda by: {k: c for k, c in by.items() if k not in STEP_KINDS}  # noqa: E731
+        host = dataclasses.replace(host, kinds=drop(host.kinds), shapes={s: drop(by) for s, by in host.shapes.items()})
+    return dataclasses.replace(profile, interference_by_op={}, host=host)
 
 
 def _task_error_pct(measured, predicted) -> float:
@@ -130,8 +144,10 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     per repeat). On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
     median over every repeat's steps; spread: range of the repeats' medians over that
     median) and writes both traces."""
+    from executor.hostprof import step_samples
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
+    from executor.timing import gc_quiet
     from moesched.trace import write_chrome_trace
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
@@ -140,14 +156,15 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     step = PlannedStep(module, plan, issue=issue)
     x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
     times = []
-    for i in range(args.warmup + args.steps):
-        dist.barrier()
-        sync()
-        t0 = time.perf_counter()
-        step(x, t)
-        sync()
-        if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+    with gc_quiet():  # no collection inside the timed steps (executor.timing.gc_quiet)
+        for i in range(args.warmup + args.steps):
+            dist.barrier()
+            sync()
+            t0 = time.perf_counter()
+            step(x, t)
+            sync()
+            if i >= args.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
     runs.append(times)
     if not last:
         del step, module
@@ -183,6 +200,13 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
                         f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                         f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                "plan_hash": plan.hash[:12], "issue": issue}
+        # the session-7 model: one interference pair for every collective, no step setup/finish
+        s7_ms = plan.replay(session7_model(profile)).makespan_us / 1e3
+        row.update(predicted_s7_ms=round(s7_ms, 4), error_s7_pct=round((s7_ms - med) / med * 100, 3))
+        # the last step around its tasks (executor.hostprof.step_samples), ms
+        (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", m.layers, measured)
+        row.update(last_call_ms=round(measured.meta["call_us"] / 1e3, 4), last_setup_ms=round(setup / 1e3, 4),
+                   last_finish_ms=round(finish / 1e3, 4), last_trace_ms=round(measured.makespan_us / 1e3, 4))
         _append_row(args.out, row)
         print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
               f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing {r_ms:.2f} ms "
@@ -223,6 +247,10 @@ def summarize(rows: list[dict]) -> None:
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()
         print(f"  without the host model (GPU costs only): mean {e0.mean():.2f} %, max {e0.max():.2f} %")
+    if "error_s7_pct" in df:
+        e7 = df["error_s7_pct"].abs()
+        print(f"  session-7 model (one interference pair, no step setup/finish): mean {e7.mean():.2f} %, "
+              f"max {e7.max():.2f} %")
     if "error_bench_pct" in df:
         eb = df["error_bench_pct"].abs()
         print(f"  with compute costs as micro-benchmarked (no in-situ factors): mean {eb.mean():.2f} %, "

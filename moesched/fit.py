@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 from moesched.errors import MoeschedError
@@ -399,6 +399,7 @@ def refit(prof: Profile) -> Profile:
     out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,
                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
+    out = replace(out, interference_by_op=dict(prof.interference_by_op))
     if samples.get("host"):
         from moesched.calibrate import with_host
         out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),

@@ -25,9 +25,10 @@ group, offset_bytes, layers   for grad_ar: "dense" or "expert", byte range start
 host_us        µs of host time to issue the task (only when the profile has host costs)
 =============  ==============================================================
 
-Graph attributes: model, cluster, knobs, profile (name or None), resources, interference;
-host_lag_us when the profile has host costs (:mod:`moesched.host`; strict simulations
-then model the host).
+Graph attributes: model, cluster, knobs, profile (name or None), resources, interference
+(compute, comm) and interference_by_op ({collective: (compute, comm)}); host_lag_us,
+host_setup_us and host_finish_us when the profile has host costs (:mod:`moesched.host`;
+strict simulations then model the host).
 
 ``build_compiled(...)`` gives the same graph as a :class:`moesched.sim.Compiled` straight
 from the builder's lists, without a DiGraph (the solver builds thousands of graphs; its
@@ -108,14 +109,16 @@ class _Builder:
         self.loss = -1
         self.shape = model.shape_key()
         self.ep_scope = scope = cluster.scope("ep")
-        self.hier = not (knobs.a2a == "flat" or cluster.nodes == 1 or scope == "intra")  # two-hop all-to-alls
+        # two-hop all-to-alls (an intra-node hop needs two GPUs in a node to mean anything)
+        self.hier = not (knobs.a2a == "flat" or cluster.nodes == 1 or cluster.gpus_per_node == 1 or scope == "intra")
         self.costs: dict[tuple[str, object], tuple[float, float]] = {}  # (kind or scope, tokens) -> (work, µs)
 
     def graph_attrs(self) -> dict[str, object]:
         p = self.p
         return dict(model=self.m, cluster=self.c, knobs=self.k, profile=None if p is None else p.name,
                     resources=RESOURCES, interference=(1.0, 1.0) if p is None else
-                    (p.compute_slowdown, p.comm_slowdown))
+                    (p.compute_slowdown, p.comm_slowdown),
+                    interference_by_op={} if p is None else dict(p.interference_by_op))
 
     def add(self, name: str, deps: list[int], res: int, dur: float, attrs: dict[str, object]) -> int:
         """Append task ``name`` after ``deps`` (indices) on resource index ``res``, lasting
@@ -389,12 +392,16 @@ def build(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Kno
 
 def add_host_costs(g: nx.DiGraph, host: HostCosts, shape: str) -> None:
     """Annotate every task with ``host_us`` (µs of host time to issue it) and the graph with
-    ``host_lag_us``: strict simulations then model the host (:mod:`moesched.host`)."""
+    ``host_lag_us``, ``host_setup_us`` and ``host_finish_us``: strict simulations then model
+    the host (:mod:`moesched.host`)."""
     knobs = g.graph["knobs"]
     for _, a in g.nodes(data=True):
         x, r = host_features(a["kind"], a, knobs)
         a["host_us"] = host.us(a["kind"], x, r, shape)
     g.graph["host_lag_us"] = host.lag_us
+    layers = float(g.graph["model"].layers)
+    g.graph["host_setup_us"] = host.us("step_setup", layers, 1, shape)
+    g.graph["host_finish_us"] = host.us("step_finish", layers, 1, shape)
 
 
 def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs) -> Compiled:

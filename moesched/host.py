@@ -20,7 +20,9 @@ The model (used by strict simulations, i.e. replays of a plan's order):
   ends no earlier than ``lag_us`` after its issue ends;
 * a collective starts no earlier than ``lag_us`` after its issue ends on every rank;
 * the first issue of a dispatch blocks the host until the attention task that routed its
-  tokens has finished on the GPU (the executor waits there for the routing counts).
+  tokens has finished on the GPU (the executor waits there for the routing counts);
+* the step starts with ``step_setup`` µs before the first issue and ends ``step_finish`` µs
+  after its last task (x = the model's layers; :data:`STEP_KINDS`).
 
 Profile section (optional key ``host``)::
 
@@ -29,8 +31,8 @@ Profile section (optional key ``host``)::
              "shapes": {SHAPE_KEY: {KIND: COST, ...}}}  # per model shape
     COST = {"alpha_us": a, "per_unit_us": b, "per_chunk_us": c, "r2": r2}
 
-KIND: a compute kind or dispatch, combine, combine_bwd, dispatch_bwd, grad_ar. A kind the
-profile lacks costs 0 µs of host time.
+KIND: a compute kind or dispatch, combine, combine_bwd, dispatch_bwd, grad_ar, step_setup,
+step_finish. A kind the profile lacks costs 0 µs of host time.
 """
 from __future__ import annotations
 
@@ -42,7 +44,11 @@ from moesched.fit import _r2
 from moesched.profile import ALL_COMPUTE_KINDS
 
 A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
-HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",)
+#: Per step, not per task (x = the model's layers): the setup before the first issue
+#: (gradient buffers zeroed, layer state allocated) and the finish after the last task
+#: (the loss read back and averaged over ranks).
+STEP_KINDS = ("step_setup", "step_finish")
+HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",) + STEP_KINDS
 
 
 def host_features(kind: str, attrs: Mapping[str, Any], knobs: Any) -> tuple[float, int]:

@@ -10,7 +10,8 @@ Format (JSON, version 1, exact keys, units in names)::
      "compute": {KIND: COST, ...},                      # KIND in COMPUTE_KINDS, x = FLOPs
                                                         # (+ optional "loss": x = elements T*M)
      "comm": {COLLECTIVE: {SCOPE: COST, ...}, ...},     # x = bytes per rank
-     "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0},
+     "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0,
+                      "by_op": {"all_reduce": {"compute_slowdown": 1.1, "comm_slowdown": 1.4}}},  # by_op optional
      "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...},            # optional
      "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}}}  # optional, see moesched.host
 
@@ -30,7 +31,8 @@ linearly between measured points (FSMoE/FinDEP fit one line; a table also captur
 GEMM and small-message inefficiency) and the line alpha + beta*x is used outside them.
 ``compute_slowdown`` is how many times longer compute takes while a collective runs on
 another stream; ``comm_slowdown`` the reverse (Calculon models the first as
-1/(1-processor_usage), calculon/llm/layers.py).
+1/(1-processor_usage), calculon/llm/layers.py). ``by_op`` (optional) gives other factors for
+one collective (``all_to_all``, ``all_reduce``); the top pair holds for the others.
 """
 from __future__ import annotations
 
@@ -134,6 +136,8 @@ class Profile:
     comm_slowdown: float = 1.0
     shapes: dict[str, dict[str, Cost]] = field(default_factory=dict)
     host: "HostCosts | None" = None  # host issue costs (moesched.host), measured on GPUs
+    #: collective -> (compute_slowdown, comm_slowdown) where it differs from the top pair
+    interference_by_op: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def compute_us(self, kind: str, flops: float, shape: str | None = None) -> float:
         """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs; from the
@@ -169,7 +173,10 @@ class Profile:
             "description": self.description, "hardware": dict(self.hardware), "meta": dict(self.meta),
             "compute": {k: c.to_dict() for k, c in self.compute.items()},
             "comm": {op: {s: c.to_dict() for s, c in by.items()} for op, by in self.comm.items()},
-            "interference": {"compute_slowdown": self.compute_slowdown, "comm_slowdown": self.comm_slowdown},
+            "interference": {"compute_slowdown": self.compute_slowdown, "comm_slowdown": self.comm_slowdown,
+                             **({"by_op": {op: {"compute_slowdown": c, "comm_slowdown": m}
+                                           for op, (c, m) in self.interference_by_op.items()}}
+                                if self.interference_by_op else {})},
             **({"shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
                if self.shapes else {}),
             **({"host": self.host.to_dict()} if self.host is not None else {}),
@@ -244,16 +251,11 @@ class Profile:
             if not isinstance(by, dict) or not by or not set(by) <= set(SCOPES):
                 raise MoeschedError(f"{source}: comm.{op} must map scopes {list(SCOPES)} to costs")
             comm[op] = {s: Cost.from_dict(c, f"comm.{op}.{s}") for s, c in by.items()}
-        inter = d["interference"]
-        if not isinstance(inter, dict) or set(inter) != {"compute_slowdown", "comm_slowdown"}:
-            raise MoeschedError(f"{source}: interference must have keys compute_slowdown, comm_slowdown")
-        cs, ms = inter["compute_slowdown"], inter["comm_slowdown"]
-        if not all(isinstance(v, (int, float)) and v >= 1.0 for v in (cs, ms)):
-            raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
+        cs, ms, by_op = _interference(d["interference"], source)
         from moesched.host import HostCosts
         host = HostCosts.from_dict(d["host"], source) if "host" in d else None
         return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
-                   compute, comm, float(cs), float(ms), shapes, host)
+                   compute, comm, cs, ms, shapes, host, by_op)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":
@@ -264,6 +266,26 @@ class Profile:
             if shipped.exists():
                 p = shipped
         return cls.from_dict(read_json(p, "profile"), source=str(p))
+
+
+def _interference(inter: Any, source: str) -> tuple[float, float, dict[str, tuple[float, float]]]:
+    """(compute_slowdown, comm_slowdown, by_op) of a profile's ``interference`` section."""
+    pair = {"compute_slowdown", "comm_slowdown"}
+
+    def factors(x: Any, where: str) -> tuple[float, float]:
+        if not isinstance(x, dict) or set(x) != pair:
+            raise MoeschedError(f"{source}: {where} must have keys compute_slowdown, comm_slowdown")
+        if not all(isinstance(x[k], (int, float)) and not isinstance(x[k], bool) and x[k] >= 1.0 for k in pair):
+            raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
+        return float(x["compute_slowdown"]), float(x["comm_slowdown"])
+
+    if not isinstance(inter, dict) or not pair <= set(inter) <= pair | {"by_op"}:
+        raise MoeschedError(f"{source}: interference must have keys compute_slowdown, comm_slowdown (and by_op)")
+    cs, ms = factors({k: inter[k] for k in pair}, "interference")
+    by = inter.get("by_op", {})
+    if not isinstance(by, dict) or not set(by) <= {"all_to_all", "all_reduce"}:
+        raise MoeschedError(f"{source}: interference.by_op must map all_to_all / all_reduce to factors")
+    return cs, ms, {op: factors(x, f"interference.by_op.{op}") for op, x in by.items()}
 
 
 def default_profile_path() -> Path:

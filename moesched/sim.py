@@ -11,16 +11,21 @@ is free it starts the ready task of highest priority (``strict=False``), or, wit
 priority), waiting for it if it is not ready: this is what CUDA streams fed in a fixed
 order do, and what the executor replays.
 
-Interference (the profile's factors): while any collective runs, compute progresses at
-1/compute_slowdown of its speed; while any rank computes, collectives progress at
-1/comm_slowdown. Progress is tracked as remaining full-speed µs, so a task that overlaps
-only in part is stretched only for that part.
+Interference (the profile's factors): while a collective runs, compute progresses at
+1/compute_slowdown of its speed; while any rank computes, a collective progresses at
+1/comm_slowdown. The factors may differ by collective (graph attribute
+``interference_by_op``: {"all_reduce": (compute, comm)}; ``all_to_all`` for every
+all-to-all, ``all_reduce`` for gradient chunks): an all-reduce reduces on the SMs that the
+GEMMs use, an all-to-all only copies. Progress is tracked as remaining full-speed µs, so a
+task that overlaps only in part is stretched only for that part.
 
 Host (strict simulations of graphs whose profile measured host costs, :mod:`moesched.host`):
-each rank's host issues the tasks in priority order, taking ``host_us`` per task; a compute
+each rank's host first sets the step up (``host_setup_us``), then issues the tasks in
+priority order, taking ``host_us`` per task; a compute
 task starts no earlier than ``host_lag_us`` after its issue starts and ends no earlier than
 ``host_lag_us`` after it ends, a collective starts ``host_lag_us`` after its issue ended on
-every rank, and a dispatch's issue waits for its attention task's end on the GPU.
+every rank, and a dispatch's issue waits for its attention task's end on the GPU. The step
+ends ``host_finish_us`` after its last task (the loss read back and averaged).
 
 Per-rank costs: a node may carry ``duration_by_rank_us`` (one value per simulated rank);
 the graph attribute ``ranks`` sets how many ranks are simulated (default 1: all ranks of a
@@ -37,6 +42,8 @@ from moesched.errors import MoeschedError
 from moesched.simloop import event_loop, event_loop_1
 
 LINKS = ("comm_intra", "comm_inter")
+#: Collective of each communication kind (interference factors are per collective).
+OP_OF_KIND = {"grad_ar": "all_reduce"}
 #: Resource name -> index in Compiled.res.
 RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
@@ -135,7 +142,7 @@ class Compiled:
         self._dur1: list[float] | None = [d[0] for d in dur] if R == 1 else None
         self.loss = index.get("loss", -1)
         self._finish(g.graph)
-        self.host = _host_columns(g.graph.get("host_lag_us"), attrs, self.preds, self.res, R)
+        self.host = _host_columns(g.graph, attrs, self.preds, self.res, R)
         self._attrs: list[dict] | None = attrs
         self._index: dict[str, int] | None = index
         self._graph: nx.DiGraph | None = g
@@ -167,6 +174,9 @@ class Compiled:
     def _finish(self, graph_attrs: Mapping[str, object]) -> None:
         inter = graph_attrs.get("interference", (1.0, 1.0))
         self.slowdown = (float(inter[0]), float(inter[1]))  # type: ignore[index]
+        by_op = dict(graph_attrs.get("interference_by_op") or {})  # type: ignore[call-overload]
+        self.by_op = {str(k): (float(v[0]), float(v[1])) for k, v in by_op.items()}
+        self._inv: tuple[list[float], list[float]] | None = None
         # A collective waits for each compute predecessor on every rank (R completions) and
         # for each collective predecessor once; a compute task counts its predecessors per rank.
         R, res = self.ranks, self.res
@@ -207,6 +217,24 @@ class Compiled:
             self._index = {t: i for i, t in enumerate(self.names)}
         return self._index
 
+    def inverse_rates(self, slowdown: tuple[float, float] | None = None) -> tuple[list[float], list[float]]:
+        """Per task (inv_c, inv_m): 1 / the compute slowdown a collective causes, 1 / its
+        own slowdown beside compute (1.0 for compute tasks). ``slowdown``: one (compute,
+        comm) pair for every collective, instead of the graph's factors."""
+        if slowdown is None and self._inv is not None:
+            return self._inv
+        n = len(self.res)
+        if slowdown is not None or not self.by_op:
+            sc, sm = self.slowdown if slowdown is None else slowdown
+            inv = ([1.0 / float(sc)] * n, [1.0 / float(sm)] * n)
+        else:
+            pairs = [self.by_op.get(OP_OF_KIND.get(k, "all_to_all"), self.slowdown) if r else (1.0, 1.0)
+                     for k, r in zip(self.kind, self.res)]
+            inv = ([1.0 / p[0] for p in pairs], [1.0 / p[1] for p in pairs])
+        if slowdown is None:
+            self._inv = inv
+        return inv
+
     def vector(self, priority: Mapping[str, float] | Sequence[float] | None) -> list[float]:
         """Priorities aligned with ``names`` (``seq`` when None)."""
         if priority is None:
@@ -220,24 +248,25 @@ class Compiled:
             durations: Sequence[float] | None = None) -> tuple[list[list[float]], list[list[float]], float]:
         """Simulate; return (start[rank][task], end[rank][task], makespan), times in µs.
 
-        slowdown: (compute, comm) interference factors; default the graph's.
+        slowdown: one (compute, comm) pair of interference factors for every collective;
+            default the graph's (per collective where it has ``interference_by_op``).
         durations: one µs value per task overriding the graph's (all ranks alike); the host
             model (strict mode, graphs with host costs) applies only without them.
         """
         prio = self.vector(priority)
-        sc, sm = self.slowdown if slowdown is None else slowdown
+        inv_c, inv_m = self.inverse_rates(slowdown)
         if self.ranks == 1 and not strict:  # the solver's case: one simulated rank, list scheduling
             d1 = self._dur1 if durations is None else [float(d) for d in durations]
             assert d1 is not None
-            st, en, ms = event_loop_1(self.res, d1, self.succ, self.npred, prio, float(sc), float(sm), self.names)
+            st, en, ms = event_loop_1(self.res, d1, self.succ, self.npred, prio, inv_c, inv_m, self.names)
             return [st], [en], ms
         dur = self.dur if durations is None else [[float(d)] * self.ranks for d in durations]
         host = None
         if strict and self.host is not None and durations is None:  # overridden durations: no host
             seq = self.seq
             host = (self.host[0], sorted(range(len(prio)), key=lambda i: (prio[i], seq[i])), self.host[1],
-                    self.host[2])
-        return event_loop(self.res, dur, self.succ, self.npred, prio, self.ranks, float(sc), float(sm), strict,
+                    self.host[2], self.host[3], self.host[4])
+        return event_loop(self.res, dur, self.succ, self.npred, prio, self.ranks, inv_c, inv_m, strict,
                            self.names, host)
 
     def makespan_us(self, priority: Mapping[str, float] | Sequence[float] | None = None, *, strict: bool = False,
@@ -268,17 +297,20 @@ class Compiled:
         return Timeline(None, meta, builder=rows, makespan_us=makespan)
 
 
-def _host_columns(lag_us: object, attrs: list[dict], preds: list[tuple[int, ...]], res: list[int],
-                  R: int) -> tuple[list[list[float]], list[tuple[int, ...]], float] | None:
+def _host_columns(graph: Mapping[str, object], attrs: list[dict], preds: list[tuple[int, ...]], res: list[int],
+                  R: int) -> tuple[list[list[float]], list[tuple[int, ...]], float, float, float] | None:
     """The host model's inputs (:mod:`moesched.host`) when the graph has ``host_lag_us``:
     host µs per task and rank, the compute tasks whose GPU end each task's issue waits for
-    (the first hop of a dispatch waits for its routing counts), and the lag in µs."""
+    (the first hop of a dispatch waits for its routing counts), the lag, and the step's
+    setup before the first issue and finish after the last task, in µs."""
+    lag_us = graph.get("host_lag_us")
     if lag_us is None:
         return None
     cost = [[float(a.get("host_us", 0.0))] * R for a in attrs]
     waits = [tuple(p for p in ps if res[p] == 0) if a["kind"] == "dispatch" and a.get("hop") in (None, "intra")
              else () for a, ps in zip(attrs, preds)]
-    return cost, waits, float(lag_us)  # type: ignore[arg-type]
+    return (cost, waits, float(lag_us), float(graph.get("host_setup_us", 0.0)),  # type: ignore[arg-type]
+            float(graph.get("host_finish_us", 0.0)))  # type: ignore[arg-type]
 
 
 def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, strict: bool = False,
@@ -286,15 +318,19 @@ def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, stri
     """Simulate graph ``g`` (see :mod:`moesched.graph`) and return its Timeline.
 
     priority: task -> number, lower first; default the graph's creation order ``seq``.
-    compute_slowdown, comm_slowdown: interference factors; default those stored in the
-    graph attribute ``interference`` (set by graph.build from the profile), else 1.0.
+    compute_slowdown, comm_slowdown: interference factors for every collective; default
+    those stored in the graph attributes ``interference`` and ``interference_by_op`` (set
+    by graph.build from the profile), else 1.0.
     """
     c = Compiled(g)
+    over = compute_slowdown is not None or comm_slowdown is not None
     sc = c.slowdown[0] if compute_slowdown is None else float(compute_slowdown)
     sm = c.slowdown[1] if comm_slowdown is None else float(comm_slowdown)
-    start, end, ms = c.run(priority, strict=strict, slowdown=(sc, sm))
-    return c.timeline(start, end, ms, {"ranks": c.ranks, "compute_slowdown": sc, "comm_slowdown": sm,
-                                       "strict": strict})
+    start, end, ms = c.run(priority, strict=strict, slowdown=(sc, sm) if over else None)
+    meta = {"ranks": c.ranks, "compute_slowdown": sc, "comm_slowdown": sm, "strict": strict}
+    if c.by_op and not over:
+        meta["interference_by_op"] = dict(c.by_op)
+    return c.timeline(start, end, ms, meta)
 
 
 def critical_path_us(g: nx.DiGraph) -> float:

@@ -14,16 +14,23 @@ from typing import Sequence
 from moesched.errors import MoeschedError
 
 
-Host = tuple[list[list[float]], list[int], list[tuple[int, ...]], float]
+#: (host µs [task][rank], issue order, compute tasks each issue waits for, lag µs,
+#: setup µs before the first issue, finish µs after the last task)
+Host = tuple[list[list[float]], list[int], list[tuple[int, ...]], float, float, float]
 
 
 def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[int]], npred: list[int],
-                prio: list[float], R: int, sc: float, sm: float, strict: bool,
+                prio: list[float], R: int, inv_c: Sequence[float], inv_m: Sequence[float], strict: bool,
                 names: list[str], host: Host | None = None) -> tuple[list[list[float]], list[list[float]], float]:
     """List scheduling with rate-based interference; see the module docstring.
 
-    host (strict mode only): (host µs [task][rank], issue order, compute tasks each issue
-    waits for, lag µs); the model of :mod:`moesched.host`."""
+    inv_c[i], inv_m[i] (collective i; unused for compute tasks): the rate of compute while
+    collective i runs (1 / its compute slowdown) and the rate of collective i while some
+    rank computes (1 / its comm slowdown). With two collectives running, compute goes at
+    the lower of their rates.
+
+    host (strict mode only): :data:`Host`, the model of :mod:`moesched.host`; the makespan
+    then includes the step's setup and finish."""
     n = len(res)
     cnt_comm = [npred[i] if res[i] else 0 for i in range(n)]
     cnt = [[0 if res[i] else npred[i] for i in range(n)] for _ in range(R)]
@@ -56,14 +63,13 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
     t = 0.0
     done = 0
     EPS = 1e-9
-    rc_on, rm_on = 1.0 / sc, 1.0 / sm
     ranks = range(R)
     INF = float("inf")
     if host is not None:  # issue start/end per rank and task, filled in issue order ahead of time
-        hcost, horder, hwait, lag = host
+        hcost, horder, hwait, lag, setup, finish = host
         hs = [[INF] * n for _ in ranks]
         he = [[INF] * n for _ in ranks]
-        hp, hclock = [0] * R, [0.0] * R
+        hp, hclock = [0] * R, [setup] * R
         fin = [[False] * n for _ in ranks]
         tail = [INF] * R  # a compute task whose work is done waits for its last launch until tail[k]
 
@@ -129,8 +135,12 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
                 break
             t = gate  # idle until the host has issued the next task
             continue
-        rc = rc_on if comm_on else 1.0
-        rm = rm_on if comp_on else 1.0
+        rc = 1.0
+        if comm_on:
+            rc = inv_c[run_l[1]] if run_l[2] < 0 else inv_c[run_l[2]] if run_l[1] < 0 else \
+                min(inv_c[run_l[1]], inv_c[run_l[2]])
+        rm = [1.0, inv_m[run_l[1]] if comp_on and run_l[1] >= 0 else 1.0,
+              inv_m[run_l[2]] if comp_on and run_l[2] >= 0 else 1.0]
         dt = gate - t
         for k in ranks:
             if host is not None and tail[k] < INF:
@@ -138,8 +148,8 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
             elif run_c[k] >= 0 and rem_c[k] / rc < dt:
                 dt = rem_c[k] / rc
         for j in (1, 2):
-            if run_l[j] >= 0 and rem_l[j] / rm < dt:
-                dt = rem_l[j] / rm
+            if run_l[j] >= 0 and rem_l[j] / rm[j] < dt:
+                dt = rem_l[j] / rm[j]
         t += dt
         for k in ranks:  # finish compute tasks
             i = run_c[k]
@@ -178,7 +188,7 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
             i = run_l[j]
             if i < 0:
                 continue
-            rem_l[j] -= dt * rm
+            rem_l[j] -= dt * rm[j]
             d = max(dur[i])
             if rem_l[j] <= EPS * (d if d > 1.0 else 1.0):
                 run_l[j] = -1
@@ -199,11 +209,11 @@ def event_loop(res: list[int], dur: list[list[float]], succ: Sequence[Sequence[i
         stuck = [names[i] for i in range(n) if (cnt_comm[i] > 0 if res[i] else cnt[0][i] > 0)][:3]
         raise MoeschedError(f"schedule deadlocks: {n * R - done} task instances never ran (e.g. {stuck}); "
                             "a strict order must be consistent with the dependencies")
-    return start, end, t
+    return start, end, t if host is None else t + finish
 
 
 def event_loop_1(res: list[int], dur: list[float], succ: Sequence[Sequence[int]], npred: list[int], prio: list[float],
-                  sc: float, sm: float, names: list[str]) -> tuple[list[float], list[float], float]:
+                  inv_c: Sequence[float], inv_m: Sequence[float], names: list[str]) -> tuple[list[float], list[float], float]:
     """:func:`event_loop` for one rank and ``strict=False``, with the same arithmetic in the
     same order (so the same times to the last bit), without the per-rank lists. Tasks
     enter the heaps by their rank in (priority, index) order, the order the general
@@ -229,7 +239,6 @@ def event_loop_1(res: list[int], dur: list[float], succ: Sequence[Sequence[int]]
     t = 0.0
     done = 0
     EPS = 1e-9
-    rc_on, rm_on = 1.0 / sc, 1.0 / sm
     inf = float("inf")
     while True:
         if run_c < 0 and hc:
@@ -273,15 +282,18 @@ def event_loop_1(res: list[int], dur: list[float], succ: Sequence[Sequence[int]]
                 start[i] = t
             run_c = run_1 = run_2 = -1
             continue
-        rc = rc_on if comm_on else 1.0
-        rm = rm_on if comp_on else 1.0
+        rc = 1.0
+        if comm_on:
+            rc = inv_c[run_1] if run_2 < 0 else inv_c[run_2] if run_1 < 0 else min(inv_c[run_1], inv_c[run_2])
+        rm1 = inv_m[run_1] if comp_on and run_1 >= 0 else 1.0
+        rm2 = inv_m[run_2] if comp_on and run_2 >= 0 else 1.0
         dt = inf
         if comp_on and rem_c / rc < dt:
             dt = rem_c / rc
-        if run_1 >= 0 and rem_1 / rm < dt:
-            dt = rem_1 / rm
-        if run_2 >= 0 and rem_2 / rm < dt:
-            dt = rem_2 / rm
+        if run_1 >= 0 and rem_1 / rm1 < dt:
+            dt = rem_1 / rm1
+        if run_2 >= 0 and rem_2 / rm2 < dt:
+            dt = rem_2 / rm2
         t += dt
         fin = []
         if comp_on:
@@ -291,13 +303,13 @@ def event_loop_1(res: list[int], dur: list[float], succ: Sequence[Sequence[int]]
                 fin.append(run_c)
                 run_c = -1
         if run_1 >= 0:
-            rem_1 -= dt * rm
+            rem_1 -= dt * rm1
             d = dur[run_1]
             if rem_1 <= EPS * (d if d > 1.0 else 1.0):
                 fin.append(run_1)
                 run_1 = -1
         if run_2 >= 0:
-            rem_2 -= dt * rm
+            rem_2 -= dt * rm2
             d = dur[run_2]
             if rem_2 <= EPS * (d if d > 1.0 else 1.0):
                 fin.append(run_2)

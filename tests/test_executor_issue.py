@@ -71,6 +71,20 @@ def test_host_timeline_threads(world1) -> None:
     assert set(single["thread"]) == {"main"}
 
 
+def test_timeline_times_the_call_around_the_tasks(world1) -> None:
+    """The call's setup, its tasks and the loss average add up to the whole call, and the
+    tasks' host intervals fall inside it."""
+    plan = _plan()
+    _, _, step = _grads(plan, "single")
+    tl = step.timeline()
+    m = tl.meta
+    assert m["setup_us"] > 0 and m["finish_us"] > 0 and m["loss_avg_us"] > 0
+    assert m["setup_us"] + m["finish_us"] + m["loss_avg_us"] == pytest.approx(m["call_us"], rel=1e-6)
+    assert tl.host["end_us"].max() <= m["finish_us"] and tl.df["end_us"].max() <= m["finish_us"] + 1.0
+    copies = plan.model.tokens * plan.model.top_k  # kept copies, from the count exchange, + dropped ones
+    assert step.last_dropped + sum(r[0][0] for r in step.routing()) == copies * plan.model.layers
+
+
 @pytest.mark.parametrize("kind", ["dispatch", "expert_fwd"])
 def test_failure_on_either_thread_is_raised(world1, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     def boom(*a, **k):

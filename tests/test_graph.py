@@ -142,6 +142,15 @@ def test_hierarchical_a2a_has_intra_and_inter_hops() -> None:
     assert {flat.nodes[t]["resource"] for t in kinds(flat, "dispatch")} == {"comm_inter"}
 
 
+def test_one_gpu_per_node_has_no_intra_hop() -> None:
+    """Two nodes of one GPU: a hierarchical all-to-all degenerates to the flat one (no
+    intra-node hop, so no intra-node cost needed from the profile)."""
+    m = MoEModel(**{**small().__dict__, "experts": 4})
+    g = build(m, Cluster(2, 1), None, Knobs.uniform(3, 2, a2a="hierarchical"))
+    hops = {g.nodes[t].get("hop") for t in kinds(g, "dispatch") + kinds(g, "combine")}
+    assert hops == {None} and {g.nodes[t]["scope"] for t in kinds(g, "dispatch")} == {"world"}
+
+
 def test_serialize_chains_everything() -> None:
     g = build(small(), Cluster(1, 4), NVLINK, Knobs.uniform(3, 2, serialize=True))
     order = sorted(g.nodes, key=lambda t: g.nodes[t]["seq"])

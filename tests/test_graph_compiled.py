@@ -156,9 +156,14 @@ def test_one_rank_event_loop_equals_the_general_loop(seed: int) -> None:
         n = len(c.names)
         dur = [0.0 if rng.random() < 0.1 else rng.uniform(0.0, 500.0) for _ in range(n)]
         prio = [float(rng.randrange(max(1, n // rng.choice([1, 3])))) for _ in range(n)]
-        for sc, sm in ((1.0, 1.0), (rng.uniform(1.0, 3.0), rng.uniform(1.0, 3.0)), (1.0, 2.5)):
-            st, en, ms = event_loop_1(c.res, dur, c.succ, c.npred, prio, sc, sm, c.names)
-            st0, en0, ms0 = event_loop(c.res, [[d] for d in dur], c.succ, c.npred, prio, 1, sc, sm, False, c.names)
+        for sc, sm in ((1.0, 1.0), (rng.uniform(1.0, 3.0), rng.uniform(1.0, 3.0)), (1.0, 2.5), (None, None)):
+            if sc is None:  # factors per collective
+                inv_c, inv_m = [rng.uniform(0.3, 1.0) for _ in range(n)], [rng.uniform(0.3, 1.0) for _ in range(n)]
+            else:
+                inv_c, inv_m = [1.0 / sc] * n, [1.0 / sm] * n
+            st, en, ms = event_loop_1(c.res, dur, c.succ, c.npred, prio, inv_c, inv_m, c.names)
+            st0, en0, ms0 = event_loop(c.res, [[d] for d in dur], c.succ, c.npred, prio, 1, inv_c, inv_m, False,
+                                       c.names)
             assert (st, en, ms) == (st0[0], en0[0], ms0)
 
 

@@ -40,7 +40,7 @@ def _plan_graph(host: HostCosts | None, r: int = 2):
 
 def _issue_times(g, order: list[str], end: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """The host's issue intervals re-derived from the model's rules and the GPU ends."""
-    hs, he, h = {}, {}, 0.0
+    hs, he, h = {}, {}, float(g.graph["host_setup_us"])  # the step's setup comes first
     for t in order:
         a = g.nodes[t]
         if a["kind"] == "dispatch" and a.get("hop") in (None, "intra"):
@@ -127,9 +127,28 @@ def test_host_rules_hold(alpha_us: float, lag_us: float) -> None:
             assert start[t] >= hs[t] + lag_us - eps and end[t] >= he[t] + lag_us - eps, t
         else:
             assert start[t] >= he[t] + lag_us - eps, t
-    assert tl.makespan_us >= len(g) * alpha_us  # the host issues one task at a time
+    setup, finish = g.graph["host_setup_us"], g.graph["host_finish_us"]
+    assert setup == finish == alpha_us  # the step kinds cost alpha here, like the tasks
+    assert tl.makespan_us >= setup + len(g) * alpha_us + finish  # the host issues one task at a time
+    assert tl.makespan_us == pytest.approx(max(end.values()) + finish)  # the step ends after its finish
     if alpha_us > 500:  # host-bound: the GPU only trails the host
-        assert tl.makespan_us <= max(he.values()) + lag_us + max(a["duration_us"] for _, a in g.nodes(data=True))
+        assert tl.makespan_us <= max(he.values()) + lag_us + max(a["duration_us"] for _, a in g.nodes(data=True)) \
+            + finish
+
+
+def test_step_setup_and_finish_follow_the_layers() -> None:
+    """step_setup / step_finish are priced per step at x = the model's layers, and shift the
+    strict replay by exactly their sum when the GPU waits for the host from the start."""
+    base = HostCosts(30.0, {k: HostCost(50.0) for k in HOST_KINDS if not k.startswith("step_")})
+    steps = dataclasses.replace(base, kinds=dict(base.kinds, step_setup=HostCost(100.0, 200.0),
+                                                 step_finish=HostCost(70.0)))
+    plan, g0 = _plan_graph(base)
+    _, g1 = _plan_graph(steps)
+    assert (g1.graph["host_setup_us"], g1.graph["host_finish_us"]) == (100.0 + 200.0 * MODEL.layers, 70.0)
+    assert g0.graph["host_setup_us"] == g0.graph["host_finish_us"] == 0.0  # unmeasured: free
+    prio = {t: i for i, t in enumerate(plan.order)}
+    t0, t1 = simulate(g0, prio, strict=True), simulate(g1, prio, strict=True)
+    assert t1.makespan_us == pytest.approx(t0.makespan_us + 100.0 + 200.0 * MODEL.layers + 70.0)
 
 
 def test_list_scheduling_ignores_the_host() -> None:

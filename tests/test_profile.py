@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ def test_round_trip_and_digest(tmp_path: Path) -> None:
     d = p.to_dict()
     d["compute"]["attn_fwd"]["alpha_us"] += 1.0
     assert Profile.from_dict(d).digest() != p.digest()
+    r = replace(p, interference_by_op={"all_reduce": (1.2, 1.7)})  # per-collective factors survive the file
+    r.save(tmp_path / "by_op.json")
+    assert Profile.load(tmp_path / "by_op.json").interference_by_op == {"all_reduce": (1.2, 1.7)}
 
 
 def test_cost_line_and_points() -> None:
@@ -147,6 +151,11 @@ def _mutations() -> list[tuple[str, object]]:
         ("interference must have", drop("interference", "comm_slowdown")),
         (">= 1.0", setv(0.5, "interference", "compute_slowdown")),
         (">= 1.0", setv("high", "interference", "comm_slowdown")),
+        ("by_op must map", setv({"broadcast": {"compute_slowdown": 1.0, "comm_slowdown": 1.0}},
+                                "interference", "by_op")),
+        ("by_op.all_reduce must have", setv({"all_reduce": {"compute_slowdown": 1.0}}, "interference", "by_op")),
+        (">= 1.0", setv({"all_reduce": {"compute_slowdown": 1.0, "comm_slowdown": 0.9}}, "interference", "by_op")),
+        ("interference must have", setv(2, "interference", "extra")),
     ]
 
 

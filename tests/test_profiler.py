@@ -85,6 +85,8 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
     for cost in prof.compute.values():  # the fallback for unmeasured shapes: one line per kind
         assert cost.alpha_us >= 0 and cost.beta_us_per_unit >= 0 and cost.r2 is not None
     assert prof.compute_slowdown >= 1.0 and prof.comm_slowdown >= 1.0
+    assert set(prof.interference_by_op) == {"all_reduce"} and min(prof.interference_by_op["all_reduce"]) >= 1.0
+    assert prof.meta["interference_all_reduce"]["op"] == "all_reduce"
     meta = prof.meta
     assert meta["replay"]["n"] > 0 and meta["replay"]["mean_err_pct"] is not None
     assert meta["world_size"] == 2 and "torchrun --nproc_per_node=2 -m moesched profile" in meta["command"]
@@ -99,6 +101,10 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
                                           "grad_ar"} <= set(prof.host.kinds)
         sampled = {kind for _, kind, _, _, _ in meta["samples"]["host"]}
         assert set(prof.host.kinds) == sampled  # one fit per measured kind
+        # the step around its tasks, at the configured layers and at one layer
+        steps = [(x, us) for _, kind, x, _, us in meta["samples"]["host"] if kind == "step_setup"]
+        assert len({x for x, _ in steps}) == 2 and min(x for x, _ in steps) == 1.0 and all(us > 0 for _, us in steps)
+        assert {"step_setup", "step_finish"} <= sampled
         assert refit(prof).host == prof.host    # --refit rebuilds the same host costs from meta
         assert set(prof.host.shapes) == set(prof.shapes)
         assert meta["samples"]["host"] and Profile.from_dict(prof.to_dict()).host == prof.host

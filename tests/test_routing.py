@@ -112,6 +112,11 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
     for r in rows:
         assert float(r["predicted_routed_ms"]) > 0 and float(r["max_recv_share"]) >= 1.0  # some rank gets >= mean
         assert r["repeats"] == "2" and float(r["measured_spread_pct"]) >= 0.0
+        # the last step: its call holds its setup, its tasks and its finish
+        call, setup, finish, trace = (float(r[k]) for k in ("last_call_ms", "last_setup_ms", "last_finish_ms",
+                                                             "last_trace_ms"))
+        assert setup > 0 and finish > 0 and trace > 0
+        assert setup + trace + finish == pytest.approx(call, abs=2e-4)
     assert "with each step's measured routing" in p.stdout and "interleaved repeats" in p.stdout
     assert len(list(traces.glob("*_predicted.json"))) == 2
 

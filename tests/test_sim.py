@@ -205,6 +205,28 @@ def test_interference_default_comes_from_graph() -> None:
     assert tl.makespan_us > free.makespan_us
 
 
+def test_interference_per_collective() -> None:
+    """A compute task beside an all-to-all and then beside a gradient all-reduce: each
+    collective slows (and is slowed) by its own factors, by hand:
+    X [0, 100) compute; A all-to-all [0, ...) and G all-reduce after A, on one link.
+    A: compute at 1/1.0, A at 1/2.0 -> A's 10 µs take 20; X has done 20 by then.
+    G: compute at 1/1.25, G at 1/4.0 -> G's 10 µs need 40 µs, X does 32 of its 80 left;
+    X alone then: 48 more, ends at 108."""
+    g = nx.DiGraph(ranks=1, interference=(1.0, 2.0), interference_by_op={"all_reduce": (1.25, 4.0)})
+    for name, kind, res, seq, d in (("X", "attn_fwd", "compute", 0, 100.0), ("A", "dispatch", "comm_intra", 1, 10.0),
+                                    ("G", "grad_ar", "comm_intra", 2, 10.0)):
+        g.add_node(name, kind=kind, layer=0, chunk=0, phase="fwd", resource=res, seq=seq, duration_us=d)
+    g.add_edge("A", "G")
+    for strict in (False, True):
+        tl = simulate(g, strict=strict)
+        row = {t: (s, e) for t, s, e in zip(tl.df["task"], tl.df["start_us"], tl.df["end_us"])}
+        assert row["A"] == pytest.approx((0.0, 20.0)) and row["G"] == pytest.approx((20.0, 60.0))
+        assert row["X"] == pytest.approx((0.0, 108.0))
+        assert tl.meta["interference_by_op"] == {"all_reduce": (1.25, 4.0)}
+    one = simulate(g, compute_slowdown=1.0, comm_slowdown=2.0)  # an explicit pair overrides per collective
+    assert one.df.set_index("task").at["G", "end_us"] == pytest.approx(40.0)
+
+
 def test_serialized_step_is_the_sum_of_durations() -> None:
     m = PRESETS["Mixtral-7B-FSMoE"]
     g = build(m, Cluster(1, 4), NVLINK, Knobs.uniform(m.layers, 2, serialize=True))

@@ -51,7 +51,9 @@ def check_lines(path: str, tol: float) -> list[str]:
     rows = check(prof, tol)
     lines = [f"profile {prof.name} ({prof.kind}): {prof.description}",
              f"hardware: {prof.hardware}",
-             f"interference: compute_slowdown {_fmt(prof.compute_slowdown)}, comm_slowdown {_fmt(prof.comm_slowdown)}",
+             f"interference: compute_slowdown {_fmt(prof.compute_slowdown)}, comm_slowdown {_fmt(prof.comm_slowdown)}"
+             + "".join(f"; {op}: compute_slowdown {_fmt(c)}, comm_slowdown {_fmt(m)}"
+                       for op, (c, m) in sorted(prof.interference_by_op.items())),
              f"{'fit':34} {'model':9} {'alpha_us':>10} {'beta_us/unit':>12} {'R^2':>8} {'pts':>4} {'max_err%':>8}"]
     for r in rows:
         r2 = "-" if r.r2 is None else f"{r.r2:.5f}"
