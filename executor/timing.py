@@ -29,8 +29,9 @@ def gc_quiet() -> Iterator[None]:
     frameworks do (Megatron-LM's ``--manual-gc``, torchtitan's GC control): what exists on
     entry is collected once and frozen, automatic collection is off inside, and on exit
     the objects are unfrozen, the collector restored and run once. A full collection in a
-    process holding torch scans some 200,000 objects (130 ms on the CI machine); fired
-    inside a 30 ms step it made repeats of one plan differ by up to 30% (session 8)."""
+    process holding torch scans some 200,000 objects (130 ms on the CI machine), longer
+    than a whole step. (On 2 x H200 it did not explain the spread between repeats of
+    host-bound plans over NVLink, which stayed 10-14%: docs/validation.md, session 8.)"""
     was = gc.isenabled()
     gc.collect()
     gc.freeze()

@@ -1,10 +1,11 @@
 """Re-predict measured validation runs with the current model: the very plans that ran.
 
     python scripts/repredict.py results/gpu/session7 [nvlink hostmem 2nodes]
+    python scripts/repredict.py --write-plans results/gpu/session8 nvlink   # once, after a run
 
 For each regime, reads ``validation-REG.csv`` (what ran and what it measured),
 ``plans-REG.json`` (the plan of every row, as ``moesched validate`` built it, checked
-against the row's plan hash) and ``h200x4-REG.json`` (the profile of that run), replays
+against the row's plan hash) and ``h200xN-REG.json`` (the profile of that run), replays
 each plan on the profile with the current simulator and cost lookups, and prints the
 step-time error as run and now (mean and max |error| %, Spearman per config). Writes
 ``repredicted-REG.csv`` beside them. Nothing is measured: a model change is checked
@@ -25,8 +26,36 @@ from moesched.plan import Plan
 from moesched.profile import Profile
 
 
+def profile_path(folder: Path, regime: str) -> Path:
+    """The run's profile: ``h200xN-REG.json`` (N GPUs)."""
+    found = sorted(folder.glob(f"h200x[0-9]-{regime}.json"))
+    if len(found) != 1:
+        raise MoeschedError(f"{folder}: expected one h200xN-{regime}.json, found {[p.name for p in found]}")
+    return found[0]
+
+
+def write_plans(folder: Path, regime: str, configs: str = "docs/validation_configs.json") -> None:
+    """Rebuild the plan of every CSV row as ``moesched validate`` did (same profile, same
+    code: :func:`executor.validate.make_plan`), check each against the row's hash, and
+    write ``plans-REG.json``."""
+    from executor.validate import make_plan
+    from moesched.cluster import Cluster
+    from moesched.configs import load_configs
+    path = profile_path(folder, regime)
+    prof = Profile.load(path)
+    cluster = Cluster(prof.nodes, prof.gpus_per_node)
+    models = {c.name: c.model for c in load_configs(configs)}
+    df = pd.read_csv(folder / f"validation-{regime}.csv")
+    plans = [make_plan((str(path), models[c].to_dict(), cluster.to_dict(), s)) for c, s in zip(df["config"], df["schedule"])]
+    bad = [f"{c}/{s}" for (c, s, h), p in zip(zip(df["config"], df["schedule"], df["plan_hash"]), plans)
+           if Plan.from_dict(p).hash[:12] != h]
+    if bad:
+        raise MoeschedError(f"plans rebuilt for {bad} differ from those that ran (code or profile changed)")
+    write_atomic(folder / f"plans-{regime}.json", json.dumps(plans))
+
+
 def repredict(folder: Path, regime: str) -> pd.DataFrame:
-    prof = Profile.load(folder / f"h200x4-{regime}.json")
+    prof = Profile.load(profile_path(folder, regime))
     df = pd.read_csv(folder / f"validation-{regime}.csv")
     plans = [Plan.from_dict(p) for p in json.loads((folder / f"plans-{regime}.json").read_text())]
     if len(plans) != len(df) or any(p.hash[:12] != h for p, h in zip(plans, df["plan_hash"])):
@@ -37,6 +66,10 @@ def repredict(folder: Path, regime: str) -> pd.DataFrame:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--write-plans":
+        for reg in argv[2:] or ["nvlink", "hostmem", "2nodes"]:
+            write_plans(Path(argv[1]), reg)
+        return 0
     folder = Path(argv[0]) if argv else Path("results/gpu/session7")
     for reg in argv[1:] or ["nvlink", "hostmem", "2nodes"]:
         df = repredict(folder, reg)
