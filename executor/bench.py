@@ -23,7 +23,7 @@ from moesched import work
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
-from executor import graphs, tasks
+from executor import graphs, route, tasks
 from executor.layers import MoEModule
 from executor.state import ExpertBwd
 
@@ -55,7 +55,7 @@ def _fake_expert_input(ctx: tasks.Ctx, model: MoEModel, tokens: int) -> None:
     per[: copies % (S * El)] += 1
     cnt = torch.zeros(S, S, El, 1, dtype=torch.long)
     cnt[:, 0, :, 0] = per.view(S, El)
-    ls.cnt[0] = cnt
+    ls.cnt[0] = cnt.numpy()
     g = torch.Generator(device=ctx.x.device).manual_seed(2)
     ls.xin[0] = torch.randn(copies, ls.M, generator=g, device=ctx.x.device).to(ctx.x.dtype)
 
@@ -108,7 +108,8 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
     """attn_fwd / attn_bwd as layer 1 of two, loss after one layer; layer 0's expert side is
     replaced by random combined rows."""
     ctx = _ctx(model, tokens, device, dtype, ep, layers=1 if kind == "loss" else 2)
-    ctx.graphs = graphs.capture(ctx.module, ctx.knobs)  # as the executor runs it (CUDA)
+    ctx.graphs = graphs.capture(ctx.module, ctx.knobs, ctx.layers)  # as the executor runs it (CUDA)
+    ctx.route_graphs = route.capture(ctx.layers, ctx.cfg, ctx.knobs)
     l0 = ctx.layers[0]
     tasks.attn_fwd(ctx, 0, 0, 1)
     g = torch.Generator(device=device).manual_seed(3)
@@ -138,7 +139,7 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
     # What dispatch_bwd leaves for attn_bwd in a real step: layer 1's combine_bwd send rows
     # (built from dy) and the received input gradients of its kept copies, scatter-added
     # into du by attn_bwd (one row per kept copy, as many as were sent).
-    tasks._mark_ready(ctx, l1, 0, l1.T)
+    tasks._mark_ready(ctx, 1, 0, l1.T)
     for j in range(l1.rb):
         l1.dxr[j] = torch.randn(l1.bci[j].numel(), l1.M, generator=g, device=device).to(dtype)
 

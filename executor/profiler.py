@@ -379,7 +379,10 @@ def main(args: argparse.Namespace) -> int:
         lags: list = []
         a2a_rows: list = []
         comp_rows: list = []
+        probe: list = []
         if host_steps > 0:  # the host issue cost of every task kind, from real executor steps
+            from executor.timing import host_probe_us
+            probe = ctx.gather(host_probe_us(ctx.device))  # the host's speed now (validate scales by it)
             dtype = torch.bfloat16 if cuda else torch.float32
             mine, my_lags, my_a2a, my_comp = hostprof.measure_host(
                 models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype, steps=host_steps,
@@ -392,6 +395,8 @@ def main(args: argparse.Namespace) -> int:
             meta = dict(_meta(ctx, args, grid, names), interference=inter, interference_all_reduce=inter_ar,
                         count_exchange_us=exchange_us,
                         comm_spread_pct=comm_spread)
+            if probe:
+                meta["host_probe_us"] = max(probe)  # the slowest rank's host sets a collective's start
             mem = torch.cuda.get_device_properties(ctx.device).total_memory if cuda \
                 else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             hw = {"gpu": meta.get("gpu") or f"CPU ({platform.machine()})", "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,

@@ -61,9 +61,10 @@ from moesched.graph import COMPUTE
 from moesched.plan import Plan
 from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline
 
-from executor import graphs, tasks
+from executor import graphs, route, tasks
 from executor.comm import build_groups
 from executor.layers import MoEModule
+from executor.staging import Staging
 
 _WARNED = False
 ISSUE_MODES = ("single", "threads")
@@ -116,12 +117,16 @@ class PlannedStep:
         on_comm = lambda t: g.nodes[t]["resource"] != COMPUTE  # noqa: E731
         self._cross = {t: [p for p in preds if on_comm(p) != on_comm(t)] for t, _, preds in self.steps}
         self._pool: ThreadPoolExecutor | None = None
-        self.compute_stream = self.meta_stream = self.graphs = None
+        m = plan.model
+        self.layers = tasks.new_layer_states(m, plan.knobs, c.ep_size, module.device, module.dtype)  # every step's
+        self.compute_stream = self.meta_stream = self.graphs = self.route_graphs = self.staging = None
         if self.cuda:
             _warn_connections()
             self.compute_stream = torch.cuda.current_stream(module.device)
             self._device_index = self.compute_stream.device.index  # for the issue thread
-            self.graphs = graphs.capture(module, plan.knobs) if cuda_graphs else None
+            self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs else None
+            self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs else None
+            self.staging = Staging(module.device)
             self.links = {r: torch.cuda.Stream(module.device) for r in ("comm_intra", "comm_inter")}
             self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
             self.zero_stream = torch.cuda.Stream(module.device)  # gradient buffers zeroed beside the forward
@@ -157,11 +162,15 @@ class PlannedStep:
         else:
             for f in self.flat.values():
                 f.zero_()
+        for ls in self.layers:  # the last step is over (its loss is on the host)
+            ls.reset()
+        if self.staging is not None:
+            self.staging.reset()
         flat = lambda t: t.to(mod.device, mod.dtype).reshape(m.tokens, m.d_model)  # noqa: E731
         return tasks.Ctx(module=mod, cfg=m, knobs=self.plan.knobs, groups=self.groups, world=self.world,
-                         layers=tasks.new_layer_states(m, self.plan.knobs, self.groups.ep_size, mod.device, mod.dtype),
-                         x=flat(batch), target=flat(target), flat=self.flat, compute_stream=self.compute_stream,
-                         meta_stream=self.meta_stream, graphs=self.graphs, grads_zeroed=zeroed)
+                         layers=self.layers, x=flat(batch), target=flat(target), flat=self.flat,
+                         compute_stream=self.compute_stream, meta_stream=self.meta_stream, graphs=self.graphs,
+                         route_graphs=self.route_graphs, staging=self.staging, grads_zeroed=zeroed)
 
     def __call__(self, batch: torch.Tensor, target: torch.Tensor) -> float:
         """One training step; returns the loss averaged over ranks. Python's automatic

@@ -11,9 +11,10 @@ samples when attention is chunked). Gradients are exact for any r_fwd, r_bwd:
   combined_j), runs norms/attention/router under autograd on a detached leaf (split at
   backward-chunk boundaries when attention is chunked, so attn_bwd chunks own whole
   subgraphs), routes with capacity counters carried across chunks, builds the dispatch
-  send rows sorted by (destination, expert, token, slot) and starts the all-gather of the
-  counts per (source, destination, local expert, backward chunk); on CUDA the host waits
-  for them only where a task needs them (``LayerState.ready``: the chunk's dispatch).
+  send rows sorted by (destination, expert, token, slot) (:func:`executor.route.route_fwd`,
+  a CUDA graph on GPUs) and starts the all-gather of the counts per (source, destination,
+  local expert, backward chunk); on CUDA the host waits for them only where a task needs
+  them (``LayerState.ready``: the chunk's dispatch).
 * the expert side keeps inputs and pre-activations; backward chunk j selects its copies
   from the counts alone (no second exchange).
 * attn_bwd sums dL/du (expert copies, shared path), dL/dw (router weights: dy . combined)
@@ -27,16 +28,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
-from executor.comm import Groups, a2a, hop_plan
+from executor import route
+from executor.comm import Groups, a2a, all_reduce_sum, hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
 from executor.graphs import piece_cuts
 from executor.layers import MoEModule, attention_router, capacity, grad_buffers, keep_mask  # noqa: F401
+from executor.staging import Staging
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 
 
@@ -56,6 +60,8 @@ class Ctx:
     compute_stream: Any = None          # torch.cuda.Stream on CUDA, else None
     meta_stream: Any = None             # CUDA: side stream of the routing-count exchange
     graphs: dict | None = None          # CUDA graphs of attention pieces (executor.graphs)
+    route_graphs: Any = None            # CUDA graphs of the routing bookkeeping (executor.route)
+    staging: Staging | None = None      # host index arrays to the device (executor.staging)
     loss: torch.Tensor | None = None
     retain_graph: bool = False          # benchmarks replay attn_bwd
     hold: dict = field(default_factory=dict)    # first-hop results of two-hop all-to-alls
@@ -68,6 +74,18 @@ class Ctx:
     def me(self) -> int:
         return 0 if self.groups is None else self.groups.ep_rank
 
+    def h2d(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A host index array on this rank's device, copied on the current stream without a
+        host sync (:mod:`executor.staging`; a tensor passes through ``.to``)."""
+        dev = self.module.device
+        if isinstance(a, torch.Tensor):
+            return a.to(dev)
+        if dev.type != "cuda":
+            return torch.from_numpy(np.ascontiguousarray(a))
+        if self.staging is not None:
+            return self.staging.put(a)
+        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(dev, non_blocking=True)
+
 
 # ---- forward ---------------------------------------------------------------------------
 def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
@@ -77,7 +95,7 @@ def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
         fa, fb = ls.frange(c)
         if fa < b and fb > a and not ls.scattered[c]:
             ls.ready(c)
-            ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][h2d(ls.comb_pos[c], ls.fci[c].device)]
+            ci = ls.fci[c] if ls.comb_pos[c] is None else ls.fci[c][ctx.h2d(ls.comb_pos[c])]
             ls.comb_full.index_copy_(0, ci, ls.comb[c])
             ls.scattered[c] = True
     comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
@@ -87,82 +105,54 @@ def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
     return y
 
 
-def h2d(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host index tensor to ``device`` without a host sync: a pageable copy with
-    non_blocking=False waits for the whole stream, which would stop the issue thread from
-    running ahead of the GPU. Pinned memory from PyTorch's caching host allocator stays
-    alive until the copy is done."""
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def _dispatch_counts(ls: LayerState, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch chunk c without a host sync: the order of its copies (kept ones first, by
-    global expert = (destination, local expert), then token and slot; dropped ones last)
-    and the counts [S, El, rb] of kept copies by (destination, local expert, bwd chunk)."""
-    fa, fb = ls.frange(c)
-    k, rb = ls.k, ls.rb
-    kept = ls.kept[fa:fb].reshape(-1)
-    e = ls.idx[fa:fb].reshape(-1)
-    tok = torch.arange(e.numel(), device=e.device) // k + fa
-    _, order = torch.sort(torch.where(kept, e, ls.E), stable=True)
-    cnt = torch.zeros(ls.E * rb, dtype=torch.long, device=e.device)
-    cnt.index_add_(0, e * rb + tok // (ls.T // rb), kept.long())
-    return order, cnt.view(ls.S, ls.El, rb)
-
-
-def _dispatch_rows(ls: LayerState, c: int, order: torch.Tensor) -> None:
-    """Send rows of dispatch chunk c for every copy of ``order`` (kept ones first): the
-    count exchange later cuts them to the kept ones (:func:`_resolve_counts`)."""
-    ci = order + ls.frange(c)[0] * ls.k
-    ls.fci[c] = ci
-    ls.fsend[c] = ls.u[ci // ls.k]
-
-
-def _exchange_counts(ctx: Ctx, ls: LayerState, cnt: torch.Tensor) -> Callable[[], torch.Tensor]:
+def _exchange_counts(ctx: Ctx, ls: LayerState, cnt: torch.Tensor, c0: int) -> Callable[[], np.ndarray]:
     """Start the all-gather of counts cnt [nc, S_dst, El, rb] over the EP group; return a
-    function giving every source's counts [S_src, nc, S_dst, El, rb] on the host.
+    function giving every source's counts [S_src, nc, S_dst, El, rb] on the host (numpy).
 
     CUDA: the all-gather (NCCL, own group) and the copy to pinned host memory run on the
     meta stream and the function waits for that copy alone, so the host is free until the
-    first task that needs the split sizes. gloo and benchmarks: done at once."""
+    first task that needs the split sizes. The device and pinned buffers are the layer
+    state's, one pair per exchange of a step (keyed by its first dispatch chunk c0), kept
+    across steps (``ls.exchange``). gloo and benchmarks: done at once."""
     if ctx.groups is None:   # benchmark: every source sends alike; the same input routes alike
         key = (id(ls), tuple(cnt.shape))  # on every call, so the counts are read back once and
         if key not in ctx.bench_counts:   # timed calls do not synchronise the host
-            ctx.bench_counts[key] = cnt.cpu().unsqueeze(0).expand(ls.S, *cnt.shape)
+            ctx.bench_counts[key] = np.broadcast_to(cnt.cpu().numpy(), (ls.S, *cnt.shape))
         allc = ctx.bench_counts[key]
         return lambda: allc
     if not cnt.is_cuda or ctx.meta_stream is None:
         parts = [torch.empty_like(cnt) for _ in range(ls.S)]
         dist.all_gather(parts, cnt, group=ctx.groups.meta)
-        allc = torch.stack(parts).cpu()
+        allc = torch.stack(parts).cpu().numpy()
         return lambda: allc
+    shape = (ls.S, *cnt.shape)
+    if ls.exchange.get(c0, (None,))[0] is None or ls.exchange[c0][0].shape != shape:
+        ls.exchange[c0] = (torch.empty(shape, dtype=cnt.dtype, device=cnt.device),
+                           torch.empty(shape, dtype=cnt.dtype, pin_memory=True))
+    out, host = ls.exchange[c0]
     ms = ctx.meta_stream
     ms.wait_stream(torch.cuda.current_stream(cnt.device))
     with torch.cuda.stream(ms):
-        out = torch.empty((ls.S, *cnt.shape), dtype=cnt.dtype, device=cnt.device)
         dist.all_gather_into_tensor(out, cnt, group=ctx.groups.meta)
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
         host.copy_(out, non_blocking=True)
         done = torch.cuda.Event()
         done.record(ms)
-    ctx.alive += [cnt, out]                    # read by the meta stream: kept to step end
+    ctx.alive.append(cnt)                      # read by the meta stream: kept to step end
 
-    def get() -> torch.Tensor:
+    def get() -> np.ndarray:
         t = time.perf_counter()
         done.synchronize()
         ctx.host_wait_s += time.perf_counter() - t
-        return host
+        return host.numpy()
     return get
 
 
-def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[], torch.Tensor]) -> None:
+def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[], np.ndarray]) -> None:
     """Counts of dispatch chunks on the host: cnt, split sizes, send rows cut to kept copies."""
     allc = get()
     mine = allc[ctx.me]
     for i, cc in enumerate(chunks):
-        ls.cnt[cc] = allc[:, i].contiguous()
+        ls.cnt[cc] = allc[:, i].copy()         # the pinned buffer is the next step's too
         ls.fsplit[cc] = mine[i].sum((1, 2)).tolist()
         kept = sum(ls.fsplit[cc])
         ls.fci[cc], ls.fsend[cc] = ls.fci[cc][:kept], ls.fsend[cc][:kept]
@@ -177,21 +167,23 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     p = ctx.module.blocks[l]
     cuts = piece_cuts(ls.T, ls.rb, ctx.knobs.at_chunked, a, b)
     for pa, pb in zip(cuts, cuts[1:]):
-        xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(l > 0)
         graphed = ctx.graphs.get((l, pa, pb)) if ctx.graphs else None
+        if graphed is not None:  # writes h, u, w, idx of the piece into the layer state
+            graphed.forward(x[pa - a:pb - a])
+            ls.pieces.append(Piece(pa, pb, graphed=graphed))
+            continue
+        xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(l > 0)
         with torch.enable_grad():
-            h, u, w, idx = graphed(xl) if graphed is not None else attention_router(xl, p, m)
+            h, u, w, idx = attention_router(xl, p, m)
         ls.pieces.append(Piece(pa, pb, xl, h, u, w))
         ls.h[pa:pb] = h.detach().reshape(-1, M)
         ls.u[pa:pb] = u.detach().reshape(-1, M)
         ls.w[pa:pb] = w.detach().reshape(-1, k)
         ls.idx[pa:pb] = idx.reshape(-1, k)
-    ls.kept[a:b] = keep_mask(ls.idx[a:b], m.experts, capacity(m, ls.T), ls.counters)
     chunks = [c] if ctx.knobs.at_chunked else list(range(ls.rf))
-    orders, cnts = zip(*[_dispatch_counts(ls, cc) for cc in chunks])
-    for cc, order in zip(chunks, orders):
-        _dispatch_rows(ls, cc, order)
-    get = _exchange_counts(ctx, ls, torch.stack(cnts))
+    rg = ctx.route_graphs
+    cnt = rg.route_fwd(ls, (l, c, n), chunks) if rg is not None else route.route_fwd(ls, m, a, b, chunks)
+    get = _exchange_counts(ctx, ls, cnt, chunks[0])
     ls.defer(chunks, lambda: _resolve_counts(ctx, ls, chunks, get))
     if ctx.meta_stream is None:
         ls.ready(c)
@@ -208,20 +200,20 @@ def shared_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
         ls.sh3[a:b] = h3
 
 
-def _offs(ne: list[int], x: torch.Tensor) -> torch.Tensor | None:
+def _offs(ctx: Ctx, ne: list[int], x: torch.Tensor) -> torch.Tensor | None:
     """Cumulative row ends [El] (int32, on x's device) for the grouped GEMM, or None (loop)."""
     if not grouped(x) or not sum(ne):
         return None
-    return h2d(torch.tensor(ne, dtype=torch.int32).cumsum(0, dtype=torch.int32), x.device)
+    return ctx.h2d(np.cumsum(ne, dtype=np.int32))
 
 
 @torch.no_grad()
 def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls, p = ctx.layers[l], ctx.module.blocks[l]
     ch = ls.expert_chunk(c, ctx.me)
-    perm = h2d(ch.perm, ls.xin[c].device)
+    perm = ctx.h2d(ch.perm)
     x = ls.xin[c].index_select(0, perm)
-    y, h1, h3 = experts_fwd(x, ch.ne, _offs(ch.ne, x), p.w1, p.w2, p.w3, p.kind)
+    y, h1, h3 = experts_fwd(x, ch.ne, _offs(ctx, ch.ne, x), p.w1, p.w2, p.w3, p.kind)
     ch.x, ch.h1, ch.h3 = x, h1, h3
     ls.ech[c] = ch
     ls.eout[c] = torch.empty_like(y).index_copy_(0, perm, y)
@@ -237,25 +229,22 @@ def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
     diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
     ctx.loss = (diff * diff).mean().detach()
     ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
-    _mark_ready(ctx, ls, 0, ls.T)
+    _mark_ready(ctx, len(ctx.layers) - 1, 0, ls.T)
 
 
 # ---- backward --------------------------------------------------------------------------
-def _mark_ready(ctx: Ctx, ls: LayerState, a: int, b: int) -> None:
-    """dy of tokens [a, b) exists: build combine_bwd send rows (w * dy) of covered chunks."""
+def _mark_ready(ctx: Ctx, l: int, a: int, b: int) -> None:
+    """dy of layer l's tokens [a, b) exists: build the combine_bwd send rows (w * dy) of the
+    backward chunks now covered (:func:`executor.route.rows_bwd`), cut to the kept copies."""
+    ls, rg = ctx.layers[l], ctx.route_graphs
     ls.dy_ready[a:b] = b"\x01" * (b - a)
     for j in range(ls.rb):
         ja, jb = ls.brange(j)
-        if ls.bsend[j] is None and all(ls.dy_ready[ja:jb]):
+        if ls.bsend[j] is None and ls.dy_ready.find(0, ja, jb) < 0:
             split = ls.matrix_bwd(j)[ctx.me]
-            local = torch.nonzero_static(ls.kept[ja:jb].reshape(-1), size=int(split.sum()))[:, 0]
-            e = ls.idx[ja:jb].reshape(-1)[local]
-            _, order = torch.sort(e, stable=True)
-            ci = local[order] + ja * ls.k
-            tok = ci // ls.k
-            ls.bci[j] = ci
-            ls.bsend[j] = (ls.w.view(-1)[ci, None] * ls.dy[tok]).to(ls.dy.dtype)
-            ls.bsplit[j] = split.tolist()
+            ci, rows = rg.rows_bwd((l, j)) if rg is not None else route.rows_bwd(ls, j)
+            n = int(split.sum())
+            ls.bci[j], ls.bsend[j], ls.bsplit[j] = ci[:n], rows[:n], split.tolist()
 
 
 def _saved(ls: LayerState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -274,13 +263,12 @@ def expert_dx(ctx: Ctx, l: int, j: int, n: int) -> None:
     ls, p = ctx.layers[l], ctx.module.blocks[l]
     eb = ls.ebwd[j]
     x, h1, h3 = _saved(ls)
-    dev = x.device
-    sel, perm = h2d(eb.sel, dev), h2d(eb.perm, dev)
+    sel, perm = ctx.h2d(eb.sel), ctx.h2d(eb.perm)
     eb.sel, eb.perm = sel, perm
     dy = eb.dy.index_select(0, perm)
     h1s = h1.index_select(0, sel)
     h3s = h3.index_select(0, sel) if h3 is not None else None
-    eb.offs = _offs(eb.ne, dy)
+    eb.offs = _offs(ctx, eb.ne, dy)
     dx, g1, g3 = experts_dx(dy, h1s, h3s, eb.ne, eb.offs, p.w1, p.w2, p.w3, p.kind)
     eb.dy, eb.g_h1, eb.g_h3, eb.h1, eb.h3 = dy, g1, g3, h1s, h3s
     ls.edx[j] = torch.empty_like(dx).index_copy_(0, perm, dx)
@@ -316,12 +304,11 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     for j in range(ls.rb):
         ja, jb = ls.brange(j)
         if a <= ja and jb <= b and ls.dxr[j] is not None:
-            ci = ls.bci[j] if ls.dxr_pos[j] is None else ls.bci[j][h2d(ls.dxr_pos[j], ls.bci[j].device)]
+            ci = ls.bci[j] if ls.dxr_pos[j] is None else ls.bci[j][ctx.h2d(ls.dxr_pos[j])]
             du.index_add_(0, ci // ls.k - a, ls.dxr[j])
             if not ctx.retain_graph:
                 ls.dxr[j] = None
-    comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
-    dw = (ls.dy[a:b, None, :].float() * comb.float()).sum(-1)
+    dw = None
     dy = ls.dy[a:b]
     keep = []
     for pc in ls.pieces:
@@ -329,12 +316,19 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
             keep.append(pc)
             continue
         s = slice(pc.a - a, pc.b - a)
+        if pc.graphed is not None:  # reads dy and the combined rows; writes p.grad, the previous dy
+            pc.graphed.backward(du[s])
+            if l > 0:
+                _mark_ready(ctx, l - 1, pc.a, pc.b)
+            continue
+        if dw is None:
+            comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
+            dw = (ls.dy[a:b, None, :].float() * comb.float()).sum(-1)
         torch.autograd.backward([pc.h, pc.u, pc.w], [dy[s].view_as(pc.h), du[s].view_as(pc.u), dw[s].view_as(pc.w)],
                                 retain_graph=ctx.retain_graph)
         if l > 0:
-            prev = ctx.layers[l - 1]
-            prev.dy[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
-            _mark_ready(ctx, prev, pc.a, pc.b)
+            ctx.layers[l - 1].dy[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
+            _mark_ready(ctx, l - 1, pc.a, pc.b)
     if not ctx.retain_graph:
         ls.pieces = keep
 
@@ -354,7 +348,7 @@ def _a2a(ctx: Ctx, key: tuple, hop: str | None, forward: bool, send: Callable[[]
     idx, ss, rs, pos = hop_plan(R(), g.ep_rank, g.node_size, hop, forward)
     ctx.alive.append(src)
     if idx is not None:
-        src = src[h2d(idx, src.device)]
+        src = src[ctx.h2d(idx)]
         ctx.alive.append(src)
     recv, w = a2a(src, ss, rs, g.intra if hop == "intra" else g.inter, ctx.compute_stream)
     if first:
@@ -381,7 +375,7 @@ def combine(ctx: Ctx, l: int, c: int, hop: str | None) -> list:
     ls.ready(c)
     ss = ls.cnt[c][:, ctx.me].sum((1, 2)).tolist()
     recv, pos, works = _a2a(ctx, ("c", l, c), hop, False, lambda: ls.eout[c], ss, ls.fsplit[c],
-                            lambda: ls.matrix_fwd(c).t().contiguous())
+                            lambda: ls.matrix_fwd(c).T)
     if recv is not None:
         ls.comb[c], ls.comb_pos[c] = recv, pos
     return works
@@ -403,7 +397,7 @@ def combine_bwd(ctx: Ctx, l: int, j: int, hop: str | None) -> list:
 def dispatch_bwd(ctx: Ctx, l: int, j: int, hop: str | None) -> list:
     ls = ctx.layers[l]
     recv, pos, works = _a2a(ctx, ("db", l, j), hop, False, lambda: ls.edx[j], ls.ebwd[j].recv_split, ls.bsplit[j],
-                            lambda: ls.matrix_bwd(j).t().contiguous())
+                            lambda: ls.matrix_bwd(j).T)
     if recv is not None:
         ls.dxr[j], ls.dxr_pos[j] = recv, pos
     return works
@@ -419,7 +413,7 @@ def grad_ar(ctx: Ctx, node: dict) -> list:
     if e <= s:
         return []
     pg = ctx.groups.dense if node["group"] == "dense" else ctx.groups.expert
-    return [dist.all_reduce(flat[s:e], op=dist.ReduceOp.SUM, group=pg, async_op=True)]
+    return [all_reduce_sum(flat[s:e], pg)]
 
 
 COMPUTE = {"attn_fwd": attn_fwd, "shared_fwd": shared_fwd, "expert_fwd": expert_fwd, "loss": loss,

@@ -173,3 +173,34 @@ def together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], 
         w.wait()
     comm_end = comm_end or time.perf_counter()
     return 1e6 * ((comm_end if measure == "comm" else comp_end) - t0)
+
+
+def host_probe_us(device: torch.device, n: int = 300, reps: int = 7) -> float:
+    """Host µs per iteration of a fixed loop of the executor's kind of host work (an add and
+    an index_select on small device tensors, and an event record on CUDA), median of
+    ``reps`` runs. The GPU keeps up with it (tiny kernels), so this prices the host alone.
+
+    Why: on 1 x H200 the same executor code took 1.5-2x longer per host operation in one
+    device call than in another (``Event.record`` 4.1 against 8.4 µs, session 9), and in
+    session 8 host-bound plans ran 1.15-1.77x their profiled host costs. A probe taken by
+    the profiler and again just before a measurement was to scale the host model between
+    them. Measured on 1 x H200 (session 9, 32 plans) the ratio jumped between 1.0 and 1.7
+    from plan to plan while the steps did not follow, and the scaled prediction was worse
+    (6.3 against 4.3% mean error): ``validate`` reports it as a diagnostic only."""
+    cuda = device.type == "cuda"
+    x = torch.zeros(256, device=device)
+    i = torch.zeros(16, dtype=torch.long, device=device)
+    ev = torch.cuda.Event() if cuda else None
+    out = []
+    for _ in range(reps + 1):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            (x + 1).index_select(0, i)
+            if ev is not None:
+                ev.record()
+        out.append((time.perf_counter() - t) / n * 1e6)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return round(statistics.median(out[1:]), 3)

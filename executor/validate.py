@@ -43,7 +43,8 @@ FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_
           "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
           "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_s7_ms",
           "error_s7_pct", "last_call_ms",
-          "last_setup_ms", "last_finish_ms", "last_trace_ms"]
+          "last_setup_ms", "last_finish_ms", "last_trace_ms",
+          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -122,13 +123,15 @@ def main(args: argparse.Namespace) -> int:
     if repeats < 1:
         raise MoeschedError(f"--repeats must be at least 1, got {repeats}")
     times: dict[tuple, list[list[float]]] = {}  # (plan index, issue) -> step times (ms) per repeat
+    probes: dict[tuple, list[float]] = {}       # ... -> the host probe before each repeat (µs)
     for rep in range(repeats):  # interleaved: a drift of the machine spreads over every plan alike
         for i, ((_, _, _, sched), pd_) in enumerate(zip(jobs, plans)):
             plan = Plan.from_dict(pd_)
             plan.validate()
             for issue in issues:
                 row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda,
-                               times.setdefault((i, issue), []), last=rep == repeats - 1)
+                               times.setdefault((i, issue), []), last=rep == repeats - 1,
+                               probes=probes.setdefault((i, issue), []))
                 if row is not None:
                     rows.append(row)
     if rank == 0:
@@ -139,15 +142,17 @@ def main(args: argparse.Namespace) -> int:
 
 def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
              cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
-             last: bool = True) -> dict | None:
+             last: bool = True, probes: list[float] | None = None) -> dict | None:
     """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
-    per repeat). On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
+    per repeat), and the host probe taken just before them (the slowest rank's, µs) to
+    ``probes``. On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
     median over every repeat's steps; spread: range of the repeats' medians over that
-    median) and writes both traces."""
+    median) and writes both traces. ``predicted_probe_ms`` prices the host by the probe:
+    the profile's host costs times (probe now / the profiler's probe)."""
     from executor.hostprof import step_samples
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
-    from executor.timing import gc_quiet
+    from executor.timing import gc_quiet, host_probe_us
     from moesched.trace import write_chrome_trace
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
@@ -155,6 +160,10 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
     step = PlannedStep(module, plan, issue=issue)
     x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
+    probe = torch.tensor([host_probe_us(dev)], dtype=torch.float64)
+    dist.all_reduce(probe, op=dist.ReduceOp.MAX)  # CPU tensor: the gloo half of the group
+    if probes is not None:
+        probes.append(float(probe))
     times = []
     with gc_quiet():  # no collection inside the timed steps (executor.timing.gc_quiet)
         for i in range(args.warmup + args.steps):
@@ -207,6 +216,12 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
         (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", m.layers, measured)
         row.update(last_call_ms=round(measured.meta["call_us"] / 1e3, 4), last_setup_ms=round(setup / 1e3, 4),
                    last_finish_ms=round(finish / 1e3, 4), last_trace_ms=round(measured.makespan_us / 1e3, 4))
+        p0 = profile.meta.get("host_probe_us")
+        if probes and p0 and profile.host is not None:
+            f = statistics.median(probes) / float(p0)
+            q_ms = plan.replay(dataclasses.replace(profile, host=profile.host.scaled(f))).makespan_us / 1e3
+            row.update(host_probe_us=round(statistics.median(probes), 3), host_factor=round(f, 4),
+                       predicted_probe_ms=round(q_ms, 4), error_probe_pct=round((q_ms - med) / med * 100, 3))
         _append_row(args.out, row)
         print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
               f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing {r_ms:.2f} ms "
@@ -255,6 +270,10 @@ def summarize(rows: list[dict]) -> None:
         eb = df["error_bench_pct"].abs()
         print(f"  with compute costs as micro-benchmarked (no in-situ factors): mean {eb.mean():.2f} %, "
               f"max {eb.max():.2f} %")
+    if "error_probe_pct" in df and df["error_probe_pct"].notna().any():
+        ep = df["error_probe_pct"].dropna().abs()
+        print(f"  with the host priced by the probe (factor {df['host_factor'].min():.2f}-{df['host_factor'].max():.2f}): "
+              f"mean {ep.mean():.2f} %, max {ep.max():.2f} % over {len(ep)} runs")
     if "error_routed_pct" in df:
         e1 = df["error_routed_pct"].abs()
         print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")

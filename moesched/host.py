@@ -110,6 +110,14 @@ class HostCosts:
             cost = self.kinds.get(kind)
         return 0.0 if cost is None else cost(x, r)
 
+    def scaled(self, f: float) -> "HostCosts":
+        """Every issue cost times f (a host running 1/f as fast; the lag unchanged), e.g.
+        f = host probe now / host probe when profiled (``executor.timing.host_probe_us``)."""
+        def sc(c: HostCost) -> HostCost:
+            return HostCost(c.alpha_us * f, c.per_unit_us * f, c.per_chunk_us * f, c.r2)
+        return HostCosts(self.lag_us, {k: sc(c) for k, c in self.kinds.items()},
+                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()})
+
     def to_dict(self) -> dict[str, Any]:
         return {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
                 "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -70,6 +71,18 @@ def py_table(stats: pstats.Stats, top: int) -> list:
              round(ct * 1e6, 1), nc] for (f, ln, fn), (cc, nc, tt, ct, _) in rows]
 
 
+def relabelled(path: str, prof: Profile, cluster: Cluster, folder: str, rank: int) -> str:
+    """``path``, or where the profile was saved relabelled to the cluster's layout: these
+    scripts measure host time, and the knobs of a plan come from the profile's costs."""
+    if (cluster.nodes, cluster.gpus_per_node) == (prof.nodes, prof.gpus_per_node):
+        return path
+    hw = {**prof.hardware, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node}
+    out = os.path.join(folder, f"relabelled-{rank}.json")
+    os.makedirs(folder, exist_ok=True)
+    dataclasses.replace(prof, hardware=hw).save(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", required=True)
@@ -79,6 +92,7 @@ def main() -> None:
     ap.add_argument("--graphs", default="0,1")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--cluster", default=None, help="NODESxGPUS (default: the profile's layout), e.g. 1x1")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -87,7 +101,8 @@ def main() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     prof = Profile.load(args.profile)
-    cluster = Cluster(prof.nodes, prof.gpus_per_node)
+    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(prof.nodes, prof.gpus_per_node)
+    args.profile = relabelled(args.profile, prof, cluster, args.out, rank)
     cfgs = [c for c in load_configs(args.configs) if c.name in args.only.split(",")]
     dev = torch.device("cuda" if cuda else "cpu")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

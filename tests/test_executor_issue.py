@@ -102,7 +102,9 @@ def test_unknown_issue_mode(world1) -> None:
 
 def test_graph_pieces_cover_every_attention_call(world1) -> None:
     """executor.graphs.pieces lists exactly the attention pieces a step runs, and running
-    them through the graphed-callable path (here plain _Block modules, on CPU) changes nothing."""
+    them through the graphed path (GraphedPiece's two functions, eagerly on CPU: forward
+    into the layer state, backward from it into p.grad and the previous layer's dy) gives
+    the eager path's loss and gradients exactly."""
     from executor import graphs
     plan = _plan()
     m = plan.model
@@ -111,16 +113,14 @@ def test_graph_pieces_cover_every_attention_call(world1) -> None:
     step = PlannedStep(module, plan)
     seen = []
 
-    def fake(key):
-        blk = graphs._Block(module.blocks[key[0]], m)
-
-        def f(x):
-            seen.append(key)
-            return blk(x)
-        return f
-    step.graphs = {k: fake(k) for k in graphs.pieces(m, plan.knobs)}
+    class Counted(graphs.GraphedPiece):
+        def forward(self, x):
+            seen.append((self.ls, self.a, self.b))
+            super().forward(x)
+    step.graphs = {(l, a, b): Counted(module.blocks[l], m, step.layers[l], step.layers[l - 1] if l else None, a, b,
+                                      graph=False) for l, a, b in graphs.pieces(m, plan.knobs)}
     loss = step(*make_batch(m, 0, 0))
-    assert sorted(seen) == sorted(step.graphs) and len(seen) == len(set(seen)) > m.layers
+    assert len(seen) == len(set(seen)) == len(step.graphs) > m.layers
     assert loss == ref_loss
     got = [p.grad for blk in module.blocks for p in blk.dense_params() + blk.expert_params()]
     assert all(torch.equal(a, b) for a, b in zip(got, ref_grads))

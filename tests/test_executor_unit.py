@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,8 @@ def test_grouped_experts_match_loop(kind: str) -> None:
 
 
 def test_ranges() -> None:
-    assert ranges(torch.tensor([5, 0, 9]), torch.tensor([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
+    assert ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
+    assert ranges(np.array([[3, 7]]), np.array([[0, 2]])).dtype == np.int64
 
 
 def _simulate_2dh(R: torch.Tensor, G: int, forward: bool) -> None:
@@ -141,7 +143,7 @@ def _simulate_2dh(R: torch.Tensor, G: int, forward: bool) -> None:
 @pytest.mark.parametrize("nodes,G", [(2, 2), (3, 2), (2, 3)])
 def test_two_hop_all_to_all_equals_flat(forward: bool, nodes: int, G: int) -> None:
     g = torch.Generator().manual_seed(nodes * 10 + G)
-    R = torch.randint(0, 4, (nodes * G, nodes * G), generator=g)
+    R = torch.randint(0, 4, (nodes * G, nodes * G), generator=g).numpy()
     _simulate_2dh(R, G, forward)
 
 
@@ -157,7 +159,7 @@ def test_expert_bwd_order_matches_owner_order() -> None:
         for jj in range(rb):  # only backward chunks inside forward chunk c may be nonzero
             if not (c * T // rf <= jj * T // rb < (c + 1) * T // rf):
                 cnt[..., jj] = 0
-        ls.cnt[c] = cnt
+        ls.cnt[c] = cnt.numpy()   # host counts are numpy
         ls.ech[c] = ls.expert_chunk(c, 0)
         mine = cnt[:, 0]
         labels.append([(s, e, jj) for s in range(S) for e in range(El) for jj in range(rb)
@@ -302,4 +304,26 @@ def test_cuda_graphs_default_on_for_cuda_only(monkeypatch) -> None:
     assert graphs.enabled(torch.device("cuda", 0))
     m = tiny_model()
     module = MoEModule(m, ep=1, ep_rank=0, seed=0)
-    assert graphs.capture(module, Knobs.uniform(m.layers, 2, 2)) is None
+    k = Knobs.uniform(m.layers, 2, 2)
+    layers = tasks.new_layer_states(m, k, 1, module.device, module.dtype)
+    assert graphs.capture(module, k, layers) is None
+    from executor import route
+    assert route.capture(layers, m, k) is None
+
+
+def test_a_failed_graph_capture_falls_back_with_one_warning(monkeypatch) -> None:
+    """capture_or_none returns what its build returns; a build that raises gives None and one
+    RuntimeWarning naming what failed; the garbage collector is on again either way."""
+    import gc
+    import warnings
+    from executor import graphs
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)  # no GPU here
+    assert graphs.capture_or_none(torch.device("cuda", 0), "x", lambda: 7) == 7 and gc.isenabled()
+
+    def boom():
+        assert not gc.isenabled()  # no collection inside a capture
+        raise RuntimeError("operation not permitted when stream is capturing")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert graphs.capture_or_none(torch.device("cuda", 0), "the routing bookkeeping", boom) is None
+    assert len(w) == 1 and "routing bookkeeping failed" in str(w[0].message) and gc.isenabled()

@@ -71,6 +71,17 @@ def test_host_cost_follows_the_layer_degree() -> None:
     assert got == {("attn_fwd", 0): 10.0, ("attn_fwd", 1): 20.0, ("attn_bwd", 0): 400.0, ("attn_bwd", 1): 100.0}
 
 
+def test_scaled_host_costs_price_every_kind_and_shape_by_the_factor() -> None:
+    """A host f times slower issues every task f times longer (pooled and per shape); the
+    lag (the GPU's side) stays."""
+    host = HostCosts(25.0, {"attn_bwd": HostCost(900.0, 0.3, 50.0)},
+                     {MODEL.shape_key(): {"attn_bwd": HostCost(1000.0, 0.2, 10.0)}})
+    f = host.scaled(1.5)
+    assert f.lag_us == 25.0
+    for shape in (MODEL.shape_key(), "other-shape"):
+        assert f.us("attn_bwd", 1000, 2, shape) == pytest.approx(1.5 * host.us("attn_bwd", 1000, 2, shape))
+
+
 @pytest.mark.parametrize("host, msg", [
     ({"lag_us": 1.0, "kinds": {}}, "exactly the keys"),
     ({"lag_us": -1.0, "kinds": {}, "shapes": {}}, "lag_us"),

@@ -99,10 +99,18 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
              dtype="fp32")
     cfg = tmp_path / "configs.json"
     cfg.write_text(json.dumps([{"name": "tiny", "model": m}]))
+    # a host model and a profiled host probe far faster than any host: the probe-priced
+    # prediction must scale the host costs up by probe now / probe then
+    prof = json.loads((ROOT / "profiles" / "cpu-gloo-2.json").read_text())
+    cost = {"alpha_us": 50.0, "per_unit_us": 0.0, "per_chunk_us": 0.0}
+    prof["host"] = {"lag_us": 0.0, "kinds": {k: cost for k in ("attn_fwd", "attn_bwd", "expert_fwd")}, "shapes": {}}
+    prof["meta"]["host_probe_us"] = 0.01
+    ppath = tmp_path / "p.json"
+    ppath.write_text(json.dumps(prof))
     out, traces = tmp_path / "v.csv", tmp_path / "traces"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "--master_addr=127.0.0.1", "-m", "moesched", "validate", "--profile", "profiles/cpu-gloo-2.json",
+           "--master_addr=127.0.0.1", "-m", "moesched", "validate", "--profile", str(ppath),
            "--configs", str(cfg), "--schedules", "vanilla,flowmoe", "--out", str(out), "--traces", str(traces),
            "--steps", "1", "--warmup", "0", "--workers", "1", "--repeats", "2"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -117,7 +125,11 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
                                                              "last_trace_ms"))
         assert setup > 0 and finish > 0 and trace > 0
         assert setup + trace + finish == pytest.approx(call, abs=2e-4)
+        probe, f = float(r["host_probe_us"]), float(r["host_factor"])
+        assert probe > 0 and f == pytest.approx(probe / 0.01, rel=1e-3)
+        assert float(r["predicted_probe_ms"]) > float(r["predicted_ms"])  # host costs scaled by f > 1
     assert "with each step's measured routing" in p.stdout and "interleaved repeats" in p.stdout
+    assert "with the host priced by the probe" in p.stdout
     assert len(list(traces.glob("*_predicted.json"))) == 2
 
 

@@ -1,0 +1,172 @@
+"""Host time of the executor's own functions, inclusive, per step: which bookkeeping the
+host spends its time on (perf_counter around each wrapped function; nested calls count in
+both). One rank or more, under torchrun (device tool, repository root)::
+
+    PYTHONPATH=. torchrun --nproc_per_node=1 scripts/host_sections.py --profile profiles/h200x4-nvlink.json \
+      --configs docs/validation_configs.json --only gpt2xl-4L --schedules vanilla,flowmoe --cluster 1x1 --out $OUT/s.json
+
+Writes a JSON list (rank 0): per (config, schedule) the median step (ms) with and without
+the wrappers, and per wrapped function its calls and µs per step.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+from host_breakdown import relabelled  # scripts/ is on sys.path
+
+from executor import comm, graphs, state, tasks
+from executor.layers import TORCH_DTYPES, MoEModule, make_batch
+from executor.runtime import PlannedStep
+from executor.validate import make_plan
+from moesched.cluster import Cluster
+from moesched.configs import load_configs
+from moesched.plan import Plan
+from moesched.profile import Profile
+
+ACC: dict = defaultdict(lambda: [0, 0.0])
+ON = [False]
+
+
+def wrap(owner: object, name: str, label: str | None = None) -> None:
+    """Replace ``owner.name`` by a timed version (:func:`_timed`)."""
+    label = label or f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
+    setattr(owner, name, _timed(getattr(owner, name), label))
+
+
+def install() -> None:
+    for n in ("merge", "h2d", "_dispatch_counts", "_dispatch_rows", "_exchange_counts", "_resolve_counts",
+              "keep_mask", "_mark_ready", "_saved", "_offs", "experts_fwd", "experts_dx", "experts_dw", "_a2a",
+              "a2a", "hop_plan", "new_layer_states", "ffn_fwd", "ffn_dx", "ffn_dw"):
+        if hasattr(tasks, n):
+            wrap(tasks, n)
+    for d, pre in ((tasks.COMPUTE, "task"), (tasks.A2A, "task")):
+        for kind, f in list(d.items()):
+            d[kind] = _timed(f, f"{pre}.{kind}")
+    tasks.grad_ar = _timed(tasks.grad_ar, "task.grad_ar")
+    for n in ("expert_chunk", "expert_bwd", "matrix_fwd", "matrix_bwd", "ready"):
+        wrap(state.LayerState, n, f"LayerState.{n}")
+    wrap(state, "ranges")
+    wrap(state.LayerState, "reset", "LayerState.reset") if hasattr(state.LayerState, "reset") else None
+    try:  # the routing bookkeeping and staging of later executors
+        from executor import route, staging
+        for n in ("route_fwd", "rows_bwd"):
+            wrap(route, n)
+            wrap(route.RouteGraphs, n, f"RouteGraphs.{n}")
+        wrap(staging.Staging, "put", "Staging.put")
+        wrap(tasks.Ctx, "h2d", "Ctx.h2d")
+    except ImportError:
+        pass
+    wrap(torch.autograd, "backward", "torch.autograd.backward")
+    wrap(torch.cuda.Event, "record", "Event.record")
+    wrap(torch.Tensor, "pin_memory", "Tensor.pin_memory")
+    wrap(PlannedStep, "_issue_cuda")
+    wrap(PlannedStep, "_ctx")
+    if hasattr(graphs, "GraphedPiece"):  # session 9 on: graphed pieces are objects
+        wrap(graphs.GraphedPiece, "forward", "graphed_attention")
+        wrap(graphs.GraphedPiece, "backward", "graphed_attention_bwd")
+        return
+    orig = graphs.capture
+
+    def capture(*a, **k):
+        g = orig(*a, **k)
+        return None if g is None else {key: _timed(fn, "graphed_attention") for key, fn in g.items()}
+    graphs.capture = capture
+
+
+def _timed(f, label):
+    @functools.wraps(f)
+    def w(*a, **k):
+        if not ON[0]:
+            return f(*a, **k)
+        t = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            r = ACC[label]
+            r[0] += 1
+            r[1] += time.perf_counter() - t
+    return w
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--configs", required=True)
+    ap.add_argument("--only", default="gpt2xl-4L")
+    ap.add_argument("--schedules", default="vanilla,flowmoe")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--cluster", default=None)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    rank = int(os.environ["RANK"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    prof = Profile.load(args.profile)
+    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(prof.nodes, prof.gpus_per_node)
+    ppath = relabelled(args.profile, prof, cluster, "/tmp", rank)
+    install()
+    dev = torch.device("cuda" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = []
+    for c in [c for c in load_configs(args.configs) if c.name in args.only.split(",")]:
+        m = c.model
+        dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
+        for sched in args.schedules.split(","):
+            plan = Plan.from_dict(make_plan((ppath, m.to_dict(), cluster.to_dict(), sched)))
+            module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
+            step = PlannedStep(module, plan)
+            x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
+
+            def run(n: int) -> list[float]:
+                ts = []
+                for _ in range(n):
+                    dist.barrier()
+                    sync()
+                    t0 = time.perf_counter()
+                    step(x, t)
+                    sync()
+                    ts.append((time.perf_counter() - t0) * 1e3)
+                return ts
+            run(3)
+            plain = run(args.steps)
+            ACC.clear()
+            ON[0] = True
+            wrapped = run(args.steps)
+            ON[0] = False
+            host = step.timeline().host
+            if rank == 0:
+                n = args.steps
+                rec = {"config": c.name, "schedule": sched, "step_ms": round(statistics.median(plain), 3),
+                       "step_ms_wrapped": round(statistics.median(wrapped), 3),
+                       "host_issue_ms": round(float((host.end_us - host.start_us).sum()) / 1e3, 3),
+                       "functions": {k: {"calls": v[0] / n, "us": round(v[1] * 1e6 / n, 1)}
+                                     for k, v in sorted(ACC.items(), key=lambda kv: -kv[1][1])}}
+                out.append(rec)
+                print(f"== {c.name} {sched}: step {rec['step_ms']} ms (wrapped {rec['step_ms_wrapped']}), "
+                      f"host issue {rec['host_issue_ms']} ms", flush=True)
+                for k, v in rec["functions"].items():
+                    print(f"   {k:34s} {v['calls']:6.1f} calls {v['us']:9.1f} us/step", flush=True)
+            del step, module
+            if cuda:
+                torch.cuda.empty_cache()
+    if rank == 0:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
