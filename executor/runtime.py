@@ -7,7 +7,7 @@ returns the last step's measured :class:`moesched.sim.Timeline` (same columns as
 simulator: task, kind, layer, chunk, phase, rank, resource, start_us, end_us; µs from the
 step's start). Its meta also times the call around the plan's tasks (µs): ``call_us`` the
 whole call, ``setup_us`` from the call to the first issue (gradient buffers zeroed, layer
-state allocated), ``gpu_setup_us`` the same on the GPU, ``finish_us`` from the first issue
+states reset), ``gpu_setup_us`` the same on the GPU, ``finish_us`` from the first issue
 to the host holding the loss (the GPU done; on GPUs the loss already averaged over ranks,
 by NCCL), ``loss_avg_us`` the rest (on CPUs the gloo average of the loss).
 
@@ -31,8 +31,12 @@ previous task on the link, ends of the dependencies), the issue being an event r
 the link stream after its waits (GPU); ends come from CUDA events (GPU) or the Work's
 completion callback (CPU). ``timeline().host`` has each task's host launch interval.
 
-CUDA graphs: the attention block of every piece is captured once at construction and
-replayed (:mod:`executor.graphs`); ``MOESCHED_CUDA_GRAPHS=0`` keeps it eager.
+CUDA graphs: the attention block of every piece (forward and backward) and the routing
+bookkeeping of every chunk are captured once at construction and replayed
+(:mod:`executor.graphs`, :mod:`executor.route`), over the step's layer states, which live as
+long as the ``PlannedStep`` (reset before every step); ``MOESCHED_CUDA_GRAPHS=0`` keeps
+them eager. Host index arrays reach the device through a pinned arena
+(:mod:`executor.staging`).
 
 Memory safety on CUDA: receive buffers are allocated on the link stream and recorded on the
 compute stream; every buffer a link stream reads stays referenced by the step's context

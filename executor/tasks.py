@@ -39,7 +39,7 @@ from executor import route
 from executor.comm import Groups, a2a, all_reduce_sum, hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
 from executor.graphs import piece_cuts
-from executor.layers import MoEModule, attention_router, capacity, grad_buffers, keep_mask  # noqa: F401
+from executor.layers import MoEModule, attention_router, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
 from executor.staging import Staging
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 

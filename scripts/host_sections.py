@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from host_breakdown import relabelled  # scripts/ is on sys.path
 
-from executor import comm, graphs, state, tasks
+from executor import graphs, state, tasks
 from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.validate import make_plan
