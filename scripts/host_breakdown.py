@@ -83,28 +83,36 @@ def relabelled(path: str, prof: Profile, cluster: Cluster, folder: str, rank: in
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def setup(ap: argparse.ArgumentParser, steps: int, scratch: str | None = None) -> tuple:
+    """The flags both host scripts take (plus the caller's own on ``ap``), the process group,
+    and what they measure: (args, rank, device, cluster, profile path for plans, configs).
+    ``scratch``: where a relabelled profile goes (default: ``--out``)."""
     ap.add_argument("--profile", required=True)
     ap.add_argument("--configs", required=True)
     ap.add_argument("--only", default="gpt2xl-4L")
     ap.add_argument("--schedules", default="vanilla,flowmoe")
-    ap.add_argument("--graphs", default="0,1")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--cluster", default=None, help="NODESxGPUS (default: the profile's layout), e.g. 1x1")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     prof = Profile.load(args.profile)
     cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(prof.nodes, prof.gpus_per_node)
-    args.profile = relabelled(args.profile, prof, cluster, args.out, rank)
+    path = relabelled(args.profile, prof, cluster, scratch or args.out, rank)
     cfgs = [c for c in load_configs(args.configs) if c.name in args.only.split(",")]
-    dev = torch.device("cuda" if cuda else "cpu")
+    return args, rank, torch.device("cuda" if cuda else "cpu"), cluster, path, cfgs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--graphs", default="0,1")
+    ap.add_argument("--top", type=int, default=12)
+    args, rank, dev, cluster, args.profile, cfgs = setup(ap, steps=5)
+    cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     PlannedStep._call = _tagged_call(PlannedStep._call)
     out = []

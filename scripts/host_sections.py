@@ -21,16 +21,13 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
-from host_breakdown import relabelled  # scripts/ is on sys.path
+from host_breakdown import setup  # scripts/ is on sys.path
 
 from executor import graphs, state, tasks
 from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.validate import make_plan
-from moesched.cluster import Cluster
-from moesched.configs import load_configs
 from moesched.plan import Plan
-from moesched.profile import Profile
 
 ACC: dict = defaultdict(lambda: [0, 0.0])
 ON = [False]
@@ -98,28 +95,12 @@ def _timed(f, label):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", required=True)
-    ap.add_argument("--configs", required=True)
-    ap.add_argument("--only", default="gpt2xl-4L")
-    ap.add_argument("--schedules", default="vanilla,flowmoe")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--cluster", default=None)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    rank = int(os.environ["RANK"])
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
-    prof = Profile.load(args.profile)
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(prof.nodes, prof.gpus_per_node)
-    ppath = relabelled(args.profile, prof, cluster, "/tmp", rank)
+    args, rank, dev, cluster, ppath, cfgs = setup(argparse.ArgumentParser(), steps=8, scratch="/tmp")
+    cuda = dev.type == "cuda"
     install()
-    dev = torch.device("cuda" if cuda else "cpu")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     out = []
-    for c in [c for c in load_configs(args.configs) if c.name in args.only.split(",")]:
+    for c in cfgs:
         m = c.model
         dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
         for sched in args.schedules.split(","):
@@ -128,7 +109,7 @@ def main() -> None:
             step = PlannedStep(module, plan)
             x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
 
-            def run(n: int) -> list[float]:
+            def run(n: int, step: PlannedStep = step) -> list[float]:
                 ts = []
                 for _ in range(n):
                     dist.barrier()
