@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from executor.timing import gc_quiet
+from executor.profiling.timing import gc_quiet
 from moesched.configs import load_configs
 from moesched.models import MoEModel
 
@@ -75,7 +75,7 @@ def run_config(m: MoEModel, steps: int, warmup: int, device: torch.device, dtype
     dense = [p for n, p in blocks.named_parameters() if ".deepspeed_experts." not in n]
     x = torch.randn(m.micro_batch, m.seq_len, m.d_model, device=device, dtype=dtype)
     times = []
-    with gc_quiet():  # as moesched's own steps are timed (executor.timing.gc_quiet)
+    with gc_quiet():  # as moesched's own steps are timed (executor.profiling.timing.gc_quiet)
         for i in range(warmup + steps):
             torch.cuda.synchronize()
             t0 = time.perf_counter()

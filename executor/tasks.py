@@ -420,10 +420,3 @@ COMPUTE = {"attn_fwd": attn_fwd, "shared_fwd": shared_fwd, "expert_fwd": expert_
            "expert_dx": expert_dx, "expert_dw": expert_dw, "shared_bwd": shared_bwd, "attn_bwd": attn_bwd}
 A2A = {"dispatch": dispatch, "combine": combine, "combine_bwd": combine_bwd, "dispatch_bwd": dispatch_bwd}
 
-
-def make_bench(kind: str, model: MoEModel, tokens: int, device: torch.device | str, dtype: torch.dtype,
-               ep: int = 1) -> Callable[[], None]:
-    """Closure running compute task ``kind`` once on synthetic inputs of ``tokens`` tokens
-    (see :mod:`executor.bench`)."""
-    from executor.bench import make_bench as _mb
-    return _mb(kind, model, tokens, device, dtype, ep=ep)

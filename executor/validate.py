@@ -27,7 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from moesched.calibrate import without_compute_factors
+from moesched.costs.calibrate import without_compute_factors
 from moesched.cluster import Cluster
 from moesched.configs import load_configs
 from moesched.errors import MoeschedError
@@ -62,9 +62,9 @@ def make_plan(args: tuple) -> dict:
     return from_timeline(name, model, cluster, ev.schedule.knobs, ev.timeline, profile).to_dict()
 
 
-def session7_model(profile: Profile) -> Profile:
-    """``profile`` priced as the session-7 model did, for before/after columns: the
-    all-to-all's interference pair for every collective, and no step setup or finish."""
+def without_op_interference_and_step_costs(profile: Profile) -> Profile:
+    """``profile`` priced by the simpler model of the ``*_s7_*`` columns: the all-to-all's
+    interference pair for every collective, and no step setup or finish."""
     host = profile.host
     if host is not None:
         drop = lambda by: {k: c for k, c in by.items() if k not in STEP_KINDS}  # noqa: E731
@@ -149,10 +149,10 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     median over every repeat's steps; spread: range of the repeats' medians over that
     median) and writes both traces. ``predicted_probe_ms`` prices the host by the probe:
     the profile's host costs times (probe now / the profiler's probe)."""
-    from executor.hostprof import step_samples
+    from executor.profiling.host import step_samples
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
-    from executor.timing import gc_quiet, host_probe_us
+    from executor.profiling.timing import gc_quiet, host_probe_us
     from moesched.trace import write_chrome_trace
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
@@ -165,7 +165,7 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     if probes is not None:
         probes.append(float(probe))
     times = []
-    with gc_quiet():  # no collection inside the timed steps (executor.timing.gc_quiet)
+    with gc_quiet():  # no collection inside the timed steps (executor.profiling.timing.gc_quiet)
         for i in range(args.warmup + args.steps):
             dist.barrier()
             sync()
@@ -209,10 +209,10 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
                         f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                         f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                "plan_hash": plan.hash[:12], "issue": issue}
-        # the session-7 model: one interference pair for every collective, no step setup/finish
-        s7_ms = plan.replay(session7_model(profile)).makespan_us / 1e3
+        # the simpler model: one interference pair for every collective, no step setup/finish
+        s7_ms = plan.replay(without_op_interference_and_step_costs(profile)).makespan_us / 1e3
         row.update(predicted_s7_ms=round(s7_ms, 4), error_s7_pct=round((s7_ms - med) / med * 100, 3))
-        # the last step around its tasks (executor.hostprof.step_samples), ms
+        # the last step around its tasks (executor.profiling.host.step_samples), ms
         (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", m.layers, measured)
         row.update(last_call_ms=round(measured.meta["call_us"] / 1e3, 4), last_setup_ms=round(setup / 1e3, 4),
                    last_finish_ms=round(finish / 1e3, 4), last_trace_ms=round(measured.makespan_us / 1e3, 4))

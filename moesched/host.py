@@ -1,11 +1,11 @@
 """Host issue costs: how long the executor's host thread takes to launch each task.
 
-Measured on 4 x H200 (``results/gpu/session3/``), the executor is host-bound at the
+Measured on 4 x H200 (``docs/validation.md``), the executor is host-bound at the
 validation shapes: a task's kernels start about ``lag_us`` after the host starts launching
 them, and the task cannot end before its last kernel is launched. Attention backward, for
 instance, takes 2.0-5.0 ms of host time (by regime) for 1.0 ms of GPU work. A simulator that
 prices GPU time alone cannot see that; this module holds what the profiler measures
-(``executor/hostprof.py``) so that :mod:`moesched.sim` can model the host as one more
+(:mod:`executor.profiling.host`, fitted by :mod:`moesched.costs.host`) so that :mod:`moesched.sim` can model the host as one more
 serial resource per rank, fed in plan order.
 
 The model (used by strict simulations, i.e. replays of a plan's order):
@@ -40,10 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from moesched.errors import MoeschedError
-from moesched.fit import _r2
-from moesched.profile import ALL_COMPUTE_KINDS
-
-A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
+from moesched.kinds import A2A_KINDS, ALL_COMPUTE_KINDS
 #: Per step, not per task (x = the model's layers): the setup before the first issue
 #: (gradient buffers zeroed, layer state allocated) and the finish after the last task
 #: (the loss read back and averaged over ranks).
@@ -112,7 +109,7 @@ class HostCosts:
 
     def scaled(self, f: float) -> "HostCosts":
         """Every issue cost times f (a host running 1/f as fast; the lag unchanged), e.g.
-        f = host probe now / host probe when profiled (``executor.timing.host_probe_us``)."""
+        f = host probe now / host probe when profiled (``executor.profiling.timing.host_probe_us``)."""
         def sc(c: HostCost) -> HostCost:
             return HostCost(c.alpha_us * f, c.per_unit_us * f, c.per_chunk_us * f, c.r2)
         return HostCosts(self.lag_us, {k: sc(c) for k, c in self.kinds.items()},
@@ -140,62 +137,3 @@ class HostCosts:
             raise MoeschedError(f"{source}: host.shapes must map shape keys to {{kind: cost}}")
         return cls(float(lag), costs(d["kinds"], "host.kinds"),
                    {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()})
-
-
-def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> list[float]:
-    """Least squares of ts on the chosen columns of rows (normal equations, Gaussian
-    elimination); raises ZeroDivisionError when the system is singular."""
-    n = len(cols)
-    a = [[sum(r[i] * r[j] for r in rows) for j in cols] + [sum(r[i] * t for r, t in zip(rows, ts))] for i in cols]
-    for c in range(n):
-        p = max(range(c, n), key=lambda k: abs(a[k][c]))
-        if abs(a[p][c]) < 1e-12 * max(1.0, abs(a[c][c])):
-            raise ZeroDivisionError
-        a[c], a[p] = a[p], a[c]
-        for k in range(n):
-            if k != c:
-                f = a[k][c] / a[c][c]
-                a[k] = [u - f * v for u, v in zip(a[k], a[c])]
-    return [a[i][n] / a[i][i] for i in range(n)]
-
-
-def fit_cost(points: list[tuple[float, int, float]]) -> HostCost:
-    """alpha + per_unit*x + per_chunk*r by least squares on the medians per (x, r), with
-    the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted)."""
-    import statistics
-
-    by: dict[tuple[float, int], list[float]] = {}
-    for x, r, us in points:
-        by.setdefault((x, r), []).append(us)
-    keys = sorted(by)
-    ts = [statistics.median(by[k]) for k in keys]
-    rows = [(1.0, x, float(r)) for x, r in keys]
-    cols = [0, 1, 2]
-    while True:
-        try:
-            coef = _solve(rows, ts, cols)
-        except ZeroDivisionError:  # singular (e.g. one degree only): drop the last slope
-            cols.pop()
-            continue
-        bad = [c for c, v in zip(cols, coef) if c > 0 and v < 0]
-        if not bad:
-            break
-        cols.remove(bad[-1])
-    full = dict(zip(cols, coef))
-    a, b, c = full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
-    r2 = _r2(ts, [a + b * x + c * r for _, x, r in rows])
-    return HostCost(round(a, 3), b, c, round(r2, 6))
-
-
-def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float) -> HostCosts:
-    """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
-    task issue; per (shape, kind) and per kind pooled over shapes (:func:`fit_cost`)."""
-    kinds: dict[str, list[tuple[float, int, float]]] = {}
-    shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
-    for shape, kind, x, r, us in samples:
-        if kind not in HOST_KINDS:
-            raise MoeschedError(f"host samples: unknown task kind {kind!r}")
-        kinds.setdefault(kind, []).append((float(x), int(r), float(us)))
-        shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
-    return HostCosts(round(float(lag_us), 3), {k: fit_cost(p) for k, p in sorted(kinds.items())},
-                     {s: {k: fit_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())})

@@ -20,7 +20,7 @@ Format (JSON, version 1, exact keys, units in names)::
 measured on the user's model predicts it from its own curve, and falls back to the
 per-kind cost for other shapes. Its keys ``all_to_all@SCOPE`` (x = bytes per rank) are
 all-to-alls timed inside the executor's own steps on that shape (the profiler's host
-calibration, :mod:`executor.hostprof`): they take precedence over ``comm.all_to_all``
+calibration, :mod:`executor.profiling.host`): they take precedence over ``comm.all_to_all``
 for that shape, because in host memory the isolated micro-benchmark prices mid-size
 all-to-alls up to 2.3x above what the executor sees (``docs/results.md``).
 
@@ -42,21 +42,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json, write_json
-
-if TYPE_CHECKING:
-    from moesched.host import HostCosts
+from moesched.host import HostCosts
+from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
 
 FORMAT = "moesched.profile"
 VERSION = 1
-COMPUTE_KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
-# Optional kinds: a profile without them costs them 0 µs. "loss": merge of the last layer,
-# loss and its gradient (x = elements of the layer output, T*M).
-OPTIONAL_COMPUTE_KINDS = ("loss",)
-ALL_COMPUTE_KINDS = COMPUTE_KINDS + OPTIONAL_COMPUTE_KINDS
 COLLECTIVES = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 SCOPES = ("intra", "inter", "world")
 #: Keys of in-situ all-to-all costs in ``shapes`` (x = bytes per rank).
@@ -196,7 +190,7 @@ class Profile:
             return cost(nbytes)
         # Outside the sizes the executor's steps had. Larger: the time per byte of the
         # largest (bandwidth-bound there; a line through three in-situ sizes can be flat:
-        # hostmem GPT2-XL in session 7 gave 0.74 ms at 105 MB for all-to-alls that took 3 ms).
+        # in host memory, GPT2-XL gave 0.74 ms at 105 MB for all-to-alls that took 3 ms).
         # Smaller: the micro-benchmark (it has every small size and the latency floor),
         # scaled by in-situ / micro-benchmark at the smallest in-situ size.
         (x0, t0), (x1, t1) = pts[0], pts[-1]
@@ -252,7 +246,6 @@ class Profile:
                 raise MoeschedError(f"{source}: comm.{op} must map scopes {list(SCOPES)} to costs")
             comm[op] = {s: Cost.from_dict(c, f"comm.{op}.{s}") for s, c in by.items()}
         cs, ms, by_op = _interference(d["interference"], source)
-        from moesched.host import HostCosts
         host = HostCosts.from_dict(d["host"], source) if "host" in d else None
         return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
                    compute, comm, cs, ms, shapes, host, by_op)

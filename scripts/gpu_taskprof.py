@@ -17,15 +17,15 @@ from types import SimpleNamespace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from executor.bench import make_bench
-from executor.timing import time_us
+from executor.profiling.bench import make_bench
+from executor.profiling.timing import time_us
 from moesched.configs import models_from_spec
 
 KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd")
 
 
 def gpu_us(fn, reps: int = 10) -> float:
-    """The profiler's own timing (executor.timing.time_us) on this one GPU."""
+    """The profiler's own timing (executor.profiling.timing.time_us) on this one GPU."""
     return time_us(SimpleNamespace(cuda=True, sync=torch.cuda.synchronize), fn, reps, 2)
 
 

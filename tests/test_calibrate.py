@@ -1,4 +1,4 @@
-"""In-situ calibration of a measured profile (moesched.calibrate): compute factors from
+"""In-situ calibration of a measured profile (moesched.costs.calibrate): compute factors from
 tasks timed inside executor steps scale the micro-benchmarks' costs, and survive a refit."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from moesched.calibrate import INSITU_KINDS, MIN_SAMPLES, compute_factors, with_host, without_compute_factors
+from moesched.costs.build import refit
+from moesched.costs.calibrate import INSITU_KINDS, MIN_SAMPLES, compute_factors, with_host, without_compute_factors
 from moesched.cluster import Cluster
-from moesched.fit import refit
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.configs import load_configs

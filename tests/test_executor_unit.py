@@ -17,7 +17,7 @@ from moesched.models import MoEModel
 from moesched.plan import Plan
 
 from executor import tasks
-from executor.bench import KINDS, make_bench
+from executor.profiling.bench import KINDS, make_bench
 from executor.comm import hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd
 from executor.layers import MoEModule, keep_mask
@@ -228,9 +228,9 @@ def test_attn_bwd_bench_scatters_the_returned_input_gradients() -> None:
     assert any(not torch.allclose(a, b) for a, b in zip(with_rows, grads()))  # the rows reach du
 
 
-def test_bench_signature_from_tasks() -> None:
+def test_bench_signature_with_device_object() -> None:
     m = tiny_model()
-    tasks.make_bench("expert_dx", m, 8, torch.device("cpu"), torch.float32)()
+    make_bench("expert_dx", m, 8, torch.device("cpu"), torch.float32)()
 
 
 def test_capacity_chunks_are_ordered_by_the_graph() -> None:

@@ -1,11 +1,12 @@
-"""moesched.fit: line and piecewise fits on synthetic timings, check() flags outliers."""
+"""moesched.costs: line and piecewise fits on synthetic timings, check() flags outliers."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from moesched import fit
+from moesched.costs import build, fit
+from moesched.costs.check import check
 from moesched.errors import MoeschedError
 from moesched.profile import COMPUTE_KINDS, Cost, Profile
 
@@ -68,7 +69,7 @@ def _profile(compute_pts: list[tuple[float, float]], a2a_pts: list[tuple[float, 
     compute = {k: compute_pts for k in COMPUTE_KINDS}
     comm = {"all_to_all": {"intra": a2a_pts}, "all_reduce": {"intra": a2a_pts}}
     hw = {"gpu": "test", "nodes": 1, "gpus_per_node": 2, "gpu_memory_bytes": 1, "regime": "test"}
-    return fit.build_profile("t", "synthetic", hw, {"command": "test"}, compute, comm, 1.2, 1.0)
+    return build.build_profile("t", "synthetic", hw, {"command": "test"}, compute, comm, 1.2, 1.0)
 
 
 def test_check_flags_outlier() -> None:
@@ -77,7 +78,7 @@ def test_check_flags_outlier() -> None:
     bad = list(good)
     bad[4] = (xs[4], good[4][1] * 1.5)  # one measurement 50 % off the line
     prof = _profile(good, bad)
-    rows = {r.key: r for r in fit.check(prof)}
+    rows = {r.key: r for r in check(prof)}
     assert set(rows) == {f"compute.{k}" for k in COMPUTE_KINDS} | {"comm.all_to_all.intra",
                                                                       "comm.all_reduce.intra"}
     assert all(rows[f"compute.{k}"].ok for k in COMPUTE_KINDS)
@@ -98,15 +99,15 @@ def test_build_profile_roundtrip(tmp_path) -> None:
     assert again.digest() == prof.digest()
     assert again.kind == "measured"
     with pytest.raises(MoeschedError):
-        fit.build_profile("t", "", prof.hardware, {}, {}, {}, 1.0, 1.0)
+        build.build_profile("t", "", prof.hardware, {}, {}, {}, 1.0, 1.0)
 
 
 def test_consensus_is_median_of_shapes() -> None:
     a = [(1.0, 10.0), (3.0, 30.0)]
     b = [(2.0, 40.0), (4.0, 80.0)]
     c = [(1.0, 12.0), (4.0, 42.0)]
-    pts = fit.consensus([a, b, c])
+    pts = build.consensus([a, b, c])
     assert [x for x, _ in pts] == [1.0, 2.0, 3.0, 4.0]
     assert pts[0][1] == pytest.approx(11.0)  # a and c cover x=1
     assert pts[1][1] == pytest.approx(22.0)  # median of a(2)=20, b(2)=40, c(2)=22
-    assert fit.consensus([a]) == a
+    assert build.consensus([a]) == a

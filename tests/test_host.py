@@ -11,7 +11,9 @@ import pytest
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
-from moesched.host import HOST_KINDS, HostCost, HostCosts, fit_host
+from moesched.costs.calibrate import with_host
+from moesched.costs.host import fit_host
+from moesched.host import HOST_KINDS, HostCost, HostCosts
 from moesched.knobs import Knobs
 from moesched.models import PRESETS
 from moesched.plan import from_timeline
@@ -187,7 +189,7 @@ def test_host_wait_survives_the_trace(tmp_path: Path) -> None:
 
 # ---- all-to-alls timed inside executor steps --------------------------------------------------
 def test_a2a_samples_keep_the_last_and_the_median_rank() -> None:
-    from executor.hostprof import a2a_samples
+    from executor.profiling.host import a2a_samples
     k1, k2 = ("s", 0, 2, "L0.F.dispatch.c0"), ("s", 0, 2, "L0.F.combine.c0")
     ranks = [{k1: ("s", "intra", 1e6, 900.0), k2: ("s", "intra", 1e6, 300.0)},
              {k1: ("s", "intra", 1e6, 250.0), k2: ("s", "intra", 1e6, 700.0)},
@@ -199,7 +201,6 @@ def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
     """all-to-alls measured in executor steps on a shape price that shape's all-to-alls (the
     graph's dispatch tasks included); other shapes keep the micro-benchmark; one measured
     size is not enough to replace it; the costs survive a save and load."""
-    from moesched.calibrate import with_host
     from moesched import work
     shape = MODEL.shape_key()
     b1, b2 = float(work.a2a_bytes(MODEL, MODEL.tokens)), float(work.a2a_bytes(MODEL, MODEL.tokens // 2))
@@ -225,8 +226,7 @@ def test_in_situ_a2a_costs_take_precedence(tmp_path: Path) -> None:
 
 def test_in_situ_a2a_beyond_a_flat_fit_grows_with_bytes() -> None:
     """Three in-situ sizes whose times do not grow (skew, noise) fit a flat line; a larger
-    all-to-all still costs more in proportion (hostmem GPT2-XL at 16k tokens, session 7)."""
-    from moesched.calibrate import with_host
+    all-to-all still costs more in proportion (measured so in host memory, GPT2-XL at 16k tokens)."""
     shape = MODEL.shape_key()
     mb = 2.0**20
     a2a = [(shape, "intra", 6.25 * mb, 1.0, 803.0), (shape, "intra", 12.5 * mb, 1.0, 670.0),

@@ -1,7 +1,7 @@
-"""executor.profiler end to end on gloo: 2 processes under real torchrun, tiny grids."""
+"""executor.profiling end to end on gloo: 2 processes under real torchrun, tiny grids; the
+``profile`` command as a plug-in of the moesched CLI, with and without torch."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -14,33 +14,10 @@ import pytest
 from localhost import free_port
 
 from moesched.cli import main
-from moesched.fit import refit
+from moesched.costs.build import refit
 from moesched.profile import ALL_COMPUTE_KINDS, COMPUTE_KINDS, Profile
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# Used only while executor/tasks.py has no make_bench: a GEMM of the task's shape.
-STAND_IN = '''
-import sys, types
-def make_bench(kind, model, tokens, device, dtype):
-    import torch
-    rows = tokens * (model.top_k if kind.startswith("expert") else 1)
-    x = torch.randn(rows, model.d_model, device=device, dtype=dtype)
-    w = torch.randn(model.d_model, model.ffn_hidden, device=device, dtype=dtype)
-    return lambda: (x @ w).relu_()
-mod = types.ModuleType("executor.tasks")
-mod.make_bench = make_bench
-sys.modules["executor.tasks"] = mod
-'''
-
-
-def _has_make_bench() -> bool:
-    try:
-        return hasattr(importlib.import_module("executor.tasks"), "make_bench")
-    except ImportError:
-        return False
-
-
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
@@ -50,11 +27,7 @@ def _cmd(out: Path, *extra: str) -> list[str]:
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    paths = [str(ROOT)]
-    if not _has_make_bench():
-        (tmp_path / "sitecustomize.py").write_text(STAND_IN)
-        paths.insert(0, str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -164,7 +137,7 @@ def test_shipped_cpu_profile_checks(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_shape_and_flops() -> None:
-    from executor.profiler import bench_shape, task_flops
+    from executor.profiling.bench import bench_shape, task_flops
     from moesched.models import MoEModel
 
     m = MoEModel.from_name("Mixtral-8x7B")
@@ -174,3 +147,52 @@ def test_bench_shape_and_flops() -> None:
     assert bench_shape(m, "attn_fwd", 256).shared_experts == 0
     assert task_flops("shared_bwd", s, 6144) == 2 * task_flops("shared_fwd", s, 6144) > 0
     assert task_flops("expert_dw", s, 6144) == task_flops("expert_fwd", s, 6144)
+
+
+# ---- the profile command as a plug-in of the moesched CLI -------------------------------------
+NO_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_torch_side_commands_come_from_the_entry_point_group() -> None:
+    from moesched.cli import plugin_commands
+    plugins = plugin_commands()
+    assert {n: plugins[n].value for n in ("profile", "validate")} == \
+        {"profile": "executor.commands.profile", "validate": "executor.commands.validate"}
+
+
+def test_a_plugin_that_needs_torch_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The entry point's module fails to import for want of torch: the command stays listed
+    and answers one line, exit 2, whatever its arguments."""
+    from importlib.metadata import EntryPoint
+    from moesched import cli
+    (tmp_path / "needs_torch_plugin.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "plugin_commands",
+                        lambda: {"profile": EntryPoint("profile", "needs_torch_plugin", cli.PLUGIN_GROUP)})
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--quick"]) == 2
+    assert capsys.readouterr().err == "moesched: error: the profile command needs torch: pip install torch\n"
+    assert main(["models"]) == 0  # the other commands are unaffected
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_profile_without_torch(tmp_path: Path) -> None:
+    """With torch not importable, --check still works and measuring is refused in one line."""
+    (tmp_path / "sitecustomize.py").write_text(NO_TORCH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "moesched", "profile", *a], cwd=tmp_path, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    res = run("--check", str(ROOT / "profiles" / "cpu-gloo-2.json"))
+    assert res.returncode == 0 and "fits," in res.stdout, res.stderr
+    res = run("--out", str(tmp_path / "p.json"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("moesched: error: profile: measuring needs torch: pip install torch")
+    assert len(res.stderr.splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()

@@ -1,11 +1,11 @@
 """In-situ calibration: what the profiler measured inside real executor steps
-(:mod:`executor.hostprof`), applied to a profile fitted from micro-benchmarks.
+(:mod:`executor.profiling.host`), applied to a profile fitted from micro-benchmarks.
 
 A micro-benchmark times one task alone; in a training step the same task runs among
 others, on uneven expert loads, at the clocks of a GPU under sustained load, and a
 collective waits for the slowest rank. Three corrections come from the calibration steps:
 
-* **host issue costs** (:func:`moesched.host.fit_host`) and the host-to-GPU lag;
+* **host issue costs** (:func:`moesched.costs.host.fit_host`) and the host-to-GPU lag;
 * **all-to-alls per shape**: the in-situ time at the median rank
   (:data:`A2A_RANK_STAT`), stored as ``shapes[shape]["all_to_all@SCOPE"]``;
 * **compute factors**: per shape and kind, the median ratio of a compute task's GPU time in
@@ -18,7 +18,7 @@ collective waits for the slowest rank. Three corrections come from the calibrati
   routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
   does not hold.
 
-The rows are kept in ``meta.samples`` so that :func:`moesched.fit.refit` can redo all this.
+The rows are kept in ``meta.samples`` so that :func:`moesched.costs.build.refit` can redo all this.
 """
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ import statistics
 from dataclasses import replace
 from typing import Any, Sequence
 
+from moesched.costs.fit import fit_cost
+from moesched.costs.host import fit_host
 from moesched.profile import Cost, Profile
 
 #: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
 #: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
 #: simulator runs one rank for all, so no rank is ever late in it; the median carries the
-#: straggler wait every real collective has (docs/validation.md, Session 5).
+#: straggler wait every real collective has (docs/validation.md).
 A2A_RANK_STAT = 1
 
 #: Compute kinds calibrated in situ (see the module docstring for attn_fwd).
@@ -88,9 +90,8 @@ def without_compute_factors(prof: Profile) -> Profile:
 def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
     """{(shape, scope): cost} from rows (shape key, scope, bytes, smallest µs, median µs over
     ranks): medians per size of the :data:`A2A_RANK_STAT` value, then
-    :func:`moesched.fit.fit_cost`; a (shape, scope) measured at one size only is left out
+    :func:`moesched.costs.fit.fit_cost`; a (shape, scope) measured at one size only is left out
     (one size says nothing of the others: the micro-benchmark stays)."""
-    from moesched.fit import fit_cost
     pts: dict[tuple[str, str], dict[float, list[float]]] = {}
     for row in a2a_rows:
         shape, scope, nbytes = row[:3]
@@ -111,7 +112,6 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
     module docstring: host costs from ``rows`` (shape key, kind, x, r, µs) and ``lag_us``,
     all-to-alls from ``a2a_rows``, compute factors from ``compute_rows`` (shape key, kind,
     FLOPs, µs; the factors go to ``meta.insitu_compute``)."""
-    from moesched.host import fit_host
     samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
     meta = dict(prof.meta)
     if compute_rows:

@@ -1,7 +1,7 @@
 """Timing primitives of the profiler: CUDA events on GPU, ``perf_counter`` on CPU.
 
-``ctx`` is the profiler's process-group state (:class:`executor.profiler.Ctx`): it needs
-``cuda``, ``sync()`` and ``barrier()``. Every function returns µs.
+``ctx`` is anything with ``cuda``, ``sync()`` and ``barrier()`` (:class:`Ranks`; the
+profiler's :class:`executor.profiling.context.Ctx`). Every function returns µs.
 
 * :func:`time_us`: a closure's median time. Compute is timed as GPU time alone (a spin
   kernel puts the host ahead); collectives with one barrier first.
@@ -15,12 +15,20 @@ import gc
 import statistics
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from executor.profiler import Ctx
+
+class Ranks(Protocol):
+    """What the timing functions need of the process group: whether it runs on CUDA, a
+    device synchronisation and a barrier of every rank."""
+
+    cuda: bool
+
+    def sync(self) -> None: ...
+
+    def barrier(self) -> None: ...
 
 
 @contextmanager
@@ -31,7 +39,7 @@ def gc_quiet() -> Iterator[None]:
     the objects are unfrozen, the collector restored and run once. A full collection in a
     process holding torch scans some 200,000 objects (130 ms on the CI machine), longer
     than a whole step. (On 2 x H200 it did not explain the spread between repeats of
-    host-bound plans over NVLink, which stayed 10-14%: docs/validation.md, session 8.)"""
+    host-bound plans over NVLink, which stayed 10-14%: docs/validation.md.)"""
     was = gc.isenabled()
     gc.collect()
     gc.freeze()
@@ -69,7 +77,7 @@ _CYCLES_PER_US: float | None = None
 MAX_AHEAD_US = 200_000.0
 
 
-def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
+def time_us(ctx: Ranks, fn: Callable[[], Any], reps: int, warmup: int, barrier: bool = False, inner: int = 1) -> float:
     """Median µs of ``reps`` calls of ``fn`` after ``warmup`` calls, each rep ``inner`` calls
     back to back (divided). GPU: CUDA events between consecutive reps. A collective
     (``barrier``) gets one barrier before its warm-up: after it the collectives themselves
@@ -110,7 +118,7 @@ def time_us(ctx: Ctx, fn: Callable[[], Any], reps: int, warmup: int, barrier: bo
     return statistics.median(times) / inner
 
 
-def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int) -> list[float]:
+def time_isolated_us(ctx: Ranks, issue: Callable[[], Any], reps: int, warmup: int) -> list[float]:
     """µs of each of ``reps`` collectives on this rank, each issued alone as the runtime
     issues one: all ranks synchronised and at a barrier first, then ``issue()`` (async,
     returns the Work) on a link stream, timed by CUDA events on that stream around the issue
@@ -118,7 +126,7 @@ def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int)
 
     Collectives timed back to back pipeline their launch and handshake with the previous
     one: on NVLink a 26 MB all-to-all took 95 µs back to back and 245 µs alone, and alone is
-    how the executor runs it (``scripts/gpu_a2a_diag.py``). CPU: perf_counter around the
+    how the executor runs it. CPU: perf_counter around the
     issue and the wait. A rank's time includes its wait for ranks that left the barrier
     later: :func:`measure_comm` keeps the last one's (the smallest)."""
     link = torch.cuda.Stream() if ctx.cuda else None
@@ -142,7 +150,7 @@ def time_isolated_us(ctx: Ctx, issue: Callable[[], Any], reps: int, warmup: int)
     return times
 
 
-def together(ctx: Ctx, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
+def together(ctx: Ranks, comp: Callable[[], Any], n_comp: int, comm: Callable[[], Any], n_comm: int,
               measure: str) -> float:
     """µs of the compute loop (measure="compute") or the comm loop (measure="comm") while
     the other runs: CUDA streams on GPU, gloo async work beside the main thread on CPU."""
@@ -180,13 +188,11 @@ def host_probe_us(device: torch.device, n: int = 300, reps: int = 7) -> float:
     an index_select on small device tensors, and an event record on CUDA), median of
     ``reps`` runs. The GPU keeps up with it (tiny kernels), so this prices the host alone.
 
-    Why: on 1 x H200 the same executor code took 1.5-2x longer per host operation in one
-    device call than in another (``Event.record`` 4.1 against 8.4 µs, session 9), and in
-    session 8 host-bound plans ran 1.15-1.77x their profiled host costs. A probe taken by
-    the profiler and again just before a measurement was to scale the host model between
-    them. Measured on 1 x H200 (session 9, 32 plans) the ratio jumped between 1.0 and 1.7
-    from plan to plan while the steps did not follow, and the scaled prediction was worse
-    (6.3 against 4.3% mean error): ``validate`` reports it as a diagnostic only."""
+    The same executor code can take 1.5-2x longer per host operation in one process than in
+    another (on 1 x H200, ``Event.record`` took 4.1 µs in one and 8.4 µs in another). Scaling
+    the host model by this probe's ratio (taken when profiling and again before a
+    measurement) did not follow the measured steps (on 1 x H200, 32 plans: 6.3 against 4.3%
+    mean error), so ``validate`` reports it as a diagnostic only."""
     cuda = device.type == "cuda"
     x = torch.zeros(256, device=device)
     i = torch.zeros(16, dtype=torch.long, device=device)

@@ -1,7 +1,13 @@
-"""``moesched validate``: predicted against measured on real GPUs (runs under torchrun)."""
+"""``moesched validate``: predicted against measured on real GPUs (runs under torchrun).
+
+A command of the ``moesched`` CLI that the torch side registers (entry-point group
+``moesched.commands`` in pyproject.toml; :mod:`moesched.cli`). This module imports no torch,
+so ``moesched validate --help`` works without it.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 
 from moesched.errors import MoeschedError
 from moesched.schedules import POLICIES
@@ -34,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise MoeschedError("moesched validate needs torch and GPUs; run it under torchrun on the GPU machine") from None
-    import os
+        raise MoeschedError("the validate command needs torch: pip install torch") from None
     if "RANK" not in os.environ:
         raise MoeschedError("moesched validate runs under torchrun: torchrun --nproc_per_node=N -m moesched validate ...")
-    from executor.validate import main
+    from executor.validate import main  # imports torch
+
     return main(args)

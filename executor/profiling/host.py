@@ -1,6 +1,6 @@
 """Measure the host issue cost of every task kind (the host model of :mod:`moesched.host`).
 
-The executor is host-bound at the validation shapes (``results/gpu/session3/``): how long
+The executor is host-bound at the validation shapes (``docs/validation.md``): how long
 the host takes to issue a task matters as much as how long the GPU takes to run it, and it
 changes with the regime (attention backward: 2.0 ms of host time on NVLink, 5.0 ms through
 host memory). So the profiler measures it the only faithful way, by running the executor:
@@ -13,21 +13,23 @@ phase; every step adds its setup and finish (:func:`step_samples`, x = layers). 
 is the median delay from a compute task's issue start to its GPU
 start, over tasks that did not wait for the GPU (those starting within 200 µs). The GPU
 times of compute tasks in the degree-1 plan calibrate the micro-benchmarks' compute costs
-(:mod:`moesched.calibrate`).
+(:mod:`moesched.costs.calibrate`).
 
 Runs on every rank, with the same plans in the same order; returns this rank's samples.
 """
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from executor.timing import gc_quiet
-from moesched.calibrate import INSITU_KINDS
+from executor.layers import MoEModule, make_batch
+from executor.profiling.timing import gc_quiet
+from executor.runtime import PlannedStep
+from moesched.costs.calibrate import INSITU_KINDS
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
@@ -73,13 +75,52 @@ def step_samples(shape: str, layers: int, tl: Any) -> list[tuple[str, str, float
     return [(shape, "step_setup", float(layers), 1, setup), (shape, "step_finish", float(layers), 1, finish)]
 
 
+@dataclass
+class HostSamples:
+    """What the calibration steps measured on one rank (see :func:`measure_host`)."""
+
+    samples: list[tuple[str, str, float, int, float]] = field(default_factory=list)  # shape, kind, x, r, µs
+    lags_us: list[float] = field(default_factory=list)
+    a2a: dict[tuple, tuple[str, str, float, float]] = field(default_factory=dict)   # shape, scope, bytes, µs
+    compute: list[tuple[str, str, float, float]] = field(default_factory=list)      # shape, kind, FLOPs, GPU µs
+
+
+def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, tl: Any, cuda: bool) -> None:
+    """The samples of one measured step (timeline ``tl`` of ``plan``; ``key`` = (plan index,
+    step index)) into ``out``: step setup and finish, every task's host issue time, the lag
+    of compute tasks (CUDA), the flat all-to-alls but the forward dispatch and, at degree 1,
+    the compute tasks issued in full with no collective beside them."""
+    out.samples += step_samples(shape, plan.model.layers, tl)
+    df = tl.df
+    by_task = df.set_index("task")
+    gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()
+    for task, s, e in zip(df["task"], df["start_us"], df["end_us"]):
+        a = nodes[task]
+        if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
+            out.a2a[(shape, *key, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
+    links = [(s, e) for res, s, e in zip(df["resource"], df["start_us"], df["end_us"])
+             if res != "compute"]  # a compute task beside one is slowed by it (interference)
+    serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # degree 1: calibrates compute
+    h = tl.host
+    for task, s, e, w in zip(h["task"], h["start_us"], h["end_us"], h["wait_us"]):
+        a = nodes[task]
+        x, r = host_features(a["kind"], a, plan.knobs)
+        out.samples.append((shape, a["kind"], x, r, max(float(e - s - w), 0.0)))
+        if not cuda or a["resource"] != "compute":
+            continue
+        g0, g1 = gpu[task], gpu_end[task]
+        if 0.0 <= g0 - s <= LAG_WINDOW_US:
+            out.lags_us.append(float(g0 - s))
+        if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
+                ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
+            out.compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
+
+
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
-                 steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None
-                 ) -> tuple[list[tuple[str, str, float, int, float]], list[float],
-                            dict[tuple, tuple[str, str, float, float]], list[tuple[str, str, float, float]]]:
-    """(samples (shape key, kind, x, r, µs), lag samples µs, all-to-alls, compute) of this
-    rank; see the module docstring. Compute: (shape key, kind, FLOPs, GPU µs) of the compute
-    tasks of :data:`moesched.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
+                 steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None) -> HostSamples:
+    """This rank's samples of the calibration steps; see the module docstring. Compute:
+    (shape key, kind, FLOPs, GPU µs) of the compute tasks of
+    :data:`moesched.costs.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
     issued in full before the GPU started them (GPU time not stretched by the host) and that
     no collective ran beside (not slowed by interference, which the profile prices apart:
     in such a plan expert_dw runs beside dispatch_bwd and the shared expert beside the
@@ -88,57 +129,26 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     (whose measured interval also holds the host's wait for the routing counts, which the
     host model prices), including its wait for ranks that issued it later
     (:func:`a2a_samples`)."""
-    from executor.layers import MoEModule, make_batch
-    from executor.runtime import PlannedStep
-
-    samples: list[tuple[str, str, float, int, float]] = []
-    lags: list[float] = []
-    a2a: dict[tuple, tuple[str, str, float, float]] = {}
-    compute: list[tuple[str, str, float, float]] = []
+    out = HostSamples()
     ep = cluster.ep_size
     for m in models:
-        shape = m.shape_key()
         for pi, plan in enumerate(calibration_plans(m, cluster)):
             module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
             step = PlannedStep(module, plan)
             batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
-            nodes = step.graph.nodes
-            serial = set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}  # degree 1: calibrates compute
             with gc_quiet():  # no collection inside the timed steps
                 for i in range(warmup + steps):
                     dist.barrier(group=step.groups.world_meta)
                     step(batch, target)
-                    if i < warmup:
-                        continue
-                    tl = step.timeline()
-                    samples += step_samples(shape, plan.model.layers, tl)
-                    by_task = tl.df.set_index("task")
-                    gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()
-                    for task, res, s, e in zip(tl.df["task"], tl.df["resource"], tl.df["start_us"], tl.df["end_us"]):
-                        a = nodes[task]
-                        if a.get("op") == "all_to_all" and a.get("hop") is None and a["kind"] != "dispatch":
-                            a2a[(shape, pi, i, task)] = (shape, a["scope"], float(a["work"]), float(e - s))
-                    links = [(s, e) for res, s, e in zip(tl.df["resource"], tl.df["start_us"], tl.df["end_us"])
-                             if res != "compute"]  # a compute task beside one is slowed by it (interference)
-                    h = tl.host
-                    for task, s, e, w in zip(h["task"], h["start_us"], h["end_us"], h["wait_us"]):
-                        a = nodes[task]
-                        x, r = host_features(a["kind"], a, plan.knobs)
-                        samples.append((shape, a["kind"], x, r, max(float(e - s - w), 0.0)))
-                        if device.type == "cuda" and a["resource"] == "compute":
-                            d = gpu[task] - s
-                            if 0.0 <= d <= LAG_WINDOW_US:
-                                lags.append(float(d))
-                            g0, g1 = gpu[task], gpu_end[task]
-                            if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
-                                    ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
-                                compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
+                    if i >= warmup:
+                        _add_step(out, m.shape_key(), (pi, i), plan, step.graph.nodes, step.timeline(),
+                                  device.type == "cuda")
             del step, module
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if tick:
                 tick()
-    return samples, lags, a2a, compute
+    return out
 
 
 def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
@@ -147,7 +157,7 @@ def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
     calibration steps. The smallest is the rank that issued it last: the transfer alone. The
     median is what a typical rank sees, the wait for the last rank included: a simulation
     of one rank standing for all (ranks alike) needs that wait, because in a real step every
-    collective waits for the slowest rank of the moment (:func:`moesched.calibrate.with_host`)."""
+    collective waits for the slowest rank of the moment (:func:`moesched.costs.calibrate.with_host`)."""
     keys = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
     out = []
     for k in sorted(keys, key=str):

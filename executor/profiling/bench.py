@@ -1,6 +1,9 @@
 """Benchmark closures: one compute task kind on synthetic inputs, through the runtime's own
 task functions (:mod:`executor.tasks`), for the profiler.
 
+:func:`shape_bench` is what the profiler times: the closure on the model shape of
+:func:`bench_shape`, with its work from :func:`task_flops`.
+
 ``make_bench(kind, model, tokens, device, dtype, ep=1)`` builds a one-chunk context of
 ``tokens`` tokens (whole samples; one layer, two for the attention kinds) and returns a
 closure that runs the task once. Routed experts: ``routed_copies(model, tokens)`` copies are received,
@@ -10,7 +13,8 @@ attn_fwd merges layer 0's combined rows into its input, attn_bwd builds layer 0'
 combine_bwd send rows from the input gradient, and scatter-adds the input gradients that
 its own combine_bwd rows came back with (random rows here). ``loss`` merges the last
 layer, computes the loss and its gradient, and builds the combine_bwd send rows. Not included: the count
-all-gather of attn_fwd (a benchmark has no process group; the profiler times it apart).
+all-gather of attn_fwd (a benchmark has no process group; the profiler times it apart,
+:func:`executor.profiling.measure.measure_count_exchange`).
 """
 from __future__ import annotations
 
@@ -20,14 +24,13 @@ from typing import Callable
 import torch
 
 from moesched import work
+from moesched.kinds import ALL_COMPUTE_KINDS as KINDS  # the kinds a closure can run
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
 from executor import graphs, route, tasks
 from executor.layers import MoEModule
 from executor.state import ExpertBwd
-
-KINDS = ("attn_fwd", "attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd", "loss")
 
 
 def _ctx(model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype, ep: int,
@@ -148,3 +151,33 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
         tasks.attn_bwd(ctx, 1, 0, 1)
     bwd.ctx = ctx  # type: ignore[attr-defined]  # for inspection (tests)
     return bwd
+
+
+def bench_shape(m: MoEModel, kind: str, tokens: int) -> MoEModel:
+    """Shape for ``tokens`` tokens of whole samples: seq_len min(L, tokens), halved until it
+    divides tokens; shared kinds of a model without shared experts time one."""
+    seq = min(m.seq_len, tokens)
+    while tokens % seq:
+        seq //= 2
+    shared = max(1, m.shared_experts) if kind.startswith("shared") else m.shared_experts
+    return replace(m, seq_len=seq, micro_batch=tokens // seq, shared_experts=shared)
+
+
+def task_flops(kind: str, m: MoEModel, tokens: int) -> float:
+    """Work of one task as :mod:`moesched.graph` charges it: FLOPs (loss: elements)."""
+    f = {"attn_fwd": work.attn_fwd_flops, "attn_bwd": work.attn_bwd_flops, "expert_fwd": work.expert_fwd_flops,
+         "expert_dx": work.expert_fwd_flops, "expert_dw": work.expert_fwd_flops,
+         "shared_fwd": work.shared_fwd_flops, "loss": work.loss_elements}
+    return 2 * work.shared_fwd_flops(m, tokens) if kind == "shared_bwd" else f[kind](m, tokens)
+
+
+def shape_bench(model: MoEModel, kind: str, tokens: int, device: torch.device, world: int
+                ) -> tuple[Callable[[], None], float]:
+    """(closure, FLOPs) of ``kind`` on ``tokens`` tokens of ``model``'s :func:`bench_shape`,
+    in the model's dtype on CUDA (fp32 on CPU), expert GEMMs sized as with EP = ``world``
+    where it divides the experts (else EP = 1)."""
+    m = bench_shape(model, kind, tokens)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[m.dtype] \
+        if device.type == "cuda" else torch.float32
+    ep = world if m.experts % world == 0 else 1
+    return make_bench(kind, m, tokens, device, dtype, ep=ep), task_flops(kind, m, tokens)

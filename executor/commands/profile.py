@@ -1,0 +1,73 @@
+"""``moesched profile``: measure a profile under torchrun, or check the fits of one.
+
+A command of the ``moesched`` CLI that the torch side registers (entry-point group
+``moesched.commands`` in pyproject.toml; :mod:`moesched.cli`). This module imports no
+torch: ``--check`` and ``--refit`` run without it.
+
+Measure (needs torch; every rank runs it)::
+
+    torchrun --nproc_per_node=4 -m moesched profile --out profiles/h200x4-nvlink.json
+    torchrun --nproc_per_node=2 -m moesched profile --out profiles/cpu-gloo-2.json --quick
+
+Check (no torch)::
+
+    moesched profile --check profiles/h200x4-nvlink.json
+"""
+from __future__ import annotations
+
+import argparse
+
+from moesched.costs.build import refit
+from moesched.costs.check import report_lines
+from moesched.errors import MoeschedError
+from moesched.profile import Profile
+
+HELP = "measure a profile (under torchrun, --out FILE) or check the fits of one (--check FILE)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", metavar="FILE", help="print every fit of a profile (no torch needed)")
+    p.add_argument("--tol", type=float, default=0.10,
+                   help="with --check: flag points whose fitted value is off by more than this fraction (0.10)")
+    p.add_argument("--refit", metavar="FILE", help="rebuild the fits of a measured profile from the raw samples "
+                   "it keeps (no torch, no measuring); writes --out, default in place")
+    p.add_argument("--out", metavar="FILE", help="where to write the measured profile (atomically, rank 0)")
+    p.add_argument("--models", metavar="A,B|FILE.json", help="model presets, or a configs JSON "
+                   "(moesched.configs), whose shapes are timed and kept as per-shape curves (default: Mixtral-8x7B,DeepSeek-V2-Lite,GPT2-XL-MoE on GPU, GPT2-Tiny-MoE on CPU)")
+    p.add_argument("--emulate-nodes", type=int, metavar="K", default=None,
+                   help="pose as K nodes (NCCL_HOSTID per node of world/K ranks)")
+    p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
+    p.add_argument("--regime", metavar="LABEL", help="hardware.regime label (default from NCCL_* settings)")
+    p.add_argument("--name", help="profile name (default: the file name without .json)")
+    p.add_argument("--host-steps", type=int, default=None, metavar="N",
+                   help="executor steps per calibration plan that measure the host issue cost of each task "
+                        "kind (moesched.host; default 3 on GPUs, 0 = skip, the CPU default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.refit:
+        prof = refit(Profile.load(args.refit))
+        prof.save(args.out or args.refit)
+        rep = prof.meta["replay"]
+        print(f"refitted {args.refit} -> {args.out or args.refit}: replay error mean {rep['mean_err_pct']} %, "
+              f"max {rep['max_err_pct']} % ({rep['worst']})")
+        return 0
+    if args.check:
+        if args.out:
+            raise MoeschedError("profile: give either --check FILE or --out FILE, not both")
+        print("\n".join(report_lines(Profile.load(args.check), args.tol)))
+        return 0
+    if not args.out:
+        raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
+    if args.host_steps is not None and args.host_steps < 0:
+        raise MoeschedError(f"profile: --host-steps must be >= 0, got {args.host_steps}")
+    if args.emulate_nodes is not None and args.emulate_nodes < 1:
+        raise MoeschedError(f"profile: --emulate-nodes must be >= 1, got {args.emulate_nodes}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MoeschedError("profile: measuring needs torch: pip install torch "
+                            "(--check FILE and --refit FILE work without it)") from None
+    from executor.profiling.main import main  # imports torch
+
+    return main(args)

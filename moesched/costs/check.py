@@ -1,0 +1,126 @@
+"""Checking the fits of a profile: every cost with its R^2 and the measured points its
+fitted line misses by more than a tolerance (``moesched profile --check``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from moesched.costs.fit import REL_TOL, line_value
+from moesched.kinds import ALL_COMPUTE_KINDS
+from moesched.profile import COLLECTIVES, SHAPE_A2A, Cost, Profile
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One fit of a profile: key ("compute.expert_fwd" or "comm.all_to_all.intra")."""
+
+    key: str
+    alpha_us: float
+    beta_us_per_unit: float
+    r2: float | None
+    n_points: int
+    model: str
+    flagged: tuple[tuple[float, float, float, float], ...]  # (x, measured_us, fitted_us, err_pct)
+    max_err_pct: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.flagged
+
+
+def _costs(profile: Profile) -> list[tuple[str, Cost]]:
+    out = [(f"compute.{k}", profile.compute[k]) for k in ALL_COMPUTE_KINDS if k in profile.compute]
+    for shape, by in sorted(profile.shapes.items()):
+        out += [(f"shapes.{shape}.{k}", by[k]) for k in ALL_COMPUTE_KINDS + SHAPE_A2A if k in by]
+    for op in COLLECTIVES:
+        for scope, cost in sorted(profile.comm.get(op, {}).items()):
+            out.append((f"comm.{op}.{scope}", cost))
+    return out
+
+
+def check(profile: Profile, tol: float = REL_TOL) -> list[CheckRow]:
+    """Every fit of ``profile``: alpha, beta, R^2, points, and the points whose fitted value
+    (the line, or the regime's line of a piecewise fit from ``meta.fits``) is more than
+    ``tol`` away from the measured one."""
+    fits = profile.meta.get("fits", {}) if isinstance(profile.meta, dict) else {}
+    rows = []
+    for key, cost in _costs(profile):
+        info = fits.get(key) if isinstance(fits, dict) else None
+        flagged, worst = [], 0.0
+        for x, t in cost.points:
+            y = line_value(cost, info, x)
+            err = abs(y - t) / t if t > 0 else 0.0
+            worst = max(worst, err)
+            if err > tol:
+                flagged.append((x, t, y, round(100 * err, 2)))
+        model = str(info.get("model", "line")) if isinstance(info, dict) else "line"
+        rows.append(CheckRow(key, cost.alpha_us, cost.beta_us_per_unit, cost.r2, len(cost.points), model,
+                             tuple(flagged), round(100 * worst, 2)))
+    return rows
+
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
+    """The report of ``moesched profile --check`` as lines: every fit (:func:`check`), the
+    replay errors, overheads, host issue costs and in-situ corrections the profile keeps."""
+    rows = check(prof, tol)
+    lines = [f"profile {prof.name} ({prof.kind}): {prof.description}",
+             f"hardware: {prof.hardware}",
+             f"interference: compute_slowdown {_fmt(prof.compute_slowdown)}, comm_slowdown {_fmt(prof.comm_slowdown)}"
+             + "".join(f"; {op}: compute_slowdown {_fmt(c)}, comm_slowdown {_fmt(m)}"
+                       for op, (c, m) in sorted(prof.interference_by_op.items())),
+             f"{'fit':34} {'model':9} {'alpha_us':>10} {'beta_us/unit':>12} {'R^2':>8} {'pts':>4} {'max_err%':>8}"]
+    for r in rows:
+        r2 = "-" if r.r2 is None else f"{r.r2:.5f}"
+        lines.append(f"{r.key:34} {r.model:9} {_fmt(r.alpha_us):>10} {_fmt(r.beta_us_per_unit):>12} {r2:>8} "
+                     f"{r.n_points:>4} {r.max_err_pct:>8.2f}")
+        for x, t, y, e in r.flagged:
+            lines.append(f"    off by {e:.1f} %: x={_fmt(x)} measured {_fmt(t)} us, fitted {_fmt(y)} us"
+                         f" (the profile interpolates the measured point)")
+    flagged = sum(len(r.flagged) for r in rows)
+    lines.append(f"{len(rows)} fits, {flagged} point(s) more than {100 * tol:g} % off their line")
+    meta: dict[str, Any] = prof.meta
+    rep = meta.get("replay")
+    if isinstance(rep, dict):
+        lines.append(f"replay on {rep.get('n')} held-out points: mean error {rep.get('mean_err_pct')} %, "
+                     f"max {rep.get('max_err_pct')} % ({rep.get('worst')}); compute mean "
+                     f"{rep.get('compute_mean_err_pct')} %, comm mean {rep.get('comm_mean_err_pct')} %")
+        if rep.get("comm_spread_mean_pct") is not None:
+            lines.append(f"repeatability of the collectives (range of the passes' medians / median): mean "
+                         f"{rep.get('comm_spread_mean_pct')} % over all points, "
+                         f"{rep.get('comm_replay_spread_mean_pct')} % over the held-out ones")
+    else:
+        lines.append("replay: none recorded")
+    if isinstance(meta.get("overhead_us"), dict):
+        lines.append("per-task overhead (us): " + ", ".join(f"{k} {_fmt(v)}" for k, v in meta["overhead_us"].items()))
+    if isinstance(meta.get("all_to_all_uneven"), dict):
+        lines.append("uneven all-to-all / even: " + ", ".join(
+            f"{s} mean {v.get('mean_ratio_to_even')} max {v.get('max_ratio_to_even')}"
+            for s, v in meta["all_to_all_uneven"].items()))
+    if prof.host is not None:
+        h = prof.host
+        lines.append(f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes:")
+        for k, c in h.kinds.items():
+            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  + {_fmt(c.per_unit_us):>10} us/unit"
+                         f"  + {_fmt(c.per_chunk_us):>8} us/degree  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
+    insitu = [(sh, k, c) for sh, by in sorted(prof.shapes.items()) for k, c in by.items() if k.startswith("all_to_all@")]
+    if insitu:
+        lines.append("all-to-alls timed in executor steps (used for their shape) vs the micro-benchmark:")
+        for sh, k, c in insitu:
+            scope = k.split("@", 1)[1]
+            pts = "  ".join(f"{x / 2**20:.2f} MB {_fmt(t)} us ({t / prof.comm_us('all_to_all', scope, x):.2f}x)"
+                            for x, t in c.points) if scope in prof.comm["all_to_all"] else "-"
+            lines.append(f"    {sh} {scope}: {pts}")
+    factors = meta.get("insitu_compute")
+    if isinstance(factors, dict) and factors:
+        lines.append("compute in executor steps / micro-benchmark (applied to the costs, moesched.costs.calibrate):")
+        for sh, by in sorted(factors.items()):
+            lines.append(f"    {sh}: " + "  ".join(f"{k} {f['factor']:.3f} (n={f['n']})" for k, f in by.items()))
+    for k in ("command", "date", "duration_s"):
+        if k in meta:
+            lines.append(f"{k}: {meta[k]}")
+    return lines

@@ -1,0 +1,67 @@
+"""Fitting the host issue costs of :mod:`moesched.host` to the samples the profiler takes in
+real executor steps (:mod:`executor.profiling.host`): per task kind, alpha + per_unit * x +
+per_chunk * r by least squares with non-negative slopes. Pure Python."""
+from __future__ import annotations
+
+import statistics
+
+from moesched.costs.fit import r2_score
+from moesched.errors import MoeschedError
+from moesched.host import HOST_KINDS, HostCost, HostCosts
+
+
+def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> list[float]:
+    """Least squares of ts on the chosen columns of rows (normal equations, Gaussian
+    elimination); raises ZeroDivisionError when the system is singular."""
+    n = len(cols)
+    a = [[sum(r[i] * r[j] for r in rows) for j in cols] + [sum(r[i] * t for r, t in zip(rows, ts))] for i in cols]
+    for c in range(n):
+        p = max(range(c, n), key=lambda k: abs(a[k][c]))
+        if abs(a[p][c]) < 1e-12 * max(1.0, abs(a[c][c])):
+            raise ZeroDivisionError
+        a[c], a[p] = a[p], a[c]
+        for k in range(n):
+            if k != c:
+                f = a[k][c] / a[c][c]
+                a[k] = [u - f * v for u, v in zip(a[k], a[c])]
+    return [a[i][n] / a[i][i] for i in range(n)]
+
+
+def fit_host_cost(points: list[tuple[float, int, float]]) -> HostCost:
+    """alpha + per_unit*x + per_chunk*r by least squares on the medians per (x, r), with
+    the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted)."""
+    by: dict[tuple[float, int], list[float]] = {}
+    for x, r, us in points:
+        by.setdefault((x, r), []).append(us)
+    keys = sorted(by)
+    ts = [statistics.median(by[k]) for k in keys]
+    rows = [(1.0, x, float(r)) for x, r in keys]
+    cols = [0, 1, 2]
+    while True:
+        try:
+            coef = _solve(rows, ts, cols)
+        except ZeroDivisionError:  # singular (e.g. one degree only): drop the last slope
+            cols.pop()
+            continue
+        bad = [c for c, v in zip(cols, coef) if c > 0 and v < 0]
+        if not bad:
+            break
+        cols.remove(bad[-1])
+    full = dict(zip(cols, coef))
+    a, b, c = full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
+    r2 = r2_score(ts, [a + b * x + c * r for _, x, r in rows])
+    return HostCost(round(a, 3), b, c, round(r2, 6))
+
+
+def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float) -> HostCosts:
+    """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
+    task issue; per (shape, kind) and per kind pooled over shapes (:func:`fit_host_cost`)."""
+    kinds: dict[str, list[tuple[float, int, float]]] = {}
+    shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
+    for shape, kind, x, r, us in samples:
+        if kind not in HOST_KINDS:
+            raise MoeschedError(f"host samples: unknown task kind {kind!r}")
+        kinds.setdefault(kind, []).append((float(x), int(r), float(us)))
+        shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
+    return HostCosts(round(float(lag_us), 3), {k: fit_host_cost(p) for k, p in sorted(kinds.items())},
+                     {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())})
