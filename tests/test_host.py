@@ -234,3 +234,36 @@ def test_in_situ_a2a_beyond_a_flat_fit_grows_with_bytes() -> None:
     prof = with_host(NVLINK, [("x", "expert_fwd", 256.0, 1, 100.0)], 10.0, a2a)
     assert prof.shapes[shape]["all_to_all@intra"].beta_us_per_unit == 0.0  # the flat fit
     assert prof.a2a_us("intra", 100 * mb, shape) == pytest.approx(4 * 761.0)
+
+
+def test_calibration_step_samples_on_cuda() -> None:
+    """One measured step of the degree-1 calibration plan (a simulated timeline, every task
+    issued 50 µs before its GPU start): a host sample per task plus setup and finish, the lag
+    of every compute task, the flat all-to-alls but the forward dispatch, and the compute of
+    in-situ kinds with no collective beside it; on CPU neither lags nor compute."""
+    from types import SimpleNamespace
+
+    from executor.profiling.host import HostSamples, _add_step, calibration_plans
+    from moesched.costs.calibrate import INSITU_KINDS
+    plan = calibration_plans(MODEL, CLUSTER)[0]
+    assert set(plan.knobs.r_fwd + plan.knobs.r_bwd) == {1}
+    g = build(plan.model, CLUSTER, NVLINK, plan.knobs)
+    df = simulate(g, strict=False).df
+    host = pd.DataFrame({"task": df["task"], "rank": 0, "thread": "main", "start_us": df["start_us"] - 50.0,
+                         "end_us": df["start_us"] - 10.0, "wait_us": 0.0})
+    tl = SimpleNamespace(df=df, host=host, meta={"setup_us": 5.0, "call_us": float(df["end_us"].max()) + 20.0})
+    links = [(s, e) for r, s, e in zip(df["resource"], df["start_us"], df["end_us"]) if r != "compute"]
+    alone = {t for t, k, r, s, e in zip(df["task"], df["kind"], df["resource"], df["start_us"], df["end_us"])
+             if r == "compute" and k in INSITU_KINDS and not any(a < e and s < b for a, b in links)}
+    assert alone  # the check below is not vacuous
+    cuda, cpu = HostSamples(), HostSamples()
+    _add_step(cuda, "s", (0, 2), plan, g.nodes, tl, cuda=True)
+    _add_step(cpu, "s", (0, 2), plan, g.nodes, tl, cuda=False)
+    assert len(cuda.samples) == len(df) + 2 and cuda.samples == cpu.samples
+    assert cuda.samples[:2] == [("s", "step_setup", 2.0, 1, 5.0), ("s", "step_finish", 2.0, 1, 15.0)]  # call - setup - last end
+    assert all(us == pytest.approx(40.0) for *_, us in cuda.samples[2:])
+    assert cuda.lags_us == [50.0] * int((df["resource"] == "compute").sum())
+    assert sorted(k[3] for k in cuda.a2a) == sorted(
+        t for t, k in zip(df["task"], df["kind"]) if k in ("combine", "combine_bwd", "dispatch_bwd"))
+    assert len(cuda.compute) == len(alone) and all(k in INSITU_KINDS for _, k, _, _ in cuda.compute)
+    assert (cpu.lags_us, cpu.compute, cpu.a2a) == ([], [], cuda.a2a)

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINT = shutil.which("lint-imports")
-pytestmark = pytest.mark.skipif(LINT is None, reason="import-linter is not installed (pip install -e '.[test]')")
 
 
 def lint(root: Path) -> subprocess.CompletedProcess[str]:
-    """``lint-imports`` run from ``root``, on the packages found there."""
+    """``lint-imports`` run from ``root``, on the packages found there (import-linter comes
+    with the test extra: ``pip install -e '.[test]'``)."""
+    exe = shutil.which("lint-imports") or shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert exe, "lint-imports not found: pip install -e '.[test]' (import-linter)"
     env = dict(os.environ, PYTHONPATH=str(root))
-    return subprocess.run([str(LINT), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([exe, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_the_import_contracts_hold() -> None:
