@@ -62,7 +62,8 @@ def _command_modules() -> dict[str, Any]:
             try:
                 modules[name] = plugins[name].load()
             except ImportError as e:
-                modules[name] = _Unavailable(f"the {name} command needs torch: pip install torch" if e.name == "torch"
+                torch_missing = (e.name or "").split(".")[0] == "torch"
+                modules[name] = _Unavailable(f"the {name} command needs torch: pip install torch" if torch_missing
                                              else f"the {name} command cannot be loaded: {e}")
             continue
         try:
@@ -70,8 +71,8 @@ def _command_modules() -> dict[str, Any]:
         except ModuleNotFoundError as e:
             if e.name != f"moesched.commands.{name}":
                 raise
-            modules[name] = _Unavailable(f"the {name} command is not installed: it comes with the "
-                                               "executor (pip install torch, then reinstall moesched)")
+            modules[name] = _Unavailable(f"the {name} command is not installed: reinstall moesched "
+                                         "(pip install torch, then pip install .)")
     return modules
 
 

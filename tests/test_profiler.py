@@ -183,6 +183,17 @@ def test_a_plugin_that_needs_torch_says_so_in_one_line(tmp_path: Path, monkeypat
     assert not (tmp_path / "p.json").exists()
 
 
+def test_an_unregistered_torch_command_says_so(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Metadata without the entry points (an old install): ``validate`` is still listed and
+    answers one line, exit 2."""
+    from moesched import cli
+    monkeypatch.setattr(cli, "plugin_commands", lambda: {})
+    assert main(["validate", "--profile", "p", "--configs", "c", "--out", "o.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesched: error: the validate command is not installed") and err.count("\n") == 1
+
+
 def test_profile_without_torch(tmp_path: Path) -> None:
     """With torch not importable, --check still works and measuring is refused in one line."""
     (tmp_path / "sitecustomize.py").write_text(NO_TORCH)
