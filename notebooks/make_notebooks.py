@@ -96,10 +96,11 @@ NB02 = SETUP + """# %% md
 # Predicted and measured timelines
 
 Each pair `predicted_<name>.json` / `measured_<name>.json` in `notebooks/data/` (GPU first): the simulated
-and the executed timeline of one plan, rank 0, exposed communication in red. `gpu_<regime>_...` pairs come
-from session 1 (`results/gpu/`), `gpu_s5_...` pairs from session 5 (`results/gpu/session5/`, profiles with
-GPU-only compute costs, in-situ all-to-alls and the host model: 4 x H200, `scripts/gpu_regime.sh`). The CPU pair
-(`make_notebooks.py --data cpu`, gloo on 2 processes, noisy) checks the pipeline, not GPU overlap.
+and the executed timeline of one plan, rank 0, exposed communication in red. The GPU pairs were measured on
+4 x H200 on 2026-11-22 (`docs/history.md`): `gpu_<regime>_...` by the first validation (commit eed069b),
+`gpu_s5_...` with profiles holding GPU-only compute costs, in-situ all-to-alls and the host model (commit
+ed6c1a2). The CPU pair (`make_notebooks.py --data cpu`, gloo on 2 processes, noisy) checks the pipeline, not
+GPU overlap.
 # %%
 from moesched.trace import read_chrome_trace
 

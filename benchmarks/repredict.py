@@ -1,0 +1,109 @@
+"""Re-predict measured validation runs with the current model: the very plans that ran.
+
+CPU only, any machine, repository root. Each argument is one regime's folder as written by
+``benchmarks/gpu_regimes.sh`` (``validation-REG.csv``, ``plans-REG.json``, ``h200xN-REG.json``)::
+
+    python benchmarks/repredict.py results/h200x4/nvlink results/h200x4/hostmem results/h200x4/2nodes
+    python benchmarks/repredict.py --write-plans results/h200x4/nvlink   # once, after a GPU run
+
+For each folder, reads what ran and what it measured (``validation-REG.csv``), the plan of
+every row (``plans-REG.json``, as ``moesched validate`` built it, checked against the row's
+plan hash) and the profile of that run (``h200xN-REG.json``), replays each plan on the
+profile with the current simulator and cost lookups, and prints the step-time error as run
+and now (mean and max |error| %, Spearman per config). Writes ``repredicted-REG.csv`` (the
+CSV plus ``now_ms`` and ``now_error_pct``) beside them. Nothing is measured: a model change
+is checked against the same measurements. ``--write-plans`` rebuilds the plans with
+``executor.validate.make_plan`` (needs torch) and writes ``plans-REG.json``.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from moesched.errors import MoeschedError
+from moesched.fileio import write_atomic
+from moesched.plan import Plan
+from moesched.profile import Profile
+
+
+def profile_path(folder: Path, regime: str) -> Path:
+    """The run's profile: ``h200xN-REG.json`` (N GPUs)."""
+    found = sorted(folder.glob(f"h200x[0-9]-{regime}.json"))
+    if len(found) != 1:
+        raise MoeschedError(f"{folder}: expected one h200xN-{regime}.json, found {[p.name for p in found]}")
+    return found[0]
+
+
+def write_plans(folder: Path, regime: str, configs: str = "docs/validation_configs.json") -> None:
+    """Rebuild the plan of every CSV row as ``moesched validate`` did (same profile, same
+    code: :func:`executor.validate.make_plan`), check each against the row's hash, and
+    write ``plans-REG.json``."""
+    from executor.validate import make_plan
+    from moesched.cluster import Cluster
+    from moesched.configs import load_configs
+    path = profile_path(folder, regime)
+    prof = Profile.load(path)
+    cluster = Cluster(prof.nodes, prof.gpus_per_node)
+    models = {c.name: c.model for c in load_configs(configs)}
+    df = pd.read_csv(folder / f"validation-{regime}.csv")
+    plans = [make_plan((str(path), models[c].to_dict(), cluster.to_dict(), s)) for c, s in zip(df["config"], df["schedule"])]
+    bad = [f"{c}/{s}" for (c, s, h), p in zip(zip(df["config"], df["schedule"], df["plan_hash"]), plans)
+           if Plan.from_dict(p).hash[:12] != h]
+    if bad:
+        raise MoeschedError(f"plans rebuilt for {bad} differ from those that ran (code or profile changed)")
+    write_atomic(folder / f"plans-{regime}.json", json.dumps(plans))
+
+
+def repredict(folder: Path, regime: str) -> pd.DataFrame:
+    prof = Profile.load(profile_path(folder, regime))
+    df = pd.read_csv(folder / f"validation-{regime}.csv")
+    plans = [Plan.from_dict(p) for p in json.loads((folder / f"plans-{regime}.json").read_text())]
+    if len(plans) != len(df) or any(p.hash[:12] != h for p, h in zip(plans, df["plan_hash"])):
+        raise MoeschedError(f"{folder}/plans-{regime}.json does not hold the plans of validation-{regime}.csv")
+    df["now_ms"] = [round(p.replay(prof).makespan_us / 1e3, 4) for p in plans]
+    df["now_error_pct"] = (100 * (df["now_ms"] - df["measured_ms"]) / df["measured_ms"]).round(3)
+    return df
+
+
+def regime_of(folder: Path) -> str:
+    """The regime of a run folder: the REG of its one ``validation-REG.csv``."""
+    found = sorted(folder.glob("validation-*.csv"))
+    if len(found) != 1:
+        raise MoeschedError(f"{folder}: expected one validation-REG.csv, found {[p.name for p in found]}")
+    return found[0].stem[len("validation-"):]
+
+
+def main(argv: list[str]) -> int:
+    write = bool(argv) and argv[0] == "--write-plans"
+    folders = [Path(a) for a in argv[write:]]
+    if not folders:
+        print("usage: python benchmarks/repredict.py [--write-plans] RUN_FOLDER ...", file=sys.stderr)
+        return 2
+    for folder in folders:
+        reg = regime_of(folder)
+        if write:
+            write_plans(folder, reg)
+            continue
+        df = repredict(folder, reg)
+        rho = lambda col: statistics.fmean(  # noqa: E731
+            g[col].corr(g["measured_ms"], method="spearman") for _, g in df.groupby("config"))
+        print(f"{reg}: as run |err| mean {df['error_pct'].abs().mean():.2f} % max {df['error_pct'].abs().max():.2f} %"
+              f" Spearman {rho('predicted_ms'):.3f}; now mean {df['now_error_pct'].abs().mean():.2f} % max "
+              f"{df['now_error_pct'].abs().max():.2f} % Spearman {rho('now_ms'):.3f}")
+        by = df.groupby("config").agg(as_run=("error_pct", lambda x: x.abs().mean()),
+                                      now=("now_error_pct", lambda x: x.abs().mean()))
+        print(by.round(2).T.to_string())
+        write_atomic(folder / f"repredicted-{reg}.csv", df.to_csv(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except MoeschedError as e:
+        print(f"repredict: error: {e}", file=sys.stderr)
+        sys.exit(2)
