@@ -99,7 +99,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def format_summary(s: dict[str, dict[str, float]]) -> str:
     """A fixed-width table of :func:`summary`."""
-    lines = [f"{'speedup of moesched':24s} {'n':>5s} {'mean':>7s} {'median':>7s} {'min':>7s} {'max':>7s}"]
+    lines = ["moesched's speedup over each policy = policy step / moesched step (host model; > 1: moesched faster)",
+             f"{'speedup of moesched':24s} {'n':>5s} {'mean':>7s} {'median':>7s} {'min':>7s} {'max':>7s}"]
     for k, v in s.items():
         if v.get("n"):
             lines.append(f"{k:24s} {v['n']:5d} {v['mean']:7.3f} {v['median']:7.3f} {v['min']:7.3f} {v['max']:7.3f}")
