@@ -218,7 +218,7 @@ def speedup_figure(df: pd.DataFrame, title: str) -> "Figure":
         c.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=lab, color=col)
     for ax in (h, c):
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xlabel("speedup of moesched = policy step / moesched step (host model; > 1 faster)")
+        ax.set_xlabel("policy step / moesched step (> 1: moesched faster)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     h.set_ylabel("layers")
