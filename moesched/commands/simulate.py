@@ -82,7 +82,7 @@ def _table(names: list[str], evals: dict[str, Evaluation], steps: dict[str, Time
     list scheduling on GPU costs alone. ``speedup_vs_vanilla`` = vanilla's step / the row's
     step, host model (> 1 is faster)."""
     base_us = steps[BASELINE].makespan_us
-    headers = ["schedule", "step_ms (host model)" if host else "step_ms"] + (["GPU-only step_ms"] if host else []) \
+    headers = ["schedule", "step_ms (host model)" if host else "step_ms (GPU costs)"] + (["GPU-only step_ms"] if host else []) \
         + ["speedup_vs_vanilla", "exposed comm_ms", "exposed %", "compute busy_ms"]
     rows = []
     for name in [BASELINE] + [n for n in names if n != BASELINE]:

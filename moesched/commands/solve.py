@@ -93,7 +93,7 @@ def _table(rows: list[dict], step_us: float, executed_us: float, host: bool) -> 
     executor runs it (:func:`moesched.schedules.base.executed_timeline`); with host costs a
     ``GPU-only step_ms`` column gives the list-scheduled step on GPU costs alone.
     ``speedup_vs_vanilla`` = vanilla's step / the row's step (> 1 is faster), host model."""
-    step_h = "step_ms (host model)" if host else "step_ms"
+    step_h = "step_ms (host model)" if host else "step_ms (GPU costs)"
     base = next((r["executed_us"] for r in rows if r["policy"] == "vanilla" and r["executed_us"]), None)
     headers = ["schedule", step_h] + (["GPU-only step_ms"] if host else []) + ["speedup_vs_vanilla"]
     out = [[f"{'moesched':10s}", executed_us, step_us, base / executed_us if base else None]]
