@@ -64,14 +64,14 @@ def policy_bar_figure(step_us: Mapping[str, float | None], title: str, highlight
     for b, n, v in zip(bars, names, ms):
         text = "n/a" if v is None else f"{v:.2f}" + (f"\n{base / step_us[n]:.2f}x" if base else "")
         ax.text(b.get_x() + b.get_width() / 2, (v or 0.0) + 0.01 * top, text, ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("predicted step time (ms)")
+    ax.set_ylabel("predicted step_ms (host model)")
     ax.set_xlabel("schedule policy")
     ax.set_ylim(0, top * 1.4 if top > 0 else 1.0)
     ax.set_title(title)
     from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color=HIGHLIGHT, label=f"{highlight} (solver)"),
                        Patch(color=PLAIN, label="published policy")], loc="upper left", fontsize=8, ncol=2,
-              title=f"bar labels: step (ms), speedup over {baseline}", title_fontsize=8)
+              title=f"bar labels: step_ms, speedup_vs_{baseline} ({baseline} step / step)", title_fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
@@ -165,7 +165,8 @@ def interference_figure(timelines: Mapping[str, Timeline], title: str, rank: int
 # ---- sweeps --------------------------------------------------------------------------
 def sweep_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     """A sweep CSV (or frame) with added columns: ``best_published`` (policy), ``best_published_us``,
-    ``speedup_vanilla`` and ``speedup_best`` (policy step / moesched step)."""
+    ``speedup_vanilla`` and ``speedup_best`` (policy step / moesched step: > 1 means
+    moesched is faster; the sweep's steps are the host model's, :mod:`moesched.solve.sweep`)."""
     if isinstance(source, pd.DataFrame):
         df = source.copy()
     else:
@@ -217,7 +218,7 @@ def speedup_figure(df: pd.DataFrame, title: str) -> "Figure":
         c.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=lab, color=col)
     for ax in (h, c):
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xlabel("speedup of moesched (policy step / moesched step)")
+        ax.set_xlabel("policy step / moesched step (> 1: moesched faster)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     h.set_ylabel("layers")

@@ -111,7 +111,8 @@ class _Builder:
         self.ep_scope = scope = cluster.scope("ep")
         # two-hop all-to-alls (an intra-node hop needs two GPUs in a node to mean anything)
         self.hier = not (knobs.a2a == "flat" or cluster.nodes == 1 or cluster.gpus_per_node == 1 or scope == "intra")
-        self.costs: dict[tuple[str, object], tuple[float, float]] = {}  # (kind or scope, tokens) -> (work, µs)
+        # (kind, tokens) -> (FLOPs, µs); ("a2a", tokens) -> ((scope, bytes, µs) per hop)
+        self.costs: dict[tuple[str, object], tuple] = {}
 
     def graph_attrs(self) -> dict[str, object]:
         p = self.p
@@ -149,21 +150,26 @@ class _Builder:
 
     def a2a(self, kind: str, deps: list[int], layer: int, chunk: int, nchunks: int, phase: str,
             tokens: int, forward_order: bool) -> int:
-        """One all-to-all, or its two hops when hierarchical. ``forward_order``: intra hop
-        first (dispatch direction), else inter hop first (combine direction)."""
+        """One all-to-all, or its two hops when hierarchical, each priced by the profile's
+        all-to-all on its scope at the bytes it carries (:func:`moesched.work.a2a_hops`:
+        a full send buffer per hop). ``forward_order``: intra hop first (dispatch
+        direction), else inter hop first (combine direction)."""
+        hit = self.costs.get(("a2a", tokens))
+        if hit is None:
+            ep, G = self.c.ep_size, self.c.gpus_per_node
+            hops = work.a2a_hops(work.a2a_bytes(self.m, tokens), ep // G if self.hier else 1, G if self.hier else ep,
+                                 self.ep_scope, self.hier)
+            hit = self.costs[("a2a", tokens)] = tuple(
+                (h.scope, h.buffer_bytes, 0.0 if self.p is None else self.p.a2a_us(h.scope, float(h.buffer_bytes),
+                                                                                     self.shape)) for h in hops)
         last = deps
-        for hop in (("intra", "inter") if forward_order else ("inter", "intra")) if self.hier else (None,):
-            scope = hop or self.ep_scope
-            hit = self.costs.get((scope, tokens))
-            if hit is None:
-                nbytes = work.a2a_bytes(self.m, tokens)
-                hit = self.costs[(scope, tokens)] = (nbytes, 0.0 if self.p is None else
-                                                     self.p.a2a_us(scope, float(nbytes), self.shape))
+        for scope, nbytes, us in (hit if forward_order else tuple(reversed(hit))):
+            hop = scope if self.hier else None
             res = resource_of(scope)
             head = {"resource": res, "scope": scope, "hop": hop} if hop else {"resource": res, "scope": scope}
             head.update(kind=kind, layer=layer, chunk=chunk, nchunks=nchunks, phase=phase, op="all_to_all",
-                        tokens=tokens, work=hit[0])
-            last = [self.add(tid(layer, phase, kind, chunk, hop), last, RES_INDEX[res], hit[1], head)]
+                        tokens=tokens, work=nbytes)
+            last = [self.add(tid(layer, phase, kind, chunk, hop), last, RES_INDEX[res], us, head)]
         return last[0]
 
     def body(self) -> "_Builder":

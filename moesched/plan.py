@@ -128,8 +128,15 @@ class Plan:
 
 def from_timeline(policy: str, model: MoEModel, cluster: Cluster, knobs: Knobs, timeline: Any,
                   profile: Any = None, extra: dict[str, Any] | None = None) -> Plan:
-    """Make a plan whose order is the simulated start order (rank 0)."""
-    predicted = {"step_us": round(timeline.makespan_us, 3), "exposed_comm_us": round(timeline.exposed_comm_us(), 3)}
+    """Make a plan whose order is the simulated start order (rank 0). ``predicted.step_us``
+    and ``exposed_comm_us`` are of the plan as the executor runs it (:func:`replay`: the host
+    model when ``profile`` has host costs, then ``gpu_only_step_us`` is ``timeline``'s step)."""
+    executed = timeline
+    if profile is not None and getattr(profile, "host", None) is not None:
+        executed = replay(model, cluster, profile, knobs, timeline.order())
+    predicted = {"step_us": round(executed.makespan_us, 3), "exposed_comm_us": round(executed.exposed_comm_us(), 3)}
+    if executed is not timeline:
+        predicted["gpu_only_step_us"] = round(timeline.makespan_us, 3)
     predicted.update(extra or {})
     prof = {} if profile is None else {"name": profile.name, "digest": profile.digest()}
     return Plan(policy, model, cluster, knobs, timeline.order(), prof, predicted)

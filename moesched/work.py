@@ -6,6 +6,8 @@ the same size, one for the input gradient (dX) and one for the weight gradient (
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from moesched.models import MoEModel
 
 
@@ -65,3 +67,58 @@ def dense_grad_bytes(m: MoEModel) -> int:
 def expert_grad_bytes(m: MoEModel, ep: int) -> int:
     """Gradient bytes per layer of this rank's experts, reduced over the expert-DP group."""
     return (m.experts // ep) * m.expert_params() * m.bytes_per_elem
+
+
+@dataclass(frozen=True)
+class A2AHop:
+    """The traffic of one hop of an all-to-all, per rank, under even routing.
+
+    scope: profile scope the hop runs on ("intra", "inter" or the flat all-to-all's scope).
+    buffer_bytes: the rank's send buffer (what the profile's all-to-all costs are keyed
+        by: ``meta.x.comm`` = "all-to-all send buffer"); the part for the rank itself is a
+        local copy.
+    peers: other ranks the rank sends to (messages per rank).
+    message_bytes: bytes of each message, buffer_bytes / (peers + 1).
+    off_gpu_bytes: bytes that leave the GPU (buffer minus the rank's own part).
+    off_node_bytes: bytes that leave the node (cross the inter-node network).
+    """
+
+    scope: str
+    buffer_bytes: int
+    peers: int
+    message_bytes: float
+    off_gpu_bytes: float
+    off_node_bytes: float
+
+
+def a2a_hops(nbytes: int, nodes: int, gpus_per_node: int, flat_scope: str,
+             hierarchical: bool) -> list[A2AHop]:
+    """The hops of one all-to-all of ``nbytes`` per rank (:func:`a2a_bytes`) over an EP group
+    of ``nodes`` x ``gpus_per_node`` ranks, in dispatch order, with the bytes each carries.
+
+    Flat (one NCCL all-to-all over all P = N*G ranks): P - 1 messages of B/P; B(P-1)/P
+    leave the GPU, B(N-1)/N leave the node.
+
+    Hierarchical, Tutel's 2DH all-to-all (Hwang et al., "Tutel", MLSys'23, Sec. 3.3 and
+    ``tutel/impls/communicate.py``; the executor's :func:`executor.comm.hop_plan`):
+    1. intra hop, over the node's G ranks: rank (n, g) sends local rank g' every row bound
+       for (n', g') for all nodes n' -- B/G per peer, the whole buffer B; B(G-1)/G leaves
+       the GPU over NVLink, nothing leaves the node. After it, rank (n, g') holds the
+       node's rows bound for local index g' on every node: again B bytes under even routing.
+    2. inter hop, over the N ranks of local index g (one per node; the G such groups run at
+       once): N - 1 messages of B/N, G times larger than the flat all-to-all's B/(N*G);
+       B(N-1)/N leave the node, exactly the flat all-to-all's off-node bytes. The node as a
+       whole sends G*B(N-1)/N across the network either way: aggregation makes the
+       messages fewer and larger, it does not reduce the bytes (DeepEP's internode kernels,
+       by contrast, send a token to a node once for all its experts there; the executor
+       sends copies, so that saving does not apply).
+    So each hop carries a full buffer of B bytes, and each is priced by the profile's
+    all-to-all on its scope at B: the inter hop's saving is the per-message latency of
+    (N-1)(G-1) fewer messages, which the profile's ``inter`` measurement (N ranks, every
+    local group at once) holds. Combine direction: the same hops in reverse order."""
+    B, N, G = int(nbytes), int(nodes), int(gpus_per_node)
+    if not hierarchical:
+        P = N * G
+        return [A2AHop(flat_scope, B, P - 1, B / P, B * (P - 1) / P, B * (N - 1) / N)]
+    return [A2AHop("intra", B, G - 1, B / G, B * (G - 1) / G, 0.0),
+            A2AHop("inter", B, N - 1, B / N, B * (N - 1) / N, B * (N - 1) / N)]

@@ -1,12 +1,18 @@
 """Write the three notebooks with nbformat and execute them with nbclient (outputs kept).
 
-    python notebooks/make_notebooks.py                # write + execute 01, 02, 03
-    python notebooks/make_notebooks.py --data sweeps  # re-run both full sweeps -> notebooks/data/
-    python notebooks/make_notebooks.py --data cpu     # CPU plan, predicted + measured traces
-    python notebooks/make_notebooks.py --figures      # docs/figures/*.png
+    python notebooks/make_notebooks.py --all             # every derived file below, then the notebooks
+    python notebooks/make_notebooks.py                   # write + execute 01, 02, 03
+    python notebooks/make_notebooks.py --data sweeps     # re-run both full sweeps -> notebooks/data/
+    python notebooks/make_notebooks.py --data predicted  # predicted_<pair>.json from plan_<pair>.json
+    python notebooks/make_notebooks.py --data cpu        # CPU plan, predicted + measured traces (torchrun)
+    python notebooks/make_notebooks.py --figures         # docs/figures/*.png
 
-One source per notebook below, split into cells at ``# %%`` / ``# %% md`` lines. Notebooks read
-only committed data in ``notebooks/data`` (no sweeps, no torchrun): all three run in seconds.
+The one script for the notebooks, their data and the figures. Derived data (the sweeps,
+results/sweeps/ too, and predicted_*.json) comes from the code and the shipped profiles;
+tests/test_data_current.py fails when a committed number no longer matches what the code
+computes. Measured traces (measured_*.json) are kept as measured. One source per notebook
+below, split into cells at ``# %%`` / ``# %% md`` lines. Notebooks read only committed data
+in ``notebooks/data`` (no sweeps, no torchrun): all three run in seconds.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ from moesched.cluster import Cluster
 from moesched.models import MoEModel
 from moesched.plan import from_timeline
 from moesched.profile import Profile, default_profile_path
-from moesched.schedules.base import evaluate
+from moesched.schedules.base import evaluate, executed_timeline
 from moesched.solve.api import solve
 
 PRESET = "DeepSeek-V2-Lite"
@@ -62,7 +68,7 @@ pd.DataFrame([model.to_dict()]).set_index("name")
 # %%
 res = solve(model, cluster, profile, time_limit_s=60)
 k = res.schedule.knobs
-print(f"moesched: {res.step_us / 1e3:.3f} ms; r_fwd={sorted(set(k.r_fwd))} r_bwd={sorted(set(k.r_bwd))} "
+print(f"moesched: {res.executed_us / 1e3:.3f} ms (host model); r_fwd={sorted(set(k.r_fwd))} r_bwd={sorted(set(k.r_bwd))} "
       f"at_chunked={k.at_chunked} grad_chunk_bytes={k.grad_chunk_bytes} grad_sync={k.grad_sync} a2a={k.a2a}")
 print("priority:", res.schedule.notes.get("priority"), "| found by:", res.schedule.notes.get("source"))
 plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile)  # what `solve --out` writes
@@ -70,22 +76,26 @@ print(f"plan: {len(plan.order)} tasks, hash {plan.hash[:12]}, predicted {plan.pr
 # %% md
 ## Every published schedule beside the solver's
 
-Speedup = policy step / moesched step (>1: moesched faster). Exposed comm: a collective runs, compute idles.
+Step time everywhere = the host model: each plan as the executor issues it (`moesched simulate` and `solve`
+print the same). `speedup_vs_vanilla` = vanilla step / step (> 1: faster). Exposed comm: a collective runs,
+compute idles. `gpu_only_step_ms`: list scheduling on GPU costs alone, for reference.
 # %%
 evals = {n: evaluate(model, cluster, profile, schedules.get(n).schedule(model, cluster, profile))
          for n in schedules.POLICIES}
-tls = {"moesched": res.evaluation.timeline} | {n: ev.timeline for n, ev in evals.items()}
-table = pd.DataFrame({"step_ms": {n: tl.makespan_us / 1e3 for n, tl in tls.items()},
-                      "exposed_comm_ms": {n: tl.exposed_comm_us() / 1e3 for n, tl in tls.items()}})
-table["moesched_speedup"] = table["step_ms"] / table.loc["moesched", "step_ms"]
+evals = {"moesched": res.evaluation} | evals
+tls = {n: executed_timeline(model, cluster, profile, ev) for n, ev in evals.items()}
+table = pd.DataFrame({"step_ms (host model)": {n: tl.makespan_us / 1e3 for n, tl in tls.items()},
+                      "exposed_comm_ms": {n: tl.exposed_comm_us() / 1e3 for n, tl in tls.items()},
+                      "gpu_only_step_ms": {n: ev.step_us / 1e3 for n, ev in evals.items()}})
+table["speedup_vs_vanilla"] = table.loc["vanilla", "step_ms (host model)"] / table["step_ms (host model)"]
 table.rename_axis("policy").round(3)
 # %%
-steps = {n: tl.makespan_us for n, tl in tls.items() if n != "moesched"} | {"moesched": res.step_us}
-figures.policy_bar_figure(steps, f"{PRESET} on {cluster.label()}: predicted step time ({profile.name})");
+steps = {n: tl.makespan_us for n, tl in tls.items() if n != "moesched"} | {"moesched": tls["moesched"].makespan_us}
+figures.policy_bar_figure(steps, f"{PRESET} on {cluster.label()}: predicted step, host model ({profile.name})");
 # %% md
 ## The plan's timeline
 
-Rank 0 of the predicted step: one row per serial resource, bars coloured by task kind,
+Rank 0 of the predicted step (host model): one row per serial resource, bars coloured by task kind,
 exposed communication in red; vanilla (no overlap) below for reference.
 # %%
 figures.timeline_figure({"moesched (solved)": tls["moesched"], "vanilla": tls["vanilla"]},
@@ -96,11 +106,11 @@ NB02 = SETUP + """# %% md
 # Predicted and measured timelines
 
 Each pair `predicted_<name>.json` / `measured_<name>.json` in `notebooks/data/` (GPU first): the simulated
-and the executed timeline of one plan, rank 0, exposed communication in red. The GPU pairs were measured on
-4 x H200 on 2026-11-22 (`docs/history.md`): `gpu_<regime>_...` by the first validation (commit eed069b),
-`gpu_s5_...` with profiles holding GPU-only compute costs, in-situ all-to-alls and the host model (commit
-ed6c1a2). The CPU pair (`make_notebooks.py --data cpu`, gloo on 2 processes, noisy) checks the pipeline, not
-GPU overlap.
+and the executed timeline of one plan (`plan_<name>.json`), rank 0, exposed communication in red. The measured
+traces are GPU runs on 4 x H200 in the regime their name gives, each kept as measured; the predicted ones are
+the committed plan replayed on today's shipped profile of that regime with the host model
+(`make_notebooks.py --data predicted`), so a pair shows how well the current model predicts that run. The CPU
+pair (`make_notebooks.py --data cpu`, gloo on 2 processes, noisy) checks the pipeline, not GPU overlap.
 # %%
 from moesched.trace import read_chrome_trace
 
@@ -157,7 +167,8 @@ NB03 = SETUP + """# %% md
 
 ScheMoE's 675 and FSMoE's 1458 layers, each solved and compared with every published policy on the default
 profile (`notebooks/data/sweep_*.csv`; `sweeps.json` says how, and whether the whole grid ran).
-Speedup = policy step / moesched step.
+Every step is the host model's (each plan as the executor issues it); speedup over a policy = its step /
+moesched's step (> 1: moesched faster; `speedup_vanilla` is `speedup_vs_vanilla`).
 # %%
 import json
 from moesched.solve import grids
@@ -233,24 +244,62 @@ def write_notebooks(run: bool) -> None:
         print(f"wrote notebooks/{name}.ipynb" + (f", executed in {time.perf_counter() - t0:.1f} s" if run else ""))
 
 
-def sh(*cmd: str) -> float:
+def sh(*cmd: str, stdout=None) -> float:
     """Run ``python -m CMD...`` in the repo root (PYTHONPATH = root); seconds taken."""
     print("+ python -m", " ".join(cmd), flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, env=env, check=True, stdout=stdout)
     return time.perf_counter() - t0
 
 
+#: Regimes of the shipped measured profiles (results/sweeps/<grid>-<regime>.csv).
+REGIMES = ("nvlink", "hostmem", "2nodes")
+GRIDS = ("schemoe675", "fsmoe1458")
+
+
 def data_sweeps() -> None:
-    """Both full sweeps on the default profile, and ``sweeps.json`` (provenance for notebook 03)."""
+    """Both full sweeps on the default profile (notebooks/data, with ``sweeps.json``, the
+    provenance notebook 03 prints) and on each shipped measured profile (results/sweeps/,
+    with the summary ``moesched sweep`` prints as .txt)."""
     from moesched.profile import default_profile_path
     prov, profile = {}, default_profile_path().name
-    for grid in ("schemoe675", "fsmoe1458"):
+    for grid in GRIDS:
         cmd = ("moesched", "sweep", "--grid", grid, "--out", f"notebooks/data/sweep_{grid}.csv")
-        prov[grid] = {"command": "python -m " + " ".join(cmd), "profile": profile,
+        prov[grid] = {"command": "python -m " + " ".join(cmd), "profile": profile, "step": "host model",
                       "limit": None, "seconds": round(sh(*cmd), 1), "cpus": os.cpu_count()}
     (DATA / "sweeps.json").write_text(json.dumps(prov, indent=1) + "\n")
+    for grid in GRIDS:
+        for regime in REGIMES:
+            out = f"results/sweeps/{grid}-{regime}"  # relative to ROOT, where sh runs
+            cmd = ("moesched", "sweep", "--grid", grid, "--profile", f"h200x4-{regime}", "--out", f"{out}.csv")
+            with open(ROOT / f"{out}.txt", "w") as f:
+                f.write(f"$ python -m {' '.join(cmd)}\n")
+                f.flush()
+                sh(*cmd, stdout=f)
+
+
+def predicted_pairs() -> list[str]:
+    """Names of the committed plan_<name>.json that have a measured_<name>.json beside them."""
+    return sorted(p.stem[len("plan_"):] for p in DATA.glob("plan_*.json")
+                  if (DATA / f"measured_{p.stem[len('plan_'):]}.json").exists())
+
+
+def predicted_timeline(name: str):
+    """The committed plan of pair ``name`` replayed as the executor runs it (host model) on
+    today's shipped profile of the plan's profile name."""
+    from moesched.plan import Plan
+    from moesched.profile import Profile
+    plan = Plan.load(DATA / f"plan_{name}.json")
+    return plan.replay(Profile.load(plan.profile["name"]))
+
+
+def data_predicted() -> None:
+    """predicted_<name>.json for every committed plan with a measured trace."""
+    from moesched.trace import write_chrome_trace
+    for name in predicted_pairs():
+        write_chrome_trace(predicted_timeline(name), DATA / f"predicted_{name}.json", label="predicted")
+        print(f"wrote notebooks/data/predicted_{name}.json")
 
 
 def data_cpu() -> None:
@@ -283,19 +332,24 @@ def figures() -> None:
     sh("moesched", "plot", "compare", "--model", "DeepSeek-V2-Lite", "--out", "docs/figures/compare_policies.png")
     for grid in ("schemoe675", "fsmoe1458"):
         sh("moesched", "plot", "sweep", "--csv", f"notebooks/data/sweep_{grid}.csv", "--title",
-           f"moesched speedup on the {grid} grid ({prof} profile)", "--out", f"docs/figures/sweep_{grid}.png")
+           f"moesched speedup on the {grid} grid ({prof} profile, host model)", "--out", f"docs/figures/sweep_{grid}.png")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-execute", action="store_true", help="write the notebooks without running them")
-    ap.add_argument("--data", choices=("sweeps", "cpu"), action="append", default=[], help="regenerate data first")
+    ap.add_argument("--data", choices=("sweeps", "predicted", "cpu"), action="append", default=[],
+                    help="regenerate data first")
     ap.add_argument("--figures", action="store_true", help="write docs/figures/*.png instead of notebooks")
+    ap.add_argument("--all", action="store_true", help="sweeps, predicted traces, figures, then the notebooks")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    for d in a.data:
-        {"sweeps": data_sweeps, "cpu": data_cpu}[d]()
-    figures() if a.figures else write_notebooks(not a.no_execute)
+    for d in (["sweeps", "predicted"] if a.all else a.data):
+        {"sweeps": data_sweeps, "predicted": data_predicted, "cpu": data_cpu}[d]()
+    if a.figures or a.all:
+        figures()
+    if not a.figures or a.all:
+        write_notebooks(not a.no_execute)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,21 @@ def test_pipemoe_degree_minimises_its_model(where: tuple[str, Cluster], preset: 
     for bwd, chosen in ((False, k.r_fwd), (True, k.r_bwd)):
         times = {r: _pipemoe_formula(m, c, profile(pname), r, bwd) for r in range(1, 17) if m.tokens % r == 0}
         assert set(chosen) == {min(times, key=lambda r: (times[r], r))}
+
+
+@pytest.mark.parametrize("where,preset", [(NVLINK, "GPT2-Tiny-MoE"), (NVLINK, "Mixtral-7B-FSMoE"),
+                                          (TWO_NODES, "DeepSeek-V2-S")])
+def test_schemoe_equals_tutel_as_documented(where: tuple[str, Cluster], preset: str) -> None:
+    """ScheMoE's modelled part (the Theorem-1 order at r=2) is Tutel's greedy order: the two
+    steps are equal, as its docstring and `moesched schedules` say."""
+    assert run("schemoe", preset, where).step_us == run("tutel", preset, where).step_us
+
+
+def test_schedules_command_states_what_schemoe_leaves_out(capsys) -> None:
+    from moesched.cli import main
+    assert main(["schedules"]) == 0
+    out = capsys.readouterr().out
+    block = out.split("schemoe", 1)[1].split("fsmoe", 1)[0]
+    assert "not modelled" in block and "Pipe-A2A" in block and "ZFP" in block and "equals tutel" in block
+    doc = get("schemoe").__doc__
+    assert "Pipe-A2A is not modelled" not in doc and "(2) is not modelled" in doc and "same step as\nTutel" in doc

@@ -113,7 +113,46 @@ def test_plan_loads_and_matches_strict_replay(tmp_path, setup, capsys) -> None:
     tl = simulate(g, {t: i for i, t in enumerate(plan.order)}, strict=True)
     assert tl.makespan_us == pytest.approx(plan.predicted["step_us"], abs=1e-3)
     assert plan.replay(profile).makespan_us == pytest.approx(tl.makespan_us, rel=1e-12)
-    assert plan.predicted["executed_step_us"] == pytest.approx(tl.makespan_us, abs=1e-3)  # no host costs here
+    assert "gpu_only_step_us" not in plan.predicted  # no host costs here: one step time
+
+
+def test_one_step_time_and_speedup_direction_with_host_costs(tmp_path, capsys) -> None:
+    """With host costs, the plan's step_us, `solve`'s table and `simulate`'s table all give
+    the host model's step (the plan replayed as the executor runs it); speedup_vs_vanilla
+    is vanilla's step / the row's step in both tables."""
+    out = tmp_path / "plan.json"
+    assert main(["solve", "--model", "GPT2-Tiny-MoE", "--layers", "2", "--profile", "h200x4-nvlink",
+                 "--out", str(out)]) == 0
+    solved = capsys.readouterr().out
+    plan = Plan.load(out)
+    profile = Profile.load("h200x4-nvlink")
+    assert profile.host is not None
+    assert plan.predicted["step_us"] == pytest.approx(plan.replay(profile).makespan_us, abs=1e-3)
+    assert plan.predicted["gpu_only_step_us"] < plan.predicted["step_us"]
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", "h200x4-nvlink"]) == 0
+    simulated = capsys.readouterr().out
+
+    def rows(text: str) -> dict[str, list[str]]:
+        lines = text.splitlines()
+        head = next(i for i, x in enumerate(lines) if x.startswith("schedule"))
+        assert "step_ms (host model)" in lines[head] and "speedup_vs_vanilla" in lines[head]
+        return {x.split()[0]: x.split()[1:] for x in lines[head + 1:] if x.split() and x.split()[0] in POLICIES}
+
+    a, b = rows(solved), rows(simulated)
+    model = MoEModel.from_name("GPT2-Tiny-MoE", layers=2)
+    cluster = Cluster(1, 4)
+    for name in POLICIES:
+        ev = evaluate(model, cluster, profile, get(name).schedule(model, cluster, profile))
+        x = _replayed_us(model, cluster, profile, ev)
+        assert float(a[name][0]) == pytest.approx(x / 1e3, abs=1e-3)
+    van = float(a["vanilla"][0])
+    for name in POLICIES:
+        assert float(a[name][-1].rstrip("x")) == pytest.approx(van / float(a[name][0]), abs=0.006)
+    assert float(a["vanilla"][-1].rstrip("x")) == 1.0
+    # simulate (whole preset) uses the same definition: its speedups point the same way
+    assert float(b["vanilla"][2].rstrip("x")) == 1.0
+    for name in POLICIES:
+        assert float(b[name][2].rstrip("x")) == pytest.approx(float(b["vanilla"][0]) / float(b[name][0]), abs=0.006)
 
 
 def test_time_limit_returns_a_plan(tmp_path, capsys) -> None:

@@ -101,7 +101,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
     model, profile, cluster = resolve(args)
     res = solve(model, cluster, profile, args.time_limit)
-    steps = {r["policy"]: r["executed_us"] for r in res.table}  # list-scheduled steps without host costs
+    steps = {r["policy"]: r["executed_us"] for r in res.table}  # host model (the tables' step time)
     steps["moesched"] = res.executed_us
     kind = "analytic profile" if profile.kind == "analytic" else "measured profile"
     how = ", host model" if profile.host is not None else ""
@@ -117,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> int:
     df = sweep_frame(args.csv)
     title = args.title or f"moesched speedup, {Path(args.csv).stem}"
     save_png(speedup_figure(df, title), args.out)
-    print(f"median speedup over vanilla {df['speedup_vanilla'].median():.3f}x, over best published "
+    print(f"median speedup_vs_vanilla of moesched {df['speedup_vanilla'].median():.3f}x, vs best published "
           f"{df['speedup_best'].median():.3f}x; written to {args.out}")
     return 0
 

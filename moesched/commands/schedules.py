@@ -21,4 +21,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name.ljust(width)}  {paper}")
         if summary:
             print(f"{' ' * width}  {summary}")
+        limits = " ".join(str(getattr(mod, "LIMITS", "")).split())
+        if limits:
+            print(f"{' ' * width}  not modelled: {limits}")
     return 0

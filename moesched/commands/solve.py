@@ -1,10 +1,12 @@
 """``moesched solve``: search the schedule with the lowest predicted step time and write
 its plan.
 
-Prints the chosen knobs, the predicted step time and a table against every published
-schedule; writes the plan (:mod:`moesched.plan`, order = simulated start order) and,
-with ``--trace``, the predicted Chrome trace. Progress goes to stderr once a solve takes
-longer than half a second.
+Every step time is the plan as the executor issues it (host model when the profile has
+host costs; a labelled GPU-only column beside it). Prints the chosen knobs, the predicted
+step time and a table against every published schedule; writes the plan
+(:mod:`moesched.plan`, order = simulated start order) and, with ``--trace``, the predicted
+Chrome trace (host model too). Progress goes to stderr once a solve takes longer than half
+a second.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from moesched.profile import default_profile_path
 
 HELP = "search knobs and task priorities for the fastest predicted step; write the plan"
 QUIET_S = 0.5
+#: How the printed step time was predicted (the one definition of step time: the host model).
+STEP_HOST = "(host model: the plan as the executor issues it)"
+STEP_GPU = "(GPU costs; this profile has no host costs)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,13 +65,11 @@ def run(args: argparse.Namespace) -> int:
           f"grad_chunk_bytes={k.grad_chunk_bytes} grad_sync={k.grad_sync} a2a={k.a2a}")
     print(f"priority: {res.schedule.notes.get('priority')} (found by {res.schedule.notes.get('source')})")
     host = profile.host is not None
-    print(f"predicted step: {res.executed_us / 1e3:.3f} ms"
-          + (f" as executed (host model; {res.step_us / 1e3:.3f} ms on GPU costs alone)" if host else "")
+    print(f"predicted step: {res.executed_us / 1e3:.3f} ms " + (STEP_HOST if host else STEP_GPU)
           + f"  ({res.stats['simulations']} simulations, {time.perf_counter() - t0:.2f} s)")
     print(_table(res.table, res.step_us, res.executed_us, host))
     plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile,
-                         {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source"),
-                          "executed_step_us": round(res.executed_us, 3)})
+                         {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     plan.save(args.out)
     print(f"plan written to {args.out}")
     if args.trace:
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             print("moesched: solve: moesched.trace is not available; no trace written", file=sys.stderr)
         else:
-            write_chrome_trace(res.evaluation.timeline, args.trace, label="moesched")
+            from moesched.schedules.base import executed_timeline
+            write_chrome_trace(executed_timeline(model, cluster, profile, res.evaluation), args.trace, label="moesched")
             print(f"predicted trace written to {args.trace}")
     return 0
 
@@ -85,20 +89,22 @@ def _degrees(rs: tuple[int, ...]) -> str:
 
 
 def _table(rows: list[dict], step_us: float, executed_us: float, host: bool) -> str:
-    """Steps in ms; with host costs, the executed step (host model) first, the list-scheduled
-    step on GPU costs beside it; speedups compare executed steps."""
-    if not host:
-        lines = [f"{'schedule':10s} {'step (ms)':>10s} {'moesched speedup':>17s}",
-                 f"{'moesched':10s} {step_us / 1e3:10.3f} {'1.00x':>17s}"]
-    else:
-        lines = [f"{'schedule':10s} {'step (ms)':>10s} {'GPU only (ms)':>14s} {'moesched speedup':>17s}",
-                 f"{'moesched':10s} {executed_us / 1e3:10.3f} {step_us / 1e3:14.3f} {'1.00x':>17s}"]
-    for r in rows:
-        if r["step_us"] is None:
-            lines.append(f"{r['policy']:10s} {'-':>10s} " + (f"{'-':>14s} " if host else "") + f"{'(cannot run)':>17s}")
-        elif host:
-            lines.append(f"{r['policy']:10s} {r['executed_us'] / 1e3:10.3f} {r['step_us'] / 1e3:14.3f} "
-                         f"{r['speedup']:16.2f}x")
+    """One row per schedule, moesched first. ``step_ms (host model)``: the step as the
+    executor runs it (:func:`moesched.schedules.base.executed_timeline`); with host costs a
+    ``GPU-only step_ms`` column gives the list-scheduled step on GPU costs alone.
+    ``speedup_vs_vanilla`` = vanilla's step / the row's step (> 1 is faster), host model."""
+    step_h = "step_ms (host model)" if host else "step_ms (GPU costs)"
+    base = next((r["executed_us"] for r in rows if r["policy"] == "vanilla" and r["executed_us"]), None)
+    headers = ["schedule", step_h] + (["GPU-only step_ms"] if host else []) + ["speedup_vs_vanilla"]
+    out = [[f"{'moesched':10s}", executed_us, step_us, base / executed_us if base else None]]
+    out += [[f"{r['policy']:10s}", r["executed_us"], r["step_us"], r["speedup_vs_vanilla"]] for r in rows]
+    widths = [10, len(step_h)] + ([len("GPU-only step_ms")] if host else []) + [len("speedup_vs_vanilla")]
+    lines = [" ".join(h.ljust(w) if j == 0 else h.rjust(w) for j, (h, w) in enumerate(zip(headers, widths)))]
+    for name, x, gpu, sp in out:
+        if x is None:
+            cells = [name, "-"] + (["-"] if host else []) + ["(cannot run)"]
         else:
-            lines.append(f"{r['policy']:10s} {r['step_us'] / 1e3:10.3f} {r['speedup']:16.2f}x")
+            cells = [name, f"{x / 1e3:.3f}"] + ([f"{gpu / 1e3:.3f}"] if host else []) + \
+                [f"{sp:.2f}x" if sp is not None else "-"]
+        lines.append(" ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
     return "\n".join(lines)

@@ -125,6 +125,18 @@ def compiled_graph(model: MoEModel, cluster: Cluster, profile: Profile, knobs: K
     return c
 
 
+def executed_timeline(model: MoEModel, cluster: Cluster, profile: Profile, ev: Evaluation) -> Timeline:
+    """The step of ``ev`` as the executor runs it: its start order replayed in strict mode on
+    the graph with the profile's host issue costs (:func:`moesched.plan.replay`, the host
+    model of :mod:`moesched.host`). This is the step time every table reports ("host
+    model") and what ``moesched validate`` compares with measurements. Without host costs
+    in the profile it is ``ev.timeline`` (list scheduling on GPU costs)."""
+    if profile.host is None:
+        return ev.timeline
+    from moesched.plan import replay
+    return replay(model, cluster, profile, ev.schedule.knobs, ev.timeline.order())
+
+
 def evaluate(model: MoEModel, cluster: Cluster, profile: Profile, schedule: Schedule) -> Evaluation:
     """Build (or reuse) the graph for ``schedule`` and simulate it under its priorities."""
     c = compiled_graph(model, cluster, profile, schedule.knobs)

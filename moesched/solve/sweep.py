@@ -2,6 +2,9 @@
 
 One CSV row per feasible layer: shape columns, ``<policy>_us`` per published policy
 (empty where a policy cannot schedule the layer), ``moesched_us``, and the chosen knobs.
+Every ``*_us`` column is the step time of the one definition the tables use: the plan as
+the executor runs it, host model included when the profile has host costs
+(:func:`moesched.solve.api.solve`'s ``executed_us``).
 Work is spread over processes (each loads the profile once).
 """
 from __future__ import annotations
@@ -16,26 +19,24 @@ from moesched.models import MoEModel
 from moesched.profile import Profile
 from moesched.schedules import POLICIES
 from moesched.solve.grids import feasible, shape_columns
-from moesched.solve.rules import Rule
-from moesched.solve.search import search
+from moesched.solve.api import solve
 
 _STATE: dict[str, Any] = {}
 
 
 def row_for(model: MoEModel, cluster: Cluster, profile: Profile) -> dict[str, Any]:
     """Solve one layer; the CSV row (see the module docstring)."""
-    out = search(model, cluster, profile)
+    res = solve(model, cluster, profile)
     row = shape_columns(model)
-    for name in POLICIES:
-        c = out.published.get(name)
-        row[f"{name}_us"] = None if c is None else round(c.step_us, 3)
-    b = out.best
-    k = b.knobs
-    row.update({"moesched_us": round(b.step_us, 3), "r_fwd": "/".join(map(str, sorted(set(k.r_fwd)))),
+    for r in res.table:
+        row[f"{r['policy']}_us"] = None if r["executed_us"] is None else round(r["executed_us"], 3)
+    k = res.schedule.knobs
+    prio, source = res.schedule.notes.get("priority"), str(res.schedule.notes.get("source"))
+    row.update({"moesched_us": round(res.executed_us, 3), "r_fwd": "/".join(map(str, sorted(set(k.r_fwd)))),
                 "r_bwd": "/".join(map(str, sorted(set(k.r_bwd)))), "at_chunked": k.at_chunked,
                 "grad_chunk_bytes": k.grad_chunk_bytes, "grad_sync": k.grad_sync, "a2a": k.a2a,
-                "priority": b.priority.label() if isinstance(b.priority, Rule) else b.source.split(":")[-1],
-                "source": b.source})
+                "priority": source.split(":")[-1] if source.startswith("published:") else prio,
+                "source": source})
     return row
 
 
@@ -98,7 +99,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def format_summary(s: dict[str, dict[str, float]]) -> str:
     """A fixed-width table of :func:`summary`."""
-    lines = [f"{'speedup of moesched':24s} {'n':>5s} {'mean':>7s} {'median':>7s} {'min':>7s} {'max':>7s}"]
+    lines = ["moesched's speedup over each policy = policy step / moesched step (host model; > 1: moesched faster)",
+             f"{'speedup of moesched':24s} {'n':>5s} {'mean':>7s} {'median':>7s} {'min':>7s} {'max':>7s}"]
     for k, v in s.items():
         if v.get("n"):
             lines.append(f"{k:24s} {v['n']:5d} {v['mean']:7.3f} {v['median']:7.3f} {v['min']:7.3f} {v['max']:7.3f}")
