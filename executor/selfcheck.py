@@ -26,6 +26,7 @@ from moesched.plan import Plan
 
 from executor import errors
 from executor.layers import MoEModule, ReferenceModel, make_batch
+from executor.run import rank_and_world
 from executor.runtime import PlannedStep
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
@@ -117,8 +118,15 @@ def _main(argv: list[str] | None) -> int:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=a.timeout))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = rank_and_world()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    try:
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=a.timeout))
+    except Exception as e:  # noqa: BLE001 - a peer that never arrives: bounded by --timeout
+        raise MoeschedError(f"rank {rank} could not join the {world} ranks within {a.timeout:g} s "
+                            f"({type(e).__name__}: {errors.first_line(e)})") from None
     watchdog = Watchdog(rank, world, a.heartbeat_timeout).start()
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     all_ok = True
