@@ -105,8 +105,9 @@ def first_line(exc: BaseException) -> str:
     return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
 
 
-def describe(exc: BaseException) -> str:
-    """One line for an exception that escaped an entry point."""
+def describe(exc: BaseException, with_rank: bool = True) -> str:
+    """One line for an exception that escaped an entry point (``with_rank``: led by
+    ``rank R:`` where the message itself does not name the problem's place)."""
     from moesched.errors import MoeschedError
     if isinstance(exc, MoeschedError):
         return str(exc)
@@ -117,9 +118,10 @@ def describe(exc: BaseException) -> str:
                 f"stopped ({type(exc).__name__}: {detail})")
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.strerror or first}: {exc.filename}"
+    lead = f"{rank_label()}: " if with_rank else ""
     if isinstance(exc, MemoryError):
-        return f"{rank_label()}: out of memory"
-    return f"{rank_label()}: {type(exc).__name__}: {first}" if first else f"{rank_label()}: {type(exc).__name__}"
+        return f"{lead}out of memory"
+    return f"{lead}{type(exc).__name__}: {first}" if first else f"{lead}{type(exc).__name__}"
 
 
 def _is_comm_error(exc: BaseException) -> bool:

@@ -32,6 +32,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
@@ -107,8 +108,11 @@ def trace_path_problem(trace: str, plan: str) -> str | None:
     folder = os.path.dirname(os.path.abspath(trace))
     if not os.path.isdir(folder):
         return f"--trace {trace}: folder {folder} does not exist"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"--trace {trace}: folder {folder} is not writable"
+    try:  # what the atomic write needs: a file of its own in that folder
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moesched-probe."):
+            pass
+    except OSError as e:
+        return f"--trace {trace}: folder {folder} is not writable ({e.strerror})"
     return None
 
 
@@ -228,7 +232,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         plan: object = Plan.load(a.plan)
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
-        plan = errors.describe(e)
+        plan = errors.describe(e, with_rank=False)
     refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else _run(a, plan, rank, world, cuda)
