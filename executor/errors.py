@@ -141,6 +141,12 @@ def _on_sigterm(signum: int, _frame: object) -> None:
         f"another rank failed or the run was cancelled)")
 
 
+def quiet_native_logs() -> None:
+    """Keep torch's C++ log lines (c10d socket retries with their stack frames) off stderr,
+    unless the user set ``TORCH_CPP_LOG_LEVEL``. Effective only before torch is imported."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+
 def install_signal_handlers() -> None:
     """SIGTERM (torchrun's closing signal when another rank failed) ends this rank with the
     one line instead of a silent death or a traceback. Main thread only."""

@@ -122,6 +122,7 @@ def _launch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    errors.quiet_native_logs()  # here and, through the environment, in every worker
     return errors.guarded(lambda: _launch(sys.argv[1:] if argv is None else list(argv)), in_collectives=False)
 
 

@@ -16,6 +16,8 @@ on every rank, never a traceback (:mod:`executor.errors`):
   ranks all-gather (gloo, small tensors) a status code, the plan hash, the world size the
   plan expects and any error text. If one rank failed or ranks disagree, EVERY rank prints
   the same line and exits with status 2;
+- a rank that never arrives at the rendezvous stops the others after about twice
+  ``--timeout`` (torch tries to connect twice);
 - while the ranks run, the watchdog (:mod:`executor.watchdog`) ends every rank within
   ``--heartbeat-timeout`` + 2 s of a peer that died, stopped or failed, with the line
   ``rank R stopped responding (no heartbeat for S s)`` or ``rank R failed: ...``; a
@@ -205,13 +207,14 @@ def _start(a: argparse.Namespace, rank: int, world: int) -> tuple[bool, Watchdog
     try:
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=a.timeout))
-    except Exception as e:  # noqa: BLE001 - a peer that never arrives: bounded by --timeout
-        raise MoeschedError(f"rank {rank} could not join the {world} ranks within {a.timeout:g} s "
+    except Exception as e:  # noqa: BLE001 - a peer that never arrives: torch tries twice, --timeout each
+        raise MoeschedError(f"rank {rank} could not join the {world} ranks (--timeout {a.timeout:g} s per attempt) "
                             f"({type(e).__name__}: {errors.first_line(e)})") from None
     return cuda, Watchdog(rank, world, a.heartbeat_timeout).start()
 
 
 def main(argv: list[str] | None = None) -> int:
+    errors.quiet_native_logs()
     return errors.guarded(lambda: _main(argv))
 
 

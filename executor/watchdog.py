@@ -97,7 +97,13 @@ class Watchdog:
             self.finish()
 
     def post_failure(self, message: str) -> None:
-        """Post this rank's one-line error for the others (waits at most 1 s for the store)."""
+        """Post this rank's one-line error for the others (waits at most 1 s for the store;
+        nothing when the store gave no answer lately: its host is gone with the others)."""
+        self._stop.set()
+        with self._lock:
+            if time.monotonic() - self._round_ok > 2 * self.interval_s + 1.0:
+                return
+
         def post() -> None:
             try:
                 self._store.set(self._key("fail", self.rank), message)
