@@ -15,8 +15,9 @@ Issue. By default (``issue="single"``) this thread launches every task in plan o
 ``issue="threads"`` launches compute tasks from this thread and the collectives from an
 issue thread, each in plan order (so every rank issues its collectives in the same order,
 from one thread); a task is launched once every predecessor on the other thread has been.
-Measured on 4 x H200, the second thread makes steps slower more often than faster (the two threads contend for the GIL and
-the host is the bottleneck either way), so it is an option, not the default.
+Measured on 4 x H200, the second thread makes steps slower more often than faster (the
+two threads contend for the GIL and the host is the bottleneck either way), so it is an
+option, not the default.
 
 Streams. CUDA: compute tasks run on the current stream; each link resource ("comm_intra",
 "comm_inter") has its own stream; a collective is issued under its link stream after that

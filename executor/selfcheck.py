@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--issue", choices=("single", "threads"), default="single")
     ap.add_argument("--timeout", type=float, default=60.0, help="collective timeout in seconds (default 60)")
     ap.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                    help=f"end every rank when a peer gave no heartbeat for this long (default {DEFAULT_TIMEOUT_S:g} s)")
+                    help=f"end every rank when a peer gave no heartbeat for this long "
+                         f"(default {DEFAULT_TIMEOUT_S:g} s)")
     a = ap.parse_args(argv)
     if a.steps < 1:
         raise MoeschedError(f"--steps must be at least 1, got {a.steps}")

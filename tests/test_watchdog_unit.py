@@ -37,7 +37,7 @@ def test_a_silent_peer_is_reported_after_the_timeout(world) -> None:
     t0 = time.time()
     _wait(lines)
     assert lines and lines[0] == "rank 1 stopped responding (no heartbeat for 1 s)", lines
-    assert 0.9 <= time.time() - t0 < 1.0 + 2 * 0.1 + 1.5  # the bound, and room for a loaded machine
+    assert 0.9 <= time.time() - t0 < 1.0 + 2 * 0.1 + 3.0  # the bound, and room for a loaded machine
 
 
 def test_a_beating_or_finished_peer_is_not_reported(world) -> None:
