@@ -2,7 +2,7 @@
 
 The executor is host-bound at the validation shapes: the host takes as long to launch a
 task as the GPU takes to run it, and the attention block (norms, QKV, SDPA, output
-projection, router) is the worst (``results/gpu/session3/``). Each piece of the block that
+projection, router) is the worst. Each piece of the block that
 a plan runs (layer l, tokens [a, b) of whole samples: one per attention task, or one per
 backward chunk inside it when attention is chunked) gets two graphs of its own, because a
 replay overwrites the graph's saved activations and a pipelined step runs several pieces
@@ -19,8 +19,8 @@ Everything a graph reads or writes outside itself (the layer states of
 :mod:`executor.state`, the flat gradient buffers) lives as long as the ``PlannedStep``, so
 the addresses the graphs captured stay valid. The kernels are the ones eager mode runs
 (autograd's own backward of the same forward), so results match eager mode; the fp32
-self-check plans match the reference on the GPU (``results/gpu/session9/``). Session 8's
-``make_graphed_callables`` version cost 0.5 ms of host time per backward (autograd engine,
+self-check plans match the reference on the GPU. ``torch.cuda.make_graphed_callables``
+would cost 0.5 ms of host time per backward (autograd engine,
 gradient accumulation outside the graph) and 0.2 ms per forward.
 
 On by default on CUDA; ``MOESCHED_CUDA_GRAPHS=0`` turns them off. The capture collects

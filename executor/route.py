@@ -11,7 +11,7 @@ the host cuts the outputs to the kept copies once the counts are on the host, so
 this waits for the host or depends on the routing's outcome.
 
 That makes it a CUDA graph: on 1 x H200 these 25-30 small kernels cost 0.8-1.1 ms of host
-time per attention task and 0.6 ms per backward chunk (``results/gpu/session9/``), the
+time per attention task and 0.6 ms per backward chunk, the
 largest host cost of a step after the attention block itself. :func:`capture` records one
 graph per forward attention task (layer, chunk) and per backward chunk (layer, j) of a
 plan, over the layer states' fixed buffers (``LayerState`` lives as long as its

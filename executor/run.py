@@ -1,50 +1,121 @@
 """``torchrun --nproc_per_node=N -m executor.run --plan plan.json [--steps 50] [--warmup 5]
-[--trace out.json] [--emulate-nodes K] [--backend auto|nccl|gloo] [--seed 0] [--timeout 120]``
+[--trace out.json] [--emulate-nodes K] [--backend auto|nccl|gloo] [--seed 0] [--timeout 120]
+[--heartbeat-timeout 30]``
 
 Runs the plan's training step on synthetic data, prints the median step time (ms) and the
 throughput (tokens/s over all ranks) on rank 0, and writes the measured Chrome trace (all
 ranks gathered) with ``--trace``.
 
-Safety before the first collective of the step: every rank loads the plan on its own, then
-all ranks all-gather (gloo, small tensors) a status code, the plan hash, the world size the
-plan expects and any load error text. If one rank failed or ranks disagree, EVERY rank
-prints the same line ``executor: error: ...`` and exits with status 2. The process group
-has a bounded timeout (``--timeout`` s), so a dead peer cannot hang the others forever.
+Errors. Every failure ends in ONE line ``moesched: error: ...`` on stderr and exit status 2
+on every rank, never a traceback (:mod:`executor.errors`):
+
+- flags are checked before anything starts (counts and seconds positive and finite, a
+  ``--backend nccl`` that this build of torch can run, a ``--trace`` path that can be
+  written and is not the plan);
+- before the first collective of the step, every rank loads the plan on its own, then all
+  ranks all-gather (gloo, small tensors) a status code, the plan hash, the world size the
+  plan expects and any error text. If one rank failed or ranks disagree, EVERY rank prints
+  the same line and exits with status 2;
+- a rank that never arrives at the rendezvous stops the others after about twice
+  ``--timeout`` (torch tries to connect twice);
+- while the ranks run, the watchdog (:mod:`executor.watchdog`) ends every rank within
+  ``--heartbeat-timeout`` + 2 s of a peer that died, stopped or failed, with the line
+  ``rank R stopped responding (no heartbeat for S s)`` or ``rank R failed: ...``; a
+  collective that fails because a peer is gone ends its rank with one line too. Collectives
+  themselves time out after ``--timeout`` s.
+
+torchrun prints its own traceback (``ChildFailedError``) whenever a worker exits non-zero;
+``python -m executor.launch`` runs the same workers and reports one line instead.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
+from executor import errors
+from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
+
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 MSG_BYTES = 400
-OK, LOAD_FAILED = 0, 1
+OK, LOAD_FAILED, REFUSED = 0, 1, 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m executor.run",
-                                 description="Run a moesched plan under torchrun and measure it.")
+    ap = errors.ArgParser(prog="python -m executor.run",
+                          description="Run a moesched plan under torchrun and measure it.")
     ap.add_argument("--plan", required=True, help="plan JSON written by moesched solve")
-    ap.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    ap.add_argument("--steps", type=int, default=50, help="timed steps, at least 1 (default 50)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, at least 0 (default 5)")
     ap.add_argument("--trace", help="write the measured Chrome trace (all ranks, last step) here")
     ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K",
                     help="pose as K nodes on one host (sets NCCL_HOSTID per rank group)")
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
     ap.add_argument("--issue", choices=("single", "threads"), default="single",
                     help="launch every task from one host thread (default) or collectives from their own")
-    ap.add_argument("--seed", type=int, default=0, help="parameter and data seed")
-    ap.add_argument("--timeout", type=float, default=120.0, help="collective timeout in seconds")
+    ap.add_argument("--seed", type=int, default=0, help="parameter and data seed, 0 to 2**63-1")
+    ap.add_argument("--timeout", type=float, default=120.0, help="collective timeout in seconds (default 120)")
+    ap.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help=f"end every rank when a peer gave no heartbeat for this many seconds "
+                         f"(default {DEFAULT_TIMEOUT_S:g})")
     return ap.parse_args(argv)
 
 
-def _fail(msg: str) -> int:
-    print(f"executor: error: {msg}", flush=True)
-    return 2
+def check_args(a: argparse.Namespace) -> None:
+    """Refuse bad flag values before anything starts (MoeschedError, one line)."""
+    from moesched.errors import MoeschedError
+    if a.steps < 1:
+        raise MoeschedError(f"--steps must be at least 1, got {a.steps}")
+    if a.warmup < 0:
+        raise MoeschedError(f"--warmup must be at least 0, got {a.warmup}")
+    for flag, v in (("--timeout", a.timeout), ("--heartbeat-timeout", a.heartbeat_timeout)):
+        if not (math.isfinite(v) and v > 0):
+            raise MoeschedError(f"{flag} must be a positive, finite number of seconds, got {v:g}")
+    if not 0 <= a.seed < 2 ** 63:
+        raise MoeschedError(f"--seed must be in 0..2**63-1, got {a.seed}")
+    if a.emulate_nodes is not None and a.emulate_nodes < 1:
+        raise MoeschedError(f"--emulate-nodes must be at least 1, got {a.emulate_nodes}")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """RANK and WORLD_SIZE from the environment (torchrun sets them), checked."""
+    from moesched.errors import MoeschedError
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise MoeschedError(f"RANK and WORLD_SIZE must be integers, got {os.environ.get('RANK')!r} and "
+                            f"{os.environ.get('WORLD_SIZE')!r}; start the ranks with torchrun") from None
+    if not 0 <= rank < world:
+        raise MoeschedError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+    return rank, world
+
+
+def trace_path_problem(trace: str, plan: str) -> str | None:
+    """Why ``trace`` cannot take the measured trace, or None: it is the plan, a directory,
+    not a regular file, or its folder is missing or not writable."""
+    if trace == "":
+        return "--trace is an empty path"
+    if os.path.abspath(trace) == os.path.abspath(plan) or (
+            os.path.exists(trace) and os.path.exists(plan) and os.path.samefile(trace, plan)):
+        return f"--trace {trace} is the plan file; it would be overwritten"
+    if os.path.isdir(trace):
+        return f"--trace {trace} is a directory"
+    if os.path.exists(trace) and not os.path.isfile(trace):
+        return f"--trace {trace} is not a regular file"
+    folder = os.path.dirname(os.path.abspath(trace))
+    if not os.path.isdir(folder):
+        return f"--trace {trace}: folder {folder} does not exist"
+    try:  # what the atomic write needs: a file of its own in that folder
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moesched-probe."):
+            pass
+    except OSError as e:
+        return f"--trace {trace}: folder {folder} is not writable ({e.strerror})"
+    return None
 
 
 def _encode(text: str) -> list[int]:
@@ -56,28 +127,39 @@ def _decode(vals: list[int]) -> str:
     return bytes(v for v in vals if v).decode(errors="replace")
 
 
-def agree(plan_or_error: object, world: int, emulate: int | None) -> str | None:
+def agree(plan_or_error: object, world: int, emulate: int | None, refusal: str | None = None) -> str | None:
     """All-gather each rank's plan status over the default group (CPU tensors); return the
-    same error text on every rank, or None when all ranks hold the same valid plan."""
+    same error text on every rank, or None when all ranks hold the same valid plan.
+    ``refusal``: this rank's own reason to refuse the run (e.g. its --trace path)."""
     import torch
     import torch.distributed as dist
 
     from moesched.plan import Plan
+    h, shape = [0] * 8, [0, 0, 0]
     if isinstance(plan_or_error, Plan):
         p = plan_or_error
         code, text = OK, ""
         h = [int(p.hash[i:i + 8], 16) for i in range(0, 64, 8)]
         shape = [p.cluster.world, p.cluster.nodes, p.cluster.gpus_per_node]
     else:
-        code, text, h, shape = LOAD_FAILED, str(plan_or_error), [0] * 8, [0, 0, 0]
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+        code, text = LOAD_FAILED, str(plan_or_error)
+    if code == OK and refusal is not None:
+        code, text = REFUSED, refusal
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
     mine = torch.tensor([code] + h + shape + [local] + _encode(text), dtype=torch.long)
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine)
     rows = [t.tolist() for t in parts]
     for r, row in enumerate(rows):
-        if row[0] != OK:
+        if row[0] == LOAD_FAILED:
             return f"rank {r} could not load its plan: {_decode(row[13:])}"
+        if row[0] == REFUSED:
+            return _decode(row[13:])
+    return _layout_problem(rows, world, emulate)
+
+
+def _layout_problem(rows: list[list[int]], world: int, emulate: int | None) -> str | None:
+    """Ranks that hold different plans, or a plan whose cluster is not this run's."""
     hashes = [tuple(row[1:9]) for row in rows]
     if len(set(hashes)) > 1:
         diff = next(r for r in range(world) if hashes[r] != hashes[0])
@@ -93,22 +175,31 @@ def agree(plan_or_error: object, world: int, emulate: int | None) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    for k, v in SAFE_ENV.items():
-        os.environ.setdefault(k, v)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if a.emulate_nodes is not None:
-        if a.emulate_nodes <= 0 or world % a.emulate_nodes:
-            return _fail(f"--emulate-nodes {a.emulate_nodes} does not divide the {world} ranks")
-        os.environ["NCCL_HOSTID"] = f"node{rank // (world // a.emulate_nodes)}"
+def _use_cuda(backend: str) -> bool:
+    """Whether the run uses CUDA + NCCL; refuses ``nccl`` where this torch cannot run it."""
     import torch
     import torch.distributed as dist
 
     from moesched.errors import MoeschedError
-    from moesched.plan import Plan
+    if backend == "auto":
+        return torch.cuda.is_available()
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise MoeschedError("--backend nccl needs CUDA GPUs, but this torch build sees none "
+                                "(use --backend gloo or auto)")
+        if not dist.is_nccl_available():
+            raise MoeschedError("--backend nccl: this torch build has no NCCL (use --backend gloo)")
+        return True
+    return False
 
-    cuda = torch.cuda.is_available() if a.backend == "auto" else a.backend == "nccl"
+
+def _start(a: argparse.Namespace, rank: int, world: int) -> tuple[bool, Watchdog]:
+    """Join the process group (bounded by --timeout) and start this rank's watchdog."""
+    import torch
+    import torch.distributed as dist
+
+    from moesched.errors import MoeschedError
+    cuda = _use_cuda(a.backend)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -116,36 +207,49 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=a.timeout))
-    except Exception as e:  # a peer that never arrives: bounded by --timeout
-        return _fail(f"rank {rank} could not join the {world} ranks within {a.timeout:g} s "
-                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    except Exception as e:  # noqa: BLE001 - a peer that never arrives: torch tries twice, --timeout each
+        raise MoeschedError(f"rank {rank} could not join the {world} ranks (--timeout {a.timeout:g} s per attempt) "
+                            f"({type(e).__name__}: {errors.first_line(e)})") from None
+    return cuda, Watchdog(rank, world, a.heartbeat_timeout).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    errors.quiet_native_logs()
+    return errors.guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    a = parse_args(argv)
+    check_args(a)
+    for k, v in SAFE_ENV.items():
+        os.environ.setdefault(k, v)
+    rank, world = rank_and_world()
+    if a.emulate_nodes is not None:
+        if world % a.emulate_nodes:
+            return errors.fail(f"--emulate-nodes {a.emulate_nodes} does not divide the {world} ranks")
+        os.environ["NCCL_HOSTID"] = f"node{rank // (world // a.emulate_nodes)}"
+    import torch.distributed as dist
+
+    from moesched.plan import Plan
+    cuda, watchdog = _start(a, rank, world)
     try:
-        try:
-            plan: object = Plan.load(a.plan)
-        except (MoeschedError, OSError, ValueError) as e:
-            plan = e
-        try:
-            err = agree(plan, world, a.emulate_nodes)
-        except RuntimeError as e:  # a peer died before the check: bounded by --timeout
-            return _fail(f"rank {rank}: the plan check across ranks failed ({str(e).splitlines()[0]})")
-        if err is not None:
-            return _fail(err)
-        return _run(a, plan, rank, world, cuda)
-    except MoeschedError as e:
-        return _fail(str(e))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        plan: object = Plan.load(a.plan)
+    except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
+        plan = errors.describe(e, with_rank=False)
+    refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
+    err = agree(plan, world, a.emulate_nodes, refusal)
+    code = errors.fail(err) if err is not None else _run(a, plan, rank, world, cuda)
+    watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done
+    dist.destroy_process_group()
+    return code
 
 
 def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
-    import pandas as pd
     import torch
     import torch.distributed as dist
 
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
-    from moesched.sim import Timeline
 
     m = plan.model
     dev = torch.device("cuda") if cuda else torch.device("cpu")
@@ -163,22 +267,31 @@ def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
             torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
-    med = statistics.median(times) if times else float("nan")
+    med = statistics.median(times)
     if rank == 0:
-        tok = world * m.tokens / med if times else float("nan")
+        tok = world * m.tokens / med
         print(f"executor: {plan.policy} {m.name} {plan.cluster.label()}: median step {med * 1e3:.3f} ms, "
               f"{tok:,.0f} tokens/s, loss {loss:.6f} ({a.steps} steps after {a.warmup} warm-up)", flush=True)
     if a.trace:
-        tl = step.timeline()
-        dfs = [None] * world
-        dist.all_gather_object(dfs, (tl.df, tl.host), group=step.groups.world_meta)
-        if rank == 0:
-            from moesched.trace import write_chrome_trace
-            meta = dict(tl.meta, ranks=world, median_step_us=med * 1e6, policy=plan.policy, plan_hash=plan.hash)
-            write_chrome_trace(Timeline(pd.concat([d for d, _ in dfs], ignore_index=True), meta,
-                                        host=pd.concat([h for _, h in dfs], ignore_index=True)),
-                               a.trace, label="measured")
+        _write_trace(a.trace, step, plan, rank, world, med)
     return 0
+
+
+def _write_trace(path: str, step, plan, rank: int, world: int, median_s: float) -> None:
+    """Gather every rank's measured timeline of the last step; rank 0 writes the trace."""
+    import pandas as pd
+    import torch.distributed as dist
+
+    from moesched.sim import Timeline
+    tl = step.timeline()
+    dfs = [None] * world
+    dist.all_gather_object(dfs, (tl.df, tl.host), group=step.groups.world_meta)
+    if rank == 0:
+        from moesched.trace import write_chrome_trace
+        meta = dict(tl.meta, ranks=world, median_step_us=median_s * 1e6, policy=plan.policy, plan_hash=plan.hash)
+        write_chrome_trace(Timeline(pd.concat([d for d, _ in dfs], ignore_index=True), meta,
+                                    host=pd.concat([h for _, h in dfs], ignore_index=True)),
+                           path, label="measured")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ Issue. By default (``issue="single"``) this thread launches every task in plan o
 ``issue="threads"`` launches compute tasks from this thread and the collectives from an
 issue thread, each in plan order (so every rank issues its collectives in the same order,
 from one thread); a task is launched once every predecessor on the other thread has been.
-Measured on 4 x H200 (``scripts/gpu_ab.sh``, ``results/gpu/session3/``) the second
-thread made steps slower more often than faster (the two threads contend for the GIL and
-the host is the bottleneck either way), so it is an option, not the default.
+Measured on 4 x H200, the second thread makes steps slower more often than faster (the
+two threads contend for the GIL and the host is the bottleneck either way), so it is an
+option, not the default.
 
 Streams. CUDA: compute tasks run on the current stream; each link resource ("comm_intra",
 "comm_inter") has its own stream; a collective is issued under its link stream after that
@@ -55,6 +55,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -80,6 +81,39 @@ def _warn_connections() -> None:
         warnings.warn("CUDA_DEVICE_MAX_CONNECTIONS=1 serialises the streams: compute and "
                       "communication will not overlap (and NCCL groups may deadlock)", RuntimeWarning, stacklevel=3)
     _WARNED = True
+
+
+@dataclass
+class StepRecord:
+    """What one step leaves for :meth:`PlannedStep.timeline`, ``routing`` and
+    ``last_dropped``. Host times are ``time.perf_counter()`` seconds; per-task maps are
+    keyed by task name.
+
+    ctx: the step's buffers (dropped when the next step starts, at once on CPUs).
+    works: the gloo Works of each collective (CPU). start, end: each task's start and end,
+    seconds after ``h0`` (CPU). sev, eev: each task's start and end CUDA events (GPU).
+    host: each task's host launch, (thread, issue start, issue end, host wait seconds).
+    h0: host time of the first issue; t0: CUDA event at the first issue (GPU).
+    c0, c_loss, c1: host times of the call, of the loss on the host, of the call's end.
+    e_call: CUDA event at the call (GPU). cnt, kept: per layer, the routing counts (host
+    tensors) and the kept-copy masks of the step.
+    """
+
+    ctx: tasks.Ctx | None
+    h0: float
+    works: dict[str, list] = field(default_factory=dict)
+    sev: dict[str, torch.cuda.Event] = field(default_factory=dict)
+    eev: dict[str, torch.cuda.Event] = field(default_factory=dict)
+    start: dict[str, float] = field(default_factory=dict)
+    end: dict[str, float] = field(default_factory=dict)
+    host: dict[str, tuple[str, float, float, float]] = field(default_factory=dict)
+    t0: torch.cuda.Event | None = None
+    c0: float = 0.0
+    c_loss: float = 0.0
+    c1: float = 0.0
+    e_call: torch.cuda.Event | None = None
+    cnt: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
 
 
 class PlannedStep:
@@ -135,7 +169,7 @@ class PlannedStep:
             self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
             self.zero_stream = torch.cuda.Stream(module.device)  # gradient buffers zeroed beside the forward
             self._warm_groups()
-        self._last: dict | None = None
+        self._last: StepRecord | None = None
 
     def _warm_groups(self) -> None:
         """Create the NCCL communicators now (one tiny all-reduce per group, same order on
@@ -191,28 +225,28 @@ class PlannedStep:
     def _step(self, batch: torch.Tensor, target: torch.Tensor) -> float:
         c0 = time.perf_counter()
         if self._last is not None:
-            self._last.pop("ctx", None)  # free the previous step's buffers before allocating new ones
+            self._last.ctx = None  # free the previous step's buffers before allocating new ones
         e_call = None
         if self.cuda:
             e_call = torch.cuda.Event(enable_timing=True)
             e_call.record(self.compute_stream)
         ctx = self._ctx(batch, target)
         self._last = rec = self._drive(ctx)
-        rec["c0"], rec["e_call"] = c0, e_call
-        rec["cnt"] = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
-        rec["kept"] = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
+        rec.c0, rec.e_call = c0, e_call
+        rec.cnt = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
+        rec.kept = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
         if self.cuda:  # averaged on the GPU (NCCL, dense group = every rank), read once
             loss = ctx.loss.detach().float().reshape(1)
             dist.all_reduce(loss, group=self.groups.dense)
             loss = loss.cpu()
-            rec["c_loss"] = time.perf_counter()
+            rec.c_loss = time.perf_counter()
         else:
             loss = ctx.loss.detach().float().cpu().reshape(1)
-            rec["c_loss"] = time.perf_counter()  # the step's work is done
+            rec.c_loss = time.perf_counter()  # the step's work is done
             dist.all_reduce(loss, group=self.groups.world_meta)
         if not self.cuda:
-            rec.pop("ctx", None)
-        rec["c1"] = time.perf_counter()
+            rec.ctx = None
+        rec.c1 = time.perf_counter()
         return float(loss) / self.world
 
     @property
@@ -220,7 +254,7 @@ class PlannedStep:
         """Expert copies over capacity in the last step, all layers of this rank."""
         if self._last is None:
             raise MoeschedError("no step has run yet")
-        return int(sum(int((~k).sum()) for k in self._last["kept"]))
+        return int(sum(int((~k).sum()) for k in self._last.kept))
 
     @staticmethod
     def _call(ctx: tasks.Ctx, name: str, a: dict) -> list:
@@ -233,15 +267,14 @@ class PlannedStep:
         return tasks.A2A[kind](ctx, a["layer"], a["chunk"], a.get("hop"))
 
     # ---- issuing the plan ------------------------------------------------------------------
-    def _drive(self, ctx: tasks.Ctx) -> dict:
+    def _drive(self, ctx: tasks.Ctx) -> StepRecord:
         """Issue every task of the plan; with ``issue="threads"`` the collectives come from
         the issue thread, in plan order, and compute tasks from this one. Returns the
         step's record (events or host times, works, host issue intervals)."""
-        rec: dict = {"ctx": ctx, "works": {}, "sev": {}, "eev": {}, "start": {}, "end": {}, "host": {},
-                     "h0": time.perf_counter()}
+        rec = StepRecord(ctx=ctx, h0=time.perf_counter())
         if self.cuda:
-            rec["t0"] = torch.cuda.Event(enable_timing=True)
-            rec["t0"].record(self.compute_stream)
+            rec.t0 = torch.cuda.Event(enable_timing=True)
+            rec.t0.record(self.compute_stream)
         issue = self._issue_cuda if self.cuda else self._issue_cpu
         if self.issue == "single" or not self._comm_steps:
             for st in self.steps:
@@ -252,12 +285,12 @@ class PlannedStep:
             for s in list(self.links.values()) + [ctx.meta_stream]:
                 self.compute_stream.wait_stream(s)
         else:
-            for ws in rec["works"].values():
+            for ws in rec.works.values():
                 for w in ws:
                     w.wait()
         return rec
 
-    def _two_threads(self, ctx: tasks.Ctx, rec: dict, issue) -> None:
+    def _two_threads(self, ctx: tasks.Ctx, rec: StepRecord, issue) -> None:
         """Compute tasks from this thread, collectives from the issue thread, each in plan
         order; a task waits until every predecessor on the other thread has been issued.
         Plan order is topological, so the earliest unissued task can always go: no cycle.
@@ -289,7 +322,7 @@ class PlannedStep:
         if errors:
             raise errors[0]
 
-    def _issue_cuda(self, ctx: tasks.Ctx, step: tuple, rec: dict, thread: str) -> None:
+    def _issue_cuda(self, ctx: tasks.Ctx, step: tuple, rec: StepRecord, thread: str) -> None:
         """Launch one task on its stream after the events of its other-stream predecessors.
         A collective's start event fires once its dependencies are met and it was issued;
         ``work.wait()`` makes the link stream wait for its completion."""
@@ -297,7 +330,7 @@ class PlannedStep:
         h, w0 = time.perf_counter(), ctx.host_wait_s
         res = a["resource"]
         s = self.compute_stream if res == COMPUTE else self.links[res]
-        sev, eev = rec["sev"], rec["eev"]
+        sev, eev = rec.sev, rec.eev
         with torch.cuda.stream(s):
             for p in preds:
                 if self.graph.nodes[p]["resource"] != res:
@@ -308,27 +341,27 @@ class PlannedStep:
                 w.wait()
             eev[name] = torch.cuda.Event(enable_timing=True)
             eev[name].record(s)
-        rec["host"][name] = (thread, h, time.perf_counter(), ctx.host_wait_s - w0)
+        rec.host[name] = (thread, h, time.perf_counter(), ctx.host_wait_s - w0)
 
-    def _issue_cpu(self, ctx: tasks.Ctx, step: tuple, rec: dict, thread: str) -> None:
+    def _issue_cpu(self, ctx: tasks.Ctx, step: tuple, rec: StepRecord, thread: str) -> None:
         """Run a compute task inline, or issue a gloo collective async, after waiting for the
         collectives it depends on. Ends of collectives come from the Work's callback."""
         name, a, preds = step
         h = time.perf_counter()
-        t0, works, end = rec["h0"], rec["works"], rec["end"]
+        t0, works, end = rec.h0, rec.works, rec.end
         for p in preds:
             for w in works.get(p, ()):
                 w.wait()
-        rec["start"][name] = time.perf_counter() - t0
+        rec.start[name] = time.perf_counter() - t0
         ws = self._call(ctx, name, a)
         end[name] = time.perf_counter() - t0
         if a["resource"] != COMPUTE:
-            end[name] = rec["start"][name]
+            end[name] = rec.start[name]
             for w in ws:
                 w.get_future().add_done_callback(
                     lambda _f, n=name: end.__setitem__(n, max(end[n], time.perf_counter() - t0)))
             works[name] = ws
-        rec["host"][name] = (thread, h, time.perf_counter(), 0.0)
+        rec.host[name] = (thread, h, time.perf_counter(), 0.0)
 
     def routing(self) -> list[list[list[int]]]:
         """The last step's routing: per layer, copies[src][dst] that EP rank src sent to the
@@ -336,7 +369,7 @@ class PlannedStep:
         whole matrix; :class:`moesched.routing.Routing`)."""
         if self._last is None:
             raise MoeschedError("no step has run yet")
-        return [sum(c.sum((2, 3)) for c in cnt if c is not None).tolist() for cnt in self._last["cnt"]]
+        return [sum(c.sum((2, 3)) for c in cnt if c is not None).tolist() for cnt in self._last.cnt]
 
     # ---- measured timeline ---------------------------------------------------------------
     def timeline(self) -> Timeline:
@@ -346,12 +379,12 @@ class PlannedStep:
         rec = self._last
         if self.cuda:
             torch.cuda.synchronize(self.module.device)
-            t0 = rec["t0"]
-            end = {t: t0.elapsed_time(e) * 1e3 for t, e in rec["eev"].items()}
-            start = {t: t0.elapsed_time(e) * 1e3 for t, e in rec["sev"].items()}
+            t0 = rec.t0
+            end = {t: t0.elapsed_time(e) * 1e3 for t, e in rec.eev.items()}
+            start = {t: t0.elapsed_time(e) * 1e3 for t, e in rec.sev.items()}
         else:
-            start = {t: s * 1e6 for t, s in rec["start"].items()}
-            end = {t: s * 1e6 for t, s in rec["end"].items()}
+            start = {t: s * 1e6 for t, s in rec.start.items()}
+            end = {t: s * 1e6 for t, s in rec.end.items()}
         link_end: dict[str, float] = {}
         rows = []
         for name, a, preds in self.steps:
@@ -363,13 +396,13 @@ class PlannedStep:
                 link_end[res] = end[name]
             rows.append((name, a["kind"], a["layer"], a["chunk"], a["phase"], self.rank, res, start[name], end[name]))
         df = pd.DataFrame.from_records(rows, columns=COLUMNS)
-        h0 = rec["h0"]
+        h0 = rec.h0
         host = pd.DataFrame.from_records(
-            [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6, w * 1e6) for t, (th, a, b, w) in rec["host"].items()],
+            [(t, self.rank, th, (a - h0) * 1e6, (b - h0) * 1e6, w * 1e6) for t, (th, a, b, w) in rec.host.items()],
             columns=HOST_COLUMNS)
         meta = {"ranks": 1, "measured": True, "device": str(self.module.device), "issue": self.issue,
-                "call_us": (rec["c1"] - rec["c0"]) * 1e6, "setup_us": (h0 - rec["c0"]) * 1e6,
-                "finish_us": (rec["c_loss"] - h0) * 1e6, "loss_avg_us": (rec["c1"] - rec["c_loss"]) * 1e6}
+                "call_us": (rec.c1 - rec.c0) * 1e6, "setup_us": (h0 - rec.c0) * 1e6,
+                "finish_us": (rec.c_loss - h0) * 1e6, "loss_avg_us": (rec.c1 - rec.c_loss) * 1e6}
         if self.cuda:  # GPU time from the call to the first task: the gradient buffers' zeroing
-            meta["gpu_setup_us"] = rec["e_call"].elapsed_time(rec["t0"]) * 1e3
+            meta["gpu_setup_us"] = rec.e_call.elapsed_time(rec.t0) * 1e3
         return Timeline(df, meta, host=host)

@@ -6,22 +6,29 @@ batches of :func:`executor.layers.make_batch` and compares, after every step, th
 every parameter gradient of this rank (dense, and its own experts) with the reference's
 (all ranks' batches, all experts, plain autograd). Rank 0 prints (and appends to --out) one
 JSON line per plan: {"plan", "ok", "loss", "ref_loss", "max_abs_err", "worst", "steps",
-"dropped" (copies over capacity, all ranks), "tasks"}.
+"dropped" (copies over capacity, all ranks), "tasks"}. Exit status 0 when every plan
+matches, 1 when one does not, 2 with one line ``moesched: error: ...`` on stderr for any
+error (:mod:`executor.errors`; a dead or stopped peer: :mod:`executor.watchdog`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from moesched.errors import MoeschedError
 from moesched.plan import Plan
 
+from executor import errors
 from executor.layers import MoEModule, ReferenceModel, make_batch
+from executor.run import rank_and_world
 from executor.runtime import PlannedStep
+from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
 
 def compare(step: PlannedStep, ref: ReferenceModel, ep: int, q: int, rtol: float, atol: float
@@ -72,21 +79,56 @@ def check_plan(plan: Plan, a: argparse.Namespace, rank: int, world: int, dev: to
     return ok, res
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m executor.selfcheck")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = errors.ArgParser(prog="python -m executor.selfcheck")
     ap.add_argument("--plan", required=True, nargs="+", help="one or more plan files, checked in turn")
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="steps per plan, at least 1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--atol", type=float, default=1e-5)
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="append one JSON line per plan here (rank 0)")
     ap.add_argument("--issue", choices=("single", "threads"), default="single")
+    ap.add_argument("--timeout", type=float, default=60.0, help="collective timeout in seconds (default 60)")
+    ap.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help=f"end every rank when a peer gave no heartbeat for this long "
+                         f"(default {DEFAULT_TIMEOUT_S:g} s)")
     a = ap.parse_args(argv)
+    if a.steps < 1:
+        raise MoeschedError(f"--steps must be at least 1, got {a.steps}")
+    if not 0 <= a.seed < 2 ** 63:
+        raise MoeschedError(f"--seed must be in 0..2**63-1, got {a.seed}")
+    for flag, v in (("--rtol", a.rtol), ("--atol", a.atol)):
+        if not (math.isfinite(v) and v >= 0):
+            raise MoeschedError(f"{flag} must be a finite number at least 0, got {v:g}")
+    for flag, v in (("--timeout", a.timeout), ("--heartbeat-timeout", a.heartbeat_timeout)):
+        if not (math.isfinite(v) and v > 0):
+            raise MoeschedError(f"{flag} must be a positive, finite number of seconds, got {v:g}")
+    if a.out is not None and (a.out == "" or os.path.isdir(a.out)
+                              or not os.path.isdir(os.path.dirname(os.path.abspath(a.out)))
+                              or any(os.path.abspath(a.out) == os.path.abspath(p) for p in a.plan)):
+        raise MoeschedError(f"--out {a.out!r} cannot be appended to (a directory, a plan, or its folder is missing)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    a = parse_args(argv)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=60))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = rank_and_world()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    try:
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=a.timeout))
+    except Exception as e:  # noqa: BLE001 - a peer that never arrives: bounded by --timeout
+        raise MoeschedError(f"rank {rank} could not join the {world} ranks within {a.timeout:g} s "
+                            f"({type(e).__name__}: {errors.first_line(e)})") from None
+    watchdog = Watchdog(rank, world, a.heartbeat_timeout).start()
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     all_ok = True
     for path in a.plan:
@@ -99,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(a.out, "a") as f:
                     f.write(line + "\n")
     dist.barrier()
+    watchdog.finish()
     dist.destroy_process_group()
     return 0 if all_ok else 1
 

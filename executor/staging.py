@@ -2,7 +2,7 @@
 
 The executor derives row indices on the host from the routing counts (numpy, ``state.py``)
 and the GPU kernels need them. ``Tensor.pin_memory()`` per array took 25-60 µs of host time
-per transfer on 1 x H200 (20-40 transfers a step, ``results/gpu/session9/``). A
+per transfer on 1 x H200 (20-40 transfers a step). A
 :class:`Staging` keeps one pinned host buffer and one device buffer per dtype for the life
 of a :class:`executor.runtime.PlannedStep`, hands out consecutive slices during a step
 (a numpy copy into pinned memory, then one asynchronous copy on the current stream), and

@@ -15,7 +15,7 @@ Vocabulary (per rank; T tokens, k slots, E experts, S = EP group size, El = E/S)
 
 Host bookkeeping runs in numpy: the counts arrive on the host, and the row indices derived
 from them (a few thousand entries) cost a microsecond per numpy call against tens of
-microseconds per CPU torch operator (measured on 1 x H200, ``results/gpu/session9/``).
+microseconds per CPU torch operator (measured on 1 x H200).
 Device buffers of a layer live as long as the :class:`PlannedStep` that owns the state:
 :meth:`LayerState.reset` readies them for the next step, so their addresses stay fixed
 (what the routing graphs of :mod:`executor.routegraphs` read and write).

@@ -37,12 +37,15 @@ from moesched.profile import Profile
 from moesched.routing import Routing
 from moesched.routing import summary as routing_summary
 
+from executor import errors
+from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
+
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
           "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
           "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
-          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_s7_ms",
-          "error_s7_pct", "last_call_ms",
+          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_single_pair_ms",
+          "error_single_pair_pct", "last_call_ms",
           "last_setup_ms", "last_finish_ms", "last_trace_ms",
           "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct"]
 
@@ -62,9 +65,9 @@ def make_plan(args: tuple) -> dict:
     return from_timeline(name, model, cluster, ev.schedule.knobs, ev.timeline, profile).to_dict()
 
 
-def without_op_interference_and_step_costs(profile: Profile) -> Profile:
-    """``profile`` priced by the simpler model of the ``*_s7_*`` columns: the all-to-all's
-    interference pair for every collective, and no step setup or finish."""
+def single_pair_model(profile: Profile) -> Profile:
+    """``profile`` under the simpler host model, a reference column of the CSV: the
+    all-to-all's interference pair for every collective, and no step setup or finish."""
     host = profile.host
     if host is not None:
         drop = lambda by: {k: c for k, c in by.items() if k not in STEP_KINDS}  # noqa: E731
@@ -86,6 +89,13 @@ def _task_error_pct(measured, predicted) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    """``moesched validate`` on this rank; any failure is one line ``moesched: error: ...``
+    on stderr and status 2 (:mod:`executor.errors`), a dead or stopped peer included
+    (:mod:`executor.watchdog`)."""
+    return errors.guarded(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     for k, v in SAFE_ENV.items():
         os.environ.setdefault(k, v)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -106,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=300))
+    watchdog = Watchdog(rank, world, getattr(args, "heartbeat_timeout", DEFAULT_TIMEOUT_S)).start()
     jobs = [(args.profile, c.model.to_dict(), cluster.to_dict(), s) for c in configs for s in schedules]
     box: list = [None]
     if rank == 0:
@@ -136,24 +147,27 @@ def main(args: argparse.Namespace) -> int:
                     rows.append(row)
     if rank == 0:
         summarize(rows)
+    watchdog.finish()
     dist.destroy_process_group()
     return 0
 
 
-def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
-             cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
-             last: bool = True, probes: list[float] | None = None) -> dict | None:
-    """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
-    per repeat), and the host probe taken just before them (the slowest rank's, µs) to
-    ``probes``. On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
-    median over every repeat's steps; spread: range of the repeats' medians over that
-    median) and writes both traces. ``predicted_probe_ms`` prices the host by the probe:
-    the profile's host costs times (probe now / the profiler's probe)."""
-    from executor.profiling.host import step_samples
+@dataclasses.dataclass
+class Measured:
+    """One plan's run on this rank: its step (for the timeline and routing) and step times (ms)."""
+
+    step: object
+    module: object
+    times_ms: list[float]
+
+
+def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster, rank: int,
+              dev: torch.device, cuda: bool, probes: list[float] | None) -> Measured:
+    """Build the plan's step, take the host probe (the slowest rank's, µs, into ``probes``)
+    and run ``args.warmup`` + ``args.steps`` steps; the timed ones' durations in ms."""
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
     from executor.profiling.timing import gc_quiet, host_probe_us
-    from moesched.trace import write_chrome_trace
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
     dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
@@ -174,68 +188,103 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
             sync()
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
-    runs.append(times)
-    if not last:
-        del step, module
-        if cuda:
-            torch.cuda.empty_cache()
-        return None
-    measured = step.timeline()
-    routing = Routing.from_lists(step.routing())
+    return Measured(step, module, times)
+
+
+def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
+             cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
+             last: bool = True, probes: list[float] | None = None) -> dict | None:
+    """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
+    per repeat), and the host probe taken just before them (the slowest rank's, µs) to
+    ``probes``. On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
+    median over every repeat's steps; spread: range of the repeats' medians over that
+    median) and writes both traces (:func:`_report`)."""
+    run = _run_plan(args, plan, issue, cluster, rank, dev, cuda, probes)
+    runs.append(run.times_ms)
     row = None
-    if rank == 0:
-        times = [t_ for run in runs for t_ in run]
-        meds = [statistics.median(run) for run in runs]
-        pred = plan.replay(profile)
-        med = statistics.median(times)
-        p_ms = pred.makespan_us / 1e3
-        gpu_only = profile if profile.host is None else dataclasses.replace(profile, host=None)
-        g_ms = plan.replay(gpu_only).makespan_us / 1e3  # the same prediction without the host model
-        routed = plan.replay(profile, routing)  # ... and with the step's routing: per-rank load
-        r_ms = routed.makespan_us / 1e3
-        # ... and with compute costs as micro-benchmarked, before the in-situ factors
-        b_ms = plan.replay(without_compute_factors(profile)).makespan_us / 1e3 \
-            if profile.meta.get("insitu_compute") else p_ms
-        row = {"regime": regime, "config": m.name, "schedule": sched, "predicted_ms": round(p_ms, 4),
-               "measured_ms": round(med, 4), "error_pct": round((p_ms - med) / med * 100, 3),
-               "task_error_pct": round(_task_error_pct(measured.df, pred.df), 3),
-               "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
-               "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": round((g_ms - med) / med * 100, 3),
-               "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": round((r_ms - med) / med * 100, 3),
-               "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": round((b_ms - med) / med * 100, 3),
-               "max_recv_share": routing_summary(routing, m)["max_recv_share"],
-               "repeats": len(runs), "measured_spread_pct": round((max(meds) - min(meds)) / med * 100, 3),
-               "knobs": f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
-                        f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
-                        f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
-               "plan_hash": plan.hash[:12], "issue": issue}
-        # the simpler model: one interference pair for every collective, no step setup/finish
-        s7_ms = plan.replay(without_op_interference_and_step_costs(profile)).makespan_us / 1e3
-        row.update(predicted_s7_ms=round(s7_ms, 4), error_s7_pct=round((s7_ms - med) / med * 100, 3))
-        # the last step around its tasks (executor.profiling.host.step_samples), ms
-        (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", m.layers, measured)
-        row.update(last_call_ms=round(measured.meta["call_us"] / 1e3, 4), last_setup_ms=round(setup / 1e3, 4),
-                   last_finish_ms=round(finish / 1e3, 4), last_trace_ms=round(measured.makespan_us / 1e3, 4))
-        p0 = profile.meta.get("host_probe_us")
-        if probes and p0 and profile.host is not None:
-            f = statistics.median(probes) / float(p0)
-            q_ms = plan.replay(dataclasses.replace(profile, host=profile.host.scaled(f))).makespan_us / 1e3
-            row.update(host_probe_us=round(statistics.median(probes), 3), host_factor=round(f, 4),
-                       predicted_probe_ms=round(q_ms, 4), error_probe_pct=round((q_ms - med) / med * 100, 3))
-        _append_row(args.out, row)
-        print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {p_ms:.2f} ms, measured {med:.2f} ms "
-              f"({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing {r_ms:.2f} ms "
-              f"({row['error_routed_pct']:+.1f} %)", flush=True)
-        if args.traces:
-            tag = "" if issue == "threads" else f"_{issue}"
-            base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}{tag}")
-            write_chrome_trace(pred, base + "_predicted.json", label="predicted",
-                               extra_timelines={"predicted, measured routing": routed})
-            write_chrome_trace(measured, base + "_measured.json", label="measured")
-    del step, module
+    if last:
+        measured = run.step.timeline()
+        routing = Routing.from_lists(run.step.routing())
+        if rank == 0:
+            row = _report(args, plan, sched, issue, regime, profile, runs, probes, measured, routing)
+    del run
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
+            runs: list[list[float]], probes: list[float] | None, measured, routing: Routing) -> dict:
+    """Rank 0: the plan's CSV row (appended to ``args.out``), its printed line and traces."""
+    from moesched.trace import write_chrome_trace
+    m = plan.model
+    med = statistics.median([t_ for run in runs for t_ in run])
+    meds = [statistics.median(run) for run in runs]
+    pred = plan.replay(profile)
+    routed = plan.replay(profile, routing)  # ... with the step's routing: per-rank load
+    row = _prediction_columns(plan, profile, pred, routed, med)
+    row.update(regime=regime, config=m.name, schedule=sched, measured_ms=round(med, 4),
+               task_error_pct=round(_task_error_pct(measured.df, pred.df), 3),
+               max_recv_share=routing_summary(routing, m)["max_recv_share"],
+               repeats=len(runs), measured_spread_pct=round((max(meds) - min(meds)) / med * 100, 3),
+               knobs=f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
+                     f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
+                     f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
+               plan_hash=plan.hash[:12], issue=issue)
+    row.update(_call_columns(m.layers, measured))
+    row.update(_probe_columns(plan, profile, probes, med))
+    _append_row(args.out, row)
+    print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {row['predicted_ms']:.2f} ms, measured "
+          f"{med:.2f} ms ({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing "
+          f"{row['predicted_routed_ms']:.2f} ms ({row['error_routed_pct']:+.1f} %)", flush=True)
+    if args.traces:
+        tag = "" if issue == "threads" else f"_{issue}"
+        base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}{tag}")
+        write_chrome_trace(pred, base + "_predicted.json", label="predicted",
+                           extra_timelines={"predicted, measured routing": routed})
+        write_chrome_trace(measured, base + "_measured.json", label="measured")
+    return row
+
+
+def _err_pct(pred_ms: float, med_ms: float) -> float:
+    return round((pred_ms - med_ms) / med_ms * 100, 3)
+
+
+def _prediction_columns(plan: Plan, profile: Profile, pred, routed, med: float) -> dict:
+    """Predicted step times (ms) of every model variant and their errors against ``med``."""
+    p_ms, r_ms = pred.makespan_us / 1e3, routed.makespan_us / 1e3
+    gpu_only = profile if profile.host is None else dataclasses.replace(profile, host=None)
+    g_ms = plan.replay(gpu_only).makespan_us / 1e3  # the same prediction without the host model
+    # ... and with compute costs as micro-benchmarked, without the in-situ factors
+    b_ms = plan.replay(without_compute_factors(profile)).makespan_us / 1e3 \
+        if profile.meta.get("insitu_compute") else p_ms
+    s_ms = plan.replay(single_pair_model(profile)).makespan_us / 1e3
+    return {"predicted_ms": round(p_ms, 4), "error_pct": _err_pct(p_ms, med),
+            "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
+            "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": _err_pct(g_ms, med),
+            "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": _err_pct(r_ms, med),
+            "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": _err_pct(b_ms, med),
+            "predicted_single_pair_ms": round(s_ms, 4), "error_single_pair_pct": _err_pct(s_ms, med)}
+
+
+def _call_columns(layers: int, measured) -> dict:
+    """The last step around its tasks (executor.profiling.host.step_samples), ms."""
+    from executor.profiling.host import step_samples
+    (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", layers, measured)
+    return {"last_call_ms": round(measured.meta["call_us"] / 1e3, 4), "last_setup_ms": round(setup / 1e3, 4),
+            "last_finish_ms": round(finish / 1e3, 4), "last_trace_ms": round(measured.makespan_us / 1e3, 4)}
+
+
+def _probe_columns(plan: Plan, profile: Profile, probes: list[float] | None, med: float) -> dict:
+    """The host priced by the probe: the profile's host costs times (probe now / the
+    profiler's probe); empty without a probe or a host model."""
+    p0 = profile.meta.get("host_probe_us")
+    if not (probes and p0 and profile.host is not None):
+        return {}
+    f = statistics.median(probes) / float(p0)
+    q_ms = plan.replay(dataclasses.replace(profile, host=profile.host.scaled(f))).makespan_us / 1e3
+    return {"host_probe_us": round(statistics.median(probes), 3), "host_factor": round(f, 4),
+            "predicted_probe_ms": round(q_ms, 4), "error_probe_pct": _err_pct(q_ms, med)}
 
 
 def _append_row(path: str, row: dict) -> None:
@@ -247,6 +296,12 @@ def _append_row(path: str, row: dict) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long pandas Series: the Pearson
+    correlation of their ranks (ties get their average rank), without scipy."""
+    return float(a.rank().corr(b.rank()))
 
 
 def summarize(rows: list[dict]) -> None:
@@ -262,9 +317,9 @@ def summarize(rows: list[dict]) -> None:
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()
         print(f"  without the host model (GPU costs only): mean {e0.mean():.2f} %, max {e0.max():.2f} %")
-    if "error_s7_pct" in df:
-        e7 = df["error_s7_pct"].abs()
-        print(f"  session-7 model (one interference pair, no step setup/finish): mean {e7.mean():.2f} %, "
+    if "error_single_pair_pct" in df:
+        e7 = df["error_single_pair_pct"].abs()
+        print(f"  one interference pair, no step setup/finish: mean {e7.mean():.2f} %, "
               f"max {e7.max():.2f} %")
     if "error_bench_pct" in df:
         eb = df["error_bench_pct"].abs()
@@ -277,13 +332,13 @@ def summarize(rows: list[dict]) -> None:
     if "error_routed_pct" in df:
         e1 = df["error_routed_pct"].abs()
         print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")
-    rhos = [g["predicted_ms"].corr(g["measured_ms"], method="spearman") for _, g in df.groupby(["regime", "config"])
+    rhos = [spearman(g["predicted_ms"], g["measured_ms"]) for _, g in df.groupby(["regime", "config"])
             if len(g) > 2]
     if rhos:
         print(f"rank correlation of schedules (Spearman, per config): mean {statistics.fmean(rhos):.3f}, "
               f"min {min(rhos):.3f}")
     if "predicted_routed_ms" in df:
-        rr = [g["predicted_routed_ms"].corr(g["measured_ms"], method="spearman")
+        rr = [spearman(g["predicted_routed_ms"], g["measured_ms"])
               for _, g in df.groupby(["regime", "config"]) if len(g) > 2]
         if rr:
             print(f"  with measured routing: mean {statistics.fmean(rr):.3f}, min {min(rr):.3f}")

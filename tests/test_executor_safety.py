@@ -1,5 +1,5 @@
-"""executor.run refuses mismatched plans on every rank: one identical error line per rank,
-exit status 2, no hang (gloo, ranks launched as torchrun would, via RANK/WORLD_SIZE)."""
+"""executor.run refuses mismatched plans on every rank: one identical ``moesched: error:``
+line per rank on stderr, exit status 2, no hang (gloo, ranks launched as torchrun would, via RANK/WORLD_SIZE)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def launch(plan_paths: list[str], world: int, timeout_s: int = 20) -> list[tuple[int, str]]:
     """Start len(plan_paths) ranks of a world of ``world`` (rank r gets plan_paths[r]);
-    return (exit status, stdout) per rank."""
+    return (exit status, stderr) per rank."""
     port = free_port()
     procs = []
     for rank, path in enumerate(plan_paths):
@@ -36,15 +36,15 @@ def launch(plan_paths: list[str], world: int, timeout_s: int = 20) -> list[tuple
                "--backend", "gloo", "--timeout", str(timeout_s)]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
-    return [(p.wait(timeout=90), p.communicate()[0]) for p in procs]
+    return [(p.wait(timeout=90), p.communicate()[1]) for p in procs]
 
 
 def assert_same_error(res: list[tuple[int, str]], needle: str) -> None:
     lines = []
-    for code, out in res:
-        errs = [line for line in out.splitlines() if line.startswith("executor: error:")]
-        assert code == 2, out
-        assert len(errs) == 1, out
+    for code, err in res:
+        assert code == 2, err
+        assert err.count("\n") == 1 and err.startswith("moesched: error:"), err  # one line, no traceback
+        errs = err.splitlines()
         lines.append(errs[0])
     assert len(set(lines)) == 1, lines
     assert needle in lines[0], lines[0]
@@ -86,5 +86,5 @@ def test_ranks_hold_different_plans(plans: dict[str, str]) -> None:
 def test_missing_peer_does_not_hang(plans: dict[str, str]) -> None:
     t0 = time.time()
     [(code, out)] = launch([plans["w2"]], 2, timeout_s=5)
-    assert code == 2 and out.count("executor: error:") == 1, out
+    assert code == 2 and out.startswith("moesched: error:") and out.count("\n") == 1, out
     assert time.time() - t0 < 60
