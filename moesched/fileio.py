@@ -62,6 +62,12 @@ def check_output(flag: str, path: PathLike | None) -> None:
         raise MoeschedError(f"{flag} {path}: folder {folder} does not exist (create it first)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise MoeschedError(f"{flag} {path}: folder {folder} is not writable")
+    try:  # os.access says yes to root everywhere; creating the temporary file is the real test
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MoeschedError(f"{flag} {path}: cannot create files in folder {folder} ({e.strerror or e})") from None
 
 
 def check_outputs(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None] | None = None) -> None:
@@ -127,8 +133,27 @@ def write_json(path: PathLike, obj: Any) -> None:
     write_atomic(path, text + "\n")
 
 
+def check_input(path: PathLike, what: str) -> None:
+    """Raise :class:`MoeschedError` unless ``path`` is an existing regular file (symbolic
+    links followed)."""
+    if str(path).strip() == "":
+        raise MoeschedError(f"{what} path is empty")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MoeschedError(f"{what} file not found: {path}") from None
+    except OSError as e:
+        raise MoeschedError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MoeschedError(f"{what} path is a directory: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise MoeschedError(f"{what} path {path} is not a regular file (device, fifo or socket)")
+
+
 def read_json(path: PathLike, what: str) -> Any:
-    """Read a JSON file, turning a missing, unreadable or malformed file into a one-line error."""
+    """Read a JSON file, turning a missing, unreadable or malformed file into a one-line
+    error. Only regular files are read (a fifo or device would block or never end)."""
+    check_input(path, what)
     try:
         with open(path) as f:
             return json.load(f)

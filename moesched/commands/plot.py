@@ -17,7 +17,7 @@ from pathlib import Path
 
 from moesched.errors import MoeschedError
 from moesched.commands.setup import check_command_outputs
-from moesched.fileio import check_outputs, read_json
+from moesched.fileio import check_input, check_outputs, read_json
 
 HELP = "draw PNG figures: timelines from traces, a policy comparison, a sweep's speedups"
 
@@ -48,11 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """``--out`` names a writable .png that is none of the inputs (before any work)."""
+    """``--out`` names a writable .png that is none of the inputs, and the inputs are
+    regular files (before any work)."""
     if Path(args.out).suffix.lower() != ".png":
         raise MoeschedError(f"--out must name a .png file, got {args.out!r}")
     inputs = {f"--trace #{i + 1}": t for i, t in enumerate(getattr(args, "trace", None) or [])}
     inputs["--csv"] = getattr(args, "csv", None)
+    for flag, path in inputs.items():
+        if path is not None:
+            check_input(path, "sweep CSV" if flag == "--csv" else "trace")
     if getattr(args, "figure", None) == "compare":
         check_command_outputs(args, {"--out": args.out}, inputs)
     else:
