@@ -137,8 +137,14 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> "Plan":
         """Read and check a plan: types and ranges of every field, the hash, then the order
         against the task graph. Every problem is one :class:`MoeschedError` line."""
-        p = cls.from_dict(read_json(path, "plan"), source=f"plan {path}")
-        p.validate()
+        source = f"plan {path}"
+        p = cls.from_dict(read_json(path, "plan"), source=source)
+        try:
+            p.validate()
+        except MoeschedError as e:
+            raise MoeschedError(f"{source}: {e}") from None
+        except (TypeError, ValueError, ArithmeticError) as e:  # sizes the graph cannot be built for
+            raise MoeschedError(f"{source}: malformed plan ({type(e).__name__}: {e})") from None
         return p
 
 
