@@ -62,14 +62,14 @@ def test_empty_directory_and_missing_folder_refused(tmp_path: Path, capsys: pyte
 
 
 def test_special_files_are_never_replaced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    before = os.stat("/dev/null")
-    assert_refused(SOLVE + ["--out", "/dev/null"], capsys, "special file")
-    assert_refused(SIM + ["--trace", "/dev/null"], capsys, "special file")
-    after = os.stat("/dev/null")
-    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+    # /dev/null through the helper only: a regression must not replace the real device
+    with pytest.raises(MoeschedError, match="special file"):
+        fileio.check_outputs({"--out": "/dev/null"})
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert_refused(SOLVE + ["--out", str(fifo)], capsys, "special file")
+    assert_refused(SIM + ["--trace", str(fifo)], capsys, "special file")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     # reading a fifo would block forever: an input must be a regular file
     assert_refused(SOLVE + ["--out", str(tmp_path / "p.json"), "--profile", str(fifo)], capsys, "not a regular file")
@@ -155,26 +155,39 @@ def test_write_json_refuses_nan(tmp_path: Path) -> None:
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-def test_sigterm_during_write_removes_temp_file(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM arriving inside write_atomic: the handler installed by cli.main unwinds, the
-    temporary file goes, the old file stays, one line and status 143."""
+TERM_DURING_WRITE = """
+import os, signal, sys, time
+from moesched import fileio
+from moesched.cli import main
+fsync = os.fsync
+def fsync_then_term(fd):
+    fsync(fd)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this returns
+fileio.os.fsync = fsync_then_term
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_write_removes_temp_file(tmp_path: Path) -> None:
+    """SIGTERM arriving inside write_atomic (after the temporary file is written, before the
+    rename): the handler cli.main installs unwinds, the temporary file goes, the old file
+    stays, one line and status 143."""
     out = tmp_path / "p.json"
     out.write_text("old")
-    real_fsync = os.fsync
-
-    def fsync_then_term(fd: int) -> None:
-        real_fsync(fd)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)  # the handler raises before this returns
-
-    monkeypatch.setattr(fileio.os, "fsync", fsync_then_term)
-    previous = signal.getsignal(signal.SIGTERM)
-    rc, _, err = run_cli(SOLVE + ["--out", str(out)], capsys)
-    assert rc == 143 and err.strip().splitlines() == ["moesched: terminated"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", TERM_DURING_WRITE, *SOLVE, "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143 and r.stderr.strip().splitlines() == ["moesched: terminated"], r.stderr
     assert out.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
-    assert signal.getsignal(signal.SIGTERM) == previous  # main restores the handler
+
+
+def test_main_restores_the_sigterm_handler(capsys: pytest.CaptureFixture) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(["models"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == previous
+    capsys.readouterr()
 
 
 def _sweep(out: Path) -> subprocess.Popen:
