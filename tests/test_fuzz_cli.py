@@ -223,7 +223,7 @@ def mutated_profiles(draw: st.DrawFn) -> tuple[str, dict]:
 @fuzz(70)
 @given(mutated_profiles())
 def test_fuzz_mutated_profiles(case: tuple[str, dict]) -> None:
-    """simulate and solve on a mutated profile: success or one clean line. The file is written
+    """simulate, solve and profile --check on a mutated profile: success or one clean line. The file is written
     with json.dumps' defaults, so NaN and Infinity appear as a careless tool writes them."""
     _, d = case
     with workdir() as folder:
@@ -232,6 +232,7 @@ def test_fuzz_mutated_profiles(case: tuple[str, dict]) -> None:
                         folder, set())
         assert_contract(["solve", f"--model={MODEL}", "--layers=1", "--profile=mut.json", "--out=p.json",
                          "--time-limit=5"], folder, {"p.json"})
+        assert_contract(["profile", "--check=mut.json"], folder, set())
 
 
 # ---- (b) mutated plans ------------------------------------------------------------------------
