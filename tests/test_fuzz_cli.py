@@ -216,7 +216,7 @@ def mutated_profiles(draw: st.DrawFn) -> tuple[str, dict]:
         if not paths:
             break
         path = draw(st.sampled_from(paths))
-        _mutate(d, path, draw(BAD_VALUES), delete=draw(st.integers(0, 4)) == 0)
+        _mutate(d, path, copy.deepcopy(draw(BAD_VALUES)), delete=draw(st.integers(0, 4)) == 0)
     return name, d
 
 
@@ -254,8 +254,8 @@ def mutated_plans(draw: st.DrawFn) -> dict:
     for _ in range(draw(st.integers(1, 2))):
         path = draw(st.sampled_from(paths))
         try:
-            _mutate(d, path, draw(BAD_VALUES | st.integers(-2, 20) | st.sampled_from(["flat", "overlap", 2**40])),
-                    delete=draw(st.integers(0, 5)) == 0)
+            value = copy.deepcopy(draw(BAD_VALUES | st.integers(-2, 20) | st.sampled_from(["flat", "overlap", 2**40])))
+            _mutate(d, path, value, delete=draw(st.integers(0, 5)) == 0)
         except (KeyError, IndexError, TypeError):  # an earlier mutation removed the parent
             pass
         paths = [p for p in _leaves(d) if p[0] != "hash" and not (p[0] == "order" and len(p) > 1 and isinstance(p[1], int) and p[1] > 4)]

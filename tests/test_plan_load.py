@@ -14,11 +14,10 @@ from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
-from moesched.plan import MAX_PLAN_GRAD_CHUNKS, Plan
+from moesched.plan import MAX_PLAN_GRAD_CHUNKS, Plan, from_timeline
 from moesched.profile import PROFILES_DIR, Profile
 from moesched.schedules import get
 from moesched.schedules.base import evaluate
-from moesched.plan import from_timeline
 
 
 @pytest.fixture(scope="module")

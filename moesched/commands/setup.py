@@ -5,10 +5,13 @@ import argparse
 from pathlib import Path
 
 from moesched.cluster import Cluster
-from moesched.models import MoEModel
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
+from moesched.models import MoEModel
 from moesched.profile import Profile, default_profile_path, resolve_profile_path
+
+#: Most layers ``--layers`` accepts (the presets have at most a few dozen).
+MAX_LAYERS = 1024
 
 
 def profile_path(args: argparse.Namespace) -> Path:
@@ -30,10 +33,6 @@ def check_command_outputs(args: argparse.Namespace, outputs: dict[str, str | Non
     if hasattr(args, "profile"):
         given["--profile"] = str(profile_path(args))
     check_outputs(outputs, given)
-
-
-#: Most layers ``--layers`` accepts (the presets have at most a few hundred).
-MAX_LAYERS = 1024
 
 
 def check_time_limit(seconds: float | None) -> None:

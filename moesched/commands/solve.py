@@ -13,7 +13,6 @@ import sys
 import time
 
 from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
-from moesched.errors import MoeschedError
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
