@@ -4,15 +4,21 @@ side registers ``profile`` and ``validate``: :mod:`executor.commands`).
 
 Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 A :class:`MoeschedError` becomes ``moesched: error: <one line>`` and exit status 2.
+Ctrl-C prints ``moesched: interrupted`` (status 130) and SIGTERM ``moesched: terminated``
+(status 143): both unwind the stack as an exception, so :func:`moesched.fileio.write_atomic`
+removes its temporary file and the previous output stays intact.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+import threading
 
 from moesched.errors import MoeschedError
 
@@ -76,12 +82,44 @@ def _command_modules() -> dict[str, Any]:
     return modules
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup code (``finally``, ``except
+    BaseException``) runs before the process exits."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"moesched: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status (0 ok, 2 user error, 130 Ctrl-C, 143 SIGTERM)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _main(argv)
+    except MoeschedError as e:
+        print(f"moesched: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moesched: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("moesched: terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError:  # e.g. `moesched models | head`: the reader left; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _Parser(prog="moesched", description="Profile, simulate, solve and execute MoE training schedules.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules = _command_modules()
@@ -93,18 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    try:
-        return int(modules[args.command].run(args) or 0)
-    except MoeschedError as e:
-        print(f"moesched: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("moesched: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `moesched models | head`: the reader left; say nothing
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return int(modules[args.command].run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class Cluster:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MoeschedError(f"cluster: {f} must be a positive integer, got {v!r}")
         if self.ep is not None:
-            if not isinstance(self.ep, int) or self.ep <= 0:
+            if not isinstance(self.ep, int) or isinstance(self.ep, bool) or self.ep <= 0:
                 raise MoeschedError(f"cluster: ep must be a positive integer, got {self.ep!r}")
             if self.world % self.ep:
                 raise MoeschedError(f"cluster: ep={self.ep} does not divide world size {self.world}")

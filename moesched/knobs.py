@@ -11,6 +11,10 @@ GRAD_SYNC = ("overlap", "after_backward")
 A2A_KINDS = ("flat", "hierarchical")
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True)
 class Knobs:
     """Attributes:
@@ -62,9 +66,23 @@ class Knobs:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Knobs":
+        """Knobs from JSON, checked by type before anything is built: degrees are integers
+        (not booleans), flags real booleans, ``grad_chunk_bytes`` an integer or null."""
         names = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or set(d) != names:
             raise MoeschedError(f"knobs must have exactly the keys {sorted(names)}")
+        for key in ("r_fwd", "r_bwd"):
+            if not isinstance(d[key], list) or not all(_is_int(r) for r in d[key]):
+                raise MoeschedError(f"knobs: {key} must be a list of integers, got {d[key]!r:.60}")
+        for key in ("at_chunked", "serialize"):
+            if not isinstance(d[key], bool):
+                raise MoeschedError(f"knobs: {key} must be true or false, got {d[key]!r:.60}")
+        if d["grad_chunk_bytes"] is not None and not _is_int(d["grad_chunk_bytes"]):
+            raise MoeschedError(f"knobs: grad_chunk_bytes must be a positive integer or null, "
+                                f"got {d['grad_chunk_bytes']!r:.60}")
+        for key in ("grad_sync", "a2a"):
+            if not isinstance(d[key], str):
+                raise MoeschedError(f"knobs: {key} must be a string, got {d[key]!r:.60}")
         return cls(**d)
 
     def check(self, layers: int, tokens: int, micro_batch: int) -> None:

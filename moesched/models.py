@@ -58,14 +58,15 @@ class MoEModel:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MoeschedError(f"model {self.name}: {f} must be a positive integer, got {v!r}")
-        if self.shared_experts < 0:
-            raise MoeschedError(f"model {self.name}: shared_experts must be >= 0, got {self.shared_experts}")
+        if not isinstance(self.shared_experts, int) or isinstance(self.shared_experts, bool) or self.shared_experts < 0:
+            raise MoeschedError(f"model {self.name}: shared_experts must be an integer >= 0, got {self.shared_experts!r}")
         if self.top_k > self.experts:
             raise MoeschedError(f"model {self.name}: top_k={self.top_k} exceeds experts={self.experts}")
         if self.d_model % self.heads:
             raise MoeschedError(f"model {self.name}: d_model={self.d_model} is not divisible by heads={self.heads}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise MoeschedError(f"model {self.name}: capacity_factor must be > 0 or None (dropless)")
+        if self.capacity_factor is not None and (isinstance(self.capacity_factor, bool) or not isinstance(
+                self.capacity_factor, (int, float)) or not 0 < self.capacity_factor <= 1e6):
+            raise MoeschedError(f"model {self.name}: capacity_factor must be a number in (0, 1e6] or None (dropless)")
         if self.expert_kind not in EXPERT_KINDS:
             raise MoeschedError(f"model {self.name}: expert_kind must be one of {EXPERT_KINDS}, got {self.expert_kind!r}")
         if self.router not in ROUTERS:

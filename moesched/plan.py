@@ -26,10 +26,11 @@ import networkx as nx
 
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
-from moesched.fileio import read_json, write_json
+from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
+from moesched.work import dense_grad_bytes, expert_grad_bytes
 
 def replay(model: MoEModel, cluster: Cluster, profile: Any, knobs: Knobs, order: list[str],
            routing: Any = None) -> Any:
@@ -47,6 +48,9 @@ def replay(model: MoEModel, cluster: Cluster, profile: Any, knobs: Knobs, order:
 
 FORMAT = "moesched.plan"
 VERSION = 1
+#: Most gradient all-reduce chunks a plan may hold (the solver stays far below: a few
+#: hundred); a smaller ``grad_chunk_bytes`` is refused before the graph is built.
+MAX_PLAN_GRAD_CHUNKS = 65536
 KEYS = {"format", "version", "policy", "model", "cluster", "knobs", "profile", "order", "predicted", "hash"}
 
 
@@ -102,28 +106,67 @@ class Plan:
     def from_dict(cls, d: Any, source: str = "plan") -> "Plan":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise MoeschedError(f"{source}: not a moesched plan")
-        if d.get("version") != VERSION:
-            raise MoeschedError(f"{source}: plan version {d.get('version')!r} is not supported (expected {VERSION})")
+        if d.get("version") != VERSION or isinstance(d.get("version"), bool):
+            raise MoeschedError(f"{source}: plan version {d.get('version')!r:.60} is not supported (expected {VERSION})")
+        bad = find_nonfinite(d)
+        if bad:
+            raise MoeschedError(f"{source}: {bad}")
         if set(d) != KEYS:
             raise MoeschedError(f"{source}: plan keys differ: missing {sorted(KEYS - set(d))}, "
                                 f"unknown {sorted(set(d) - KEYS)}")
         try:
-            p = cls(policy=str(d["policy"]), model=MoEModel.from_dict(d["model"]),
+            p = cls(policy=_typed(d, "policy", str), model=MoEModel.from_dict(d["model"]),
                     cluster=Cluster.from_dict(d["cluster"]), knobs=Knobs.from_dict(d["knobs"]),
-                    order=[str(t) for t in d["order"]], profile=dict(d["profile"]), predicted=dict(d["predicted"]))
+                    order=_typed(d, "order", list), profile=_typed(d, "profile", dict),
+                    predicted=_typed(d, "predicted", dict))
+            if not all(isinstance(t, str) for t in p.order):
+                raise MoeschedError("order must be a list of task names (strings)")
+            p.knobs.check(p.model.layers, p.model.tokens, p.model.micro_batch)
+            check_grad_chunks(p.model, p.cluster, p.knobs)
         except MoeschedError as e:
             raise MoeschedError(f"{source}: {e}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise MoeschedError(f"{source}: malformed plan ({e})") from None
+        if not isinstance(d["hash"], str):
+            raise MoeschedError(f"{source}: plan hash must be a string")
         if p.hash != d["hash"]:
             raise MoeschedError(f"{source}: plan hash mismatch: the file was modified or corrupted")
         return p
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
-        p = cls.from_dict(read_json(path, "plan"), source=str(path))
-        p.validate()
+        """Read and check a plan: types and ranges of every field, the hash, then the order
+        against the task graph. Every problem is one :class:`MoeschedError` line."""
+        source = f"plan {path}"
+        p = cls.from_dict(read_json(path, "plan"), source=source)
+        try:
+            p.validate()
+        except MoeschedError as e:
+            raise MoeschedError(f"{source}: {e}") from None
+        except (TypeError, ValueError, ArithmeticError) as e:  # sizes the graph cannot be built for
+            raise MoeschedError(f"{source}: malformed plan ({type(e).__name__}: {e})") from None
         return p
+
+
+def _typed(d: dict[str, Any], key: str, kind: type) -> Any:
+    """``d[key]`` if it has JSON type ``kind``."""
+    if not isinstance(d[key], kind):
+        raise MoeschedError(f"{key} must be a JSON {'string' if kind is str else 'list' if kind is list else 'object'}")
+    return d[key]
+
+
+def check_grad_chunks(model: MoEModel, cluster: Cluster, knobs: Knobs) -> None:
+    """Refuse knobs that cut the gradients into more than MAX_PLAN_GRAD_CHUNKS all-reduce
+    chunks (the graph would hold that many tasks)."""
+    if knobs.grad_chunk_bytes is None:
+        return
+    totals = [dense_grad_bytes(model) * model.layers]
+    if cluster.expert_dp > 1:
+        totals.append(expert_grad_bytes(model, cluster.ep_size) * model.layers)
+    n = sum(-(-t // min(knobs.grad_chunk_bytes, t)) for t in totals if t > 0)
+    if n > MAX_PLAN_GRAD_CHUNKS:
+        raise MoeschedError(f"grad_chunk_bytes={knobs.grad_chunk_bytes} cuts the gradients into {n} all-reduce "
+                            f"chunks; at most {MAX_PLAN_GRAD_CHUNKS} are allowed (use larger chunks)")
 
 
 def from_timeline(policy: str, model: MoEModel, cluster: Cluster, knobs: Knobs, timeline: Any,

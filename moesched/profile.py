@@ -39,13 +39,14 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moesched.errors import MoeschedError
-from moesched.fileio import read_json, write_json
+from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
 
@@ -58,8 +59,13 @@ SHAPE_A2A = tuple(f"all_to_all@{s}" for s in SCOPES)
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
 OPTIONAL_KEYS = {"shapes", "host"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_PROFILE = "h200x4-nvlink"
+#: Largest magnitude of any number in a profile (µs, FLOPs, bytes); beyond it sums overflow.
+MAX_MAGNITUDE = 1e30
+#: Largest interference slowdown factor accepted.
+MAX_SLOWDOWN = 1000.0
+#: Most ranks (nodes x GPUs per node) a profile may describe.
+MAX_RANKS = 65536
 
 
 @dataclass(frozen=True)
@@ -101,18 +107,37 @@ class Cost:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Cost":
+        """Parse and check one cost; ``where`` names it in errors (e.g. ``compute.attn_fwd``)."""
         if not isinstance(d, dict) or not {"alpha_us", "beta_us_per_unit"} <= set(d) or \
                 not set(d) <= {"alpha_us", "beta_us_per_unit", "points", "r2"}:
             raise MoeschedError(f"profile: {where} must have keys alpha_us, beta_us_per_unit[, points, r2]")
-        try:
-            a, b = float(d["alpha_us"]), float(d["beta_us_per_unit"])
-            pts = tuple((float(x), float(y)) for x, y in d.get("points", ()))
-            r2 = None if d.get("r2") is None else float(d["r2"])
-        except (TypeError, ValueError):
-            raise MoeschedError(f"profile: {where} has a non-numeric value") from None
+        pts_d = d.get("points", [])
+        if not isinstance(pts_d, list) or not all(isinstance(p, list) and len(p) == 2 for p in pts_d):
+            raise MoeschedError(f"profile: {where}.points must be a list of [x, us] pairs")
+        a = _number(d["alpha_us"], f"{where}.alpha_us")
+        b = _number(d["beta_us_per_unit"], f"{where}.beta_us_per_unit")
+        pts = tuple((_number(x, f"{where}.points[{i}][0]"), _number(y, f"{where}.points[{i}][1]"))
+                    for i, (x, y) in enumerate(pts_d))
+        r2 = None if d.get("r2") is None else _number(d["r2"], f"{where}.r2")
         if b < 0 or any(y < 0 or x < 0 for x, y in pts):
             raise MoeschedError(f"profile: {where} has a negative cost")
+        if b == 0 and a <= 0 and not any(y > 0 for _, y in pts):
+            raise MoeschedError(f"profile: {where} is zero for every size (alpha_us <= 0, beta_us_per_unit 0, "
+                                "no positive point); a measured cost is positive")
         return cls(a, b, pts, r2)
+
+
+def _number(x: Any, where: str) -> float:
+    """``x`` as a float if it is a finite JSON number (not a boolean) of sane magnitude."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise MoeschedError(f"profile: {where} has a non-numeric value {x!r:.40}")
+    try:
+        v = float(x)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or abs(v) > MAX_MAGNITUDE:
+        raise MoeschedError(f"profile: {where} is {v:g}, outside +-{MAX_MAGNITUDE:g}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -209,28 +234,43 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "Profile":
+        """Parse and check a profile; every problem is a one-line :class:`MoeschedError`
+        prefixed with ``source`` and naming the key."""
+        try:
+            return cls._from_dict(d, source)
+        except MoeschedError as e:
+            msg = str(e)
+            raise MoeschedError(msg.replace("profile:", f"{source}:", 1) if msg.startswith("profile:") else msg) \
+                from None
+
+    @classmethod
+    def _from_dict(cls, d: Any, source: str) -> "Profile":
         if not isinstance(d, dict):
             raise MoeschedError(f"{source}: a profile must be a JSON object")
         if d.get("format") != FORMAT:
-            raise MoeschedError(f"{source}: not a moesched profile (format {d.get('format')!r}, expected {FORMAT!r})")
-        if d.get("version") != VERSION:
-            raise MoeschedError(f"{source}: profile version {d.get('version')!r} is not supported (expected {VERSION})")
+            raise MoeschedError(f"{source}: not a moesched profile (format {d.get('format')!r:.60}, expected {FORMAT!r})")
+        if d.get("version") != VERSION or isinstance(d.get("version"), bool):
+            raise MoeschedError(f"{source}: profile version {d.get('version')!r:.60} is not supported (expected {VERSION})")
         if not TOP_KEYS <= set(d) <= TOP_KEYS | OPTIONAL_KEYS:
             raise MoeschedError(f"{source}: profile keys differ: missing {sorted(TOP_KEYS - set(d))}, "
                                 f"unknown {sorted(set(d) - TOP_KEYS - OPTIONAL_KEYS)}")
+        bad = find_nonfinite({k: v for k, v in d.items() if k != "meta"})
+        if bad:
+            raise MoeschedError(f"{source}: {bad}")
+        for k in ("name", "description"):
+            if not isinstance(d[k], str):
+                raise MoeschedError(f"{source}: {k} must be a string")
+        if not isinstance(d["meta"], dict):
+            raise MoeschedError(f"{source}: meta must be a JSON object")
+        if d["kind"] not in ("measured", "analytic"):
+            raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")
+        hw = _hardware(d["hardware"], source)
         shapes_d = d.get("shapes", {})
         if not isinstance(shapes_d, dict) or not all(
                 isinstance(by, dict) and set(by) <= set(ALL_COMPUTE_KINDS + SHAPE_A2A) for by in shapes_d.values()):
             raise MoeschedError(f"{source}: shapes must map shape keys to {{kind: cost}} with kinds in "
                                 f"{list(ALL_COMPUTE_KINDS + SHAPE_A2A)}")
         shapes = {s: {k: Cost.from_dict(c, f"shapes.{s}.{k}") for k, c in by.items()} for s, by in shapes_d.items()}
-        if d["kind"] not in ("measured", "analytic"):
-            raise MoeschedError(f"{source}: profile kind must be 'measured' or 'analytic'")
-        hw = d["hardware"]
-        if not isinstance(hw, dict) or set(hw) != HW_KEYS:
-            raise MoeschedError(f"{source}: hardware must have exactly the keys {sorted(HW_KEYS)}")
-        if not all(isinstance(hw[k], int) and hw[k] > 0 for k in ("nodes", "gpus_per_node", "gpu_memory_bytes")):
-            raise MoeschedError(f"{source}: hardware nodes, gpus_per_node, gpu_memory_bytes must be positive integers")
         comp = d["compute"]
         if not isinstance(comp, dict) or not set(COMPUTE_KINDS) <= set(comp) <= set(ALL_COMPUTE_KINDS):
             raise MoeschedError(f"{source}: compute must have the kinds {list(COMPUTE_KINDS)} "
@@ -246,19 +286,39 @@ class Profile:
                 raise MoeschedError(f"{source}: comm.{op} must map scopes {list(SCOPES)} to costs")
             comm[op] = {s: Cost.from_dict(c, f"comm.{op}.{s}") for s, c in by.items()}
         cs, ms, by_op = _interference(d["interference"], source)
-        host = HostCosts.from_dict(d["host"], source) if "host" in d else None
-        return cls(str(d["name"]), d["kind"], str(d["description"]), dict(hw), dict(d["meta"] or {}),
-                   compute, comm, cs, ms, shapes, host, by_op)
+        host = _host(d["host"], source) if "host" in d else None
+        return cls(d["name"], d["kind"], d["description"], hw, dict(d["meta"]), compute, comm, cs, ms, shapes, host,
+                   by_op)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":
-        """Load a profile from a path, or by name from the shipped ``profiles/`` folder."""
-        p = Path(path_or_name)
-        if not p.exists() and not p.suffix:
-            shipped = PROFILES_DIR / f"{path_or_name}.json"
-            if shipped.exists():
-                p = shipped
-        return cls.from_dict(read_json(p, "profile"), source=str(p))
+        """Load a profile from a path, or by name (with or without ``.json``) from the
+        shipped profiles (:func:`shipped_profiles_dir`). Errors name the file and the key."""
+        p = resolve_profile_path(path_or_name)
+        return cls.from_dict(read_json(p, "profile"), source=f"profile {p}")
+
+
+def _hardware(hw: Any, source: str) -> dict[str, Any]:
+    """The checked ``hardware`` section."""
+    if not isinstance(hw, dict) or set(hw) != HW_KEYS:
+        raise MoeschedError(f"{source}: hardware must have exactly the keys {sorted(HW_KEYS)}")
+    if not all(isinstance(hw[k], int) and not isinstance(hw[k], bool) and hw[k] > 0
+               for k in ("nodes", "gpus_per_node", "gpu_memory_bytes")):
+        raise MoeschedError(f"{source}: hardware nodes, gpus_per_node, gpu_memory_bytes must be positive integers")
+    if hw["nodes"] * hw["gpus_per_node"] > MAX_RANKS:
+        raise MoeschedError(f"{source}: hardware has {hw['nodes']} x {hw['gpus_per_node']} GPUs; at most {MAX_RANKS} ranks")
+    if not isinstance(hw["gpu"], str) or not isinstance(hw["regime"], str):
+        raise MoeschedError(f"{source}: hardware gpu and regime must be strings")
+    return dict(hw)
+
+
+def _host(h: Any, source: str) -> "HostCosts":
+    """The checked ``host`` section (:class:`moesched.host.HostCosts`)."""
+    from moesched.host import HostCosts
+    try:
+        return HostCosts.from_dict(h, source)
+    except (TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise MoeschedError(f"{source}: host section is malformed ({type(e).__name__})") from None
 
 
 def _interference(inter: Any, source: str) -> tuple[float, float, dict[str, tuple[float, float]]]:
@@ -268,8 +328,9 @@ def _interference(inter: Any, source: str) -> tuple[float, float, dict[str, tupl
     def factors(x: Any, where: str) -> tuple[float, float]:
         if not isinstance(x, dict) or set(x) != pair:
             raise MoeschedError(f"{source}: {where} must have keys compute_slowdown, comm_slowdown")
-        if not all(isinstance(x[k], (int, float)) and not isinstance(x[k], bool) and x[k] >= 1.0 for k in pair):
-            raise MoeschedError(f"{source}: interference slowdowns must be numbers >= 1.0")
+        if not all(isinstance(x[k], (int, float)) and not isinstance(x[k], bool) and 1.0 <= x[k] <= MAX_SLOWDOWN
+                   for k in pair):
+            raise MoeschedError(f"{source}: {where} slowdowns must be numbers >= 1.0 and <= {MAX_SLOWDOWN:g}")
         return float(x["compute_slowdown"]), float(x["comm_slowdown"])
 
     if not isinstance(inter, dict) or not pair <= set(inter) <= pair | {"by_op"}:
@@ -279,6 +340,42 @@ def _interference(inter: Any, source: str) -> tuple[float, float, dict[str, tupl
     if not isinstance(by, dict) or not set(by) <= {"all_to_all", "all_reduce"}:
         raise MoeschedError(f"{source}: interference.by_op must map all_to_all / all_reduce to factors")
     return cs, ms, {op: factors(x, f"interference.by_op.{op}") for op, x in by.items()}
+
+
+def shipped_profiles_dir() -> Path:
+    """The folder of the shipped profiles: the repository's ``profiles/`` beside the package
+    in a source checkout or editable install, else the ``moesched.profiles`` package data
+    of an installed wheel (pyproject.toml and setup.py map it to the same folder)."""
+    repo = Path(__file__).resolve().parent.parent / "profiles"
+    marker = f"analytic-{DEFAULT_PROFILE}.json"
+    if (repo / marker).is_file():
+        return repo
+    try:
+        from importlib.resources import files
+        packaged = files("moesched.profiles").joinpath(marker)  # a namespace package: no __init__.py
+        if packaged.is_file():
+            return Path(str(packaged)).parent
+    except (ModuleNotFoundError, TypeError, ValueError, OSError):
+        pass
+    return repo
+
+
+PROFILES_DIR = shipped_profiles_dir()
+
+
+def resolve_profile_path(path_or_name: str | os.PathLike) -> Path:
+    """``path_or_name`` as given when that file exists, else the shipped profile of that
+    name (``h200x4-nvlink`` or ``h200x4-nvlink.json``); the path as given otherwise (so a
+    missing file is reported under the name the user typed)."""
+    if not str(path_or_name).strip():
+        raise MoeschedError("the profile path is empty")
+    p = Path(path_or_name)
+    if not p.exists() and p.name == str(path_or_name):
+        name = p.name[:-5] if p.name.endswith(".json") else p.name
+        shipped = PROFILES_DIR / f"{name}.json"
+        if name and shipped.is_file():
+            return shipped
+    return p
 
 
 def default_profile_path() -> Path:

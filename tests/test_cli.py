@@ -121,19 +121,45 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "ep not dividing world": sim + ["--cluster", "1x4/ep3"],
         "missing flag": ["simulate"],
         "unknown command": ["frobnicate"],
+        "empty schedule list": ["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", ","],
+        "blank schedule list": ["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", " "],
+        "zero layers": ["solve", "--model", "GPT2-Tiny-MoE", "--layers", "0", "--out", str(tmp / "p.json")],
+        "too many layers": ["solve", "--model", "GPT2-Tiny-MoE", "--layers", "100000", "--out", str(tmp / "p.json")],
+        "nan time limit": ["solve", "--model", "GPT2-Tiny-MoE", "--time-limit", "nan", "--out", str(tmp / "p.json")],
+        "infinite time limit": ["solve", "--model", "GPT2-Tiny-MoE", "--time-limit", "inf", "--out",
+                                str(tmp / "p.json")],
+        "zero sweep workers": ["sweep", "--grid", "schemoe675", "--limit", "1", "--workers", "0"],
+        "empty profile path": sim + ["--profile", ""],
     }
 
 
 @pytest.mark.parametrize("case", [
     "unknown model", "bad cluster", "cluster not matching profile", "malformed profile", "missing profile",
-    "unknown schedule", "ep not dividing world", "missing flag", "unknown command"])
+    "unknown schedule", "ep not dividing world", "missing flag", "unknown command", "empty schedule list",
+    "blank schedule list", "zero layers", "too many layers", "nan time limit", "infinite time limit",
+    "zero sweep workers", "empty profile path"])
 def test_bad_input_in_process(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = bad_inputs(tmp_path)[case]
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse errors exit from inside parse_args
         rc = int(e.code)
-    assert_one_line_error(rc, capsys.readouterr().err)
+    cap = capsys.readouterr()
+    assert_one_line_error(rc, cap.err)
+    assert cap.out == ""  # refused before anything was printed
+    assert list(tmp_path.iterdir()) == ([tmp_path / "malformed.json"])
+
+
+def test_default_profile_name_from_help_resolves(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--help` prints the default profile as a file name: that name works, from any folder."""
+    from moesched.profile import default_profile_path
+    monkeypatch.chdir(tmp_path)
+    name = default_profile_path().name
+    assert name.endswith(".json")
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", name, "--schedules", "vanilla"]) == 0
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", name[:-5], "--schedules", "vanilla"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("case", ["unknown model", "bad cluster", "malformed profile", "missing profile",

@@ -55,6 +55,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_timeline(traces: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "figs" / "tl.png"
+    out.parent.mkdir()  # the CLI writes into existing folders only
     assert main(["plot", "timeline", "--trace", str(traces["one"]), "--trace", str(traces["two"]),
                  "--out", str(out)]) == 0
     assert_png(out)

@@ -166,3 +166,108 @@ def test_wrong_keys_and_values(tmp_path: Path, match: str, mutate) -> None:
     with pytest.raises(MoeschedError, match=match) as e:
         Profile.load(write(tmp_path, d))
     assert "\n" not in str(e.value)
+
+
+def _zero_costs(d: dict) -> None:
+    for c in list(d["compute"].values()) + [c for by in d["comm"].values() for c in by.values()]:
+        c.update(alpha_us=0.0, beta_us_per_unit=0.0)
+        c.pop("points", None)
+
+
+@pytest.mark.parametrize("text,match", [
+    ('"alpha_us": NaN', r"compute\.expert_fwd\.alpha_us is NaN"),
+    ('"alpha_us": Infinity', r"compute\.expert_fwd\.alpha_us is infinite"),
+    ('"alpha_us": -Infinity', r"compute\.expert_fwd\.alpha_us is infinite"),
+    ('"alpha_us": 1e999', r"compute\.expert_fwd\.alpha_us is infinite"),
+    ('"alpha_us": 1e300', r"compute\.expert_fwd\.alpha_us is 1e\+300, outside"),
+    ('"alpha_us": true', r"compute\.expert_fwd\.alpha_us has a non-numeric value True"),
+    ('"alpha_us": [1]', r"compute\.expert_fwd\.alpha_us has a non-numeric value"),
+])
+def test_nonfinite_and_nonnumeric_costs_named(tmp_path: Path, text: str, match: str) -> None:
+    d = good()
+    d["compute"]["expert_fwd"]["alpha_us"] = 12345.5
+    raw = json.dumps(d).replace('"alpha_us": 12345.5', text)
+    path = write(tmp_path, raw, "x.json")
+    with pytest.raises(MoeschedError, match=f"^profile {path}: {match}") as e:
+        Profile.load(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("match,mutate", [
+    ("is zero for every size", _zero_costs),
+    ("is zero for every size", lambda d: d["comm"]["all_reduce"]["intra"].update(
+        alpha_us=0.0, beta_us_per_unit=0.0, points=[[1.0, 0.0], [2.0, 0.0]])),
+    (r"interference\.compute_slowdown is infinite", lambda d: d["interference"].update(compute_slowdown=float("inf"))),
+    ("slowdowns must be numbers >= 1.0 and <= 1000", lambda d: d["interference"].update(comm_slowdown=1e9)),
+    ("slowdowns must be", lambda d: d["interference"].update(comm_slowdown=True)),
+    ("meta must be a JSON object", lambda d: d.update(meta=5)),
+    ("meta must be a JSON object", lambda d: d.update(meta=None)),
+    ("name must be a string", lambda d: d.update(name=5)),
+    ("description must be a string", lambda d: d.update(description=["a"])),
+    ("gpu and regime must be strings", lambda d: d["hardware"].update(gpu=None)),
+    ("positive integers", lambda d: d["hardware"].update(nodes=True)),
+    ("at most 65536 ranks", lambda d: d["hardware"].update(nodes=10**30)),
+    (r"points must be a list of \[x, us\] pairs", lambda d: d["compute"]["attn_fwd"].update(points=[[1.0]])),
+    (r"points must be a list of \[x, us\] pairs", lambda d: d["compute"]["attn_fwd"].update(points="many")),
+    (r"points\[0\]\[1\] has a non-numeric value", lambda d: d["compute"]["attn_fwd"].update(points=[[1, "x"]])),
+    ("version", lambda d: d.update(version=True)),
+])
+def test_bad_values_rejected_in_one_line(tmp_path: Path, match: str, mutate) -> None:
+    d = good()
+    mutate(d)
+    path = write(tmp_path, json.dumps(d), "x.json")
+    with pytest.raises(MoeschedError, match=match) as e:
+        Profile.load(path)
+    assert str(e.value).startswith(f"profile {path}:") and "\n" not in str(e.value)
+
+
+def test_deeply_nested_and_huge_files(tmp_path: Path) -> None:
+    with pytest.raises(MoeschedError, match="nested too deeply"):
+        Profile.load(write(tmp_path, "[" * 100_000 + "]" * 100_000))
+    with pytest.raises(MoeschedError, match="not valid JSON"):
+        Profile.load(write(tmp_path, "1" * 5000))  # more digits than Python converts
+    with pytest.raises(MoeschedError, match="not a moesched profile"):
+        Profile.load(write(tmp_path, '{"a":' * 900 + "1" + "}" * 900))
+
+
+def test_cli_rejects_bad_profiles_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from moesched.cli import main
+    cases = {"nan": lambda d: d["compute"]["attn_fwd"].update(alpha_us=float("nan")),
+             "zero": _zero_costs, "inf": lambda d: d["interference"].update(comm_slowdown=float("inf")),
+             "meta": lambda d: d.update(meta=5)}
+    for name, mutate in cases.items():
+        d = good()
+        mutate(d)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(d))  # json.dumps writes NaN/Infinity like a careless tool would
+        for argv in (["simulate", "--model", "GPT2-Tiny-MoE", "--profile", str(path)],
+                     ["solve", "--model", "GPT2-Tiny-MoE", "--profile", str(path), "--out", str(tmp_path / "p.json")],
+                     ["profile", "--check", str(path)]):
+            assert main(argv) == 2
+            cap = capsys.readouterr()
+            assert cap.out == "" and len(cap.err.strip().splitlines()) == 1, (name, argv, cap.err)
+            assert cap.err.startswith(f"moesched: error: profile {path}:"), cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.json" for n in cases)
+
+
+def test_save_refuses_nonfinite(tmp_path: Path) -> None:
+    p = Profile.load(NVLINK_PATH)
+    bad = replace(p, compute={**p.compute, "attn_fwd": Cost(float("nan"), 1.0)})
+    with pytest.raises(MoeschedError, match=r"compute\.attn_fwd\.alpha_us is NaN"):
+        bad.save(tmp_path / "bad.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shipped_names_resolve_with_or_without_json_from_anywhere(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from moesched.profile import resolve_profile_path
+    monkeypatch.chdir(tmp_path)
+    for name in ("h200x4-nvlink", "h200x4-nvlink.json", default_profile_path().name):
+        assert resolve_profile_path(name) == PROFILES_DIR / "h200x4-nvlink.json"
+        assert Profile.load(name).name == "h200x4-nvlink"
+    (tmp_path / "h200x4-nvlink.json").write_text(json.dumps({**good(), "name": "local"}))
+    assert Profile.load("h200x4-nvlink.json").name == "local"  # an existing file wins over the shipped one
+    with pytest.raises(MoeschedError, match="not found: no-such-profile.json"):
+        Profile.load("no-such-profile.json")
+    with pytest.raises(MoeschedError, match="empty"):
+        Profile.load("")

@@ -20,6 +20,7 @@ import argparse
 from moesched.costs.build import refit
 from moesched.costs.check import report_lines
 from moesched.errors import MoeschedError
+from moesched.fileio import check_outputs
 from moesched.profile import Profile
 
 HELP = "measure a profile (under torchrun, --out FILE) or check the fits of one (--check FILE)"
@@ -44,19 +45,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "kind (moesched.host; default 3 on GPUs, 0 = skip, the CPU default)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _offline(args: argparse.Namespace) -> int:
+    """``--refit`` and ``--check``: no torch, no measuring."""
     if args.refit:
+        check_outputs({"--out": args.out or args.refit})  # in place by default
         prof = refit(Profile.load(args.refit))
         prof.save(args.out or args.refit)
         rep = prof.meta["replay"]
         print(f"refitted {args.refit} -> {args.out or args.refit}: replay error mean {rep['mean_err_pct']} %, "
               f"max {rep['max_err_pct']} % ({rep['worst']})")
         return 0
-    if args.check:
-        if args.out:
-            raise MoeschedError("profile: give either --check FILE or --out FILE, not both")
-        print("\n".join(report_lines(Profile.load(args.check), args.tol)))
-        return 0
+    if args.out:
+        raise MoeschedError("profile: give either --check FILE or --out FILE, not both")
+    if not 0 <= args.tol < float("inf"):
+        raise MoeschedError(f"profile: --tol must be a fraction >= 0, got {args.tol}")
+    print("\n".join(report_lines(Profile.load(args.check), args.tol)))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.refit or args.check:
+        try:
+            return _offline(args)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as e:
+            # the free-form meta section (raw samples, replay, overheads) has an unexpected shape
+            raise MoeschedError(f"profile {args.refit or args.check}: its meta section is malformed "
+                                f"({type(e).__name__}: {e})") from None
     if not args.out:
         raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
     if args.host_steps is not None and args.host_steps < 0:

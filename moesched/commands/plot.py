@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from moesched.errors import MoeschedError
-from moesched.fileio import read_json
+from moesched.commands.setup import check_command_outputs
+from moesched.fileio import check_input, check_outputs, read_json
 
 HELP = "draw PNG figures: timelines from traces, a policy comparison, a sweep's speedups"
 
@@ -46,12 +47,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="PNG to write")
 
 
-def _check_out(path: str) -> None:
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise MoeschedError(f"--out must name a .png file, got {path!r}")
-    if p.is_dir():
-        raise MoeschedError(f"--out {path} is a directory")
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` names a writable .png that is none of the inputs, and the inputs are
+    regular files (before any work)."""
+    if Path(args.out).suffix.lower() != ".png":
+        raise MoeschedError(f"--out must name a .png file, got {args.out!r}")
+    inputs = {f"--trace #{i + 1}": t for i, t in enumerate(getattr(args, "trace", None) or [])}
+    inputs["--csv"] = getattr(args, "csv", None)
+    for flag, path in inputs.items():
+        if path is not None:
+            check_input(path, "sweep CSV" if flag == "--csv" else "trace")
+    if getattr(args, "figure", None) == "compare":
+        check_command_outputs(args, {"--out": args.out}, inputs)
+    else:
+        check_outputs({"--out": args.out}, inputs)
 
 
 def load_timelines(paths: list[str]) -> dict[str, object]:
@@ -93,12 +102,11 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from moesched.commands.setup import resolve
+    from moesched.commands.setup import check_time_limit, resolve
     from moesched.figures import policy_bar_figure, save_png
     from moesched.solve.api import solve
 
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
+    check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args)
     res = solve(model, cluster, profile, args.time_limit)
     steps = {r["policy"]: r["executed_us"] for r in res.table}  # host model (the tables' step time)
@@ -123,5 +131,5 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_out(args.out)
+    _check_out(args)
     return {"timeline": _timeline, "compare": _compare, "sweep": _sweep}[args.figure](args)

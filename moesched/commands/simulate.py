@@ -7,7 +7,7 @@ import sys
 from moesched import schedules
 from moesched.cluster import Cluster
 from moesched.commands.models import format_table
-from moesched.commands.setup import resolve
+from moesched.commands.setup import check_command_outputs, resolve
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.models import MoEModel
@@ -35,9 +35,18 @@ def _evaluate(name: str, model: MoEModel, cluster: Cluster, profile: Profile) ->
     return evaluate(model, cluster, profile, sched)
 
 
+def _schedule_names(text: str) -> list[str]:
+    """The policies of ``--schedules``: a non-empty comma list of known names, or 'all'."""
+    if text.strip() != "all" and not [x for x in text.split(",") if x.strip()]:
+        raise MoeschedError(f"--schedules names no policy ({text!r}); give a comma list such as "
+                            f"vanilla,tutel or 'all'")
+    return schedules.parse_list(text.strip())
+
+
 def run(args: argparse.Namespace) -> int:
+    check_command_outputs(args, {"--trace": args.trace, "--png": args.png})
+    names = _schedule_names(args.schedules)
     model, profile, cluster = resolve(args)
-    names = schedules.parse_list(args.schedules)
     if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
         raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
                             f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")

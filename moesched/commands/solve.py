@@ -14,8 +14,7 @@ import argparse
 import sys
 import time
 
-from moesched.commands.setup import resolve
-from moesched.errors import MoeschedError
+from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
@@ -49,8 +48,8 @@ def _progress(t0: float):
 def run(args: argparse.Namespace) -> int:
     from moesched.solve.api import solve
 
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise MoeschedError(f"--time-limit must be positive seconds, got {args.time_limit}")
+    check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
+    check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args)
     t0 = time.perf_counter()
     res = solve(model, cluster, profile, args.time_limit, _progress(t0))

@@ -11,7 +11,7 @@ import sys
 import time
 
 from moesched.cluster import Cluster
-from moesched.commands.setup import load_profile
+from moesched.commands.setup import check_command_outputs, load_profile
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
 from moesched.profile import default_profile_path
@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     from moesched.solve import grids, sweep
 
+    check_command_outputs(args, {"--out": args.out})
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise MoeschedError(f"--workers must be between 1 and 256, got {args.workers}")
     profile = load_profile(args)
     cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
     if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     models = grids.grid(args.grid, cluster.world)[: args.limit]
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    with tqdm(total=len(models), desc=args.grid, unit="layer", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=len(models), desc=args.grid, unit="layer", file=sys.stderr, leave=False, disable=None) as bar:
         rows, skipped = sweep.run(models, cluster, profile, workers, bar.update)
     elapsed = time.perf_counter() - t0
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"

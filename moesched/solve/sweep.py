@@ -10,7 +10,9 @@ Work is spread over processes (each loads the profile once).
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import statistics
+import threading
 from typing import Any, Callable, Iterable
 
 from moesched.cluster import Cluster
@@ -41,6 +43,10 @@ def row_for(model: MoEModel, cluster: Cluster, profile: Profile) -> dict[str, An
 
 
 def _init(cluster: Cluster, profile_dict: dict) -> None:
+    # Ctrl-C is the parent's to handle (it terminates the pool); SIGTERM from
+    # Pool.terminate ends a worker silently.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STATE["cluster"] = cluster
     _STATE["profile"] = Profile.from_dict(profile_dict)
 
@@ -66,13 +72,26 @@ def run(models: list[MoEModel], cluster: Cluster, profile: Profile, workers: int
             if on_row:
                 on_row()
         return rows, skipped
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=_init, initargs=(cluster, profile.to_dict())) as pool:
+    with _quiet_pool(workers, cluster, profile) as pool:
         for row in pool.imap(_work, todo, chunksize=4):
             rows.append(row)
             if on_row:
                 on_row()
     return rows, skipped
+
+
+def _quiet_pool(workers: int, cluster: Cluster, profile: Profile) -> Any:
+    """A pool whose workers ignore Ctrl-C (SIGINT goes to the whole process group): the
+    parent alone raises KeyboardInterrupt and leaving the ``with`` block terminates the
+    workers, so an interrupted sweep prints one line and no worker tracebacks."""
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:  # workers forked in this window inherit SIG_IGN before _init runs
+        return ctx.Pool(workers, initializer=_init, initargs=(cluster, profile.to_dict()))
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _stats(xs: Iterable[float]) -> dict[str, float]:
