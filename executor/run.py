@@ -34,12 +34,13 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
+from moesched.errors import MoeschedError
+from moesched.fileio import check_outputs
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 MSG_BYTES = 400
@@ -68,7 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_args(a: argparse.Namespace) -> None:
     """Refuse bad flag values before anything starts (MoeschedError, one line)."""
-    from moesched.errors import MoeschedError
     if a.steps < 1:
         raise MoeschedError(f"--steps must be at least 1, got {a.steps}")
     if a.warmup < 0:
@@ -84,7 +84,6 @@ def check_args(a: argparse.Namespace) -> None:
 
 def rank_and_world() -> tuple[int, int]:
     """RANK and WORLD_SIZE from the environment (torchrun sets them), checked."""
-    from moesched.errors import MoeschedError
     try:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -96,25 +95,12 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def trace_path_problem(trace: str, plan: str) -> str | None:
-    """Why ``trace`` cannot take the measured trace, or None: it is the plan, a directory,
-    not a regular file, or its folder is missing or not writable."""
-    if trace == "":
-        return "--trace is an empty path"
-    if os.path.abspath(trace) == os.path.abspath(plan) or (
-            os.path.exists(trace) and os.path.exists(plan) and os.path.samefile(trace, plan)):
-        return f"--trace {trace} is the plan file; it would be overwritten"
-    if os.path.isdir(trace):
-        return f"--trace {trace} is a directory"
-    if os.path.exists(trace) and not os.path.isfile(trace):
-        return f"--trace {trace} is not a regular file"
-    folder = os.path.dirname(os.path.abspath(trace))
-    if not os.path.isdir(folder):
-        return f"--trace {trace}: folder {folder} does not exist"
-    try:  # what the atomic write needs: a file of its own in that folder
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moesched-probe."):
-            pass
-    except OSError as e:
-        return f"--trace {trace}: folder {folder} is not writable ({e.strerror})"
+    """Why ``trace`` cannot take the measured trace, or None (:func:`moesched.fileio.check_outputs`:
+    empty, the plan itself, a directory, a special file, a missing or read-only folder)."""
+    try:
+        check_outputs({"--trace": trace}, {"--plan": plan})
+    except MoeschedError as e:
+        return str(e)
     return None
 
 
@@ -180,7 +166,6 @@ def _use_cuda(backend: str) -> bool:
     import torch
     import torch.distributed as dist
 
-    from moesched.errors import MoeschedError
     if backend == "auto":
         return torch.cuda.is_available()
     if backend == "nccl":
@@ -198,7 +183,6 @@ def _start(a: argparse.Namespace, rank: int, world: int) -> tuple[bool, Watchdog
     import torch
     import torch.distributed as dist
 
-    from moesched.errors import MoeschedError
     cuda = _use_cuda(a.backend)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

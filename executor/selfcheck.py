@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from moesched.errors import MoeschedError
+from moesched.fileio import check_outputs
 from moesched.plan import Plan
 
 from executor import errors
@@ -103,10 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, v in (("--timeout", a.timeout), ("--heartbeat-timeout", a.heartbeat_timeout)):
         if not (math.isfinite(v) and v > 0):
             raise MoeschedError(f"{flag} must be a positive, finite number of seconds, got {v:g}")
-    if a.out is not None and (a.out == "" or os.path.isdir(a.out)
-                              or not os.path.isdir(os.path.dirname(os.path.abspath(a.out)))
-                              or any(os.path.abspath(a.out) == os.path.abspath(p) for p in a.plan)):
-        raise MoeschedError(f"--out {a.out!r} cannot be appended to (a directory, a plan, or its folder is missing)")
+    if a.out is not None:  # appended to, not replaced: the same checks as any output
+        check_outputs({"--out": a.out}, {f"--plan {p}": p for p in a.plan})
     return a
 
 

@@ -1,6 +1,6 @@
 """Host issue costs: how long the executor's host thread takes to launch each task.
 
-Measured on 4 x H200 (``docs/validation.md``), the executor is host-bound at the
+Measured on 4 x H200 (``docs/history.md``), the executor is host-bound at the
 validation shapes: a task's kernels start about ``lag_us`` after the host starts launching
 them, and the task cannot end before its last kernel is launched. Attention backward, for
 instance, takes 2.0-5.0 ms of host time (by regime) for 1.0 ms of GPU work. A simulator that

@@ -120,13 +120,13 @@ def test_bad_flags_of_selfcheck_and_launch(plan_w1: str, tmp_path: Path) -> None
 
 def test_trace_path_problems(plan_w1: str, tmp_path: Path) -> None:
     assert trace_path_problem(str(tmp_path / "t.json"), plan_w1) is None
-    assert "is the plan file" in trace_path_problem(os.path.relpath(plan_w1), plan_w1)
+    assert "same file as --plan" in trace_path_problem(os.path.relpath(plan_w1), plan_w1)
     assert "is a directory" in trace_path_problem(str(tmp_path), plan_w1)
     assert "does not exist" in trace_path_problem(str(tmp_path / "no" / "t.json"), plan_w1)
-    assert "not a regular file" in trace_path_problem("/dev/null", plan_w1)
+    assert "special file" in trace_path_problem("/dev/null", plan_w1)
     assert "empty path" in trace_path_problem("", plan_w1)
     os.symlink(plan_w1, tmp_path / "link.json")
-    assert "is the plan file" in trace_path_problem(str(tmp_path / "link.json"), plan_w1)
+    assert "same file as --plan" in trace_path_problem(str(tmp_path / "link.json"), plan_w1)
 
 
 def test_launcher_names_the_rank_that_failed_first() -> None:

@@ -7,9 +7,11 @@ so ``moesched validate --help`` works without it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from moesched.errors import MoeschedError
+from moesched.fileio import check_outputs
 from moesched.schedules import POLICIES
 
 HELP = "execute every schedule on real GPUs (under torchrun) and compare measured with predicted step times"
@@ -31,12 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--issue", default="single",
                    help="executor issue modes to run each plan in, comma list of single, threads (default single)")
     p.add_argument("--workers", type=int, default=16, help="processes that solve the plans")
+    p.add_argument("--heartbeat-timeout", type=float, default=30.0, metavar="S",
+                   help="a rank silent this long stops every rank with one line (default 30)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         raise MoeschedError(f"--repeats and --steps must be at least 1 and --warmup at least 0 "
                             f"(got {args.repeats}, {args.steps}, {args.warmup})")
+    if not 0 < args.heartbeat_timeout < math.inf or args.workers < 1:
+        raise MoeschedError(f"--heartbeat-timeout must be positive and finite and --workers at least 1 "
+                            f"(got {args.heartbeat_timeout:g}, {args.workers})")
+    check_outputs({"--out": args.out}, {"--profile": args.profile, "--configs": args.configs})
     try:
         import torch  # noqa: F401
     except ImportError:
