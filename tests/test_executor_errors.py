@@ -96,8 +96,8 @@ def test_bad_plans_and_traces_of_executor_run(plan_w1: str, tmp_path: Path) -> N
         (["--plan", str(tmp_path / "missing.json")], "could not load its plan"),
         (["--plan", str(w2)], "the plan is for 2 ranks"),
         (["--plan", str(bad)], "could not load its plan"),
-        (["--plan", plan_w1, "--trace", plan_w1], "is the plan file"),
-        (["--plan", plan_w1, "--trace", "/dev/null"], "not a regular file"),
+        (["--plan", plan_w1, "--trace", plan_w1], "same file as --plan"),
+        (["--plan", plan_w1, "--trace", "/dev/null"], "special file"),
     ]
     res = run_all([("executor.run", [*args, "--steps", "1", "--warmup", "0", "--backend", "gloo",
                                      "--timeout", "20"]) for args, _ in cases])
