@@ -124,7 +124,7 @@ def test_trace_path_problems(plan_w1: str, tmp_path: Path) -> None:
     assert "is a directory" in trace_path_problem(str(tmp_path), plan_w1)
     assert "does not exist" in trace_path_problem(str(tmp_path / "no" / "t.json"), plan_w1)
     assert "special file" in trace_path_problem("/dev/null", plan_w1)
-    assert "empty path" in trace_path_problem("", plan_w1)
+    assert "path is empty" in trace_path_problem("", plan_w1)
     os.symlink(plan_w1, tmp_path / "link.json")
     assert "same file as --plan" in trace_path_problem(str(tmp_path / "link.json"), plan_w1)
 
