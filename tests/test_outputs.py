@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,10 +72,29 @@ def test_special_files_are_never_replaced(tmp_path: Path, capsys: pytest.Capture
     assert_refused(SOLVE + ["--out", str(fifo)], capsys, "special file")
     assert_refused(SIM + ["--trace", str(fifo)], capsys, "special file")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    # reading a fifo would block forever: an input must be a regular file
-    assert_refused(SOLVE + ["--out", str(tmp_path / "p.json"), "--profile", str(fifo)], capsys, "not a regular file")
-    assert_refused(["plot", "sweep", "--csv", str(fifo), "--out", str(tmp_path / "x.png")], capsys,
-                   "not a regular file")
+    # reading a fifo would block until a writer comes: an input must be a regular file (a
+    # writer thread unblocks a reader, so a regression fails here instead of hanging)
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader yet
+                time.sleep(0.05)
+                continue
+            os.close(fd)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        assert_refused(SOLVE + ["--out", str(tmp_path / "p.json"), "--profile", str(fifo)], capsys,
+                       "not a regular file")
+        assert_refused(["plot", "sweep", "--csv", str(fifo), "--out", str(tmp_path / "x.png")], capsys,
+                       "not a regular file")
+    finally:
+        stop.set()
+        t.join()
 
 
 def _readonly_folder(tmp_path: Path) -> tuple[Path, object]:
