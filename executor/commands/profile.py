@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                 f"({type(e).__name__}: {e})") from None
     if not args.out:
         raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
+    models_file = args.models if args.models and args.models.endswith(".json") else None
+    check_outputs({"--out": args.out}, {"--models": models_file})  # before minutes of measuring
     if args.host_steps is not None and args.host_steps < 0:
         raise MoeschedError(f"profile: --host-steps must be >= 0, got {args.host_steps}")
     if args.emulate_nodes is not None and args.emulate_nodes < 1:
