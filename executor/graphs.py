@@ -43,6 +43,7 @@ from moesched.models import MoEModel
 
 from executor.layers import LayerParams, MoEModule, attention_router
 from executor.state import LayerState
+from moesched.work import chunk_range
 
 Key = tuple[int, int, int]  # (layer, first token, end token)
 WARMUP = 2                  # eager forward + backward runs before the capture
@@ -64,7 +65,7 @@ def pieces(m: MoEModel, knobs: Knobs) -> list[Key]:
     for l in range(m.layers):
         n = knobs.r_fwd[l] if knobs.at_chunked else 1
         for c in range(n):
-            cuts = piece_cuts(T, knobs.r_bwd[l], knobs.at_chunked, c * T // n, (c + 1) * T // n)
+            cuts = piece_cuts(T, knobs.r_bwd[l], knobs.at_chunked, *chunk_range(T, n, c))
             out += [(l, pa, pb) for pa, pb in zip(cuts, cuts[1:])]
     return out
 

@@ -30,6 +30,7 @@ from moesched.models import MoEModel
 from executor.graphs import capture_or_none, enabled
 from executor.layers import capacity, keep_mask
 from executor.state import LayerState
+from moesched.work import chunk_range
 
 
 def dispatch_order(ls: LayerState, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +124,7 @@ def capture(layers: list[LayerState], m: MoEModel, knobs: Knobs) -> RouteGraphs 
         rg = RouteGraphs()
         for l, c, n in fwd_keys(m, knobs):
             ls = layers[l]
-            a, b = c * ls.T // n, (c + 1) * ls.T // n
+            a, b = chunk_range(ls.T, n, c)
             chunks = [c] if knobs.at_chunked else list(range(ls.rf))
 
             def fwd(ls: LayerState = ls, a: int = a, b: int = b, chunks: list[int] = chunks) -> tuple:

@@ -31,6 +31,7 @@ import torch
 
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
+from moesched.work import chunk_range
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -165,12 +166,10 @@ class LayerState:
         self.dxr_pos: list[np.ndarray | None] = [None] * rb
 
     def frange(self, c: int) -> tuple[int, int]:
-        n = self.T // self.rf
-        return c * n, (c + 1) * n
+        return chunk_range(self.T, self.rf, c)
 
     def brange(self, j: int) -> tuple[int, int]:
-        n = self.T // self.rb
-        return j * n, (j + 1) * n
+        return chunk_range(self.T, self.rb, j)
 
     # ---- routing counts on the host -----------------------------------------------------
     def defer(self, chunks: list[int], resolve: Callable[[], None]) -> None:

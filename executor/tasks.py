@@ -42,6 +42,7 @@ from executor.graphs import piece_cuts
 from executor.layers import MoEModule, attention_router, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
 from executor.staging import Staging
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
+from moesched.work import chunk_range
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[
 def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     m, ls = ctx.cfg, ctx.layers[l]
     L, M, k = m.seq_len, m.d_model, m.top_k
-    a, b = c * ls.T // n, (c + 1) * ls.T // n
+    a, b = chunk_range(ls.T, n, c)
     x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
     p = ctx.module.blocks[l]
     cuts = piece_cuts(ls.T, ls.rb, ctx.knobs.at_chunked, a, b)
@@ -299,7 +300,7 @@ def shared_bwd(ctx: Ctx, l: int, j: int, n: int) -> None:
 @torch.no_grad()
 def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls = ctx.layers[l]
-    a, b = c * ls.T // n, (c + 1) * ls.T // n
+    a, b = chunk_range(ls.T, n, c)
     du = ls.du_shared[a:b].clone() if ls.du_shared is not None else torch.zeros_like(ls.u[a:b])
     for j in range(ls.rb):
         ja, jb = ls.brange(j)

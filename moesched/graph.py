@@ -66,8 +66,7 @@ def resource_of(scope: str) -> str:
 
 def chunk_tokens(tokens: int, nchunks: int) -> list[int]:
     """Token counts of ``nchunks`` contiguous ranges (equal; the knobs demand divisibility)."""
-    base, extra = divmod(tokens, nchunks)
-    return [base + (1 if c < extra else 0) for c in range(nchunks)]
+    return [b - a for a, b in (work.chunk_range(tokens, nchunks, c) for c in range(nchunks))]
 
 
 #: FLOPs of a compute task of each kind for ``tokens`` tokens (backward: 2x forward).

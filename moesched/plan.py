@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
@@ -32,8 +32,13 @@ from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.work import dense_grad_bytes, expert_grad_bytes
 
-def replay(model: MoEModel, cluster: Cluster, profile: Any, knobs: Knobs, order: list[str],
-           routing: Any = None) -> Any:
+if TYPE_CHECKING:
+    from moesched.profile import Profile
+    from moesched.routing import Routing
+    from moesched.sim import Timeline
+
+def replay(model: MoEModel, cluster: Cluster, profile: "Profile", knobs: Knobs, order: list[str],
+           routing: "Routing | None" = None) -> "Timeline":
     """The predicted :class:`~moesched.sim.Timeline` of issue order ``order`` as the executor
     runs it: a strict simulation (each stream in that order) of the graph of ``knobs`` under
     ``profile``, host issue costs included when the profile has them, and with
@@ -83,7 +88,7 @@ class Plan:
         """The task graph (without durations) the plan orders."""
         return build(self.model, self.cluster, None, self.knobs)
 
-    def replay(self, profile: Any, routing: Any = None) -> Any:
+    def replay(self, profile: "Profile", routing: "Routing | None" = None) -> "Timeline":
         """This plan's predicted timeline as the executor runs it (:func:`replay`)."""
         return replay(self.model, self.cluster, profile, self.knobs, self.order, routing)
 
@@ -169,13 +174,13 @@ def check_grad_chunks(model: MoEModel, cluster: Cluster, knobs: Knobs) -> None:
                             f"chunks; at most {MAX_PLAN_GRAD_CHUNKS} are allowed (use larger chunks)")
 
 
-def from_timeline(policy: str, model: MoEModel, cluster: Cluster, knobs: Knobs, timeline: Any,
-                  profile: Any = None, extra: dict[str, Any] | None = None) -> Plan:
+def from_timeline(policy: str, model: MoEModel, cluster: Cluster, knobs: Knobs, timeline: "Timeline",
+                  profile: "Profile | None" = None, extra: dict[str, Any] | None = None) -> Plan:
     """Make a plan whose order is the simulated start order (rank 0). ``predicted.step_us``
     and ``exposed_comm_us`` are of the plan as the executor runs it (:func:`replay`: the host
     model when ``profile`` has host costs, then ``gpu_only_step_us`` is ``timeline``'s step)."""
     executed = timeline
-    if profile is not None and getattr(profile, "host", None) is not None:
+    if profile is not None and profile.host is not None:
         executed = replay(model, cluster, profile, knobs, timeline.order())
     predicted = {"step_us": round(executed.makespan_us, 3), "exposed_comm_us": round(executed.exposed_comm_us(), 3)}
     if executed is not timeline:

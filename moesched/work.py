@@ -11,6 +11,16 @@ from dataclasses import dataclass
 from moesched.models import MoEModel
 
 
+def chunk_range(tokens: int, nchunks: int, c: int) -> tuple[int, int]:
+    """Token range [a, b) of chunk ``c`` when ``tokens`` are cut into ``nchunks`` contiguous
+    chunks (equal when ``nchunks`` divides ``tokens``, as the knobs demand; otherwise the
+    first ``tokens % nchunks`` chunks take one more). The one definition the task graph and
+    the executor share."""
+    base, extra = divmod(tokens, nchunks)
+    a = c * base + min(c, extra)
+    return a, a + base + (1 if c < extra else 0)
+
+
 def attn_fwd_flops(m: MoEModel, tokens: int) -> float:
     """Attention + norms + router for ``tokens`` tokens (whole samples of m.seq_len).
 

@@ -243,3 +243,20 @@ def test_check_memory() -> None:
     check_memory(small(), Cluster(1, 4), NVLINK)
     with pytest.raises(MoeschedError, match="GiB"):
         check_memory(PRESETS["Mixtral-8x22B"], Cluster(1, 4), NVLINK)
+
+
+def test_chunk_range_tiles_the_tokens_and_matches_the_executors_cut() -> None:
+    """One definition of chunk ranges: contiguous, covering [0, T), equal when n divides T
+    (the executor's c*T//n), and the graph's chunk_tokens are its lengths."""
+    from moesched.graph import chunk_tokens
+    from moesched.work import chunk_range
+    for T in (1, 7, 64, 4096):
+        for n in (1, 2, 3, 8):
+            if n > T:
+                continue
+            r = [chunk_range(T, n, c) for c in range(n)]
+            assert r[0][0] == 0 and r[-1][1] == T
+            assert all(a < b for a, b in r) and all(r[i][1] == r[i + 1][0] for i in range(n - 1))
+            assert chunk_tokens(T, n) == [b - a for a, b in r]
+            if T % n == 0:
+                assert r == [(c * T // n, (c + 1) * T // n) for c in range(n)]
