@@ -183,7 +183,7 @@ def fits_nowhere(model: MoEModel, capacity_bytes: int, zero: int) -> str | None:
     higher = [z for z in ZERO_STAGES if z > zero and memory_problem(model, big, capacity_bytes, z) is None]
     hint = f"; with --zero {higher[0]} it fits on enough nodes" if higher else \
         "; it needs sharding this planner does not model (tensor or pipeline parallelism, ZeRO-3)"
-    return (f"{model.name} fits no cluster of {capacity_bytes / GB:.0f} GB GPUs at ZeRO-{zero}: even at EP "
+    return (f"{model.name} fits no cluster of {capacity_bytes / GB:.3g} GB GPUs at ZeRO-{zero}: even at EP "
             f"{model.experts} on any number of nodes a rank {why}{hint}")
 
 
@@ -207,6 +207,6 @@ def check_memory(model: MoEModel, cluster: Cluster, capacity_bytes: int, zero: i
     nowhere = fits_nowhere(model, capacity_bytes, zero)
     if nowhere is not None:
         raise MoeschedError(nowhere)
-    raise MoeschedError(f"{model.name} does not fit {cluster.label()} ({capacity_bytes / GB:.0f} GB/GPU) at EP "
+    raise MoeschedError(f"{model.name} does not fit {cluster.label()} ({capacity_bytes / GB:.3g} GB/GPU) at EP "
                         f"{cluster.ep_size}, ZeRO-{zero}: a rank {why}; try "
                         f"{remedies(model, cluster, capacity_bytes, zero)}")

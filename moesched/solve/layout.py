@@ -109,7 +109,7 @@ def _refusal(model: MoEModel, cluster: Cluster, rows: list[LayoutRow], capacity_
         return nowhere
     best = min(rows, key=lambda r: r.memory.total_bytes)
     eps = f"EP {rows[0].ep}" if len(rows) == 1 else f"any EP size ({', '.join(str(r.ep) for r in rows)})"
-    return (f"{model.name} does not fit {cluster.label()} ({capacity_bytes / GB:.0f} GB/GPU) at {eps}, "
+    return (f"{model.name} does not fit {cluster.label()} ({capacity_bytes / GB:.3g} GB/GPU) at {eps}, "
             f"ZeRO-{zero}: at EP {best.ep} a rank {best.problem}; "
             f"try {remedies(model, best.cluster, capacity_bytes, zero)}")
 
