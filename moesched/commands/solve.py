@@ -3,7 +3,9 @@ its plan.
 
 Every step time is the plan as the executor issues it (host model when the profile has
 host costs; a labelled GPU-only column beside it). Prints the chosen knobs, the predicted
-step time and a table against every published schedule; writes the plan
+step time, a table against every published schedule and one row per expert-parallel
+size considered (memory per rank, predicted step or why it does not fit, and why the chosen
+EP wins: :mod:`moesched.solve.layout`); writes the plan
 (:mod:`moesched.plan`, order = simulated start order) and, with ``--trace``, the predicted
 Chrome trace (host model too). Progress goes to stderr once a solve takes longer than half
 a second.
@@ -102,7 +104,9 @@ def _layout_table(lay: LayoutResult, host: bool, zero: int) -> str:
     lines = [f"layouts (ZeRO-{zero}; step_ms {'host model' if host else 'GPU costs'}):", head]
     for r in lay.rows:
         step = f"{r.result.executed_us / 1e3:9.3f}" if r.result is not None else f"{'-':>9}"
-        note = "chosen" if r is lay.chosen else (r.problem or "")
+        term, size = r.memory.binding()
+        note = "chosen" if r is lay.chosen else \
+            (f"does not fit: binding term {term} {size / GB:.1f} GB/rank" if r.problem else "")
         lines.append(f"{r.ep:>4} {r.cluster.expert_dp:>9} {r.placement():<16} "
                      f"{r.memory.total_bytes / GB:>14.1f} {step}  {note}")
     lines.append(f"why: {lay.reason()}")
