@@ -17,7 +17,9 @@ One record, :class:`RankMemory`, with one field per term (bytes per rank):
   ``zero`` = 1 shards the optimizer state (P_os), 2 also the gradients (P_os+g). Both keep
   the communication volume of the plain all-reduce (ZeRO Sec. 7.2.1: a reduce-scatter plus
   an all-gather), so the simulated step holds for them. The executor itself allocates
-  gradients and parameters only; the optimizer term is what the training job adds.
+  parameters and full gradient buffers only (no optimizer, no gradient shards): the
+  optimizer term, and the ZeRO-2 gradient shards, describe the training job that runs
+  the plan.
 * **activations**: what the executor keeps between a layer's forward and backward
   (``executor/state.py`` ``LayerState`` and the attention autograd pieces of
   ``executor/tasks.py``), for every layer of the micro-batch: the method of Korthikanti et
