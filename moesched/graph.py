@@ -40,7 +40,7 @@ from collections import OrderedDict
 
 import networkx as nx
 
-from moesched import work
+from moesched import memory, work
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
@@ -420,10 +420,9 @@ def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, k
     return _builder(model, cluster, profile, knobs, cached=True).compiled()
 
 
-def check_memory(model: MoEModel, cluster: Cluster, profile: Profile) -> None:
-    """Raise if the model states per rank exceed the GPU memory recorded in the profile."""
-    need = model.memory_bytes_per_rank(cluster.ep_size)
-    have = int(profile.hardware["gpu_memory_bytes"])
-    if need > have:
-        raise MoeschedError(f"model {model.name} needs {need / 2**30:.0f} GiB of model states per rank "
-                            f"(16 bytes/param, EP={cluster.ep_size}) but a GPU has {have / 2**30:.0f} GiB")
+def check_memory(model: MoEModel, cluster: Cluster, profile: Profile, zero: int = 0) -> None:
+    """Raise MoeschedError (one line naming the binding term) if a rank's memory
+    (:func:`moesched.memory.rank_memory`: parameters, gradients, Adam state under ZeRO stage
+    ``zero``, activations, all-to-all buffers) exceeds the GPU memory of the profile's
+    hardware."""
+    memory.check_memory(model, cluster, memory.gpu_memory_bytes(profile.hardware), zero)

@@ -114,12 +114,6 @@ class MoEModel:
         m = self.d_model
         return 4 * m * m + 2 * m + m * self.experts + self.shared_experts * self.expert_params()
 
-    def memory_bytes_per_rank(self, ep: int) -> int:
-        """Model states per rank under mixed-precision Adam: 16 bytes/param (ZeRO, Rajbhandari
-        et al. 2020, Sec. 3.1: 2 weight + 2 grad + 12 optimizer), fp32 training 16 too."""
-        params = self.layers * (self.dense_params_per_layer() + (self.experts // ep) * self.expert_params())
-        return 16 * params
-
     def shape_key(self) -> str:
         """What sets a compute task's efficiency besides its token count: a profile may hold
         compute costs per shape key (measured on exactly these matrices)."""

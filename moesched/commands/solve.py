@@ -3,7 +3,9 @@ its plan.
 
 Every step time is the plan as the executor issues it (host model when the profile has
 host costs; a labelled GPU-only column beside it). Prints the chosen knobs, the predicted
-step time and a table against every published schedule; writes the plan
+step time, a table against every published schedule and one row per expert-parallel
+size considered (memory per rank, predicted step or why it does not fit, and why the chosen
+EP wins: :mod:`moesched.solve.layout`); writes the plan
 (:mod:`moesched.plan`, order = simulated start order) and, with ``--trace``, the predicted
 Chrome trace (host model too). Progress goes to stderr once a solve takes longer than half
 a second.
@@ -13,10 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
+from moesched.memory import GB, ZERO_STAGES
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
+
+if TYPE_CHECKING:
+    from moesched.solve.layout import LayoutResult
 
 HELP = "search knobs and task priorities for the fastest predicted step; write the plan"
 QUIET_S = 0.5
@@ -31,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
     parser.add_argument("--cluster", default=None,
-                        help="NODESxGPUS[/epN], e.g. 2x2 (default: the profile's hardware layout)")
+                        help="NODESxGPUS[/epN], e.g. 2x2 (default: the profile's hardware layout); "
+                             "without /epN the solver chooses the expert-parallel size")
+    parser.add_argument("--zero", type=int, default=0, choices=ZERO_STAGES,
+                        help="ZeRO stage of the memory model: 0 none, 1 optimizer state sharded over "
+                             "data-parallel ranks, 2 gradients too (default 0)")
     parser.add_argument("--out", required=True, help="plan JSON to write")
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="stop searching after S seconds and keep the best plan so far")
@@ -46,13 +57,14 @@ def _progress(t0: float):
 
 
 def run(args: argparse.Namespace) -> int:
-    from moesched.solve.api import solve
+    from moesched.solve.layout import solve_layout
 
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args)
     t0 = time.perf_counter()
-    res = solve(model, cluster, profile, args.time_limit, _progress(t0))
+    lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
+    res, cluster = lay.result, lay.cluster
     if res.timed_out:
         print(f"moesched: solve: time limit of {args.time_limit:g} s reached; returning the best plan found",
               file=sys.stderr)
@@ -67,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted step: {res.executed_us / 1e3:.3f} ms " + (STEP_HOST if host else STEP_GPU)
           + f"  ({res.stats['simulations']} simulations, {time.perf_counter() - t0:.2f} s)")
     print(_table(res.table, res.step_us, res.executed_us, host))
+    print(_layout_table(lay, host, args.zero))
     plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile,
                          {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     plan.save(args.out)
@@ -81,6 +94,23 @@ def run(args: argparse.Namespace) -> int:
             write_chrome_trace(executed_timeline(model, cluster, profile, res.evaluation), args.trace, label="moesched")
             print(f"predicted trace written to {args.trace}")
     return 0
+
+
+def _layout_table(lay: LayoutResult, host: bool, zero: int) -> str:
+    """One row per EP candidate: expert-DP size, where the all-to-all runs, memory per rank
+    (GB, ZeRO stage ``zero``), the predicted step (ms, as in the schedule table) or why it
+    cannot run; then the reason for the choice."""
+    head = f"{'EP':>4} {'expert-DP':>9} {'all-to-all':<16} {'memory GB/rank':>14} {'step_ms':>9}  note"
+    lines = [f"layouts (ZeRO-{zero}; step_ms {'host model' if host else 'GPU costs'}):", head]
+    for r in lay.rows:
+        step = f"{r.result.executed_us / 1e3:9.3f}" if r.result is not None else f"{'-':>9}"
+        term, size = r.memory.binding()
+        note = "chosen" if r is lay.chosen else \
+            (f"does not fit: binding term {term} {size / GB:.1f} GB/rank" if r.problem else "")
+        lines.append(f"{r.ep:>4} {r.cluster.expert_dp:>9} {r.placement():<16} "
+                     f"{r.memory.total_bytes / GB:>14.1f} {step}  {note}")
+    lines.append(f"why: {lay.reason()}")
+    return "\n".join(lines)
 
 
 def _degrees(rs: tuple[int, ...]) -> str:

@@ -55,7 +55,7 @@ def executed_us(model: MoEModel, cluster: Cluster, profile: Profile, ev: Evaluat
 
 
 def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None = None,
-          progress: Callable[[str], None] | None = None) -> SolveResult:
+          progress: Callable[[str], None] | None = None, zero: int = 0) -> SolveResult:
     """Search knobs and priorities for ``model`` on ``cluster`` under ``profile``.
 
     The answer is never predicted slower than any published policy's schedule on the same
@@ -65,9 +65,11 @@ def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: flo
     search (on GPU costs) proposes its best candidate and RUNNERS_UP more, and these and
     every published schedule are ranked by :func:`executed_us`: the host decides whether
     the extra tasks of a deeper pipeline pay for themselves.
+    The layout is the cluster's (EP = ``cluster.ep_size``; :func:`moesched.solve.layout.solve_layout`
+    chooses EP). ``zero``: ZeRO stage of the memory check (:mod:`moesched.memory`).
     Raises MoeschedError for infeasible requests.
     """
-    out = search(model, cluster, profile, time_limit_s, progress)
+    out = search(model, cluster, profile, time_limit_s, progress, zero)
     pub = {n: evaluate(model, cluster, profile, c.schedule(n)) for n, c in out.published.items() if c is not None}
     pub_x = {n: executed_us(model, cluster, profile, e) for n, e in pub.items()}
     if profile.host is None:

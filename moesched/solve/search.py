@@ -81,12 +81,32 @@ def _shape(k: Knobs) -> tuple:
 
 def check_feasible(model: MoEModel, cluster: Cluster, profile: Profile) -> None:
     """Raise MoeschedError when the model cannot run on the cluster: experts not divisible
-    over the EP group, model states over GPU memory, or a profile of another shape."""
+    over the EP group, or a profile of another shape."""
     cluster.check_model(model.experts)
     if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
         raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
                             f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
-    check_memory(model, cluster, profile)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One combination of the one-layer sub-simulations: attention chunked (``at``), the
+    all-to-all kind, forward and backward pipeline degrees, the all-to-all order of each
+    pass, the dW placement, and ``rb_alts``, the backward degrees ranked fastest first under
+    the same order and placement (the per-layer descent's alternatives)."""
+
+    at: bool
+    a2a: str
+    r_fwd: int
+    r_bwd: int
+    a2a_fwd: str
+    a2a_bwd: str
+    dw: str
+    rb_alts: tuple[int, ...] = ()
+
+    def key(self) -> tuple:
+        """The fields that make a whole-step candidate (``rb_alts`` left out)."""
+        return self.at, self.a2a, self.r_fwd, self.r_bwd, self.a2a_fwd, self.a2a_bwd, self.dw
 
 
 def _a2a_kinds(cluster: Cluster) -> list[str]:
@@ -94,13 +114,12 @@ def _a2a_kinds(cluster: Cluster) -> list[str]:
 
 
 def layer_options(model: MoEModel, cluster: Cluster, profile: Profile, clock: Clock,
-                  ev: Evaluator | None = None) -> list[tuple[float, dict]]:
-    """Step 2: one-layer sub-simulations. Returns (F + B µs, spec) pairs, best first; spec
-    holds at, a2a, r_fwd, r_bwd, a2a_fwd, a2a_bwd, dw and the per-layer F/B rankings.
+                  ev: Evaluator | None = None) -> list[tuple[float, LayerSpec]]:
+    """Step 2: one-layer sub-simulations. Returns (F + B µs, spec) pairs, best first.
     ``ev``: an evaluator of the one-layer model to share (when the model has one layer)."""
     m1 = replace(model, layers=1)
     ev = ev if ev is not None and ev.model == m1 else Evaluator(m1, cluster, profile)
-    out: list[tuple[float, dict]] = []
+    out: list[tuple[float, LayerSpec]] = []
     ats = [False] + ([True] if model.micro_batch > 1 else [])
     # r=1 with chunked attention is the unchunked graph: simulated once, shared.
     ones: dict[str, tuple[dict, dict]] = {}
@@ -132,20 +151,18 @@ def layer_options(model: MoEModel, cluster: Cluster, profile: Profile, clock: Cl
             bs = sorted(bwd.items(), key=lambda kv: (kv[1], kv[0][0]))[:3]
             for (rf, cf), f in fs:
                 for (rb, cb, dw), b in bs:
-                    out.append((f + b, {"at": at, "a2a": a2a, "r_fwd": rf, "r_bwd": rb, "a2a_fwd": cf,
-                                        "a2a_bwd": cb, "dw": dw,
-                                        "rb_alts": [k[0] for k, _ in sorted(bwd.items(), key=lambda kv: kv[1])
-                                                    if k[1:] == (cb, dw)]}))
+                    alts = tuple(k[0] for k, _ in sorted(bwd.items(), key=lambda kv: kv[1]) if k[1:] == (cb, dw))
+                    out.append((f + b, LayerSpec(at, a2a, rf, rb, cf, cb, dw, alts)))
             if clock.out():
                 return sorted(out, key=lambda x: x[0])
     return sorted(out, key=lambda x: x[0])
 
 
-def _uniform(model: MoEModel, spec: dict, **kw: object) -> tuple[Knobs, Rule]:
+def _uniform(model: MoEModel, spec: LayerSpec, **kw: object) -> tuple[Knobs, Rule]:
     L = model.layers
-    knobs = Knobs(r_fwd=(spec["r_fwd"],) * L, r_bwd=(spec["r_bwd"],) * L, at_chunked=spec["at"], a2a=spec["a2a"],
+    knobs = Knobs(r_fwd=(spec.r_fwd,) * L, r_bwd=(spec.r_bwd,) * L, at_chunked=spec.at, a2a=spec.a2a,
                   **kw)  # type: ignore[arg-type]
-    return knobs, Rule(spec["a2a_fwd"], spec["a2a_bwd"], spec["dw"], None)
+    return knobs, Rule(spec.a2a_fwd, spec.a2a_bwd, spec.dw, None)
 
 
 class _Best:
@@ -244,12 +261,14 @@ def _descent(model: MoEModel, ev: Evaluator, best: _Best, alts: list[int], clock
 
 
 def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None = None,
-           progress: Callable[[str], None] | None = None) -> Outcome:
+           progress: Callable[[str], None] | None = None, zero: int = 0) -> Outcome:
     """Run steps 1-5 (see the module docstring) and return the :class:`Outcome`.
 
-    Raises MoeschedError for infeasible requests (see :func:`check_feasible`).
+    Raises MoeschedError for infeasible requests (see :func:`check_feasible`) and when a
+    rank's memory under ZeRO stage ``zero`` exceeds the GPU (:func:`moesched.graph.check_memory`).
     """
     check_feasible(model, cluster, profile)
+    check_memory(model, cluster, profile, zero)
     clock = Clock(time_limit_s, progress)
     ev = Evaluator(model, cluster, profile)
     pub = published(model, cluster, profile, ev)
@@ -270,10 +289,9 @@ def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: fl
 
     options = layer_options(model, cluster, profile, clock, ev)
     clock.say(f"one-layer sub-simulations: {len(options)} combinations")
-    top: list[dict] = []
+    top: list[LayerSpec] = []
     for _, spec in options:
-        key = tuple(spec[k] for k in ("at", "a2a", "r_fwd", "r_bwd", "a2a_fwd", "a2a_bwd", "dw"))
-        if key not in [tuple(s[k] for k in ("at", "a2a", "r_fwd", "r_bwd", "a2a_fwd", "a2a_bwd", "dw")) for s in top]:
+        if spec.key() not in [s.key() for s in top]:
             top.append(spec)
         if len(top) >= TOP_K:
             break
@@ -298,8 +316,8 @@ def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: fl
             best.offer(knobs, rule, ev.step_us(knobs, rule), "search:grad")
         clock.say(f"gradient chunking: best {best.c.step_us / 1000:.3f} ms")
     if model.layers > 1 and best.r is not None and top and not clock.out():
-        spec = next((s for s in top if (s["at"], s["a2a"]) == (best.r.knobs.at_chunked, best.r.knobs.a2a)), top[0])
-        alts = [r for r in spec["rb_alts"] if r in (spec["rb_alts"][:3])]
+        spec = next((s for s in top if (s.at, s.a2a) == (best.r.knobs.at_chunked, best.r.knobs.a2a)), top[0])
+        alts = list(spec.rb_alts[:3])
         _descent(model, ev, best, alts, clock)
         clock.say(f"per-layer descent: best {best.c.step_us / 1000:.3f} ms")
     finalists = sorted(best.seen.values(), key=lambda c: c.step_us)
