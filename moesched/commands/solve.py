@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
@@ -30,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
-    parser.add_argument("--cluster", default=None,
-                        help="NODESxGPUS[/epN], e.g. 2x2 (default: the profile's hardware layout)")
+    add_cluster_arguments(parser)
     parser.add_argument("--out", required=True, help="plan JSON to write")
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="stop searching after S seconds and keep the best plan so far")
