@@ -165,6 +165,6 @@ def test_cli_cluster_beyond_the_profile(capsys: pytest.CaptureFixture) -> None:
     assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla", "--cluster", "32x8/ep8"]) == 0
     out = capsys.readouterr().out
     assert "network: dgx-h200, the default for NVIDIA H200" in out and "256 ranks" in out
-    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla", "--cluster", "4x8",
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla", "--cluster", "4x8/ep16",
                  "--network", "v100-ib100"]) == 0
     assert "network: v100-ib100 (collectives priced" in capsys.readouterr().out

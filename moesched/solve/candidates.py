@@ -87,8 +87,11 @@ class Evaluator:
                 continue
             total, size = int(a["work"]), knobs.grad_chunk_bytes or int(a["work"])
             count, last = -(-total // size), total - (-(-total // size) - 1) * size
-            cost = self.profile.comm_us
-            busy[r] += (count - 1) * cost("all_reduce", a["scope"], size) + cost("all_reduce", a["scope"], last)
+            role = "dp" if a["group"] == "dense" else "expert_dp"
+
+            def cost(n: int) -> float:
+                return collective_us(self.cluster, self.profile, "all_reduce", role, n)
+            busy[r] += (count - 1) * cost(size) + cost(last)
         return max(busy)
 
     def step_us(self, knobs: Knobs, priority: PriorityFn | Rule, starts: list[float] | None = None) -> float:
