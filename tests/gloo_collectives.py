@@ -10,7 +10,7 @@ import socket
 import statistics
 import time
 
-SIZES = (1 << 18, 1 << 20, 1 << 22, 1 << 24)
+SIZES = (1 << 20, 1 << 22, 1 << 24)
 REPS = 5
 
 
