@@ -17,7 +17,8 @@ op, scope      for communication: collective and group scope (profile keys); hop
                "intra"/"inter" for the two stages of a hierarchical all-to-all
 tokens         tokens of the chunk (compute and all-to-all tasks)
 work           FLOPs (compute) or bytes per rank (communication)
-duration_us    from the profile (0.0 when built without one)
+duration_us    from the profile, collectives through the cluster model (:mod:`moesched.collectives`)
+               on a cluster other than the profiled layout (0.0 when built without a profile)
 seq            creation index: a topological order (forward by layer, backward in
                reverse, gradient chunks last)
 group, offset_bytes, layers   for grad_ar: "dense" or "expert", byte range start in the
