@@ -145,11 +145,16 @@ _ROLE_GROUP = {"ep": "ep", "dp": "dp", "expert_dp": "expert_dp"}
 def collective_us(cluster: Cluster, profile: "Profile", op: str, role: str, nbytes: float,
                   shape: str | None = None) -> float:
     """µs of collective ``op`` with ``nbytes`` per rank over the group ``role`` ("ep",
-    "ep_intra", "ep_inter", "dp", "expert_dp"): the profile's measured per-scope price on
-    its own layout (in-situ all-to-alls of ``shape`` included), else the cluster model."""
+    "ep_intra", "ep_inter", "dp", "expert_dp"): the profile's measured per-scope price
+    (in-situ all-to-alls of ``shape`` included) on its own layout, and on another layout
+    for a group of exactly the shape a scope was measured on; else the cluster model."""
     model = comm_model(cluster, profile)
     if model is None:
         scope = cluster.scope(_ROLE_GROUP[role]) if role in _ROLE_GROUP else role.split("_")[1]
         return profile.a2a_us(scope, nbytes, shape) if op == "all_to_all" else profile.comm_us(op, scope, nbytes)
-    from moesched.collectives import cluster_group
-    return model.us(op, cluster_group(cluster.nodes, cluster.gpus_per_node, cluster.ep_size, role), nbytes)
+    from moesched.collectives import cluster_group, profile_groups
+    group = cluster_group(cluster.nodes, cluster.gpus_per_node, cluster.ep_size, role)
+    for scope, measured in profile_groups(profile).items():
+        if group == measured and scope in profile.comm.get(op, {}):
+            return profile.a2a_us(scope, nbytes, shape) if op == "all_to_all" else profile.comm_us(op, scope, nbytes)
+    return model.us(op, group, nbytes)

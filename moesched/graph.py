@@ -42,8 +42,7 @@ from collections import OrderedDict
 import networkx as nx
 
 from moesched import work
-from moesched.cluster import Cluster, check_setup, comm_model
-from moesched.collectives import cluster_group
+from moesched.cluster import Cluster, check_setup, collective_us, comm_model
 from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
@@ -127,8 +126,7 @@ class _Builder:
             if op == "all_to_all":
                 return self.p.a2a_us(scope, nbytes, self.shape)
             return self.p.comm_us(op, scope, nbytes)
-        c = self.c
-        return self.net.us(op, cluster_group(c.nodes, c.gpus_per_node, c.ep_size, role), nbytes)
+        return collective_us(self.c, self.p, op, role, nbytes, self.shape)
 
     def graph_attrs(self) -> dict[str, object]:
         p = self.p

@@ -37,7 +37,6 @@ KEYS = {"format", "version", "name", "description", "source", "gpu", "gpus_per_n
         "oversubscription"}
 #: Default preset per GPU name prefix (the profile's ``hardware.gpu``).
 DEFAULT_BY_GPU = (("NVIDIA H200", "dgx-h200"), ("NVIDIA H100", "dgx-h100"), ("Tesla V100", "v100-ib100"))
-FALLBACK_DEFAULT = "dgx-h200"
 
 
 @dataclass(frozen=True)
@@ -163,8 +162,10 @@ def load_network(path_or_name: str | os.PathLike) -> Network:
 
 
 def default_network_name(gpu: str) -> str:
-    """The preset for a profile measured on ``gpu`` (``hardware.gpu``)."""
+    """The preset for a profile measured on ``gpu`` (``hardware.gpu``); an error naming the
+    presets when none is made for that GPU."""
     for prefix, name in DEFAULT_BY_GPU:
         if gpu.startswith(prefix):
             return name
-    return FALLBACK_DEFAULT
+    raise MoeschedError(f"no network preset is the default for {gpu!r}; give --network PRESET|FILE "
+                        f"(presets: {', '.join(preset_names())})")

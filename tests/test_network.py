@@ -70,6 +70,14 @@ def test_unknown_or_invalid_network_files(tmp_path: Path, capsys: pytest.Capture
         assert_one_line_error(rc, capsys.readouterr().err)
 
 
+def test_no_default_network_for_a_cpu_profile(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla", "--profile", "cpu-gloo-2",
+               "--cluster", "2x2"])
+    cap = capsys.readouterr()
+    assert_one_line_error(rc, cap.err)
+    assert "no network preset is the default for 'CPU (x86_64)'" in cap.err and cap.out == ""
+
+
 def test_node_size_differs_without_intra_tier() -> None:
     c = Cluster(2, 8, network=replace(DGX, intra=None))
     with pytest.raises(MoeschedError, match="8 GPUs per node.*measured 4.*states no intra-node tier"):
@@ -168,3 +176,13 @@ def test_cli_cluster_beyond_the_profile(capsys: pytest.CaptureFixture) -> None:
     assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla", "--cluster", "4x8/ep16",
                  "--network", "v100-ib100"]) == 0
     assert "network: v100-ib100 (collectives priced" in capsys.readouterr().out
+
+
+def test_a_group_shaped_like_a_profiled_scope_keeps_its_measured_price() -> None:
+    from moesched.cluster import collective_us
+    c = Cluster(4, 2, network=load_network("h200x4-box"))  # the 2x2 profile's nodes, twice as many
+    for x in (1e5, 8e6, 3e8):
+        assert collective_us(c, TWO_NODES, "all_to_all", "ep_intra", x) == TWO_NODES.a2a_us("intra", x)
+        assert collective_us(c, TWO_NODES, "all_reduce", "ep_intra", x) == TWO_NODES.comm_us("all_reduce", "intra", x)
+        # the 4-node flat all-to-all has no measured counterpart: priced by the model, above the 2-node one
+        assert collective_us(c, TWO_NODES, "all_to_all", "ep", x) > TWO_NODES.a2a_us("world", x) * 0.9
