@@ -17,7 +17,8 @@ op, scope      for communication: collective and group scope (profile keys); hop
                "intra"/"inter" for the two stages of a hierarchical all-to-all
 tokens         tokens of the chunk (compute and all-to-all tasks)
 work           FLOPs (compute) or bytes per rank (communication)
-duration_us    from the profile (0.0 when built without one)
+duration_us    from the profile, collectives through the cluster model (:mod:`moesched.collectives`)
+               on a cluster other than the profiled layout (0.0 when built without a profile)
 seq            creation index: a topological order (forward by layer, backward in
                reverse, gradient chunks last)
 group, offset_bytes, layers   for grad_ar: "dense" or "expert", byte range start in the
@@ -41,7 +42,7 @@ from collections import OrderedDict
 import networkx as nx
 
 from moesched import memory, work
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, check_setup, collective_us, comm_model
 from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
@@ -112,6 +113,19 @@ class _Builder:
         self.hier = not (knobs.a2a == "flat" or cluster.nodes == 1 or cluster.gpus_per_node == 1 or scope == "intra")
         # (kind, tokens) -> (FLOPs, µs); ("a2a", tokens) -> ((scope, bytes, µs) per hop)
         self.costs: dict[tuple[str, object], tuple] = {}
+        # collectives: the profile's per-scope prices on its own layout, else the cluster model
+        self.net = None if profile is None else comm_model(cluster, profile)
+
+    def comm_us(self, op: str, scope: str, role: str, nbytes: float) -> float:
+        """µs of collective ``op`` with ``nbytes`` per rank over the group ``role`` (see
+        :func:`moesched.collectives.cluster_group`) whose profile scope is ``scope``."""
+        if self.p is None:
+            return 0.0
+        if self.net is None:
+            if op == "all_to_all":
+                return self.p.a2a_us(scope, nbytes, self.shape)
+            return self.p.comm_us(op, scope, nbytes)
+        return collective_us(self.c, self.p, op, role, nbytes, self.shape)
 
     def graph_attrs(self) -> dict[str, object]:
         p = self.p
@@ -158,9 +172,10 @@ class _Builder:
             ep, G = self.c.ep_size, self.c.gpus_per_node
             hops = work.a2a_hops(work.a2a_bytes(self.m, tokens), ep // G if self.hier else 1, G if self.hier else ep,
                                  self.ep_scope, self.hier)
+            roles = ("ep_intra", "ep_inter") if self.hier else ("ep",)
             hit = self.costs[("a2a", tokens)] = tuple(
-                (h.scope, h.buffer_bytes, 0.0 if self.p is None else self.p.a2a_us(h.scope, float(h.buffer_bytes),
-                                                                                     self.shape)) for h in hops)
+                (h.scope, h.buffer_bytes, self.comm_us("all_to_all", h.scope, role, float(h.buffer_bytes)))
+                for h, role in zip(hops, roles))
         last = deps
         for scope, nbytes, us in (hit if forward_order else tuple(reversed(hit))):
             hop = scope if self.hier else None
@@ -255,12 +270,12 @@ class _Builder:
         for col in ("names", "res", "dur", "kind", "phase", "layer", "layers", "preds"):
             setattr(b, col, list(getattr(self, col)))
         m, c = self.m, self.c
-        b.grad_chunks("dense", work.dense_grad_bytes(m), c.scope("dp"))
+        b.grad_chunks("dense", work.dense_grad_bytes(m), c.scope("dp"), "dp")
         if c.expert_dp > 1:
-            b.grad_chunks("expert", work.expert_grad_bytes(m, c.ep_size), c.scope("expert_dp"))
+            b.grad_chunks("expert", work.expert_grad_bytes(m, c.ep_size), c.scope("expert_dp"), "expert_dp")
         return b
 
-    def grad_chunks(self, group: str, bytes_per_layer: int, scope: str) -> None:
+    def grad_chunks(self, group: str, bytes_per_layer: int, scope: str, role: str) -> None:
         """Cut the group's gradients (last layer first) into chunks of S_p bytes.
 
         With small S_p a step has thousands of chunks, all but the last of one size: the
@@ -272,8 +287,7 @@ class _Builder:
         count = -(-total // size)
         size_last = total - (count - 1) * size
         ready = self.ready[group]
-        cost = {n: 0.0 if self.p is None else self.p.comm_us("all_reduce", scope, float(n))
-                for n in dict.fromkeys((size, size_last))}
+        cost = {n: self.comm_us("all_reduce", scope, role, float(n)) for n in dict.fromkeys((size, size_last))}
         spans: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         per = []  # (layers, predecessors) of each chunk
         for i in range(count):
@@ -364,11 +378,11 @@ def _builder(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: 
     """Check the request, then build; with ``cached``, the body comes from (or goes to) a
     per-process cache keyed like :func:`moesched.schedules.base.compiled_graph`'s (the
     profile by identity: profiles are not mutated)."""
-    cluster.check_model(model.experts)
+    if profile is None:
+        cluster.check_model(model.experts)
+    else:
+        check_setup(model.experts, cluster, profile)
     knobs.check(model.layers, model.tokens, model.micro_batch)
-    if profile is not None and (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
-        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
-                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
     if not cached:
         return _Builder(model, cluster, profile, knobs).body().with_grads(knobs)
     key = (id(profile), model, cluster, knobs.r_fwd, knobs.r_bwd, knobs.at_chunked, knobs.a2a)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import networkx as nx
 
 from moesched import work
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, collective_us
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 from moesched.profile import Profile
@@ -90,8 +90,9 @@ def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Pro
                                         for r in range(R)]
         elif kind in A2A_KINDS and a.get("hop") is None:
             recv, sent = shares[a["layer"]]
-            a["duration_by_rank_us"] = [profile.a2a_us(a["scope"], float(a["work"]) * max(recv[r % ep], sent[r % ep]),
-                                                       shape) for r in range(R)]
+            a["duration_by_rank_us"] = [collective_us(cluster, profile, "all_to_all", "ep",
+                                                      float(a["work"]) * max(recv[r % ep], sent[r % ep]), shape)
+                                        for r in range(R)]
     return g
 
 

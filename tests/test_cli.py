@@ -12,6 +12,7 @@ import pytest
 from moesched import schedules
 from moesched.cli import main
 from moesched.models import PRESETS
+from moesched.network import NETWORKS_DIR
 from moesched.profile import PROFILES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +111,14 @@ def test_models_and_schedules_subprocess() -> None:
 
 def bad_inputs(tmp: Path) -> dict[str, list[str]]:
     (tmp / "malformed.json").write_text('{"format": "moesched.profile",')
+    nointra = json.loads((NETWORKS_DIR / "dgx-h200.json").read_text())
+    nointra["intra"] = None
+    (tmp / "nointra.json").write_text(json.dumps(nointra))
     sim = ["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla"]
     return {
         "unknown model": ["simulate", "--model", "GPT-9"],
         "bad cluster": sim + ["--cluster", "2by2"],
-        "cluster not matching profile": sim + ["--cluster", "2x2"],
+        "cluster not matching profile": sim + ["--cluster", "2x8", "--network", str(tmp / "nointra.json")],
         "malformed profile": sim + ["--profile", str(tmp / "malformed.json")],
         "missing profile": sim + ["--profile", str(tmp / "missing.json")],
         "unknown schedule": ["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla,fastmoe"],
@@ -147,7 +151,7 @@ def test_bad_input_in_process(case: str, tmp_path: Path, capsys: pytest.CaptureF
     cap = capsys.readouterr()
     assert_one_line_error(rc, cap.err)
     assert cap.out == ""  # refused before anything was printed
-    assert list(tmp_path.iterdir()) == ([tmp_path / "malformed.json"])
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "malformed.json", tmp_path / "nointra.json"]
 
 
 def test_default_profile_name_from_help_resolves(tmp_path: Path, capsys: pytest.CaptureFixture,

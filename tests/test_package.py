@@ -37,6 +37,8 @@ def test_wheel_ships_every_profile(wheel: Path) -> None:
     shipped = sorted(p.name for p in (ROOT / "profiles").glob("*.json"))
     assert shipped and all(f"moesched/profiles/{n}" in names for n in shipped), sorted(names)[:20]
     assert "moesched/cli.py" in names and "executor/run.py" in names
+    presets = sorted(p.name for p in (ROOT / "moesched" / "networks").glob("*.json"))
+    assert presets and all(f"moesched/networks/{n}" in names for n in presets), presets
 
 
 def test_installed_wheel_resolves_profiles_from_anywhere(wheel: Path, tmp_path: Path) -> None:

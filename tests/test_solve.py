@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from moesched.cli import main
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
+from moesched.network import NETWORKS_DIR
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
@@ -166,12 +168,18 @@ def test_time_limit_returns_a_plan(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--model", "Mixtral-8x22B", "--profile", str(NVLINK)],                  # does not fit in memory
-    ["--model", "GPT2-Tiny-MoE", "--profile", str(TWO_NODES), "--cluster", "1x4"],  # wrong cluster
+    ["--model", "GPT2-Tiny-MoE", "--profile", str(TWO_NODES), "--cluster", "1x4", "--network", "NOINTRA"],
+    # another node size and no intra-node tier stated
     ["--model", "GPT2-Tiny-MoE", "--profile", str(NVLINK), "--cluster", "1x4/ep3"],  # bad EP
     ["--model", "NoSuchModel", "--profile", str(NVLINK)],
 ])
 def test_infeasible_exits_2_with_one_line(tmp_path, capsys, argv) -> None:
     out = tmp_path / "plan.json"
+    if "NOINTRA" in argv:
+        net = json.loads((NETWORKS_DIR / "dgx-h200.json").read_text())
+        net["intra"] = None
+        (tmp_path / "nointra.json").write_text(json.dumps(net))
+        argv = [str(tmp_path / "nointra.json") if a == "NOINTRA" else a for a in argv]
     assert main(["solve", *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moesched: error:") and "\n" not in err

@@ -1,13 +1,17 @@
-"""What several commands resolve from their flags: the model, the profile and the cluster."""
+"""What several commands resolve from their flags: the model, the profile, the cluster and
+its network, checked together once (:func:`moesched.cluster.check_setup`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from moesched.cluster import Cluster
+from dataclasses import replace
+
+from moesched.cluster import Cluster, check_setup
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
+from moesched.network import default_network_name, load_network
 from moesched.profile import Profile, default_profile_path, resolve_profile_path
 
 #: Most layers ``--layers`` accepts (the presets have at most a few dozen).
@@ -32,6 +36,8 @@ def check_command_outputs(args: argparse.Namespace, outputs: dict[str, str | Non
     given = dict(inputs or {})
     if hasattr(args, "profile"):
         given["--profile"] = str(profile_path(args))
+    if getattr(args, "network", None) and Path(args.network).exists():
+        given["--network"] = str(args.network)
     check_outputs(outputs, given)
 
 
@@ -49,5 +55,43 @@ def resolve(args: argparse.Namespace) -> tuple[MoEModel, Profile, Cluster]:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
     model = MoEModel.from_name(args.model, **({"layers": layers} if layers is not None else {}))
     profile = load_profile(args)
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    cluster = resolve_cluster(args, profile)
+    check_setup(model.experts, cluster, profile)
+    note = network_note(args, cluster, profile)
+    if note:
+        print(note)
     return model, profile, cluster
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser, example: str = "1x4") -> None:
+    """``--cluster`` and ``--network``, shared by simulate, solve and sweep."""
+    parser.add_argument("--cluster", default=None,
+                        help=f"NODESxGPUS[/epN], e.g. {example} or 32x8 (default: the profile's hardware layout)")
+    parser.add_argument("--network", default=None, metavar="PRESET|FILE",
+                        help="links of a cluster other than the profiled layout: a preset (`moesched clusters`) "
+                             "or a network JSON file (default: the preset matching the profile's GPU)")
+
+
+def resolve_cluster(args: argparse.Namespace, profile: Profile) -> Cluster:
+    """``--cluster`` (default: the profile's layout) with its network: ``--network``, or the
+    default preset for the profile's GPU when the cluster is not the profiled layout. The
+    profile's own layout keeps its measured per-scope prices (:func:`network_note`)."""
+    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    name = getattr(args, "network", None)
+    if name is None and cluster.same_layout(profile):
+        return cluster
+    net = load_network(name if name is not None else default_network_name(str(profile.hardware["gpu"])))
+    return replace(cluster, network=net)
+
+
+def network_note(args: argparse.Namespace, cluster: Cluster, profile: Profile) -> str | None:
+    """The line saying which network prices the collectives (None on the profiled layout
+    without ``--network``)."""
+    if cluster.network is None:
+        return None
+    if cluster.same_layout(profile):
+        return f"network: {cluster.network.name} (not used: on its own layout the profile's measured prices hold)"
+    how = "" if getattr(args, "network", None) is not None else \
+        f", the default for {profile.hardware['gpu']}; --network to choose"
+    return (f"network: {cluster.network.name}{how} (collectives priced by the cluster model, calibrated on "
+            f"profile {profile.name})")

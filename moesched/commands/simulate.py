@@ -7,7 +7,7 @@ import sys
 from moesched import schedules
 from moesched.cluster import Cluster
 from moesched.commands.models import format_table
-from moesched.commands.setup import check_command_outputs, resolve
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs, resolve
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.models import MoEModel
@@ -23,8 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model preset (see `moesched models`)")
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
-    parser.add_argument("--cluster", default=None,
-                        help="NODESxGPUS[/epN], e.g. 1x4 (default: the profile's hardware layout)")
+    add_cluster_arguments(parser)
     parser.add_argument("--schedules", default="all", help="comma list of policies, or 'all' (default)")
     parser.add_argument("--trace", default=None, help="write a Chrome trace (Perfetto) of the fastest schedule")
     parser.add_argument("--png", default=None, help="write a Gantt chart PNG of the fastest schedule vs vanilla")
@@ -47,10 +46,6 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--trace": args.trace, "--png": args.png})
     names = _schedule_names(args.schedules)
     model, profile, cluster = resolve(args)
-    if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
-        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
-                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
-    cluster.check_model(model.experts)
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
     print(f"profile: {profile.name} ({note}) from {args.profile if args.profile is not None else default_profile_path()}")
     print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")

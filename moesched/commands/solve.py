@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.memory import GB, ZERO_STAGES
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
-    parser.add_argument("--cluster", default=None,
-                        help="NODESxGPUS[/epN], e.g. 2x2 (default: the profile's hardware layout); "
-                             "without /epN the solver chooses the expert-parallel size")
+    add_cluster_arguments(parser)
     parser.add_argument("--zero", type=int, default=0, choices=ZERO_STAGES,
                         help="ZeRO stage of the memory model: 0 none, 1 optimizer state sharded over "
                              "data-parallel ranks, 2 gradients too (default 0)")

@@ -10,8 +10,8 @@ import os
 import sys
 import time
 
-from moesched.cluster import Cluster
-from moesched.commands.setup import check_command_outputs, load_profile
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs, load_profile, network_note, resolve_cluster
+from moesched.cluster import comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
 from moesched.profile import default_profile_path
@@ -23,8 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", required=True, choices=("schemoe675", "fsmoe1458"), help="layer grid")
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
-    parser.add_argument("--cluster", default=None,
-                        help="NODESxGPUS[/epN] (default: the profile's hardware layout); E = world size")
+    add_cluster_arguments(parser)
     parser.add_argument("--out", default=None, help="CSV to write (one row per layer)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N grid entries")
     parser.add_argument("--workers", type=int, default=None,
@@ -40,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and not 1 <= args.workers <= 256:
         raise MoeschedError(f"--workers must be between 1 and 256, got {args.workers}")
     profile = load_profile(args)
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
-    if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
-        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
-                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
+    cluster = resolve_cluster(args, profile)
+    comm_model(cluster, profile)  # the network can price this cluster
     if args.limit is not None and args.limit <= 0:
         raise MoeschedError(f"--limit must be positive, got {args.limit}")
     models = grids.grid(args.grid, cluster.world)[: args.limit]
@@ -57,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
           f"{cluster.label()}, {elapsed:.1f} s ({workers} workers); profile {profile.name} ({note})")
     for name, why in skipped[:3]:
         print(f"  skipped {name}: {why}")
+    note = network_note(args, cluster, profile)
+    if note:
+        print(note)
     if rows:
         print(sweep.format_summary(sweep.summary(rows)))
     if args.out:

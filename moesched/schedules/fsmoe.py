@@ -13,7 +13,7 @@ backward; r_bwd is re-solved once with the t_gar each layer received.
 """
 from __future__ import annotations
 
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, collective_us
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
@@ -84,7 +84,7 @@ def schedule(model: MoEModel, cluster: Cluster, profile: Profile) -> Schedule:
     gap = min((x for x in (t_dense, t_moe / rb0) if x > 0), default=0.0)
     olp = [t_dense + t_moe] * L
     groups = grad_groups(model, cluster)
-    sizes = {ar_bytes_within(profile, groups[0][2], t, sum(b * L for _, b, _ in groups)) for t in (gap, olp[0])}
+    sizes = {ar_bytes_within(cluster, profile, "dp", t, sum(b * L for _, b, _ in groups)) for t in (gap, olp[0])}
     sizes |= {max(b for _, b, _ in groups)}
     plans = [partition(model, cluster, profile, olp, s) for s in sorted(x for x in sizes if x > 0)]
     chunk, window, tgar, n, rem = min(plans, key=lambda p: (p[4], p[3], p[0]))
@@ -111,7 +111,7 @@ def partition(model: MoEModel, cluster: Cluster, profile: Profile, t_olp_us: lis
         size, off, i = min(s, per_layer * L), 0, 0
         while off < per_layer * L:
             n = min(size, per_layer * L - off)
-            chunks.append(((off + n - 1) // per_layer, gi, i, f"G.{grp}.k{i}", profile.comm_us("all_reduce", scope, n)))
+            chunks.append(((off + n - 1) // per_layer, gi, i, f"G.{grp}.k{i}", collective_us(cluster, profile, "all_reduce", "dp" if grp == "dense" else "expert_dp", n)))
             off, i = off + n, i + 1
     chunks.sort()
     window: dict[str, int] = {}

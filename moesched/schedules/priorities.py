@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Sequence
 import networkx as nx
 
 from moesched import work
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, collective_us
 from moesched.knobs import MAX_DEGREE
 from moesched.models import MoEModel
 from moesched.profile import Profile
@@ -41,7 +41,7 @@ def t_a2a_us(model: MoEModel, cluster: Cluster, profile: Profile, r: int) -> flo
     """Per-chunk all-to-all time t_a2a,r at degree r: flat all-to-all of one chunk's bytes
     over the EP group (FSMoE Eq. 1 evaluated with the profile instead of a line)."""
     nbytes = work.a2a_bytes(model, model.tokens // r)
-    return profile.a2a_us(cluster.scope("ep"), nbytes, model.shape_key())
+    return collective_us(cluster, profile, "all_to_all", "ep", nbytes, model.shape_key())
 
 
 def t_exp_us(model: MoEModel, profile: Profile, r: int, backward: bool) -> float:
@@ -77,17 +77,20 @@ def n_grad_chunks(model: MoEModel, cluster: Cluster, chunk_bytes: int | None) ->
     return total
 
 
-def ar_bytes_within(profile: Profile, scope: str, budget_us: float, hi: int) -> int:
-    """Largest byte count n <= hi with t_ar(n) <= budget_us: FSMoE's g^inv (Sec. 2.2),
-    by bisection since profile costs may be piecewise (t_ar is nondecreasing)."""
-    if budget_us <= 0 or profile.comm_us("all_reduce", scope, 1) > budget_us:
+def ar_bytes_within(cluster: Cluster, profile: Profile, role: str, budget_us: float, hi: int) -> int:
+    """Largest byte count n <= hi with t_ar(n) <= budget_us over the group ``role``: FSMoE's
+    g^inv (Sec. 2.2), by bisection since profile costs may be piecewise (t_ar is nondecreasing)."""
+    def t_ar(n: int) -> float:
+        return collective_us(cluster, profile, "all_reduce", role, n)
+
+    if budget_us <= 0 or t_ar(1) > budget_us:
         return 0
     lo, up = 1, max(1, hi)
-    if profile.comm_us("all_reduce", scope, up) <= budget_us:
+    if t_ar(up) <= budget_us:
         return up
     while up - lo > 1:
         mid = (lo + up) // 2
-        lo, up = (mid, up) if profile.comm_us("all_reduce", scope, mid) <= budget_us else (lo, mid)
+        lo, up = (mid, up) if t_ar(mid) <= budget_us else (lo, mid)
     return lo
 
 

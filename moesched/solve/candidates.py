@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from moesched import work
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, collective_us
 from moesched.errors import MoeschedError
 from moesched.knobs import MAX_DEGREE, Knobs
 from moesched.models import MoEModel
@@ -41,7 +41,7 @@ def closed_form_us(model: MoEModel, cluster: Cluster, profile: Profile, r: int, 
     flat all-to-all of 1/r of the bytes and t_e the experts on 1/r of the tokens (dX + dW
     in backward)."""
     toks = model.tokens // r
-    ta = profile.a2a_us(cluster.scope("ep"), work.a2a_bytes(model, toks), model.shape_key())
+    ta = collective_us(cluster, profile, "all_to_all", "ep", work.a2a_bytes(model, toks), model.shape_key())
     fl = work.expert_fwd_flops(model, toks)
     te = profile.compute_us("expert_fwd", fl)
     if backward:
@@ -87,8 +87,11 @@ class Evaluator:
                 continue
             total, size = int(a["work"]), knobs.grad_chunk_bytes or int(a["work"])
             count, last = -(-total // size), total - (-(-total // size) - 1) * size
-            cost = self.profile.comm_us
-            busy[r] += (count - 1) * cost("all_reduce", a["scope"], size) + cost("all_reduce", a["scope"], last)
+            role = "dp" if a["group"] == "dense" else "expert_dp"
+
+            def cost(n: int) -> float:
+                return collective_us(self.cluster, self.profile, "all_reduce", role, n)
+            busy[r] += (count - 1) * cost(size) + cost(last)
         return max(busy)
 
     def step_us(self, knobs: Knobs, priority: PriorityFn | Rule, starts: list[float] | None = None) -> float:

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from moesched.cluster import Cluster
+from moesched.cluster import Cluster, check_setup
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.knobs import Knobs
@@ -81,11 +81,9 @@ def _shape(k: Knobs) -> tuple:
 
 def check_feasible(model: MoEModel, cluster: Cluster, profile: Profile) -> None:
     """Raise MoeschedError when the model cannot run on the cluster: experts not divisible
-    over the EP group, or a profile of another shape."""
-    cluster.check_model(model.experts)
-    if (profile.nodes, profile.gpus_per_node) != (cluster.nodes, cluster.gpus_per_node):
-        raise MoeschedError(f"profile {profile.name} was measured on {profile.nodes}x{profile.gpus_per_node} "
-                            f"but the cluster is {cluster.nodes}x{cluster.gpus_per_node}")
+    over the EP group, or a cluster the profile and network cannot price
+    (:func:`moesched.cluster.check_setup`). GPU memory is checked by :func:`search`."""
+    check_setup(model.experts, cluster, profile)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The shipped network presets (``*.json``, :mod:`moesched.network`)."""
