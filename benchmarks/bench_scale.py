@@ -33,7 +33,7 @@ from moesched.schedules.base import evaluate, executed_timeline  # noqa: E402
 from moesched.solve.api import solve  # noqa: E402
 
 
-def bench(model: MoEModel, cluster: Cluster, profile: Profile) -> dict[str, float]:
+def bench(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) -> dict[str, float]:
     t0 = time.perf_counter()
     check_setup(model.experts, cluster, profile)
     c = build_compiled(model, cluster, profile, Knobs.uniform(model.layers, 1))
@@ -43,7 +43,7 @@ def bench(model: MoEModel, cluster: Cluster, profile: Profile) -> dict[str, floa
         ev = evaluate(model, cluster, profile, schedules.get(name).schedule(model, cluster, profile))
         steps[name] = executed_timeline(model, cluster, profile, ev).makespan_us
     t2 = time.perf_counter()
-    res = solve(model, cluster, profile)
+    res = solve(model, cluster, profile, zero=zero)
     t3 = time.perf_counter()
     grads = sum(d for d, k in zip(c._dur1, c.kind) if k == "grad_ar")  # one rank's durations (µs)
     return {"build_s": t1 - t0, "published_s": t2 - t1, "solve_s": t3 - t2, "tasks": float(len(c.dur)),
@@ -57,14 +57,16 @@ def main() -> int:
     ap.add_argument("--profile", default="h200x4-nvlink")
     ap.add_argument("--network", default="dgx-h200")
     ap.add_argument("--clusters", default="1x8/ep8,16x8/ep8,128x8/ep8")
+    ap.add_argument("--zero", type=int, default=1, choices=(0, 1, 2),
+                    help="ZeRO stage of the memory check (default 1: Mixtral-8x7B needs it on H200)")
     args = ap.parse_args()
     model, profile, net = MoEModel.from_name(args.model), Profile.load(args.profile), load_network(args.network)
-    print(f"{model.name} ({model.layers} layers), profile {profile.name}, network {net.name}")
+    print(f"{model.name} ({model.layers} layers), profile {profile.name}, network {net.name}, ZeRO-{args.zero}")
     print(f"{'cluster':>12} {'GPUs':>5} {'tasks':>6} {'build s':>8} {'7 published s':>14} {'solve s':>8} "
           f"{'vanilla ms':>11} {'best published ms':>18} {'solved ms':>10} {'grad AR ms':>11}")
     for text in args.clusters.split(","):
         cluster = replace(Cluster.parse(text), network=net)
-        r = bench(model, cluster, profile)
+        r = bench(model, cluster, profile, args.zero)
         print(f"{cluster.label():>12} {cluster.world:>5} {int(r['tasks']):>6} {r['build_s']:>8.2f} "
               f"{r['published_s']:>14.2f} {r['solve_s']:>8.2f} {r['vanilla_ms']:>11.1f} "
               f"{r['best_published_ms']:>18.1f} {r['solved_ms']:>10.1f} {r['grad_ar_ms']:>11.1f}")
