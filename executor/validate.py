@@ -275,7 +275,7 @@ def _prediction_columns(plan: Plan, profile: Profile, pred, routed, med: float) 
 
 
 def ops_only(profile: Profile) -> Profile:
-    """``profile`` pricing every compute task by its operators (:mod:`moesched.costs.optables`):
+    """``profile`` pricing every compute task by its operators (:mod:`moesched.optables`):
     the per-shape compute curves dropped, the in-situ all-to-alls kept."""
     from moesched.kinds import ALL_COMPUTE_KINDS
     shapes = {s: {k: c for k, c in by.items() if k not in ALL_COMPUTE_KINDS} for s, by in profile.shapes.items()}

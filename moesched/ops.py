@@ -5,7 +5,7 @@ model and the executor's tests (torch-free).
 :mod:`executor.tasks` (with :mod:`executor.ffn`) launches, with their shapes: GEMMs,
 grouped expert GEMMs, scaled-dot-product attention, and memory-bound kernels by the bytes
 they move. The profile prices each operator from its measured tables
-(:mod:`moesched.costs.optables`) and a task costs the sum. ``tests/test_ops.py`` records the
+(:mod:`moesched.optables`) and a task costs the sum. ``tests/test_ops.py`` records the
 matrix products the executor's task functions really run (CPU, fp32) and checks that they
 equal this recipe's GEMMs, so the recipe, the executor and the profiler cannot drift apart.
 

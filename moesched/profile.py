@@ -14,7 +14,7 @@ Format (JSON, version 1, exact keys, units in names)::
                       "by_op": {"all_reduce": {"compute_slowdown": 1.1, "comm_slowdown": 1.4}}},  # by_op optional
      "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...},            # optional
      "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}},  # optional, see moesched.host
-     "ops": {"tables": {...}, "correction": {...}}}             # optional, see moesched.costs.optables
+     "ops": {"tables": {...}, "correction": {...}}}             # optional, see moesched.optables
 
 ``shapes`` (optional) holds compute costs measured on one model shape
 (``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
@@ -30,7 +30,7 @@ all-to-alls up to 2.3x above what the executor sees (``docs/results.md``).
 A compute task's cost, in order of precedence: the curve measured on its model shape
 (``shapes``, with its in-situ factor); else, when the profile has operator tables
 (``ops``) for the model's dtype, the sum of its operators' costs
-(:mod:`moesched.ops`, :mod:`moesched.costs.optables`); else the per-kind line (``compute``).
+(:mod:`moesched.ops`, :mod:`moesched.optables`); else the per-kind line (``compute``).
 A profile without ``ops`` (every profile measured before operator tables) prices as before.
 
 ``points`` and ``r2`` are optional. With points, the cost is interpolated piecewise
@@ -56,7 +56,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
-from moesched.costs.optables import OpTables
+from moesched.optables import OpTables
 
 if TYPE_CHECKING:
     from moesched.models import MoEModel
@@ -168,7 +168,7 @@ class Profile:
     host: "HostCosts | None" = None  # host issue costs (moesched.host), measured on GPUs
     #: collective -> (compute_slowdown, comm_slowdown) where it differs from the top pair
     interference_by_op: dict[str, tuple[float, float]] = field(default_factory=dict)
-    ops: "OpTables | None" = None  # operator tables (moesched.costs.optables)
+    ops: "OpTables | None" = None  # operator tables (moesched.optables)
 
     def compute_us(self, kind: str, flops: float, shape: str | None = None, model: "MoEModel | None" = None,
                    ep: int = 1) -> float:

@@ -40,7 +40,8 @@ from moesched.cluster import Cluster
 from moesched.configs import models_from_spec
 from moesched.costs.build import profile_from_samples
 from moesched.costs.calibrate import with_host
-from moesched.costs.optables import OpTables, fit_correction
+from moesched.costs.fit import fit_correction
+from moesched.optables import OpTables
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
 from moesched.models import MoEModel

@@ -1,4 +1,4 @@
-"""Operator tables of the profile (:mod:`moesched.costs.optables`): GEMMs, grouped expert
+"""Operator tables of the profile (:mod:`moesched.optables`): GEMMs, grouped expert
 GEMMs, scaled-dot-product attention and memory-bound kernels timed over grids, per dtype.
 
 Each operator is timed as the executor's task functions launch it (:mod:`moesched.ops` lists

@@ -14,7 +14,7 @@ collective waits for the slowest rank. Three corrections come from the calibrati
   waiting for the host, which the host model prices) and with no collective beside them
   (so not slowed by interference, which ``compute_slowdown`` prices).
   That shape's costs of the kind are scaled by it; the per-kind fallback costs (line and
-  operator composition, :mod:`moesched.costs.optables`) by the median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
+  operator composition, :mod:`moesched.optables`) by the median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
   routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
   does not hold.
 

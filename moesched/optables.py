@@ -4,7 +4,7 @@ The profiler (:mod:`executor.profiling.ops`) times GEMMs, grouped expert GEMMs, 
 and memory-bound kernels over grids per dtype; a task of any model shape then costs the sum
 of its operators (:func:`moesched.ops.task_ops`), each interpolated in its table, times a
 per-kind correction fitted on the profiled shapes' measured tasks
-(:func:`fit_correction`: what the recipe leaves out, such as launch gaps between kernels).
+(:func:`moesched.costs.fit.fit_correction`: what the recipe leaves out, such as launch gaps between kernels).
 
 Profile section (optional key ``ops``)::
 
@@ -93,7 +93,7 @@ class GridTable:
                 p.append(hi if up else lo)
             if w > 0:
                 total += w * self._log_at(tuple(p))
-        return math.exp(total + scale)
+        return math.exp(min(total + scale, 690.0))  # beyond ~1e300 µs: held there
 
 
 def _rows(x: Any, width: int, where: str) -> list[tuple[float, ...]]:
@@ -103,7 +103,7 @@ def _rows(x: Any, width: int, where: str) -> list[tuple[float, ...]]:
     out = []
     for i, r in enumerate(x):
         if not isinstance(r, list) or len(r) != width or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1e30
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e30
                 for v in r):
             raise MoeschedError(f"profile: {where}[{i}] must be {width} finite non-negative numbers")
         if r[-1] <= 0:
@@ -245,7 +245,7 @@ class OpTables:
         corr = {}
         for k, c in corr_d.items():
             ok = isinstance(c, dict) and set(c) == {"alpha_us", "scale"} and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in c.values())
+                isinstance(v, (int, float)) and not isinstance(v, bool) and -1e30 <= v <= 1e30 for v in c.values())
             if not ok or not (0 <= c["alpha_us"] <= 1e9 and 0 < c["scale"] <= 1e3):
                 raise MoeschedError(f"profile: ops.correction.{k} must be {{alpha_us: 0..1e9, scale: (0, 1000]}}")
             corr[k] = (float(c["alpha_us"]), float(c["scale"]))
@@ -287,18 +287,3 @@ class OpTables:
             a, s = corr.get(k, (0.0, 1.0))
             corr[k] = (a * f, s * f)
         return OpTables(self.tables, corr, self.runs_as)
-
-
-def fit_correction(pairs: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[float, float]]:
-    """Per kind, (alpha µs, scale) of measured = alpha + scale * composed, least squares on
-    relative error over (composed µs, measured µs) pairs of the profiled shapes
-    (:func:`moesched.costs.fit.fit_line`); kinds with fewer than 3 pairs keep (0, 1)."""
-    from moesched.costs.fit import fit_line
-    out = {}
-    for kind, ps in pairs.items():
-        ps = [(c, m) for c, m in ps if c > 0 and m > 0]
-        if len(ps) >= 3:
-            line = fit_line([c for c, _ in ps], [m for _, m in ps])
-            if line.beta > 0:
-                out[kind] = (round(line.alpha_us, 4), round(line.beta, 6))
-    return out
