@@ -161,7 +161,7 @@ def measure_ops(ctx: Any, dtypes: list[str], quick: bool, reps: int = 5, warmup:
             try:
                 fn = closure(table, key, tdt, ctx.device)
                 us = time_us(ctx, fn, reps, warmup)
-            except (RuntimeError, NotImplementedError):   # an operator this device lacks
+            except (RuntimeError, NotImplementedError, ValueError, TypeError):  # an operator or size this device lacks
                 continue
             finally:
                 fn = None
