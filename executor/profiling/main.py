@@ -7,7 +7,10 @@ uneven splits, all-reduce, all-gather, reduce-scatter) over message sizes on eac
 scope (intra, inter, world); (c) interference of compute and a collective running at the
 same time; (d) the per-task overhead at a tiny size; (e) a replay check on points held
 out of the fit (:mod:`executor.profiling.measure`); (f) on GPUs, the host issue cost of
-every task kind from real executor steps (:mod:`executor.profiling.host`). Medians of
+every task kind from real executor steps (:mod:`executor.profiling.host`); (g) the operator
+tables (GEMMs, grouped GEMMs, attention, memory-bound kernels per dtype,
+:mod:`executor.profiling.ops`), from which task costs of unprofiled shapes are composed
+(:mod:`moesched.ops`, :mod:`moesched.optables`), with a per-kind correction fitted on (a). Medians of
 ``reps`` runs after warm-up: CUDA events on GPU (a barrier before each collective),
 ``perf_counter`` on CPU. Rank 0 fits (:mod:`moesched.costs`) and writes the profile
 atomically at the very end, so a failed run leaves the old file intact.
