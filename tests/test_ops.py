@@ -199,3 +199,42 @@ def test_mutated_ops_sections_price_or_fail_in_one_line() -> None:
                 assert "\n" not in str(e)
                 continue
             assert math.isfinite(us) and us >= 0
+
+
+class _Ranks:
+    """One CPU rank, as the profiler's context looks to the timing functions."""
+
+    cuda, rank, world, device = False, 0, 1, torch.device("cpu")
+
+    def sync(self) -> None: ...
+
+    def barrier(self) -> None: ...
+
+    def gather(self, obj):
+        return [obj]
+
+
+def test_profiler_operator_tables_load_and_price() -> None:
+    """The profiler's CPU --quick operator grid gives tables a profile accepts, which price
+    every kind of a model (fp32, as the CPU runs it)."""
+    from executor.profiling.ops import items_for, measure_ops
+    assert len(items_for("fp32", False, True)) <= 150
+    tables = measure_ops(_Ranks(), ["fp32"], quick=True, reps=1, warmup=0)
+    p = _profile({"tables": tables, "runs_as": "fp32"})
+    m = _model(seq_len=16, micro_batch=4)
+    from moesched import work
+    assert p.compute_us("expert_fwd", work.expert_fwd_flops(m, 64), None, m) > 0
+    for kind in ALL_COMPUTE_KINDS:  # one timed run per point on a shared CPU: positive, not ordered
+        us = p.compute_us(kind, work.attn_bwd_flops(m, 64), None, m)
+        assert math.isfinite(us) and us > 0 and us != p.compute[kind](work.attn_bwd_flops(m, 64))
+
+
+def test_validate_pricing_columns() -> None:
+    """ops_only drops the compute curves of every shape and keeps the in-situ all-to-alls."""
+    from executor.validate import ops_only
+    m = _model(seq_len=16, micro_batch=4)
+    c = {"alpha_us": 7.0, "beta_us_per_unit": 0.0}
+    p = _profile({"tables": {"bf16": TABLES}}, shapes={m.shape_key(): {"attn_fwd": c, "all_to_all@intra": c}})
+    q = ops_only(p)
+    assert q.shapes == {m.shape_key(): {"all_to_all@intra": p.shapes[m.shape_key()]["all_to_all@intra"]}}
+    assert q.compute_us("attn_fwd", 1e9, m.shape_key(), m) == p.compute_us("attn_fwd", 1e9, None, m) != 7.0
