@@ -36,11 +36,14 @@ import bisect
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
-from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op
+from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op, work_ops
+
+if TYPE_CHECKING:
+    from moesched.models import MoEModel
 
 DTYPES = ("bf16", "fp16", "fp32")
 #: Columns of each table (the last is µs) and the work exponent of each size axis.
@@ -279,6 +282,16 @@ class OpTables:
             return 0.0
         a, s = self.correction.get(kind, (0.0, 1.0))
         return a + s * raw
+
+    def work_us(self, kind: str, flops: float, model: "MoEModel", ep: int = 1) -> float:
+        """µs of a ``kind`` task doing ``flops`` FLOPs of ``model`` (EP size ``ep``), composed
+        from its operators (:func:`moesched.ops.work_ops`) in the dtype the model runs in here;
+        requires :meth:`run_dtype` to be a dtype (else the caller uses another pricing)."""
+        dtype = self.run_dtype(model.dtype)
+        assert dtype is not None
+        cpu = self.runs_as is not None
+        ops = work_ops(kind, model, flops, ep, grouped=dtype == "bf16" and not cpu, bytes_per_elem=4 if cpu else None)
+        return self.task_us(kind, dtype, ops)
 
     def scaled(self, factors: dict[str, float]) -> "OpTables":
         """A copy with kind k's correction multiplied by factors[k] (in-situ factors)."""

@@ -179,22 +179,11 @@ class Profile:
         by = self.shapes.get(shape) if shape else None
         if by and kind in by:
             return by[kind](flops)
-        if model is not None and self.ops is not None:
-            dt = self.ops.run_dtype(model.dtype)
-            if dt is not None:
-                return self.ops_us(kind, flops, model, ep, dt)
+        if model is not None and self.ops is not None and self.ops.run_dtype(model.dtype) is not None:
+            return self.ops.work_us(kind, flops, model, ep)
         if kind not in self.compute and kind in OPTIONAL_COMPUTE_KINDS:
             return 0.0
         return self.compute[kind](flops)
-
-    def ops_us(self, kind: str, flops: float, model: "MoEModel", ep: int, dtype: str) -> float:
-        """A task's µs composed from its operators in ``dtype``'s tables (:meth:`compute_us`)."""
-        from moesched.ops import work_ops
-        assert self.ops is not None
-        cpu = self.ops.runs_as is not None
-        grouped = dtype == "bf16" and not cpu
-        ops = work_ops(kind, model, flops, ep, grouped=grouped, bytes_per_elem=4 if cpu else None)
-        return self.ops.task_us(kind, dtype, ops)
 
     def comm_us(self, collective: str, scope: str, nbytes: float) -> float:
         """Duration in µs of ``collective`` over a group of ``scope`` with ``nbytes`` per rank."""
