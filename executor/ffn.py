@@ -12,6 +12,10 @@ grouped GEMM (``torch._grouped_mm``) runs all experts of a task at once (three t
 kernel launches per task instead of that many per expert: high pipeline degrees and many
 local experts are launch-bound otherwise); other dtypes loop over the experts.
 ``MOESCHED_GROUPED_MM=0`` forces the loop.
+
+The GEMM shapes of these functions, per task, are listed in :func:`moesched.ops.task_ops`
+(the recipe the profile's operator costs are composed from); ``tests/test_ops.py`` checks
+that they match.
 """
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ samples when attention is chunked). Gradients are exact for any r_fwd, r_bwd:
   them (``LayerState.ready``: the chunk's dispatch).
 * the expert side keeps inputs and pre-activations; backward chunk j selects its copies
   from the counts alone (no second exchange).
+* The operators each compute task runs (GEMM shapes, grouped expert GEMMs, attention,
+  memory-bound kernels) are listed once, torch-free, in :func:`moesched.ops.task_ops`: the
+  profiler times them and the cost model composes task costs from them;
+  ``tests/test_ops.py`` checks that these functions run exactly the recipe's GEMMs. Change
+  both together.
 * attn_bwd sums dL/du (expert copies, shared path), dL/dw (router weights: dy . combined)
   and dL/dh = dy into the saved subgraphs with autograd; the leaf gradient is the previous
   layer's output gradient, from which its combine_bwd send rows (w * dy) are built.

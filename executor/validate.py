@@ -47,7 +47,8 @@ FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_
           "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_single_pair_ms",
           "error_single_pair_pct", "last_call_ms",
           "last_setup_ms", "last_finish_ms", "last_trace_ms",
-          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct"]
+          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
+          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -259,12 +260,26 @@ def _prediction_columns(plan: Plan, profile: Profile, pred, routed, med: float) 
     b_ms = plan.replay(without_compute_factors(profile)).makespan_us / 1e3 \
         if profile.meta.get("insitu_compute") else p_ms
     s_ms = plan.replay(single_pair_model(profile)).makespan_us / 1e3
+    # compute pricing: the per-kind line where no shape curve (no operator tables), and the
+    # operator composition everywhere (shape curves of compute kinds dropped)
+    k_ms = plan.replay(dataclasses.replace(profile, ops=None)).makespan_us / 1e3
+    o_ms = plan.replay(ops_only(profile)).makespan_us / 1e3 if profile.ops is not None else k_ms
     return {"predicted_ms": round(p_ms, 4), "error_pct": _err_pct(p_ms, med),
             "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
             "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": _err_pct(g_ms, med),
             "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": _err_pct(r_ms, med),
             "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": _err_pct(b_ms, med),
-            "predicted_single_pair_ms": round(s_ms, 4), "error_single_pair_pct": _err_pct(s_ms, med)}
+            "predicted_single_pair_ms": round(s_ms, 4), "error_single_pair_pct": _err_pct(s_ms, med),
+            "predicted_kindline_ms": round(k_ms, 4), "error_kindline_pct": _err_pct(k_ms, med),
+            "predicted_ops_ms": round(o_ms, 4), "error_ops_pct": _err_pct(o_ms, med)}
+
+
+def ops_only(profile: Profile) -> Profile:
+    """``profile`` pricing every compute task by its operators (:mod:`moesched.optables`):
+    the per-shape compute curves dropped, the in-situ all-to-alls kept."""
+    from moesched.kinds import ALL_COMPUTE_KINDS
+    shapes = {s: {k: c for k, c in by.items() if k not in ALL_COMPUTE_KINDS} for s, by in profile.shapes.items()}
+    return dataclasses.replace(profile, shapes=shapes)
 
 
 def _call_columns(layers: int, measured) -> dict:
@@ -329,6 +344,11 @@ def summarize(rows: list[dict]) -> None:
         ep = df["error_probe_pct"].dropna().abs()
         print(f"  with the host priced by the probe (factor {df['host_factor'].min():.2f}-{df['host_factor'].max():.2f}): "
               f"mean {ep.mean():.2f} %, max {ep.max():.2f} % over {len(ep)} runs")
+    for col, what in (("error_kindline_pct", "compute by the per-kind line where no shape curve"),
+                      ("error_ops_pct", "compute by operator composition everywhere")):
+        if col in df:
+            e = df[col].abs()
+            print(f"  {what}: mean {e.mean():.2f} %, max {e.max():.2f} %")
     if "error_routed_pct" in df:
         e1 = df["error_routed_pct"].abs()
         print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")

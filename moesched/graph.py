@@ -156,7 +156,8 @@ class _Builder:
         if hit is None:
             flops = _FLOPS[kind](self.m, tokens)
             hit = self.costs[(kind, tokens)] = (flops, 0.0 if self.p is None else
-                                                self.p.compute_us(kind, float(flops), self.shape))
+                                                self.p.compute_us(kind, float(flops), self.shape,
+                                                                 self.m, self.c.ep_size))
         attrs = {"kind": kind, "layer": layer, "chunk": chunk, "nchunks": nchunks, "phase": phase,
                  "resource": COMPUTE, "tokens": tokens, "work": hit[0]}
         return self.add(name, deps, RES_INDEX[COMPUTE], hit[1], attrs)

@@ -13,7 +13,8 @@ Format (JSON, version 1, exact keys, units in names)::
      "interference": {"compute_slowdown": 1.3, "comm_slowdown": 1.0,
                       "by_op": {"all_reduce": {"compute_slowdown": 1.1, "comm_slowdown": 1.4}}},  # by_op optional
      "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...},            # optional
-     "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}}}  # optional, see moesched.host
+     "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}},  # optional, see moesched.host
+     "ops": {"tables": {...}, "correction": {...}}}             # optional, see moesched.optables
 
 ``shapes`` (optional) holds compute costs measured on one model shape
 (``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
@@ -25,6 +26,12 @@ for that shape, because in host memory the isolated micro-benchmark prices mid-s
 all-to-alls up to 2.3x above what the executor sees (``docs/results.md``).
 
     COST = {"alpha_us": a, "beta_us_per_unit": b, "points": [[x, us], ...], "r2": r2}
+
+A compute task's cost, in order of precedence: the curve measured on its model shape
+(``shapes``, with its in-situ factor); else, when the profile has operator tables
+(``ops``) for the model's dtype, the sum of its operators' costs
+(:mod:`moesched.ops`, :mod:`moesched.optables`); else the per-kind line (``compute``).
+A profile without ``ops`` (every profile measured before operator tables) prices as before.
 
 ``points`` and ``r2`` are optional. With points, the cost is interpolated piecewise
 linearly between measured points (FSMoE/FinDEP fit one line; a table also captures small
@@ -43,12 +50,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
+from moesched.optables import OpTables
+
+if TYPE_CHECKING:
+    from moesched.models import MoEModel
 
 FORMAT = "moesched.profile"
 VERSION = 1
@@ -57,7 +68,7 @@ SCOPES = ("intra", "inter", "world")
 #: Keys of in-situ all-to-all costs in ``shapes`` (x = bytes per rank).
 SHAPE_A2A = tuple(f"all_to_all@{s}" for s in SCOPES)
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
-OPTIONAL_KEYS = {"shapes", "host"}
+OPTIONAL_KEYS = {"shapes", "host", "ops"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
 DEFAULT_PROFILE = "h200x4-nvlink"
 #: Largest magnitude of any number in a profile (µs, FLOPs, bytes); beyond it sums overflow.
@@ -157,13 +168,19 @@ class Profile:
     host: "HostCosts | None" = None  # host issue costs (moesched.host), measured on GPUs
     #: collective -> (compute_slowdown, comm_slowdown) where it differs from the top pair
     interference_by_op: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ops: "OpTables | None" = None  # operator tables (moesched.optables)
 
-    def compute_us(self, kind: str, flops: float, shape: str | None = None) -> float:
-        """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs; from the
-        curve measured on ``shape`` (a MoEModel.shape_key()) when the profile has one."""
+    def compute_us(self, kind: str, flops: float, shape: str | None = None, model: "MoEModel | None" = None,
+                   ep: int = 1) -> float:
+        """Duration in µs of a compute task of ``kind`` doing ``flops`` FLOPs: from the curve
+        measured on ``shape`` (a MoEModel.shape_key()) when the profile has one; else, given
+        the ``model`` (and its EP size ``ep``), composed from its operators when the profile
+        has operator tables for the model's dtype; else the per-kind line."""
         by = self.shapes.get(shape) if shape else None
         if by and kind in by:
             return by[kind](flops)
+        if model is not None and self.ops is not None and self.ops.run_dtype(model.dtype) is not None:
+            return self.ops.work_us(kind, flops, model, ep)
         if kind not in self.compute and kind in OPTIONAL_COMPUTE_KINDS:
             return 0.0
         return self.compute[kind](flops)
@@ -199,6 +216,7 @@ class Profile:
             **({"shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
                if self.shapes else {}),
             **({"host": self.host.to_dict()} if self.host is not None else {}),
+            **({"ops": self.ops.to_dict()} if self.ops is not None else {}),
         }
 
     def a2a_us(self, scope: str, nbytes: float, shape: str | None = None) -> float:
@@ -287,8 +305,9 @@ class Profile:
             comm[op] = {s: Cost.from_dict(c, f"comm.{op}.{s}") for s, c in by.items()}
         cs, ms, by_op = _interference(d["interference"], source)
         host = _host(d["host"], source) if "host" in d else None
+        ops = OpTables.from_dict(d["ops"], source) if "ops" in d else None
         return cls(d["name"], d["kind"], d["description"], hw, dict(d["meta"]), compute, comm, cs, ms, shapes, host,
-                   by_op)
+                   by_op, ops)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":

@@ -86,7 +86,8 @@ def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Pro
         kind = a["kind"]
         if kind in EXPERT_KINDS:
             recv = shares[a["layer"]][0]
-            a["duration_by_rank_us"] = [profile.compute_us(kind, float(a["work"]) * recv[r % ep], shape)
+            a["duration_by_rank_us"] = [profile.compute_us(kind, float(a["work"]) * recv[r % ep], shape,
+                                                                    model, ep)
                                         for r in range(R)]
         elif kind in A2A_KINDS and a.get("hop") is None:
             recv, sent = shares[a["layer"]]

@@ -7,7 +7,10 @@ uneven splits, all-reduce, all-gather, reduce-scatter) over message sizes on eac
 scope (intra, inter, world); (c) interference of compute and a collective running at the
 same time; (d) the per-task overhead at a tiny size; (e) a replay check on points held
 out of the fit (:mod:`executor.profiling.measure`); (f) on GPUs, the host issue cost of
-every task kind from real executor steps (:mod:`executor.profiling.host`). Medians of
+every task kind from real executor steps (:mod:`executor.profiling.host`); (g) the operator
+tables (GEMMs, grouped GEMMs, attention, memory-bound kernels per dtype,
+:mod:`executor.profiling.ops`), from which task costs of unprofiled shapes are composed
+(:mod:`moesched.ops`, :mod:`moesched.optables`), with a per-kind correction fitted on (a). Medians of
 ``reps`` runs after warm-up: CUDA events on GPU (a barrier before each collective),
 ``perf_counter`` on CPU. Rank 0 fits (:mod:`moesched.costs`) and writes the profile
 atomically at the very end, so a failed run leaves the old file intact.
@@ -33,11 +36,15 @@ from executor.profiling import host as hostprof
 from executor.profiling.context import Ctx
 from executor.profiling.measure import (OPS, ROUNDS, Grid, make_grid, measure_comm, measure_compute,
                                         measure_count_exchange, measure_interference)
+from executor.profiling.ops import measure_ops
 from executor.profiling.timing import host_probe_us
+from executor.profiling.bench import bench_shape
 from moesched.cluster import Cluster
 from moesched.configs import models_from_spec
 from moesched.costs.build import profile_from_samples
 from moesched.costs.calibrate import with_host
+from moesched.costs.fit import fit_correction
+from moesched.optables import OpTables
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
 from moesched.models import MoEModel
@@ -133,8 +140,42 @@ def _hardware(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any]) -> dict[
             "gpu_memory_bytes": int(mem), "regime": args.regime or _regime(ctx.nodes, bool(args.emulate_nodes))}
 
 
+def _with_ops(prof: Profile, tables: dict[str, Any], models: list[MoEModel], compute: list, ctx: Ctx) -> Profile:
+    """``prof`` with its operator tables and the per-kind correction of their composition,
+    fitted on the profiled shapes' task samples (role "fit"); ``meta.ops_fit`` holds the
+    composition's error on every task sample (fit and replay), before and after the correction."""
+    from moesched.ops import task_ops
+    ops = OpTables.from_dict({"tables": tables, **({} if ctx.cuda else {"runs_as": "fp32"})})
+    by = {m.name: m for m in models}
+    rows = []
+    for name, kind, tokens, _, us, role in compute:
+        m = bench_shape(by[name], kind, tokens)
+        dt = ops.run_dtype(m.dtype)
+        if dt is None or role == "tiny":
+            continue
+        ep = ctx.world if m.experts % ctx.world == 0 else 1
+        ol = task_ops(kind, m, tokens, ep, grouped=dt == "bf16" and ctx.cuda, bytes_per_elem=None if ctx.cuda else 4)
+        rows.append((kind, ops.ops_us(dt, ol), us, role, dt, ol))
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for kind, raw, us, role, _, _ in rows:
+        if role == "fit":
+            pairs.setdefault(kind, []).append((raw, us))
+    ops.correction = fit_correction(pairs)
+    errs: dict[str, dict[str, list[float]]] = {}
+    for kind, raw, us, role, dt, ol in rows:
+        e = errs.setdefault(f"{kind}.{role}", {"raw": [], "corrected": []})
+        e["raw"].append(abs(raw - us) / us * 100)
+        e["corrected"].append(abs(ops.task_us(kind, dt, ol) - us) / us * 100)
+    summary = {k: {v: {"mean_pct": round(sum(x) / len(x), 2), "max_pct": round(max(x), 2)} for v, x in e.items()}
+               for k, e in sorted(errs.items()) if e["raw"]}
+    print(f"operator composition, mean error per kind on the profiled shapes (corrected): "
+          f"{ {k: v['corrected']['mean_pct'] for k, v in summary.items()} }", file=sys.stderr)
+    return replace(prof, ops=ops, meta=dict(prof.meta, ops_fit=summary))
+
+
 def _fit(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any], models: list[MoEModel], compute: list,
-         comm: list, inter: dict[str, Any], inter_ar: dict[str, Any], host: HostRows, t_start: float) -> Profile:
+         comm: list, inter: dict[str, Any], inter_ar: dict[str, Any], host: HostRows, t_start: float,
+         ops_tables: dict[str, Any] | None = None) -> Profile:
     """Rank 0: the profile fitted from every measurement (:mod:`moesched.costs`)."""
     if host.probe_us:
         meta["host_probe_us"] = max(host.probe_us)  # the slowest rank's host sets a collective's start
@@ -145,6 +186,8 @@ def _fit(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any], models: list[
                                 inter["comm_slowdown"], duration_s=time.time() - t_start,
                                 shape_of={m.name: m.shape_key() for m in models})
     prof = replace(prof, interference_by_op={"all_reduce": (inter_ar["compute_slowdown"], inter_ar["comm_slowdown"])})
+    if ops_tables:
+        prof = _with_ops(prof, ops_tables, models, compute, ctx)
     if host.samples:
         prof = with_host(prof, host.samples, hostprof.lag_us(host.lags_us), host.a2a, host.compute)
         print(f"host issue µs (median per kind): {hostprof.summary(host.samples)}, lag "
@@ -169,6 +212,11 @@ def main(args: argparse.Namespace) -> int:
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
         bar = _progress(ctx, models, grid, host_steps)
         compute = measure_compute(ctx, models, grid, bar)
+        t_ops = time.time()
+        ops_tables = measure_ops(ctx, ["bf16", "fp32"] if cuda else ["fp32"], args.quick)
+        if ctx.rank == 0:
+            print(f"operator tables: {sum(len(r) for t in ops_tables.values() for r in t.values())} rows in "
+                  f"{time.time() - t_ops:.1f} s", file=sys.stderr)
         comm, comm_spread = measure_comm(ctx, grid, bar)
         exchange_us = measure_count_exchange(ctx, grid)
         compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
@@ -178,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
         if ctx.rank == 0:
             meta = dict(_meta(ctx, args, grid, [m.name for m in models]), interference=inter,
                         interference_all_reduce=inter_ar, count_exchange_us=exchange_us, comm_spread_pct=comm_spread)
-            prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start)
+            prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start, ops_tables)
             prof.save(args.out)
             bar.close()
             rep = prof.meta["replay"]

@@ -163,7 +163,11 @@ def refit(prof: Profile) -> Profile:
     out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,
                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
-    out = replace(out, interference_by_op=dict(prof.interference_by_op))
+    # operator tables are kept as measured; their correction without the in-situ factors,
+    # which with_host applies again
+    from moesched.costs.calibrate import apply_factors
+    ops = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True).ops if prof.ops else None
+    out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops)
     if samples.get("host"):
         out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),
                         samples.get("insitu_compute"))

@@ -13,8 +13,8 @@ collective waits for the slowest rank. Three corrections come from the calibrati
   (:func:`compute_factors`), over tasks issued in full before the GPU reached them (so not
   waiting for the host, which the host model prices) and with no collective beside them
   (so not slowed by interference, which ``compute_slowdown`` prices).
-  That shape's costs of the kind are scaled by it; the per-kind fallback costs by the
-  median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
+  That shape's costs of the kind are scaled by it; the per-kind fallback costs (line and
+  operator composition, :mod:`moesched.optables`) by the median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
   routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
   does not hold.
 
@@ -77,7 +77,8 @@ def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]]
     median = {k: statistics.median(v) for k, v in per_kind.items()}
     compute = {k: (scaled(c, 1.0 / median[k] if undo else median[k]) if k in median else c)
                for k, c in prof.compute.items()}
-    return replace(prof, shapes=shapes, compute=compute)
+    ops = prof.ops.scaled({k: 1.0 / f if undo else f for k, f in median.items()}) if prof.ops is not None else None
+    return replace(prof, shapes=shapes, compute=compute, ops=ops)
 
 
 def without_compute_factors(prof: Profile) -> Profile:

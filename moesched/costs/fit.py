@@ -200,3 +200,17 @@ def line_value(cost: Cost, info: dict[str, Any] | None, x: float) -> float:
 def rel_err_pct(predicted: float, measured: float) -> float:
     """|predicted - measured| / measured in percent."""
     return 100.0 * abs(predicted - measured) / measured if measured > 0 else 0.0
+
+
+def fit_correction(pairs: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """Per kind, (alpha µs, scale) of measured = alpha + scale * composed, least squares on
+    relative error over (composed µs, measured µs) pairs of the profiled shapes
+    (:func:`moesched.costs.fit.fit_line`); kinds with fewer than 3 pairs keep (0, 1)."""
+    out = {}
+    for kind, ps in pairs.items():
+        ps = [(c, m) for c, m in ps if c > 0 and m > 0]
+        if len(ps) >= 3:
+            line = fit_line([c for c, _ in ps], [m for _, m in ps])
+            if line.beta > 0:
+                out[kind] = (round(line.alpha_us, 4), round(line.beta, 6))
+    return out

@@ -1,0 +1,257 @@
+"""The operators each compute task kind runs: one recipe shared by the profiler, the cost
+model and the executor's tests (torch-free).
+
+:func:`task_ops` lists, for a task of a kind on a model shape, the operators its function in
+:mod:`executor.tasks` (with :mod:`executor.ffn`) launches, with their shapes: GEMMs,
+grouped expert GEMMs, scaled-dot-product attention, and memory-bound kernels by the bytes
+they move. The profile prices each operator from its measured tables
+(:mod:`moesched.optables`) and a task costs the sum. ``tests/test_ops.py`` records the
+matrix products the executor's task functions really run (CPU, fp32) and checks that they
+equal this recipe's GEMMs, so the recipe, the executor and the profiler cannot drift apart.
+
+Shapes, per task (T tokens of whole samples, b = T / L samples; C routed copies received;
+El = E / ep local experts; M model width, H expert hidden, S shared experts, h heads,
+d = M / h head dim, k top-k; B bytes per element of the run's dtype):
+
+* attn_fwd: merge of the previous layer (gather C*M, weighted sum), rmsnorm, GEMM
+  (T, 3M, M), causal attention (b*h, L, d), GEMM (T, M, M), residual, rmsnorm, router GEMM
+  (T, E, M), fp32 softmax and top-k, capacity ranks (sort of T*k keys), dispatch rows
+  (gather C*M).
+* attn_bwd: the input and weight gradients of each forward GEMM -- for y[m, n] = x[m, k]
+  w[n, k]^T, dX = GEMM (m, k, n) and dW = GEMM (n, k, m) -- attention backward, norms
+  backward, the scatter-add of the returned expert input gradients (C*M) and the combine
+  weights' gradient, and the combine_bwd send rows (gather C*M).
+* expert_fwd / expert_dx / expert_dw: grouped GEMMs over El groups of C / El rows in bf16
+  (``torch._grouped_mm``); a loop of El GEMMs in other dtypes (:func:`executor.ffn.grouped`).
+  Forward: (rows, H, M) [x2 SwiGLU] then (rows, M, H); input gradient: (rows, H, M) then
+  (rows, M, H) [x2 SwiGLU]; weight gradient: per expert [M, rows] @ [rows, H] and
+  [H, rows] @ [rows, M] [x2 SwiGLU], plus the accumulation into the stacked gradients.
+* shared_fwd / shared_bwd: the same FFN on T tokens with hidden S*H, plain GEMMs.
+* loss: the merge of the last layer, the squared error and its gradient (elementwise).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from moesched import work
+from moesched.kinds import ALL_COMPUTE_KINDS
+from moesched.models import MoEModel
+
+#: Memory-bound operator classes, each priced from its own bytes-moved table.
+MEM_CLASSES = ("elementwise", "gather", "scatter_add", "norm", "softmax", "sort")
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """out[m, n] = a[m, k] @ b[k, n]; 2*m*n*k FLOPs."""
+
+    m: int
+    n: int
+    k: int
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class GroupedGemm:
+    """One ``torch._grouped_mm`` over ``groups`` groups of ``rows`` rows each (mean; the
+    spread of an uneven split is ``skew``: group g has rows * (1 + skew * (2g/(G-1) - 1))).
+    Forward form (``wgrad`` False): per group [rows, k] @ [k, n]. Weight-gradient form:
+    per group [k, rows] @ [rows, n] -> [k, n] (the rows are the reduction). 2*G*rows*n*k FLOPs."""
+
+    groups: int
+    rows: float
+    n: int
+    k: int
+    wgrad: bool = False
+    skew: float = 0.0
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.groups * self.rows * self.n * self.k
+
+
+@dataclass(frozen=True)
+class Attention:
+    """``F.scaled_dot_product_attention`` on [bh, seq, head_dim] query/key/value (self-attention),
+    forward or backward."""
+
+    bh: int
+    seq: int
+    head_dim: int
+    causal: bool = True
+    backward: bool = False
+
+
+@dataclass(frozen=True)
+class MemOp:
+    """A memory-bound kernel of class ``op`` (:data:`MEM_CLASSES`) moving ``nbytes`` bytes
+    (read plus written)."""
+
+    op: str
+    nbytes: float
+
+
+Op = Union[Gemm, GroupedGemm, Attention, MemOp]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of one task (see the module docstring)."""
+
+    T: int
+    C: int
+    b: int
+    L: int
+    M: int
+    H: int
+    E: int
+    El: int
+    k: int
+    heads: int
+    S: int
+    swiglu: bool
+    B: int
+
+
+def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = None,
+         copies: int | None = None) -> Dims:
+    """Sizes of a task on ``tokens`` tokens of model ``m`` with EP size ``ep``; ``bytes_per_elem``
+    overrides the model dtype's (the CPU runs fp32), ``copies`` the routed copies received
+    (default :func:`moesched.work.routed_copies`)."""
+    L = min(m.seq_len, max(1, tokens))
+    return Dims(T=tokens, C=work.routed_copies(m, tokens) if copies is None else copies, b=max(1, round(tokens / L)), L=L, M=m.d_model,
+                H=m.ffn_hidden, E=m.experts, El=max(1, m.experts // max(1, ep)), k=m.top_k, heads=m.heads,
+                S=m.shared_experts, swiglu=m.expert_kind == "swiglu",
+                B=bytes_per_elem or m.bytes_per_elem)
+
+
+def linear_bwd(m: int, n: int, k: int) -> list[Op]:
+    """The two GEMMs of the backward of y[m, n] = x[m, k] w[n, k]^T: dX, then dW."""
+    return [Gemm(m, k, n), Gemm(n, k, m)]
+
+
+def _attn_fwd(d: Dims) -> list[Op]:
+    T, M, B = d.T, d.M, d.B
+    return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (d.T * d.k * M + 2 * T * M) * B),
+            MemOp("norm", 2.0 * T * M * B), Gemm(T, 3 * M, M),
+            Attention(d.b * d.heads, d.L, M // d.heads, True, False), MemOp("elementwise", 2.0 * T * M * B),
+            Gemm(T, M, M), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
+            Gemm(T, d.E, M), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
+            MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
+
+
+def _attn_bwd(d: Dims) -> list[Op]:
+    T, M, B = d.T, d.M, d.B
+    ops: list[Op] = [MemOp("scatter_add", 3.0 * d.C * M * B), MemOp("elementwise", d.T * d.k * M * (B + 4.0))]
+    ops += linear_bwd(T, d.E, M) + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
+    ops += linear_bwd(T, M, M) + [Attention(d.b * d.heads, d.L, M // d.heads, True, True),
+                                  MemOp("elementwise", 2.0 * T * M * B)]
+    ops += linear_bwd(T, 3 * M, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),
+                                      MemOp("gather", 2.0 * d.C * M * B)]
+    return ops
+
+
+def _ffn(kind: str, rows: float, groups: int, M: int, H: int, swiglu: bool, grouped: bool, B: int) -> list[Op]:
+    """GEMMs of an FFN task over ``groups`` experts of ``rows`` rows (a grouped GEMM each, or
+    one GEMM per expert), and its activation kernels."""
+    def g(n: int, k: int, wgrad: bool = False) -> list[Op]:
+        if grouped:
+            return [GroupedGemm(groups, rows, n, k, wgrad)]
+        r = int(rows)
+        return [Gemm(k, n, r) if wgrad else Gemm(r, n, k)] * groups if r else []
+    act = MemOp("elementwise", (3.0 if swiglu else 2.0) * groups * rows * H * B)
+    if kind == "fwd":
+        return g(H, M) + (g(H, M) if swiglu else []) + [act] + g(M, H)
+    if kind == "dx":
+        extra: list[Op] = g(M, H) + [MemOp("elementwise", 3.0 * groups * rows * M * B)] if swiglu else []
+        return g(H, M) + [act, act] + g(M, H) + extra
+    acc = MemOp("elementwise", 3.0 * groups * M * H * B)
+    return [act] + g(H, M, True) + [acc] + g(M, H, True) + [acc] + (g(M, H, True) + [acc] if swiglu else [])
+
+
+def _expert(kind: str, d: Dims, grouped: bool) -> list[Op]:
+    rows = d.C / d.El
+    if not grouped:  # the loop's GEMMs are on whole rows: even split, the first C % El get one more
+        base, extra = divmod(d.C, d.El)
+        return _ffn(kind, base + 1, extra, d.M, d.H, d.swiglu, False, d.B) + \
+            _ffn(kind, base, d.El - extra, d.M, d.H, d.swiglu, False, d.B) + _expert_mem(kind, d)
+    return _ffn(kind, rows, d.El, d.M, d.H, d.swiglu, True, d.B) + _expert_mem(kind, d)
+
+
+def _expert_mem(kind: str, d: Dims) -> list[Op]:
+    """Row gathers and scatters around the expert GEMMs."""
+    CM = d.C * d.M * d.B
+    if kind == "fwd":
+        return [MemOp("gather", 2.0 * CM), MemOp("gather", 2.0 * CM)]
+    if kind == "dx":
+        return [MemOp("gather", 2.0 * CM), MemOp("gather", 2.0 * d.C * d.H * d.B * (2 if d.swiglu else 1)),
+                MemOp("gather", 2.0 * CM)]
+    return [MemOp("gather", 2.0 * CM)]
+
+
+def _shared(kind: str, d: Dims) -> list[Op]:
+    hid = d.S * d.H
+    ops = _ffn("fwd" if kind == "shared_fwd" else "dx", d.T, 1, d.M, hid, d.swiglu, False, d.B)
+    if kind == "shared_bwd":
+        ops += _ffn("dw", d.T, 1, d.M, hid, d.swiglu, False, d.B)
+    return ops
+
+
+def task_ops(kind: str, m: MoEModel, tokens: int, ep: int = 1, grouped: bool | None = None,
+             bytes_per_elem: int | None = None, copies: int | None = None) -> list[Op]:
+    """The operators of one ``kind`` task on ``tokens`` tokens (see the module docstring).
+
+    ``grouped``: whether the expert GEMMs are grouped (default: bf16 models, as
+    :func:`executor.ffn.grouped`); ``bytes_per_elem``: the run's element size (default the
+    model dtype's). A model without shared experts has no shared operators."""
+    if kind not in ALL_COMPUTE_KINDS:
+        raise ValueError(f"unknown compute task kind {kind!r}")
+    d = dims(m, tokens, ep, bytes_per_elem, copies)
+    grouped = m.dtype == "bf16" if grouped is None else grouped
+    if kind == "attn_fwd":
+        return _attn_fwd(d)
+    if kind == "attn_bwd":
+        return _attn_bwd(d)
+    if kind.startswith("expert_"):
+        return _expert(kind[len("expert_"):], d, grouped)
+    if kind.startswith("shared_"):
+        return _shared(kind, d) if d.S else []
+    TM = d.T * d.M * d.B
+    return [MemOp("gather", 2.0 * d.C * d.M * d.B), MemOp("elementwise", (d.T * d.k * d.M * d.B + 2 * TM)),
+            MemOp("elementwise", 8.0 * d.T * d.M * 4)]
+
+
+def work_ops(kind: str, m: MoEModel, flops: float, ep: int = 1, grouped: bool | None = None,
+             bytes_per_elem: int | None = None) -> list[Op]:
+    """The operators of a ``kind`` task doing ``flops`` FLOPs (``loss``: elements) as the
+    simulator charges it (:mod:`moesched.work`): its tokens (expert kinds: its copies) from
+    the work; ``grouped`` and ``bytes_per_elem`` as in :func:`task_ops`."""
+    if flops <= 0:
+        return []
+    if kind.startswith("expert_"):
+        c = copies_of(kind, m, flops)
+        return task_ops(kind, m, max(1, round(c / m.top_k)), ep, grouped, bytes_per_elem, copies=c)
+    return task_ops(kind, m, max(1, round(tokens_of(kind, m, flops))), ep, grouped, bytes_per_elem)
+
+
+def tokens_of(kind: str, m: MoEModel, flops: float) -> float:
+    """Tokens of a ``kind`` task doing ``flops`` FLOPs (``loss``: elements), inverting
+    :mod:`moesched.work` (expert kinds: tokens whose routed copies do that work)."""
+    if kind in ("attn_fwd", "attn_bwd"):
+        per = work.attn_fwd_flops(m, 1) * (2.0 if kind == "attn_bwd" else 1.0)
+    elif kind.startswith("expert_"):
+        per = 2.0 * m.expert_gemms * m.d_model * m.ffn_hidden * m.top_k
+    elif kind.startswith("shared_"):
+        per = work.shared_fwd_flops(m, 1) * (2.0 if kind == "shared_bwd" else 1.0)
+    else:
+        per = float(m.d_model)
+    return flops / per if per > 0 else 0.0
+
+
+def copies_of(kind: str, m: MoEModel, flops: float) -> int:
+    """Routed copies of an expert task doing ``flops`` FLOPs."""
+    return max(0, round(flops / (2.0 * m.expert_gemms * m.d_model * m.ffn_hidden)))

@@ -1,0 +1,302 @@
+"""Operator cost tables of a profile, and a task's cost composed from its operators.
+
+The profiler (:mod:`executor.profiling.ops`) times GEMMs, grouped expert GEMMs, attention
+and memory-bound kernels over grids per dtype; a task of any model shape then costs the sum
+of its operators (:func:`moesched.ops.task_ops`), each interpolated in its table, times a
+per-kind correction fitted on the profiled shapes' measured tasks
+(:func:`moesched.costs.fit.fit_correction`: what the recipe leaves out, such as launch gaps between kernels).
+
+Profile section (optional key ``ops``)::
+
+    "ops": {"tables": {DTYPE: {"gemm": [[m, n, k, us], ...],
+                               "grouped": [[groups, rows, n, k, wgrad, skew, us], ...],
+                               "attention": [[bh, seq, head_dim, causal, backward, us], ...],
+                               "mem": {CLASS: [[bytes, us], ...], ...}}, ...},
+            "correction": {KIND: {"alpha_us": a, "scale": s}, ...},
+            "runs_as": "fp32"}      # optional: the device runs every model in this dtype (CPU)
+
+DTYPE is a model dtype (bf16, fp16, fp32); CLASS one of :data:`moesched.ops.MEM_CLASSES`;
+booleans are 0/1.
+
+**Interpolation.** Each table is a grid over its size axes (GEMM: m, n, k; grouped:
+groups, rows, n, k; attention: bh, seq, head_dim; memory: bytes). Between grid values the
+log of the time is interpolated multilinearly in the logs of the sizes (log-log
+interpolation on the 2^d nearest grid points). Below an axis's smallest value the time is
+the edge's (a kernel does not get faster than its smallest measured size: launch floor);
+above its largest it grows as the work does, time per FLOP (per byte) held at the edge
+(GEMM and grouped: linear in every size; attention: linear in bh and head_dim, quadratic
+in seq). A grid point the profiler skipped (over its size caps) takes the nearest measured
+point's time scaled the same way. Grouped GEMMs on uneven groups (``skew`` > 0) are the
+even time times the measured uneven/even ratio at that skew (linear in skew between
+measured skews).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from moesched.errors import MoeschedError
+from moesched.kinds import ALL_COMPUTE_KINDS
+from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op, work_ops
+
+if TYPE_CHECKING:
+    from moesched.models import MoEModel
+
+DTYPES = ("bf16", "fp16", "fp32")
+#: Columns of each table (the last is µs) and the work exponent of each size axis.
+COLUMNS = {"gemm": ("m", "n", "k"), "grouped": ("groups", "rows", "n", "k", "wgrad", "skew"),
+           "attention": ("bh", "seq", "head_dim", "causal", "backward")}
+EXPONENTS = {"gemm": (1.0, 1.0, 1.0), "grouped": (1.0, 1.0, 1.0, 1.0), "attention": (1.0, 2.0, 1.0), "mem": (1.0,)}
+
+
+class GridTable:
+    """Times (µs) measured on points of a grid of size axes; :meth:`__call__` interpolates
+    (module docstring). ``expo``: the work exponent of each axis."""
+
+    def __init__(self, points: dict[tuple[float, ...], float], expo: Sequence[float]):
+        if not points:
+            raise ValueError("empty table")
+        self.points = {tuple(map(float, p)): float(t) for p, t in points.items()}
+        self.expo = tuple(expo)
+        self.axes = [sorted({p[i] for p in self.points}) for i in range(len(self.expo))]
+        self._logt: dict[tuple[float, ...], float] = {p: math.log(t) for p, t in self.points.items()}
+
+    def _log_at(self, p: tuple[float, ...]) -> float:
+        """log µs at grid point p; a point not measured from the nearest measured one, scaled by work."""
+        v = self._logt.get(p)
+        if v is None:
+            near = min(self.points, key=lambda q: sum(abs(math.log(a / b)) for a, b in zip(p, q)))
+            v = self._logt[near] + sum(e * math.log(a / b) for e, a, b in zip(self.expo, p, near))
+            self._logt[p] = v
+        return v
+
+    def __call__(self, q: Sequence[float]) -> float:
+        """Interpolated µs at sizes q (one per axis)."""
+        brackets, scale = [], 0.0
+        for x, ax, e in zip(q, self.axes, self.expo):
+            x = max(float(x), 1e-9)
+            if x <= ax[0]:
+                brackets.append((ax[0], ax[0], 0.0))
+            elif x >= ax[-1]:
+                brackets.append((ax[-1], ax[-1], 0.0))
+                scale += e * math.log(x / ax[-1])
+            else:
+                i = bisect.bisect_right(ax, x)
+                lo, hi = ax[i - 1], ax[i]
+                brackets.append((lo, hi, math.log(x / lo) / math.log(hi / lo)))
+        total = 0.0
+        for corner in range(1 << len(brackets)):
+            w, p = 1.0, []
+            for j, (lo, hi, t) in enumerate(brackets):
+                up = corner >> j & 1
+                w *= t if up else 1.0 - t
+                p.append(hi if up else lo)
+            if w > 0:
+                total += w * self._log_at(tuple(p))
+        return math.exp(min(total + scale, 690.0))  # beyond ~1e300 µs: held there
+
+
+def _rows(x: Any, width: int, where: str) -> list[tuple[float, ...]]:
+    """A table's rows: lists of ``width`` finite non-negative numbers, sizes positive, µs positive."""
+    if not isinstance(x, list) or not x:
+        raise MoeschedError(f"profile: {where} must be a non-empty list of rows")
+    out = []
+    for i, r in enumerate(x):
+        if not isinstance(r, list) or len(r) != width or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e30
+                for v in r):
+            raise MoeschedError(f"profile: {where}[{i}] must be {width} finite non-negative numbers")
+        if r[-1] <= 0:
+            raise MoeschedError(f"profile: {where}[{i}] has a non-positive time")
+        out.append(tuple(float(v) for v in r))
+    return out
+
+
+def _positive(rows: list[tuple[float, ...]], axes: Sequence[int], where: str) -> None:
+    for i, r in enumerate(rows):
+        if any(r[a] <= 0 for a in axes):
+            raise MoeschedError(f"profile: {where}[{i}] has a size that is not positive")
+
+
+@dataclass
+class DtypeTables:
+    """The tables of one dtype, as rows (see the module docstring) and their grids."""
+
+    gemm: list[tuple[float, ...]] = field(default_factory=list)
+    grouped: list[tuple[float, ...]] = field(default_factory=list)
+    attention: list[tuple[float, ...]] = field(default_factory=list)
+    mem: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
+    _grids: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "DtypeTables":
+        if not isinstance(d, dict) or not {"gemm", "mem"} <= set(d) <= {"gemm", "grouped", "attention", "mem"}:
+            raise MoeschedError(f"profile: {where} must have gemm and mem tables (and grouped, attention)")
+        t = cls(gemm=_rows(d["gemm"], 4, f"{where}.gemm"))
+        _positive(t.gemm, (0, 1, 2), f"{where}.gemm")
+        if "grouped" in d:
+            t.grouped = _rows(d["grouped"], 7, f"{where}.grouped")
+            _positive(t.grouped, (0, 1, 2, 3), f"{where}.grouped")
+        if "attention" in d:
+            t.attention = _rows(d["attention"], 6, f"{where}.attention")
+            _positive(t.attention, (0, 1, 2), f"{where}.attention")
+        if not isinstance(d["mem"], dict) or "elementwise" not in d["mem"] or not set(d["mem"]) <= set(MEM_CLASSES):
+            raise MoeschedError(f"profile: {where}.mem must map classes {list(MEM_CLASSES)} (elementwise "
+                                "required) to [bytes, us] rows")
+        t.mem = {c: _rows(r, 2, f"{where}.mem.{c}") for c, r in d["mem"].items()}
+        for c, r in t.mem.items():
+            _positive(r, (0,), f"{where}.mem.{c}")
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"gemm": [list(r) for r in self.gemm]}
+        if self.grouped:
+            d["grouped"] = [list(r) for r in self.grouped]
+        if self.attention:
+            d["attention"] = [list(r) for r in self.attention]
+        d["mem"] = {c: [list(r) for r in rows] for c, rows in self.mem.items()}
+        return d
+
+    def _grid(self, key: Any) -> Any:
+        g = self._grids.get(key)
+        if g is None:
+            g = self._grids[key] = self._make(key)
+        return g
+
+    def _make(self, key: Any) -> Any:
+        name = key[0]
+        if name == "gemm":
+            return GridTable({r[:3]: r[3] for r in self.gemm}, EXPONENTS["gemm"])
+        if name == "mem":
+            return GridTable({r[:1]: r[1] for r in self.mem[key[1]]}, EXPONENTS["mem"])
+        if name == "attention":
+            rows = [r for r in self.attention if (r[3] > 0) == key[1] and (r[4] > 0) == key[2]] or \
+                [r for r in self.attention if (r[4] > 0) == key[2]]
+            return GridTable({r[:3]: r[5] for r in rows}, EXPONENTS["attention"]) if rows else None
+        if name == "grouped":
+            rows = [r for r in self.grouped if (r[4] > 0) == key[1] and r[5] == 0]
+            return GridTable({r[:4]: r[6] for r in rows}, EXPONENTS["grouped"]) if rows else None
+        even = {(r[:5]): r[6] for r in self.grouped if r[5] == 0}   # ("skew",): [(skew, ratio)]
+        by: dict[float, list[float]] = {}
+        for r in self.grouped:
+            if r[5] > 0 and r[:5] in even:
+                by.setdefault(r[5], []).append(r[6] / even[r[:5]])
+        return [(0.0, 1.0)] + sorted((s, statistics.median(v)) for s, v in by.items())
+
+    def skew_factor(self, skew: float) -> float:
+        pts = self._grid(("skew",))
+        if skew <= 0 or len(pts) < 2:
+            return 1.0
+        for (s0, f0), (s1, f1) in zip(pts, pts[1:]):
+            if skew <= s1:
+                return f0 + (f1 - f0) * (skew - s0) / (s1 - s0)
+        return pts[-1][1]
+
+    def op_us(self, op: Op) -> float:
+        """µs of one operator."""
+        if isinstance(op, Gemm):
+            return self._grid(("gemm",))((op.m, op.n, op.k)) if op.m and op.n and op.k else 0.0
+        if isinstance(op, GroupedGemm):
+            if op.rows <= 0:
+                return 0.0
+            g = self._grid(("grouped", op.wgrad)) if self.grouped else None
+            if g is None:  # no grouped table: one GEMM per group
+                one = Gemm(op.k, op.n, round(op.rows)) if op.wgrad else Gemm(round(op.rows), op.n, op.k)
+                return op.groups * self.op_us(one)
+            return g((op.groups, op.rows, op.n, op.k)) * self.skew_factor(op.skew)
+        if isinstance(op, Attention):
+            g = self._grid(("attention", op.causal, op.backward)) if self.attention else None
+            if g is None:
+                raise MoeschedError("profile: ops tables have no attention table")
+            return g((op.bh, op.seq, op.head_dim))
+        if isinstance(op, MemOp):
+            if op.nbytes <= 0:
+                return 0.0
+            cls = op.op if op.op in self.mem else "elementwise"
+            return self._grid(("mem", cls))((op.nbytes,))
+        raise TypeError(f"unknown operator {op!r}")
+
+
+@dataclass
+class OpTables:
+    """A profile's ``ops`` section: tables per dtype and the per-kind correction."""
+
+    tables: dict[str, DtypeTables]
+    correction: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (alpha µs, scale)
+    runs_as: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "profile") -> "OpTables":
+        try:
+            return cls._parse(d)
+        except MoeschedError as e:
+            raise MoeschedError(str(e).replace("profile:", f"{source}:", 1)) from None
+
+    @classmethod
+    def _parse(cls, d: Any) -> "OpTables":
+        if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "runs_as"}:
+            raise MoeschedError("profile: ops must have keys tables[, correction, runs_as]")
+        if not isinstance(d["tables"], dict) or not d["tables"] or not set(d["tables"]) <= set(DTYPES):
+            raise MoeschedError(f"profile: ops.tables must map dtypes {list(DTYPES)} to tables")
+        tables = {k: DtypeTables.from_dict(v, f"ops.tables.{k}") for k, v in d["tables"].items()}
+        corr_d = d.get("correction", {})
+        if not isinstance(corr_d, dict) or not set(corr_d) <= set(ALL_COMPUTE_KINDS):
+            raise MoeschedError(f"profile: ops.correction must map kinds {list(ALL_COMPUTE_KINDS)} to corrections")
+        corr = {}
+        for k, c in corr_d.items():
+            ok = isinstance(c, dict) and set(c) == {"alpha_us", "scale"} and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and -1e30 <= v <= 1e30 for v in c.values())
+            if not ok or not (0 <= c["alpha_us"] <= 1e9 and 0 < c["scale"] <= 1e3):
+                raise MoeschedError(f"profile: ops.correction.{k} must be {{alpha_us: 0..1e9, scale: (0, 1000]}}")
+            corr[k] = (float(c["alpha_us"]), float(c["scale"]))
+        runs_as = d.get("runs_as")
+        if runs_as is not None and runs_as not in tables:
+            raise MoeschedError("profile: ops.runs_as must name a dtype of ops.tables")
+        return cls(tables, corr, runs_as)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tables": {k: t.to_dict() for k, t in self.tables.items()}}
+        if self.correction:
+            d["correction"] = {k: {"alpha_us": a, "scale": s} for k, (a, s) in self.correction.items()}
+        if self.runs_as:
+            d["runs_as"] = self.runs_as
+        return d
+
+    def run_dtype(self, model_dtype: str) -> str | None:
+        """The dtype a model of ``model_dtype`` runs in here, if its tables exist, else None."""
+        dt = self.runs_as or model_dtype
+        return dt if dt in self.tables else None
+
+    def ops_us(self, dtype: str, ops: Sequence[Op]) -> float:
+        """Sum of the operators' µs in ``dtype``'s tables (no correction)."""
+        t = self.tables[dtype]
+        return sum(t.op_us(o) for o in ops)
+
+    def task_us(self, kind: str, dtype: str, ops: Sequence[Op]) -> float:
+        """µs of a task of ``kind`` made of ``ops``: the corrected sum (0 with no operators)."""
+        raw = self.ops_us(dtype, ops)
+        if raw <= 0:
+            return 0.0
+        a, s = self.correction.get(kind, (0.0, 1.0))
+        return a + s * raw
+
+    def work_us(self, kind: str, flops: float, model: "MoEModel", ep: int = 1) -> float:
+        """µs of a ``kind`` task doing ``flops`` FLOPs of ``model`` (EP size ``ep``), composed
+        from its operators (:func:`moesched.ops.work_ops`) in the dtype the model runs in here;
+        requires :meth:`run_dtype` to be a dtype (else the caller uses another pricing)."""
+        dtype = self.run_dtype(model.dtype)
+        assert dtype is not None
+        cpu = self.runs_as is not None
+        ops = work_ops(kind, model, flops, ep, grouped=dtype == "bf16" and not cpu, bytes_per_elem=4 if cpu else None)
+        return self.task_us(kind, dtype, ops)
+
+    def scaled(self, factors: dict[str, float]) -> "OpTables":
+        """A copy with kind k's correction multiplied by factors[k] (in-situ factors)."""
+        corr = dict(self.correction)
+        for k, f in factors.items():
+            a, s = corr.get(k, (0.0, 1.0))
+            corr[k] = (a * f, s * f)
+        return OpTables(self.tables, corr, self.runs_as)

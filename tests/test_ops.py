@@ -1,0 +1,240 @@
+"""Operator recipe (moesched.ops) against what the executor runs, operator tables
+(moesched.optables): interpolation, format, precedence of the compute pricing."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from executor.profiling.bench import make_bench
+from moesched import ops
+from moesched.optables import GridTable, OpTables
+from moesched.errors import MoeschedError
+from moesched.kinds import ALL_COMPUTE_KINDS
+from moesched.models import MoEModel
+from moesched.profile import Cost, Profile
+
+aten = torch.ops.aten
+
+
+class Recorder(TorchDispatchMode):
+    """Records (m, n, k) of every matrix product and the query shape of every attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gemms: list[tuple[int, int, int]] = []
+        self.attn: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (aten.mm.default, aten.mm.out):
+            self.gemms.append((args[0].shape[0], args[1].shape[1], args[0].shape[1]))
+        elif func in (aten.addmm.default, aten.addmm_.default, aten.addmm.out):
+            self.gemms.append((args[1].shape[0], args[2].shape[1], args[1].shape[1]))
+        elif func in (aten.bmm.default, aten._grouped_mm.default):
+            self.gemms.append((-1, -1, -1))  # not in the fp32 recipe: fails the comparison
+        elif "scaled_dot_product" in str(func):
+            self.attn.append(("bwd" if "backward" in str(func) else "fwd", tuple(args[0].shape) if args[0].dim() else ()))
+        return func(*args, **(kwargs or {}))
+
+
+def _model(**kw) -> MoEModel:
+    base = dict(name="t", layers=2, d_model=64, heads=4, seq_len=32, micro_batch=2, ffn_hidden=96, experts=4,
+                top_k=2, capacity_factor=None, shared_experts=1, expert_kind="swiglu", router="topk_softmax",
+                dtype="bf16")
+    base.update(kw)
+    return MoEModel(**base)
+
+
+MODELS = [_model(), _model(expert_kind="gpt", shared_experts=0, capacity_factor=1.0, experts=8, top_k=1, heads=2)]
+
+
+@pytest.mark.parametrize("m", MODELS, ids=["swiglu-shared-dropless", "gpt-capacity"])
+@pytest.mark.parametrize("kind", ALL_COMPUTE_KINDS)
+def test_recipe_gemms_are_what_the_task_runs(m: MoEModel, kind: str) -> None:
+    """The executor's task function (CPU, fp32: experts loop over torch.mm) runs exactly the
+    recipe's GEMMs, and its attention on the recipe's (bh, seq, head_dim)."""
+    if kind.startswith("shared") and not m.shared_experts:
+        pytest.skip("no shared experts")
+    tokens = 64
+    fn = make_bench(kind, m, tokens, "cpu", torch.float32)
+    with Recorder() as rec:
+        fn()
+    recipe = ops.task_ops(kind, m, tokens, grouped=False, bytes_per_elem=4)
+    want = sorted((o.m, o.n, o.k) for o in recipe if isinstance(o, ops.Gemm))
+    assert sorted(rec.gemms) == want
+    attn = [o for o in recipe if isinstance(o, ops.Attention)]
+    assert [(("bwd" if o.backward else "fwd"), o.bh, o.seq, o.head_dim) for o in attn] == \
+        [(d, s[0] * s[1], s[2], s[3]) for d, s in rec.attn]
+
+
+def test_work_ops_inverts_the_work() -> None:
+    """Pricing from FLOPs finds the task's tokens (expert kinds: copies) again."""
+    from moesched import work
+    m = _model(capacity_factor=1.0)
+    for kind, f in (("attn_fwd", work.attn_fwd_flops), ("shared_fwd", work.shared_fwd_flops),
+                    ("expert_fwd", work.expert_fwd_flops)):
+        assert ops.work_ops(kind, m, f(m, 128)) == ops.task_ops(kind, m, 128)
+
+
+def test_grid_interpolation_is_log_log() -> None:
+    pts = {(a, b): a * b * (2.0 if a >= 64 else 1.0) for a in (16.0, 64.0, 256.0) for b in (8.0, 32.0)}
+    del pts[(256.0, 32.0)]                   # a capped point: filled from the nearest, scaled by work
+    g = GridTable(pts, (1.0, 1.0))
+    assert g((64, 8)) == pytest.approx(64 * 8 * 2)
+    assert g((32, 8)) == pytest.approx(math.sqrt(16 * 8 * 64 * 8 * 2))  # geometric mean halfway in log
+    assert g((4, 2)) == pytest.approx(16 * 8)                          # below the grid: the edge's time
+    assert g((1024, 8)) == pytest.approx(256 * 8 * 2 * 4)              # above: time per work held
+    assert g((256, 32)) == pytest.approx(256 * 32 * 2)                 # filled point
+
+
+TABLES = {"gemm": [[m, n, k, 1.0 + 2 * m * n * k / 1e6] for m in (16, 256) for n in (16, 256) for k in (16, 256)],
+          "grouped": [[g, r, n, k, w, 0, 2.0 + 2 * g * r * n * k / 1e6] for g in (1, 8) for r in (16, 256)
+                      for n in (16, 256) for k in (16, 256) for w in (0, 1)],
+          "attention": [[bh, s, d, 1, b, 3.0 + bh * s * s * d / 1e6] for bh in (2, 8) for s in (16, 64)
+                        for d in (16, 32) for b in (0, 1)],
+          "mem": {"elementwise": [[1024, 2.0], [2**20, 4.0]]}}
+
+
+def _profile(ops_d: dict | None, shapes: dict | None = None) -> Profile:
+    line = Cost(5.0, 1e-6)
+    p = Profile("t", "measured", "", {"gpu": "x", "nodes": 1, "gpus_per_node": 1, "gpu_memory_bytes": 1, "regime": "r"},
+                {}, {k: line for k in ALL_COMPUTE_KINDS}, {"all_to_all": {"intra": line}, "all_reduce": {"intra": line}},
+                )
+    d = p.to_dict()
+    if shapes:
+        d["shapes"] = shapes
+    if ops_d is not None:
+        d["ops"] = ops_d
+    return Profile.from_dict(json.loads(json.dumps(d)))
+
+
+def test_precedence_and_dtypes() -> None:
+    m = _model(seq_len=16, micro_batch=4)
+    fl = 1e9
+    old = _profile(None)
+    assert old.ops is None and old.compute_us("attn_fwd", fl, None, m) == pytest.approx(5.0 + 1e3)
+    p = _profile({"tables": {"bf16": TABLES, "fp32": {**TABLES, "gemm": [r[:3] + [r[3] * 8] for r in TABLES["gemm"]]}},
+                  "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}})
+    assert p.to_dict()["ops"]["correction"] == {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}
+    bf = p.compute_us("attn_fwd", fl, None, m)
+    raw = p.ops.ops_us("bf16", ops.work_ops("attn_fwd", m, fl))
+    assert bf == pytest.approx(1.0 + 2.0 * raw) and bf != pytest.approx(5.0 + 1e3)
+    assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) > bf   # fp32 tables are slower
+    assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp16")) == pytest.approx(5.0 + 1e3)  # no table
+    assert p.compute_us("attn_fwd", fl) == pytest.approx(5.0 + 1e3)                # no model: the line
+    curve = _profile({"tables": {"bf16": TABLES}}, shapes={m.shape_key(): {"attn_fwd": {"alpha_us": 7.0,
+                                                                                         "beta_us_per_unit": 0.0}}})
+    assert curve.compute_us("attn_fwd", fl, m.shape_key(), m) == 7.0              # the shape's curve first
+    assert curve.compute_us("expert_fwd", fl, m.shape_key(), m) != pytest.approx(5.0 + 1e3)
+
+
+@pytest.mark.parametrize("bad, word", [
+    ({"tables": {}}, "ops.tables"),
+    ({"tables": {"bf16": {**TABLES, "gemm": [[1, 2, 3]]}}}, "ops.tables.bf16.gemm[0]"),
+    ({"tables": {"bf16": {**TABLES, "gemm": [[0, 2, 3, 1.0]]}}}, "ops.tables.bf16.gemm[0]"),
+    ({"tables": {"bf16": {**TABLES, "gemm": [[1, 2, 3, 0.0]]}}}, "non-positive time"),
+    ({"tables": {"bf16": {**TABLES, "mem": {"norm": [[1, 1.0]]}}}}, "elementwise"),
+    ({"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": -1}}}, "ops.correction"),
+    ({"tables": {"bf16": TABLES}, "runs_as": "fp32"}, "runs_as"),
+    ({"tables": {"bf16": TABLES}, "extra": 1}, "ops must have keys"),
+])
+def test_malformed_ops_is_one_error(bad: dict, word: str) -> None:
+    with pytest.raises(MoeschedError) as e:
+        _profile(bad)
+    assert word in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shipped_profiles_load_without_ops() -> None:
+    from moesched.profile import PROFILES_DIR
+    for path in sorted(PROFILES_DIR.glob("*.json")):
+        assert Profile.load(path).ops is None  # profiles measured before operator tables still load
+
+
+# ---- mutated operator sections: a loaded profile prices, or the load is one error line ----
+def _paths(x, path=()):
+    if path:
+        yield path
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _paths(v, path + (i,))
+
+
+BAD = [math.nan, math.inf, -1, 0, 0.0, 1e300, 10**30, 10**400, "x", [], [[1, 2]], {}, None, True, 2.5, 1]
+
+
+def test_mutated_ops_sections_price_or_fail_in_one_line() -> None:
+    import copy
+    import random
+    from moesched import work
+    rnd = random.Random(7)
+    base = {"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}}
+    m = _model(seq_len=16, micro_batch=4)
+    for _ in range(300):
+        d = copy.deepcopy(base)
+        for _ in range(rnd.randint(1, 3)):
+            path = rnd.choice(list(_paths(d)))
+            node = d
+            for k in path[:-1]:
+                node = node[k]
+            if isinstance(node, dict) and rnd.random() < 0.2:
+                del node[path[-1]]
+            else:
+                node[path[-1]] = copy.deepcopy(rnd.choice(BAD))
+        try:
+            p = _profile(d)
+        except MoeschedError as e:
+            assert "\n" not in str(e)
+            continue
+        for kind in ALL_COMPUTE_KINDS:
+            try:
+                us = p.compute_us(kind, work.attn_fwd_flops(m, 64), None, m)
+            except MoeschedError as e:
+                assert "\n" not in str(e)
+                continue
+            assert math.isfinite(us) and us >= 0
+
+
+class _Ranks:
+    """One CPU rank, as the profiler's context looks to the timing functions."""
+
+    cuda, rank, world, device = False, 0, 1, torch.device("cpu")
+
+    def sync(self) -> None: ...
+
+    def barrier(self) -> None: ...
+
+    def gather(self, obj):
+        return [obj]
+
+
+def test_profiler_operator_tables_load_and_price() -> None:
+    """The profiler's CPU --quick operator grid gives tables a profile accepts, which price
+    every kind of a model (fp32, as the CPU runs it)."""
+    from executor.profiling.ops import items_for, measure_ops
+    assert len(items_for("fp32", False, True)) <= 150
+    tables = measure_ops(_Ranks(), ["fp32"], quick=True, reps=1, warmup=0)
+    p = _profile({"tables": tables, "runs_as": "fp32"})
+    m = _model(seq_len=16, micro_batch=4)
+    from moesched import work
+    assert p.compute_us("expert_fwd", work.expert_fwd_flops(m, 64), None, m) > 0
+    for kind in ALL_COMPUTE_KINDS:  # one timed run per point on a shared CPU: positive, not ordered
+        us = p.compute_us(kind, work.attn_bwd_flops(m, 64), None, m)
+        assert math.isfinite(us) and us > 0 and us != p.compute[kind](work.attn_bwd_flops(m, 64))
+
+
+def test_validate_pricing_columns() -> None:
+    """ops_only drops the compute curves of every shape and keeps the in-situ all-to-alls."""
+    from executor.validate import ops_only
+    m = _model(seq_len=16, micro_batch=4)
+    c = {"alpha_us": 7.0, "beta_us_per_unit": 0.0}
+    p = _profile({"tables": {"bf16": TABLES}}, shapes={m.shape_key(): {"attn_fwd": c, "all_to_all@intra": c}})
+    q = ops_only(p)
+    assert q.shapes == {m.shape_key(): {"all_to_all@intra": p.shapes[m.shape_key()]["all_to_all@intra"]}}
+    assert q.compute_us("attn_fwd", 1e9, m.shape_key(), m) == p.compute_us("attn_fwd", 1e9, None, m) != 7.0
