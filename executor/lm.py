@@ -92,20 +92,25 @@ class _Head:
     """The plan's loss task for a language model: (y [T, M], world) -> (loss_r, dy [T, M]);
     keeps the gradients of the outer parameters it used (norm, head or tied embedding)."""
 
-    def __init__(self, lm: MoELM, targets: torch.Tensor, loss_fn: LossFn):
+    def __init__(self, lm: MoELM, targets: torch.Tensor, loss_fn: LossFn, keep_logits: bool = False):
         self.lm, self.targets, self.loss_fn = lm, targets.reshape(-1), loss_fn
         self.grads: list[torch.Tensor] = []
+        self.keep_logits = keep_logits
+        self.logits: torch.Tensor | None = None
 
     def __call__(self, y: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
         lm = self.lm
         ps = [lm.norm, lm.embed if lm.head is None else lm.head]
         with torch.enable_grad():
             yl = y.detach().requires_grad_()
-            loss = self.loss_fn(lm.logits(yl).float(), self.targets)
+            logits = lm.logits(yl).float()
+            loss = self.loss_fn(logits, self.targets)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise MoeschedError("the loss function must return a scalar tensor")
             g = torch.autograd.grad(loss / world, [yl] + ps)
         self.grads = list(g[1:])
+        if self.keep_logits:
+            self.logits = logits.detach()
         return loss.detach(), g[0].to(y.dtype)
 
 
@@ -114,13 +119,16 @@ class LMStep:
     (module docstring). tokens, targets [micro_batch, seq_len] integer ids on the model's
     device; returns the loss (a 0-d float32 tensor, mean over ranks). ``loss_fn(logits
     [T, V] fp32, targets [T]) -> scalar`` replaces cross-entropy. Other keyword arguments go
-    to :class:`PlannedStep` (``self.planned``: timeline(), routing(), ...)."""
+    to :class:`PlannedStep` (``self.planned``: timeline(), routing(), ...). With
+    ``keep_logits`` the last step's logits [T, V] (fp32, detached) stay in ``self.logits``."""
 
-    def __init__(self, lm: MoELM, plan: Plan, loss_fn: LossFn | None = None, **kw):
+    def __init__(self, lm: MoELM, plan: Plan, loss_fn: LossFn | None = None, keep_logits: bool = False, **kw):
         if lm.cfg != plan.model:
             raise MoeschedError("the language model's model differs from the plan's model")
         self.lm = lm
         self.loss_fn = loss_fn or F.cross_entropy
+        self.keep_logits = keep_logits
+        self.logits: torch.Tensor | None = None
         self.planned = PlannedStep(lm.moe, plan, **kw)
         m = plan.model
         self.planned.input_grad = torch.zeros(m.tokens, m.d_model, device=lm.device, dtype=lm.moe.dtype)
@@ -139,7 +147,7 @@ class LMStep:
         prev = {k: f.clone() for k, f in ps.flat.items()} if keep else None  # the step zeroes them
         with torch.no_grad():
             x = F.embedding(tokens, lm.embed)
-        head = _Head(lm, targets, self.loss_fn)
+        head = _Head(lm, targets, self.loss_fn, self.keep_logits)
         ps.head = head
         try:
             loss = ps(x, targets)
@@ -148,6 +156,7 @@ class LMStep:
         if prev is not None:
             for k, f in ps.flat.items():
                 f.add_(prev[k])
+        self.logits = head.logits
         self._outer_grads(tokens, head.grads)
         return torch.tensor(loss, dtype=torch.float32)
 
