@@ -263,6 +263,15 @@ class PlannedStep:
 
     @staticmethod
     def _call(ctx: tasks.Ctx, name: str, a: dict) -> list:
+        """Run one task; under an active torch profiler labelled ``moesched:<task>``
+        (``torch.profiler.record_function``), so a user's trace shows the plan's tasks."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            with torch.profiler.record_function(f"moesched:{name}"):
+                return PlannedStep._run_task(ctx, a)
+        return PlannedStep._run_task(ctx, a)
+
+    @staticmethod
+    def _run_task(ctx: tasks.Ctx, a: dict) -> list:
         kind = a["kind"]
         if a["resource"] == COMPUTE:
             tasks.COMPUTE[kind](ctx, a["layer"], a["chunk"], a["nchunks"])

@@ -44,3 +44,26 @@ def test_lm_rejects_bad_tokens(bad, words):
     lm = MoELM(tiny_model(vocab_size=11))
     with pytest.raises(MoeschedError, match=words):
         _check_tokens("tokens", bad, lm)
+
+
+def test_profiler_trace_names_the_plans_tasks(tmp_path):
+    """Under torch.profiler every task of the plan appears as a moesched:<task> label."""
+    import os
+    import torch.distributed as dist
+    from moesched.cluster import Cluster
+    from moesched.knobs import Knobs
+    from executor.lm import LMStep
+    from executor.testplans import make_plan
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        m = tiny_model(vocab_size=11, experts=2)
+        plan = make_plan(m, Cluster(1, 1), Knobs((2, 1), (1, 2)))
+        step = LMStep(MoELM(m), plan)
+        tok = torch.zeros(4, 8, dtype=torch.long)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step(tok, tok)
+        names = {e.name for e in prof.events()}
+        assert {f"moesched:{t}" for t in plan.order} <= names
+    finally:
+        dist.destroy_process_group()
