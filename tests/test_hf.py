@@ -99,3 +99,17 @@ def test_from_hf_config_refuses(change, words):
     d = {**mixtral().config.to_dict(), **change}
     with pytest.raises(MoeschedError, match=words):
         MoEModel.from_hf_config(d)
+
+
+def test_cli_model_takes_a_hf_config(tmp_path, capsys):
+    from moesched.cli import main
+    mixtral().config.save_pretrained(tmp_path / "m")
+    out = tmp_path / "plan.json"
+    assert main(["solve", "--model", str(tmp_path / "m" / "config.json"), "--profile", "cpu-gloo-2",
+                 "--out", str(out), "--time-limit", "2"]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["model"]["kv_heads"] == 2 and plan["model"]["vocab_size"] == 53
+    assert main(["solve", "--model", str(tmp_path / "missing.json"), "--profile", "cpu-gloo-2",
+                 "--out", str(tmp_path / "p2.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moesched: error: cannot read Hugging Face config")
