@@ -9,8 +9,9 @@ world (``moesched.solve``, under ``--profile``; CPUs: the shipped ``cpu-gloo-2``
 it to every rank; the MoE blocks run by the plan, the embedding and head around them
 (:mod:`executor.lm`). Batches are drawn by (seed, step, rank), so a resumed run sees the
 data an uninterrupted one would. Every ``--log-every`` steps rank 0 prints the loss,
-tokens/s (all ranks) and the measured step time (wall clock of forward, backward and the
-optimizer) beside the plan's predicted step (the MoE blocks alone, from the profile).
+tokens/s (all ranks), the step's wall time (forward, backward, optimizer) and the plan's
+tasks as measured (rank 0's timeline; the last block's loss task holds the head and loss)
+beside the plan's prediction for them (from the profile).
 ``--ckpt-every`` saves model and optimizer with ``torch.distributed.checkpoint`` (each
 rank its own experts, dense tensors once) to ``--ckpt-dir/step_N``; ``--resume`` continues
 from the newest (``--resume DIR/step_N``: from that one). ``--metrics`` appends one JSON line per step (rank 0).
@@ -53,7 +54,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8, help="samples per rank per micro-batch")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", default="cpu-gloo-2", help="profile the plan is solved under")
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: NCCL, one GPU per rank")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--profile", default=None,
+                    help="profile the plan is solved under (default: cpu-gloo-2 on CPUs, h200x4-nvlink on GPUs)")
     ap.add_argument("--text-bytes", type=int, default=2_000_000)
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--ckpt-every", type=int, default=50)
@@ -147,17 +152,31 @@ def lr_at(step: int, a: argparse.Namespace) -> float:
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, a.steps)))))
 
 
+def init(a: argparse.Namespace) -> torch.device:
+    """The process group (gloo, or NCCL with this rank's GPU) and the device."""
+    if a.device == "cpu":
+        dist.init_process_group("gloo")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MoeschedError("--device cuda: no GPU is visible")
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(dev)
+    dist.init_process_group("nccl", device_id=dev)
+    return dev
+
+
 def train(a: argparse.Namespace) -> int:
     ck = resume_point(a)
-    dist.init_process_group("gloo")
+    dev = init(a)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(a.seed)
-    m = MoEModel(name="byte-lm", layers=a.layers, d_model=a.d_model, heads=4, kv_heads=2, rope_theta=10000.0,
+    m = MoEModel(name="byte-lm", layers=a.layers, d_model=a.d_model, heads=a.heads, kv_heads=a.heads // 2, rope_theta=10000.0,
                  seq_len=a.seq_len, micro_batch=a.batch, ffn_hidden=2 * a.d_model, experts=a.experts_per_rank * world,
-                 top_k=2, expert_kind="swiglu", dtype="fp32", vocab_size=256, norm_eps=1e-5)
-    plan = solve_plan(m, world, a.profile, rank)
+                 top_k=2, expert_kind="swiglu", dtype=a.dtype, vocab_size=256, norm_eps=1e-5)
+    profile = a.profile or ("cpu-gloo-2" if a.device == "cpu" else "h200x4-nvlink")
+    plan = solve_plan(m, world, profile, rank)
     ep = plan.cluster.ep_size
-    lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=a.seed)
+    lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev)
     step = LMStep(lm, plan)
     opt = torch.optim.AdamW(lm.parameters(), lr=a.lr, weight_decay=0.01)
     start = 0
@@ -174,12 +193,14 @@ def train(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(s, a)
-        loss = sum(float(step(*batch(data, s, k, rank, a))) for k in range(a.accum)) / a.accum
+        loss = sum(float(step(*(t.to(dev) for t in batch(data, s, k, rank, a)))) for k in range(a.accum)) / a.accum
         if a.accum > 1:
             for p in lm.parameters():
                 p.grad.div_(a.accum)
         opt.step()
         opt.zero_grad()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
         if rank == 0:
             rec = {"step": s + 1, "loss": loss, "tokens_per_s": tokens_per_step / dt, "step_ms": dt * 1e3,
@@ -188,8 +209,10 @@ def train(a: argparse.Namespace) -> int:
                 with open(a.metrics, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             if (s + 1) % a.log_every == 0 or s + 1 == end:
+                blocks_ms = step.planned.timeline().makespan_us / 1e3   # the plan's tasks, measured
                 print(f"step {s + 1}/{a.steps}  loss {loss:.4f}  {rec['tokens_per_s']:.0f} tok/s  "
-                      f"step {dt * 1e3:.1f} ms (plan predicts {predicted_ms:.1f} ms for the MoE blocks)", flush=True)
+                      f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs "
+                      f"{predicted_ms:.1f} ms predicted", flush=True)
         if a.ckpt_dir and ((s + 1) % a.ckpt_every == 0 or s + 1 == end):
             dcp.save(state(lm, opt), checkpoint_id=os.path.join(a.ckpt_dir, f"step_{s + 1}"))
     dist.destroy_process_group()

@@ -28,7 +28,7 @@ def test_training_example_learns_and_resumes_exactly(tmp_path):
     full, resumed, ck = tmp_path / "full.jsonl", tmp_path / "resumed.jsonl", tmp_path / "ck"
     r = run(tmp_path, "--steps", "30", "--ckpt-dir", str(ck), "--ckpt-every", "20", "--metrics", str(full))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "step 30/30  loss" in r.stdout and "tok/s" in r.stdout and "plan predicts" in r.stdout
+    assert "step 30/30  loss" in r.stdout and "tok/s" in r.stdout and "ms predicted" in r.stdout
     a = losses(full)
     assert sorted(a) == list(range(1, 31))
     first, last = sum(a[s] for s in range(1, 6)) / 5, sum(a[s] for s in range(26, 31)) / 5
