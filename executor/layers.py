@@ -214,10 +214,13 @@ class ReferenceModel:
     hand-written backward)."""
 
     def __init__(self, m: MoEModel, seed: int = 0, dtype: torch.dtype = torch.float32,
-                 init_device: torch.device | str = "cpu"):
+                 init_device: torch.device | str = "cpu", module: MoEModule | None = None):
+        """module: an existing CPU module with all experts to use (default: built here)."""
         self.cfg = m
-        self.module = MoEModule(m, ep=1, ep_rank=0, seed=seed, device=init_device, dtype=dtype).to("cpu")
-        self.module.device = torch.device("cpu")
+        if module is None:
+            module = MoEModule(m, ep=1, ep_rank=0, seed=seed, device=init_device, dtype=dtype).to("cpu")
+            module.device = torch.device("cpu")
+        self.module = module
 
     def _ffn(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor | None) -> torch.Tensor:
         h = x @ w1.t()

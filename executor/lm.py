@@ -188,8 +188,7 @@ class ReferenceLM:
     def __init__(self, m: MoEModel, seed: int = 0, dtype: torch.dtype = torch.float32,
                  loss_fn: LossFn | None = None):
         self.lm = MoELM(m, ep=1, ep_rank=0, seed=seed, device="cpu", dtype=dtype)
-        self.blocks = ReferenceModel.__new__(ReferenceModel)
-        self.blocks.cfg, self.blocks.module = m, self.lm.moe
+        self.blocks = ReferenceModel(m, module=self.lm.moe)
         self.loss_fn = loss_fn or F.cross_entropy
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

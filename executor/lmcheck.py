@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node=N -m executor.lmcheck --out r.jsonl`` runs, for a few tiny
 language models (untied and tied embeddings, GQA + RoPE + qk-norm, a plan with chunks),
-two micro-batches per rank by the plan on gloo and compares the loss of each and the
+two micro-batches per rank by the plan on gloo (``--device cuda``: NCCL, CUDA graphs) and compares the loss of each and the
 accumulated gradients of every parameter of this rank with the reference's (all ranks'
 batches, all experts, plain autograd). Rank 0 appends one JSON line per model:
 {"model", "ok", "loss", "ref_loss", "max_abs_err", "worst"}. Exit status 0 when every
@@ -48,16 +48,16 @@ def batch(rank: int, micro: int, m) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-def check(label: str, m, knobs: Knobs, rank: int, world: int, tol: float) -> dict:
+def check(label: str, m, knobs: Knobs, rank: int, world: int, tol: float, dev: torch.device) -> dict:
     plan = make_plan(m, Cluster(1, world), knobs)
     ep = plan.cluster.ep_size
-    lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=3)
+    lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=3, device=dev)
     step = LMStep(lm, plan)
     ref = ReferenceLM(m, seed=3)
     losses, ref_losses = [], []
     for micro in range(2):   # gradients accumulate over both micro-batches
         bs = [batch(r, micro, m) for r in range(world)]
-        losses.append(float(step(*bs[rank])))
+        losses.append(float(step(*(t.to(dev) for t in bs[rank]))))
         rl = ref.loss([b[0] for b in bs], [b[1] for b in bs])
         rl.backward()
         ref_losses.append(float(rl.detach()))
@@ -71,12 +71,13 @@ def check(label: str, m, knobs: Knobs, rank: int, world: int, tol: float) -> dic
                   enumerate(zip(mine.expert_params(), theirs.expert_params()))]
     worst, name, ok = 0.0, "", True
     for n, a, b in pairs:
+        a = a.detach().cpu()
         err = float((a - b).abs().max())
         ok &= bool(torch.allclose(a, b, rtol=tol, atol=tol))
         if err >= worst:
             worst, name = err, n
     ok &= all(abs(a - b) <= tol * (1 + abs(b)) for a, b in zip(losses, ref_losses))
-    flag = torch.tensor([0.0 if ok else 1.0, worst])
+    flag = torch.tensor([0.0 if ok else 1.0, worst], device=dev)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return {"model": label, "ok": flag[0].item() == 0.0, "loss": losses, "ref_loss": ref_losses,
             "max_abs_err": flag[1].item(), "worst": name}
@@ -86,14 +87,21 @@ def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m executor.lmcheck")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     a = ap.parse_args(argv)
     rank, world = rank_and_world()
     torch.manual_seed(0)
-    dist.init_process_group("gloo")
+    if a.device == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dev = torch.device("cpu")
+        dist.init_process_group("gloo")
     try:
         good = True
         for label, m, knobs in variants(world):
-            r = check(label, m, knobs, rank, world, a.tol)
+            r = check(label, m, knobs, rank, world, a.tol, dev)
             good &= r["ok"]
             if rank == 0:
                 with open(a.out, "a") as f:
