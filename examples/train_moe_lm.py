@@ -34,12 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.errors import MoeschedError  # noqa: E402
+from moesched.knobs import Knobs  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
 from moesched.plan import Plan, from_timeline  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
 from executor import errors  # noqa: E402
 from executor.lm import LMStep, MoELM  # noqa: E402
+from executor.testplans import make_plan  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -95,15 +97,19 @@ def batch(data: torch.Tensor, step: int, micro: int, rank: int, a: argparse.Name
 
 
 def solve_plan(m: MoEModel, world: int, profile: str, rank: int) -> Plan:
-    """Rank 0 solves; every rank gets the same plan."""
+    """Rank 0 solves (when the profile's layout is the world's); every rank gets the same plan."""
     box: list = [None]
     if rank == 0:
         from moesched.solve.api import solve
         p = Profile.load(profile)
         c = Cluster(1, world)
-        res = solve(m, c, p, time_limit_s=5.0)
-        plan = from_timeline("moesched", m, c, res.schedule.knobs, res.evaluation.timeline, p)
-        box[0] = plan.to_dict()
+        if (p.nodes, p.gpus_per_node) != (1, world):   # nothing to predict with: graph order, no prediction
+            print(f"profile {p.name} is for {p.nodes}x{p.gpus_per_node} ranks, the world has {world}: "
+                  "running the unpipelined plan without a prediction", flush=True)
+            box[0] = make_plan(m, c, Knobs((1,) * m.layers, (1,) * m.layers), policy="vanilla").to_dict()
+        else:
+            res = solve(m, c, p, time_limit_s=5.0)
+            box[0] = from_timeline("moesched", m, c, res.schedule.knobs, res.evaluation.timeline, p).to_dict()
     dist.broadcast_object_list(box, src=0)
     return Plan.from_dict(box[0])
 
@@ -210,9 +216,9 @@ def train(a: argparse.Namespace) -> int:
                     f.write(json.dumps(rec) + "\n")
             if (s + 1) % a.log_every == 0 or s + 1 == end:
                 blocks_ms = step.planned.timeline().makespan_us / 1e3   # the plan's tasks, measured
+                pred = "no prediction" if math.isnan(predicted_ms) else f"{predicted_ms:.1f} ms predicted"
                 print(f"step {s + 1}/{a.steps}  loss {loss:.4f}  {rec['tokens_per_s']:.0f} tok/s  "
-                      f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs "
-                      f"{predicted_ms:.1f} ms predicted", flush=True)
+                      f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs {pred}", flush=True)
         if a.ckpt_dir and ((s + 1) % a.ckpt_every == 0 or s + 1 == end):
             dcp.save(state(lm, opt), checkpoint_id=os.path.join(a.ckpt_dir, f"step_{s + 1}"))
     dist.destroy_process_group()
