@@ -210,7 +210,7 @@ def train(a: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
         if rank == 0:
             rec = {"step": s + 1, "loss": loss, "tokens_per_s": tokens_per_step / dt, "step_ms": dt * 1e3,
-                   "predicted_ms": predicted_ms}
+                   "predicted_ms": None if math.isnan(predicted_ms) else predicted_ms}
             if a.metrics:
                 with open(a.metrics, "a") as f:
                     f.write(json.dumps(rec) + "\n")
