@@ -85,7 +85,7 @@ class MoEModel:
             raise MoeschedError(f"model {self.name}: shared_experts must be an integer >= 0, got {self.shared_experts!r}")
         if self.top_k > self.experts:
             raise MoeschedError(f"model {self.name}: top_k={self.top_k} exceeds experts={self.experts}")
-        if self.d_model % self.heads:
+        if self.head_dim is None and self.d_model % self.heads:
             raise MoeschedError(f"model {self.name}: d_model={self.d_model} is not divisible by heads={self.heads}")
         if self.capacity_factor is not None and (isinstance(self.capacity_factor, bool) or not isinstance(
                 self.capacity_factor, (int, float)) or not 0 < self.capacity_factor <= 1e6):
