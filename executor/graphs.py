@@ -81,7 +81,7 @@ class GraphedPiece:
                  graph: bool = True):
         L, M = m.seq_len, m.d_model
         self.p, self.m, self.ls, self.prev, self.a, self.b = p, m, ls, prev, a, b
-        self.params = [p.norm1, p.wqkv, p.wo, p.norm2, p.wg]
+        self.params = p.attention_params()
         self.x = torch.zeros((b - a) // L, L, M, device=ls.h.device, dtype=ls.h.dtype, requires_grad=prev is not None)
         self.du = torch.zeros_like(self.x, requires_grad=False)
         self.fwd_graph = self.bwd_graph = None

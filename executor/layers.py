@@ -2,9 +2,15 @@
 
 Per block (pre-norm, causal self-attention, RMSNorm, no biases)::
 
-    h = x + Attn(Norm1(x))            Wqkv [3M, M], Wo [M, M], causal SDPA
-    u = Norm2(h)                      RMSNorm weights [M]
-    p = softmax(u Wg^T)               Wg [E, M]; (w, idx) = topk(p, k); w /= w.sum() (Mixtral)
+    h = x + Attn(Norm1(x))            Wqkv [(nq + 2 nkv) hd, M], Wo [M, nq hd], causal SDPA
+    u = Norm2(h)                      RMSNorm weights [M], eps = model.norm_eps
+    p = softmax(u Wg^T)               Wg [E, M]; (w, idx) = topk(p, k); w /= w.sum() (Mixtral;
+                                      unless model.norm_topk_prob is False)
+
+Attention: nq = heads query heads, nkv = kv_heads key/value heads (grouped-query attention;
+nkv = nq by default), head size hd (d_model / heads by default); with ``qk_norm`` an RMSNorm
+[hd] over every query and key head (Qwen3); with ``rope_theta`` rotary position embeddings
+(positions 0..L-1 of each sample).
     y = h + sum_j w_j Expert_{idx_j}(u) + Shared(u)
 
 Capacity (``capacity_factor`` f set): C = ceil(f*k*T/E), T = tokens of this rank; copies
@@ -54,9 +60,14 @@ class LayerParams(nn.Module):
         def p(name: str, shape: tuple[int, ...], std: float) -> nn.Parameter:
             return nn.Parameter(_randn(shape, std, seed, f"L{layer}/{name}", device, dtype))
 
+        hd, nq, nkv = m.hd, m.heads, m.n_kv_heads
         self.norm1 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
-        self.wqkv = p("wqkv", (3 * M, M), 1 / math.sqrt(M))
-        self.wo = p("wo", (M, M), 1 / math.sqrt(M))
+        self.wqkv = p("wqkv", ((nq + 2 * nkv) * hd, M), 1 / math.sqrt(M))
+        self.wo = p("wo", (M, nq * hd), 1 / math.sqrt(nq * hd))
+        self.qk_norm = m.qk_norm
+        if self.qk_norm:
+            self.q_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
+            self.k_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
         self.norm2 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
         self.wg = p("wg", (E, M), 1 / math.sqrt(M))
         self.shared = m.shared_experts > 0
@@ -74,9 +85,14 @@ class LayerParams(nn.Module):
         self.w3 = ex("w3", (H, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
         self.w2 = ex("w2", (M, H), 1 / math.sqrt(H))
 
+    def attention_params(self) -> list[nn.Parameter]:
+        """Parameters of the attention and router part: norm1, wqkv, wo, [q_norm, k_norm], norm2, wg."""
+        qk = [self.q_norm, self.k_norm] if self.qk_norm else []
+        return [self.norm1, self.wqkv, self.wo, *qk, self.norm2, self.wg]
+
     def dense_params(self) -> list[nn.Parameter]:
-        """Fixed order: norm1, wqkv, wo, norm2, wg, [sw1, (sw3), sw2]."""
-        ps = [self.norm1, self.wqkv, self.wo, self.norm2, self.wg]
+        """Fixed order: attention_params(), then [sw1, (sw3), sw2]."""
+        ps = self.attention_params()
         if self.shared:
             ps += [self.sw1] + ([self.sw3] if self.sw3 is not None else []) + [self.sw2]
         return ps
@@ -117,10 +133,22 @@ def grad_buffers(module: MoEModule) -> dict[str, torch.Tensor]:
     return out
 
 
-def rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
     """x [..., M] * rsqrt(mean(x^2) + eps) * w: torch's fused RMSNorm (one autograd node
     instead of seven: the attention backward is launch-bound at these sizes)."""
-    return F.rms_norm(x, (x.shape[-1],), w, RMS_EPS)
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
+
+
+def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding of x [b, heads, L, hd] at positions 0..L-1 (the
+    rotate-half form of Llama/Mixtral/Qwen: cos/sin of pos * theta^(-2i/hd), fp32)."""
+    L, hd = x.shape[-2], x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=x.device).float() / hd))
+    freqs = torch.arange(L, device=x.device, dtype=torch.float32)[:, None] * inv[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
@@ -131,15 +159,23 @@ def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
     idx [b, L, k] (expert ids, long).
     """
     b, L, M = x.shape
-    hd = M // m.heads
-    qkv = rmsnorm(x, p.norm1) @ p.wqkv.t()
-    q, k, v = (t.view(b, L, m.heads, hd).transpose(1, 2) for t in qkv.split(M, dim=-1))
+    hd, nq, nkv = m.hd, m.heads, m.n_kv_heads
+    qkv = rmsnorm(x, p.norm1, m.norm_eps) @ p.wqkv.t()
+    q, k, v = qkv.split([nq * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k, v = q.view(b, L, nq, hd), k.view(b, L, nkv, hd), v.view(b, L, nkv, hd)
+    if m.qk_norm:
+        q, k = rmsnorm(q, p.q_norm, m.norm_eps), rmsnorm(k, p.k_norm, m.norm_eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if m.rope_theta is not None:
+        q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
+    if nkv != nq:  # grouped-query attention: kv head j serves query heads [j*g, (j+1)*g)
+        k, v = k.repeat_interleave(nq // nkv, dim=1), v.repeat_interleave(nq // nkv, dim=1)
     a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    h = x + a.transpose(1, 2).reshape(b, L, M) @ p.wo.t()
-    u = rmsnorm(h, p.norm2)
+    h = x + a.transpose(1, 2).reshape(b, L, nq * hd) @ p.wo.t()
+    u = rmsnorm(h, p.norm2, m.norm_eps)
     probs = torch.softmax((u @ p.wg.t()).float(), dim=-1)
     w, idx = probs.topk(m.top_k, dim=-1)
-    return h, u, w / w.sum(-1, keepdim=True), idx
+    return h, u, (w / w.sum(-1, keepdim=True) if m.norm_topk_prob else w), idx
 
 
 def capacity(m: MoEModel, tokens: int) -> int | None:
@@ -178,10 +214,13 @@ class ReferenceModel:
     hand-written backward)."""
 
     def __init__(self, m: MoEModel, seed: int = 0, dtype: torch.dtype = torch.float32,
-                 init_device: torch.device | str = "cpu"):
+                 init_device: torch.device | str = "cpu", module: MoEModule | None = None):
+        """module: an existing CPU module with all experts to use (default: built here)."""
         self.cfg = m
-        self.module = MoEModule(m, ep=1, ep_rank=0, seed=seed, device=init_device, dtype=dtype).to("cpu")
-        self.module.device = torch.device("cpu")
+        if module is None:
+            module = MoEModule(m, ep=1, ep_rank=0, seed=seed, device=init_device, dtype=dtype).to("cpu")
+            module.device = torch.device("cpu")
+        self.module = module
 
     def _ffn(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor | None) -> torch.Tensor:
         h = x @ w1.t()
@@ -190,6 +229,11 @@ class ReferenceModel:
 
     def rank_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of one rank's batch x, target [B, L, M]."""
+        x = self.blocks(x)
+        return ((x.float() - target.float()) ** 2).mean()
+
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Output [B, L, M] of the last block for one rank's input x [B, L, M]."""
         m = self.cfg
         B, L, M = x.shape
         T = B * L
@@ -208,7 +252,7 @@ class ReferenceModel:
             if p.shared:
                 y = y + self._ffn(uf, p.sw1, p.sw2, p.sw3)
             x = y.view(B, L, M)
-        return ((x.float() - target.float()) ** 2).mean()
+        return x
 
     def loss(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
         """Mean over ranks of rank_loss."""

@@ -170,6 +170,10 @@ class PlannedStep:
             self.zero_stream = torch.cuda.Stream(module.device)  # gradient buffers zeroed beside the forward
             self._warm_groups()
         self._last: StepRecord | None = None
+        # a language model's hooks (executor.lm): the loss task calls head(y, world) -> (loss,
+        # dy) instead of the MSE on target; input_grad [T, M] receives dL/d(batch)
+        self.head = None
+        self.input_grad: torch.Tensor | None = None
 
     def _warm_groups(self) -> None:
         """Create the NCCL communicators now (one tiny all-reduce per group, same order on
@@ -206,7 +210,8 @@ class PlannedStep:
             self.staging.reset()
         flat = lambda t: t.to(mod.device, mod.dtype).reshape(m.tokens, m.d_model)  # noqa: E731
         return tasks.Ctx(module=mod, cfg=m, knobs=self.plan.knobs, groups=self.groups, world=self.world,
-                         layers=self.layers, x=flat(batch), target=flat(target), flat=self.flat,
+                         layers=self.layers, x=flat(batch), target=target if self.head is not None else flat(target),
+                         flat=self.flat, head=self.head, dx=self.input_grad,
                          compute_stream=self.compute_stream, meta_stream=self.meta_stream, graphs=self.graphs,
                          route_graphs=self.route_graphs, staging=self.staging, grads_zeroed=zeroed)
 
@@ -258,6 +263,15 @@ class PlannedStep:
 
     @staticmethod
     def _call(ctx: tasks.Ctx, name: str, a: dict) -> list:
+        """Run one task; under an active torch profiler labelled ``moesched:<task>``
+        (``torch.profiler.record_function``), so a user's trace shows the plan's tasks."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            with torch.profiler.record_function(f"moesched:{name}"):
+                return PlannedStep._run_task(ctx, a)
+        return PlannedStep._run_task(ctx, a)
+
+    @staticmethod
+    def _run_task(ctx: tasks.Ctx, a: dict) -> list:
         kind = a["kind"]
         if a["resource"] == COMPUTE:
             tasks.COMPUTE[kind](ctx, a["layer"], a["chunk"], a["nchunks"])

@@ -75,6 +75,8 @@ class Ctx:
     host_wait_s: float = 0.0            # host time blocked on routing counts so far this step, s
     bench_counts: dict = field(default_factory=dict)  # benchmarks (groups None): counts read once
     grads_zeroed: Any = None            # CUDA: event of the gradient buffers' zeroing (side stream)
+    head: Any = None                    # loss over the last block's output: (y [T, M], world) -> (loss, dy)
+    dx: torch.Tensor | None = None      # [T, M]: filled with dL/d(first block's input) when given
 
     @property
     def me(self) -> int:
@@ -172,13 +174,14 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
     p = ctx.module.blocks[l]
     cuts = piece_cuts(ls.T, ls.rb, ctx.knobs.at_chunked, a, b)
+    want_dx = l > 0 or ctx.dx is not None
     for pa, pb in zip(cuts, cuts[1:]):
-        graphed = ctx.graphs.get((l, pa, pb)) if ctx.graphs else None
+        graphed = ctx.graphs.get((l, pa, pb)) if ctx.graphs and (l > 0 or ctx.dx is None) else None
         if graphed is not None:  # writes h, u, w, idx of the piece into the layer state
             graphed.forward(x[pa - a:pb - a])
             ls.pieces.append(Piece(pa, pb, graphed=graphed))
             continue
-        xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(l > 0)
+        xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(want_dx)
         with torch.enable_grad():
             h, u, w, idx = attention_router(xl, p, m)
         ls.pieces.append(Piece(pa, pb, xl, h, u, w))
@@ -228,10 +231,17 @@ def expert_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
 
 @torch.no_grad()
 def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
-    """Merge the last layer, loss_r = mean((y - target)^2); seed dy = d(loss_r / world)/dy."""
+    """Merge the last layer, loss_r = mean((y - target)^2); seed dy = d(loss_r / world)/dy.
+    With ``ctx.head`` (a language model's norm, output head and loss: :mod:`executor.lm`)
+    the head gives loss_r and dy instead."""
     ls = ctx.layers[-1]
     if ctx.grads_zeroed is not None:  # every gradient write comes after the loss
         torch.cuda.current_stream().wait_event(ctx.grads_zeroed)
+    if ctx.head is not None:
+        ctx.loss, dy = ctx.head(merge(ctx, len(ctx.layers) - 1, 0, ls.T), ctx.world)
+        ls.dy.copy_(dy)
+        _mark_ready(ctx, len(ctx.layers) - 1, 0, ls.T)
+        return
     diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
     ctx.loss = (diff * diff).mean().detach()
     ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
@@ -335,6 +345,8 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
         if l > 0:
             ctx.layers[l - 1].dy[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
             _mark_ready(ctx, l - 1, pc.a, pc.b)
+        elif ctx.dx is not None:
+            ctx.dx[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
     if not ctx.retain_graph:
         ls.pieces = keep
 

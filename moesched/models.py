@@ -15,6 +15,9 @@ from moesched.errors import MoeschedError
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 EXPERT_KINDS = ("gpt", "swiglu")
 ROUTERS = ("topk_softmax",)
+#: fields a model dict may leave out (their defaults apply)
+OPTIONAL_FIELDS = frozenset({"kv_heads", "head_dim", "rope_theta", "norm_eps", "qk_norm", "norm_topk_prob",
+                             "vocab_size", "tie_embeddings"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,18 @@ class MoEModel:
         expert_kind: "gpt" (two GEMMs, GELU) or "swiglu" (three GEMMs).
         router: routing function; "topk_softmax" (GShard/Switch).
         dtype: "bf16", "fp16" or "fp32" for activations, weights and gradients.
+
+    Attention and language-model details (their defaults keep a model's dict, hash and plans
+    as they were without them; :meth:`to_dict` leaves a field at its default out):
+        kv_heads: key/value heads of grouped-query attention (divides heads); None = heads.
+        head_dim: size of one attention head; None = d_model // heads.
+        rope_theta: base of rotary position embeddings (Su et al. 2021, as Llama/Mixtral);
+            None = no position embedding.
+        norm_eps: epsilon of every RMSNorm.
+        qk_norm: RMSNorm over each query and key head before the rotary embedding (Qwen3).
+        norm_topk_prob: renormalise the top-k router weights to sum 1 (Mixtral: True).
+        vocab_size: tokens of the embedding and output head (None: blocks only).
+        tie_embeddings: the output head reuses the token embedding.
     """
 
     name: str
@@ -52,6 +67,14 @@ class MoEModel:
     expert_kind: str = "gpt"
     router: str = "topk_softmax"
     dtype: str = "bf16"
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | None = None
+    norm_eps: float = 1e-6
+    qk_norm: bool = False
+    norm_topk_prob: bool = True
+    vocab_size: int | None = None
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
@@ -62,7 +85,7 @@ class MoEModel:
             raise MoeschedError(f"model {self.name}: shared_experts must be an integer >= 0, got {self.shared_experts!r}")
         if self.top_k > self.experts:
             raise MoeschedError(f"model {self.name}: top_k={self.top_k} exceeds experts={self.experts}")
-        if self.d_model % self.heads:
+        if self.head_dim is None and self.d_model % self.heads:
             raise MoeschedError(f"model {self.name}: d_model={self.d_model} is not divisible by heads={self.heads}")
         if self.capacity_factor is not None and (isinstance(self.capacity_factor, bool) or not isinstance(
                 self.capacity_factor, (int, float)) or not 0 < self.capacity_factor <= 1e6):
@@ -73,8 +96,46 @@ class MoEModel:
             raise MoeschedError(f"model {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
         if self.dtype not in DTYPE_BYTES:
             raise MoeschedError(f"model {self.name}: dtype must be one of {tuple(DTYPE_BYTES)}, got {self.dtype!r}")
+        self._check_lm_fields()
+
+    def _check_lm_fields(self) -> None:
+        pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+        for f in ("kv_heads", "head_dim", "vocab_size"):
+            v = getattr(self, f)
+            if v is not None and not pos(v):
+                raise MoeschedError(f"model {self.name}: {f} must be a positive integer or None, got {v!r}")
+        if self.heads % self.n_kv_heads:
+            raise MoeschedError(f"model {self.name}: heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
+        if self.rope_theta is not None and (isinstance(self.rope_theta, bool) or not isinstance(
+                self.rope_theta, (int, float)) or not self.rope_theta > 0):
+            raise MoeschedError(f"model {self.name}: rope_theta must be a positive number or None")
+        if self.rope_theta is not None and self.hd % 2:
+            raise MoeschedError(f"model {self.name}: rotary embeddings need an even head size, got {self.hd}")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
+            raise MoeschedError(f"model {self.name}: norm_eps must be a number in (0, 1), got {self.norm_eps!r}")
+        for f in ("qk_norm", "norm_topk_prob", "tie_embeddings"):
+            if not isinstance(getattr(self, f), bool):
+                raise MoeschedError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
+        if self.tie_embeddings and self.vocab_size is None:
+            raise MoeschedError(f"model {self.name}: tie_embeddings needs vocab_size")
 
     # ---- derived sizes -------------------------------------------------------------
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (heads without grouped-query attention)."""
+        return self.heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def hd(self) -> int:
+        """Size of one attention head."""
+        return self.d_model // self.heads if self.head_dim is None else self.head_dim
+
+    def attention_params(self) -> int:
+        """Attention weights of one layer: Wqkv [(heads + 2 kv_heads) * hd, M], Wo [M, heads * hd],
+        and with qk_norm two RMSNorm weights [hd]."""
+        qkv = (self.heads + 2 * self.n_kv_heads) * self.hd * self.d_model
+        return qkv + self.d_model * self.heads * self.hd + (2 * self.hd if self.qk_norm else 0)
+
     @property
     def bytes_per_elem(self) -> int:
         return DTYPE_BYTES[self.dtype]
@@ -108,11 +169,11 @@ class MoEModel:
     def dense_params_per_layer(self) -> int:
         """Parameters reduced over the data-parallel group per layer.
 
-        Attention 4*M^2 (QKV and output projection), two RMS/LayerNorm weights 2*M, router
-        M*E, shared experts shared*(2 or 3)*M*H.
+        Attention 4*M^2 without GQA (QKV and output projection; :meth:`attention_params`),
+        two RMS/LayerNorm weights 2*M, router M*E, shared experts shared*(2 or 3)*M*H.
         """
         m = self.d_model
-        return 4 * m * m + 2 * m + m * self.experts + self.shared_experts * self.expert_params()
+        return self.attention_params() + 2 * m + m * self.experts + self.shared_experts * self.expert_params()
 
     def shape_key(self) -> str:
         """What sets a compute task's efficiency besides its token count: a profile may hold
@@ -122,16 +183,35 @@ class MoEModel:
                 f"-{cf}-s{self.shared_experts}-{self.expert_kind}-{self.dtype}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields, less the attention/LM fields at their defaults (so a model without them
+        has the dict, and a plan the hash, it always had)."""
+        d = asdict(self)
+        for f in fields(self):
+            if f.name in OPTIONAL_FIELDS and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MoEModel":
         names = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or set(d) != names:
+        if not isinstance(d, dict) or not names - OPTIONAL_FIELDS <= set(d) <= names:
             extra = sorted(set(d) - names) if isinstance(d, dict) else []
-            missing = sorted(names - set(d)) if isinstance(d, dict) else sorted(names)
+            missing = sorted(names - OPTIONAL_FIELDS - set(d)) if isinstance(d, dict) else sorted(names)
             raise MoeschedError(f"model spec has wrong keys (missing {missing}, unknown {extra})")
         return cls(**d)
+
+    @classmethod
+    def from_hf_config(cls, path_or_dict: Any, seq_len: int = 4096, micro_batch: int = 1, dtype: str = "bf16",
+                       name: str | None = None) -> "MoEModel":
+        """The model of a Hugging Face ``config.json`` (a path, its folder, or the dict) of a
+        Mixtral or Qwen3-MoE checkpoint (:mod:`moesched.hfconfig`; unsupported details are
+        refused); seq_len and micro_batch are not in the config."""
+        from moesched import hfconfig
+        kw = hfconfig.model_kwargs(path_or_dict)
+        if name is None:
+            d = hfconfig.read_config(path_or_dict)
+            name = str(d.get("_name_or_path") or (d.get("architectures") or [d.get("model_type")])[0])
+        return cls(name=name, seq_len=seq_len, micro_batch=micro_batch, dtype=dtype, **kw)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "MoEModel":

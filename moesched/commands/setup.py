@@ -3,6 +3,7 @@ its network, checked together once (:func:`moesched.cluster.check_setup`)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from dataclasses import replace
@@ -48,12 +49,17 @@ def check_time_limit(seconds: float | None) -> None:
 
 
 def resolve(args: argparse.Namespace) -> tuple[MoEModel, Profile, Cluster]:
-    """``--model`` (with ``--layers`` if the command has it), the profile, and ``--cluster``
-    or, by default, the profile's own layout."""
+    """``--model`` (a preset name, or a Hugging Face ``config.json`` or its folder: seq_len
+    4096, micro_batch 1, bf16; with ``--layers`` if the command has it), the profile, and
+    ``--cluster`` or, by default, the profile's own layout."""
     layers = getattr(args, "layers", None)
     if layers is not None and not 1 <= layers <= MAX_LAYERS:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
-    model = MoEModel.from_name(args.model, **({"layers": layers} if layers is not None else {}))
+    over = {"layers": layers} if layers is not None else {}
+    if args.model.endswith(".json") or Path(args.model).is_dir():
+        model = replace(MoEModel.from_hf_config(args.model), **over)
+    else:
+        model = MoEModel.from_name(args.model, **over)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
     check_setup(model.experts, cluster, profile)
