@@ -221,6 +221,7 @@ def train(a: argparse.Namespace) -> int:
                       f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs {pred}", flush=True)
         if a.ckpt_dir and ((s + 1) % a.ckpt_every == 0 or s + 1 == end):
             dcp.save(state(lm, opt), checkpoint_id=os.path.join(a.ckpt_dir, f"step_{s + 1}"))
+    dist.barrier()  # no rank tears the group down while a peer still uses it
     dist.destroy_process_group()
     return 0
 

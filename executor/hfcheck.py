@@ -80,6 +80,7 @@ def _main(argv: list[str] | None) -> int:
             if rank == 0:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(res) + "\n")
+        dist.barrier()  # no rank tears the group down while a peer still uses it
         return 0 if good else 1
     finally:
         dist.destroy_process_group()
