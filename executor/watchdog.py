@@ -88,6 +88,11 @@ class Watchdog:
             self._store.add(self._key("hb", self.rank), DONE)
         except Exception:  # noqa: BLE001 - the store host may be gone already; nothing to tell
             pass
+        # Join the threads: a daemon thread still inside a store call when the interpreter
+        # finalizes is unwound through C++ and aborts the process ("terminate called without
+        # an active exception"), turning a finished rank into a failed one.
+        for t in self._threads:
+            t.join(min(self.timeout_s, 10.0))
 
     def __enter__(self) -> Watchdog:
         return self
