@@ -194,9 +194,9 @@ def train(a: argparse.Namespace) -> int:
     ep = plan.cluster.ep_size
     lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev)
     step = LMStep(lm, plan)
-    rec = None
+    recorder = None
     if a.record_routing:
-        rec = RoutingRecorder(m, ep, source="torchrun examples/train_moe_lm.py " + " ".join(sys.argv[1:]),
+        recorder = RoutingRecorder(m, ep, source="torchrun examples/train_moe_lm.py " + " ".join(sys.argv[1:]),
                               accum=a.accum)
     opt = torch.optim.AdamW(lm.parameters(), lr=a.lr, weight_decay=0.01)
     start = 0
@@ -216,8 +216,8 @@ def train(a: argparse.Namespace) -> int:
         loss = 0.0
         for k in range(a.accum):
             loss += float(step(*(t.to(dev) for t in batch(data, s, k, rank, a)))) / a.accum
-            if rec is not None:
-                rec.record(step.planned, s)
+            if recorder is not None:
+                recorder.record(step.planned, s)
         if a.accum > 1:
             for p in lm.parameters():
                 p.grad.div_(a.accum)
@@ -239,8 +239,8 @@ def train(a: argparse.Namespace) -> int:
                       f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs {pred}", flush=True)
         if a.ckpt_dir and ((s + 1) % a.ckpt_every == 0 or s + 1 == end):
             dcp.save(state(lm, opt), checkpoint_id=os.path.join(a.ckpt_dir, f"step_{s + 1}"))
-    if rec is not None:
-        rec.save(a.record_routing)
+    if recorder is not None:
+        recorder.save(a.record_routing)
     dist.barrier()  # no rank tears the group down while a peer still uses it
     dist.destroy_process_group()
     return 0

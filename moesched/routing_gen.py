@@ -1,10 +1,10 @@
 """Synthetic routing traces (:mod:`moesched.routing_trace`) for tests and what-if studies.
 
-* ``zipf:S[,drift=D][,seed=N]``: expert popularity follows Zipf's law. Expert e has the
-  score z_e = -S * ln(rank_e) (rank_e = 1..E, a random permutation per layer), so
-  p_e = exp(z_e) / sum exp(z) = rank_e^-S / H(E, S). With drift D > 0 every score takes a
-  Gaussian random-walk step of standard deviation D * S per training step, so the popular
-  experts change over steps (D = 0: the same Zipf law every step).
+* ``zipf:S[,drift=D][,seed=N]``: expert popularity follows Zipf's law every step: the
+  expert of popularity rank r (1..E) gets p = r^-S / H(E, S). Ranks come from scores
+  z_e = -ln(r0_e) + w_e (r0: a random permutation per layer); with drift D > 0 every w_e
+  takes a Gaussian random-walk step of standard deviation D per training step, so the
+  popular experts change over steps while the skew stays Zipf(S) (D = 0: fixed ranks).
 * ``dirichlet:A[,seed=N]``: every step and layer draws p ~ Dirichlet(A, ..., A) afresh
   (small A: skewed, large A: near even).
 * ``even``: p_e = 1/E.
@@ -101,13 +101,6 @@ def round_counts(p: list[float], total: int) -> list[int]:
     return out
 
 
-def _softmax(z: list[float]) -> list[float]:
-    m = max(z)
-    e = [math.exp(x - m) for x in z]
-    s = sum(e)
-    return [x / s for x in e]
-
-
 def _dirichlet(rng: random.Random, alpha: float, n: int) -> list[float]:
     g = [rng.gammavariate(alpha, 1.0) for _ in range(n)]
     s = sum(g)
@@ -125,14 +118,19 @@ def generate(spec: RoutingSpec, layers: int, experts: int, ep: int, tokens_per_r
     for _ in range(layers):
         ranks = list(range(1, experts + 1))
         rng.shuffle(ranks)
-        scores.append([-spec.param * math.log(r) for r in ranks])
+        scores.append([-math.log(r) for r in ranks])
+    zipf = [r ** -spec.param for r in range(1, experts + 1)]
+    zipf = [x / sum(zipf) for x in zipf]
     records = []
     for s in range(steps):
         for l in range(layers):
             if spec.kind == "zipf":
                 if s and spec.drift:
-                    scores[l] = [z + rng.gauss(0.0, spec.drift * spec.param) for z in scores[l]]
-                p = _softmax(scores[l])
+                    scores[l] = [z + rng.gauss(0.0, spec.drift) for z in scores[l]]
+                order = sorted(range(experts), key=lambda e: -scores[l][e])
+                p = [0.0] * experts
+                for r, e in enumerate(order):
+                    p[e] = zipf[r]
             elif spec.kind == "dirichlet":
                 p = _dirichlet(rng, spec.param, experts)
             else:

@@ -106,3 +106,34 @@ def test_header_json_is_exact() -> None:
     d = json.loads(_lines(_trace())[0])
     assert d == {"format": "moesched.routing", "version": 1, "layers": 2, "experts": 4, "ep": 2,
                  "tokens_per_rank": 8, "top_k": 2, "router": "topk_softmax", "source": ""}
+
+
+def test_cli_gen_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from moesched.cli import main
+    out = tmp_path / "z.jsonl"
+    assert main(["routing", "gen", "zipf:1.0,drift=0.2", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--steps", "5",
+                 "--out", str(out)]) == 0
+    t = load(out)
+    assert (t.header.layers, t.header.experts, t.header.ep, t.steps) == (12, 16, 4, [0, 1, 2, 3, 4])
+    assert t.header.source == "zipf:1,drift=0.2,seed=0"
+    assert main(["routing", "show", str(out)]) == 0
+    text = capsys.readouterr().out
+    h = sum(1 / r for r in range(1, 17))
+    assert all(abs(r.imbalance() - 16 / h) < 0.01 for r in t.records)  # Zipf(1), 16 experts: E / H(16)
+    assert f"{t.records[0].imbalance():.3f}" in text
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["routing", "gen", "zipf:1", "--model", "GPT2-Tiny-MoE", "--ep", "3", "--out", "X"], "--ep 3"),
+    (["routing", "gen", "pareto:1", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--out", "X"], "kind"),
+    (["routing", "gen", "zipf:1", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--steps", "0", "--out", "X"], "--steps"),
+    (["routing", "show", "BAD"], "version"),
+])
+def test_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], msg: str) -> None:
+    from moesched.cli import main
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(_trace().to_jsonl().replace('"version": 1', '"version": 7'))
+    args = [str(bad) if a == "BAD" else str(tmp_path / "x.jsonl") if a == "X" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
