@@ -11,7 +11,7 @@ its even-routing step, the mean and 90th percentile under the distribution, the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moesched import schedules
 from moesched.cluster import Cluster
@@ -20,7 +20,7 @@ from moesched.imbalance import DEFAULT_SAMPLES, Expected, StepLoad, expected, lo
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.schedules.base import evaluate, executed_timeline
+from moesched.schedules.base import Schedule, evaluate, executed_timeline
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,50 @@ def sampled_loads(text: str, model: MoEModel, cluster: Cluster, samples: int = D
     return [step_load(trace, s, model, cluster.ep_size) for s in sample_steps(trace, samples)]
 
 
-def policy_plans(model: MoEModel, cluster: Cluster, profile: Profile, names: list[str] | None = None
-                 ) -> dict[str, tuple[Knobs, list[str]]]:
-    """Knobs and executed issue order of each published policy that can schedule the model."""
+def policy_schedules(model: MoEModel, cluster: Cluster, profile: Profile, names: list[str] | None = None
+                     ) -> dict[str, Schedule]:
+    """Each published policy's schedule for the model, those that can schedule it."""
     out = {}
     for name in names or list(schedules.POLICIES):
         try:
-            ev = evaluate(model, cluster, profile, schedules.get(name).schedule(model, cluster, profile))
+            out[name] = schedules.get(name).schedule(model, cluster, profile)
         except MoeschedError:
             continue
-        out[name] = (ev.schedule.knobs, executed_timeline(model, cluster, profile, ev).order())
     return out
+
+
+def knob_variants(base: Schedule, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, Schedule]:
+    """``base`` with every uniform forward and backward pipeline degree in ``degrees`` (its
+    other knobs and its priority rule kept): the search of :func:`choose` under a distribution."""
+    L = len(base.knobs.r_fwd)
+    out = {}
+    for rf in degrees:
+        for rb in degrees:
+            try:
+                k = replace(base.knobs, r_fwd=(rf,) * L, r_bwd=(rb,) * L)
+            except MoeschedError:
+                continue
+            out[f"{base.policy} r_fwd={rf} r_bwd={rb}"] = Schedule(base.policy, k, base.priority, dict(base.notes))
+    return out
+
+
+def plans_of(model: MoEModel, cluster: Cluster, profile: Profile, scheds: dict[str, Schedule]
+             ) -> dict[str, tuple[Knobs, list[str]]]:
+    """Knobs and executed issue order of each schedule that evaluates."""
+    out = {}
+    for name, sc in scheds.items():
+        try:
+            ev = evaluate(model, cluster, profile, sc)
+        except MoeschedError:
+            continue
+        out[name] = (sc.knobs, executed_timeline(model, cluster, profile, ev).order())
+    return out
+
+
+def policy_plans(model: MoEModel, cluster: Cluster, profile: Profile, names: list[str] | None = None
+                 ) -> dict[str, tuple[Knobs, list[str]]]:
+    """Knobs and executed issue order of each published policy that can schedule the model."""
+    return plans_of(model, cluster, profile, policy_schedules(model, cluster, profile, names))
 
 
 def rank_plans(model: MoEModel, cluster: Cluster, profile: Profile, plans: dict[str, tuple[Knobs, list[str]]],

@@ -131,3 +131,14 @@ def test_cli_refuses_a_bad_routing(spec: str, msg: str, capsys: pytest.CaptureFi
                  "--schedules", "vanilla", "--routing", spec]) == 2
     err = capsys.readouterr().err
     assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
+
+
+def test_knob_variants_keep_the_rest_of_the_schedule() -> None:
+    from moesched.imbalance_plans import knob_variants, policy_schedules
+    m = dataclasses.replace(PRESETS["Mixtral-8x7B"], layers=2)
+    base = policy_schedules(m, CLUSTER, NVLINK, ["fsmoe"])["fsmoe"]
+    vs = knob_variants(base)
+    assert len(vs) == 16 and "fsmoe r_fwd=2 r_bwd=8" in vs
+    v = vs["fsmoe r_fwd=2 r_bwd=8"]
+    assert v.knobs.r_fwd == (2, 2) and v.knobs.r_bwd == (8, 8) and v.priority is base.priority
+    assert dataclasses.replace(v.knobs, r_fwd=base.knobs.r_fwd, r_bwd=base.knobs.r_bwd) == base.knobs

@@ -61,28 +61,37 @@ def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Clus
 
 def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
                          plan: Plan) -> Plan:
-    """solve --routing: the solver's even-routing plan and every published policy's, replayed
+    """solve --routing: the solver's even-routing plan, every published policy's, and the
+    best of them with every uniform pipeline degree (1, 2, 4, 8 forward x backward), replayed
     under the same sampled steps; the plan with the lowest mean step is returned (labelled
     moesched, with the choice in its notes)."""
     from moesched import imbalance_plans as ip
-    from moesched import schedules
     from moesched.plan import from_timeline
     from moesched.schedules.base import evaluate
     loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
-    plans = {"moesched (even plan)": (plan.knobs, list(plan.order))}
-    plans.update(ip.policy_plans(model, cluster, profile))
-    cands = ip.rank_plans(model, cluster, profile, plans, loads)
+    even = "moesched (even plan)"
+    scheds = ip.policy_schedules(model, cluster, profile)
+    policies = set(scheds)
+    cands = ip.rank_plans(model, cluster, profile, {even: (plan.knobs, list(plan.order)),
+                                                    **ip.plans_of(model, cluster, profile, scheds)}, loads)
+    top = ip.best([c for c in cands if c.name in scheds]) if any(c.name in scheds for c in cands) else None
+    if top is not None:  # search the pipeline degrees of the best policy under the distribution
+        variants = {n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs}
+        scheds.update(variants)
+        cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, variants), loads)
     best = ip.best(cands)
-    print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order):")
-    print(routing_table(cands, best.name))
-    r = best.result
+    shown = [c for c in cands if c.name == even or c.name in policies or c is best]
+    print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
+          f"{len(cands)} plans tried):")
+    print(routing_table(shown, best.name))
+    r, e = best.result, cands[0].result
     print(f"chosen for the distribution: {best.name}, mean {r.mean_us / 1e3:.3f} ms, p90 {r.p90_us / 1e3:.3f} ms "
-          f"({100 * (r.slowdown - 1):+.1f}% vs its even-routing step)")
-    if best.name == "moesched (even plan)":
+          f"({100 * (r.mean_us / e.mean_us - 1):+.1f}% vs the even plan under the same steps)")
+    if best.name == even:
         return plan
-    ev = evaluate(model, cluster, profile, schedules.get(best.name).schedule(model, cluster, profile))
+    ev = evaluate(model, cluster, profile, scheds[best.name])
     return from_timeline("moesched", model, cluster, ev.schedule.knobs, ev.timeline, profile,
-                         {"source": f"{best.name} schedule, chosen under routing {args.routing}"})
+                         {"source": f"{best.name}, chosen under routing {args.routing}"})
 
 
 def routing_table(cands: list, chosen: str | None = None) -> str:
