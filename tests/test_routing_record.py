@@ -68,3 +68,19 @@ def test_training_example_records_routing_with_accumulation(tmp_path: Path) -> N
     assert t.steps == [0, 1, 2] and t.header.router == "sigmoid"
     assert t.header.tokens_per_rank == 2 * 16 * 2 and t.header.ep == 2
     assert all(sum(row) == 64 * 2 for rec in t.records for row in rec.copies)  # 2 micro-batches x 32 tokens x k=2
+
+
+def test_gpu_routing_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/routing_groups.py (what gpu_routing.sh runs) on a small shape on the CPU."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_executor_exact import ROOT, env
+    r = subprocess.run([sys.executable, "benchmarks/routing_groups.py", "--device", "cpu", "--small", "--samples", "1",
+                        "--reps", "1", "--profile", "cpu-gloo-2", "--out", str(tmp_path)], cwd=ROOT, env=env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "routing_groups.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 + 1 and lines[-1]["summary"]
+    assert all(sum(x["groups"]) == x["rows"] and x["measured_us"] > 0 for x in lines[:-1])
