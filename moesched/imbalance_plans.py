@@ -68,6 +68,15 @@ def knob_variants(base: Schedule, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> di
     return out
 
 
+def search_schedules(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None,
+                     n: int = 8, zero: int = 0) -> dict[str, Schedule]:
+    """The solver's best plan and up to ``n`` runners-up of other pipeline shapes
+    (:func:`moesched.solve.search.search`), as candidates under a distribution."""
+    from moesched.solve.search import search
+    out = search(model, cluster, profile, time_limit_s, None, zero)
+    return {f"moesched search #{i}": c.schedule("moesched") for i, c in enumerate([out.best] + out.runners_up(n))}
+
+
 def plans_of(model: MoEModel, cluster: Cluster, profile: Profile, scheds: dict[str, Schedule]
              ) -> dict[str, tuple[Knobs, list[str]]]:
     """Knobs and executed issue order of each schedule that evaluates."""

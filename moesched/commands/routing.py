@@ -61,8 +61,9 @@ def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Clus
 
 def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
                          plan: Plan) -> Plan:
-    """solve --routing: the solver's even-routing plan, every published policy's, and the
-    best of them with every uniform pipeline degree (1, 2, 4, 8 forward x backward), replayed
+    """solve --routing: the solver's even-routing plan, its search's runners-up of other
+    pipeline shapes, every published policy's plan, and the best of those with every uniform
+    pipeline degree (1, 2, 4, 8 forward x backward), replayed
     under the same sampled steps; the plan with the lowest mean step is returned (labelled
     moesched, with the choice in its notes)."""
     from moesched import imbalance_plans as ip
@@ -75,10 +76,11 @@ def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Clu
     cands = ip.rank_plans(model, cluster, profile, {even: (plan.knobs, list(plan.order)),
                                                     **ip.plans_of(model, cluster, profile, scheds)}, loads)
     top = ip.best([c for c in cands if c.name in scheds]) if any(c.name in scheds for c in cands) else None
-    if top is not None:  # search the pipeline degrees of the best policy under the distribution
-        variants = {n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs}
-        scheds.update(variants)
-        cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, variants), loads)
+    extra = ip.search_schedules(model, cluster, profile, args.time_limit, zero=args.zero)  # the search's runners-up
+    if top is not None:  # and the pipeline degrees of the best policy, under the distribution
+        extra.update({n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs})
+    scheds.update(extra)
+    cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads)
     best = ip.best(cands)
     shown = [c for c in cands if c.name == even or c.name in policies or c is best]
     print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
