@@ -80,12 +80,19 @@ def _scaled(row: list[int], total: int) -> list[int]:
     return round_counts([x / s for x in row], total) if s > 0 else [0] * len(row)
 
 
-def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepLoad:
-    """One step of ``trace`` for ``model`` on an EP group of ``ep`` ranks (module docstring)."""
+def check_trace_fits(trace: RoutingTrace, model: MoEModel) -> None:
+    """Raise MoeschedError unless the trace has the model's experts and the model a multiple
+    of its layers."""
     h = trace.header
     if h.experts != model.experts or model.layers % h.layers:
         raise MoeschedError(f"routing trace has {h.layers} layers x {h.experts} experts, the model {model.name} "
                             f"{model.layers} x {model.experts} (experts must match, layers be a multiple)")
+
+
+def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepLoad:
+    """One step of ``trace`` for ``model`` on an EP group of ``ep`` ranks (module docstring)."""
+    h = trace.header
+    check_trace_fits(trace, model)
     full = model.tokens * model.top_k
     scale = full / (h.tokens_per_rank * h.top_k * h.ep / ep)   # a source row after merging or splitting
     cap = capacity_per_rank(model.capacity_factor, model.top_k, model.tokens, model.experts)

@@ -124,13 +124,21 @@ def test_cli_simulate_and_solve_under_routing(tmp_path: Path, capsys: pytest.Cap
     Plan.load(plan).validate()
 
 
-@pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file")])
-def test_cli_refuses_a_bad_routing(spec: str, msg: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("cmd", ["simulate", "solve"])
+@pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file"),
+                                       ("routing/bytelm-L4-E8-top2.jsonl", "experts must match"),
+                                       ("zipf:1 --routing-samples 0", "--routing-samples")])
+def test_cli_refuses_a_bad_routing_before_work(cmd: str, spec: str, msg: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
     from moesched.cli import main
-    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink",
-                 "--schedules", "vanilla", "--routing", spec]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
+    root = Path(__file__).resolve().parent.parent
+    spec = str(root / spec) if spec.startswith("routing/") else spec
+    extra = ["--out", str(tmp_path / "p.json")] if cmd == "solve" else ["--schedules", "vanilla"]
+    assert main([cmd, "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink", *extra,
+                 "--routing", *spec.split()]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith("moesched: error:") and msg in cap.err and cap.err.count("\n") == 1
+    assert "step" not in cap.out and not (tmp_path / "p.json").exists()
 
 
 def test_knob_variants_keep_the_rest_of_the_schedule() -> None:

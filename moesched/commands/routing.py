@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from moesched.commands.models import format_table
 from moesched.errors import MoeschedError
@@ -47,6 +48,23 @@ def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
                              "dirichlet:A, even (docs/routing.md)")
     parser.add_argument("--routing-samples", type=int, default=8, metavar="N",
                         help="steps of the distribution each plan is replayed under (default 8)")
+
+
+def check_routing(args: argparse.Namespace, model: MoEModel) -> None:
+    """Refuse a bad ``--routing`` or ``--routing-samples`` before any work (one line)."""
+    if args.routing is None:
+        return
+    from moesched.imbalance import check_trace_fits
+    from moesched.routing_gen import parse_spec
+    if not 1 <= args.routing_samples <= 1000:
+        raise MoeschedError(f"--routing-samples must be between 1 and 1000, got {args.routing_samples}")
+    if Path(args.routing).is_file():
+        check_trace_fits(load(args.routing), model)
+        return
+    try:
+        parse_spec(args.routing)
+    except MoeschedError as e:
+        raise MoeschedError(f"--routing {args.routing!r}: not a trace file, and {e}") from None
 
 
 def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
