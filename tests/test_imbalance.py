@@ -150,3 +150,30 @@ def test_knob_variants_keep_the_rest_of_the_schedule() -> None:
     v = vs["fsmoe r_fwd=2 r_bwd=8"]
     assert v.knobs.r_fwd == (2, 2) and v.knobs.r_bwd == (8, 8) and v.priority is base.priority
     assert dataclasses.replace(v.knobs, r_fwd=base.knobs.r_fwd, r_bwd=base.knobs.r_bwd) == base.knobs
+
+
+def test_hierarchical_hops_follow_each_ranks_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moesched.imbalance import hop_shares, step_timeline
+    # 2 nodes x 2 GPUs; EP rank q = (q // 2, q % 2); even: every rank sends 4 copies to every rank (16 each)
+    m = ((4, 4, 4, 4),) * 4
+    assert hop_shares(m, 2, 16.0) == {"intra": [1.0] * 4, "inter": [1.0] * 4}
+    # every rank sends all 16 copies to rank 3 = (node 1, local 1)
+    hot = ((0, 0, 0, 16),) * 4
+    sh = hop_shares(hot, 2, 16.0)
+    # intra: ranks of local index 1 collect their node's 32 rows for local index 1; inter: rank 3 receives 64
+    assert sh["intra"] == [1.0, 2.0, 1.0, 2.0] and sh["inter"] == [0.0, 2.0, 0.0, 4.0]
+    c, prof = Cluster(2, 2), Profile.load("analytic-h200x4-2nodes")
+    m2 = dataclasses.replace(MODEL, layers=1)
+    k = Knobs((1,), (1,), a2a="hierarchical", serialize=True)  # every hop on the critical path
+    from moesched.graph import build
+    from moesched.sim import simulate
+    order = simulate(build(m2, c, prof, k)).order()
+    assert any(t.endswith(".inter") for t in order)
+    even = step_load(load_source("even", m2, c, 1), 0, m2, 4)
+    skew = step_load(load_source("zipf:1.5", m2, c, 1), 0, m2, 4)
+    base = simulate(build(m2, c, prof, k), {t: i for i, t in enumerate(order)}, strict=True).makespan_us
+    assert step_timeline(m2, c, prof, k, order, even).makespan_us == pytest.approx(base, rel=1e-9)
+    priced = step_timeline(m2, c, prof, k, order, skew).makespan_us
+    import moesched.imbalance as imb
+    monkeypatch.setattr(imb, "_price_hops", lambda *a: None)  # hops left even: the busiest rank's hops cost more
+    assert base < step_timeline(m2, c, prof, k, order, skew).makespan_us < priced
