@@ -155,11 +155,12 @@ def _show(args: argparse.Namespace) -> int:
           f"{h.tokens_per_rank} tokens x top-{h.top_k} per rank, router {h.router}")
     print(f"source: {h.source or '-'}")
     rows = [[s.layer, f"{s.mean:.3f}", f"{s.p90:.3f}", f"{s.worst:.3f}", f"{s.first:.3f}", f"{s.last:.3f}",
-             f"{100 * s.top_changes:.0f}%"] for s in layer_skew(trace)]
-    print(format_table(["layer", "mean", "p90", "worst", "first 10%", "last 10%", "top expert changes"], rows,
-                       [True] * 7))
+             f"{100 * s.top_changes:.0f}%", f"{s.rank_mean:.3f}"] for s in layer_skew(trace)]
+    print(format_table(["layer", "mean", "p90", "worst", "first 10%", "last 10%", "top expert changes",
+                        f"rank mean (EP {h.ep})"], rows, [True] * 8))
     print("max/mean expert load per step (1.0 = even); top expert changes: share of steps whose most loaded "
-          "expert differs from the step before")
+          f"expert differs from the step before; rank: max/mean copies received per EP rank, experts e on "
+          f"rank e // {h.experts // h.ep}")
     if args.png:
         save_skew_png(trace, args.png, f"{args.trace}: max/mean expert load")
         print(f"figure written to {args.png}")
