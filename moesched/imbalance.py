@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from moesched import work
 from moesched.cluster import Cluster, collective_us
@@ -36,7 +35,7 @@ from moesched.ops import uneven_expert_ops
 from moesched.profile import Profile
 from moesched.routing import A2A_KINDS, EXPERT_KINDS, Routing, apply_routing
 from moesched.routing_gen import generate, parse_spec, round_counts
-from moesched.routing_trace import LayerRouting, RoutingTrace, capacity_per_rank, load
+from moesched.routing_trace import LayerRouting, RoutingTrace, capacity_per_rank, is_trace_path, load
 from moesched.sim import Timeline, simulate
 
 DEFAULT_SAMPLES = 8
@@ -115,7 +114,7 @@ def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepL
 def load_source(text: str, model: MoEModel, cluster: Cluster, steps: int = 64) -> RoutingTrace:
     """``--routing``: a trace file, or a generator spec (``zipf:1.2[,drift=0.1]``,
     ``dirichlet:0.5``, ``even``; :mod:`moesched.routing_gen`) drawn for ``steps`` steps."""
-    if Path(text).is_file():
+    if is_trace_path(text):
         return load(text)
     try:
         spec = parse_spec(text)

@@ -243,6 +243,15 @@ def parse(lines: Iterable[str], name: str = "routing trace") -> RoutingTrace:
         raise MoeschedError(f"{name}: {e}") from None
 
 
+def is_trace_path(text: str) -> bool:
+    """Whether ``text`` names an existing file (a name the OS refuses, such as one too long,
+    is not a file)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load(path: PathLike) -> RoutingTrace:
     """Read and validate a trace file (one-line MoeschedError for any problem)."""
     p = Path(path)

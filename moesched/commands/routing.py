@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from moesched.commands.models import format_table
 from moesched.errors import MoeschedError
@@ -21,7 +20,7 @@ from moesched.plan import Plan
 from moesched.profile import Profile
 from moesched.routing_gen import generate, parse_spec
 from moesched.routing_stats import layer_skew, save_skew_png
-from moesched.routing_trace import load
+from moesched.routing_trace import is_trace_path, load
 
 HELP = "make synthetic routing traces (gen) and report a trace's load skew (show)"
 MAX_STEPS = 100_000
@@ -58,7 +57,7 @@ def check_routing(args: argparse.Namespace, model: MoEModel) -> None:
     from moesched.routing_gen import parse_spec
     if not 1 <= args.routing_samples <= 1000:
         raise MoeschedError(f"--routing-samples must be between 1 and 1000, got {args.routing_samples}")
-    if Path(args.routing).is_file():
+    if is_trace_path(args.routing):
         check_trace_fits(load(args.routing), model)
         return
     try:
