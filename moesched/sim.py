@@ -40,11 +40,12 @@ import pandas as pd
 
 from moesched import simranks
 from moesched.errors import MoeschedError
+from moesched.kinds import TP_OP_OF_KIND
 from moesched.simloop import event_loop, event_loop_1
 
 LINKS = ("comm_intra", "comm_inter")
 #: Collective of each communication kind (interference factors are per collective).
-OP_OF_KIND = {"grad_ar": "all_reduce"}
+OP_OF_KIND = {"grad_ar": "all_reduce", **TP_OP_OF_KIND}
 #: Resource name -> index in Compiled.res.
 RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
