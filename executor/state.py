@@ -64,6 +64,7 @@ class Piece:
     u: torch.Tensor | None = None
     w: torch.Tensor | None = None
     graphed: object | None = None
+    router: object | None = None        # executor.routers.RouterOut, kept for auxiliary losses
 
 
 @dataclass
