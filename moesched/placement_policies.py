@@ -20,8 +20,8 @@ Policies and sources:
   ``interval`` steps on the mean load of the last interval.
 * ``flexmoe``: FlexMoE's threshold-triggered greedy (SYMI §2, TopoEP §6.1: when the
   balance ratio passes ``threshold``, repeatedly expand the hottest expert, shrink the
-  coldest replica or migrate, each action kept only if its gain over the interval beats
-  its migration cost).
+  coldest replica or migrate; of the plans so far, the one whose gain over the interval
+  best beats its migration cost is applied).
 * ``hot``: per-micro-batch replication of hot experts (UltraEP, MoonEP): after routing,
   the hottest experts get temporary replicas in the spare slots; their parameters are
   fetched (no optimizer state) and their gradients reduced back to the owner.
@@ -116,16 +116,27 @@ def _with(p: Placement, e: int, add: int | None = None, drop: int | None = None)
     return Placement.trusted(p.replicas[:e] + (tuple(sorted(rs)),) + p.replicas[e + 1:], p.ranks, p.slots)
 
 
+def _spread(p: Placement, loads: Sequence[float]) -> tuple[float, float]:
+    """(busiest rank's load, sum of squared rank loads): smaller is more even."""
+    rl = p.rank_loads(loads)
+    return max(rl), sum(x * x for x in rl)
+
+
 def flexmoe_greedy(current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int,
-                   threshold: float, max_actions: int = 64) -> Placement:
-    """FlexMoE's greedy (module docstring): while the balance ratio exceeds ``threshold``,
-    take the best of Expand (hottest expert of the busiest rank onto the least-loaded rank
-    with a free slot), Shrink+Expand (free the coldest replica of an expert with several,
-    reuse its slot for the hot one) and Migrate (move the hot expert's replica from the
-    busiest to the least-loaded rank); keep it only if ``horizon`` steps of gain beat its
-    migration cost."""
-    p = current
-    for _ in range(max_actions):
+                   threshold: float, max_actions: int | None = None) -> Placement:
+    """FlexMoE's greedy (module docstring; SYMI §2: "iteratively shifts by one replica the
+    most and least popular experts until another cost-based threshold is crossed").
+
+    While the balance ratio exceeds ``threshold``, take the action that evens the rank
+    loads most (busiest rank's load, then the sum of squares, so that a plateau of equally
+    busy ranks is worked through) among: Expand (the hottest expert of the busiest rank
+    onto the least-loaded rank with a free slot), Shrink+Expand (free a replica of the
+    coldest expert that has several and reuse its slot for the hot one) and Migrate (move
+    the hot expert's replica from the busiest rank into that free slot). The cost-benefit
+    test: of the placements after 0, 1, 2, ... actions, keep the one of least ``horizon``
+    steps of layer time plus migration cost from ``current``."""
+    p, plan = current, [current]
+    for _ in range(max_actions or 2 * current.ranks + 16):
         rl = p.rank_loads(loads)
         if balance_ratio(rl) <= threshold:
             break
@@ -136,7 +147,7 @@ def flexmoe_greedy(current: Placement, loads: Sequence[float], cost: PlacementCo
         cands = []
         dst = next((r for r in by_load if len(held[r]) < p.slots and r not in p.replicas[hot]), None)
         if dst is not None:
-            cands.append(_with(p, hot, add=dst))
+            cands += [_with(p, hot, add=dst), _with(p, hot, add=dst, drop=busiest)]
         multi = [e for e in range(p.experts) if len(p.replicas[e]) > 1 and e != hot]
         if multi:
             cold = min(multi, key=lambda e: loads[e] / len(p.replicas[e]))
@@ -144,27 +155,19 @@ def flexmoe_greedy(current: Placement, loads: Sequence[float], cost: PlacementCo
             shrunk = _with(p, cold, drop=r) if r is not None else None
             if shrunk is not None:
                 cands.append(_with(shrunk, hot, add=r))
-        low = next((r for r in by_load if r not in p.replicas[hot]), None)
-        if low is not None:
-            cands.append(_with(p, hot, add=low, drop=busiest))
-        now = horizon * cost.layer(p, loads).total_us
-        best, gain = None, 0.0
-        for c in cands:
-            if c is None:
-                continue
-            g = now - horizon * cost.layer(c, loads).total_us - cost.migrate_us(p, c)
-            if g > gain:
-                best, gain = c, g
-        if best is None:
+        scored = [(_spread(c, loads), i) for i, c in enumerate(cands) if c is not None]
+        if not scored or min(scored)[0] >= _spread(p, loads):
             break
-        p = best
-    return p
+        p = cands[min(scored)[1]]  # type: ignore[assignment]
+        plan.append(p)
+    return min(plan, key=lambda q: horizon * cost.layer(q, loads).total_us + cost.migrate_us(current, q))
 
 
 def hot_replicas(base: Placement, loads: Sequence[float]) -> Placement:
     """Temporary replicas of the hottest experts in ``base``'s spare slots: the expert of
     largest load per replica goes to the least-loaded rank with a free slot, while that
-    lowers the busiest rank's load (UltraEP/MoonEP-style per-micro-batch balancing)."""
+    evens the rank loads (busiest rank, then sum of squares; UltraEP/MoonEP-style
+    per-micro-batch balancing)."""
     p = base
     for _ in range(base.ranks * base.slots - sum(len(rs) for rs in base.replicas)):
         rl = p.rank_loads(loads)
@@ -175,7 +178,7 @@ def hot_replicas(base: Placement, loads: Sequence[float]) -> Placement:
         if not free:
             break
         q = _with(p, e, add=min(free, key=lambda r: (rl[r], r)))
-        if q is None or max(q.rank_loads(loads)) >= max(rl):
+        if q is None or _spread(q, loads) >= _spread(p, loads):
             break
         p = q
     return p

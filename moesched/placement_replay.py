@@ -29,12 +29,30 @@ POLICIES = ("static", "capacity", "eplb", "flexmoe", "hot", "moesched")
 Loads = Sequence[Sequence[Sequence[float]]]
 
 
+def cap_shares(w: Sequence[float], cap: float) -> list[float]:
+    """Shares proportional to ``w``, none above ``cap`` (the excess spread over the others
+    in proportion, repeated until none exceeds): a token sends at most one copy to an
+    expert, so with top-k routing an expert gets at most 1/k of the copies."""
+    tot = sum(w)
+    p = [x / tot for x in w]
+    for _ in range(len(p)):
+        over = [i for i, x in enumerate(p) if x > cap + 1e-12]
+        if not over:
+            break
+        excess = sum(p[i] - cap for i in over)
+        rest = sum(x for i, x in enumerate(p) if p[i] < cap - 1e-12)
+        for i in range(len(p)):
+            p[i] = cap if i in over else (p[i] + excess * p[i] / rest if p[i] < cap - 1e-12 and rest > 0 else p[i])
+    return p
+
+
 def zipf_loads(experts: int, layers: int, steps: int, copies: int, s: float, seed: int = 0,
-               drift_steps: float = 200.0) -> list[list[list[float]]]:
+               drift_steps: float = 200.0, top_k: int = 1) -> list[list[list[float]]]:
     """Drifting Zipf loads: in layer l at step t expert e gets weight 1 / rank^s, rank =
     1 + position of e in a per-layer random order that moves one place every
     ``drift_steps`` steps (interpolated, so popularity drifts smoothly), times a +-10%
-    multiplicative noise; ``copies`` copies per layer and step in total."""
+    multiplicative noise, no share above 1/top_k (:func:`cap_shares`); ``copies`` copies
+    per layer and step in total."""
     if s < 0 or steps < 1 or copies < 1:
         raise MoeschedError(f"zipf: need s >= 0, steps >= 1, copies >= 1 (got {s}, {steps}, {copies})")
     rng = random.Random(seed)
@@ -51,8 +69,7 @@ def zipf_loads(experts: int, layers: int, steps: int, copies: int, s: float, see
                 lo, frac = int(x), x - int(x)
                 r = (1 - frac) * (lo + 1) + frac * ((lo + 1) % experts + 1)
                 w.append(rng.uniform(0.9, 1.1) / r ** s)
-            tot = sum(w)
-            step.append([copies * x / tot for x in w])
+            step.append([copies * x for x in cap_shares(w, 1.0 / top_k)])
         out.append(step)
     return out
 

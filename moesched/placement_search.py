@@ -16,8 +16,9 @@ Search: start from the best of the current placement, FlexMoE's greedy answer an
 moves that touch the busiest rank: move one of its replicas to a lighter rank (into a free
 slot, or swapping with one of that rank's experts), add a replica of one of its experts on
 a lighter rank, and drop a replica of any expert that has several (which frees a slot and
-its all-reduce). Lighter ranks: the ``width`` least loaded. Stops at a local minimum or
-after ``max_iters`` improving moves.
+its all-reduce). Lighter ranks: the ``width`` least loaded. Stops at a local minimum,
+after ``max_iters`` improving moves or after ``max_evals`` full evaluations of f (a
+candidate whose busiest rank alone already costs more than the best is not evaluated).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def _neighbours(p: Placement, rl: list[float], loads: Sequence[float], width: in
 
 
 def search(current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int,
-           threshold: float = 1.0, width: int = 4, max_iters: int = 200) -> Placement:
+           threshold: float = 1.0, width: int = 4, max_iters: int = 200, max_evals: int = 3000) -> Placement:
     """The placement of least objective found (module docstring)."""
     starts = [current, flexmoe_greedy(current, loads, cost, horizon, threshold),
               eplb(loads, current.ranks, current.slots)]
@@ -80,11 +81,15 @@ def search(current: Placement, loads: Sequence[float], cost: PlacementCost, hori
     best_f, i = min(scored)
     best = starts[i]
     rl = best.rank_loads(loads)
+    evals = 0
     for _ in range(max_iters):
         for q, qrl in _neighbours(best, rl, loads, width):
             top = max(qrl)  # lower bound: compute and all-to-alls alone (sync, moves >= 0)
             if horizon * (cost.compute_us(top) + cost.a2a_us(max(top, cost.sent_copies))) >= best_f - 1e-9:
                 continue
+            evals += 1
+            if evals > max_evals:
+                return best
             f = objective(q, current, loads, cost, horizon)
             if f < best_f - 1e-9:
                 best, best_f, rl = q, f, qrl

@@ -62,7 +62,7 @@ def _loads(args: argparse.Namespace, model: MoEModel, cost: PlacementCost) -> tu
             raise MoeschedError(f"--drift-steps must be positive, got {args.drift_steps}")
         s = float(m.group(1))
         loads = zipf_loads(model.experts, model.layers, args.steps, cost.sent_copies * cost.ranks, s,
-                           seed=args.seed, drift_steps=args.drift_steps)
+                           seed=args.seed, drift_steps=args.drift_steps, top_k=model.top_k)
         return loads, f"drifting Zipf s={s:g}, {args.steps} steps, one place per {args.drift_steps:g} steps"
     if args.routing.startswith("zipf"):
         raise MoeschedError(f"--routing {args.routing!r}: expected zipf:S with S a number >= 0, e.g. zipf:1.2")
