@@ -9,7 +9,12 @@ experts (executor.ffn.experts_fwd: GPT 2 GEMMs + GELU, SwiGLU 3 GEMMs + SiLU) on
 routed rows a rank runs under even routing (T = seq_len x micro_batch), split evenly over
 E/t experts, in bf16; median of ``--repeats`` timed runs after warm-up. Writes one JSON
 record per (preset, t): rows, experts, serial_us, grouped_us (None where grouped GEMM is
-unavailable). The all-reduces need two GPUs and are not measured here (one process).
+unavailable); and per (preset, t) with t = 1, 2, 4, 8 dividing heads and key/value heads,
+``attn_us``: the forward of one rank's TP attention shard (executor.tp: its heads' QKV,
+causal SDPA and row-parallel output projection, without the all-reduce) on the TP
+group's t x B x L tokens, which the layout prices as the profile's attention at 1/t of
+the projection and score FLOPs. The all-reduces need two GPUs and are not measured here
+(one process).
 """
 from __future__ import annotations
 
@@ -24,7 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dataclasses import replace  # noqa: E402
+
 from executor.ffn import experts_fwd  # noqa: E402
+from executor.layers import LayerParams  # noqa: E402
+from executor.tp import TPShard, _attention  # noqa: E402
 from moesched.models import PRESETS  # noqa: E402
 
 
@@ -66,13 +75,26 @@ def measure(name: str, t: int, device: torch.device, repeats: int, max_rows: int
             "grouped_us": grouped, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 
+def measure_attention(name: str, t: int, device: torch.device, repeats: int, max_tokens: int | None) -> dict:
+    """Forward µs of rank 0's TP attention shard on the group's t x B x L tokens."""
+    m = PRESETS[name]
+    b = t * m.micro_batch if max_tokens is None else max(1, min(t * m.micro_batch, max_tokens // m.seq_len))
+    small = replace(m, layers=1, experts=8, top_k=1, ffn_hidden=8, shared_experts=0)  # attention weights only
+    full = LayerParams(small, 0, 1, 0, 0, device, torch.bfloat16)
+    shard = TPShard(full, small, 0, t)
+    xn = torch.randn(b * m.seq_len, m.d_model, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        us = timed_us(lambda: _attention(xn, shard, small, b, m.seq_len), device, repeats)
+    return {"preset": name, "tp": t, "tokens": b * m.seq_len, "attn_us": us}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--max-rows", type=int, default=None, help="cap the routed rows (CPU smoke runs)")
+    ap.add_argument("--max-rows", type=int, default=None, help="cap the routed rows and attention tokens (CPU smoke runs)")
     a = ap.parse_args()
     device = torch.device(a.device)
     recs = []
@@ -82,7 +104,15 @@ def main() -> int:
                 r = measure(name, t, device, a.repeats, a.max_rows)
                 recs.append(r)
                 print(json.dumps(r), flush=True)
-    Path(a.out).write_text(json.dumps(recs, indent=1) + "\n")
+    attn = []
+    for name in a.presets.split(","):
+        m = PRESETS[name]
+        for t in (1, 2, 4, 8):
+            if m.heads % t == 0 and m.n_kv_heads % t == 0:
+                r = measure_attention(name, t, device, a.repeats, a.max_rows)
+                attn.append(r)
+                print(json.dumps(r), flush=True)
+    Path(a.out).write_text(json.dumps({"experts": recs, "attention": attn}, indent=1) + "\n")
     return 0
 
 

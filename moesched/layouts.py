@@ -110,10 +110,12 @@ def tp_bytes(model: MoEModel, layout: Layout) -> int:
 
 
 def param_counts(model: MoEModel, layout: Layout) -> tuple[int, int]:
-    """(dense, expert) parameters of one rank: attention and shared experts split t ways,
-    norms and router replicated; E/t routed experts."""
+    """(dense, expert) parameters of one rank: attention projections and shared experts
+    split t ways, norms (q/k norms too) and router replicated; E/t routed experts
+    (:class:`executor.tp.TPShard` allocates exactly these; tested)."""
     t, m_ = layout.tp, model.d_model
-    dense_layer = model.attention_params() // t + 2 * m_ + m_ * model.experts + \
+    qk = 2 * model.hd if model.qk_norm else 0  # the q/k norm weights: replicated
+    dense_layer = (model.attention_params() - qk) // t + qk + 2 * m_ + m_ * model.experts + \
         model.shared_experts * model.expert_params() // t
     return model.layers * dense_layer, model.layers * local_experts(model, layout) * model.expert_params()
 

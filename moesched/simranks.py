@@ -120,8 +120,6 @@ class _Model:
         self.roles: tuple[str, ...] = tuple(g.graph["roles"])
         if ALL in self.roles or len(set(self.roles)) != len(self.roles):
             raise MoeschedError(f"roles must be unique names other than 'all', got {list(self.roles)}")
-        if g.graph.get("host_lag_us") is not None:
-            raise MoeschedError("the host model is not supported in graphs with roles")
         self.names = list(g.nodes)
         self.attrs = [g.nodes[t] for t in self.names]
         index = {t: i for i, t in enumerate(self.names)}
@@ -324,6 +322,9 @@ def run_roles(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, str
     :func:`moesched.sim.simulate`; ``op_of_kind``: the collective of communication kinds
     whose ``op`` attribute does not say (:data:`moesched.sim.OP_OF_KIND`). Call
     :func:`moesched.sim.simulate`, which calls this, to get a Timeline."""
+    if strict and g.graph.get("host_lag_us") is not None:
+        raise MoeschedError("the host model (strict simulation of a graph with host costs) is not supported "
+                            "in graphs with roles")
     m = _Model(g, priority)
     over = compute_slowdown is not None or comm_slowdown is not None
     inter = g.graph.get("interference", (1.0, 1.0))

@@ -39,3 +39,22 @@ def test_tp_blocks_match_the_reference(nproc: int, tmp_path: Path) -> None:
 def test_one_rank_is_refused() -> None:
     p = torchrun(1, [])
     assert p.returncode != 0 and "at least 2 ranks" in p.stderr
+
+
+@pytest.mark.parametrize("t", [2, 4])
+def test_memory_model_counts_the_shards_the_executor_allocates(t: int) -> None:
+    """layouts.param_counts (the memory model's parameter term) = the elements of the TPShard
+    each rank allocates: dense (attention, norms, router, shared experts) and routed experts."""
+    from executor.layers import MoEModule
+    from executor.tp import TPShard
+    from executor.tpcheck import CASES
+    from moesched.layouts import Layout, param_counts
+
+    for m in CASES.values():
+        full = MoEModule(m, ep=1)
+        dense, expert = param_counts(m, Layout(t))
+        for r in range(t):
+            shards = [TPShard(blk, m, r, t) for blk in full.blocks]
+            ex = sum(p.numel() for s in shards for n, p in s.named_parameters() if n in ("w1", "w2", "w3"))
+            de = sum(p.numel() for s in shards for p in s.parameters()) - ex
+            assert (de, ex) == (dense, expert), (m.name, r)

@@ -148,3 +148,16 @@ def test_bad_role_graphs_are_rejected() -> None:
     with pytest.raises(MoeschedError, match="never ran"):
         simulate(g, {"a": 1.0, "b": 0.0}, strict=True)
     assert ROLE_COLUMNS == COLUMNS + ["role"]
+
+
+def test_host_costs_apply_only_to_strict_runs() -> None:
+    """List scheduling ignores host costs in both simulators; a strict run of a role graph with
+    host costs is refused (the host model is per rank, not per role)."""
+    m = PRESETS["GPT2-Tiny-MoE"]
+    g = build(m, Cluster(1, 4), Profile.load("h200x4-nvlink"), Knobs.uniform(m.layers, 2))
+    assert g.graph.get("host_lag_us") is not None
+    roles = g.copy()
+    roles.graph["roles"] = ("r0",)
+    assert simulate(roles).makespan_us == simulate(g).makespan_us
+    with pytest.raises(MoeschedError, match="host model"):
+        simulate(roles, strict=True)
