@@ -45,3 +45,14 @@ def test_bad_input_is_one_line(argv: list[str], what: str, capsys: pytest.Captur
     assert main(["layouts", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error:") and what in err[0]
+
+
+def test_mixtral_8x22b_fits_with_experts_inside_tensor_parallelism(capsys: pytest.CaptureFixture) -> None:
+    """The preset that fits no EP layout runs on 8x8 at ZeRO-2 as PPMoE TP8 with sequence
+    parallelism (the only layout of seven under the memory model)."""
+    assert main(["layouts", "--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200",
+                 "--zero", "2"]) == 0
+    out = capsys.readouterr().out
+    chosen = [line for line in out.splitlines() if line.rstrip().endswith("chosen")]
+    assert len(chosen) == 1 and chosen[0].startswith("PPMoE TP8+SP"), out
+    assert out.count("does not fit") + out.count("fits no cluster") == 6
