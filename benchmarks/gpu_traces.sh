@@ -5,7 +5,7 @@
 # routers: top-k softmax without a balancing loss, and DeepSeek-V3's sigmoid router with
 # its auxiliary-loss-free bias. Writes $OUT/h200-bytelm-*.jsonl (traces), *.log, *.metrics.jsonl.
 #
-#   OUT=/tmp/out bash benchmarks/gpu_routing.sh
+#   OUT=/tmp/out bash benchmarks/gpu_traces.sh
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to the output folder}

@@ -31,7 +31,7 @@ d = M / h head dim, k top-k; B bytes per element of the run's dtype):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from moesched import work
@@ -255,3 +255,27 @@ def tokens_of(kind: str, m: MoEModel, flops: float) -> float:
 def copies_of(kind: str, m: MoEModel, flops: float) -> int:
     """Routed copies of an expert task doing ``flops`` FLOPs."""
     return max(0, round(flops / (2.0 * m.expert_gemms * m.d_model * m.ffn_hidden)))
+
+
+def uneven_expert_ops(kind: str, m: MoEModel, group_copies: list[int], grouped: bool,
+                      bytes_per_elem: int | None = None) -> list[Op]:
+    """The operators of an expert task whose El local experts receive ``group_copies`` [El]
+    routed copies (uneven routing). A loop of GEMMs (``grouped`` False) runs one GEMM per
+    expert on exactly its rows. A grouped GEMM is priced on the mean rows with the table's
+    linear spread ``skew`` matched to the groups' coefficient of variation cv: the spread
+    rows*(1 + skew*(2g/(G-1) - 1)) has cv = skew*sqrt((G+1)/(3(G-1))), so skew =
+    cv/sqrt((G+1)/(3(G-1))), at most 1. Row gathers and scatters as :func:`task_ops`."""
+    El, C = len(group_copies), sum(group_copies)
+    d = dims(m, max(1, round(C / m.top_k)), max(1, m.experts // max(1, El)), bytes_per_elem, copies=C)
+    part = kind[len("expert_"):]
+    if C <= 0:
+        return []
+    if not grouped:
+        gemms = [op for c in group_copies if c for op in _ffn(part, c, 1, d.M, d.H, d.swiglu, False, d.B)]
+        return gemms + _expert_mem(part, d)
+    mean = C / El
+    var = sum((c - mean) ** 2 for c in group_copies) / El
+    spread = (El + 1) / (3 * (El - 1)) if El > 1 else 1.0
+    skew = min(1.0, (var ** 0.5 / mean) / spread ** 0.5) if El > 1 else 0.0
+    ops = _ffn(part, mean, El, d.M, d.H, d.swiglu, True, d.B)
+    return [replace(o, skew=round(skew, 6)) if isinstance(o, GroupedGemm) else o for o in ops] + _expert_mem(part, d)

@@ -14,7 +14,10 @@ import argparse
 from moesched.commands.models import format_table
 from moesched.errors import MoeschedError
 from moesched.fileio import check_input, check_outputs
+from moesched.cluster import Cluster
 from moesched.models import MoEModel
+from moesched.plan import Plan
+from moesched.profile import Profile
 from moesched.routing_gen import generate, parse_spec
 from moesched.routing_stats import layer_skew, save_skew_png
 from moesched.routing_trace import load
@@ -35,6 +38,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = sub.add_parser("show", help="load skew of a routing trace", description="load skew of a routing trace")
     s.add_argument("trace", help="routing trace file (docs/formats.md)")
     s.add_argument("--png", default=None, help="also draw max/mean expert load over steps here")
+
+
+def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--routing`` and ``--routing-samples`` of simulate and solve."""
+    parser.add_argument("--routing", default=None, metavar="TRACE|SPEC",
+                        help="price plans under uneven routing: a routing trace file, or zipf:S[,drift=D], "
+                             "dirichlet:A, even (docs/routing.md)")
+    parser.add_argument("--routing-samples", type=int, default=8, metavar="N",
+                        help="steps of the distribution each plan is replayed under (default 8)")
+
+
+def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
+                        names: list[str]) -> None:
+    """simulate --routing: every policy under the same sampled steps."""
+    from moesched import imbalance_plans as ip
+    loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
+    cands = ip.rank_plans(model, cluster, profile, ip.policy_plans(model, cluster, profile, names), loads)
+    print(f"\nunder routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order):")
+    print(routing_table(cands))
+
+
+def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
+                         plan: Plan) -> Plan:
+    """solve --routing: the solver's even-routing plan, its search's runners-up of other
+    pipeline shapes, every published policy's plan, and the best of those with every uniform
+    pipeline degree (1, 2, 4, 8 forward x backward), replayed
+    under the same sampled steps; the plan with the lowest mean step is returned (labelled
+    moesched, with the choice in its notes)."""
+    from moesched import imbalance_plans as ip
+    from moesched.plan import from_timeline
+    from moesched.schedules.base import evaluate
+    loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
+    even = "moesched (even plan)"
+    scheds = ip.policy_schedules(model, cluster, profile)
+    policies = set(scheds)
+    cands = ip.rank_plans(model, cluster, profile, {even: (plan.knobs, list(plan.order)),
+                                                    **ip.plans_of(model, cluster, profile, scheds)}, loads)
+    top = ip.best([c for c in cands if c.name in scheds]) if any(c.name in scheds for c in cands) else None
+    extra = ip.search_schedules(model, cluster, profile, args.time_limit, zero=args.zero)  # the search's runners-up
+    if top is not None:  # and the pipeline degrees of the best policy, under the distribution
+        extra.update({n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs})
+    scheds.update(extra)
+    cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads)
+    best = ip.best(cands)
+    shown = [c for c in cands if c.name == even or c.name in policies or c is best]
+    print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
+          f"{len(cands)} plans tried):")
+    print(routing_table(shown, best.name))
+    r, e = best.result, cands[0].result
+    print(f"chosen for the distribution: {best.name}, mean {r.mean_us / 1e3:.3f} ms, p90 {r.p90_us / 1e3:.3f} ms "
+          f"({100 * (r.mean_us / e.mean_us - 1):+.1f}% vs the even plan under the same steps)")
+    if best.name == even:
+        return plan
+    ev = evaluate(model, cluster, profile, scheds[best.name])
+    return from_timeline("moesched", model, cluster, ev.schedule.knobs, ev.timeline, profile,
+                         {"source": f"{best.name}, chosen under routing {args.routing}"})
+
+
+def routing_table(cands: list, chosen: str | None = None) -> str:
+    """One row per plan (:class:`moesched.imbalance_plans.Candidate`): even, mean and p90 step (ms), slowdown, dropped copies per step."""
+    rows = []
+    for c in cands:
+        r = c.result
+        label = c.name + (" (chosen)" if c.name == chosen else "")
+        rows.append([label, f"{r.even_us / 1e3:.3f}", f"{r.mean_us / 1e3:.3f}", f"{r.p90_us / 1e3:.3f}",
+                     f"{100 * (r.slowdown - 1):+.1f}%", f"{r.dropped:.0f}"])
+    return format_table(["plan", "even step_ms", "mean step_ms", "p90 step_ms", "vs even", "dropped/step"], rows,
+                        [False] + [True] * 5)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,144 @@
+"""Plans priced under uneven routing (moesched.imbalance, moesched.imbalance_plans) and the
+--routing flag of simulate and solve."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from moesched.cluster import Cluster
+from moesched.errors import MoeschedError
+from moesched.imbalance import expected, load_source, sample_steps, step_load
+from moesched.imbalance_plans import best, policy_plans, rank_plans, sampled_loads
+from moesched.knobs import Knobs
+from moesched.models import PRESETS
+from moesched.ops import GroupedGemm, Gemm, uneven_expert_ops
+from moesched.profile import Profile
+from moesched.routing_trace import LayerRouting, RoutingTrace, TraceHeader
+
+NVLINK = Profile.load("analytic-h200x4-nvlink")
+MODEL = dataclasses.replace(PRESETS["GPT2-XL-MoE"], layers=2, capacity_factor=None)
+CLUSTER = Cluster(1, 4)
+
+
+def _trace(rows: list[list[int]], ep: int = 2, tokens: int = 8, layers: int = 1, experts: int = 4) -> RoutingTrace:
+    h = TraceHeader(layers=layers, experts=experts, ep=ep, tokens_per_rank=tokens, top_k=2)
+    return RoutingTrace(h, tuple(LayerRouting.from_lists(0, l, rows) for l in range(layers)))
+
+
+def test_step_load_scales_splits_and_caps() -> None:
+    m = dataclasses.replace(MODEL, experts=4, top_k=2, micro_batch=1, seq_len=16, layers=2, capacity_factor=None)
+    # trace: EP 2, 8 tokens x top-2 per rank; model: EP 4, 16 tokens x top-2 = 32 copies per rank
+    t = _trace([[8, 4, 2, 2], [0, 8, 4, 4]])
+    sl = step_load(t, 0, m, 4)            # each trace row splits into 2 sources of 2x its half
+    assert sl.dropped == 0
+    rows = sl.routing.copies[0]
+    assert [sum(r) for r in rows] == [32, 32, 32, 32]
+    # expert loads scale by 32 / (16 / 2) = 4: [8, 12, 6, 6] -> [32, 48, 24, 24], one expert per rank
+    assert [sum(col) for col in zip(*rows)] == [32, 48, 24, 24]
+    assert sl.groups[1] == ((32,), (48,), (24,), (24,))  # layer 1 replays trace layer 0 (2 = 2 x 1 layers)
+    # C = ceil(2*16/4) = 8 per source and expert: sources [16,8,4,4] x 2 and [0,16,8,8] x 2 keep
+    # [8,8,4,4] x 2 and [0,8,8,8] x 2
+    capped = step_load(t, 0, dataclasses.replace(m, capacity_factor=1.0), 4)
+    assert capped.groups[0] == ((16,), (32,), (24,), (24,))
+    assert capped.dropped == 2 * (128 - 96)  # two layers
+    merged = step_load(_trace([[8, 4, 2, 2], [0, 8, 4, 4]]), 0, dataclasses.replace(m, layers=1), 1)
+    assert merged.groups[0] == ((8, 12, 6, 6),)  # both rows summed: 32 copies = the model's T*k
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(experts=8, layers=2), "experts must match"),
+                                     (dict(experts=4, layers=3), "multiple")])
+def test_a_trace_of_another_shape_is_refused(kw: dict, msg: str) -> None:
+    m = dataclasses.replace(MODEL, top_k=2, micro_batch=1, seq_len=16, **kw)
+    with pytest.raises(MoeschedError, match=msg):
+        step_load(_trace([[8, 4, 2, 2], [0, 8, 4, 4]], layers=2), 0, m, 2)
+
+
+def _vanilla(m=MODEL):
+    k = Knobs.uniform(m.layers, 2)
+    from moesched.graph import build
+    from moesched.sim import simulate
+    return k, simulate(build(m, CLUSTER, NVLINK, k)).order()
+
+
+def test_even_routing_changes_nothing_and_skew_costs_time() -> None:
+    k, order = _vanilla()
+    even = [step_load(load_source("even", MODEL, CLUSTER, 2), s, MODEL, 4) for s in (0, 1)]
+    e = expected(MODEL, CLUSTER, NVLINK, k, order, even)
+    assert e.mean_us == pytest.approx(e.even_us, rel=1e-9) and e.dropped == 0
+    z = sampled_loads("zipf:1.2,drift=0.2", MODEL, CLUSTER, 4)
+    ez = expected(MODEL, CLUSTER, NVLINK, k, order, z)
+    assert ez.mean_us > 1.2 * ez.even_us and ez.p90_us >= ez.mean_us and ez.dropped == 0
+    capped = dataclasses.replace(MODEL, capacity_factor=1.0)
+    kc, oc = _vanilla(capped)
+    ec = expected(capped, CLUSTER, NVLINK, kc, oc, sampled_loads("zipf:1.2", capped, CLUSTER, 2))
+    assert ec.dropped > 0 and ec.mean_us < ez.mean_us  # capacity bounds the busiest rank
+
+
+def test_sample_steps_spread() -> None:
+    t = load_source("zipf:1,drift=0.1", MODEL, CLUSTER, 20)
+    assert sample_steps(t, 4) == [0, 6, 13, 19]
+    assert sample_steps(t, 50) == list(range(20))
+
+
+def test_plan_for_the_distribution_never_loses_to_the_even_plan() -> None:
+    m = dataclasses.replace(PRESETS["Mixtral-8x7B"], layers=2)
+    plans = policy_plans(m, CLUSTER, NVLINK)
+    assert len(plans) >= 5
+    for spec in ("zipf:1.0", "zipf:1.5,drift=0.3"):
+        cands = rank_plans(m, CLUSTER, NVLINK, plans, sampled_loads(spec, m, CLUSTER, 3))
+        chosen = best(cands)
+        assert all(chosen.result.mean_us <= c.result.mean_us for c in cands)
+        assert all(c.result.mean_us > c.result.even_us for c in cands)
+
+
+def test_uneven_expert_ops() -> None:
+    m = dataclasses.replace(MODEL, expert_kind="swiglu", dtype="fp32")
+    loop = uneven_expert_ops("expert_fwd", m, [10, 0, 30, 5], grouped=False)
+    gemms = [o for o in loop if isinstance(o, Gemm)]
+    assert [g.m for g in gemms] == [10, 10, 10, 30, 30, 30, 5, 5, 5]  # three GEMMs per non-empty expert
+    assert sum(g.flops for g in gemms) == pytest.approx(2 * 3 * 45 * m.d_model * m.ffn_hidden)
+    G, rows, skew = 4, 100.0, 0.6
+    spread = [rows * (1 + skew * (2 * g / (G - 1) - 1)) for g in range(G)]
+    grouped = [o for o in uneven_expert_ops("expert_dw", m, [round(x) for x in spread], grouped=True)
+               if isinstance(o, GroupedGemm)]
+    assert grouped and all(o.groups == 4 and o.rows == 100 and o.skew == pytest.approx(0.6, abs=1e-6)
+                           for o in grouped)
+    even = [o for o in uneven_expert_ops("expert_dx", m, [25] * 4, grouped=True) if isinstance(o, GroupedGemm)]
+    assert all(o.skew == 0 for o in even)
+
+
+def test_cli_simulate_and_solve_under_routing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from moesched.cli import main
+    from moesched.plan import Plan
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink",
+                 "--schedules", "vanilla,fsmoe", "--routing", "zipf:1.2", "--routing-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "under routing zipf:1.2 (2 sampled steps" in out and "fsmoe" in out.split("under routing")[1]
+    plan = tmp_path / "p.json"
+    assert main(["solve", "--model", "GPT2-Tiny-MoE", "--layers", "2", "--profile", "analytic-h200x4-nvlink",
+                 "--routing", "zipf:1.5", "--routing-samples", "2", "--out", str(plan), "--time-limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen for the distribution" in out
+    Plan.load(plan).validate()
+
+
+@pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file")])
+def test_cli_refuses_a_bad_routing(spec: str, msg: str, capsys: pytest.CaptureFixture) -> None:
+    from moesched.cli import main
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink",
+                 "--schedules", "vanilla", "--routing", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
+
+
+def test_knob_variants_keep_the_rest_of_the_schedule() -> None:
+    from moesched.imbalance_plans import knob_variants, policy_schedules
+    m = dataclasses.replace(PRESETS["Mixtral-8x7B"], layers=2)
+    base = policy_schedules(m, CLUSTER, NVLINK, ["fsmoe"])["fsmoe"]
+    vs = knob_variants(base)
+    assert len(vs) == 16 and "fsmoe r_fwd=2 r_bwd=8" in vs
+    v = vs["fsmoe r_fwd=2 r_bwd=8"]
+    assert v.knobs.r_fwd == (2, 2) and v.knobs.r_bwd == (8, 8) and v.priority is base.priority
+    assert dataclasses.replace(v.knobs, r_fwd=base.knobs.r_fwd, r_bwd=base.knobs.r_bwd) == base.knobs
