@@ -19,7 +19,7 @@ digest's [R] spec, T(x) = max_g load_g c_tok + T_a2a + T_sync + T_move / interva
 * the replica gradient all-reduce: each replicated expert's gradient is summed over its
   replicas (ring all-reduce, 2(P-1)/P x bytes through each member's link, the table of
   :mod:`moesched.collectives`); a rank pays the all-reduces of all its replicated experts;
-* attention forward and backward (the same on every placement).
+* attention and shared experts, forward and backward (the same on every placement).
 
 A migration (:meth:`PlacementCost.migrate_us`) moves an expert's parameters *and* its
 Adam state (two fp32 moments, plus the fp32 master copy of a 16-bit model: ZeRO Sec. 3.1,
@@ -182,8 +182,11 @@ class PlacementCost:
         #: bytes of one replica in memory: parameters, gradients, Adam state
         self.replica_memory_bytes = self.expert_state_bytes + self.expert_param_bytes
         ep = self.ranks
-        self.attn_us = (profile.compute_us("attn_fwd", work.attn_fwd_flops(m, m.tokens), self.shape, m, ep)
-                        + profile.compute_us("attn_bwd", work.attn_bwd_flops(m, m.tokens), self.shape, m, ep))
+        shared = work.shared_fwd_flops(m, m.tokens)
+        #: µs per layer alike for every placement: attention and shared experts, forward and backward
+        self.dense_us = sum(profile.compute_us(k, f, self.shape, m, ep) for k, f in (
+            ("attn_fwd", work.attn_fwd_flops(m, m.tokens)), ("attn_bwd", work.attn_bwd_flops(m, m.tokens)),
+            ("shared_fwd", shared), ("shared_bwd", 2 * shared)) if f > 0)
         self._compute_cache: dict[float, float] = {}
         move = profile.meta.get(MOVE_KEY)
         self.measured_move = Cost.from_dict(move, f"meta.{MOVE_KEY}") if move is not None else None

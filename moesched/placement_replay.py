@@ -4,7 +4,8 @@ Loads: ``loads[step][layer][expert]``, token copies routed to each expert of one
 in one step (every rank's micro-batch together). :func:`zipf_loads` makes a drifting Zipf
 workload; a routing trace gives them measured.
 
-Step time under a policy: the sum over layers of attention (forward + backward) and the
+Step time under a policy: the sum over layers of attention and shared experts (forward
++ backward; :attr:`~moesched.placement.PlacementCost.dense_us`) and the
 policy's :class:`~moesched.placement.LayerCost` (busiest rank's expert compute, four
 all-to-alls, replica all-reduces), plus the extra transfers of temporary replicas, plus
 the migration of the placement changes made before the step. The layers are serialised
@@ -159,7 +160,7 @@ def replay(loads: Loads, cost: PlacementCost, slots: int, policies: Sequence[str
     out = {name: _replay_one(Policy(name, base, cost, cfg, L), loads, cost, base) for name in policies}
     ideal = ReplayResult("ideal")
     for step in loads:
-        ideal.step_us.append(sum(cost.attn_us + cost.ideal(n).total_us for n in step))
+        ideal.step_us.append(sum(cost.dense_us + cost.ideal(n).total_us for n in step))
         ideal.balance.append(1.0)
     return out, ideal
 
@@ -173,7 +174,7 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
             prev = policy.current[l]
             d = policy.decide(t, l, loads[max(0, t - policy.cfg.interval):t], n)
             c = cost.layer(d.placement, d.loads)
-            total += cost.attn_us + c.total_us + d.extra_us
+            total += cost.dense_us + c.total_us + d.extra_us
             if d.kept != prev:
                 moved += len(prev.moves(d.kept))
                 total += cost.migrate_us(prev, d.kept)
