@@ -106,18 +106,19 @@ class Policy:
                 cur = search(cur, pred, self.cost, cfg.interval)
             self.current[layer] = cur
         if self.name == "moesched":
-            hot = self._hot(cur, n)
-            if hot.extra_us + self.cost.layer(hot.placement, n).total_us < self.cost.layer(cur, n).total_us:
-                return hot
+            return self._hot(cur, n)
         return LayerDecision(cur, cur, n)
 
     def _hot(self, cur: Placement, n: tuple[float, ...]) -> LayerDecision:
-        """Temporary replicas of the hot experts of this step in ``cur``'s free slots; each
-        fetches its parameters over the link (the busiest receiver sets the time)."""
+        """Temporary replicas of the hot experts of this step in ``cur``'s free slots, each
+        fetching its parameters over the link (the busiest receiver sets the time); none
+        when they do not pay for their fetch and their gradient all-reduce."""
         p = hot_replicas(cur, n)
         fetched = [0.0] * p.ranks
         for _, src, dst in cur.moves(p):
             fetched[dst] += self.cost.link_us(self.cost.expert_param_bytes, self.cost.node(src) != self.cost.node(dst))
+        if max(fetched) + self.cost.layer(p, n).total_us >= self.cost.layer(cur, n).total_us:
+            return LayerDecision(cur, cur, n)
         return LayerDecision(p, cur, n, extra_us=max(fetched))
 
 
