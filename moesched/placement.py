@@ -19,12 +19,15 @@ digest's [R] spec, T(x) = max_g load_g c_tok + T_a2a + T_sync + T_move / interva
 * the replica gradient all-reduce: each replicated expert's gradient is summed over its
   replicas (ring all-reduce, 2(P-1)/P x bytes through each member's link, the table of
   :mod:`moesched.collectives`); a rank pays the all-reduces of all its replicated experts;
-* attention forward and backward (the same on every placement).
+* attention and shared experts, forward and backward (the same on every placement).
 
 A migration (:meth:`PlacementCost.migrate_us`) moves an expert's parameters *and* its
 Adam state (two fp32 moments, plus the fp32 master copy of a 16-bit model: ZeRO Sec. 3.1,
 :data:`moesched.memory.ADAM_MOMENT_BYTES`) from a current holder to the new rank; each
-rank's incoming bytes cross its link serially, the busiest rank sets the time.
+rank's incoming bytes cross its link serially, the busiest rank sets the time. A profile
+whose ``meta.expert_move`` holds the measured cost of staging expert state through host
+memory (device to host to device, ``python -m executor.placemove``) prices a move at the
+slower of that copy and the link.
 """
 from __future__ import annotations
 
@@ -36,7 +39,11 @@ from moesched.cluster import Cluster, collective_us
 from moesched.errors import MoeschedError
 from moesched.memory import ADAM_MOMENT_BYTES, MASTER_COPY_BYTES
 from moesched.models import MoEModel
-from moesched.profile import Profile
+from moesched.profile import Cost, Profile
+
+#: Key of ``Profile.meta`` holding the measured cost of staging an expert's state through
+#: host memory (x = bytes; ``executor.placemove``).
+MOVE_KEY = "expert_move"
 
 
 @dataclass(frozen=True)
@@ -175,9 +182,14 @@ class PlacementCost:
         #: bytes of one replica in memory: parameters, gradients, Adam state
         self.replica_memory_bytes = self.expert_state_bytes + self.expert_param_bytes
         ep = self.ranks
-        self.attn_us = (profile.compute_us("attn_fwd", work.attn_fwd_flops(m, m.tokens), self.shape, m, ep)
-                        + profile.compute_us("attn_bwd", work.attn_bwd_flops(m, m.tokens), self.shape, m, ep))
+        shared = work.shared_fwd_flops(m, m.tokens)
+        #: µs per layer alike for every placement: attention and shared experts, forward and backward
+        self.dense_us = sum(profile.compute_us(k, f, self.shape, m, ep) for k, f in (
+            ("attn_fwd", work.attn_fwd_flops(m, m.tokens)), ("attn_bwd", work.attn_bwd_flops(m, m.tokens)),
+            ("shared_fwd", shared), ("shared_bwd", 2 * shared)) if f > 0)
         self._compute_cache: dict[float, float] = {}
+        move = profile.meta.get(MOVE_KEY)
+        self.measured_move = Cost.from_dict(move, f"meta.{MOVE_KEY}") if move is not None else None
 
     # --- links -------------------------------------------------------------------------
     def node(self, rank: int) -> int:
@@ -203,6 +215,13 @@ class PlacementCost:
         if not cross_node and net.intra is not None:
             return net.intra.latency_us + nbytes / net.intra.bytes_per_us
         return net.inter.latency_us + nbytes / (net.inter.nic_bandwidth_Gbps * 1e3 / 8.0 / net.oversubscription)
+
+    def move_us(self, nbytes: float, cross_node: bool) -> float:
+        """µs to move ``nbytes`` of expert state to a rank: the link (:meth:`link_us`), or
+        the measured device-to-host-to-device copy of the profile (``meta.expert_move``,
+        the stand-in for a peer copy) when that is slower."""
+        t = self.link_us(nbytes, cross_node)
+        return max(t, self.measured_move(nbytes)) if self.measured_move is not None and nbytes > 0 else t
 
     def allreduce_us(self, group: Sequence[int], nbytes: float) -> float:
         """Ring all-reduce of ``nbytes`` per rank over ``group`` (ranks): 2(P-1)/P x through
@@ -263,5 +282,5 @@ class PlacementCost:
             incoming[key] = incoming.get(key, 0.0) + self.expert_state_bytes
         per_rank: dict[int, float] = {}
         for (dst, cross), b in incoming.items():
-            per_rank[dst] = per_rank.get(dst, 0.0) + self.link_us(b, cross)
+            per_rank[dst] = per_rank.get(dst, 0.0) + self.move_us(b, cross)
         return max(per_rank.values(), default=0.0)

@@ -23,13 +23,13 @@ Policies and sources:
   coldest replica or migrate; of the plans so far, the one whose gain over the interval
   best beats its migration cost is applied).
 * ``hot``: per-micro-batch replication of hot experts (UltraEP, MoonEP): after routing,
-  the hottest experts get temporary replicas in the spare slots; their parameters are
-  fetched (no optimizer state) and their gradients reduced back to the owner.
+  the hottest experts get temporary replicas in the spare slots, when the cost model says
+  they pay for themselves; their parameters are fetched (no optimizer state) and their
+  gradients reduced back to the owner.
 * ``moesched``: local search over persistent placements with the cost model as objective
   (the interval's step time plus the migration), warm-started from the FlexMoE and EPLB
   answers and the current placement (:mod:`moesched.placement_search`); then, each step
-  after routing, temporary hot replicas in the slots left free when the cost model says
-  they pay for their fetch.
+  after routing, ``hot``'s temporary replicas in the slots left free.
 """
 from __future__ import annotations
 

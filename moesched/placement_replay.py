@@ -4,7 +4,8 @@ Loads: ``loads[step][layer][expert]``, token copies routed to each expert of one
 in one step (every rank's micro-batch together). :func:`zipf_loads` makes a drifting Zipf
 workload; a routing trace gives them measured.
 
-Step time under a policy: the sum over layers of attention (forward + backward) and the
+Step time under a policy: the sum over layers of attention and shared experts (forward
++ backward; :attr:`~moesched.placement.PlacementCost.dense_us`) and the
 policy's :class:`~moesched.placement.LayerCost` (busiest rank's expert compute, four
 all-to-alls, replica all-reduces), plus the extra transfers of temporary replicas, plus
 the migration of the placement changes made before the step. The layers are serialised
@@ -105,18 +106,19 @@ class Policy:
                 cur = search(cur, pred, self.cost, cfg.interval)
             self.current[layer] = cur
         if self.name == "moesched":
-            hot = self._hot(cur, n)
-            if hot.extra_us + self.cost.layer(hot.placement, n).total_us < self.cost.layer(cur, n).total_us:
-                return hot
+            return self._hot(cur, n)
         return LayerDecision(cur, cur, n)
 
     def _hot(self, cur: Placement, n: tuple[float, ...]) -> LayerDecision:
-        """Temporary replicas of the hot experts of this step in ``cur``'s free slots; each
-        fetches its parameters over the link (the busiest receiver sets the time)."""
+        """Temporary replicas of the hot experts of this step in ``cur``'s free slots, each
+        fetching its parameters over the link (the busiest receiver sets the time); none
+        when they do not pay for their fetch and their gradient all-reduce."""
         p = hot_replicas(cur, n)
         fetched = [0.0] * p.ranks
         for _, src, dst in cur.moves(p):
             fetched[dst] += self.cost.link_us(self.cost.expert_param_bytes, self.cost.node(src) != self.cost.node(dst))
+        if max(fetched) + self.cost.layer(p, n).total_us >= self.cost.layer(cur, n).total_us:
+            return LayerDecision(cur, cur, n)
         return LayerDecision(p, cur, n, extra_us=max(fetched))
 
 
@@ -159,7 +161,7 @@ def replay(loads: Loads, cost: PlacementCost, slots: int, policies: Sequence[str
     out = {name: _replay_one(Policy(name, base, cost, cfg, L), loads, cost, base) for name in policies}
     ideal = ReplayResult("ideal")
     for step in loads:
-        ideal.step_us.append(sum(cost.attn_us + cost.ideal(n).total_us for n in step))
+        ideal.step_us.append(sum(cost.dense_us + cost.ideal(n).total_us for n in step))
         ideal.balance.append(1.0)
     return out, ideal
 
@@ -173,7 +175,7 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
             prev = policy.current[l]
             d = policy.decide(t, l, loads[max(0, t - policy.cfg.interval):t], n)
             c = cost.layer(d.placement, d.loads)
-            total += cost.attn_us + c.total_us + d.extra_us
+            total += cost.dense_us + c.total_us + d.extra_us
             if d.kept != prev:
                 moved += len(prev.moves(d.kept))
                 total += cost.migrate_us(prev, d.kept)

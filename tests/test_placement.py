@@ -132,3 +132,23 @@ def test_bad_loads_and_config_are_refused(cost4):
         PolicyConfig(interval=0)
     with pytest.raises(MoeschedError, match="unknown placement policy"):
         replay([[[1.0] * 64]], cost4, 17, ["nope"], PolicyConfig())
+
+
+def test_the_simulator_prices_a_placement_like_the_cost_model(cost4):
+    from moesched.placement_sim import even_sources, placement_routing, simulate_step
+    m = cost4.model
+    loads = zipf_loads(64, 2, 1, cost4.sent_copies * 4, 1.2, top_k=6)[0]
+    static = [Placement.static(64, 4, 17)] * 2
+    balanced = [eplb(n, 4, 17) for n in loads]
+    src = even_sources(loads, 4)
+    r = placement_routing(balanced, src)
+    for l, n in enumerate(loads):  # every rank receives its replicas' share of every expert
+        recv = [sum(r.copies[l][s][d] for s in range(4)) for d in range(4)]
+        assert recv == pytest.approx(balanced[l].rank_loads(n), abs=8)
+    sim_static = simulate_step(m, cost4.cluster, cost4.profile, static, src)
+    sim_bal = simulate_step(m, cost4.cluster, cost4.profile, balanced, src)
+    model_static = sum(cost4.dense_us + cost4.layer(p, n).total_us for p, n in zip(static, loads))
+    model_bal = sum(cost4.dense_us + cost4.layer(p, n).total_us for p, n in zip(balanced, loads))
+    assert sim_bal < sim_static and model_bal < model_static
+    # the two views of the gain agree within 10% (the simulator overlaps, the cost model serialises)
+    assert sim_static / sim_bal == pytest.approx(model_static / model_bal, rel=0.1)
