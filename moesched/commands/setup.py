@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dataclasses import replace
 
-from moesched.cluster import Cluster, check_setup
+from moesched.cluster import Cluster, check_setup, comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
@@ -48,10 +48,12 @@ def check_time_limit(seconds: float | None) -> None:
         raise MoeschedError(f"--time-limit must be positive seconds, got {seconds}")
 
 
-def resolve(args: argparse.Namespace) -> tuple[MoEModel, Profile, Cluster]:
+def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, Profile, Cluster]:
     """``--model`` (a preset name, or a Hugging Face ``config.json`` or its folder: seq_len
     4096, micro_batch 1, bf16; with ``--layers`` if the command has it), the profile, and
-    ``--cluster`` or, by default, the profile's own layout."""
+    ``--cluster`` or, by default, the profile's own layout. ``any_ep``: the command chooses
+    the EP size itself when ``--cluster`` has no ``/epN`` (the experts need not divide over
+    the whole world)."""
     layers = getattr(args, "layers", None)
     if layers is not None and not 1 <= layers <= MAX_LAYERS:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
@@ -62,7 +64,10 @@ def resolve(args: argparse.Namespace) -> tuple[MoEModel, Profile, Cluster]:
         model = MoEModel.from_name(args.model, **over)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
-    check_setup(model.experts, cluster, profile)
+    if any_ep and cluster.ep is None:
+        comm_model(cluster, profile)
+    else:
+        check_setup(model.experts, cluster, profile)
     note = network_note(args, cluster, profile)
     if note:
         print(note)

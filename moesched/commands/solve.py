@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
-    model, profile, cluster = resolve(args)
+    model, profile, cluster = resolve(args, any_ep=True)
     check_routing(args, model)
     t0 = time.perf_counter()
     lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)

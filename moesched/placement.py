@@ -1,0 +1,286 @@
+"""Expert placement: which ranks hold a replica of each routed expert, and what a step costs.
+
+FlexMoE (Nie et al., SIGMOD'23, arXiv 2304.03946; mechanism as re-implemented by SYMI
+arXiv 2504.19925 and Hecate, digest ``flexmoe_ppmoe_findep.md`` §1) virtualises experts
+into replicas ("vExperts") on a fixed number of *slots* per GPU. One :class:`Placement` is
+the map of one MoE layer: ``replicas[e]`` = the ranks holding expert ``e`` (at least one,
+no rank twice), at most ``slots`` experts per rank. The token copies routed to an expert
+are split evenly over its replicas.
+
+Cost of one layer of one training step under a placement (:class:`PlacementCost`; the
+digest's [R] spec, T(x) = max_g load_g c_tok + T_a2a + T_sync + T_move / interval):
+
+* expert compute: forward, input- and weight-gradient of the busiest rank's copies,
+  priced by the profile's cost model (:meth:`moesched.profile.Profile.compute_us`);
+* four all-to-alls (dispatch, combine, and their backward): every rank waits for the one
+  that sends or receives most (:func:`moesched.cluster.collective_us`, as
+  :mod:`moesched.routing` prices measured routing); a rank sends T*k copies and receives
+  its replicas' share;
+* the replica gradient all-reduce: each replicated expert's gradient is summed over its
+  replicas (ring all-reduce, 2(P-1)/P x bytes through each member's link, the table of
+  :mod:`moesched.collectives`); a rank pays the all-reduces of all its replicated experts;
+* attention and shared experts, forward and backward (the same on every placement).
+
+A migration (:meth:`PlacementCost.migrate_us`) moves an expert's parameters *and* its
+Adam state (two fp32 moments, plus the fp32 master copy of a 16-bit model: ZeRO Sec. 3.1,
+:data:`moesched.memory.ADAM_MOMENT_BYTES`) from a current holder to the new rank; each
+rank's incoming bytes cross its link serially, the busiest rank sets the time. A profile
+whose ``meta.expert_move`` holds the measured cost of staging expert state through host
+memory (device to host to device, ``python -m executor.placemove``) prices a move at the
+slower of that copy and the link.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from moesched import work
+from moesched.cluster import Cluster, collective_us
+from moesched.errors import MoeschedError
+from moesched.memory import ADAM_MOMENT_BYTES, MASTER_COPY_BYTES
+from moesched.models import MoEModel
+from moesched.profile import Cost, Profile
+
+#: Key of ``Profile.meta`` holding the measured cost of staging an expert's state through
+#: host memory (x = bytes; ``executor.placemove``).
+MOVE_KEY = "expert_move"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One layer's expert -> ranks map. ``replicas[e]``: sorted ranks holding expert e;
+    ``ranks``: ranks of the EP group; ``slots``: most experts one rank may hold."""
+
+    replicas: tuple[tuple[int, ...], ...]
+    ranks: int
+    slots: int
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @classmethod
+    def static(cls, experts: int, ranks: int, slots: int | None = None) -> "Placement":
+        """Today's expert parallelism: E/ranks contiguous experts per rank, one replica each."""
+        if experts % ranks:
+            raise MoeschedError(f"placement: {experts} experts do not divide over {ranks} ranks")
+        per = experts // ranks
+        return cls(tuple((e // per,) for e in range(experts)), ranks, per if slots is None else slots)
+
+    @classmethod
+    def trusted(cls, replicas: tuple[tuple[int, ...], ...], ranks: int, slots: int) -> "Placement":
+        """A placement built by a policy from a checked one by a limit-keeping edit: no check
+        (the search makes many; tests check every policy's output with :meth:`check`)."""
+        p = object.__new__(cls)
+        object.__setattr__(p, "replicas", replicas)
+        object.__setattr__(p, "ranks", ranks)
+        object.__setattr__(p, "slots", slots)
+        return p
+
+    @classmethod
+    def of(cls, replicas: Sequence[Sequence[int]], ranks: int, slots: int) -> "Placement":
+        return cls(tuple(tuple(sorted(int(r) for r in rs)) for rs in replicas), ranks, slots)
+
+    def check(self) -> None:
+        """Raise a one-line MoeschedError unless every expert has a replica, no expert sits
+        twice on a rank, every rank exists and holds at most ``slots`` experts."""
+        if self.ranks <= 0 or self.slots <= 0:
+            raise MoeschedError(f"placement: ranks and slots must be positive, got {self.ranks}, {self.slots}")
+        used = [0] * self.ranks
+        for e, rs in enumerate(self.replicas):
+            if not rs:
+                raise MoeschedError(f"placement: expert {e} has no replica")
+            if len(set(rs)) != len(rs):
+                raise MoeschedError(f"placement: expert {e} is named twice on one rank ({list(rs)})")
+            for r in rs:
+                if not 0 <= r < self.ranks:
+                    raise MoeschedError(f"placement: expert {e} on rank {r}, outside 0..{self.ranks - 1}")
+                used[r] += 1
+        over = [r for r in range(self.ranks) if used[r] > self.slots]
+        if over:
+            raise MoeschedError(f"placement: rank {over[0]} holds {used[over[0]]} experts, over its {self.slots} slots")
+
+    @property
+    def experts(self) -> int:
+        return len(self.replicas)
+
+    def held(self) -> list[list[int]]:
+        """held()[r]: the experts rank r holds, ascending."""
+        out: list[list[int]] = [[] for _ in range(self.ranks)]
+        for e, rs in enumerate(self.replicas):
+            for r in rs:
+                out[r].append(e)
+        return out
+
+    def extra_replicas(self) -> int:
+        """Replicas beyond one per expert."""
+        return sum(len(rs) for rs in self.replicas) - self.experts
+
+    def rank_loads(self, loads: Sequence[float]) -> list[float]:
+        """Token copies each rank computes: sum over its experts of loads[e] / replicas(e)."""
+        out = [0.0] * self.ranks
+        for e, rs in enumerate(self.replicas):
+            share = loads[e] / len(rs)
+            for r in rs:
+                out[r] += share
+        return out
+
+    def moves(self, new: "Placement") -> list[tuple[int, int, int]]:
+        """(expert, source, destination) of every replica ``new`` adds, copied from the
+        lowest current holder (the executor's rule, ``executor.placement``)."""
+        return [(e, old[0], d) for e, (old, nw) in enumerate(zip(self.replicas, new.replicas))
+                for d in nw if d not in old]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ranks": self.ranks, "slots": self.slots, "replicas": [list(rs) for rs in self.replicas]}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "placement") -> "Placement":
+        if not isinstance(d, dict) or set(d) != {"ranks", "slots", "replicas"}:
+            raise MoeschedError(f"{where}: expected keys ranks, slots, replicas")
+        try:
+            return cls.of(d["replicas"], int(d["ranks"]), int(d["slots"]))
+        except (TypeError, ValueError) as e:
+            raise MoeschedError(f"{where}: malformed replicas ({e})") from None
+
+
+def balance_ratio(rank_loads: Sequence[float]) -> float:
+    """max / mean rank load (FlexMoE's balance ratio; 1.0 = even). 1.0 for no load."""
+    mean = sum(rank_loads) / len(rank_loads)
+    return max(rank_loads) / mean if mean > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """µs of one layer of one step under a placement (module docstring)."""
+
+    compute_us: float
+    a2a_us: float
+    sync_us: float
+    balance: float
+
+    @property
+    def total_us(self) -> float:
+        return self.compute_us + self.a2a_us + self.sync_us
+
+
+class PlacementCost:
+    """Prices layers and migrations of ``model`` on ``cluster`` (one EP group of
+    ``cluster.ep_size`` ranks) from ``profile`` (module docstring)."""
+
+    def __init__(self, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
+        self.model, self.cluster, self.profile = model, cluster, profile
+        self.ranks = cluster.ep_size
+        self.shape = model.shape_key()
+        m = model
+        self.flops_per_copy = 2.0 * m.expert_gemms * m.d_model * m.ffn_hidden
+        self.bytes_per_copy = m.d_model * m.bytes_per_elem
+        self.sent_copies = work.routed_copies(m, m.tokens)
+        self.expert_param_bytes = m.expert_params() * m.bytes_per_elem
+        master = MASTER_COPY_BYTES if m.bytes_per_elem < 4 else 0
+        #: bytes of one expert's parameters and Adam state (what a migration moves)
+        self.expert_state_bytes = m.expert_params() * (m.bytes_per_elem + ADAM_MOMENT_BYTES + master)
+        #: bytes of one replica in memory: parameters, gradients, Adam state
+        self.replica_memory_bytes = self.expert_state_bytes + self.expert_param_bytes
+        ep = self.ranks
+        shared = work.shared_fwd_flops(m, m.tokens)
+        #: µs per layer alike for every placement: attention and shared experts, forward and backward
+        self.dense_us = sum(profile.compute_us(k, f, self.shape, m, ep) for k, f in (
+            ("attn_fwd", work.attn_fwd_flops(m, m.tokens)), ("attn_bwd", work.attn_bwd_flops(m, m.tokens)),
+            ("shared_fwd", shared), ("shared_bwd", 2 * shared)) if f > 0)
+        self._compute_cache: dict[float, float] = {}
+        move = profile.meta.get(MOVE_KEY)
+        self.measured_move = Cost.from_dict(move, f"meta.{MOVE_KEY}") if move is not None else None
+
+    # --- links -------------------------------------------------------------------------
+    def node(self, rank: int) -> int:
+        return rank // self.cluster.gpus_per_node
+
+    def link_us(self, nbytes: float, cross_node: bool) -> float:
+        """µs for ``nbytes`` through one GPU's link: inside a node the profile's measured
+        ring all-reduce curve (which moves 2(P-1)/P x per GPU) when the profile measured
+        this node size, else the network's intra tier; across nodes the profile's inter
+        curve on its own layout, else one NIC of the network."""
+        if nbytes <= 0:
+            return 0.0
+        p, c = self.profile, self.cluster
+        scope = "inter" if cross_node else "intra"
+        measured = p.comm.get("all_reduce", {}).get(scope)
+        size = p.gpus_per_node if scope == "intra" else p.nodes
+        if measured is not None and size > 1 and (cross_node or p.gpus_per_node == c.gpus_per_node):
+            return measured(nbytes / (2.0 * (size - 1) / size))
+        net = c.network
+        if net is None:
+            raise MoeschedError(f"profile {p.name} has no {scope}-node all-reduce to price a replica link; "
+                                "give --network PRESET|FILE")
+        if not cross_node and net.intra is not None:
+            return net.intra.latency_us + nbytes / net.intra.bytes_per_us
+        return net.inter.latency_us + nbytes / (net.inter.nic_bandwidth_Gbps * 1e3 / 8.0 / net.oversubscription)
+
+    def move_us(self, nbytes: float, cross_node: bool) -> float:
+        """µs to move ``nbytes`` of expert state to a rank: the link (:meth:`link_us`), or
+        the measured device-to-host-to-device copy of the profile (``meta.expert_move``,
+        the stand-in for a peer copy) when that is slower."""
+        t = self.link_us(nbytes, cross_node)
+        return max(t, self.measured_move(nbytes)) if self.measured_move is not None and nbytes > 0 else t
+
+    def allreduce_us(self, group: Sequence[int], nbytes: float) -> float:
+        """Ring all-reduce of ``nbytes`` per rank over ``group`` (ranks): 2(P-1)/P x through
+        each member's link (:mod:`moesched.collectives` table)."""
+        P = len(group)
+        if P <= 1:
+            return 0.0
+        cross = len({self.node(r) for r in group}) > 1
+        return self.link_us(2.0 * (P - 1) / P * nbytes, cross)
+
+    # --- one layer ---------------------------------------------------------------------
+    def compute_us(self, copies: float) -> float:
+        """Expert forward + dX + dW of ``copies`` token copies on one rank."""
+        key = round(copies, 3)
+        hit = self._compute_cache.get(key)
+        if hit is None:
+            f = copies * self.flops_per_copy
+            hit = sum(self.profile.compute_us(k, f, self.shape, self.model, self.ranks)
+                      for k in ("expert_fwd", "expert_dx", "expert_dw")) if copies > 0 else 0.0
+            if len(self._compute_cache) < 200_000:
+                self._compute_cache[key] = hit
+        return hit
+
+    def a2a_us(self, max_copies: float) -> float:
+        """The four all-to-alls of a layer when the busiest rank moves ``max_copies``."""
+        return 4.0 * collective_us(self.cluster, self.profile, "all_to_all", "ep",
+                                   max_copies * self.bytes_per_copy, self.shape)
+
+    def sync_us(self, placement: Placement) -> float:
+        """Replica gradient all-reduces: each rank pays those of its replicated experts."""
+        per_rank = [0.0] * placement.ranks
+        for rs in placement.replicas:
+            if len(rs) > 1:
+                t = self.allreduce_us(rs, self.expert_param_bytes)
+                for r in rs:
+                    per_rank[r] += t
+        return max(per_rank)
+
+    def layer(self, placement: Placement, loads: Sequence[float]) -> LayerCost:
+        """Cost of one layer whose experts receive ``loads[e]`` copies in total."""
+        if placement.ranks != self.ranks:
+            raise MoeschedError(f"placement has {placement.ranks} ranks, the EP group {self.ranks}")
+        rl = placement.rank_loads(loads)
+        busiest = max(rl)
+        return LayerCost(self.compute_us(busiest), self.a2a_us(max(busiest, self.sent_copies)),
+                         self.sync_us(placement), balance_ratio(rl))
+
+    def ideal(self, loads: Sequence[float]) -> LayerCost:
+        """Force-balanced ideal: every rank at the mean load, no replica to synchronise."""
+        mean = sum(loads) / self.ranks
+        return LayerCost(self.compute_us(mean), self.a2a_us(max(mean, self.sent_copies)), 0.0, 1.0)
+
+    def migrate_us(self, old: Placement, new: Placement) -> float:
+        """Moving parameters + Adam state of every replica ``new`` adds (module docstring)."""
+        incoming: dict[tuple[int, bool], float] = {}
+        for _, src, dst in old.moves(new):
+            key = (dst, self.node(src) != self.node(dst))
+            incoming[key] = incoming.get(key, 0.0) + self.expert_state_bytes
+        per_rank: dict[int, float] = {}
+        for (dst, cross), b in incoming.items():
+            per_rank[dst] = per_rank.get(dst, 0.0) + self.move_us(b, cross)
+        return max(per_rank.values(), default=0.0)

@@ -1,0 +1,99 @@
+"""moesched's placement policy: local search over placements with the cost model as objective.
+
+Objective of a candidate placement p, from the current placement c and the predicted
+per-expert loads n (copies; the mean of the last interval):
+
+    f(p) = horizon * T_layer(p, n) + T_move(c -> p)
+
+T_layer: :meth:`moesched.placement.PlacementCost.layer` (busiest rank's expert compute,
+all-to-alls, replica gradient all-reduces); T_move: parameters and Adam state of every
+added replica (:meth:`~moesched.placement.PlacementCost.migrate_us`); horizon: the steps
+until the next decision. This is the digest's per-iteration cost T(x) with the move
+amortised over the interval (``flexmoe_ppmoe_findep.md`` §1 [R]).
+
+Search: start from the best of the current placement, FlexMoE's greedy answer and EPLB's
+(so the result is never worse on f than any of them), then first-improvement descent over
+moves that touch the busiest rank: move one of its replicas to a lighter rank (into a free
+slot, or swapping with one of that rank's experts), add a replica of one of its experts on
+a lighter rank, and drop a replica of any expert that has several (which frees a slot and
+its all-reduce). Lighter ranks: the ``width`` least loaded. Stops at a local minimum,
+after ``max_iters`` improving moves or after ``max_evals`` full evaluations of f (a
+candidate whose busiest rank alone already costs more than the best is not evaluated).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from moesched.placement import Placement, PlacementCost
+from moesched.placement_policies import _with, eplb, flexmoe_greedy
+
+
+def objective(p: Placement, current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int) -> float:
+    """f(p) of the module docstring, µs over the horizon."""
+    return horizon * cost.layer(p, loads).total_us + cost.migrate_us(current, p)
+
+
+def _edit(p: Placement, rl: list[float], loads: Sequence[float], changes: dict[int, tuple[int, ...]]
+          ) -> tuple[Placement, list[float]]:
+    """``p`` with the replica sets of ``changes`` replaced (slots kept by the caller), and
+    its rank loads updated from ``rl`` (only the changed experts' shares move)."""
+    reps = list(p.replicas)
+    out = list(rl)
+    for e, new in changes.items():
+        old = reps[e]
+        for r in old:
+            out[r] -= loads[e] / len(old)
+        for r in new:
+            out[r] += loads[e] / len(new)
+        reps[e] = tuple(sorted(new))
+    return Placement.trusted(tuple(reps), p.ranks, p.slots), out
+
+
+def _neighbours(p: Placement, rl: list[float], loads: Sequence[float], width: int
+                ) -> Iterator[tuple[Placement, list[float]]]:
+    held = p.held()
+    busiest = max(range(p.ranks), key=lambda r: rl[r])
+    light = sorted((r for r in range(p.ranks) if r != busiest), key=lambda r: rl[r])[:width]
+    reps = p.replicas
+    for e in sorted(held[busiest], key=lambda x: -loads[x] / len(reps[x])):
+        moved = lambda a, b, x=e: tuple(r for r in reps[x] if r != a) + (b,)  # noqa: E731
+        for r in light:
+            if r in reps[e]:
+                continue
+            if len(held[r]) < p.slots:
+                yield _edit(p, rl, loads, {e: moved(busiest, r)})
+                yield _edit(p, rl, loads, {e: reps[e] + (r,)})
+            for x in held[r]:  # swap e (busiest -> r) with a lighter x (r -> busiest)
+                if busiest not in reps[x] and loads[x] / len(reps[x]) < loads[e] / len(reps[e]):
+                    yield _edit(p, rl, loads, {e: moved(busiest, r), x: moved(r, busiest, x)})
+    for e, rs in enumerate(reps):
+        if len(rs) > 1:
+            for r in rs:
+                yield _edit(p, rl, loads, {e: tuple(x for x in rs if x != r)})
+
+
+def search(current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int,
+           threshold: float = 1.0, width: int = 4, max_iters: int = 200, max_evals: int = 3000) -> Placement:
+    """The placement of least objective found (module docstring)."""
+    starts = [current, flexmoe_greedy(current, loads, cost, horizon, threshold),
+              eplb(loads, current.ranks, current.slots)]
+    scored = [(objective(s, current, loads, cost, horizon), i) for i, s in enumerate(starts)]
+    best_f, i = min(scored)
+    best = starts[i]
+    rl = best.rank_loads(loads)
+    evals = 0
+    for _ in range(max_iters):
+        for q, qrl in _neighbours(best, rl, loads, width):
+            top = max(qrl)  # lower bound: compute and all-to-alls alone (sync, moves >= 0)
+            if horizon * (cost.compute_us(top) + cost.a2a_us(max(top, cost.sent_copies))) >= best_f - 1e-9:
+                continue
+            evals += 1
+            if evals > max_evals:
+                return best
+            f = objective(q, current, loads, cost, horizon)
+            if f < best_f - 1e-9:
+                best, best_f, rl = q, f, qrl
+                break
+        else:
+            break
+    return best

@@ -1,0 +1,39 @@
+"""``moesched placement``: the table, the CSV and plot outputs, and bad input (one line, exit 2)."""
+from __future__ import annotations
+
+import pytest
+
+from moesched.cli import main
+
+BASE = ["placement", "--model", "DeepSeek-V2-Lite", "--layers", "2", "--steps", "30", "--interval", "10"]
+
+
+def test_placement_replays_every_policy(tmp_path, capsys):
+    csv, png = tmp_path / "r.csv", tmp_path / "r.png"
+    assert main(BASE + ["--routing", "zipf:1.2", "--csv", str(csv), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    for name in ("static", "capacity", "eplb", "flexmoe", "hot", "moesched", "ideal"):
+        assert name in rows, out
+    total = {n: float(rows[n][1]) for n in ("static", "eplb", "flexmoe", "hot", "moesched", "ideal")}
+    assert total["moesched"] <= min(total[n] for n in ("static", "eplb", "flexmoe", "hot"))
+    assert total["ideal"] <= total["moesched"] < total["static"]
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "policy,step,step_us,balance,balance_before,migrated" and len(lines) == 1 + 6 * 30
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--routing", "zipf:abc"], "expected zipf:S"),
+    (["--routing", "zipf:1", "--policies", "static,nope"], "--policies"),
+    (["--routing", "zipf:1", "--interval", "0"], "--interval"),
+    (["--routing", "zipf:1", "--threshold", "0.5"], "--threshold"),
+    (["--routing", "zipf:1", "--slots", "900"], "over the GPU"),
+    (["--routing", "zipf:1", "--steps", "0"], "--steps"),
+    (["--routing", "zipf:1", "--cluster", "1x3"], "not divisible"),
+    (["--routing", "/nonexistent/trace.jsonl"], "trace"),
+])
+def test_bad_input_is_one_line_and_exit_2(extra, msg, capsys):
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moesched: error:") and msg in err[0], err
