@@ -105,3 +105,39 @@ def rank_plans(model: MoEModel, cluster: Cluster, profile: Profile, plans: dict[
 def best(cands: list[Candidate]) -> Candidate:
     """The lowest mean step time (the first of equals)."""
     return min(cands, key=lambda c: c.result.mean_us)
+
+
+def descend(model: MoEModel, cluster: Cluster, profile: Profile, start: Schedule, start_mean_us: float,
+            loads: list[StepLoad], degrees: tuple[int, ...] = (1, 2, 4, 8), max_evals: int = 48
+            ) -> tuple[dict[str, Schedule], list[Candidate]]:
+    """Per-layer pipeline degrees under the distribution: coordinate descent from ``start``
+    (mean step ``start_mean_us`` under ``loads``) over each layer's forward, then backward
+    degree, keeping a change when the mean step falls; at most ``max_evals`` plans. Returns
+    the improving schedules by name and their candidates (the last is the best)."""
+    cur, cur_mean = start.knobs, start_mean_us
+    found: dict[str, Schedule] = {}
+    cands: list[Candidate] = []
+    evals = 0
+    for l in range(len(cur.r_fwd)):
+        for field_name in ("r_fwd", "r_bwd"):
+            for r in degrees:
+                rs = getattr(cur, field_name)
+                if r == rs[l] or evals >= max_evals:
+                    continue
+                try:
+                    k = replace(cur, **{field_name: rs[:l] + (r,) + rs[l + 1:]})
+                except MoeschedError:
+                    continue
+                name = f"{start.policy} per-layer {_degrees(k)}"
+                sc = Schedule(start.policy, k, start.priority, dict(start.notes))
+                evals += 1
+                got = rank_plans(model, cluster, profile, plans_of(model, cluster, profile, {name: sc}), loads)
+                if got and got[0].result.mean_us < cur_mean:
+                    cur, cur_mean = k, got[0].result.mean_us
+                    found[name] = sc
+                    cands.append(got[0])
+    return found, cands
+
+
+def _degrees(k: Knobs) -> str:
+    return "f" + ",".join(map(str, k.r_fwd)) + " b" + ",".join(map(str, k.r_bwd))

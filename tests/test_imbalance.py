@@ -177,3 +177,15 @@ def test_hierarchical_hops_follow_each_ranks_load(monkeypatch: pytest.MonkeyPatc
     import moesched.imbalance as imb
     monkeypatch.setattr(imb, "_price_hops", lambda *a: None)  # hops left even: the busiest rank's hops cost more
     assert base < step_timeline(m2, c, prof, k, order, skew).makespan_us < priced
+
+
+def test_descend_only_keeps_improvements() -> None:
+    from moesched.imbalance_plans import descend, policy_schedules
+    m = dataclasses.replace(PRESETS["Mixtral-8x7B"], layers=2)
+    loads = sampled_loads("zipf:1.2,drift=0.3", m, CLUSTER, 2)
+    sc = policy_schedules(m, CLUSTER, NVLINK, ["vanilla"])["vanilla"]
+    start = rank_plans(m, CLUSTER, NVLINK, policy_plans(m, CLUSTER, NVLINK, ["vanilla"]), loads)[0]
+    found, cands = descend(m, CLUSTER, NVLINK, sc, start.result.mean_us, loads, max_evals=6)
+    means = [start.result.mean_us] + [c.result.mean_us for c in cands]
+    assert all(b < a for a, b in zip(means, means[1:]))  # each kept change lowers the mean step
+    assert len(found) == len(cands) <= 6

@@ -79,8 +79,9 @@ def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Clus
 def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
                          plan: Plan) -> Plan:
     """solve --routing: the solver's even-routing plan, its search's runners-up of other
-    pipeline shapes, every published policy's plan, and the best of those with every uniform
-    pipeline degree (1, 2, 4, 8 forward x backward), replayed
+    pipeline shapes, every published policy's plan, the best of those with every uniform
+    pipeline degree (1, 2, 4, 8 forward x backward), then that best with each layer's degrees
+    searched (:func:`moesched.imbalance_plans.descend`), replayed
     under the same sampled steps; the plan with the lowest mean step is returned (labelled
     moesched, with the choice in its notes)."""
     from moesched import imbalance_plans as ip
@@ -99,9 +100,14 @@ def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Clu
     scheds.update(extra)
     cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads)
     best = ip.best(cands)
+    if best.name in scheds:  # then each layer's pipeline degrees, under the distribution
+        found, more = ip.descend(model, cluster, profile, scheds[best.name], best.result.mean_us, loads)
+        scheds.update(found)
+        cands += more
+        best = ip.best(cands)
     shown = [c for c in cands if c.name == even or c.name in policies or c is best]
     print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
-          f"{len(cands)} plans tried):")
+          f"{len(cands)} plans compared, per-layer trials not counted):")
     print(routing_table(shown, best.name))
     r, e = best.result, cands[0].result
     print(f"chosen for the distribution: {best.name}, mean {r.mean_us / 1e3:.3f} ms, p90 {r.p90_us / 1e3:.3f} ms "
