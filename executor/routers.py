@@ -5,7 +5,8 @@ weights w [..., k] (fp32), expert ids idx [..., k] (long), the router probabilit
 [..., E] and logits x [..., E] (fp32, differentiable; for the auxiliary losses). Autograd
 differentiates all of it (topk and gather pass gradients to the chosen entries only; the
 deepseek_v3 bias and the group mask are constants), so the executor's backward is the
-reference's. :func:`expert_choice` is the expert-choice router (reference only).
+reference's. :func:`expert_choice` is the expert-choice router of the reference; the
+executor runs it as E slots per token (:func:`route`) kept by :func:`expert_choice_kept`.
 """
 from __future__ import annotations
 
@@ -69,9 +70,10 @@ def route(u: torch.Tensor, p: torch.nn.Module, m: MoEModel) -> RouterOut:
             w, idx = s.topk(k, dim=-1)
             w = _norm(w, m)
         return RouterOut(w, idx, s / s.sum(-1, keepdim=True), x)
-    if m.router not in routers.EXECUTOR_ROUTERS:
-        raise ValueError(f"router {m.router!r} has no fixed top-k (use expert_choice())")
     probs = torch.softmax(x, dim=-1)
+    if m.router == "expert_choice":  # one slot per expert; expert_choice_kept() picks the kept ones
+        idx = torch.arange(m.experts, device=x.device).expand(*x.shape[:-1], m.experts)
+        return RouterOut(probs, idx, probs, x)
     w, idx = probs.topk(k, dim=-1)
     return RouterOut(w if m.router == "switch" else _norm(w, m), idx, probs, x)
 
@@ -81,10 +83,15 @@ def expert_choice(u: torch.Tensor, p: torch.nn.Module, m: MoEModel) -> tuple[tor
     e chose token t, else 0) and the choice mask [T, E] (bool); each expert chooses
     C = :func:`moesched.routers.expert_choice_capacity` tokens."""
     S = torch.softmax(logits(u, p, m), dim=-1)                               # [T, E]
-    C = routers.expert_choice_capacity(m, S.shape[0])
-    top = S.t().topk(C, dim=-1).indices                                      # [E, C]
-    mask = torch.zeros_like(S, dtype=torch.bool).scatter_(0, top.t(), True)
+    mask = expert_choice_kept(S.detach(), routers.expert_choice_capacity(m, S.shape[0]))
     return S * mask, mask
+
+
+def expert_choice_kept(S: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Kept slots [T, E] (bool) of expert choice: expert e keeps its ``capacity`` tokens of
+    highest S[:, e] (the same choice as :func:`expert_choice`)."""
+    top = S.t().topk(capacity, dim=-1).indices                               # [E, C]
+    return torch.zeros_like(S, dtype=torch.bool).scatter_(0, top.t(), True)
 
 
 def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, experts: int) -> torch.Tensor:
@@ -142,11 +149,13 @@ def update_bias(bias: torch.Tensor, load: torch.Tensor, rate: float) -> None:
     bias += rate * torch.sign(load.mean() - load)
 
 
-def expert_counts(idxs: list[torch.Tensor], experts: int) -> torch.Tensor:
+def expert_counts(idxs: list[torch.Tensor], experts: int, kept: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[layers, E] int64: copies per expert of each layer's expert ids idxs[l] [T, k] (an
-    index_add, no host sync)."""
+    index_add, no host sync); with ``kept`` masks [T, k] only the kept slots (expert choice:
+    the slots of every expert, kept where it chose the token)."""
     out = torch.zeros(len(idxs), experts, dtype=torch.long, device=idxs[0].device)
     for l, idx in enumerate(idxs):
         flat = idx.reshape(-1)
-        out[l].index_add_(0, flat, torch.ones_like(flat))
+        ones = torch.ones_like(flat) if kept is None else kept[l].reshape(-1).long()
+        out[l].index_add_(0, flat, ones)
     return out

@@ -130,8 +130,9 @@ class PlannedStep:
                  issue: str = "single", cuda_graphs: bool = True):
         if issue not in ISSUE_MODES:
             raise MoeschedError(f"issue must be one of {ISSUE_MODES}, got {issue!r}")
-        if plan.model.router not in routers.EXECUTOR_ROUTERS:
-            raise MoeschedError(f"the executor runs the routers {routers.EXECUTOR_ROUTERS}, not {plan.model.router!r}")
+        if plan.model.router == "expert_choice" and plan.knobs.at_chunked:
+            raise MoeschedError("expert_choice routing needs at_chunked false: an expert chooses among all of a "
+                                "rank's tokens, so attention cannot be split into chunks that route on their own")
         if not dist.is_initialized():
             raise MoeschedError("PlannedStep needs torch.distributed to be initialised")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -165,9 +166,10 @@ class PlannedStep:
             _warn_connections()
             self.compute_stream = torch.cuda.current_stream(module.device)
             self._device_index = self.compute_stream.device.index  # for the issue thread
-            aux = routers.has_aux(m)  # graphed pieces keep no router outputs for the auxiliary losses
-            self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs and not aux else None
-            self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs else None
+            # graphed pieces keep no router outputs (auxiliary losses) and have k = top_k slots
+            eager = routers.has_aux(m) or m.router == "expert_choice"
+            self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs and not eager else None
+            self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs and not eager else None
             self.staging = Staging(module.device)
             self.links = {r: torch.cuda.Stream(module.device) for r in ("comm_intra", "comm_inter")}
             self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
@@ -244,7 +246,9 @@ class PlannedStep:
         rec.c0, rec.e_call = c0, e_call
         rec.cnt = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
         rec.kept = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
-        rec.expert_counts = routers.expert_counts([ls.idx for ls in ctx.layers], self.plan.model.experts)
+        ec = self.plan.model.router == "expert_choice"  # its slots are every expert: count the chosen ones
+        rec.expert_counts = routers.expert_counts([ls.idx for ls in ctx.layers], self.plan.model.experts,
+                                                  [ls.kept for ls in ctx.layers] if ec else None)
         if self.cuda:  # averaged on the GPU (NCCL, dense group = every rank), read once
             loss = ctx.loss.detach().float().reshape(1)
             dist.all_reduce(loss, group=self.groups.dense)

@@ -169,7 +169,7 @@ def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[
 @torch.no_grad()
 def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     m, ls = ctx.cfg, ctx.layers[l]
-    L, M, k = m.seq_len, m.d_model, m.top_k
+    L, M, k = m.seq_len, m.d_model, ls.k
     a, b = chunk_range(ls.T, n, c)
     x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
     p = ctx.module.blocks[l]

@@ -12,7 +12,8 @@ its layers (layer l replays the trace's layer l mod its layers); else one line.
 
 :func:`step_timeline` prices a plan (knobs + issue order) under one step's load: the graph's
 expert tasks and flat all-to-alls take each rank's own load per layer
-(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares),
+(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares;
+the two hops of a hierarchical all-to-all by :func:`hop_shares`),
 and an expert task on uneven groups is priced as a grouped GEMM on those groups
 (:func:`moesched.ops.uneven_expert_ops`) when the profile has operator tables and no curve
 measured on the model's shape; otherwise in proportion to the rank's total copies. The step
@@ -23,18 +24,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from moesched.cluster import Cluster
+from moesched import work
+from moesched.cluster import Cluster, collective_us
 from moesched.errors import MoeschedError
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.ops import uneven_expert_ops
 from moesched.profile import Profile
-from moesched.routing import EXPERT_KINDS, Routing, apply_routing
+from moesched.routing import A2A_KINDS, EXPERT_KINDS, Routing, apply_routing
 from moesched.routing_gen import generate, parse_spec, round_counts
-from moesched.routing_trace import LayerRouting, RoutingTrace, capacity_per_rank, load
+from moesched.routing_trace import LayerRouting, RoutingTrace, capacity_per_rank, is_trace_path, load
 from moesched.sim import Timeline, simulate
 
 DEFAULT_SAMPLES = 8
@@ -80,12 +81,19 @@ def _scaled(row: list[int], total: int) -> list[int]:
     return round_counts([x / s for x in row], total) if s > 0 else [0] * len(row)
 
 
-def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepLoad:
-    """One step of ``trace`` for ``model`` on an EP group of ``ep`` ranks (module docstring)."""
+def check_trace_fits(trace: RoutingTrace, model: MoEModel) -> None:
+    """Raise MoeschedError unless the trace has the model's experts and the model a multiple
+    of its layers."""
     h = trace.header
     if h.experts != model.experts or model.layers % h.layers:
         raise MoeschedError(f"routing trace has {h.layers} layers x {h.experts} experts, the model {model.name} "
                             f"{model.layers} x {model.experts} (experts must match, layers be a multiple)")
+
+
+def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepLoad:
+    """One step of ``trace`` for ``model`` on an EP group of ``ep`` ranks (module docstring)."""
+    h = trace.header
+    check_trace_fits(trace, model)
     full = model.tokens * model.top_k
     scale = full / (h.tokens_per_rank * h.top_k * h.ep / ep)   # a source row after merging or splitting
     cap = capacity_per_rank(model.capacity_factor, model.top_k, model.tokens, model.experts)
@@ -106,7 +114,7 @@ def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepL
 def load_source(text: str, model: MoEModel, cluster: Cluster, steps: int = 64) -> RoutingTrace:
     """``--routing``: a trace file, or a generator spec (``zipf:1.2[,drift=0.1]``,
     ``dirichlet:0.5``, ``even``; :mod:`moesched.routing_gen`) drawn for ``steps`` steps."""
-    if Path(text).is_file():
+    if is_trace_path(text):
         return load(text)
     try:
         spec = parse_spec(text)
@@ -135,10 +143,39 @@ def _uneven_expert_us(profile: Profile, kind: str, model: MoEModel, ep: int, cop
                                                       4 if cpu else None))
 
 
+def hop_shares(m: tuple[tuple[int, ...], ...], gpus_per_node: int, even: float) -> dict[str, list[float]]:
+    """Per EP rank, the share of the even buffer each hop of a hierarchical all-to-all carries
+    under the kept matrix m [S][S] (Tutel's 2DH, :func:`moesched.work.a2a_hops`): EP rank
+    q = (node n, local g). Intra hop: rank (n, g) sends its sent rows and receives mid[(n, g)]
+    = the rows every rank of node n sends to local index g on any node; inter hop: it sends
+    mid and receives its received rows. A hop costs a rank the larger of its two sides
+    (dispatch and combine directions alike)."""
+    S, G = len(m), gpus_per_node
+    sent = [sum(row) for row in m]
+    recv = [sum(m[s][d] for s in range(S)) for d in range(S)]
+    mid = [sum(m[(q // G) * G + g][d] for g in range(G) for d in range(S) if d % G == q % G) for q in range(S)]
+    return {"intra": [max(sent[q], mid[q]) / even for q in range(S)],
+            "inter": [max(mid[q], recv[q]) / even for q in range(S)]}
+
+
+def _price_hops(g, model: MoEModel, cluster: Cluster, profile: Profile, sl: StepLoad) -> None:
+    """Per-rank durations of the hops of hierarchical all-to-alls from the step's load."""
+    even = float(work.routed_copies(model, model.tokens))
+    ep, R = cluster.ep_size, cluster.world
+    shares = [hop_shares(mat, cluster.gpus_per_node, even) for mat in sl.routing.copies]
+    for _, a in g.nodes(data=True):
+        if a["kind"] in A2A_KINDS and a.get("hop") in ("intra", "inter"):
+            sh = shares[a["layer"]][a["hop"]]
+            a["duration_by_rank_us"] = [collective_us(cluster, profile, "all_to_all", f"ep_{a['hop']}",
+                                                      float(a["work"]) * sh[r % ep], model.shape_key())
+                                        for r in range(R)]
+
+
 def step_timeline(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Knobs, order: list[str],
                   sl: StepLoad) -> Timeline:
     """The plan (knobs, issue order) replayed under one step's load (module docstring)."""
     g = apply_routing(build(model, cluster, profile, knobs), model, cluster, profile, sl.routing)
+    _price_hops(g, model, cluster, profile, sl)
     ep = cluster.ep_size
     if profile.ops is not None:
         total: dict[tuple[str, int], float] = {}

@@ -15,8 +15,8 @@ d = M / h head dim, k top-k; B bytes per element of the run's dtype):
 
 * attn_fwd: merge of the previous layer (gather C*M, weighted sum), rmsnorm, GEMM
   (T, 3M, M), causal attention (b*h, L, d), GEMM (T, M, M), residual, rmsnorm, router GEMM
-  (T, E, M), fp32 softmax and top-k, capacity ranks (sort of T*k keys), dispatch rows
-  (gather C*M).
+  (T, E, M) (xmoe: (T, d_r, M) and (T, E, d_r)), fp32 softmax and top-k, capacity ranks
+  (sort of T*k keys), dispatch rows (gather C*M).
 * attn_bwd: the input and weight gradients of each forward GEMM -- for y[m, n] = x[m, k]
   w[n, k]^T, dX = GEMM (m, k, n) and dW = GEMM (n, k, m) -- attention backward, norms
   backward, the scatter-add of the returned expert input gradients (C*M) and the combine
@@ -115,6 +115,7 @@ class Dims:
     S: int
     swiglu: bool
     B: int
+    R: int = 0  # xmoe's routing dimension d_r (0: the router is one GEMM u Wg^T)
 
 
 def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = None,
@@ -126,12 +127,20 @@ def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = Non
     return Dims(T=tokens, C=work.routed_copies(m, tokens) if copies is None else copies, b=max(1, round(tokens / L)), L=L, M=m.d_model,
                 H=m.ffn_hidden, E=m.experts, El=max(1, m.experts // max(1, ep)), k=m.top_k, heads=m.heads,
                 S=m.shared_experts, swiglu=m.expert_kind == "swiglu",
-                B=bytes_per_elem or m.bytes_per_elem)
+                B=bytes_per_elem or m.bytes_per_elem, R=m.router_dim if m.router == "xmoe" else 0)
 
 
 def linear_bwd(m: int, n: int, k: int) -> list[Op]:
     """The two GEMMs of the backward of y[m, n] = x[m, k] w[n, k]^T: dX, then dW."""
     return [Gemm(m, k, n), Gemm(n, k, m)]
+
+
+def _router_gemms(d: Dims) -> list[Op]:
+    """The router's forward GEMMs: u Wg^T (T, E, M); xmoe (X-MoE eq. 4): the projection
+    (T, R, M) then the cosine scores against the normalised expert embeddings (T, E, R)."""
+    if not d.R:
+        return [Gemm(d.T, d.E, d.M)]
+    return [Gemm(d.T, d.R, d.M), Gemm(d.T, d.E, d.R)]
 
 
 def _attn_fwd(d: Dims) -> list[Op]:
@@ -140,14 +149,15 @@ def _attn_fwd(d: Dims) -> list[Op]:
             MemOp("norm", 2.0 * T * M * B), Gemm(T, 3 * M, M),
             Attention(d.b * d.heads, d.L, M // d.heads, True, False), MemOp("elementwise", 2.0 * T * M * B),
             Gemm(T, M, M), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
-            Gemm(T, d.E, M), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
+            *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
             MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
 
 
 def _attn_bwd(d: Dims) -> list[Op]:
     T, M, B = d.T, d.M, d.B
     ops: list[Op] = [MemOp("scatter_add", 3.0 * d.C * M * B), MemOp("elementwise", d.T * d.k * M * (B + 4.0))]
-    ops += linear_bwd(T, d.E, M) + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
+    router = linear_bwd(T, d.E, M) if not d.R else linear_bwd(T, d.E, d.R) + linear_bwd(T, d.R, M)
+    ops += router + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
     ops += linear_bwd(T, M, M) + [Attention(d.b * d.heads, d.L, M // d.heads, True, True),
                                   MemOp("elementwise", 2.0 * T * M * B)]
     ops += linear_bwd(T, 3 * M, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),

@@ -19,8 +19,9 @@ module is what the pure-Python side needs. For router logits x = u Wg^T (u [T, M
   ``bias_update_rate``; load = copies of the whole step, all ranks).
 * ``expert_choice`` (Zhou et al. 2022, Sec. 3.1 eq. 1): S = softmax(x) [T, E]; each expert
   takes its C = ceil(f k T / E) best tokens (f = capacity_factor, 1 when unset), gates
-  G = S at the chosen (token, expert) pairs; a token may get 0..E experts. Torch only
-  (reference); the executor's fixed k slots per token cannot carry it.
+  G = S at the chosen (token, expert) pairs; a token may get 0..E experts. The executor
+  gives every token E slots (slot e = expert e, kept where e chose the token) and needs
+  unchunked attention (an expert chooses among all of a rank's tokens at once).
 * ``xmoe`` (X-MoE, Chi et al. 2022, Sec. 3 eq. 4-5): a low-dimensional projection
   Wr [d_r, M], expert embeddings Wg [E, d_r], a learned temperature tau:
   x_e = cos(Wr u, Wg_e) / tau, then softmax and top-k as ``topk_softmax``.
@@ -46,8 +47,8 @@ MoEModel = Any  # a moesched.models.MoEModel (which imports this module: no impo
 ROUTERS = ("topk_softmax", "switch", "sigmoid", "deepseek_v3", "expert_choice", "xmoe")
 #: routers whose scores are sigmoids (their load-balancing P_i is the normalised score)
 SIGMOID_ROUTERS = ("sigmoid", "deepseek_v3")
-#: routers the executor runs (expert_choice has no fixed k slots per token)
-EXECUTOR_ROUTERS = ("topk_softmax", "switch", "sigmoid", "deepseek_v3", "xmoe")
+#: routers the executor runs (all; expert_choice with one slot per expert, unchunked attention)
+EXECUTOR_ROUTERS = ROUTERS
 
 
 def _number(v: object) -> bool:
@@ -78,6 +79,12 @@ def check(m: MoEModel) -> None:
                                 f"cannot hold top_k={m.top_k} (and at most router_groups={g})")
     elif (m.router_groups, m.router_group_topk) != (1, 1):
         raise MoeschedError(f"model {m.name}: router_groups/router_group_topk are for deepseek_v3 only")
+
+
+def slots(m: MoEModel) -> int:
+    """Copy slots per token in the executor's buffers: top_k; expert_choice E (slot e = expert
+    e, kept where expert e chose the token)."""
+    return m.experts if m.router == "expert_choice" else m.top_k
 
 
 def router_params(m: MoEModel) -> int:

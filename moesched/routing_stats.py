@@ -23,6 +23,8 @@ class LayerSkew:
         first, last: the imbalance of the first and last step (mean over the first and last
             tenth of the steps, at least one step each).
         top_changes: fraction of step-to-step transitions in which the most loaded expert changed.
+        rank_mean: mean over steps of max/mean copies received per EP rank (the trace's EP
+            size, expert e on rank e // (E/S)).
     """
 
     layer: int
@@ -32,6 +34,7 @@ class LayerSkew:
     first: float
     last: float
     top_changes: float
+    rank_mean: float
 
 
 def _mean(xs: list[float]) -> float:
@@ -53,8 +56,9 @@ def layer_skew(trace: RoutingTrace) -> list[LayerSkew]:
         xs = [row[l] for row in by_step]
         srt = sorted(xs)
         changes = sum(a != b for a, b in zip(tops[l], tops[l][1:]))
+        ranks = [r.rank_imbalance() for r in trace.records if r.layer == l]
         out.append(LayerSkew(l, _mean(xs), srt[min(n - 1, int(0.9 * n))], max(xs), _mean(xs[:tenth]),
-                             _mean(xs[-tenth:]), changes / max(1, n - 1)))
+                             _mean(xs[-tenth:]), changes / max(1, n - 1), _mean(ranks)))
     return out
 
 

@@ -118,6 +118,13 @@ class LayerRouting:
         mean = sum(load) / len(load)
         return max(load) / mean if mean > 0 else 1.0
 
+    def rank_imbalance(self, capacity: int | None = None, placement: Sequence[int] | None = None) -> float:
+        """max over EP ranks of the copies received / their mean (1.0 = even), experts placed
+        as :meth:`rank_matrix` places them."""
+        recv = [sum(col) for col in zip(*self.rank_matrix(capacity, placement))]
+        mean = sum(recv) / len(recv)
+        return max(recv) / mean if mean > 0 else 1.0
+
     def to_dict(self) -> dict:
         return {"step": self.step, "layer": self.layer, "copies": [list(r) for r in self.copies]}
 
@@ -234,6 +241,15 @@ def parse(lines: Iterable[str], name: str = "routing trace") -> RoutingTrace:
         return RoutingTrace(header, tuple(records))
     except MoeschedError as e:
         raise MoeschedError(f"{name}: {e}") from None
+
+
+def is_trace_path(text: str) -> bool:
+    """Whether ``text`` names an existing file (a name the OS refuses, such as one too long,
+    is not a file)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def load(path: PathLike) -> RoutingTrace:

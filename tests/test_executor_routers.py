@@ -35,6 +35,9 @@ def test_routers_exact_two_ranks(tmp_path: Path) -> None:
                   Knobs((4, 1), (2, 2), at_chunked=True, grad_chunk_bytes=6), random.Random(3)),
         make_plan(tiny_model(router="deepseek_v3", aux_loss_coef=0.1, experts=8, router_groups=4,
                              router_group_topk=2, bias_update_rate=0.05), c, Knobs((2, 2), (2, 2))),
+        make_plan(tiny_model(router="expert_choice", shared_experts=1), c, Knobs((2, 1), (1, 4)), random.Random(5)),
+        make_plan(tiny_model(router="expert_choice", capacity_factor=1.5, expert_kind="swiglu", experts=8), c,
+                  Knobs((4, 2), (2, 2), grad_chunk_bytes=999)),
     ]
     out = tmp_path / "res.jsonl"
     r = torchrun(2, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out), "--steps", "2"],
@@ -52,6 +55,7 @@ def test_routers_exact_four_ranks(tmp_path: Path) -> None:
                   Knobs((2, 2), (2, 1), a2a="hierarchical"), random.Random(4)),
         make_plan(tiny_model(router="xmoe", capacity_factor=1.0, aux_loss_coef=0.05), Cluster(1, 4, ep=2),
                   Knobs((1, 2), (2, 2), grad_chunk_bytes=2000)),
+        make_plan(tiny_model(router="expert_choice", experts=8), Cluster(2, 2), Knobs((2, 2), (2, 1), a2a="hierarchical")),
     ]
     out = tmp_path / "res.jsonl"
     r = torchrun(4, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out), "--steps", "2"],
@@ -60,8 +64,8 @@ def test_routers_exact_four_ranks(tmp_path: Path) -> None:
     assert r.returncode == 0
 
 
-def test_expert_choice_is_refused_by_the_executor() -> None:
+def test_expert_choice_with_chunked_attention_is_refused() -> None:
     m = tiny_model(router="expert_choice")
-    plan = make_plan(m, Cluster(1, 1), Knobs.uniform(m.layers, 1))
-    with pytest.raises(MoeschedError, match="expert_choice"):
+    plan = make_plan(m, Cluster(1, 1), Knobs((2, 2), (2, 2), at_chunked=True))
+    with pytest.raises(MoeschedError, match="at_chunked false"):
         PlannedStep(MoEModule(m), plan)

@@ -124,13 +124,21 @@ def test_cli_simulate_and_solve_under_routing(tmp_path: Path, capsys: pytest.Cap
     Plan.load(plan).validate()
 
 
-@pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file")])
-def test_cli_refuses_a_bad_routing(spec: str, msg: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("cmd", ["simulate", "solve"])
+@pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file"),
+                                       ("routing/bytelm-L4-E8-top2.jsonl", "experts must match"),
+                                       ("zipf:1 --routing-samples 0", "--routing-samples")])
+def test_cli_refuses_a_bad_routing_before_work(cmd: str, spec: str, msg: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
     from moesched.cli import main
-    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink",
-                 "--schedules", "vanilla", "--routing", spec]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
+    root = Path(__file__).resolve().parent.parent
+    spec = str(root / spec) if spec.startswith("routing/") else spec
+    extra = ["--out", str(tmp_path / "p.json")] if cmd == "solve" else ["--schedules", "vanilla"]
+    assert main([cmd, "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink", *extra,
+                 "--routing", *spec.split()]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith("moesched: error:") and msg in cap.err and cap.err.count("\n") == 1
+    assert "step" not in cap.out and not (tmp_path / "p.json").exists()
 
 
 def test_knob_variants_keep_the_rest_of_the_schedule() -> None:
@@ -142,3 +150,30 @@ def test_knob_variants_keep_the_rest_of_the_schedule() -> None:
     v = vs["fsmoe r_fwd=2 r_bwd=8"]
     assert v.knobs.r_fwd == (2, 2) and v.knobs.r_bwd == (8, 8) and v.priority is base.priority
     assert dataclasses.replace(v.knobs, r_fwd=base.knobs.r_fwd, r_bwd=base.knobs.r_bwd) == base.knobs
+
+
+def test_hierarchical_hops_follow_each_ranks_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moesched.imbalance import hop_shares, step_timeline
+    # 2 nodes x 2 GPUs; EP rank q = (q // 2, q % 2); even: every rank sends 4 copies to every rank (16 each)
+    m = ((4, 4, 4, 4),) * 4
+    assert hop_shares(m, 2, 16.0) == {"intra": [1.0] * 4, "inter": [1.0] * 4}
+    # every rank sends all 16 copies to rank 3 = (node 1, local 1)
+    hot = ((0, 0, 0, 16),) * 4
+    sh = hop_shares(hot, 2, 16.0)
+    # intra: ranks of local index 1 collect their node's 32 rows for local index 1; inter: rank 3 receives 64
+    assert sh["intra"] == [1.0, 2.0, 1.0, 2.0] and sh["inter"] == [0.0, 2.0, 0.0, 4.0]
+    c, prof = Cluster(2, 2), Profile.load("analytic-h200x4-2nodes")
+    m2 = dataclasses.replace(MODEL, layers=1)
+    k = Knobs((1,), (1,), a2a="hierarchical", serialize=True)  # every hop on the critical path
+    from moesched.graph import build
+    from moesched.sim import simulate
+    order = simulate(build(m2, c, prof, k)).order()
+    assert any(t.endswith(".inter") for t in order)
+    even = step_load(load_source("even", m2, c, 1), 0, m2, 4)
+    skew = step_load(load_source("zipf:1.5", m2, c, 1), 0, m2, 4)
+    base = simulate(build(m2, c, prof, k), {t: i for i, t in enumerate(order)}, strict=True).makespan_us
+    assert step_timeline(m2, c, prof, k, order, even).makespan_us == pytest.approx(base, rel=1e-9)
+    priced = step_timeline(m2, c, prof, k, order, skew).makespan_us
+    import moesched.imbalance as imb
+    monkeypatch.setattr(imb, "_price_hops", lambda *a: None)  # hops left even: the busiest rank's hops cost more
+    assert base < step_timeline(m2, c, prof, k, order, skew).makespan_us < priced

@@ -20,7 +20,8 @@ from tests.test_executor_exact import save, torchrun
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("kw", [dict(capacity_factor=1.0), dict(router="sigmoid", experts=8, top_k=3)])
+@pytest.mark.parametrize("kw", [dict(capacity_factor=1.0), dict(router="sigmoid", experts=8, top_k=3),
+                                dict(router="expert_choice")])
 def test_recorded_trace_equals_reference_routing(tmp_path: Path, kw: dict) -> None:
     m = tiny_model(**kw)
     path = save([make_plan(m, Cluster(1, 2), Knobs((2, 1), (1, 2)))], tmp_path)[0]
@@ -38,7 +39,7 @@ def test_recorded_trace_equals_reference_routing(tmp_path: Path, kw: dict) -> No
         ref.blocks(make_batch(m, rank)[0])
         for rec in trace.step(1):
             assert list(rec.copies[rank]) == ref.load[rec.layer].tolist()
-            assert sum(rec.copies[rank]) == m.tokens * m.top_k  # before capacity: nothing dropped here
+            assert sum(rec.copies[rank]) == m.tokens * m.top_k  # before capacity; expert choice: E x C = T x k
 
 
 def test_record_routing_output_is_checked_first(tmp_path: Path) -> None:

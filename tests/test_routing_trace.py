@@ -38,6 +38,8 @@ def test_loads_capacity_and_rank_matrix() -> None:
     assert r.rank_matrix() == ((12, 4), (6, 10))
     assert r.rank_matrix(4) == ((8, 4), (5, 8))
     assert r.rank_matrix(placement=[1, 0, 0, 1]) == ((6, 10), (10, 6))
+    assert r.rank_imbalance() == pytest.approx(18 / 16)  # ranks receive 12 + 6 = 18 and 4 + 10 = 14
+    assert r.rank_imbalance(placement=[1, 0, 0, 1]) == 1.0
 
 
 def _lines(t: RoutingTrace) -> list[str]:

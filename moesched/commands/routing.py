@@ -20,7 +20,7 @@ from moesched.plan import Plan
 from moesched.profile import Profile
 from moesched.routing_gen import generate, parse_spec
 from moesched.routing_stats import layer_skew, save_skew_png
-from moesched.routing_trace import load
+from moesched.routing_trace import is_trace_path, load
 
 HELP = "make synthetic routing traces (gen) and report a trace's load skew (show)"
 MAX_STEPS = 100_000
@@ -47,6 +47,23 @@ def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
                              "dirichlet:A, even (docs/routing.md)")
     parser.add_argument("--routing-samples", type=int, default=8, metavar="N",
                         help="steps of the distribution each plan is replayed under (default 8)")
+
+
+def check_routing(args: argparse.Namespace, model: MoEModel) -> None:
+    """Refuse a bad ``--routing`` or ``--routing-samples`` before any work (one line)."""
+    if args.routing is None:
+        return
+    from moesched.imbalance import check_trace_fits
+    from moesched.routing_gen import parse_spec
+    if not 1 <= args.routing_samples <= 1000:
+        raise MoeschedError(f"--routing-samples must be between 1 and 1000, got {args.routing_samples}")
+    if is_trace_path(args.routing):
+        check_trace_fits(load(args.routing), model)
+        return
+    try:
+        parse_spec(args.routing)
+    except MoeschedError as e:
+        raise MoeschedError(f"--routing {args.routing!r}: not a trace file, and {e}") from None
 
 
 def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
@@ -137,11 +154,12 @@ def _show(args: argparse.Namespace) -> int:
           f"{h.tokens_per_rank} tokens x top-{h.top_k} per rank, router {h.router}")
     print(f"source: {h.source or '-'}")
     rows = [[s.layer, f"{s.mean:.3f}", f"{s.p90:.3f}", f"{s.worst:.3f}", f"{s.first:.3f}", f"{s.last:.3f}",
-             f"{100 * s.top_changes:.0f}%"] for s in layer_skew(trace)]
-    print(format_table(["layer", "mean", "p90", "worst", "first 10%", "last 10%", "top expert changes"], rows,
-                       [True] * 7))
+             f"{100 * s.top_changes:.0f}%", f"{s.rank_mean:.3f}"] for s in layer_skew(trace)]
+    print(format_table(["layer", "mean", "p90", "worst", "first 10%", "last 10%", "top expert changes",
+                        f"rank mean (EP {h.ep})"], rows, [True] * 8))
     print("max/mean expert load per step (1.0 = even); top expert changes: share of steps whose most loaded "
-          "expert differs from the step before")
+          f"expert differs from the step before; rank: max/mean copies received per EP rank, experts e on "
+          f"rank e // {h.experts // h.ep}")
     if args.png:
         save_skew_png(trace, args.png, f"{args.trace}: max/mean expert load")
         print(f"figure written to {args.png}")

@@ -58,7 +58,7 @@ def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, P
     if layers is not None and not 1 <= layers <= MAX_LAYERS:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
     over = {"layers": layers} if layers is not None else {}
-    if args.model.endswith(".json") or Path(args.model).is_dir():
+    if args.model.endswith(".json") or _is_dir(args.model):
         model = replace(MoEModel.from_hf_config(args.model), **over)
     else:
         model = MoEModel.from_name(args.model, **over)
@@ -72,6 +72,14 @@ def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, P
     if note:
         print(note)
     return model, profile, cluster
+
+
+def _is_dir(path: str) -> bool:
+    """Path(path).is_dir(), False for a name the OS refuses (too long, a NUL byte)."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, example: str = "1x4") -> None:

@@ -8,7 +8,7 @@ from moesched import schedules
 from moesched.cluster import Cluster
 from moesched.commands.models import format_table
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, resolve
-from moesched.commands.routing import add_routing_arguments, print_routing_table
+from moesched.commands.routing import add_routing_arguments, check_routing, print_routing_table
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.models import MoEModel
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--trace": args.trace, "--png": args.png})
     names = _schedule_names(args.schedules)
     model, profile, cluster = resolve(args)
+    check_routing(args, model)
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
     print(f"profile: {profile.name} ({note}) from {args.profile if args.profile is not None else default_profile_path()}")
     print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")

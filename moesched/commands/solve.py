@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from moesched.commands.routing import add_routing_arguments, choose_under_routing
+from moesched.commands.routing import add_routing_arguments, check_routing, choose_under_routing
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.memory import GB, ZERO_STAGES
 from moesched.plan import from_timeline
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args, any_ep=True)
+    check_routing(args, model)
     t0 = time.perf_counter()
     lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
     res, cluster = lay.result, lay.cluster
