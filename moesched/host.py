@@ -136,8 +136,9 @@ class HostCosts:
                          {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()}, self.x_unit)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lag_us": self.lag_us, "x_unit": self.x_unit, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
-                "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        d = {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
+             "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        return d if self.x_unit == "tokens" else {"lag_us": self.lag_us, "x_unit": self.x_unit, **d}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "HostCosts":
