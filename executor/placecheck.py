@@ -2,8 +2,8 @@
 
 ``torchrun --nproc_per_node=N -m executor.placecheck --out r.jsonl`` trains a tiny model for
 ``--steps`` steps with Adam on gloo, starting from static expert parallelism, moving to a
-placement with replicas (and moved experts) before step 2 and to another before step 4,
-and compares after every step the loss, the reduced gradients, the parameters and the
+placement with replicas (and moved experts) before step 2, to another before step 4 and
+to one that leaves rank 1 without experts before step 5, and compares after every step the loss, the reduced gradients, the parameters and the
 Adam moments of every expert this rank holds, and the dense ones, with
 :class:`executor.layers.ReferenceModel` trained on all ranks' batches with all experts and
 never moved. Rank 0 appends one JSON line per model: {"model", "ok", "max_abs_err",
@@ -30,18 +30,23 @@ from executor.run import rank_and_world
 from executor.testplans import tiny_model
 
 LR = 1e-2
+#: Steps before which the placement changes (to the 2nd, 3rd, 4th of :func:`schedule`).
+CHANGES = (2, 4, 5)
 
 
 def schedule(experts: int, world: int) -> list[Placement]:
     """Static EP; then expert 0 on every rank and the others shifted by one rank; then
-    experts 0 and 1 replicated on two ranks each, the rest back to static."""
+    experts 0 and 1 replicated on two ranks each, the rest back to static; then rank 1
+    empty (its experts on rank 0) and, beyond two ranks, expert 0 also on the last."""
     per = experts // world
     slots = per + 2
     static = Placement.static(experts, world, slots)
     shifted = Placement.of([list(range(world)) if e == 0 else [(e // per + 1) % world] for e in range(experts)],
                            world, slots)
     two = Placement.of([[0, world - 1] if e in (0, 1) else [e // per] for e in range(experts)], world, slots)
-    return [static, shifted, two]
+    empty = Placement.of([[0 if e // per == 1 else e // per] + ([world - 1] if e == 0 and world > 2 else [])
+                          for e in range(experts)], world, slots)
+    return [static, shifted, two, empty]
 
 
 def _ref_state(opt: torch.optim.Optimizer, p: torch.Tensor, key: str) -> torch.Tensor:
@@ -57,8 +62,8 @@ def check(label: str, m, rank: int, world: int, steps: int, tol: float) -> dict:
     ref_opt = torch.optim.Adam(list(ref.module.parameters()), lr=LR)
     worst, name, ok, copied = 0.0, "", True, 0
     for s in range(steps):
-        if s in (2, 4):
-            copied += step.apply_placement([plcs[s // 2]] * m.layers, opt)
+        if s in CHANGES:
+            copied += step.apply_placement([plcs[CHANGES.index(s) + 1]] * m.layers, opt)
         bs = [make_batch(m, r, seed=100 + s) for r in range(world)]
         loss = float(step(*bs[rank]))
         rl = ref.loss([b[0] for b in bs], [b[1] for b in bs])
@@ -100,7 +105,7 @@ def _pairs(mod: PlacedMoE, ref: ReferenceModel, what: str, get, get_ref=None) ->
 def _main(argv: list[str] | None) -> int:
     ap = errors.ArgParser(prog="python -m executor.placecheck")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--bad", action="store_true", help="apply a placement naming an expert twice on a rank")
     a = ap.parse_args(argv)

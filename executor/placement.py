@@ -168,7 +168,7 @@ class PlacedMoE(nn.Module):
         rows = uf[t[order]]
         recv = _A2A.apply(rows, recv_split, send_split)
         rexp = torch.arange(E).repeat(W).repeat_interleave(rcnt).to(recv.device)
-        res = torch.zeros_like(recv)
+        res = recv * 0  # tied to recv: every rank runs the backward all-to-all, even one holding no expert
         for x in torch.unique(rexp).tolist():
             sel = (rexp == x).nonzero(as_tuple=True)[0]
             w = self.expert(layer, x)
