@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.errors import MoeschedError  # noqa: E402
+from moesched.fileio import check_outputs  # noqa: E402
 from moesched.knobs import Knobs  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
 from moesched.plan import Plan, from_timeline  # noqa: E402
@@ -41,6 +42,7 @@ from moesched.profile import Profile  # noqa: E402
 
 from executor import errors  # noqa: E402
 from executor.lm import LMStep, MoELM  # noqa: E402
+from executor.routing_record import RoutingRecorder  # noqa: E402
 from executor.testplans import make_plan  # noqa: E402
 
 
@@ -68,6 +70,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="continue from CHECKPOINT (a step_N folder), or from the newest in --ckpt-dir")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--metrics", default=None, help="JSON lines, one per step (rank 0)")
+    ap.add_argument("--record-routing", default=None, metavar="FILE",
+                    help="write every step's routing as a routing trace (docs/formats.md; rank 0)")
+    ap.add_argument("--router", default="topk_softmax", help="routing function (moesched.routers)")
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--aux-loss-coef", type=float, default=0.0, help="load-balancing loss coefficient")
     return ap.parse_args(argv)
 
 
@@ -172,18 +179,25 @@ def init(a: argparse.Namespace) -> torch.device:
 
 
 def train(a: argparse.Namespace) -> int:
+    if a.record_routing:
+        check_outputs({"--record-routing": a.record_routing})
     ck = resume_point(a)
     dev = init(a)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(a.seed)
     m = MoEModel(name="byte-lm", layers=a.layers, d_model=a.d_model, heads=a.heads, kv_heads=a.heads // 2, rope_theta=10000.0,
                  seq_len=a.seq_len, micro_batch=a.batch, ffn_hidden=2 * a.d_model, experts=a.experts_per_rank * world,
-                 top_k=2, expert_kind="swiglu", dtype=a.dtype, vocab_size=256, norm_eps=1e-5)
+                 top_k=a.top_k, expert_kind="swiglu", dtype=a.dtype, vocab_size=256, norm_eps=1e-5,
+                 router=a.router, aux_loss_coef=a.aux_loss_coef)
     profile = a.profile or ("cpu-gloo-2" if a.device == "cpu" else "h200x4-nvlink")
     plan = solve_plan(m, world, profile, rank)
     ep = plan.cluster.ep_size
     lm = MoELM(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev)
     step = LMStep(lm, plan)
+    recorder = None
+    if a.record_routing:
+        recorder = RoutingRecorder(m, ep, source="torchrun examples/train_moe_lm.py " + " ".join(sys.argv[1:]),
+                              accum=a.accum)
     opt = torch.optim.AdamW(lm.parameters(), lr=a.lr, weight_decay=0.01)
     start = 0
     if ck is not None:
@@ -199,7 +213,11 @@ def train(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(s, a)
-        loss = sum(float(step(*(t.to(dev) for t in batch(data, s, k, rank, a)))) for k in range(a.accum)) / a.accum
+        loss = 0.0
+        for k in range(a.accum):
+            loss += float(step(*(t.to(dev) for t in batch(data, s, k, rank, a)))) / a.accum
+            if recorder is not None:
+                recorder.record(step.planned, s)
         if a.accum > 1:
             for p in lm.parameters():
                 p.grad.div_(a.accum)
@@ -221,6 +239,8 @@ def train(a: argparse.Namespace) -> int:
                       f"step {dt * 1e3:.1f} ms, MoE blocks {blocks_ms:.1f} ms measured vs {pred}", flush=True)
         if a.ckpt_dir and ((s + 1) % a.ckpt_every == 0 or s + 1 == end):
             dcp.save(state(lm, opt), checkpoint_id=os.path.join(a.ckpt_dir, f"step_{s + 1}"))
+    if recorder is not None:
+        recorder.save(a.record_routing)
     dist.barrier()  # no rank tears the group down while a peer still uses it
     dist.destroy_process_group()
     return 0

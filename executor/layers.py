@@ -5,7 +5,8 @@ Per block (pre-norm, causal self-attention, RMSNorm, no biases)::
     h = x + Attn(Norm1(x))            Wqkv [(nq + 2 nkv) hd, M], Wo [M, nq hd], causal SDPA
     u = Norm2(h)                      RMSNorm weights [M], eps = model.norm_eps
     p = softmax(u Wg^T)               Wg [E, M]; (w, idx) = topk(p, k); w /= w.sum() (Mixtral;
-                                      unless model.norm_topk_prob is False)
+                                      unless model.norm_topk_prob is False); other routers
+                                      (model.router): :mod:`executor.routers`
 
 Attention: nq = heads query heads, nkv = kv_heads key/value heads (grouped-query attention;
 nkv = nq by default), head size hd (d_model / heads by default); with ``qk_norm`` an RMSNorm
@@ -35,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moesched.models import MoEModel
+
+from executor import routers
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 RMS_EPS = 1e-6
@@ -69,7 +72,15 @@ class LayerParams(nn.Module):
             self.q_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
             self.k_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
         self.norm2 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
-        self.wg = p("wg", (E, M), 1 / math.sqrt(M))
+        self.xmoe = m.router == "xmoe"
+        if self.xmoe:  # X-MoE: Wr [d_r, M], expert embeddings Wg [E, d_r], temperature tau
+            self.wr = p("wr", (m.router_dim, M), 1 / math.sqrt(M))
+            self.wg = p("wg", (E, m.router_dim), 1 / math.sqrt(m.router_dim))
+            self.tau = nn.Parameter(torch.full((1,), 0.07, device=device, dtype=dtype))
+        else:
+            self.wg = p("wg", (E, M), 1 / math.sqrt(M))
+        if m.router == "deepseek_v3":  # selection bias, updated from the load (not a parameter)
+            self.register_buffer("e_bias", torch.zeros(E, device=device, dtype=torch.float32))
         self.shared = m.shared_experts > 0
         if self.shared:
             sh = m.shared_experts * H
@@ -86,9 +97,11 @@ class LayerParams(nn.Module):
         self.w2 = ex("w2", (M, H), 1 / math.sqrt(H))
 
     def attention_params(self) -> list[nn.Parameter]:
-        """Parameters of the attention and router part: norm1, wqkv, wo, [q_norm, k_norm], norm2, wg."""
+        """Parameters of the attention and router part: norm1, wqkv, wo, [q_norm, k_norm], norm2, wg,
+        [wr, tau] (xmoe)."""
         qk = [self.q_norm, self.k_norm] if self.qk_norm else []
-        return [self.norm1, self.wqkv, self.wo, *qk, self.norm2, self.wg]
+        xm = [self.wr, self.tau] if self.xmoe else []
+        return [self.norm1, self.wqkv, self.wo, *qk, self.norm2, self.wg, *xm]
 
     def dense_params(self) -> list[nn.Parameter]:
         """Fixed order: attention_params(), then [sw1, (sw3), sw2]."""
@@ -158,6 +171,12 @@ def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
     x [b, L, M] -> h [b, L, M], u [b, L, M], w [b, L, k] (fp32 router weights, renormalised),
     idx [b, L, k] (expert ids, long).
     """
+    h, u, out = attention_router_out(x, p, m)
+    return h, u, out.w, out.idx
+
+
+def attention_norm(x: torch.Tensor, p: LayerParams, m: MoEModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [b, L, M] -> h = x + Attn(Norm1(x)), u = Norm2(h) [b, L, M]."""
     b, L, M = x.shape
     hd, nq, nkv = m.hd, m.heads, m.n_kv_heads
     qkv = rmsnorm(x, p.norm1, m.norm_eps) @ p.wqkv.t()
@@ -172,10 +191,15 @@ def attention_router(x: torch.Tensor, p: LayerParams, m: MoEModel
         k, v = k.repeat_interleave(nq // nkv, dim=1), v.repeat_interleave(nq // nkv, dim=1)
     a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     h = x + a.transpose(1, 2).reshape(b, L, nq * hd) @ p.wo.t()
-    u = rmsnorm(h, p.norm2, m.norm_eps)
-    probs = torch.softmax((u @ p.wg.t()).float(), dim=-1)
-    w, idx = probs.topk(m.top_k, dim=-1)
-    return h, u, (w / w.sum(-1, keepdim=True) if m.norm_topk_prob else w), idx
+    return h, rmsnorm(h, p.norm2, m.norm_eps)
+
+
+def attention_router_out(x: torch.Tensor, p: LayerParams, m: MoEModel
+                         ) -> tuple[torch.Tensor, torch.Tensor, routers.RouterOut]:
+    """:func:`attention_router` with the router's whole output (probabilities and logits for
+    the auxiliary losses)."""
+    h, u = attention_norm(x, p, m)
+    return h, u, routers.route(u, p, m)
 
 
 def capacity(m: MoEModel, tokens: int) -> int | None:
@@ -228,35 +252,62 @@ class ReferenceModel:
         return a @ w2.t()
 
     def rank_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of one rank's batch x, target [B, L, M]."""
+        """Loss of one rank's batch x, target [B, L, M]: the mean squared error plus the
+        router's auxiliary losses (:attr:`aux`)."""
         x = self.blocks(x)
-        return ((x.float() - target.float()) ** 2).mean()
+        return ((x.float() - target.float()) ** 2).mean() + self.aux
 
     def blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Output [B, L, M] of the last block for one rank's input x [B, L, M]."""
+        """Output [B, L, M] of the last block for one rank's input x [B, L, M]. Sets
+        ``self.aux`` (the auxiliary router losses averaged over layers, 0-d) and
+        ``self.load`` [layers, E] (copies routed to each expert, before capacity)."""
         m = self.cfg
         B, L, M = x.shape
         T = B * L
-        for p in self.module.blocks:
-            h, u, w, idx = attention_router(x, p, m)
-            uf, wf, idf = u.reshape(T, M), w.reshape(T, -1), idx.reshape(T, -1)
-            kept = keep_mask(idf, m.experts, capacity(m, T))
+        self.aux = x.new_zeros((), dtype=torch.float32)
+        self.load = torch.zeros(m.layers, m.experts, dtype=torch.long)
+        for l, p in enumerate(self.module.blocks):
+            h, u = attention_norm(x, p, m)
+            uf = u.reshape(T, M)
             y = h.reshape(T, M)
-            for e in range(m.experts):
-                sel = (idf == e) & kept
-                if not sel.any():
-                    continue
-                t, j = sel.nonzero(as_tuple=True)
-                out = self._ffn(uf[t], p.w1[e], p.w2[e], None if p.w3 is None else p.w3[e])
-                y = y.index_add(0, t, (wf[t, j, None] * out).to(y.dtype))
+            if m.router == "expert_choice":
+                gate, chosen = routers.expert_choice(uf, p, m)
+                t_e = [(chosen[:, e].nonzero(as_tuple=True)[0], gate[:, e]) for e in range(m.experts)]
+                self.load[l] = chosen.sum(0).cpu()
+            else:
+                out = routers.route(u, p, m)
+                wf, idf = out.w.reshape(T, -1), out.idx.reshape(T, -1)
+                kept = keep_mask(idf, m.experts, capacity(m, T))
+                self.load[l] = torch.bincount(idf.reshape(-1).cpu(), minlength=m.experts)
+                if routers.has_aux(m):
+                    self.aux = self.aux + routers.aux_loss(out, m) / m.layers
+                t_e = []
+                for e in range(m.experts):
+                    t, j = ((idf == e) & kept).nonzero(as_tuple=True)
+                    t_e.append((t, torch.zeros(T, dtype=wf.dtype, device=wf.device).index_put((t,), wf[t, j])))
+            for e, (t, g) in enumerate(t_e):
+                if t.numel():
+                    out_e = self._ffn(uf[t], p.w1[e], p.w2[e], None if p.w3 is None else p.w3[e])
+                    y = y.index_add(0, t, (g[t, None] * out_e).to(y.dtype))
             if p.shared:
                 y = y + self._ffn(uf, p.sw1, p.sw2, p.sw3)
             x = y.view(B, L, M)
         return x
 
     def loss(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-        """Mean over ranks of rank_loss."""
-        return sum(self.rank_loss(x, t) for x, t in zip(xs, targets)) / len(xs)
+        """Mean over ranks of rank_loss; ``self.step_load`` [layers, E]: copies per expert over
+        all ranks (what :meth:`update_bias` uses)."""
+        total, load = 0.0, 0
+        for x, t in zip(xs, targets):
+            total = total + self.rank_loss(x, t)
+            load = load + self.load
+        self.step_load = load
+        return total / len(xs)
+
+    def update_bias(self) -> None:
+        """deepseek_v3: every block's selection bias from ``step_load`` (DeepSeek-V3 Sec. 2.1.2)."""
+        for p, ld in zip(self.module.blocks, self.step_load):
+            routers.update_bias(p.e_bias, ld, self.cfg.bias_update_rate)
 
 
 def make_batch(m: MoEModel, rank: int, seed: int = 0, device: torch.device | str = "cpu",

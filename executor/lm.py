@@ -196,8 +196,9 @@ class ReferenceLM:
         return self.lm.logits(self.blocks.blocks(F.embedding(tokens, self.lm.embed)))
 
     def loss(self, tokens: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-        """Mean over ranks of loss_fn(logits, targets) of every rank's batch."""
+        """Mean over ranks of loss_fn(logits, targets) of every rank's batch, plus its
+        auxiliary router losses."""
         V = self.lm.cfg.vocab_size
-        return sum(self.loss_fn(self.logits(t).reshape(-1, V).float(), y.reshape(-1))
+        return sum(self.loss_fn(self.logits(t).reshape(-1, V).float(), y.reshape(-1)) + self.blocks.aux
                    for t, y in zip(tokens, targets)) / len(tokens)
 

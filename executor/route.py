@@ -29,6 +29,8 @@ from moesched.models import MoEModel
 
 from executor.graphs import capture_or_none, enabled
 from executor.layers import capacity, keep_mask
+from executor.routers import expert_choice_kept
+from moesched.routers import expert_choice_capacity
 from executor.state import LayerState
 from moesched.work import chunk_range
 
@@ -51,7 +53,10 @@ def route_fwd(ls: LayerState, m: MoEModel, a: int, b: int, chunks: list[int]) ->
     """Kept copies of tokens [a, b), then ls.fci[c] (flat copy index per row) and ls.fsend[c]
     (send rows) for every copy of each dispatch chunk c in ``chunks``, kept ones first.
     Returns the counts [len(chunks), S, El, rb] to exchange."""
-    ls.kept[a:b] = keep_mask(ls.idx[a:b], m.experts, capacity(m, ls.T), ls.counters)
+    if m.router == "expert_choice":  # every expert chooses among all the rank's tokens: a = 0, b = T
+        ls.kept[a:b] = expert_choice_kept(ls.w[a:b], expert_choice_capacity(m, ls.T))
+    else:
+        ls.kept[a:b] = keep_mask(ls.idx[a:b], m.experts, capacity(m, ls.T), ls.counters)
     cnts = []
     for c in chunks:
         order, cnt = dispatch_order(ls, c)

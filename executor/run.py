@@ -1,10 +1,11 @@
 """``torchrun --nproc_per_node=N -m executor.run --plan plan.json [--steps 50] [--warmup 5]
 [--trace out.json] [--emulate-nodes K] [--backend auto|nccl|gloo] [--seed 0] [--timeout 120]
-[--heartbeat-timeout 30]``
+[--heartbeat-timeout 30] [--record-routing FILE]``
 
 Runs the plan's training step on synthetic data, prints the median step time (ms) and the
 throughput (tokens/s over all ranks) on rank 0, and writes the measured Chrome trace (all
-ranks gathered) with ``--trace``.
+ranks gathered) with ``--trace``, and the routing of every step (warm-up included) as a
+routing trace with ``--record-routing`` (:mod:`executor.routing_record`; docs/formats.md).
 
 Errors. Every failure ends in ONE line ``moesched: error: ...`` on stderr and exit status 2
 on every rank, never a traceback (:mod:`executor.errors`):
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=50, help="timed steps, at least 1 (default 50)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, at least 0 (default 5)")
     ap.add_argument("--trace", help="write the measured Chrome trace (all ranks, last step) here")
+    ap.add_argument("--record-routing", metavar="FILE",
+                    help="write every step's routing (copies per EP rank and expert) here as a routing trace")
     ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K",
                     help="pose as K nodes on one host (sets NCCL_HOSTID per rank group)")
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
@@ -80,6 +83,8 @@ def check_args(a: argparse.Namespace) -> None:
         raise MoeschedError(f"--seed must be in 0..2**63-1, got {a.seed}")
     if a.emulate_nodes is not None and a.emulate_nodes < 1:
         raise MoeschedError(f"--emulate-nodes must be at least 1, got {a.emulate_nodes}")
+    if a.record_routing is not None:
+        check_outputs({"--record-routing": a.record_routing}, {"--plan": a.plan})
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -242,6 +247,10 @@ def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
     module = MoEModule(m, ep=ep, ep_rank=rank % ep, seed=a.seed, device=dev, dtype=dtype)
     step = PlannedStep(module, plan, timeout_s=a.timeout, issue=a.issue)
     x, t = make_batch(m, rank, a.seed, device=dev, dtype=dtype)
+    rec = None
+    if a.record_routing:
+        from executor.routing_record import RoutingRecorder
+        rec = RoutingRecorder(m, ep, source=f"python -m executor.run --plan {a.plan} --seed {a.seed}")
     times = []
     for i in range(a.warmup + a.steps):
         dist.barrier(group=step.groups.world_meta)
@@ -251,6 +260,10 @@ def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:
             torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
+        if rec is not None:  # after the timing: a gather of a few integers
+            rec.record(step, i)
+    if rec is not None:
+        rec.save(a.record_routing)
     med = statistics.median(times)
     if rank == 0:
         tok = world * m.tokens / med

@@ -66,7 +66,7 @@ from moesched.graph import COMPUTE
 from moesched.plan import Plan
 from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline
 
-from executor import graphs, route, tasks
+from executor import graphs, route, routers, tasks
 from executor.comm import build_groups
 from executor.layers import MoEModule
 from executor.staging import Staging
@@ -108,6 +108,7 @@ class StepRecord:
     end: dict[str, float] = field(default_factory=dict)
     host: dict[str, tuple[str, float, float, float]] = field(default_factory=dict)
     t0: torch.cuda.Event | None = None
+    expert_counts: torch.Tensor | None = None  # [layers, E] copies this rank routed to each expert
     c0: float = 0.0
     c_loss: float = 0.0
     c1: float = 0.0
@@ -129,6 +130,9 @@ class PlannedStep:
                  issue: str = "single", cuda_graphs: bool = True):
         if issue not in ISSUE_MODES:
             raise MoeschedError(f"issue must be one of {ISSUE_MODES}, got {issue!r}")
+        if plan.model.router == "expert_choice" and plan.knobs.at_chunked:
+            raise MoeschedError("expert_choice routing needs at_chunked false: an expert chooses among all of a "
+                                "rank's tokens, so attention cannot be split into chunks that route on their own")
         if not dist.is_initialized():
             raise MoeschedError("PlannedStep needs torch.distributed to be initialised")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -162,8 +166,10 @@ class PlannedStep:
             _warn_connections()
             self.compute_stream = torch.cuda.current_stream(module.device)
             self._device_index = self.compute_stream.device.index  # for the issue thread
-            self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs else None
-            self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs else None
+            # graphed pieces keep no router outputs (auxiliary losses) and have k = top_k slots
+            eager = routers.has_aux(m) or m.router == "expert_choice"
+            self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs and not eager else None
+            self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs and not eager else None
             self.staging = Staging(module.device)
             self.links = {r: torch.cuda.Stream(module.device) for r in ("comm_intra", "comm_inter")}
             self.meta_stream = torch.cuda.Stream(module.device)  # routing-count exchange
@@ -240,6 +246,9 @@ class PlannedStep:
         rec.c0, rec.e_call = c0, e_call
         rec.cnt = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
         rec.kept = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
+        ec = self.plan.model.router == "expert_choice"  # its slots are every expert: count the chosen ones
+        rec.expert_counts = routers.expert_counts([ls.idx for ls in ctx.layers], self.plan.model.experts,
+                                                  [ls.kept for ls in ctx.layers] if ec else None)
         if self.cuda:  # averaged on the GPU (NCCL, dense group = every rank), read once
             loss = ctx.loss.detach().float().reshape(1)
             dist.all_reduce(loss, group=self.groups.dense)
@@ -249,10 +258,27 @@ class PlannedStep:
             loss = ctx.loss.detach().float().cpu().reshape(1)
             rec.c_loss = time.perf_counter()  # the step's work is done
             dist.all_reduce(loss, group=self.groups.world_meta)
+        if self.plan.model.router == "deepseek_v3":
+            self._update_bias(rec.expert_counts)
         if not self.cuda:
             rec.ctx = None
         rec.c1 = time.perf_counter()
         return float(loss) / self.world
+
+    def _update_bias(self, counts: torch.Tensor) -> None:
+        """deepseek_v3: every block's selection bias from the step's load over all ranks
+        (:func:`executor.routers.update_bias`)."""
+        load = counts.clone()
+        dist.all_reduce(load, group=self.groups.dense)
+        for blk, ld in zip(self.module.blocks, load):
+            routers.update_bias(blk.e_bias, ld, self.plan.model.bias_update_rate)
+
+    def expert_counts(self) -> torch.Tensor:
+        """The last step's copies routed by this rank's tokens to each expert, before capacity:
+        [layers, E] int64 on the module's device (what a routing trace records)."""
+        if self._last is None:
+            raise MoeschedError("no step has run yet")
+        return self._last.expert_counts
 
     @property
     def last_dropped(self) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from moesched.knobs import Knobs
+from moesched import routers
 from moesched.models import MoEModel
 from moesched.work import chunk_range
 
@@ -64,6 +65,7 @@ class Piece:
     u: torch.Tensor | None = None
     w: torch.Tensor | None = None
     graphed: object | None = None
+    router: object | None = None        # executor.routers.RouterOut, kept for auxiliary losses
 
 
 @dataclass
@@ -233,5 +235,5 @@ def new_layer_states(m: MoEModel, knobs: Knobs, ep: int, device: torch.device,
                      dtype: torch.dtype) -> list[LayerState]:
     """Fresh per-step states of every layer of model m under the knobs' degrees."""
     sh = m.shared_experts * m.ffn_hidden
-    return [LayerState(m.tokens, m.d_model, m.top_k, m.experts, ep, knobs.r_fwd[l], knobs.r_bwd[l], device,
+    return [LayerState(m.tokens, m.d_model, routers.slots(m), m.experts, ep, knobs.r_fwd[l], knobs.r_bwd[l], device,
                        dtype, sh) for l in range(m.layers)]

@@ -40,11 +40,11 @@ import torch.distributed as dist
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 
-from executor import route
+from executor import route, routers
 from executor.comm import Groups, a2a, all_reduce_sum, hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
 from executor.graphs import piece_cuts
-from executor.layers import MoEModule, attention_router, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
+from executor.layers import MoEModule, attention_router_out, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
 from executor.staging import Staging
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 from moesched.work import chunk_range
@@ -169,7 +169,7 @@ def _resolve_counts(ctx: Ctx, ls: LayerState, chunks: list[int], get: Callable[[
 @torch.no_grad()
 def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     m, ls = ctx.cfg, ctx.layers[l]
-    L, M, k = m.seq_len, m.d_model, m.top_k
+    L, M, k = m.seq_len, m.d_model, ls.k
     a, b = chunk_range(ls.T, n, c)
     x = ctx.x[a:b] if l == 0 else merge(ctx, l - 1, a, b)
     p = ctx.module.blocks[l]
@@ -183,8 +183,9 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
             continue
         xl = x[pa - a:pb - a].detach().reshape(-1, L, M).requires_grad_(want_dx)
         with torch.enable_grad():
-            h, u, w, idx = attention_router(xl, p, m)
-        ls.pieces.append(Piece(pa, pb, xl, h, u, w))
+            h, u, out = attention_router_out(xl, p, m)
+        w, idx = out.w, out.idx
+        ls.pieces.append(Piece(pa, pb, xl, h, u, w, router=out if routers.has_aux(m) else None))
         ls.h[pa:pb] = h.detach().reshape(-1, M)
         ls.u[pa:pb] = u.detach().reshape(-1, M)
         ls.w[pa:pb] = w.detach().reshape(-1, k)
@@ -240,12 +241,19 @@ def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
     if ctx.head is not None:
         ctx.loss, dy = ctx.head(merge(ctx, len(ctx.layers) - 1, 0, ls.T), ctx.world)
         ls.dy.copy_(dy)
-        _mark_ready(ctx, len(ctx.layers) - 1, 0, ls.T)
-        return
-    diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
-    ctx.loss = (diff * diff).mean().detach()
-    ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
+    else:
+        diff = merge(ctx, len(ctx.layers) - 1, 0, ls.T).float() - ctx.target.float()
+        ctx.loss = (diff * diff).mean().detach()
+        ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
+    if routers.has_aux(ctx.cfg):  # every layer's forward is done: f_i and every piece are known
+        ctx.loss = ctx.loss + sum(_piece_aux(ctx, ll, pc).detach() for ll in ctx.layers for pc in ll.pieces)
     _mark_ready(ctx, len(ctx.layers) - 1, 0, ls.T)
+
+
+def _piece_aux(ctx: Ctx, ls: LayerState, pc: Piece) -> torch.Tensor:
+    """This piece's share of the rank's auxiliary router losses (their sum over pieces and
+    layers is the rank's :func:`executor.routers.aux_loss` averaged over layers)."""
+    return routers.piece_aux(pc.router, ls.idx, ctx.cfg) / len(ctx.layers)
 
 
 # ---- backward --------------------------------------------------------------------------
@@ -340,8 +348,12 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
         if dw is None:
             comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
             dw = (ls.dy[a:b, None, :].float() * comb.float()).sum(-1)
-        torch.autograd.backward([pc.h, pc.u, pc.w], [dy[s].view_as(pc.h), du[s].view_as(pc.u), dw[s].view_as(pc.w)],
-                                retain_graph=ctx.retain_graph)
+        outs, seeds = [pc.h, pc.u, pc.w], [dy[s].view_as(pc.h), du[s].view_as(pc.u), dw[s].view_as(pc.w)]
+        if pc.router is not None:  # d(aux_r / world) for the auxiliary router losses
+            with torch.enable_grad():
+                outs.append(_piece_aux(ctx, ls, pc))
+            seeds.append(torch.full_like(outs[-1], 1.0 / ctx.world))
+        torch.autograd.backward(outs, seeds, retain_graph=ctx.retain_graph)
         if l > 0:
             ctx.layers[l - 1].dy[pc.a:pc.b] = pc.x.grad.reshape(-1, ls.M)
             _mark_ready(ctx, l - 1, pc.a, pc.b)

@@ -232,7 +232,7 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
                      f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                      f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                plan_hash=plan.hash[:12], issue=issue)
-    row.update(_call_columns(m.layers, measured))
+    row.update(_call_columns(plan, measured))
     row.update(_probe_columns(plan, profile, probes, med))
     _append_row(args.out, row)
     print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {row['predicted_ms']:.2f} ms, measured "
@@ -282,10 +282,10 @@ def ops_only(profile: Profile) -> Profile:
     return dataclasses.replace(profile, shapes=shapes)
 
 
-def _call_columns(layers: int, measured) -> dict:
+def _call_columns(plan: Plan, measured) -> dict:
     """The last step around its tasks (executor.profiling.host.step_samples), ms."""
     from executor.profiling.host import step_samples
-    (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", layers, measured)
+    (_, _, _, _, setup), (_, _, _, _, finish) = step_samples("", plan, measured)
     return {"last_call_ms": round(measured.meta["call_us"] / 1e3, 4), "last_setup_ms": round(setup / 1e3, 4),
             "last_finish_ms": round(finish / 1e3, 4), "last_trace_ms": round(measured.makespan_us / 1e3, 4)}
 

@@ -23,7 +23,8 @@ import threading
 from moesched.errors import MoeschedError
 
 #: Every command in the order of ``--help``; ``profile`` and ``validate`` are plug-ins.
-COMMANDS = ("models", "schedules", "clusters", "simulate", "solve", "sweep", "profile", "validate", "plot", "placement")
+COMMANDS = ("models", "schedules", "clusters", "simulate", "solve", "layouts", "sweep", "profile", "validate", "plot",
+            "routing", "placement")
 PLUGIN_GROUP = "moesched.commands"
 
 

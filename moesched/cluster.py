@@ -86,8 +86,11 @@ class Cluster:
         return f"{self.nodes}x{self.gpus_per_node}" + (f"/ep{self.ep}" if self.ep else "")
 
     def to_dict(self) -> dict[str, Any]:
-        """The layout (the network is not part of a plan: the executor runs on real links)."""
-        return {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node, "ep": self.ep}
+        """The layout, and the network that priced it when there is one (a plan for a cluster
+        beyond the profiled layout replays with the links it was solved for; the executor
+        runs on the real links either way)."""
+        d: dict[str, Any] = {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node, "ep": self.ep}
+        return d if self.network is None else dict(d, network=self.network.to_dict())
 
     def same_layout(self, profile: "Profile") -> bool:
         """Whether this is the layout the profile was measured on (its per-scope prices hold)."""
@@ -95,9 +98,14 @@ class Cluster:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Cluster":
-        if not isinstance(d, dict) or set(d) != {"nodes", "gpus_per_node", "ep"}:
-            raise MoeschedError(f"cluster spec must have keys nodes, gpus_per_node, ep; got {d!r}")
-        return cls(**d)
+        if not isinstance(d, dict) or not {"nodes", "gpus_per_node", "ep"} <= set(d) <= {"nodes", "gpus_per_node",
+                                                                                     "ep", "network"}:
+            raise MoeschedError(f"cluster spec must have keys nodes, gpus_per_node, ep[, network]; got {d!r:.200}")
+        net = None
+        if d.get("network") is not None:
+            from moesched.network import Network
+            net = Network.from_dict(d["network"], "cluster.network")
+        return cls(d["nodes"], d["gpus_per_node"], d["ep"], net)
 
     @classmethod
     def parse(cls, text: str) -> "Cluster":

@@ -47,7 +47,7 @@ from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.host import HostCosts, host_features
+from moesched.host import HostCosts, host_features, step_x
 from moesched.sim import RES_INDEX, Compiled
 
 COMPUTE = "compute"
@@ -416,12 +416,13 @@ def add_host_costs(g: nx.DiGraph, host: HostCosts, shape: str) -> None:
     the host (:mod:`moesched.host`)."""
     knobs = g.graph["knobs"]
     for _, a in g.nodes(data=True):
-        x, r = host_features(a["kind"], a, knobs)
+        x, r = host_features(a["kind"], a, knobs, host.x_unit)
         a["host_us"] = host.us(a["kind"], x, r, shape)
     g.graph["host_lag_us"] = host.lag_us
-    layers = float(g.graph["model"].layers)
-    g.graph["host_setup_us"] = host.us("step_setup", layers, 1, shape)
-    g.graph["host_finish_us"] = host.us("step_finish", layers, 1, shape)
+    m: MoEModel = g.graph["model"]
+    x = step_x(m.layers, sum(memory.param_counts(m, g.graph["cluster"].ep_size)) * m.bytes_per_elem, host.x_unit)
+    g.graph["host_setup_us"] = host.us("step_setup", x, 1, shape)
+    g.graph["host_finish_us"] = host.us("step_finish", x, 1, shape)
 
 
 def build_compiled(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: Knobs) -> Compiled:

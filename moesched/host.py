@@ -11,8 +11,8 @@ serial resource per rank, fed in plan order.
 The model (used by strict simulations, i.e. replays of a plan's order):
 
 * the host issues the tasks one after the other in plan order; issuing task i takes
-  ``alpha + per_unit * x_i + per_chunk * r_i`` µs for its kind (x: tokens of the task,
-  bytes of a gradient all-reduce chunk; r: the pipeline degree of its layer and phase,
+  ``alpha + per_unit * x_i + per_chunk * r_i`` µs for its kind (x: the task's work,
+  FLOPs of a compute task and bytes of a collective, :func:`host_features`; r: the pipeline degree of its layer and phase,
   1 for gradient chunks). Measured on 4 x H200 the degree matters on its own: attention
   backward of DeepSeek-shaped layers took 2.5 ms of host time at r_bwd = 1 and 3.3 ms
   at r_bwd = 2, on the same tokens;
@@ -22,11 +22,11 @@ The model (used by strict simulations, i.e. replays of a plan's order):
 * the first issue of a dispatch blocks the host until the attention task that routed its
   tokens has finished on the GPU (the executor waits there for the routing counts);
 * the step starts with ``step_setup`` µs before the first issue and ends ``step_finish`` µs
-  after its last task (x = the model's layers; :data:`STEP_KINDS`).
+  after its last task (x = the parameter bytes of one rank, :func:`step_x`; :data:`STEP_KINDS`).
 
 Profile section (optional key ``host``)::
 
-    "host": {"lag_us": 30.0,
+    "host": {"lag_us": 30.0, "x_unit": "work",            # "tokens": x in tokens and layers
              "kinds": {KIND: COST, ...},                 # pooled over shapes
              "shapes": {SHAPE_KEY: {KIND: COST, ...}}}  # per model shape
     COST = {"alpha_us": a, "per_unit_us": b, "per_chunk_us": c, "r2": r2}
@@ -41,22 +41,41 @@ from typing import Any, Mapping
 
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, ALL_COMPUTE_KINDS
-#: Per step, not per task (x = the model's layers): the setup before the first issue
+#: Per step, not per task (x: :func:`step_x`): the setup before the first issue
 #: (gradient buffers zeroed, layer state allocated) and the finish after the last task
 #: (the loss read back and averaged over ranks).
 STEP_KINDS = ("step_setup", "step_finish")
 HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",) + STEP_KINDS
 
 
-def host_features(kind: str, attrs: Mapping[str, Any], knobs: Any) -> tuple[float, int]:
-    """(x, r) of a task's host cost: its tokens (bytes of a gradient chunk) and the pipeline
-    degree of its layer in its phase (1 for gradient chunks). ``knobs``: the graph's Knobs."""
+#: Units of a host cost's x: "work" (the task's FLOPs; bytes of a collective; step kinds:
+#: the parameter bytes one rank holds) or, in profiles measured before work units, "tokens"
+#: (tokens of the task, bytes of a gradient chunk; step kinds: the model's layers).
+X_UNITS = ("work", "tokens")
+
+
+def host_features(kind: str, attrs: Mapping[str, Any], knobs: Any, x_unit: str = "work") -> tuple[float, int]:
+    """(x, r) of a task's host cost: its work (FLOPs, or bytes of a collective; x_unit
+    "work") or tokens (x_unit "tokens"; bytes of a gradient chunk), and the pipeline degree of
+    its layer in its phase (1 for gradient chunks). ``knobs``: the graph's Knobs.
+
+    Work, not tokens: measured on one H200 (``results/h200x1``), a task's issue time grows
+    with the GPU work queued ahead of it, so a per-token slope fitted on the profiled shapes
+    overprices a shape with fewer FLOPs per token (top-1 GPT experts: held-out step error
+    23.9 % by tokens, 6.1 % by work)."""
     if kind == "grad_ar":
         return float(attrs["work"]), 1
     layer, phase = int(attrs["layer"]), attrs["phase"]
     r = knobs.r_fwd[layer] if phase == "fwd" and layer < len(knobs.r_fwd) else \
         knobs.r_bwd[layer] if layer < len(knobs.r_bwd) else 1
-    return float(attrs.get("tokens", 0)), int(r)
+    return float(attrs["work"] if x_unit == "work" else attrs.get("tokens", 0)), int(r)
+
+
+def step_x(layers: int, param_bytes: int, x_unit: str) -> float:
+    """x of the step kinds: the parameter bytes one rank holds (x_unit "work": the setup
+    zeroes their gradient buffers, a memset at HBM speed, about 0.34 ns per byte on one H200)
+    or the model's layers (x_unit "tokens")."""
+    return float(param_bytes if x_unit == "work" else layers)
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class HostCosts:
     lag_us: float
     kinds: dict[str, HostCost]
     shapes: dict[str, dict[str, HostCost]] = field(default_factory=dict)
+    x_unit: str = "work"
 
     def us(self, kind: str, x: float, r: int = 1, shape: str | None = None) -> float:
         """Host µs to issue a task of ``kind`` on x (tokens or bytes) at degree r; 0 if unmeasured."""
@@ -113,16 +133,20 @@ class HostCosts:
         def sc(c: HostCost) -> HostCost:
             return HostCost(c.alpha_us * f, c.per_unit_us * f, c.per_chunk_us * f, c.r2)
         return HostCosts(self.lag_us, {k: sc(c) for k, c in self.kinds.items()},
-                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()})
+                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()}, self.x_unit)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
-                "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        d = {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
+             "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        return d if self.x_unit == "tokens" else {"lag_us": self.lag_us, "x_unit": self.x_unit, **d}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "HostCosts":
-        if not isinstance(d, dict) or set(d) != {"lag_us", "kinds", "shapes"}:
-            raise MoeschedError(f"{source}: host must have exactly the keys lag_us, kinds, shapes")
+        if not isinstance(d, dict) or not {"lag_us", "kinds", "shapes"} <= set(d) <= {"lag_us", "kinds", "shapes", "x_unit"}:
+            raise MoeschedError(f"{source}: host must have the keys lag_us, kinds, shapes[, x_unit]")
+        x_unit = d.get("x_unit", "tokens")  # profiles from before work units have no x_unit
+        if x_unit not in X_UNITS:
+            raise MoeschedError(f"{source}: host.x_unit must be one of {list(X_UNITS)}, got {x_unit!r}")
         lag = d["lag_us"]
         if not isinstance(lag, (int, float)) or lag < 0:
             raise MoeschedError(f"{source}: host.lag_us must be a number >= 0")
@@ -136,4 +160,4 @@ class HostCosts:
         if not isinstance(shapes, dict):
             raise MoeschedError(f"{source}: host.shapes must map shape keys to {{kind: cost}}")
         return cls(float(lag), costs(d["kinds"], "host.kinds"),
-                   {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()})
+                   {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()}, x_unit)

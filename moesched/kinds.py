@@ -13,3 +13,7 @@ OPTIONAL_COMPUTE_KINDS = ("loss",)
 ALL_COMPUTE_KINDS = COMPUTE_KINDS + OPTIONAL_COMPUTE_KINDS
 #: The all-to-alls of one MoE layer: forward dispatch and combine, backward combine and dispatch.
 A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
+#: Communication of a tensor-parallel group (:mod:`moesched.layouts`): all-reduce, and the
+#: reduce-scatter / all-gather pair of sequence parallelism; the collective of each.
+TP_COMM_KINDS = ("tp_ar", "tp_rs", "tp_ag")
+TP_OP_OF_KIND = {"tp_ar": "all_reduce", "tp_rs": "reduce_scatter", "tp_ag": "all_gather"}

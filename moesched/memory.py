@@ -184,7 +184,7 @@ def fits_nowhere(model: MoEModel, capacity_bytes: int, zero: int) -> str | None:
         return None
     higher = [z for z in ZERO_STAGES if z > zero and memory_problem(model, big, capacity_bytes, z) is None]
     hint = f"; with --zero {higher[0]} it fits on enough nodes" if higher else \
-        "; it needs sharding this planner does not model (tensor or pipeline parallelism, ZeRO-3)"
+        "; in the EP layout it needs more sharding (try `moesched layouts`: experts inside tensor parallelism)"
     return (f"{model.name} fits no cluster of {capacity_bytes / GB:.3g} GB GPUs at ZeRO-{zero}: even at EP "
             f"{model.experts} on any number of nodes a rank {why}{hint}")
 

@@ -10,14 +10,16 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from moesched import routers
 from moesched.errors import MoeschedError
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 EXPERT_KINDS = ("gpt", "swiglu")
-ROUTERS = ("topk_softmax",)
+ROUTERS = routers.ROUTERS
 #: fields a model dict may leave out (their defaults apply)
 OPTIONAL_FIELDS = frozenset({"kv_heads", "head_dim", "rope_theta", "norm_eps", "qk_norm", "norm_topk_prob",
-                             "vocab_size", "tie_embeddings"})
+                             "vocab_size", "tie_embeddings", "aux_loss_coef", "z_loss_coef", "router_groups",
+                             "router_group_topk", "bias_update_rate", "router_dim"})
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class MoEModel:
         capacity_factor: f of GShard (slots per expert = ceil(f*k*B*L/E)); None = dropless.
         shared_experts: always-on experts per layer (DeepSeek style), 0 for none.
         expert_kind: "gpt" (two GEMMs, GELU) or "swiglu" (three GEMMs).
-        router: routing function; "topk_softmax" (GShard/Switch).
+        router: routing function (:mod:`moesched.routers`): "topk_softmax" (GShard/Mixtral),
+            "switch", "sigmoid", "deepseek_v3", "expert_choice" or "xmoe".
         dtype: "bf16", "fp16" or "fp32" for activations, weights and gradients.
 
     Attention and language-model details (their defaults keep a model's dict, hash and plans
@@ -51,6 +54,13 @@ class MoEModel:
         norm_topk_prob: renormalise the top-k router weights to sum 1 (Mixtral: True).
         vocab_size: tokens of the embedding and output head (None: blocks only).
         tie_embeddings: the output head reuses the token embedding.
+
+    Router details (:mod:`moesched.routers`; defaults: none of them):
+        aux_loss_coef: alpha of the Switch/GShard load-balancing loss (0 = off).
+        z_loss_coef: beta of the ST-MoE router z-loss (0 = off).
+        router_groups, router_group_topk: deepseek_v3's expert groups and groups kept.
+        bias_update_rate: deepseek_v3's gamma (bias step per training step).
+        router_dim: xmoe's low-dimensional routing size d_r.
     """
 
     name: str
@@ -75,6 +85,12 @@ class MoEModel:
     norm_topk_prob: bool = True
     vocab_size: int | None = None
     tie_embeddings: bool = False
+    aux_loss_coef: float = 0.0
+    z_loss_coef: float = 0.0
+    router_groups: int = 1
+    router_group_topk: int = 1
+    bias_update_rate: float = 0.001
+    router_dim: int = 16
 
     def __post_init__(self) -> None:
         for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
@@ -92,8 +108,7 @@ class MoEModel:
             raise MoeschedError(f"model {self.name}: capacity_factor must be a number in (0, 1e6] or None (dropless)")
         if self.expert_kind not in EXPERT_KINDS:
             raise MoeschedError(f"model {self.name}: expert_kind must be one of {EXPERT_KINDS}, got {self.expert_kind!r}")
-        if self.router not in ROUTERS:
-            raise MoeschedError(f"model {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
+        routers.check(self)
         if self.dtype not in DTYPE_BYTES:
             raise MoeschedError(f"model {self.name}: dtype must be one of {tuple(DTYPE_BYTES)}, got {self.dtype!r}")
         self._check_lm_fields()
@@ -170,10 +185,10 @@ class MoEModel:
         """Parameters reduced over the data-parallel group per layer.
 
         Attention 4*M^2 without GQA (QKV and output projection; :meth:`attention_params`),
-        two RMS/LayerNorm weights 2*M, router M*E, shared experts shared*(2 or 3)*M*H.
+        two RMS/LayerNorm weights 2*M, router M*E (:func:`moesched.routers.router_params`), shared experts shared*(2 or 3)*M*H.
         """
         m = self.d_model
-        return self.attention_params() + 2 * m + m * self.experts + self.shared_experts * self.expert_params()
+        return self.attention_params() + 2 * m + routers.router_params(self) + self.shared_experts * self.expert_params()
 
     def shape_key(self) -> str:
         """What sets a compute task's efficiency besides its token count: a profile may hold

@@ -85,6 +85,16 @@ class Network:
                 f"{self.inter.nic_bandwidth_Gbps:g} Gb/s NICs, {self.inter.latency_us:g} µs"
                 + (f", {self.oversubscription:g}:1 oversubscribed" if self.oversubscription != 1 else ""))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The network file's JSON (:meth:`from_dict` reads it back)."""
+        return {"format": FORMAT, "version": VERSION, "name": self.name, "description": self.description,
+                "source": self.source, "gpu": self.gpu, "gpus_per_node": self.gpus_per_node,
+                "intra": None if self.intra is None else {"bandwidth_GBps": self.intra.bandwidth_GBps,
+                                                          "latency_us": self.intra.latency_us},
+                "inter": {"nics_per_node": self.inter.nics_per_node,
+                          "nic_bandwidth_Gbps": self.inter.nic_bandwidth_Gbps, "latency_us": self.inter.latency_us},
+                "oversubscription": self.oversubscription}
+
     @classmethod
     def from_dict(cls, d: Any, source: str) -> "Network":
         """Parse and check a network; every problem is one line naming ``source`` and the key."""

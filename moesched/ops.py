@@ -15,8 +15,8 @@ d = M / h head dim, k top-k; B bytes per element of the run's dtype):
 
 * attn_fwd: merge of the previous layer (gather C*M, weighted sum), rmsnorm, GEMM
   (T, 3M, M), causal attention (b*h, L, d), GEMM (T, M, M), residual, rmsnorm, router GEMM
-  (T, E, M), fp32 softmax and top-k, capacity ranks (sort of T*k keys), dispatch rows
-  (gather C*M).
+  (T, E, M) (xmoe: (T, d_r, M) and (T, E, d_r)), fp32 softmax and top-k, capacity ranks
+  (sort of T*k keys), dispatch rows (gather C*M).
 * attn_bwd: the input and weight gradients of each forward GEMM -- for y[m, n] = x[m, k]
   w[n, k]^T, dX = GEMM (m, k, n) and dW = GEMM (n, k, m) -- attention backward, norms
   backward, the scatter-add of the returned expert input gradients (C*M) and the combine
@@ -31,7 +31,7 @@ d = M / h head dim, k top-k; B bytes per element of the run's dtype):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from moesched import work
@@ -115,6 +115,7 @@ class Dims:
     S: int
     swiglu: bool
     B: int
+    R: int = 0  # xmoe's routing dimension d_r (0: the router is one GEMM u Wg^T)
 
 
 def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = None,
@@ -126,12 +127,20 @@ def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = Non
     return Dims(T=tokens, C=work.routed_copies(m, tokens) if copies is None else copies, b=max(1, round(tokens / L)), L=L, M=m.d_model,
                 H=m.ffn_hidden, E=m.experts, El=max(1, m.experts // max(1, ep)), k=m.top_k, heads=m.heads,
                 S=m.shared_experts, swiglu=m.expert_kind == "swiglu",
-                B=bytes_per_elem or m.bytes_per_elem)
+                B=bytes_per_elem or m.bytes_per_elem, R=m.router_dim if m.router == "xmoe" else 0)
 
 
 def linear_bwd(m: int, n: int, k: int) -> list[Op]:
     """The two GEMMs of the backward of y[m, n] = x[m, k] w[n, k]^T: dX, then dW."""
     return [Gemm(m, k, n), Gemm(n, k, m)]
+
+
+def _router_gemms(d: Dims) -> list[Op]:
+    """The router's forward GEMMs: u Wg^T (T, E, M); xmoe (X-MoE eq. 4): the projection
+    (T, R, M) then the cosine scores against the normalised expert embeddings (T, E, R)."""
+    if not d.R:
+        return [Gemm(d.T, d.E, d.M)]
+    return [Gemm(d.T, d.R, d.M), Gemm(d.T, d.E, d.R)]
 
 
 def _attn_fwd(d: Dims) -> list[Op]:
@@ -140,14 +149,15 @@ def _attn_fwd(d: Dims) -> list[Op]:
             MemOp("norm", 2.0 * T * M * B), Gemm(T, 3 * M, M),
             Attention(d.b * d.heads, d.L, M // d.heads, True, False), MemOp("elementwise", 2.0 * T * M * B),
             Gemm(T, M, M), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
-            Gemm(T, d.E, M), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
+            *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
             MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
 
 
 def _attn_bwd(d: Dims) -> list[Op]:
     T, M, B = d.T, d.M, d.B
     ops: list[Op] = [MemOp("scatter_add", 3.0 * d.C * M * B), MemOp("elementwise", d.T * d.k * M * (B + 4.0))]
-    ops += linear_bwd(T, d.E, M) + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
+    router = linear_bwd(T, d.E, M) if not d.R else linear_bwd(T, d.E, d.R) + linear_bwd(T, d.R, M)
+    ops += router + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
     ops += linear_bwd(T, M, M) + [Attention(d.b * d.heads, d.L, M // d.heads, True, True),
                                   MemOp("elementwise", 2.0 * T * M * B)]
     ops += linear_bwd(T, 3 * M, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),
@@ -255,3 +265,27 @@ def tokens_of(kind: str, m: MoEModel, flops: float) -> float:
 def copies_of(kind: str, m: MoEModel, flops: float) -> int:
     """Routed copies of an expert task doing ``flops`` FLOPs."""
     return max(0, round(flops / (2.0 * m.expert_gemms * m.d_model * m.ffn_hidden)))
+
+
+def uneven_expert_ops(kind: str, m: MoEModel, group_copies: list[int], grouped: bool,
+                      bytes_per_elem: int | None = None) -> list[Op]:
+    """The operators of an expert task whose El local experts receive ``group_copies`` [El]
+    routed copies (uneven routing). A loop of GEMMs (``grouped`` False) runs one GEMM per
+    expert on exactly its rows. A grouped GEMM is priced on the mean rows with the table's
+    linear spread ``skew`` matched to the groups' coefficient of variation cv: the spread
+    rows*(1 + skew*(2g/(G-1) - 1)) has cv = skew*sqrt((G+1)/(3(G-1))), so skew =
+    cv/sqrt((G+1)/(3(G-1))), at most 1. Row gathers and scatters as :func:`task_ops`."""
+    El, C = len(group_copies), sum(group_copies)
+    d = dims(m, max(1, round(C / m.top_k)), max(1, m.experts // max(1, El)), bytes_per_elem, copies=C)
+    part = kind[len("expert_"):]
+    if C <= 0:
+        return []
+    if not grouped:
+        gemms = [op for c in group_copies if c for op in _ffn(part, c, 1, d.M, d.H, d.swiglu, False, d.B)]
+        return gemms + _expert_mem(part, d)
+    mean = C / El
+    var = sum((c - mean) ** 2 for c in group_copies) / El
+    spread = (El + 1) / (3 * (El - 1)) if El > 1 else 1.0
+    skew = min(1.0, (var ** 0.5 / mean) / spread ** 0.5) if El > 1 else 0.0
+    ops = _ffn(part, mean, El, d.M, d.H, d.swiglu, True, d.B)
+    return [replace(o, skew=round(skew, 6)) if isinstance(o, GroupedGemm) else o for o in ops] + _expert_mem(part, d)

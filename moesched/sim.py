@@ -38,12 +38,14 @@ from typing import Callable, Mapping, Sequence
 import networkx as nx
 import pandas as pd
 
+from moesched import simranks
 from moesched.errors import MoeschedError
+from moesched.kinds import TP_OP_OF_KIND
 from moesched.simloop import event_loop, event_loop_1
 
 LINKS = ("comm_intra", "comm_inter")
 #: Collective of each communication kind (interference factors are per collective).
-OP_OF_KIND = {"grad_ar": "all_reduce"}
+OP_OF_KIND = {"grad_ar": "all_reduce", **TP_OP_OF_KIND}
 #: Resource name -> index in Compiled.res.
 RES_INDEX = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 COLUMNS = ["task", "kind", "layer", "chunk", "phase", "rank", "resource", "start_us", "end_us"]
@@ -321,7 +323,14 @@ def simulate(g: nx.DiGraph, priority: Mapping[str, float] | None = None, *, stri
     compute_slowdown, comm_slowdown: interference factors for every collective; default
     those stored in the graph attributes ``interference`` and ``interference_by_op`` (set
     by graph.build from the profile), else 1.0.
+
+    A graph with rank groups (graph attribute ``roles``) is simulated by
+    :func:`moesched.simranks.run_roles`: one representative rank per role.
     """
+    if simranks.has_roles(g):
+        run = simranks.run_roles(g, priority, strict=strict, compute_slowdown=compute_slowdown,
+                                 comm_slowdown=comm_slowdown, op_of_kind=OP_OF_KIND)
+        return Timeline(None, run.meta, builder=run.rows, makespan_us=run.makespan_us)
     c = Compiled(g)
     over = compute_slowdown is not None or comm_slowdown is not None
     sc = c.slowdown[0] if compute_slowdown is None else float(compute_slowdown)

@@ -1,7 +1,7 @@
-"""Write the three notebooks with nbformat and execute them with nbclient (outputs kept).
+"""Write the notebooks with nbformat and execute them with nbclient (outputs kept).
 
     python notebooks/make_notebooks.py --all             # every derived file below, then the notebooks
-    python notebooks/make_notebooks.py                   # write + execute 01, 02, 03
+    python notebooks/make_notebooks.py                   # write + execute 01-04
     python notebooks/make_notebooks.py --data sweeps     # re-run both full sweeps -> notebooks/data/
     python notebooks/make_notebooks.py --data predicted  # predicted_<pair>.json from plan_<pair>.json
     python notebooks/make_notebooks.py --data cpu        # CPU plan, predicted + measured traces (torchrun)
@@ -210,7 +210,11 @@ figures.knob_heatmap_figure(sweeps["fsmoe1458"], ["r_fwd_max", "r_bwd_max"], "fs
                             y="H/M", agg="mean");
 """
 
-NOTEBOOKS = {"01_quickstart": NB01, "02_timelines": NB02, "03_layer_grids": NB03}
+sys.path.insert(0, str(HERE))
+from nb_routing import NB04_BODY  # noqa: E402  notebooks/nb_routing.py
+
+NOTEBOOKS = {"01_quickstart": NB01, "02_timelines": NB02, "03_layer_grids": NB03,
+             "04_routing_placement": SETUP + NB04_BODY}
 
 
 def split_cells(text: str) -> list[tuple[str, str]]:

@@ -9,33 +9,21 @@ model without a group-size term 63%) -- so the check needs a core per rank."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from moesched.collectives import CollectiveModel, Group, measured_curve
-from moesched.profile import Cost
-
 gloo = pytest.importorskip("gloo_collectives")  # tests/gloo_collectives.py (torch)
-
-
-def _curve(points: list[tuple[int, float]]) -> Cost:
-    pts = tuple((float(x), float(t)) for x, t in points)
-    (x0, t0), (x1, t1) = pts[0], pts[-1]
-    beta = max((t1 - t0) / (x1 - x0), 0.0)
-    return Cost(max(t0 - beta * x0, 1.0), beta, pts)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import gloo_scale  # noqa: E402  benchmarks/gloo_scale.py: the same check as a script
 
 
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 4, reason="4 gloo ranks need 4 cores (the CPU is gloo's link)")
 def test_gloo_two_ranks_predict_four() -> None:
     two, four = gloo.measure(2), gloo.measure(4)
-    errors, naive = [], []
-    for op in ("all_reduce", "all_to_all"):
-        curve = measured_curve(_curve(two[op]), op, Group(2, 1, 2), "intra", hop_us=0.0)
-        model = CollectiveModel({op: curve}, {op: curve})
-        for (x, t4), (_, t2) in zip(four[op], two[op]):
-            errors.append((model.us(op, Group(4, 1, 4), x) - t4) / t4)
-            naive.append((t2 - t4) / t4)
+    errors, naive = gloo_scale.errors(two, four)
     mean = sum(map(abs, errors)) / len(errors)
     mean_naive = sum(map(abs, naive)) / len(naive)
     print(f"gloo 2 -> 4 ranks: mean |error| {mean:.3f} (no group-size term: {mean_naive:.3f}); "

@@ -89,6 +89,20 @@ def test_cli_prints_layouts_and_writes_chosen_ep(tmp_path: Path, capsys: pytest.
     assert plan.cluster.ep == int(chosen)
 
 
+def test_cli_chooses_ep_on_a_world_the_experts_do_not_divide(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """8 experts on 2 x 8 GPUs without /epN: EP is searched among the sizes the experts
+    allow (the world of 16 is not one), and the plan records the chosen one; with /ep16 the
+    same request is refused in one line."""
+    out = tmp_path / "plan.json"
+    assert main(["solve", "--model", "Mixtral-8x7B", "--layers", "2", "--cluster", "2x8", "--zero", "1",
+                 "--profile", str(NVLINK), "--out", str(out), "--time-limit", "20"]) == 0
+    assert Plan.load(out).cluster.ep in (1, 2, 4, 8)
+    capsys.readouterr()
+    assert main(["solve", "--model", "Mixtral-8x7B", "--layers", "2", "--cluster", "2x8/ep16", "--zero", "1",
+                 "--profile", str(NVLINK), "--out", str(tmp_path / "p2.json")]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "Mixtral-8x22B"], "binding term optimizer state"),
     (["--model", "Mixtral-8x22B", "--zero", "2"], "binding term activations"),

@@ -85,7 +85,8 @@ def test_scaled_host_costs_price_every_kind_and_shape_by_the_factor() -> None:
 
 
 @pytest.mark.parametrize("host, msg", [
-    ({"lag_us": 1.0, "kinds": {}}, "exactly the keys"),
+    ({"lag_us": 1.0, "kinds": {}}, "must have the keys"),
+    ({"lag_us": 1.0, "kinds": {}, "shapes": {}, "x_unit": "flops"}, "x_unit"),
     ({"lag_us": -1.0, "kinds": {}, "shapes": {}}, "lag_us"),
     ({"lag_us": 1.0, "kinds": {"warp": {"alpha_us": 1.0, "per_unit_us": 0.0, "per_chunk_us": 0.0}},
       "shapes": {}}, "task kinds"),
@@ -149,19 +150,64 @@ def test_host_rules_hold(alpha_us: float, lag_us: float) -> None:
             + finish
 
 
-def test_step_setup_and_finish_follow_the_layers() -> None:
-    """step_setup / step_finish are priced per step at x = the model's layers, and shift the
-    strict replay by exactly their sum when the GPU waits for the host from the start."""
+def _rank_param_bytes(m) -> float:
+    from moesched.memory import param_counts
+    return float(sum(param_counts(m, CLUSTER.ep_size)) * m.bytes_per_elem)
+
+
+def test_step_setup_and_finish_follow_the_parameter_bytes() -> None:
+    """step_setup / step_finish are priced per step at x = the parameter bytes of one rank
+    (work units; the model's layers in token units), and shift the strict replay by exactly
+    their sum when the GPU waits for the host from the start."""
     base = HostCosts(30.0, {k: HostCost(50.0) for k in HOST_KINDS if not k.startswith("step_")})
-    steps = dataclasses.replace(base, kinds=dict(base.kinds, step_setup=HostCost(100.0, 200.0),
+    steps = dataclasses.replace(base, kinds=dict(base.kinds, step_setup=HostCost(100.0, 2e-7),
                                                  step_finish=HostCost(70.0)))
     plan, g0 = _plan_graph(base)
     _, g1 = _plan_graph(steps)
-    assert (g1.graph["host_setup_us"], g1.graph["host_finish_us"]) == (100.0 + 200.0 * MODEL.layers, 70.0)
+    setup = 100.0 + 2e-7 * _rank_param_bytes(MODEL)
+    assert (g1.graph["host_setup_us"], g1.graph["host_finish_us"]) == (pytest.approx(setup), 70.0)
     assert g0.graph["host_setup_us"] == g0.graph["host_finish_us"] == 0.0  # unmeasured: free
     prio = {t: i for i, t in enumerate(plan.order)}
     t0, t1 = simulate(g0, prio, strict=True), simulate(g1, prio, strict=True)
-    assert t1.makespan_us == pytest.approx(t0.makespan_us + 100.0 + 200.0 * MODEL.layers + 70.0)
+    assert t1.makespan_us == pytest.approx(t0.makespan_us + setup + 70.0)
+    _, g2 = _plan_graph(dataclasses.replace(steps, kinds=dict(steps.kinds, step_setup=HostCost(100.0, 200.0)),
+                                            x_unit="tokens"))
+    assert g2.graph["host_setup_us"] == 100.0 + 200.0 * MODEL.layers
+
+
+def test_task_host_cost_is_priced_on_work_or_tokens_by_the_unit() -> None:
+    """x of a task is its FLOPs (bytes of an all-to-all) in work units, its tokens in the
+    token units of profiles from before: the same coefficients price the same graph apart."""
+    cost = {k: HostCost(10.0, 1e-6) for k in HOST_KINDS}
+    _, gw = _plan_graph(HostCosts(0.0, cost, x_unit="work"))
+    _, gt = _plan_graph(HostCosts(0.0, cost, x_unit="tokens"))
+    for t, a in gw.nodes(data=True):
+        if a["kind"] in ("attn_fwd", "expert_dx", "dispatch"):
+            assert a["host_us"] == pytest.approx(10.0 + 1e-6 * a["work"])
+            assert gt.nodes[t]["host_us"] == pytest.approx(10.0 + 1e-6 * a["tokens"])
+            assert a["work"] > 100 * a["tokens"]  # the two units differ: the check is not vacuous
+
+
+def test_token_unit_samples_convert_to_work_units() -> None:
+    """benchmarks/host_units.py: samples measured in tokens (and layers) are rewritten as
+    work and refitted; a host whose cost is linear in FLOPs is recovered exactly."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from host_units import convert
+    from moesched.graph import _FLOPS
+    key = MODEL.shape_key()
+    rows = [(key, "attn_fwd", float(t), 1, 20.0 + 3e-9 * _FLOPS["attn_fwd"](MODEL, t)) for t in (512, 1024, 4096)]
+    rows += [(key, "step_setup", float(L), 1, 50.0 + 4e-7 * _rank_param_bytes(dataclasses.replace(MODEL, layers=L)))
+             for L in (1, 2)]
+    prof = with_host(NVLINK, rows, 25.0, x_unit="tokens")
+    assert prof.host.x_unit == "tokens"
+    out = convert(prof, {key: MODEL})
+    assert out.host.x_unit == "work" and out.meta["samples"]["host_x_unit"] == "work"
+    c, s = out.host.kinds["attn_fwd"], out.host.kinds["step_setup"]
+    assert (c.alpha_us, c.per_unit_us) == (pytest.approx(20.0, abs=1e-3), pytest.approx(3e-9))
+    assert (s.alpha_us, s.per_unit_us) == (pytest.approx(50.0, abs=1e-3), pytest.approx(4e-7))
+    with pytest.raises(MoeschedError, match="lacks the shapes"):
+        convert(prof, {})
 
 
 def test_list_scheduling_ignores_the_host() -> None:
@@ -260,7 +306,8 @@ def test_calibration_step_samples_on_cuda() -> None:
     _add_step(cuda, "s", (0, 2), plan, g.nodes, tl, cuda=True)
     _add_step(cpu, "s", (0, 2), plan, g.nodes, tl, cuda=False)
     assert len(cuda.samples) == len(df) + 2 and cuda.samples == cpu.samples
-    assert cuda.samples[:2] == [("s", "step_setup", 2.0, 1, 5.0), ("s", "step_finish", 2.0, 1, 15.0)]  # call - setup - last end
+    pb = _rank_param_bytes(plan.model)
+    assert cuda.samples[:2] == [("s", "step_setup", pb, 1, 5.0), ("s", "step_finish", pb, 1, 15.0)]  # call - setup - last end
     assert all(us == pytest.approx(40.0) for *_, us in cuda.samples[2:])
     assert cuda.lags_us == [50.0] * int((df["resource"] == "compute").sum())
     assert sorted(k[3] for k in cuda.a2a) == sorted(

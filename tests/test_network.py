@@ -186,3 +186,19 @@ def test_a_group_shaped_like_a_profiled_scope_keeps_its_measured_price() -> None
         assert collective_us(c, TWO_NODES, "all_reduce", "ep_intra", x) == TWO_NODES.comm_us("all_reduce", "intra", x)
         # the 4-node flat all-to-all has no measured counterpart: priced by the model, above the 2-node one
         assert collective_us(c, TWO_NODES, "all_to_all", "ep", x) > TWO_NODES.a2a_us("world", x) * 0.9
+
+
+def test_plan_beyond_the_profile_records_its_network(tmp_path: Path) -> None:
+    """A plan solved for a cluster beyond the profiled layout carries the network that priced
+    it: loaded back, it replays to its prediction; a broken network inside is one line."""
+    from moesched.plan import Plan
+    out = tmp_path / "plan.json"
+    assert main(["solve", "--model", "GPT2-Tiny-MoE", "--layers", "2", "--cluster", "4x8/ep8",
+                 "--network", "v100-ib100", "--out", str(out), "--time-limit", "5"]) == 0
+    plan = Plan.load(out)
+    assert plan.cluster.network == load_network("v100-ib100")
+    assert plan.replay(NVLINK).makespan_us == pytest.approx(plan.predicted["step_us"], rel=1e-6)
+    d = json.loads(out.read_text())
+    d["cluster"]["network"]["inter"]["nic_bandwidth_Gbps"] = -1
+    with pytest.raises(MoeschedError, match="cluster.network: inter.nic_bandwidth_Gbps"):
+        Plan.from_dict(d)

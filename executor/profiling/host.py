@@ -8,8 +8,9 @@ for each model shape, a few real training steps (:class:`executor.runtime.Planne
 of plans of up to four layers at pipeline degree 1, 2 (attention whole or chunked) and 4
 (chunked), gradients in 4 MiB chunks when r > 1, and of one layer at degree 1. Every task's
 host interval, minus the time it blocked on routing counts, is one sample (shape, kind, x,
-r, µs): x = tokens of the task (bytes of a gradient chunk), r = its layer's degree in its
-phase; every step adds its setup and finish (:func:`step_samples`, x = layers). The lag
+r, µs): x = the task's work (FLOPs; bytes of a collective; :func:`moesched.host.host_features`),
+r = its layer's degree in its phase; every step adds its setup and finish
+(:func:`step_samples`, x = the parameter bytes of one rank). The lag
 is the median delay from a compute task's issue start to its GPU
 start, over tasks that did not wait for the GPU (those starting within 200 µs). The GPU
 times of compute tasks in the degree-1 plan calibrate the micro-benchmarks' compute costs
@@ -33,7 +34,8 @@ from moesched.costs.calibrate import INSITU_KINDS
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
-from moesched.host import host_features
+from moesched.host import host_features, step_x
+from moesched.memory import param_counts
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.plan import Plan, from_timeline
@@ -63,16 +65,19 @@ def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
     return plans
 
 
-def step_samples(shape: str, layers: int, tl: Any) -> list[tuple[str, str, float, int, float]]:
-    """Host samples (shape, kind, layers, 1, µs) of the step around its tasks, from a
+def step_samples(shape: str, plan: Plan, tl: Any) -> list[tuple[str, str, float, int, float]]:
+    """Host samples (shape, kind, x, 1, µs) of the step around its tasks (x: the parameter
+    bytes of one rank, :func:`moesched.host.step_x`), from a
     measured timeline's meta (:meth:`executor.runtime.PlannedStep.timeline`): setup = from
     the call to the first task (host preparation or the GPU's zeroing of the gradient
     buffers, whichever is longer); finish = the rest of the call after the last task."""
-    m = tl.meta
-    setup = max(float(m["setup_us"]), float(m.get("gpu_setup_us", 0.0)))
+    meta = tl.meta
+    setup = max(float(meta["setup_us"]), float(meta.get("gpu_setup_us", 0.0)))
     end = float(tl.df["end_us"].max()) if len(tl.df) else 0.0
-    finish = max(float(m["call_us"]) - setup - end, 0.0)
-    return [(shape, "step_setup", float(layers), 1, setup), (shape, "step_finish", float(layers), 1, finish)]
+    finish = max(float(meta["call_us"]) - setup - end, 0.0)
+    m = plan.model
+    x = step_x(m.layers, sum(param_counts(m, plan.cluster.ep_size)) * m.bytes_per_elem, "work")
+    return [(shape, "step_setup", x, 1, setup), (shape, "step_finish", x, 1, finish)]
 
 
 @dataclass
@@ -90,7 +95,7 @@ def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, 
     step index)) into ``out``: step setup and finish, every task's host issue time, the lag
     of compute tasks (CUDA), the flat all-to-alls but the forward dispatch and, at degree 1,
     the compute tasks issued in full with no collective beside them."""
-    out.samples += step_samples(shape, plan.model.layers, tl)
+    out.samples += step_samples(shape, plan, tl)
     df = tl.df
     by_task = df.set_index("task")
     gpu, gpu_end = by_task["start_us"].to_dict(), by_task["end_us"].to_dict()

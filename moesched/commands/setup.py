@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dataclasses import replace
 
-from moesched.cluster import Cluster, check_setup
+from moesched.cluster import Cluster, check_setup, comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
@@ -48,25 +48,38 @@ def check_time_limit(seconds: float | None) -> None:
         raise MoeschedError(f"--time-limit must be positive seconds, got {seconds}")
 
 
-def resolve(args: argparse.Namespace) -> tuple[MoEModel, Profile, Cluster]:
+def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, Profile, Cluster]:
     """``--model`` (a preset name, or a Hugging Face ``config.json`` or its folder: seq_len
     4096, micro_batch 1, bf16; with ``--layers`` if the command has it), the profile, and
-    ``--cluster`` or, by default, the profile's own layout."""
+    ``--cluster`` or, by default, the profile's own layout. ``any_ep``: the command chooses
+    the EP size itself when ``--cluster`` has no ``/epN`` (the experts need not divide over
+    the whole world)."""
     layers = getattr(args, "layers", None)
     if layers is not None and not 1 <= layers <= MAX_LAYERS:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
     over = {"layers": layers} if layers is not None else {}
-    if args.model.endswith(".json") or Path(args.model).is_dir():
+    if args.model.endswith(".json") or _is_dir(args.model):
         model = replace(MoEModel.from_hf_config(args.model), **over)
     else:
         model = MoEModel.from_name(args.model, **over)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
-    check_setup(model.experts, cluster, profile)
+    if any_ep and cluster.ep is None:
+        comm_model(cluster, profile)
+    else:
+        check_setup(model.experts, cluster, profile)
     note = network_note(args, cluster, profile)
     if note:
         print(note)
     return model, profile, cluster
+
+
+def _is_dir(path: str) -> bool:
+    """Path(path).is_dir(), False for a name the OS refuses (too long, a NUL byte)."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, example: str = "1x4") -> None:

@@ -8,6 +8,7 @@ from moesched import schedules
 from moesched.cluster import Cluster
 from moesched.commands.models import format_table
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, resolve
+from moesched.commands.routing import add_routing_arguments, check_routing, print_routing_table
 from moesched.errors import MoeschedError
 from moesched.graph import check_memory
 from moesched.models import MoEModel
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedules", default="all", help="comma list of policies, or 'all' (default)")
     parser.add_argument("--trace", default=None, help="write a Chrome trace (Perfetto) of the fastest schedule")
     parser.add_argument("--png", default=None, help="write a Gantt chart PNG of the fastest schedule vs vanilla")
+    add_routing_arguments(parser)
 
 
 def _evaluate(name: str, model: MoEModel, cluster: Cluster, profile: Profile) -> Evaluation:
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--trace": args.trace, "--png": args.png})
     names = _schedule_names(args.schedules)
     model, profile, cluster = resolve(args)
+    check_routing(args, model)
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
     print(f"profile: {profile.name} ({note}) from {args.profile if args.profile is not None else default_profile_path()}")
     print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print(_table(names, evals, steps, host))
     best = min(names, key=lambda n: steps[n].makespan_us)
     print(f"fastest: {best} ({steps[best].makespan_us / 1e3:.3f} ms{', host model' if host else ''})")
+    if args.routing:
+        print_routing_table(args, model, cluster, profile, names)
     if args.trace or args.png:
         from moesched.trace import gantt_png, write_chrome_trace
         if args.trace:

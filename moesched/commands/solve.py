@@ -17,6 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from moesched.commands.routing import add_routing_arguments, check_routing, choose_under_routing
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.memory import GB, ZERO_STAGES
 from moesched.plan import from_timeline
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="stop searching after S seconds and keep the best plan so far")
     parser.add_argument("--trace", default=None, help="write the predicted Chrome trace (Perfetto) here")
+    add_routing_arguments(parser)
 
 
 def _progress(t0: float):
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
-    model, profile, cluster = resolve(args)
+    model, profile, cluster = resolve(args, any_ep=True)
+    check_routing(args, model)
     t0 = time.perf_counter()
     lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
     res, cluster = lay.result, lay.cluster
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     print(_layout_table(lay, host, args.zero))
     plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile,
                          {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
+    if args.routing:
+        plan = choose_under_routing(args, model, cluster, profile, plan)
     plan.save(args.out)
     print(f"plan written to {args.out}")
     if args.trace:

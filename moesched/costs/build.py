@@ -170,5 +170,5 @@ def refit(prof: Profile) -> Profile:
     out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops)
     if samples.get("host"):
         out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),
-                        samples.get("insitu_compute"))
+                        samples.get("insitu_compute"), samples.get("host_x_unit", "tokens"))
     return out

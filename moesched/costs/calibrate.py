@@ -108,12 +108,13 @@ def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
 
 def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
               a2a_rows: list[Sequence[Any]] | None = None,
-              compute_rows: list[Sequence[Any]] | None = None) -> Profile:
+              compute_rows: list[Sequence[Any]] | None = None, x_unit: str = "work") -> Profile:
     """``prof`` (as fitted from the micro-benchmarks) with the in-situ corrections of the
     module docstring: host costs from ``rows`` (shape key, kind, x, r, µs) and ``lag_us``,
     all-to-alls from ``a2a_rows``, compute factors from ``compute_rows`` (shape key, kind,
     FLOPs, µs; the factors go to ``meta.insitu_compute``)."""
-    samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us)
+    samples = dict(prof.meta.get("samples") or {}, host=[list(r) for r in rows], host_lag_us=lag_us,
+                   host_x_unit=x_unit)
     meta = dict(prof.meta)
     if compute_rows:
         samples["insitu_compute"] = [list(r) for r in compute_rows]
@@ -125,5 +126,5 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
         samples["a2a"] = [list(r) for r in a2a_rows]
         for (shape, scope), cost in a2a_costs(a2a_rows).items():
             shapes.setdefault(shape, {})[f"all_to_all@{scope}"] = cost
-    return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us),  # type: ignore[misc]
+    return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us, x_unit),  # type: ignore[misc]
                    meta=dict(meta, samples=samples), shapes=shapes)

@@ -53,9 +53,10 @@ def fit_host_cost(points: list[tuple[float, int, float]]) -> HostCost:
     return HostCost(round(a, 3), b, c, round(r2, 6))
 
 
-def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float) -> HostCosts:
+def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x_unit: str = "work") -> HostCosts:
     """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
-    task issue; per (shape, kind) and per kind pooled over shapes (:func:`fit_host_cost`)."""
+    task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per (shape, kind) and
+    per kind pooled over shapes (:func:`fit_host_cost`)."""
     kinds: dict[str, list[tuple[float, int, float]]] = {}
     shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     for shape, kind, x, r, us in samples:
@@ -64,4 +65,5 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float) -
         kinds.setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
     return HostCosts(round(float(lag_us), 3), {k: fit_host_cost(p) for k, p in sorted(kinds.items())},
-                     {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())})
+                     {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
+                     x_unit)

@@ -1,0 +1,120 @@
+"""Choose the parallel layout of a model on a cluster: today's EP with all-to-alls (its EP
+size and schedule by :func:`moesched.solve.layout.solve_layout`) against PPMoE's EP inside
+TP (:mod:`moesched.layouts`) for every TP size that divides the node, with and without
+sequence parallelism. Every candidate is checked against GPU memory
+(:func:`moesched.layouts.layout_memory`); the fastest predicted step of those that fit wins.
+
+Steps are compared on GPU costs, list-scheduled (the EP row: the solved schedule's
+``step_us``; PPMoE rows: :func:`moesched.sim.simulate` of :func:`moesched.layoutgraph.build`),
+at the same global batch (a TP group of t ranks runs t micro-batches).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moesched.cluster import Cluster
+from moesched.errors import MoeschedError
+from moesched.kinds import A2A_KINDS, TP_COMM_KINDS
+from moesched.layoutgraph import build
+from moesched.layouts import Layout, check_layout, layout_memory
+from moesched.memory import GB, RankMemory, gpu_memory_bytes
+from moesched.models import MoEModel
+from moesched.profile import Profile
+from moesched.sim import Timeline, simulate
+from moesched.solve.layout import solve_layout
+
+
+@dataclass
+class LayoutOption:
+    """One candidate: its layout, EP size, memory per rank (None when it does not divide),
+    why it cannot run (None when it can), the predicted step (µs, GPU costs) and the busy
+    time of rank 0 (µs) on all-to-alls, TP collectives and gradient all-reduces."""
+
+    layout: Layout
+    ep: int
+    memory: RankMemory | None = None
+    problem: str | None = None
+    step_us: float | None = None
+    busy_us: dict[str, float] = field(default_factory=dict)
+
+    def label(self) -> str:
+        if self.layout.tp > 1:
+            return self.layout.label()
+        return f"EP {self.ep} (all-to-all)" if self.ep else "EP (all-to-all)"
+
+
+def busy_by_group(tl: Timeline) -> dict[str, float]:
+    """Rank 0's busy µs on all-to-alls ("a2a"), TP collectives ("tp") and gradients ("grad")."""
+    d = tl.df[tl.df["rank"] == 0]
+    dur = d["end_us"] - d["start_us"]
+    return {"a2a": float(dur[d["kind"].isin(A2A_KINDS)].sum()), "tp": float(dur[d["kind"].isin(TP_COMM_KINDS)].sum()),
+            "grad": float(dur[d["kind"] == "grad_ar"].sum())}
+
+
+def tp_sizes(cluster: Cluster) -> list[int]:
+    """TP sizes to consider: the divisors > 1 of the GPUs per node (a TP group stays in a node)."""
+    return [t for t in range(2, cluster.gpus_per_node + 1) if cluster.gpus_per_node % t == 0]
+
+
+def ep_option(model: MoEModel, cluster: Cluster, profile: Profile, zero: int, time_limit_s: float | None) -> LayoutOption:
+    """Today's layout: the EP size and schedule the solver chooses (or why none fits)."""
+    try:
+        lay = solve_layout(model, cluster, profile, time_limit_s, zero=zero)
+    except MoeschedError as e:
+        return LayoutOption(Layout(1), cluster.ep or 0, problem=str(e))
+    c, res = lay.cluster, lay.result
+    return LayoutOption(Layout(1), c.ep_size, lay.chosen.memory, None, res.step_us,
+                        busy_by_group(res.evaluation.timeline))
+
+
+def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: Layout, zero: int) -> LayoutOption:
+    """A PPMoE layout: why it cannot run (does not divide, does not fit, a collective the
+    profile does not price), else its simulated step."""
+    opt = LayoutOption(layout, layout.tp)
+    try:
+        check_layout(model, cluster, layout)
+        opt.memory = layout_memory(model, cluster, layout, zero)
+        cap = gpu_memory_bytes(profile.hardware)
+        if opt.memory.total_bytes > cap:
+            term, size = opt.memory.binding()
+            opt.problem = (f"does not fit: needs {opt.memory.total_bytes / GB:.1f} GB/rank of {cap / GB:.0f}, "
+                           f"binding term {term} {size / GB:.1f} GB")
+            return opt
+        tl = simulate(build(model, cluster, profile, layout))
+    except MoeschedError as e:
+        opt.problem = str(e)
+        return opt
+    opt.step_us, opt.busy_us = tl.makespan_us, busy_by_group(tl)
+    return opt
+
+
+def compare_layouts(model: MoEModel, cluster: Cluster, profile: Profile, zero: int = 0,
+                    time_limit_s: float | None = None) -> tuple[list[LayoutOption], LayoutOption]:
+    """Every candidate (EP first, then PPMoE by TP size, plain then sequence parallel) and
+    the chosen one (fastest step among those that run; the first of equals). Raises
+    MoeschedError when none can run."""
+    opts = [ep_option(model, cluster, profile, zero, time_limit_s)]
+    for t in tp_sizes(cluster):
+        for sp in (False, True):
+            opts.append(ppmoe_option(model, cluster, profile, Layout(t, sp), zero))
+    ok = [o for o in opts if o.step_us is not None]
+    if not ok:
+        raise MoeschedError(f"no layout of {model.name} runs on {cluster.label()}: "
+                            + "; ".join(f"{o.label()}: {o.problem}" for o in opts))
+    return opts, min(ok, key=lambda o: o.step_us)  # type: ignore[arg-type,return-value]
+
+
+def reason(opts: list[LayoutOption], chosen: LayoutOption) -> str:
+    """Why ``chosen`` wins: its step against the next best, and the communication that differs."""
+    ok = sorted((o for o in opts if o.step_us is not None), key=lambda o: o.step_us)  # type: ignore[arg-type,return-value]
+    if len(ok) < 2:
+        return f"{chosen.label()} is the only layout that runs"
+    nxt = ok[1] if ok[0] is chosen else ok[0]
+    assert chosen.step_us is not None and nxt.step_us is not None
+
+    def comm(o: LayoutOption) -> str:
+        b = o.busy_us
+        return (f"all-to-all {b.get('a2a', 0) / 1e3:.1f} ms, TP collectives {b.get('tp', 0) / 1e3:.1f} ms, "
+                f"gradient all-reduce {b.get('grad', 0) / 1e3:.1f} ms")
+    return (f"{chosen.label()} ({comm(chosen)}) is {nxt.step_us / chosen.step_us:.2f}x faster than "
+            f"{nxt.label()} ({comm(nxt)})")
