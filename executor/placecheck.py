@@ -8,8 +8,10 @@ Adam moments of every expert this rank holds, and the dense ones, with
 :class:`executor.layers.ReferenceModel` trained on all ranks' batches with all experts and
 never moved. Rank 0 appends one JSON line per model: {"model", "ok", "max_abs_err",
 "worst", "copied"}. ``--bad`` applies a placement that names an expert twice on one rank
-instead: one ``moesched: error:`` line and exit 2 on every rank. Exit status 0 when every
-model matches, 1 when one does not.
+instead: one ``moesched: error:`` line and exit 2 on every rank. ``--schedule FILE`` follows
+a placement schedule written by ``moesched placement --schedule-out`` (tiny models with its
+experts and layers, at least two steps past its last change; the job's world must be its
+ranks). Exit status 0 when every model matches, 1 when one does not.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from moesched.errors import MoeschedError
 from moesched.placement import Placement
+from moesched.placement_schedule import PlacementSchedule
 
 from executor import errors
 from executor.layers import ReferenceModel, make_batch
@@ -49,21 +53,23 @@ def schedule(experts: int, world: int) -> list[Placement]:
     return [static, shifted, two, empty]
 
 
-def _ref_state(opt: torch.optim.Optimizer, p: torch.Tensor, key: str) -> torch.Tensor:
-    return opt.state[p][key]
-
-
-def check(label: str, m, rank: int, world: int, steps: int, tol: float) -> dict:
+def builtin(m, world: int) -> PlacementSchedule:
+    """:func:`schedule` for every layer of ``m``, changing before the steps of :data:`CHANGES`."""
     plcs = schedule(m.experts, world)
-    mod = PlacedMoE(m, [plcs[0]] * m.layers, rank, world, seed=5)
+    return PlacementSchedule("builtin", tuple((s, (p,) * m.layers) for s, p in zip((0,) + CHANGES, plcs)))
+
+
+def check(label: str, m, rank: int, world: int, steps: int, tol: float, sched: PlacementSchedule) -> dict:
+    mod = PlacedMoE(m, sched.changes[0][1], rank, world, seed=5)
     step = PlacedStep(mod)
     opt = torch.optim.Adam(list(mod.parameters()), lr=LR)
     ref = ReferenceModel(m, seed=5)
     ref_opt = torch.optim.Adam(list(ref.module.parameters()), lr=LR)
     worst, name, ok, copied = 0.0, "", True, 0
     for s in range(steps):
-        if s in CHANGES:
-            copied += step.apply_placement([plcs[CHANGES.index(s) + 1]] * m.layers, opt)
+        new = sched.at(s) if s > 0 else None
+        if new is not None:
+            copied += step.apply_placement(new, opt)
         bs = [make_batch(m, r, seed=100 + s) for r in range(world)]
         loss = float(step(*bs[rank]))
         rl = ref.loss([b[0] for b in bs], [b[1] for b in bs])
@@ -108,13 +114,19 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--bad", action="store_true", help="apply a placement naming an expert twice on a rank")
+    ap.add_argument("--schedule", default=None,
+                    help="follow this placement schedule (moesched placement --schedule-out) instead of the built-in one")
     a = ap.parse_args(argv)
     rank, world = rank_and_world()
+    given = PlacementSchedule.load(a.schedule) if a.schedule else None
+    if given is not None and given.ranks != world:
+        raise MoeschedError(f"placement schedule {a.schedule} is for {given.ranks} ranks, this job has {world}")
     torch.manual_seed(0)
     dist.init_process_group("gloo")
     try:
-        models = [("swiglu-shared", tiny_model(experts=2 * world, expert_kind="swiglu", shared_experts=1)),
-                  ("gelu-capacity", tiny_model(experts=2 * world, capacity_factor=1.0))]
+        shape = dict(experts=given.experts, layers=given.layers) if given else dict(experts=2 * world)
+        models = [("swiglu-shared", tiny_model(**shape, expert_kind="swiglu", shared_experts=1)),
+                  ("gelu-capacity", tiny_model(**shape, capacity_factor=1.0))]
         if a.bad:
             m = models[0][1]
             mod = PlacedMoE(m, [Placement.static(m.experts, world, 3)] * m.layers, rank, world)
@@ -122,7 +134,9 @@ def _main(argv: list[str] | None) -> int:
             PlacedStep(mod).apply_placement([bad] * m.layers)
         good = True
         for label, m in models:
-            r = check(label, m, rank, world, a.steps, a.tol)
+            sched = given or builtin(m, world)
+            steps = max(a.steps, sched.changes[-1][0] + 2) if given else a.steps
+            r = check(label, m, rank, world, steps, a.tol, sched)
             good &= r["ok"]
             if rank == 0:
                 with open(a.out, "a") as f:

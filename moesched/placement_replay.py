@@ -137,6 +137,8 @@ class ReplayResult:
     migrations: int = 0
     dropped: float = 0.0
     replica_memory_bytes: int = 0
+    #: (step, persistent placement per layer) at step 0 and wherever one changed
+    changes: list[tuple[int, tuple[Placement, ...]]] = field(default_factory=list)
 
     @property
     def total_us(self) -> float:
@@ -190,6 +192,8 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
         res.balance.append(bal / L)
         res.balance_before.append(before / L)
         res.replica_memory_bytes = max(res.replica_memory_bytes, max(mem))
+        if t == 0 or tuple(policy.current) != res.changes[-1][1]:
+            res.changes.append((t, tuple(policy.current)))
         if moved:
             res.migrations += moved
             res.migration_steps.append(t)

@@ -156,3 +156,20 @@ def test_the_simulator_prices_a_placement_like_the_cost_model(cost4):
     assert sim_bal < sim_static and model_bal < model_static
     # the two views of the gain agree within 10% (the simulator overlaps, the cost model serialises)
     assert sim_static / sim_bal == pytest.approx(model_static / model_bal, rel=0.1)
+
+
+def test_placement_schedule_round_trip_and_bad_files(tmp_path):
+    from moesched.placement_schedule import PlacementSchedule
+    a, b = Placement.static(4, 2, 3), Placement.of([[0, 1], [0], [1], [1]], 2, 3)
+    s = PlacementSchedule("eplb", ((0, (a, a)), (5, (b, a))))
+    s.save(tmp_path / "s.json")
+    t = PlacementSchedule.load(tmp_path / "s.json")
+    assert t == s and t.at(5) == (b, a) and t.at(4) is None
+    d = s.to_dict()
+    d["changes"][1]["layers"][0]["replicas"][0] = [0, 0]
+    with pytest.raises(MoeschedError, match="named twice"):
+        PlacementSchedule.from_dict(d)
+    with pytest.raises(MoeschedError, match="step 0"):
+        PlacementSchedule("x", ((3, (a,)),))
+    with pytest.raises(MoeschedError, match="differs"):
+        PlacementSchedule("x", ((0, (a,)), (2, (a, a))))
