@@ -29,6 +29,7 @@ def test_placement_replays_every_policy(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, msg", [
     (["--routing", "zipf:abc"], "expected zipf:S"),
+    (["--routing", "zipf:5000"], "s <= 100"),
     (["--routing", "zipf:1", "--policies", "static,nope"], "--policies"),
     (["--routing", "zipf:1", "--interval", "0"], "--interval"),
     (["--routing", "zipf:1", "--threshold", "0.5"], "--threshold"),
