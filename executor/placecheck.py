@@ -2,14 +2,16 @@
 
 ``torchrun --nproc_per_node=N -m executor.placecheck --out r.jsonl`` trains a tiny model for
 ``--steps`` steps with Adam on gloo, starting from static expert parallelism, moving to a
-placement with replicas (and moved experts) before step 2 and to another before step 4,
-and compares after every step the loss, the reduced gradients, the parameters and the
+placement with replicas (and moved experts) before step 2, to another before step 4 and
+to one that leaves rank 1 without experts before step 5, and compares after every step the loss, the reduced gradients, the parameters and the
 Adam moments of every expert this rank holds, and the dense ones, with
 :class:`executor.layers.ReferenceModel` trained on all ranks' batches with all experts and
 never moved. Rank 0 appends one JSON line per model: {"model", "ok", "max_abs_err",
 "worst", "copied"}. ``--bad`` applies a placement that names an expert twice on one rank
-instead: one ``moesched: error:`` line and exit 2 on every rank. Exit status 0 when every
-model matches, 1 when one does not.
+instead: one ``moesched: error:`` line and exit 2 on every rank. ``--schedule FILE`` follows
+a placement schedule written by ``moesched placement --schedule-out`` (tiny models with its
+experts and layers, at least two steps past its last change; the job's world must be its
+ranks). Exit status 0 when every model matches, 1 when one does not.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from moesched.errors import MoeschedError
 from moesched.placement import Placement
+from moesched.placement_schedule import PlacementSchedule
 
 from executor import errors
 from executor.layers import ReferenceModel, make_batch
@@ -30,35 +34,42 @@ from executor.run import rank_and_world
 from executor.testplans import tiny_model
 
 LR = 1e-2
+#: Steps before which the placement changes (to the 2nd, 3rd, 4th of :func:`schedule`).
+CHANGES = (2, 4, 5)
 
 
 def schedule(experts: int, world: int) -> list[Placement]:
     """Static EP; then expert 0 on every rank and the others shifted by one rank; then
-    experts 0 and 1 replicated on two ranks each, the rest back to static."""
+    experts 0 and 1 replicated on two ranks each, the rest back to static; then rank 1
+    empty (its experts on rank 0) and, beyond two ranks, expert 0 also on the last."""
     per = experts // world
     slots = per + 2
     static = Placement.static(experts, world, slots)
     shifted = Placement.of([list(range(world)) if e == 0 else [(e // per + 1) % world] for e in range(experts)],
                            world, slots)
     two = Placement.of([[0, world - 1] if e in (0, 1) else [e // per] for e in range(experts)], world, slots)
-    return [static, shifted, two]
+    empty = Placement.of([[0 if e // per == 1 else e // per] + ([world - 1] if e == 0 and world > 2 else [])
+                          for e in range(experts)], world, slots)
+    return [static, shifted, two, empty]
 
 
-def _ref_state(opt: torch.optim.Optimizer, p: torch.Tensor, key: str) -> torch.Tensor:
-    return opt.state[p][key]
-
-
-def check(label: str, m, rank: int, world: int, steps: int, tol: float) -> dict:
+def builtin(m, world: int) -> PlacementSchedule:
+    """:func:`schedule` for every layer of ``m``, changing before the steps of :data:`CHANGES`."""
     plcs = schedule(m.experts, world)
-    mod = PlacedMoE(m, [plcs[0]] * m.layers, rank, world, seed=5)
+    return PlacementSchedule("builtin", tuple((s, (p,) * m.layers) for s, p in zip((0,) + CHANGES, plcs)))
+
+
+def check(label: str, m, rank: int, world: int, steps: int, tol: float, sched: PlacementSchedule) -> dict:
+    mod = PlacedMoE(m, sched.changes[0][1], rank, world, seed=5)
     step = PlacedStep(mod)
     opt = torch.optim.Adam(list(mod.parameters()), lr=LR)
     ref = ReferenceModel(m, seed=5)
     ref_opt = torch.optim.Adam(list(ref.module.parameters()), lr=LR)
     worst, name, ok, copied = 0.0, "", True, 0
     for s in range(steps):
-        if s in (2, 4):
-            copied += step.apply_placement([plcs[s // 2]] * m.layers, opt)
+        new = sched.at(s) if s > 0 else None
+        if new is not None:
+            copied += step.apply_placement(new, opt)
         bs = [make_batch(m, r, seed=100 + s) for r in range(world)]
         loss = float(step(*bs[rank]))
         rl = ref.loss([b[0] for b in bs], [b[1] for b in bs])
@@ -100,16 +111,22 @@ def _pairs(mod: PlacedMoE, ref: ReferenceModel, what: str, get, get_ref=None) ->
 def _main(argv: list[str] | None) -> int:
     ap = errors.ArgParser(prog="python -m executor.placecheck")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--bad", action="store_true", help="apply a placement naming an expert twice on a rank")
+    ap.add_argument("--schedule", default=None,
+                    help="follow this placement schedule (moesched placement --schedule-out) instead of the built-in one")
     a = ap.parse_args(argv)
     rank, world = rank_and_world()
+    given = PlacementSchedule.load(a.schedule) if a.schedule else None
+    if given is not None and given.ranks != world:
+        raise MoeschedError(f"placement schedule {a.schedule} is for {given.ranks} ranks, this job has {world}")
     torch.manual_seed(0)
     dist.init_process_group("gloo")
     try:
-        models = [("swiglu-shared", tiny_model(experts=2 * world, expert_kind="swiglu", shared_experts=1)),
-                  ("gelu-capacity", tiny_model(experts=2 * world, capacity_factor=1.0))]
+        shape = dict(experts=given.experts, layers=given.layers) if given else dict(experts=2 * world)
+        models = [("swiglu-shared", tiny_model(**shape, expert_kind="swiglu", shared_experts=1)),
+                  ("gelu-capacity", tiny_model(**shape, capacity_factor=1.0))]
         if a.bad:
             m = models[0][1]
             mod = PlacedMoE(m, [Placement.static(m.experts, world, 3)] * m.layers, rank, world)
@@ -117,7 +134,9 @@ def _main(argv: list[str] | None) -> int:
             PlacedStep(mod).apply_placement([bad] * m.layers)
         good = True
         for label, m in models:
-            r = check(label, m, rank, world, a.steps, a.tol)
+            sched = given or builtin(m, world)
+            steps = max(a.steps, sched.changes[-1][0] + 2) if given else a.steps
+            r = check(label, m, rank, world, steps, a.tol, sched)
             good &= r["ok"]
             if rank == 0:
                 with open(a.out, "a") as f:

@@ -20,15 +20,14 @@ Forward of one layer on rank r (T tokens, k copies each; copies beyond capacity 
 
 Gradients (:meth:`PlacedStep.reduce`): dense gradients are summed over the world; the
 gradient of expert e is the sum of its replicas' gradients (each saw part of e's copies),
-all-reduced so that every replica holds the full gradient and takes the same optimizer
-step: replicas stay identical. The sum runs as one world all-reduce of an [E, P_e] buffer
-in which every rank writes the experts it holds (zeros elsewhere): exact, simple, and E
-times the bytes of per-group all-reduces (the cost model, :mod:`moesched.placement`,
-prices per-group rings; this executor is the exactness reference, not the fast path).
+all-reduced over the process group of e's replicas so that every replica holds the full
+gradient and takes the same optimizer step: replicas stay identical (the ring the cost
+model, :mod:`moesched.placement`, prices).
 
 :meth:`PlacedStep.apply_placement` moves experts between steps: every replica a new
 placement adds is copied, parameters *and* Adam state (``exp_avg``, ``exp_avg_sq``,
-``step``), from the lowest-ranked current holder (:meth:`Placement.moves`); replicas it
+``step``), from the lowest-ranked current holder (:meth:`Placement.moves`), point to point;
+replicas it
 removes are freed, and the optimizer's parameter groups and state follow, so training
 continues exactly as if nothing moved.
 """
@@ -168,7 +167,7 @@ class PlacedMoE(nn.Module):
         rows = uf[t[order]]
         recv = _A2A.apply(rows, recv_split, send_split)
         rexp = torch.arange(E).repeat(W).repeat_interleave(rcnt).to(recv.device)
-        res = torch.zeros_like(recv)
+        res = recv * 0  # tied to recv: every rank runs the backward all-to-all, even one holding no expert
         for x in torch.unique(rexp).tolist():
             sel = (rexp == x).nonzero(as_tuple=True)[0]
             w = self.expert(layer, x)

@@ -20,6 +20,15 @@ class PlacedStep:
 
     def __init__(self, model: PlacedMoE) -> None:
         self.model = model
+        self._groups: dict[tuple[int, ...], object] = {}
+
+    def group(self, ranks: tuple[int, ...]) -> object:
+        """The process group of ``ranks`` (made once; every rank of the job must call this
+        for the same rank sets in the same order, as ``dist.new_group`` requires)."""
+        g = self._groups.get(ranks)
+        if g is None:
+            g = self._groups[ranks] = dist.new_group(list(ranks))
+        return g
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of mean((y - target)^2) (the reference's loss); gradients reduced."""
@@ -32,22 +41,23 @@ class PlacedStep:
         return total / self.model.world
 
     def reduce(self) -> None:
-        """Dense gradients summed over the world; each expert's over its replicas (a world
-        all-reduce of an [E, P_e] buffer, zeros where a rank holds no replica)."""
+        """Dense gradients summed over the world; each replicated expert's over the group of
+        its replicas (experts in ascending order on every rank; one all-reduce each)."""
         mod = self.model
         dense = [p for p in mod.dense_params()]
         flat = torch.cat([_grad(p).reshape(-1) for p in dense])
         dist.all_reduce(flat)
         _scatter(flat, [p.grad for p in dense])
         for l, plc in enumerate(mod.placements):
-            held = plc.held()[mod.rank]
-            size = sum(p.numel() for p in mod.expert(l, held[0])) if held else _expert_numel(mod)
-            buf = torch.zeros(plc.experts, size, dtype=mod.dtype, device=mod.device)
-            for e in held:
-                buf[e] = torch.cat([_grad(p).reshape(-1) for p in mod.expert(l, e)])
-            dist.all_reduce(buf)
-            for e in held:
-                _scatter(buf[e], [p.grad for p in mod.expert(l, e)])
+            for e, reps in enumerate(plc.replicas):
+                if len(reps) < 2:
+                    continue
+                g = self.group(reps)
+                if mod.rank in reps:
+                    ps = mod.expert(l, e)
+                    buf = torch.cat([_grad(p).reshape(-1) for p in ps])
+                    dist.all_reduce(buf, group=g)
+                    _scatter(buf, [p.grad for p in ps])
 
     def apply_placement(self, new: Sequence[Placement], optimizer: torch.optim.Optimizer | None = None) -> int:
         """Move to placements ``new`` (one per layer): every added replica gets parameters and
@@ -68,20 +78,19 @@ class PlacedStep:
     def _move_layer(self, l: int, old: Placement, new: Placement, opt: torch.optim.Optimizer | None) -> int:
         mod, me = self.model, self.model.rank
         moves = old.moves(new)
-        experts = sorted({e for e, _, _ in moves})
         n = _expert_numel(mod)
         width = n * (1 + len(ADAM_STATE)) + 2  # params, moments, step, "has state"
-        buf = torch.zeros(len(experts), width, dtype=torch.float64 if mod.dtype == torch.float64 else torch.float32,
-                          device=mod.device)
-        for i, e in enumerate(experts):
-            if old.replicas[e][0] == me:
-                buf[i] = _pack(mod.expert(l, e), opt, n, width)
-        if experts:
-            dist.all_reduce(buf)
         group = _expert_group(opt, mod)
-        for i, e in enumerate(experts):
-            if me in new.replicas[e] and me not in old.replicas[e]:
-                self._install(l, e, buf[i], opt, group, n)
+        # point to point, in the one global order of the moves: each rank takes part only in
+        # its own, and the earliest move not done always has both ends at it (no deadlock)
+        for e, src, dst in moves:
+            if me == src:
+                dist.send(_pack(mod.expert(l, e), opt, n, width), dst)
+            elif me == dst:
+                row = torch.empty(width, dtype=torch.float64 if mod.dtype == torch.float64 else torch.float32,
+                                  device=mod.device)
+                dist.recv(row, src)
+                self._install(l, e, row, opt, group, n)
         for e in range(old.experts):
             if me in old.replicas[e] and me not in new.replicas[e]:
                 self._free(l, e, opt)

@@ -26,6 +26,8 @@ from moesched.placement_policies import (LayerDecision, PolicyConfig, eplb, flex
                                          mean_loads)
 from moesched.placement_search import search
 
+#: Largest Zipf exponent (beyond it every copy goes to the top k experts anyway).
+MAX_ZIPF_S = 100.0
 POLICIES = ("static", "capacity", "eplb", "flexmoe", "hot", "moesched")
 Loads = Sequence[Sequence[Sequence[float]]]
 
@@ -54,8 +56,8 @@ def zipf_loads(experts: int, layers: int, steps: int, copies: int, s: float, see
     ``drift_steps`` steps (interpolated, so popularity drifts smoothly), times a +-10%
     multiplicative noise, no share above 1/top_k (:func:`cap_shares`); ``copies`` copies
     per layer and step in total."""
-    if s < 0 or steps < 1 or copies < 1:
-        raise MoeschedError(f"zipf: need s >= 0, steps >= 1, copies >= 1 (got {s}, {steps}, {copies})")
+    if not 0 <= s <= MAX_ZIPF_S or steps < 1 or copies < 1:
+        raise MoeschedError(f"zipf: need 0 <= s <= {MAX_ZIPF_S:g}, steps >= 1, copies >= 1 (got {s}, {steps}, {copies})")
     rng = random.Random(seed)
     orders = [rng.sample(range(experts), experts) for _ in range(layers)]
     out = []
@@ -69,7 +71,7 @@ def zipf_loads(experts: int, layers: int, steps: int, copies: int, s: float, see
                 x = (pos[e] + shift) % experts
                 lo, frac = int(x), x - int(x)
                 r = (1 - frac) * (lo + 1) + frac * ((lo + 1) % experts + 1)
-                w.append(rng.uniform(0.9, 1.1) / r ** s)
+                w.append(rng.uniform(0.9, 1.1) * math.exp(-s * math.log(r)))
             step.append([copies * x for x in cap_shares(w, 1.0 / top_k)])
         out.append(step)
     return out
@@ -137,6 +139,8 @@ class ReplayResult:
     migrations: int = 0
     dropped: float = 0.0
     replica_memory_bytes: int = 0
+    #: (step, persistent placement per layer) at step 0 and wherever one changed
+    changes: list[tuple[int, tuple[Placement, ...]]] = field(default_factory=list)
 
     @property
     def total_us(self) -> float:
@@ -190,6 +194,8 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
         res.balance.append(bal / L)
         res.balance_before.append(before / L)
         res.replica_memory_bytes = max(res.replica_memory_bytes, max(mem))
+        if t == 0 or tuple(policy.current) != res.changes[-1][1]:
+            res.changes.append((t, tuple(policy.current)))
         if moved:
             res.migrations += moved
             res.migration_steps.append(t)

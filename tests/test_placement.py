@@ -110,9 +110,12 @@ def test_decision_for_64_experts_on_32_ranks_under_100_ms(cost32):
     loads = zipf_loads(64, 1, 1, 640_000, 1.2)[0][0]
     base = Placement.static(64, 32, 3)
     search(base, loads, cost32, 50)  # warm the cost caches
-    t = time.perf_counter()
-    search(base, loads, cost32, 50)
-    assert time.perf_counter() - t < 0.1
+    times = []
+    for _ in range(3):  # best of three: the machine is shared
+        t = time.perf_counter()
+        search(base, loads, cost32, 50)
+        times.append(time.perf_counter() - t)
+    assert min(times) < 0.1
 
 
 def test_replay_moesched_matches_the_best_non_dropping_policy(cost4):
@@ -156,3 +159,20 @@ def test_the_simulator_prices_a_placement_like_the_cost_model(cost4):
     assert sim_bal < sim_static and model_bal < model_static
     # the two views of the gain agree within 10% (the simulator overlaps, the cost model serialises)
     assert sim_static / sim_bal == pytest.approx(model_static / model_bal, rel=0.1)
+
+
+def test_placement_schedule_round_trip_and_bad_files(tmp_path):
+    from moesched.placement_schedule import PlacementSchedule
+    a, b = Placement.static(4, 2, 3), Placement.of([[0, 1], [0], [1], [1]], 2, 3)
+    s = PlacementSchedule("eplb", ((0, (a, a)), (5, (b, a))))
+    s.save(tmp_path / "s.json")
+    t = PlacementSchedule.load(tmp_path / "s.json")
+    assert t == s and t.at(5) == (b, a) and t.at(4) is None
+    d = s.to_dict()
+    d["changes"][1]["layers"][0]["replicas"][0] = [0, 0]
+    with pytest.raises(MoeschedError, match="named twice"):
+        PlacementSchedule.from_dict(d)
+    with pytest.raises(MoeschedError, match="step 0"):
+        PlacementSchedule("x", ((3, (a,)),))
+    with pytest.raises(MoeschedError, match="differs"):
+        PlacementSchedule("x", ((0, (a,)), (2, (a, a))))

@@ -1,9 +1,13 @@
 """``moesched placement``: the table, the CSV and plot outputs, and bad input (one line, exit 2)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moesched.cli import main
+
+TRACE = str(Path(__file__).resolve().parents[1] / "routing" / "h200-bytelm-L4-E16-dsv3.jsonl")
 
 BASE = ["placement", "--model", "DeepSeek-V2-Lite", "--layers", "2", "--steps", "30", "--interval", "10"]
 
@@ -25,6 +29,7 @@ def test_placement_replays_every_policy(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, msg", [
     (["--routing", "zipf:abc"], "expected zipf:S"),
+    (["--routing", "zipf:5000"], "s <= 100"),
     (["--routing", "zipf:1", "--policies", "static,nope"], "--policies"),
     (["--routing", "zipf:1", "--interval", "0"], "--interval"),
     (["--routing", "zipf:1", "--threshold", "0.5"], "--threshold"),
@@ -37,3 +42,19 @@ def test_bad_input_is_one_line_and_exit_2(extra, msg, capsys):
     assert main(BASE + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error:") and msg in err[0], err
+
+
+def test_placement_replays_a_shipped_trace(capsys):
+    argv = ["placement", "--model", "GPT2-XL-MoE", "--layers", "2", "--interval", "25",
+            "--routing", TRACE]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "recorded on EP" in out
+    total = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
+             if line.split() and line.split()[0] in ("static", "eplb", "flexmoe", "hot", "moesched", "ideal")}
+    assert total["moesched"] <= min(total[n] for n in ("static", "eplb", "flexmoe", "hot"))
+    assert total["ideal"] / total["moesched"] >= 0.9
+    # a trace of 16 experts on a model of 8: one line, exit 2
+    assert main(["placement", "--model", "Mixtral-7B-FSMoE", "--routing", TRACE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "16 experts" in err[0]

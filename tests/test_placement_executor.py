@@ -43,3 +43,18 @@ def test_a_bad_placement_is_one_line_and_exit_2_on_every_rank(tmp_path):
     assert r.returncode == 2 and not r.stdout.strip()
     assert r.stderr.strip().startswith("moesched: error: rank") and "named twice" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_schedule_from_the_replay_trains_like_the_reference(tmp_path):
+    from moesched.cli import main
+    sched = tmp_path / "s.json"
+    assert main(["placement", "--model", "Mixtral-7B-FSMoE", "--layers", "2", "--cluster", "1x2", "--routing",
+                 "zipf:1.5", "--steps", "12", "--interval", "4", "--slots", "2", "--policies", "static,eplb",
+                 "--schedule-out", str(sched), "--schedule-policy", "eplb"]) == 0
+    out = tmp_path / "r.jsonl"
+    r = torchrun(2, ["--out", str(out), "--schedule", str(sched)])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    res = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(res) == 2 and all(x["ok"] and x["copied"] > 0 for x in res), res
+    r = torchrun(4, ["--out", str(tmp_path / "bad.jsonl"), "--schedule", str(sched)], launcher="executor.launch")
+    assert r.returncode == 2 and "is for 2 ranks, this job has 4" in r.stderr, r.stderr[-2000:]

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slots", type=int, default=1, help="extra expert slots per rank and layer (default 1)")
     parser.add_argument("--csv", default=None, help="write per-step rows (policy, step, step_us, balance, ...)")
     parser.add_argument("--png", default=None, help="write a plot of step time and balance ratio over the steps")
+    parser.add_argument("--schedule-out", default=None, metavar="PATH",
+                        help="write the placements one policy chose, by step (executor.placecheck --schedule runs it)")
+    parser.add_argument("--schedule-policy", default="moesched", help="the policy of --schedule-out (default moesched)")
 
 
 def _policies(text: str) -> list[str]:
@@ -81,9 +84,12 @@ def check_replica_memory(model: MoEModel, cost: PlacementCost, slots_extra: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    check_command_outputs(args, {"--csv": args.csv, "--png": args.png},
+    check_command_outputs(args, {"--csv": args.csv, "--png": args.png, "--schedule-out": args.schedule_out},
                           {"--routing": None if args.routing.startswith("zipf") else args.routing})
     names = _policies(args.policies)
+    if args.schedule_out and args.schedule_policy not in names:
+        raise MoeschedError(f"--schedule-policy {args.schedule_policy!r} is not among the replayed policies "
+                            f"({', '.join(names)})")
     cfg = PolicyConfig(args.interval, args.threshold, args.capacity_factor)
     if not 0 <= args.slots <= 1024:
         raise MoeschedError(f"--slots must be between 0 and 1024 extra slots, got {args.slots}")
@@ -99,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_atomic(args.csv, csv_text(res))
         print(f"per-step rows written to {args.csv}")
+    if args.schedule_out:
+        from moesched.placement_schedule import PlacementSchedule
+        r = res[args.schedule_policy]
+        PlacementSchedule(r.policy, tuple(r.changes)).save(args.schedule_out)
+        print(f"placements of {r.policy} ({len(r.changes)} changes) written to {args.schedule_out}")
     if args.png:
         from moesched.placement_figure import replay_figure
         from moesched.figures import save_png
