@@ -32,8 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from moesched.errors import MoeschedError
+
+if TYPE_CHECKING:
+    from moesched.models import MoEModel
 
 ORDERS = ("ASAS", "AASS")
 
@@ -97,6 +101,14 @@ class DepModel:
     def with_seq(self, seq_len: int, layers: int | None = None) -> "DepModel":
         from dataclasses import replace
         return replace(self, seq_len=seq_len, layers=self.layers if layers is None else layers)
+
+
+def dep_model(m: "MoEModel", seq_len: int | None = None) -> DepModel:
+    """The DEP shapes of a moesched model (its heads, head size, key/value heads, experts and
+    shared experts; the expert GEMMs counted as the paper's three per expert)."""
+    hd = m.head_dim or m.d_model // m.heads
+    return DepModel(m.name, m.layers, seq_len or m.seq_len, m.d_model, m.heads, hd, hd, m.kv_heads or m.heads,
+                    m.ffn_hidden, m.experts, m.top_k, m.shared_experts, m.bytes_per_elem)
 
 
 #: The paper's two models (its §5), at the layer counts of testbed A: DeepSeek-V2 (shared

@@ -18,6 +18,9 @@ from moesched.findep import (ORDERS, DepConfig, DepCosts, DepModel, Schedule, Ta
 Times = Callable[[int, int], TaskTimes]
 #: Most expert-side chunks searched (the paper's r2 stays in the tens).
 R2_MAX = 64
+#: Largest r1 at which Algorithm 1 also tries AASS (evaluated, not closed-form): with more
+#: micro-batches the orders differ only in the pipeline's fill, under 1/64 of a layer.
+AASS_MAX_R1 = 64
 #: MegaScale-Infer's cap on PPPipe's micro-batches (N_m = 4: more hurt GEMM efficiency).
 PPPIPE_MAX_MICROBATCHES = 4
 
@@ -82,7 +85,8 @@ def best_r2(times: Times, layers: int, cfg: DepConfig, r2_max: int, exact: bool)
 def algorithm1(m: DepModel, times: Times, ag: int, m_max: int, exact: bool = False) -> DepResult:
     """FinDEP's Algorithm 1: m_a from M_max down to 1 with the largest r1 memory allows
     (r1 m_a <= M_max), keeping only the Pareto frontier of (m_a, r1) (a repeated r1 is
-    skipped); for each order (ASAS, AASS) the best r2; the highest throughput wins.
+    skipped); the best r2 of ASAS by a convex search on Eq. 13, and AASS at that r2 +- 1
+    (up to :data:`AASS_MAX_R1` micro-batches); the highest throughput wins.
     ``exact=False`` prices the search by :func:`evaluate`'s fast forms; the winner is
     evaluated exactly."""
     if m_max < 1:
@@ -93,10 +97,13 @@ def algorithm1(m: DepModel, times: Times, ag: int, m_max: int, exact: bool = Fal
         if r1 == 0 or r1 == prev:
             continue
         prev = r1
-        for order in ORDERS:
-            cfg = DepConfig(m_a, r1, 1, order)
-            r2, span = best_r2(times, m.layers, cfg, r2_limit(m, ag, m_a), exact)
-            cand = DepResult("findep", replace(cfg, r2=r2), span)
+        top = r2_limit(m, ag, m_a)
+        r2, span = best_r2(times, m.layers, DepConfig(m_a, r1, 1, "ASAS"), top, exact)
+        cands = [DepResult("findep", DepConfig(m_a, r1, r2, "ASAS"), span)]
+        if r1 <= AASS_MAX_R1:  # AASS near ASAS's best r2 (the same convex trade-off in r2)
+            cands += [DepResult("findep", cfg, evaluate(times, m.layers, cfg, exact))
+                      for cfg in (DepConfig(m_a, r1, q, "AASS") for q in (r2 - 1, r2, r2 + 1) if 1 <= q <= top)]
+        for cand in cands:
             if best is None or _rate(cand) > _rate(best):
                 best = cand
     assert best is not None
@@ -140,7 +147,8 @@ def naive_dep(m: DepModel, times: Times, ag: int, m_max: int) -> DepResult:
 def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult, budget: int = 200) -> DepResult:
     """moesched: from FinDEP's configuration, a local search over any attention-group
     order (not only ASAS/AASS: a shared-expert task moved to any later slot) and r2 +- 1,
-    on the exact evaluation; never worse than ``start``."""
+    on the exact evaluation, first improvement, at most ``budget`` evaluations; never worse
+    than ``start``."""
     t0 = time.perf_counter()
     cfg = start.config
     seq = list(start.ag_order or ag_sequence(cfg.order, cfg.r1))
@@ -149,6 +157,8 @@ def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult,
     while improved and evals < budget:
         improved = False
         for cand_cfg, cand_seq in _neighbours(best_cfg, seq, r2_limit(m, ag, cfg.m_a)):
+            if evals >= budget:
+                break
             evals += 1
             span = makespan_ms(times(cand_cfg.m_a, cand_cfg.r2), m.layers, cand_cfg, cand_seq).makespan_ms
             if span < best_span - 1e-9:
@@ -158,8 +168,11 @@ def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult,
 
 
 def _neighbours(cfg: DepConfig, seq: list[tuple[str, int]], r2_max: int):
-    """Orders with one shared-expert task moved to another slot after its attention, and
-    the same order at r2 - 1 and r2 + 1."""
+    """The same order at r2 - 1 and r2 + 1, then orders with one shared-expert task moved
+    to another slot after its attention."""
+    for r2 in (cfg.r2 - 1, cfg.r2 + 1):
+        if 1 <= r2 <= r2_max:
+            yield replace(cfg, r2=r2), seq
     for pos, (k, i) in enumerate(seq):
         if k != "s":
             continue
@@ -168,9 +181,6 @@ def _neighbours(cfg: DepConfig, seq: list[tuple[str, int]], r2_max: int):
         for new in range(first, len(rest) + 1):
             if new != pos:
                 yield cfg, rest[:new] + [(k, i)] + rest[new:]
-    for r2 in (cfg.r2 - 1, cfg.r2 + 1):
-        if 1 <= r2 <= r2_max:
-            yield replace(cfg, r2=r2), seq
 
 
 def schedule_of(times: Times, layers: int, r: DepResult) -> Schedule:

@@ -17,8 +17,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from moesched.commands import solve_inference
 from moesched.commands.routing import add_routing_arguments, check_routing, choose_under_routing
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
+from moesched.errors import MoeschedError
 from moesched.memory import GB, ZERO_STAGES
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop searching after S seconds and keep the best plan so far")
     parser.add_argument("--trace", default=None, help="write the predicted Chrome trace (Perfetto) here")
     add_routing_arguments(parser)
+    solve_inference.add_arguments(parser)
 
 
 def _progress(t0: float):
@@ -58,6 +61,11 @@ def _progress(t0: float):
 
 def run(args: argparse.Namespace) -> int:
     from moesched.solve.layout import solve_layout
+
+    if args.mode == "inference":
+        return solve_inference.run(args)
+    if args.ag is not None or args.eg is not None:
+        raise MoeschedError("--ag and --eg are for --mode inference")
 
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
