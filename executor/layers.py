@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 
 from executor import routers
@@ -123,6 +124,9 @@ class MoEModule(nn.Module):
         super().__init__()
         if m.experts % ep:
             raise ValueError(f"experts={m.experts} not divisible by ep={ep}")
+        if m.dense_layers:
+            raise MoeschedError(f"model {m.name}: the executor does not run dense (non-MoE) layers yet "
+                                f"(dense_layers={list(m.dense_layers)})")
         self.cfg, self.ep, self.ep_rank = m, ep, ep_rank
         self.device = torch.device(device)
         self.dtype = dtype or TORCH_DTYPES[m.dtype]

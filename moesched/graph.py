@@ -384,6 +384,9 @@ def _builder(model: MoEModel, cluster: Cluster, profile: Profile | None, knobs: 
     else:
         check_setup(model.experts, cluster, profile)
     knobs.check(model.layers, model.tokens, model.micro_batch)
+    if model.dense_layers:
+        raise MoeschedError(f"model {model.name}: dense (non-MoE) layers are not scheduled yet "
+                            f"(dense_layers={list(model.dense_layers)})")
     if not cached:
         return _Builder(model, cluster, profile, knobs).body().with_grads(knobs)
     key = (id(profile), model, cluster, knobs.r_fwd, knobs.r_bwd, knobs.at_chunked, knobs.a2a)
