@@ -144,9 +144,12 @@ def update_bias(bias: torch.Tensor, load: torch.Tensor, rate: float) -> None:
 
 def expert_counts(idxs: list[torch.Tensor], experts: int) -> torch.Tensor:
     """[layers, E] int64: copies per expert of each layer's expert ids idxs[l] [T, k] (an
-    index_add, no host sync)."""
-    out = torch.zeros(len(idxs), experts, dtype=torch.long, device=idxs[0].device)
+    index_add, no host sync); None for a dense layer (a row of zeros)."""
+    dev = next(i.device for i in idxs if i is not None)
+    out = torch.zeros(len(idxs), experts, dtype=torch.long, device=dev)
     for l, idx in enumerate(idxs):
+        if idx is None:  # a dense layer: no routing
+            continue
         flat = idx.reshape(-1)
         out[l].index_add_(0, flat, torch.ones_like(flat))
     return out
