@@ -69,3 +69,34 @@ def test_reference_model_dense_layer_is_attention_plus_ffn():
     h, u = attention_norm(ref2.blocks(x), blk, m)
     want = h + (F.silu(u @ blk.sw1.t()) * (u @ blk.sw3.t())) @ blk.sw2.t()
     assert torch.allclose(y1, want, atol=1e-6)
+
+
+def _dense_plans(world: int) -> list:
+    import random
+
+    from moesched.cluster import Cluster
+    from moesched.knobs import Knobs
+
+    from executor.testplans import make_plan, tiny_model
+    c = Cluster(1, world)
+    return [
+        make_plan(tiny_model(layers=3, dense_layers=(0,), dense_ffn_hidden=24, expert_kind="swiglu", shared_experts=1),
+                  c, Knobs((2, 1, 4), (1, 4, 2), at_chunked=True, grad_chunk_bytes=777), random.Random(1)),
+        make_plan(tiny_model(layers=3, dense_layers=(1, 2), dense_ffn_hidden=8, capacity_factor=1.0), c,
+                  Knobs((4, 2, 1), (2, 1, 4), grad_sync="after_backward"), random.Random(2)),
+        make_plan(tiny_model(dense_layers=(1,), dense_ffn_hidden=40, router="deepseek_v3", expert_kind="swiglu"), c,
+                  Knobs((1, 2), (2, 2), at_chunked=True, grad_chunk_bytes=500)),
+    ]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_dense_layers_exact_vs_reference(tmp_path, nproc):
+    """The plan interpreter with dense first, middle and last layers (chunked attention,
+    capacity, shared experts in the MoE layers, gradient chunks across a dense layer's
+    bytes, a random task order) equals executor.layers.ReferenceModel over two steps."""
+    from test_executor_exact import results, save
+    plans = _dense_plans(nproc)
+    out = tmp_path / "res.jsonl"
+    r = torchrun(nproc, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out)], free_port())
+    results(out, len(plans), r.stdout + r.stderr)
+    assert r.returncode == 0
