@@ -179,3 +179,10 @@ def test_cli_solves_a_qwen3_moe_config_with_a_dense_first_layer(tmp_path):
     plan = json.loads(out.read_text())
     assert plan["model"]["dense_layers"] == [0] and plan["model"]["dense_ffn_hidden"] == 40
     assert MoEModel.from_dict(plan["model"]).moe_layers == (1, 2, 3) and plan["predicted"]["step_us"] > 0
+
+
+def test_ppmoe_layouts_refuse_dense_layers():
+    from moesched.layouts import Layout, check_layout
+    check_layout(small(), Cluster(1, 4), Layout(1))  # the EP layout runs them
+    with pytest.raises(MoeschedError, match="PPMoE layouts do not model dense"):
+        check_layout(small(), Cluster(1, 4), Layout(2))
