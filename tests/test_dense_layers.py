@@ -186,3 +186,11 @@ def test_ppmoe_layouts_refuse_dense_layers():
     check_layout(small(), Cluster(1, 4), Layout(1))  # the EP layout runs them
     with pytest.raises(MoeschedError, match="PPMoE layouts do not model dense"):
         check_layout(small(), Cluster(1, 4), Layout(2))
+
+
+def test_total_params_count_dense_layers_whole():
+    from moesched.commands.models import total_params
+    m = small()  # layer 0 dense; layers 1, 2 with all 8 experts
+    assert total_params(m) == m.dense_layer_params() + 2 * (m.dense_params_per_layer() + 8 * m.expert_params())
+    p = PRESETS["Mixtral-8x7B"]
+    assert total_params(p) == p.layers * (p.dense_params_per_layer() + p.experts * p.expert_params())
