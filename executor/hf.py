@@ -11,6 +11,7 @@ one by one, fused ones sliced). Names (``model.layers.{l}.`` prefix)::
     experts.{e}.w1|gate_proj -> w1      experts.{e}.w3|up_proj -> w3
     experts.{e}.w2|down_proj -> w2      (or fused experts.gate_up_proj [E, 2H, M], experts.down_proj)
     model.embed_tokens -> embed         model.norm -> norm        lm_head -> head (untied)
+    dense layers: mlp.gate_proj -> sw1, mlp.up_proj -> sw3, mlp.down_proj -> sw2
 
 ``safetensors`` is imported when called (it is in the ``test`` extra, not a dependency).
 """
@@ -87,6 +88,12 @@ def _experts(r: Reader, pre: str, e0: int, e1: int, H: int) -> dict[str, torch.T
     return out
 
 
+def _dense_mlp(r: Reader, pre: str, blk: torch.nn.Module) -> None:
+    """A dense layer's FFN: mlp.{gate,up,down}_proj -> sw1, sw3, sw2."""
+    for mine, n in (("sw1", "gate_proj"), ("sw3", "up_proj"), ("sw2", "down_proj")):
+        _put(getattr(blk, mine), r.get(f"{pre}{n}.weight"), f"{pre}{n}.weight")
+
+
 def load_hf_weights(lm: MoELM, path: str | os.PathLike, reader: Reader | None = None) -> None:
     """Copy the checkpoint's weights into lm (this rank's experts only); refuses missing
     weights and wrong shapes with one line."""
@@ -105,6 +112,9 @@ def load_hf_weights(lm: MoELM, path: str | os.PathLike, reader: Reader | None = 
             _put(blk.q_norm, r.get(b + "self_attn.q_norm.weight"), b + "self_attn.q_norm.weight")
             _put(blk.k_norm, r.get(b + "self_attn.k_norm.weight"), b + "self_attn.k_norm.weight")
         _put(blk.norm2, r.get(b + "post_attention_layernorm.weight"), b + "post_attention_layernorm.weight")
+        if blk.dense:
+            _dense_mlp(r, b + "mlp.", blk)
+            continue
         _put(blk.wg, r.get(moe + "gate.weight"), moe + "gate.weight")
         ex = _experts(r, moe, e0, e0 + el, m.ffn_hidden)
         for n, t in ex.items():

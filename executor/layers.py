@@ -23,6 +23,9 @@ Parameters per layer: dense (reduced over all ranks) ``norm1, wqkv, wo, norm2, w
 shared experts, ``sw1, sw3, sw2`` (hidden shared*H); routed experts stacked ``w1 [El, H, M],
 w3 [El, H, M], w2 [El, M, H]`` for the El = E/ep experts [ep_rank*El, (ep_rank+1)*El) of this
 rank. Counts match ``MoEModel.dense_params_per_layer()`` and ``expert_params()`` exactly.
+A dense layer (``model.dense_layers``) is ``y = h + FFN(u)``: ``norm1, wqkv, wo, norm2`` and
+its FFN in ``sw1, sw3, sw2`` (hidden ``dense_ffn_hidden``), all dense (``dense_layer_params()``);
+no router, no experts.
 Initialisation is deterministic per (seed, layer, name, global expert), so every rank
 builds the same dense parameters and the reference model the same experts.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -72,6 +76,11 @@ class LayerParams(nn.Module):
             self.q_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
             self.k_norm = nn.Parameter(torch.ones(hd, device=device, dtype=dtype))
         self.norm2 = nn.Parameter(torch.ones(M, device=device, dtype=dtype))
+        self.dense = m.is_dense(layer)
+        if self.dense:  # attention + one dense FFN in sw1, (sw3), sw2: no router, no experts
+            self._ffn_params(p, m.dense_ffn_hidden, M)
+            self.xmoe, self.w1, self.w3, self.w2 = False, None, None, None
+            return
         self.xmoe = m.router == "xmoe"
         if self.xmoe:  # X-MoE: Wr [d_r, M], expert embeddings Wg [E, d_r], temperature tau
             self.wr = p("wr", (m.router_dim, M), 1 / math.sqrt(M))
@@ -83,10 +92,7 @@ class LayerParams(nn.Module):
             self.register_buffer("e_bias", torch.zeros(E, device=device, dtype=torch.float32))
         self.shared = m.shared_experts > 0
         if self.shared:
-            sh = m.shared_experts * H
-            self.sw1 = p("sw1", (sh, M), 1 / math.sqrt(M))
-            self.sw3 = p("sw3", (sh, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
-            self.sw2 = p("sw2", (M, sh), 1 / math.sqrt(sh))
+            self._ffn_params(p, m.shared_experts * H, M)
 
         def ex(name: str, shape: tuple[int, ...], std: float) -> nn.Parameter:
             return nn.Parameter(torch.stack([_randn(shape, std, seed, f"L{layer}/{name}/e{ep_rank * el + e}",
@@ -96,12 +102,19 @@ class LayerParams(nn.Module):
         self.w3 = ex("w3", (H, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
         self.w2 = ex("w2", (M, H), 1 / math.sqrt(H))
 
+    def _ffn_params(self, p: "Callable[[str, tuple[int, ...], float], nn.Parameter]", hid: int, M: int) -> None:
+        """The FFN on every token (shared experts, or a dense layer's FFN) of hidden ``hid``."""
+        self.shared = True
+        self.sw1 = p("sw1", (hid, M), 1 / math.sqrt(M))
+        self.sw3 = p("sw3", (hid, M), 1 / math.sqrt(M)) if self.kind == "swiglu" else None
+        self.sw2 = p("sw2", (M, hid), 1 / math.sqrt(hid))
+
     def attention_params(self) -> list[nn.Parameter]:
         """Parameters of the attention and router part: norm1, wqkv, wo, [q_norm, k_norm], norm2, wg,
-        [wr, tau] (xmoe)."""
+        [wr, tau] (xmoe); a dense layer has no wg."""
         qk = [self.q_norm, self.k_norm] if self.qk_norm else []
         xm = [self.wr, self.tau] if self.xmoe else []
-        return [self.norm1, self.wqkv, self.wo, *qk, self.norm2, self.wg, *xm]
+        return [self.norm1, self.wqkv, self.wo, *qk, self.norm2, *([] if self.dense else [self.wg]), *xm]
 
     def dense_params(self) -> list[nn.Parameter]:
         """Fixed order: attention_params(), then [sw1, (sw3), sw2]."""
@@ -111,7 +124,9 @@ class LayerParams(nn.Module):
         return ps
 
     def expert_params(self) -> list[nn.Parameter]:
-        """Fixed order: w1, (w3), w2 (each stacked over local experts)."""
+        """Fixed order: w1, (w3), w2 (each stacked over local experts); none in a dense layer."""
+        if self.dense:
+            return []
         return [self.w1] + ([self.w3] if self.w3 is not None else []) + [self.w2]
 
 
@@ -270,6 +285,9 @@ class ReferenceModel:
             h, u = attention_norm(x, p, m)
             uf = u.reshape(T, M)
             y = h.reshape(T, M)
+            if p.dense:
+                x = (y + self._ffn(uf, p.sw1, p.sw2, p.sw3)).view(B, L, M)
+                continue
             if m.router == "expert_choice":
                 gate, chosen = routers.expert_choice(uf, p, m)
                 t_e = [(chosen[:, e].nonzero(as_tuple=True)[0], gate[:, e]) for e in range(m.experts)]
@@ -307,6 +325,8 @@ class ReferenceModel:
     def update_bias(self) -> None:
         """deepseek_v3: every block's selection bias from ``step_load`` (DeepSeek-V3 Sec. 2.1.2)."""
         for p, ld in zip(self.module.blocks, self.step_load):
+            if p.dense:
+                continue
             routers.update_bias(p.e_bias, ld, self.cfg.bias_update_rate)
 
 

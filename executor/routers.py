@@ -152,9 +152,13 @@ def update_bias(bias: torch.Tensor, load: torch.Tensor, rate: float) -> None:
 def expert_counts(idxs: list[torch.Tensor], experts: int, kept: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[layers, E] int64: copies per expert of each layer's expert ids idxs[l] [T, k] (an
     index_add, no host sync); with ``kept`` masks [T, k] only the kept slots (expert choice:
-    the slots of every expert, kept where it chose the token)."""
-    out = torch.zeros(len(idxs), experts, dtype=torch.long, device=idxs[0].device)
+    the slots of every expert, kept where it chose the token); None for a dense layer (a row
+    of zeros)."""
+    dev = next(i.device for i in idxs if i is not None)
+    out = torch.zeros(len(idxs), experts, dtype=torch.long, device=dev)
     for l, idx in enumerate(idxs):
+        if idx is None:  # a dense layer: no routing
+            continue
         flat = idx.reshape(-1)
         ones = torch.ones_like(flat) if kept is None else kept[l].reshape(-1).long()
         out[l].index_add_(0, flat, ones)

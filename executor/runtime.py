@@ -168,6 +168,7 @@ class PlannedStep:
             self._device_index = self.compute_stream.device.index  # for the issue thread
             # graphed pieces keep no router outputs (auxiliary losses) and have k = top_k slots
             eager = routers.has_aux(m) or m.router == "expert_choice"
+            cuda_graphs = cuda_graphs and not m.dense_layers  # dense layers run eager (not captured)
             self.graphs = graphs.capture(module, plan.knobs, self.layers) if cuda_graphs and not eager else None
             self.route_graphs = route.capture(self.layers, m, plan.knobs) if cuda_graphs and not eager else None
             self.staging = Staging(module.device)
@@ -247,7 +248,8 @@ class PlannedStep:
         rec.cnt = [ls.cnt for ls in ctx.layers]  # host tensors: the step's routing (routing())
         rec.kept = [ls.kept for ls in ctx.layers]  # read by last_dropped (no sync in the step)
         ec = self.plan.model.router == "expert_choice"  # its slots are every expert: count the chosen ones
-        rec.expert_counts = routers.expert_counts([ls.idx for ls in ctx.layers], self.plan.model.experts,
+        rec.expert_counts = routers.expert_counts([None if ls.dense else ls.idx for ls in ctx.layers],
+                                                  self.plan.model.experts,
                                                   [ls.kept for ls in ctx.layers] if ec else None)
         if self.cuda:  # averaged on the GPU (NCCL, dense group = every rank), read once
             loss = ctx.loss.detach().float().reshape(1)
@@ -271,7 +273,8 @@ class PlannedStep:
         load = counts.clone()
         dist.all_reduce(load, group=self.groups.dense)
         for blk, ld in zip(self.module.blocks, load):
-            routers.update_bias(blk.e_bias, ld, self.plan.model.bias_update_rate)
+            if not blk.dense:
+                routers.update_bias(blk.e_bias, ld, self.plan.model.bias_update_rate)
 
     def expert_counts(self) -> torch.Tensor:
         """The last step's copies routed by this rank's tokens to each expert, before capacity:

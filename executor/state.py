@@ -110,7 +110,8 @@ class LayerState:
     every step) zeroes the ones a step accumulates into and drops the per-step rest."""
 
     def __init__(self, T: int, M: int, k: int, E: int, S: int, rf: int, rb: int, device: torch.device,
-                 dtype: torch.dtype, shared_hidden: int):
+                 dtype: torch.dtype, shared_hidden: int, dense: bool = False):
+        self.dense = dense  # a dense layer: attention + the FFN in the shared_* buffers, no routing
         self.T, self.M, self.k, self.E, self.S, self.El, self.rf, self.rb = T, M, k, E, S, E // S, rf, rb
         z = dict(device=device, dtype=dtype)
         self.lock = threading.Lock()                             # ready() may run on both issue threads
@@ -236,4 +237,4 @@ def new_layer_states(m: MoEModel, knobs: Knobs, ep: int, device: torch.device,
     """Fresh per-step states of every layer of model m under the knobs' degrees."""
     sh = m.shared_experts * m.ffn_hidden
     return [LayerState(m.tokens, m.d_model, routers.slots(m), m.experts, ep, knobs.r_fwd[l], knobs.r_bwd[l], device,
-                       dtype, sh) for l in range(m.layers)]
+                       dtype, m.dense_ffn_hidden if m.is_dense(l) else sh, m.is_dense(l)) for l in range(m.layers)]

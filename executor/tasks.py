@@ -44,7 +44,7 @@ from executor import route, routers
 from executor.comm import Groups, a2a, all_reduce_sum, hop_plan
 from executor.ffn import experts_dw, experts_dx, experts_fwd, ffn_dw, ffn_dx, ffn_fwd, grouped
 from executor.graphs import piece_cuts
-from executor.layers import MoEModule, attention_router_out, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
+from executor.layers import MoEModule, attention_norm, attention_router_out, grad_buffers  # noqa: F401  (grad_buffers: re-exported)
 from executor.staging import Staging
 from executor.state import LayerState, Piece, new_layer_states  # noqa: F401
 from moesched.work import chunk_range
@@ -99,6 +99,8 @@ class Ctx:
 def merge(ctx: Ctx, l: int, a: int, b: int) -> torch.Tensor:
     """Output y [b-a, M] of layer l for tokens [a, b): h + shared + sum_j w_j combined_j."""
     ls = ctx.layers[l]
+    if ls.dense:
+        return ls.h[a:b] + ls.shared_out[a:b]
     for c in range(ls.rf):
         fa, fb = ls.frange(c)
         if fa < b and fb > a and not ls.scattered[c]:
@@ -175,6 +177,9 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     p = ctx.module.blocks[l]
     cuts = piece_cuts(ls.T, ls.rb, ctx.knobs.at_chunked, a, b)
     want_dx = l > 0 or ctx.dx is not None
+    if ls.dense:
+        _dense_attn_fwd(ctx, l, x, a, cuts, want_dx)
+        return
     for pa, pb in zip(cuts, cuts[1:]):
         graphed = ctx.graphs.get((l, pa, pb)) if ctx.graphs and (l > 0 or ctx.dx is None) else None
         if graphed is not None:  # writes h, u, w, idx of the piece into the layer state
@@ -197,6 +202,18 @@ def attn_fwd(ctx: Ctx, l: int, c: int, n: int) -> None:
     ls.defer(chunks, lambda: _resolve_counts(ctx, ls, chunks, get))
     if ctx.meta_stream is None:
         ls.ready(c)
+
+
+def _dense_attn_fwd(ctx: Ctx, l: int, x: torch.Tensor, a: int, cuts: list[int], want_dx: bool) -> None:
+    """Attention + norms of dense layer l (no router) for the pieces [cuts[i], cuts[i+1])."""
+    m, ls, p = ctx.cfg, ctx.layers[l], ctx.module.blocks[l]
+    for pa, pb in zip(cuts, cuts[1:]):
+        xl = x[pa - a:pb - a].detach().reshape(-1, m.seq_len, m.d_model).requires_grad_(want_dx)
+        with torch.enable_grad():
+            h, u = attention_norm(xl, p, m)
+        ls.pieces.append(Piece(pa, pb, xl, h, u))
+        ls.h[pa:pb] = h.detach().reshape(-1, m.d_model)
+        ls.u[pa:pb] = u.detach().reshape(-1, m.d_model)
 
 
 @torch.no_grad()
@@ -246,7 +263,8 @@ def loss(ctx: Ctx, l: int, c: int, n: int) -> None:
         ctx.loss = (diff * diff).mean().detach()
         ls.dy.copy_(diff * (2.0 / (diff.numel() * ctx.world)))
     if routers.has_aux(ctx.cfg):  # every layer's forward is done: f_i and every piece are known
-        ctx.loss = ctx.loss + sum(_piece_aux(ctx, ll, pc).detach() for ll in ctx.layers for pc in ll.pieces)
+        ctx.loss = ctx.loss + sum(_piece_aux(ctx, ll, pc).detach() for ll in ctx.layers for pc in ll.pieces
+                                  if not ll.dense)
     _mark_ready(ctx, len(ctx.layers) - 1, 0, ls.T)
 
 
@@ -262,6 +280,8 @@ def _mark_ready(ctx: Ctx, l: int, a: int, b: int) -> None:
     backward chunks now covered (:func:`executor.route.rows_bwd`), cut to the kept copies."""
     ls, rg = ctx.layers[l], ctx.route_graphs
     ls.dy_ready[a:b] = b"\x01" * (b - a)
+    if ls.dense:  # no combine_bwd
+        return
     for j in range(ls.rb):
         ja, jb = ls.brange(j)
         if ls.bsend[j] is None and ls.dy_ready.find(0, ja, jb) < 0:
@@ -345,10 +365,13 @@ def attn_bwd(ctx: Ctx, l: int, c: int, n: int) -> None:
             if l > 0:
                 _mark_ready(ctx, l - 1, pc.a, pc.b)
             continue
-        if dw is None:
+        if dw is None and not ls.dense:
             comb = ls.comb_full.view(ls.T, ls.k, ls.M)[a:b]
             dw = (ls.dy[a:b, None, :].float() * comb.float()).sum(-1)
-        outs, seeds = [pc.h, pc.u, pc.w], [dy[s].view_as(pc.h), du[s].view_as(pc.u), dw[s].view_as(pc.w)]
+        outs, seeds = [pc.h, pc.u], [dy[s].view_as(pc.h), du[s].view_as(pc.u)]
+        if pc.w is not None:
+            outs.append(pc.w)
+            seeds.append(dw[s].view_as(pc.w))
         if pc.router is not None:  # d(aux_r / world) for the auxiliary router losses
             with torch.enable_grad():
                 outs.append(_piece_aux(ctx, ls, pc))

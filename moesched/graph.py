@@ -37,10 +37,13 @@ from the builder's lists, without a DiGraph (the solver builds thousands of grap
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import OrderedDict
 
 import networkx as nx
 
+from moesched import dense as dense_layers
 from moesched import memory, work
 from moesched.cluster import Cluster, check_setup, collective_us, comm_model
 from moesched.errors import MoeschedError
@@ -74,6 +77,7 @@ def chunk_tokens(tokens: int, nchunks: int) -> list[int]:
 _FLOPS = {
     "attn_fwd": work.attn_fwd_flops, "attn_bwd": work.attn_bwd_flops,
     "expert_fwd": work.expert_fwd_flops, "expert_dx": work.expert_fwd_flops, "expert_dw": work.expert_fwd_flops,
+    # shared_*: also a dense layer's FFN, on moesched.dense.ffn_view
     "shared_fwd": work.shared_fwd_flops, "shared_bwd": lambda m, t: 2 * work.shared_fwd_flops(m, t),
     "loss": work.loss_elements,  # not FLOPs: elements of the merged output (profile.OPTIONAL_COMPUTE_KINDS)
 }
@@ -150,14 +154,19 @@ class _Builder:
         return i
 
     def compute(self, name: str, deps: list[int], kind: str, layer: int, chunk: int, nchunks: int, phase: str,
-                tokens: int) -> int:
-        """A compute task of ``kind`` on ``tokens`` tokens; FLOPs and µs looked up once per build."""
-        hit = self.costs.get((kind, tokens))
+                tokens: int, dense_ffn: bool = False) -> int:
+        """A compute task of ``kind`` on ``tokens`` tokens; FLOPs and µs looked up once per build.
+        ``dense_ffn``: the shared_fwd/shared_bwd task is a dense layer's FFN, priced as the
+        shared expert of :func:`moesched.dense.ffn_view`."""
+        key = (kind, tokens, True) if dense_ffn else (kind, tokens)
+        hit = self.costs.get(key)
         if hit is None:
-            flops = _FLOPS[kind](self.m, tokens)
-            hit = self.costs[(kind, tokens)] = (flops, 0.0 if self.p is None else
-                                                self.p.compute_us(kind, float(flops), self.shape,
-                                                                 self.m, self.c.ep_size))
+            m, shape = (dense_layers.ffn_view(self.m), None) if dense_ffn else (self.m, self.shape)
+            if shape is None:
+                shape = m.shape_key()
+            flops = _FLOPS[kind](m, tokens)
+            hit = self.costs[key] = (flops, 0.0 if self.p is None else
+                                     self.p.compute_us(kind, float(flops), shape, m, self.c.ep_size))
         attrs = {"kind": kind, "layer": layer, "chunk": chunk, "nchunks": nchunks, "phase": phase,
                  "resource": COMPUTE, "tokens": tokens, "work": hit[0]}
         return self.add(name, deps, RES_INDEX[COMPUTE], hit[1], attrs)
@@ -195,6 +204,9 @@ class _Builder:
         for l in range(L):
             r = k.r_fwd[l]
             toks = chunk_tokens(T, r)
+            if m.is_dense(l):
+                prev_out = self.dense_fwd(l, r, toks, prev_out)
+                continue
             if k.at_chunked:
                 same = prev_out and len(prev_out) == r
                 attn: list[int] = []
@@ -227,6 +239,9 @@ class _Builder:
         for l in reversed(range(L)):
             rb = k.r_bwd[l]
             toks = chunk_tokens(T, rb)
+            if m.is_dense(l):
+                gout, dense[l], expert[l] = self.dense_bwd(l, rb, toks, gout)
+                continue
             same = len(gout) == rb
             into_attn: list[list[int]] = []
             dws, ready = [], []
@@ -262,6 +277,32 @@ class _Builder:
         self.succ = [tuple(s) for s in succ]
         return self
 
+    def dense_fwd(self, l: int, r: int, toks: list[int], prev_out: list[list[int]]) -> list[list[int]]:
+        """Forward of dense layer ``l`` in ``r`` chunks: attention (chunked or not, as in an
+        MoE layer), then the dense FFN of each chunk; returns the tasks making each output chunk."""
+        T, same = self.m.tokens, prev_out and len(prev_out) == r
+        if self.k.at_chunked:
+            attn = [self.compute(tid(l, "fwd", "attn_fwd", c), prev_out[c] if same else _flat(prev_out), "attn_fwd",
+                                 l, c, r, "fwd", toks[c]) for c in range(r)]
+        else:
+            attn = [self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T)] * r
+        return [[self.compute(tid(l, "fwd", "shared_fwd", c), [attn[c]], "shared_fwd", l, c, r, "fwd", toks[c], True)]
+                for c in range(r)]
+
+    def dense_bwd(self, l: int, rb: int, toks: list[int], gout: list[list[int]]
+                  ) -> tuple[list[list[int]], list[int], list[int]]:
+        """Backward of dense layer ``l`` in ``rb`` chunks: the dense FFN's, then attention's;
+        returns (gradient of the layer input per chunk, tasks making its dense gradients, [])."""
+        same = len(gout) == rb
+        ffn = [self.compute(tid(l, "bwd", "shared_bwd", c), gout[c] if same else _flat(gout), "shared_bwd", l, c, rb,
+                            "bwd", toks[c], True) for c in range(rb)]
+        if self.k.at_chunked:
+            attn = [self.compute(tid(l, "bwd", "attn_bwd", c), [ffn[c]], "attn_bwd", l, c, rb, "bwd", toks[c])
+                    for c in range(rb)]
+            return [[a] for a in attn], attn + ffn, []
+        attn = [self.compute(tid(l, "bwd", "attn_bwd", 0), ffn, "attn_bwd", l, 0, 1, "bwd", self.m.tokens)]
+        return [attn], attn + ffn, []
+
     def with_grads(self, knobs: Knobs) -> "_Builder":
         """A builder holding a copy of this body plus the gradient chunks of ``knobs``
         (whose degrees, attention chunking and all-to-all kind are this body's)."""
@@ -271,19 +312,22 @@ class _Builder:
         for col in ("names", "res", "dur", "kind", "phase", "layer", "layers", "preds"):
             setattr(b, col, list(getattr(self, col)))
         m, c = self.m, self.c
-        b.grad_chunks("dense", work.dense_grad_bytes(m), c.scope("dp"), "dp")
+        b.grad_chunks("dense", dense_layers.grad_bytes_per_layer(m, "dense", c.ep_size), c.scope("dp"), "dp")
         if c.expert_dp > 1:
-            b.grad_chunks("expert", work.expert_grad_bytes(m, c.ep_size), c.scope("expert_dp"), "expert_dp")
+            b.grad_chunks("expert", dense_layers.grad_bytes_per_layer(m, "expert", c.ep_size), c.scope("expert_dp"),
+                          "expert_dp")
         return b
 
-    def grad_chunks(self, group: str, bytes_per_layer: int, scope: str, role: str) -> None:
-        """Cut the group's gradients (last layer first) into chunks of S_p bytes.
+    def grad_chunks(self, group: str, bytes_per_layer: list[int], scope: str, role: str) -> None:
+        """Cut the group's gradients (``bytes_per_layer[l]`` of layer l, laid out last layer
+        first; layers of 0 bytes hold none) into chunks of S_p bytes.
 
         With small S_p a step has thousands of chunks, all but the last of one size: the
         cost is looked up once per size and the dependencies once per range of layers
         (chunks of one range share one tuple)."""
-        L = self.m.layers
-        total = bytes_per_layer * L
+        held = [l for l in reversed(range(self.m.layers)) if bytes_per_layer[l]]  # layers in buffer order
+        ends = list(itertools.accumulate(bytes_per_layer[l] for l in held))  # end offset of each
+        total = ends[-1]
         size = total if self.k.grad_chunk_bytes is None else min(self.k.grad_chunk_bytes, total)
         count = -(-total // size)
         size_last = total - (count - 1) * size
@@ -293,11 +337,12 @@ class _Builder:
         per = []  # (layers, predecessors) of each chunk
         for i in range(count):
             off = i * size
-            # positions (last layer first) of the chunk's first and last byte
-            first, last = off // bytes_per_layer, (off + (size if i < count - 1 else size_last) - 1) // bytes_per_layer
+            # positions (in buffer order) of the layers of the chunk's first and last byte
+            first = bisect.bisect_right(ends, off)
+            last = bisect.bisect_right(ends, off + (size if i < count - 1 else size_last) - 1)
             hit = spans.get((first, last))
             if hit is None:
-                layers = tuple(L - 1 - p for p in range(first, last + 1))
+                layers = tuple(held[p] for p in range(first, last + 1))
                 hit = spans[(first, last)] = (layers, tuple(dict.fromkeys(t for l in layers for t in ready[l])))
             per.append(hit)
         k0 = len(self.names)

@@ -4,11 +4,14 @@ Read fields (``model_type`` "mixtral" or "qwen3_moe"): num_hidden_layers, hidden
 num_attention_heads, num_key_value_heads, head_dim, intermediate_size (Mixtral) or
 moe_intermediate_size (Qwen3-MoE), num_local_experts / num_experts, num_experts_per_tok,
 rms_norm_eps, rope_theta (or rope_parameters.rope_theta), norm_topk_prob (Qwen3-MoE;
-Mixtral always renormalises), vocab_size, tie_word_embeddings. Qwen3-MoE has an RMSNorm per
+Mixtral always renormalises), vocab_size, tie_word_embeddings; dense (non-MoE) layers
+(:func:`dense_fields`): Qwen2/3-MoE ``mlp_only_layers`` and ``decoder_sparse_step``,
+DeepSeek-V2/V3 ``first_k_dense_replace`` and ``moe_layer_freq``, their FFN hidden size
+``intermediate_size``. Qwen3-MoE has an RMSNorm per
 query and key head (``qk_norm``). The config holds no sequence length or batch: they are
 arguments. Architecture details the executor does not implement are refused with one
 line: multi-head latent attention (DeepSeek-V2/V3), Qwen2-MoE's gated shared expert and
-attention biases, dense (non-MoE) layers, sliding-window attention, scaled rotary
+attention biases, sliding-window attention, scaled rotary
 embeddings, activations other than SiLU.
 """
 from __future__ import annotations
@@ -73,8 +76,42 @@ def _refuse_unsupported(d: dict, mt: str) -> None:
         raise MoeschedError("sliding-window attention is not supported")
     if d.get("attention_bias"):
         raise MoeschedError("attention biases are not supported")
-    if mt == "qwen3_moe" and (d.get("mlp_only_layers") or d.get("decoder_sparse_step", 1) != 1):
-        raise MoeschedError("dense (non-MoE) layers (mlp_only_layers, decoder_sparse_step) are not supported")
+
+
+def _int(d: dict, key: str, default: int) -> int:
+    v = d.get(key, default)
+    v = default if v is None else v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise MoeschedError(f"Hugging Face config: {key} must be an integer >= 0, got {v!r}")
+    return v
+
+
+def dense_fields(d: dict) -> dict[str, Any]:
+    """``dense_layers`` and ``dense_ffn_hidden`` of a config, as its modelling code decides
+    which layers are MoE (transformers' ``modeling_qwen3_moe`` / ``modeling_deepseek_v3``):
+
+    * Qwen2/3-MoE: layer i is MoE iff i is not in ``mlp_only_layers``, ``num_experts`` > 0
+      and (i + 1) % ``decoder_sparse_step`` == 0;
+    * DeepSeek-V2/V3: layer i is MoE iff ``n_routed_experts`` is set, i >=
+      ``first_k_dense_replace`` and i % ``moe_layer_freq`` == 0;
+    * Mixtral: every layer is MoE.
+
+    A dense layer's FFN is SwiGLU of hidden ``intermediate_size``."""
+    mt, L = d.get("model_type"), _get(d, "num_hidden_layers")
+    if mt in ("qwen2_moe", "qwen3_moe"):
+        only = d.get("mlp_only_layers")
+        only = [] if only is None else only
+        if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in only):
+            raise MoeschedError(f"Hugging Face config: mlp_only_layers must be a list of integers, got {only!r}")
+        step = _int(d, "decoder_sparse_step", 1) or 1
+        moe = [i not in only and _int(d, "num_experts", 1) > 0 and (i + 1) % step == 0 for i in range(L)]
+    elif mt in ("deepseek_v2", "deepseek_v3"):
+        k, freq = _int(d, "first_k_dense_replace", 0), _int(d, "moe_layer_freq", 1) or 1
+        moe = [d.get("n_routed_experts") is not None and i >= k and i % freq == 0 for i in range(L)]
+    else:
+        moe = [True] * L
+    dense = tuple(i for i in range(L) if not moe[i])
+    return dict(dense_layers=dense, dense_ffn_hidden=_get(d, "intermediate_size") if dense else None)
 
 
 def model_kwargs(path_or_dict: str | os.PathLike | dict) -> dict[str, Any]:
@@ -93,4 +130,5 @@ def model_kwargs(path_or_dict: str | os.PathLike | dict) -> dict[str, Any]:
         head_dim=None if hd is None or hd * heads == M else hd, rope_theta=_rope_theta(d),
         norm_eps=float(_get(d, "rms_norm_eps")), qk_norm=mt == "qwen3_moe",
         norm_topk_prob=True if mt == "mixtral" else bool(d.get("norm_topk_prob", False)),
-        vocab_size=_get(d, "vocab_size"), tie_embeddings=bool(d.get("tie_word_embeddings", False)))
+        vocab_size=_get(d, "vocab_size"), tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+        **dense_fields(d))

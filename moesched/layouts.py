@@ -61,6 +61,9 @@ def check_layout(model: MoEModel, cluster: Cluster, layout: Layout) -> None:
         raise MoeschedError(f"layout: TP size must be a positive integer, got {t!r}")
     if t == 1:
         return
+    if model.dense_layers:
+        raise MoeschedError(f"layout {layout.label()}: PPMoE layouts do not model dense (non-MoE) layers yet "
+                            f"({model.name} has dense_layers={list(model.dense_layers)})")
     for what, n in (("GPUs per node", cluster.gpus_per_node), ("heads", model.heads),
                     ("key/value heads", model.n_kv_heads), ("experts", model.experts)):
         if n % t:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from moesched import dense as dense_layers
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
@@ -104,10 +105,9 @@ def _check_zero(zero: int) -> None:
 
 def param_counts(model: MoEModel, ep: int) -> tuple[int, int]:
     """(dense, expert) parameters held by one rank: every layer's dense parameters, and the
-    E/EP routed experts of its EP rank (``executor.layers.LayerParams``)."""
-    dense = model.layers * model.dense_params_per_layer()
-    expert = model.layers * (model.experts // ep) * model.expert_params()
-    return dense, expert
+    E/EP routed experts of its EP rank (``executor.layers.LayerParams``); a dense layer's
+    parameters are all dense (:func:`moesched.dense.param_counts`)."""
+    return dense_layers.param_counts(model, ep)
 
 
 def activation_bytes_per_layer(model: MoEModel) -> int:
@@ -155,9 +155,12 @@ def rank_memory(model: MoEModel, cluster: Cluster, zero: int = 0) -> RankMemory:
     optimizer = sharded * state if zero >= 1 else (dense + expert) * state
     # The expert side concatenates its saved chunks at the first backward chunk of a layer:
     # one layer's expert tensors twice, once.
-    act = model.layers * activation_bytes_per_layer(model) + \
+    # Dense layers keep their own activations (:func:`moesched.dense.activation_bytes`), no all-to-all rows.
+    nd = len(model.dense_layers)
+    act = (model.layers - nd) * activation_bytes_per_layer(model) + nd * dense_layers.activation_bytes(model) + \
         (model.tokens * model.top_k * (model.d_model + (model.expert_gemms - 1) * model.ffn_hidden)) * b
-    return RankMemory(int(params), int(grads), int(optimizer), int(act), model.layers * a2a_bytes_per_layer(model))
+    a2a = (model.layers - nd) * a2a_bytes_per_layer(model)
+    return RankMemory(int(params), int(grads), int(optimizer), int(act), a2a)
 
 
 def memory_problem(model: MoEModel, cluster: Cluster, capacity_bytes: int, zero: int = 0) -> str | None:

@@ -19,12 +19,14 @@ ROUTERS = routers.ROUTERS
 #: fields a model dict may leave out (their defaults apply)
 OPTIONAL_FIELDS = frozenset({"kv_heads", "head_dim", "rope_theta", "norm_eps", "qk_norm", "norm_topk_prob",
                              "vocab_size", "tie_embeddings", "aux_loss_coef", "z_loss_coef", "router_groups",
-                             "router_group_topk", "bias_update_rate", "router_dim"})
+                             "router_group_topk", "bias_update_rate", "router_dim", "dense_layers",
+                             "dense_ffn_hidden"})
 
 
 @dataclass(frozen=True)
 class MoEModel:
-    """One MoE transformer: every layer is attention + norm + router + MoE FFN.
+    """One MoE transformer: every layer is attention + norm + router + MoE FFN, but the
+    optional dense layers (attention + norm + dense FFN).
 
     Attributes:
         name: preset name, or any label.
@@ -61,6 +63,14 @@ class MoEModel:
         router_groups, router_group_topk: deepseek_v3's expert groups and groups kept.
         bias_update_rate: deepseek_v3's gamma (bias step per training step).
         router_dim: xmoe's low-dimensional routing size d_r.
+
+    Dense (non-MoE) layers (defaults: none; :mod:`moesched.dense`):
+        dense_layers: indices of the layers whose FFN is one dense FFN of the expert kind
+            instead of router + experts (DeepSeek-V2/V3's first ``first_k_dense_replace``
+            layers, Qwen2/3-MoE's ``mlp_only_layers``); sorted, distinct, in [0, layers),
+            at least one layer stays MoE. A JSON list becomes a tuple.
+        dense_ffn_hidden: hidden size of that dense FFN (HF ``intermediate_size``); set
+            exactly when dense_layers is not empty.
     """
 
     name: str
@@ -91,6 +101,8 @@ class MoEModel:
     router_group_topk: int = 1
     bias_update_rate: float = 0.001
     router_dim: int = 16
+    dense_layers: tuple[int, ...] = ()
+    dense_ffn_hidden: int | None = None
 
     def __post_init__(self) -> None:
         for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
@@ -112,6 +124,25 @@ class MoEModel:
         if self.dtype not in DTYPE_BYTES:
             raise MoeschedError(f"model {self.name}: dtype must be one of {tuple(DTYPE_BYTES)}, got {self.dtype!r}")
         self._check_lm_fields()
+        self._check_dense_fields()
+
+    def _check_dense_fields(self) -> None:
+        """Validate dense_layers / dense_ffn_hidden; a list becomes a tuple (hashable)."""
+        dl = self.dense_layers
+        if not isinstance(dl, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in dl):
+            raise MoeschedError(f"model {self.name}: dense_layers must be a list of layer indices, got {dl!r}")
+        object.__setattr__(self, "dense_layers", tuple(dl))
+        if list(dl) != sorted(set(dl)) or (dl and not 0 <= dl[0] <= dl[-1] < self.layers):
+            raise MoeschedError(f"model {self.name}: dense_layers must be sorted distinct indices in "
+                                f"[0, {self.layers}), got {list(dl)}")
+        if len(dl) == self.layers:
+            raise MoeschedError(f"model {self.name}: every layer is dense; at least one must be MoE")
+        h = self.dense_ffn_hidden
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h <= 0):
+            raise MoeschedError(f"model {self.name}: dense_ffn_hidden must be a positive integer or None, got {h!r}")
+        if bool(dl) != (h is not None):
+            raise MoeschedError(f"model {self.name}: dense_layers and dense_ffn_hidden go together "
+                                f"(got dense_layers={list(dl)}, dense_ffn_hidden={h!r})")
 
     def _check_lm_fields(self) -> None:
         pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
@@ -181,6 +212,24 @@ class MoEModel:
         """Parameters of one routed expert: (2 or 3) * M * H (biases ignored)."""
         return self.expert_gemms * self.d_model * self.ffn_hidden
 
+    def is_dense(self, layer: int) -> bool:
+        """Whether layer ``layer`` has a dense FFN (no router, experts or all-to-all)."""
+        return layer in self.dense_layers
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """Indices of the MoE layers (all but :attr:`dense_layers`)."""
+        return tuple(l for l in range(self.layers) if l not in self.dense_layers)
+
+    def dense_ffn_params(self) -> int:
+        """Parameters of the dense FFN of a dense layer: (2 or 3) * M * H_dense (0 without one)."""
+        return self.expert_gemms * self.d_model * (self.dense_ffn_hidden or 0)
+
+    def dense_layer_params(self) -> int:
+        """Parameters of one dense layer, all reduced over the data-parallel group:
+        attention, two norms 2*M, the dense FFN."""
+        return self.attention_params() + 2 * self.d_model + self.dense_ffn_params()
+
     def dense_params_per_layer(self) -> int:
         """Parameters reduced over the data-parallel group per layer.
 
@@ -204,6 +253,8 @@ class MoEModel:
         for f in fields(self):
             if f.name in OPTIONAL_FIELDS and d[f.name] == f.default:
                 del d[f.name]
+        if "dense_layers" in d:
+            d["dense_layers"] = list(d["dense_layers"])
         return d
 
     @classmethod

@@ -30,7 +30,7 @@ from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
-from moesched.work import dense_grad_bytes, expert_grad_bytes
+from moesched.dense import grad_bytes_per_layer
 
 if TYPE_CHECKING:
     from moesched.profile import Profile
@@ -165,9 +165,9 @@ def check_grad_chunks(model: MoEModel, cluster: Cluster, knobs: Knobs) -> None:
     chunks (the graph would hold that many tasks)."""
     if knobs.grad_chunk_bytes is None:
         return
-    totals = [dense_grad_bytes(model) * model.layers]
+    totals = [sum(grad_bytes_per_layer(model, "dense", cluster.ep_size))]
     if cluster.expert_dp > 1:
-        totals.append(expert_grad_bytes(model, cluster.ep_size) * model.layers)
+        totals.append(sum(grad_bytes_per_layer(model, "expert", cluster.ep_size)))
     n = sum(-(-t // min(knobs.grad_chunk_bytes, t)) for t in totals if t > 0)
     if n > MAX_PLAN_GRAD_CHUNKS:
         raise MoeschedError(f"grad_chunk_bytes={knobs.grad_chunk_bytes} cuts the gradients into {n} all-reduce "

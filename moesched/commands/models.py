@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from moesched import dense
 from moesched.models import PRESETS, MoEModel
 
 HELP = "list the model presets"
@@ -24,9 +25,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right
 
 
 def total_params(m: MoEModel) -> int:
-    """Parameters of all layers (attention, norms, router, shared and all routed experts);
-    embeddings are not counted."""
-    return m.layers * (m.dense_params_per_layer() + m.experts * m.expert_params())
+    """Parameters of all layers (attention, norms, router, shared and all routed experts;
+    dense layers whole: :func:`moesched.dense.param_counts`); embeddings are not counted."""
+    return sum(dense.param_counts(m, 1))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

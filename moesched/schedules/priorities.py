@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 
 import networkx as nx
 
+from moesched import dense as dense_layers
 from moesched import work
 from moesched.cluster import Cluster, collective_us
 from moesched.knobs import MAX_DEGREE
@@ -61,18 +62,25 @@ def t_attn_bwd_us(model: MoEModel, profile: Profile) -> float:
 
 def grad_groups(model: MoEModel, cluster: Cluster) -> list[tuple[str, int, str]]:
     """(group, gradient bytes per layer, scope) of every reduced gradient group, as
-    moesched.graph builds them (expert gradients only when expert_dp > 1)."""
-    out = [("dense", work.dense_grad_bytes(model), cluster.scope("dp"))]
+    moesched.graph builds them (expert gradients only when expert_dp > 1). With dense
+    layers (:mod:`moesched.dense`) layers differ: the bytes are the mean over layers."""
+    return [(g, sum(per) // model.layers, scope) for g, per, scope in _group_bytes(model, cluster)]
+
+
+def _group_bytes(model: MoEModel, cluster: Cluster) -> list[tuple[str, list[int], str]]:
+    """(group, gradient bytes of each layer, scope) of every reduced gradient group."""
+    out = [("dense", dense_layers.grad_bytes_per_layer(model, "dense", cluster.ep_size), cluster.scope("dp"))]
     if cluster.expert_dp > 1:
-        out.append(("expert", work.expert_grad_bytes(model, cluster.ep_size), cluster.scope("expert_dp")))
+        out.append(("expert", dense_layers.grad_bytes_per_layer(model, "expert", cluster.ep_size),
+                    cluster.scope("expert_dp")))
     return out
 
 
 def n_grad_chunks(model: MoEModel, cluster: Cluster, chunk_bytes: int | None) -> int:
     """Number of gradient all-reduce chunks the graph will hold for ``chunk_bytes``."""
     total = 0
-    for _, per_layer, _ in grad_groups(model, cluster):
-        size = per_layer * model.layers
+    for _, per, _ in _group_bytes(model, cluster):
+        size = sum(per)
         total += 1 if chunk_bytes is None else -(-size // min(chunk_bytes, size))
     return total
 
@@ -159,9 +167,13 @@ class _Window(Priority):
     def vector(self, c: Compiled) -> list[float]:
         p = list(priority_vector(self.base, c))
         last: dict[int, float] = {}
+        dense: dict[int, float] = {}  # a dense layer (no all-to-all): its last backward task
         for i, (kind, phase, layer) in enumerate(zip(c.kind, c.phase, c.layer)):
             if phase == "bwd" and kind in (FIRST_A2A["bwd"], SECOND_A2A["bwd"]):
                 last[layer] = max(last.get(layer, p[i]), p[i])
+            elif phase == "bwd":
+                dense[layer] = max(dense.get(layer, p[i]), p[i])
+        last = {**dense, **last}
         window, index = self.window, c.index
         placed = sorted((t for t in window if t in index), key=lambda t: (-window[t], p[index[t]], t))
         for j, t in enumerate(placed):

@@ -115,7 +115,7 @@ def layer_options(model: MoEModel, cluster: Cluster, profile: Profile, clock: Cl
                   ev: Evaluator | None = None) -> list[tuple[float, LayerSpec]]:
     """Step 2: one-layer sub-simulations. Returns (F + B µs, spec) pairs, best first.
     ``ev``: an evaluator of the one-layer model to share (when the model has one layer)."""
-    m1 = replace(model, layers=1)
+    m1 = replace(model, layers=1, dense_layers=(), dense_ffn_hidden=None)  # one MoE layer
     ev = ev if ev is not None and ev.model == m1 else Evaluator(m1, cluster, profile)
     out: list[tuple[float, LayerSpec]] = []
     ats = [False] + ([True] if model.micro_batch > 1 else [])
