@@ -100,3 +100,20 @@ def test_dense_layers_exact_vs_reference(tmp_path, nproc):
     r = torchrun(nproc, "executor.selfcheck", ["--plan", *save(plans, tmp_path), "--out", str(out)], free_port())
     results(out, len(plans), r.stdout + r.stderr)
     assert r.returncode == 0
+
+
+def test_gradient_buffers_match_the_graphs_bytes():
+    """The executor's flat gradient buffers (laid out last layer first) hold exactly the
+    bytes the task graph's gradient chunks cover, dense layers included."""
+    from moesched import dense
+
+    from executor.layers import MoEModule, grad_buffers
+    m = MoEModel(name="t", layers=3, d_model=16, heads=2, seq_len=8, micro_batch=2, ffn_hidden=32, experts=4,
+                 top_k=2, shared_experts=1, expert_kind="swiglu", dtype="fp32", dense_layers=(1,), dense_ffn_hidden=24)
+    mod = MoEModule(m, ep=2, ep_rank=1)
+    bufs = grad_buffers(mod)
+    for group in ("dense", "expert"):
+        per = dense.grad_bytes_per_layer(m, group, 2)
+        assert bufs[group].numel() * 4 == sum(per)
+        assert [sum(p.numel() for p in (b.dense_params() if group == "dense" else b.expert_params())) * 4
+                for b in mod.blocks] == per
