@@ -1,0 +1,42 @@
+"""The DEP forward pass (executor.dep) on gloo: 4 processes as (ag, eg) = (1, 3) and (2, 2),
+with and without a shared expert, r1 and r2 > 1, a dense layer among the MoE ones; every
+attention rank's output equals the single-process reference (executor.depcheck)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from localhost import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "--master_addr=127.0.0.1", "-m", "executor.depcheck", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+
+
+@pytest.mark.parametrize("ag,r1,r2,shared", [(1, 2, 2, False), (1, 3, 2, True), (2, 2, 3, True), (2, 2, 2, False)])
+def test_dep_forward_equals_the_reference(tmp_path: Path, ag: int, r1: int, r2: int, shared: bool) -> None:
+    out = tmp_path / "dep.jsonl"
+    p = torchrun(4, ["--ag", str(ag), "--r1", str(r1), "--r2", str(r2), "--out", str(out)] + (["--shared"] if shared else []))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["ok"] and rec["max_abs_err"] < 1e-5 and (rec["ag"], rec["eg"]) == (ag, 4 - ag)
+    # every routed copy of the two MoE layers went to an expert rank and came back
+    assert rec["copies"] == ag * 2 * (r1 * 2 * 8) * 2
+
+
+def test_experts_that_do_not_divide_are_one_line_on_every_rank(tmp_path: Path) -> None:
+    p = torchrun(3, ["--ag", "1", "--out", str(tmp_path / "x.jsonl")])  # 12 experts over 2 ranks divide: ok
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = torchrun(4, ["--ag", "4"])
+    lines = [x for x in p.stderr.splitlines() if x.startswith("moesched: error:")]
+    assert p.returncode != 0 and len(lines) == 4 and all("--ag must leave" in x for x in lines)
