@@ -226,6 +226,8 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
         plan = errors.describe(e, with_rank=False)
     refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
+    if isinstance(plan, Plan) and plan.layout is not None:  # issue 23 part 3 item 2: not yet
+        refusal = f"plan {a.plan}: the executor does not run {plan.layout.label()} layout plans yet"
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else _run(a, plan, rank, world, cuda)
     watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done

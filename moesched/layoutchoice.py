@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, TP_COMM_KINDS
+from moesched.knobs import Knobs
 from moesched.layoutgraph import build
 from moesched.layouts import Layout, check_layout, layout_memory
 from moesched.memory import GB, RankMemory, gpu_memory_bytes
 from moesched.models import MoEModel
+from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
 from moesched.sim import Timeline, simulate
 from moesched.solve.layout import solve_layout
@@ -28,7 +30,8 @@ from moesched.solve.layout import solve_layout
 class LayoutOption:
     """One candidate: its layout, EP size, memory per rank (None when it does not divide),
     why it cannot run (None when it can), the predicted step (µs, GPU costs) and the busy
-    time of rank 0 (µs) on all-to-alls, TP collectives and gradient all-reduces."""
+    time of rank 0 (µs) on all-to-alls, TP collectives and gradient all-reduces, and the
+    :class:`moesched.plan.Plan` of its predicted order (None when it cannot run)."""
 
     layout: Layout
     ep: int
@@ -36,6 +39,7 @@ class LayoutOption:
     problem: str | None = None
     step_us: float | None = None
     busy_us: dict[str, float] = field(default_factory=dict)
+    plan: Plan | None = None
 
     def label(self) -> str:
         if self.layout.tp > 1:
@@ -63,8 +67,10 @@ def ep_option(model: MoEModel, cluster: Cluster, profile: Profile, zero: int, ti
     except MoeschedError as e:
         return LayoutOption(Layout(1), cluster.ep or 0, problem=str(e))
     c, res = lay.cluster, lay.result
+    plan = from_timeline("moesched", model, c, res.schedule.knobs, res.evaluation.timeline, profile,
+                         {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     return LayoutOption(Layout(1), c.ep_size, lay.chosen.memory, None, res.step_us,
-                        busy_by_group(res.evaluation.timeline))
+                        busy_by_group(res.evaluation.timeline), plan)
 
 
 def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: Layout, zero: int) -> LayoutOption:
@@ -85,6 +91,7 @@ def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: La
         opt.problem = str(e)
         return opt
     opt.step_us, opt.busy_us = tl.makespan_us, busy_by_group(tl)
+    opt.plan = from_timeline("ppmoe", model, cluster, Knobs.uniform(model.layers, 1), tl, profile, layout=layout)
     return opt
 
 
