@@ -28,7 +28,7 @@ from moesched.errors import MoeschedError
 from moesched.plan import Plan
 
 from executor.layers import ReferenceModel, make_batch
-from executor.tp import TPShard, block_forward, sync_replicated_grads
+from executor.tp import TPShard, block_forward, grads_of, sync_replicated_grads
 
 RTOL, ATOL = 1e-4, 1e-5
 EXPERT_PARAMS = ("w1", "w2", "w3")
@@ -89,7 +89,7 @@ def run_layout_step(plan: Plan, seed: int = 0) -> LayoutStepResult:
         h, tgt = h.chunk(t, 0)[r], tgt.chunk(t, 0)[r]
     ins: dict[int, torch.Tensor] = {}
     outs: dict[int, torch.Tensor] = {}
-    done: set[str] = set()
+    done: set[tuple[str, int]] = set()
     grad = torch.empty(0)
     loss = torch.zeros(())
     for task in plan.order:
@@ -101,12 +101,12 @@ def run_layout_step(plan: Plan, seed: int = 0) -> LayoutStepResult:
         if task.startswith("G."):
             _sync_grads(shards[layer], task.split(".")[1], tp_g, dp_g, sp)
         elif ".F." in task and ("F", layer) not in done:
-            done.add(("F", layer))  # type: ignore[arg-type]
+            done.add(("F", layer))
             ins[layer] = h.detach().requires_grad_(True)
             outs[layer], _ = block_forward(ins[layer], shards[layer], m, B, L, tp_g, sp)
             h = outs[layer]
         elif ".B." in task and ("B", layer) not in done:
-            done.add(("B", layer))  # type: ignore[arg-type]
+            done.add(("B", layer))
             outs[layer].backward(grad)
             grad = ins[layer].grad  # type: ignore[assignment]
     if dp == 1:  # no gradient all-reduce tasks: only the TP group's partial gradients to sum
@@ -132,7 +132,6 @@ def _compare(plan: Plan, ref: ReferenceModel, shards: list[TPShard], loss: torch
              seed: int) -> LayoutStepResult:
     """Loss and every gradient of this rank's shards against the reference's (the mean over
     replicas of their losses, sliced like the shard); the worst error over all ranks."""
-    from executor.tpcheck import _grads_of
     m, t = plan.model, plan.layout.tp  # type: ignore[union-attr]
     world = dist.get_world_size()
     dp = world // t
@@ -143,7 +142,7 @@ def _compare(plan: Plan, ref: ReferenceModel, shards: list[TPShard], loss: torch
     total = total if plan.layout.sequence_parallel else total / t  # type: ignore[union-attr]
     worst, name, ok = 0.0, "", True
     for layer, (p, blk) in enumerate(zip(shards, ref.module.blocks)):
-        want = dict(TPShard(_grads_of(blk), m, dist.get_rank() % t, t).named_parameters())  # type: ignore[arg-type]
+        want = dict(TPShard(grads_of(blk), m, dist.get_rank() % t, t).named_parameters())
         for n, mine in p.named_parameters():
             theirs = want[n].detach()
             if mine.grad is None:  # dp == 1: an expert no token reached
