@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_timelines", "03_layer_grids")
-BUDGET_S = 120.0  # all three together, on CPU
+NAMES = ("01_quickstart", "02_timelines", "03_layer_grids", "04_layouts")
+BUDGET_S = 120.0  # all four together, on CPU
 _ELAPSED: dict[str, float] = {}
 
 
