@@ -226,11 +226,27 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
         plan = errors.describe(e, with_rank=False)
     refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
+    if isinstance(plan, Plan) and plan.layout is not None and cuda:
+        refusal = f"plan {a.plan}: {plan.layout.label()} layout plans run on gloo/CPU only (--backend gloo)"
     err = agree(plan, world, a.emulate_nodes, refusal)
-    code = errors.fail(err) if err is not None else _run(a, plan, rank, world, cuda)
+    code = errors.fail(err) if err is not None else \
+        _run_layout(a, plan, rank) if plan.layout is not None else _run(a, plan, rank, world, cuda)
     watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done
     dist.destroy_process_group()
     return code
+
+
+def _run_layout(a: argparse.Namespace, plan, rank: int) -> int:
+    """One step of a layout plan, checked against the reference (:mod:`executor.layoutstep`):
+    rank 0 prints one JSON line; exit 0 when loss and gradients match, else 1."""
+    import json
+    from dataclasses import asdict
+
+    from executor.layoutstep import run_layout_step
+    res = run_layout_step(plan, a.seed)
+    if rank == 0:
+        print(json.dumps({"layout": plan.layout.label(), **asdict(res)}), flush=True)
+    return 0 if res.ok else 1
 
 
 def _run(a: argparse.Namespace, plan, rank: int, world: int, cuda: bool) -> int:

@@ -27,6 +27,8 @@ experts' weights) and the q/k norms (only its heads); with ``sp`` also ``norm1``
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -205,3 +207,13 @@ def sync_replicated_grads(p: TPShard, group: dist.ProcessGroup | None, sp: bool)
         g = getattr(p, n).grad
         if g is not None:
             dist.all_reduce(g, group=group)
+
+
+def grads_of(p: LayerParams) -> SimpleNamespace:
+    """A LayerParams-shaped view of ``p``'s gradients (so TPShard slices them alike)."""
+    names = ["norm1", "wqkv", "wo", "norm2", "wg", "w1", "w3", "w2", "sw1", "sw3", "sw2", "q_norm", "k_norm"]
+    ns = SimpleNamespace(shared=p.shared)
+    for n in names:
+        t = getattr(p, n, None)
+        setattr(ns, n, None if t is None else t.grad)
+    return ns

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from datetime import timedelta
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -29,7 +28,7 @@ from moesched.models import MoEModel
 from executor import errors
 from executor.layers import ReferenceModel, make_batch
 from executor.run import rank_and_world
-from executor.tp import TPShard, block_forward, sync_replicated_grads
+from executor.tp import TPShard, block_forward, grads_of as _grads_of, sync_replicated_grads
 
 RTOL, ATOL = 1e-4, 1e-5
 _BASE = dict(layers=2, d_model=32, seq_len=8, micro_batch=2, ffn_hidden=32, dtype="fp32")
@@ -41,16 +40,6 @@ CASES = {
                                            expert_kind="swiglu", shared_experts=1, capacity_factor=1.0,
                                            qk_norm=True, rope_theta=10000.0, **_BASE),  # type: ignore[arg-type]
 }
-
-
-def _grads_of(p) -> SimpleNamespace:
-    """A LayerParams-shaped view of ``p``'s gradients (so TPShard slices them alike)."""
-    names = ["norm1", "wqkv", "wo", "norm2", "wg", "w1", "w3", "w2", "sw1", "sw3", "sw2", "q_norm", "k_norm"]
-    ns = SimpleNamespace(shared=p.shared)
-    for n in names:
-        t = getattr(p, n, None)
-        setattr(ns, n, None if t is None else t.grad)
-    return ns
 
 
 def run_case(m: MoEModel, sp: bool, rank: int, t: int) -> dict:

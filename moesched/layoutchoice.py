@@ -5,7 +5,7 @@ sequence parallelism. Every candidate is checked against GPU memory
 (:func:`moesched.layouts.layout_memory`); the fastest predicted step of those that fit wins.
 
 Steps are compared on GPU costs, list-scheduled (the EP row: the solved schedule's
-``step_us``; PPMoE rows: :func:`moesched.sim.simulate` of :func:`moesched.layoutgraph.build`),
+``step_us``; PPMoE rows: :func:`moesched.layoutsearch.search_priority` of :func:`moesched.layoutgraph.build`),
 at the same global batch (a TP group of t ranks runs t micro-batches).
 """
 from __future__ import annotations
@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, TP_COMM_KINDS
+from moesched.knobs import Knobs
 from moesched.layoutgraph import build
+from moesched.layoutsearch import search_priority
 from moesched.layouts import Layout, check_layout, layout_memory
 from moesched.memory import GB, RankMemory, gpu_memory_bytes
 from moesched.models import MoEModel
+from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
-from moesched.sim import Timeline, simulate
+from moesched.sim import Timeline
 from moesched.solve.layout import solve_layout
 
 
@@ -28,7 +31,8 @@ from moesched.solve.layout import solve_layout
 class LayoutOption:
     """One candidate: its layout, EP size, memory per rank (None when it does not divide),
     why it cannot run (None when it can), the predicted step (µs, GPU costs) and the busy
-    time of rank 0 (µs) on all-to-alls, TP collectives and gradient all-reduces."""
+    time of rank 0 (µs) on all-to-alls, TP collectives and gradient all-reduces, and the
+    :class:`moesched.plan.Plan` of its predicted order (None when it cannot run)."""
 
     layout: Layout
     ep: int
@@ -36,6 +40,7 @@ class LayoutOption:
     problem: str | None = None
     step_us: float | None = None
     busy_us: dict[str, float] = field(default_factory=dict)
+    plan: Plan | None = None
 
     def label(self) -> str:
         if self.layout.tp > 1:
@@ -63,8 +68,10 @@ def ep_option(model: MoEModel, cluster: Cluster, profile: Profile, zero: int, ti
     except MoeschedError as e:
         return LayoutOption(Layout(1), cluster.ep or 0, problem=str(e))
     c, res = lay.cluster, lay.result
+    plan = from_timeline("moesched", model, c, res.schedule.knobs, res.evaluation.timeline, profile,
+                         {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     return LayoutOption(Layout(1), c.ep_size, lay.chosen.memory, None, res.step_us,
-                        busy_by_group(res.evaluation.timeline))
+                        busy_by_group(res.evaluation.timeline), plan)
 
 
 def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: Layout, zero: int) -> LayoutOption:
@@ -80,11 +87,13 @@ def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: La
             opt.problem = (f"does not fit: needs {opt.memory.total_bytes / GB:.1f} GB/rank of {cap / GB:.0f}, "
                            f"binding term {term} {size / GB:.1f} GB")
             return opt
-        tl = simulate(build(model, cluster, profile, layout))
+        tl, prio = search_priority(build(model, cluster, profile, layout))
     except MoeschedError as e:
         opt.problem = str(e)
         return opt
     opt.step_us, opt.busy_us = tl.makespan_us, busy_by_group(tl)
+    opt.plan = from_timeline("ppmoe", model, cluster, Knobs.uniform(model.layers, 1), tl, profile,
+                             {"priority": prio, "source": "search:layout"}, layout=layout)
     return opt
 
 

@@ -14,7 +14,8 @@ gradients one grad_ar per layer and group ("dense" after attn_bwd, "expert" afte
 Compute is priced by the profile's per-kind costs at the layout's FLOPs (serial experts:
 E/t calls of 1/(E/t) the FLOPs each, so each pays the call's fixed cost); collectives by
 :func:`moesched.cluster.collective_us` on the TP group (group "ep" of the layout's
-cluster, :func:`moesched.layouts.tp_cluster`) and the DP group ("expert_dp").
+cluster, :func:`moesched.layouts.tp_cluster`) and the DP group ("expert_dp"). expert_fwd and
+expert_dx also pay the index slice/assign copies (:func:`moesched.layoutsearch.index_copy_us`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from moesched.kinds import TP_OP_OF_KIND
 from moesched.knobs import Knobs
 from moesched.layouts import (Layout, attn_fwd_flops, check_layout, expert_calls, param_counts, tp_bytes,
                               tp_cluster)
+from moesched.layoutsearch import index_copy_us
 from moesched.models import MoEModel
 from moesched.profile import Profile
 
@@ -43,6 +45,7 @@ class _LayoutBuilder:
                             (profile.compute_slowdown, profile.comm_slowdown),
                             interference_by_op={} if profile is None else dict(profile.interference_by_op))
         self.tp_x = float(tp_bytes(model, layout))
+        self.copy_us = 0.0 if profile is None else index_copy_us(model, layout, profile.hardware)
 
     def add(self, name: str, deps: list[str], kind: str, layer: int, phase: str, resource: str, dur_us: float,
             **attrs: object) -> str:
@@ -52,11 +55,13 @@ class _LayoutBuilder:
             self.g.add_edge(d, name)
         return name
 
-    def compute(self, kind: str, layer: int, phase: str, deps: list[str], flops: float, calls: int = 1) -> str:
+    def compute(self, kind: str, layer: int, phase: str, deps: list[str], flops: float, calls: int = 1,
+                copy_us: float = 0.0) -> str:
+        """A compute task; ``copy_us``: its index slice/assign copies (µs), added to its time."""
         us = 0.0 if self.p is None else calls * self.p.compute_us(kind, flops, self.m.shape_key(), self.m,
-                                                                   self.lay.tp)
+                                                                   self.lay.tp) + copy_us
         return self.add(tid(layer, phase, kind, 0), deps, kind, layer, phase, "compute", us, work=flops * calls,
-                        calls=calls)
+                        calls=calls, copy_us=copy_us)
 
     def tp(self, kind: str, layer: int, phase: str, where: str, deps: list[str]) -> str:
         op = TP_OP_OF_KIND[kind]
@@ -77,7 +82,7 @@ class _LayoutBuilder:
         a = self.compute("attn_fwd", layer, "fwd", self.tp_in(layer, "fwd", "attn", prev), attn_fwd_flops(m, lay))
         x = self.tp_in(layer, "fwd", "moe", [self.tp_out(layer, "fwd", "attn", [a])])
         n, f = expert_calls(m, lay)
-        outs = [self.compute("expert_fwd", layer, "fwd", x, f, n)]
+        outs = [self.compute("expert_fwd", layer, "fwd", x, f, n, self.copy_us)]
         if m.shared_experts:
             outs.append(self.compute("shared_fwd", layer, "fwd", x, work.shared_fwd_flops(m, m.tokens)))
         return [self.tp_out(layer, "fwd", "moe", outs)]
@@ -87,7 +92,7 @@ class _LayoutBuilder:
         m, lay = self.m, self.lay
         g = self.tp_in(layer, "bwd", "moe", gout)
         n, f = expert_calls(m, lay)
-        dx = self.compute("expert_dx", layer, "bwd", g, f, n)
+        dx = self.compute("expert_dx", layer, "bwd", g, f, n, self.copy_us)
         ins = [dx]
         if m.shared_experts:
             ins.append(self.compute("shared_bwd", layer, "bwd", g, 2 * work.shared_fwd_flops(m, m.tokens)))

@@ -28,6 +28,7 @@ A :class:`Layout` with ``tp == 1`` is today's layout (data + expert parallel, al
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from moesched import memory, work
 from moesched.cluster import Cluster
@@ -44,6 +45,25 @@ class Layout:
     tp: int = 1
     sequence_parallel: bool = False
     grouped_experts: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan file's ``layout`` record (:mod:`moesched.plan`)."""
+        return {"tp": self.tp, "sequence_parallel": self.sequence_parallel, "grouped_experts": self.grouped_experts}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Layout":
+        """Parse a plan's ``layout`` record; a one-line MoeschedError on any bad field."""
+        keys = {"tp", "sequence_parallel", "grouped_experts"}
+        if not isinstance(d, dict) or set(d) != keys:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise MoeschedError(f"layout must be an object with keys {sorted(keys)}, got {got}")
+        tp = d["tp"]
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 2:
+            raise MoeschedError(f"layout.tp must be an integer >= 2 (omit the layout for EP plans), got {tp!r:.40}")
+        for key in ("sequence_parallel", "grouped_experts"):
+            if not isinstance(d[key], bool):
+                raise MoeschedError(f"layout.{key} must be true or false, got {d[key]!r:.40}")
+        return cls(tp, d["sequence_parallel"], d["grouped_experts"])
 
     def label(self) -> str:
         if self.tp == 1:

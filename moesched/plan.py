@@ -12,7 +12,13 @@ JSON (version 1)::
      "profile": {"name": "...", "digest": "..."},
      "order": ["L0.F.attn_fwd.c0", ...],
      "predicted": {"step_us": ..., "exposed_comm_us": ..., ...},
+     "layout": {"tp": 2, "sequence_parallel": false, "grouped_experts": true},
      "hash": "sha256 of the canonical JSON of everything above"}
+
+``layout`` is optional: absent (today's EP plans, whose hashes it leaves unchanged) the
+graph is :func:`moesched.graph.build` of the knobs; present (a PPMoE layout,
+:class:`moesched.layouts.Layout` with tp >= 2) it is :func:`moesched.layoutgraph.build`
+and the knobs are unused (one chunk per layer).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.graph import build
 from moesched.knobs import Knobs
+from moesched.layouts import Layout, check_layout
 from moesched.models import MoEModel
 from moesched.dense import grad_bytes_per_layer
 
@@ -38,12 +45,19 @@ if TYPE_CHECKING:
     from moesched.sim import Timeline
 
 def replay(model: MoEModel, cluster: Cluster, profile: "Profile", knobs: Knobs, order: list[str],
-           routing: "Routing | None" = None) -> "Timeline":
+           routing: "Routing | None" = None, layout: Layout | None = None) -> "Timeline":
     """The predicted :class:`~moesched.sim.Timeline` of issue order ``order`` as the executor
     runs it: a strict simulation (each stream in that order) of the graph of ``knobs`` under
     ``profile``, host issue costs included when the profile has them, and with
-    ``routing`` (:class:`moesched.routing.Routing`) every rank's measured load."""
+    ``routing`` (:class:`moesched.routing.Routing`) every rank's measured load. ``layout``
+    (tp >= 2): the PPMoE graph of :mod:`moesched.layoutgraph` instead (no routing)."""
     from moesched.sim import simulate
+    if layout is not None:
+        if routing is not None:
+            raise MoeschedError("replay with a routing trace is not supported for a layout plan")
+        from moesched.layoutgraph import build as build_layout
+        return simulate(build_layout(model, cluster, profile, layout), {t: i for i, t in enumerate(order)},
+                        strict=True)
     g = build(model, cluster, profile, knobs)
     if routing is not None:
         from moesched.routing import apply_routing
@@ -57,6 +71,8 @@ VERSION = 1
 #: hundred); a smaller ``grad_chunk_bytes`` is refused before the graph is built.
 MAX_PLAN_GRAD_CHUNKS = 65536
 KEYS = {"format", "version", "policy", "model", "cluster", "knobs", "profile", "order", "predicted", "hash"}
+#: Keys a plan may hold besides KEYS.
+OPTIONAL_KEYS = {"layout"}
 
 
 @dataclass
@@ -68,11 +84,15 @@ class Plan:
     order: list[str]
     profile: dict[str, str] = field(default_factory=dict)
     predicted: dict[str, Any] = field(default_factory=dict)
+    layout: Layout | None = None
 
     def body(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "policy": self.policy, "model": self.model.to_dict(),
-                "cluster": self.cluster.to_dict(), "knobs": self.knobs.to_dict(), "profile": dict(self.profile),
-                "order": list(self.order), "predicted": dict(self.predicted)}
+        out = {"format": FORMAT, "version": VERSION, "policy": self.policy, "model": self.model.to_dict(),
+               "cluster": self.cluster.to_dict(), "knobs": self.knobs.to_dict(), "profile": dict(self.profile),
+               "order": list(self.order), "predicted": dict(self.predicted)}
+        if self.layout is not None:
+            out["layout"] = self.layout.to_dict()
+        return out
 
     @property
     def hash(self) -> str:
@@ -86,11 +106,14 @@ class Plan:
 
     def graph(self) -> nx.DiGraph:
         """The task graph (without durations) the plan orders."""
+        if self.layout is not None:
+            from moesched.layoutgraph import build as build_layout
+            return build_layout(self.model, self.cluster, None, self.layout)
         return build(self.model, self.cluster, None, self.knobs)
 
     def replay(self, profile: "Profile", routing: "Routing | None" = None) -> "Timeline":
         """This plan's predicted timeline as the executor runs it (:func:`replay`)."""
-        return replay(self.model, self.cluster, profile, self.knobs, self.order, routing)
+        return replay(self.model, self.cluster, profile, self.knobs, self.order, routing, self.layout)
 
     def validate(self) -> nx.DiGraph:
         """Check the order is a topological order of exactly the graph's tasks; return the graph."""
@@ -116,18 +139,21 @@ class Plan:
         bad = find_nonfinite(d)
         if bad:
             raise MoeschedError(f"{source}: {bad}")
-        if set(d) != KEYS:
+        if not KEYS <= set(d) <= KEYS | OPTIONAL_KEYS:
             raise MoeschedError(f"{source}: plan keys differ: missing {sorted(KEYS - set(d))}, "
-                                f"unknown {sorted(set(d) - KEYS)}")
+                                f"unknown {sorted(set(d) - KEYS - OPTIONAL_KEYS)}")
         try:
             p = cls(policy=_typed(d, "policy", str), model=MoEModel.from_dict(d["model"]),
                     cluster=Cluster.from_dict(d["cluster"]), knobs=Knobs.from_dict(d["knobs"]),
                     order=_typed(d, "order", list), profile=_typed(d, "profile", dict),
-                    predicted=_typed(d, "predicted", dict))
+                    predicted=_typed(d, "predicted", dict),
+                    layout=Layout.from_dict(d["layout"]) if "layout" in d else None)
             if not all(isinstance(t, str) for t in p.order):
                 raise MoeschedError("order must be a list of task names (strings)")
             p.knobs.check(p.model.layers, p.model.tokens, p.model.micro_batch)
             check_grad_chunks(p.model, p.cluster, p.knobs)
+            if p.layout is not None:
+                check_layout(p.model, p.cluster, p.layout)
         except MoeschedError as e:
             raise MoeschedError(f"{source}: {e}") from None
         except (TypeError, ValueError, OverflowError) as e:
@@ -175,16 +201,18 @@ def check_grad_chunks(model: MoEModel, cluster: Cluster, knobs: Knobs) -> None:
 
 
 def from_timeline(policy: str, model: MoEModel, cluster: Cluster, knobs: Knobs, timeline: "Timeline",
-                  profile: "Profile | None" = None, extra: dict[str, Any] | None = None) -> Plan:
+                  profile: "Profile | None" = None, extra: dict[str, Any] | None = None,
+                  layout: Layout | None = None) -> Plan:
     """Make a plan whose order is the simulated start order (rank 0). ``predicted.step_us``
     and ``exposed_comm_us`` are of the plan as the executor runs it (:func:`replay`: the host
-    model when ``profile`` has host costs, then ``gpu_only_step_us`` is ``timeline``'s step)."""
+    model when ``profile`` has host costs, then ``gpu_only_step_us`` is ``timeline``'s step).
+    ``layout``: the plan of a PPMoE layout (``timeline`` simulates its graph)."""
     executed = timeline
     if profile is not None and profile.host is not None:
-        executed = replay(model, cluster, profile, knobs, timeline.order())
+        executed = replay(model, cluster, profile, knobs, timeline.order(), layout=layout)
     predicted = {"step_us": round(executed.makespan_us, 3), "exposed_comm_us": round(executed.exposed_comm_us(), 3)}
     if executed is not timeline:
         predicted["gpu_only_step_us"] = round(timeline.makespan_us, 3)
     predicted.update(extra or {})
     prof = {} if profile is None else {"name": profile.name, "digest": profile.digest()}
-    return Plan(policy, model, cluster, knobs, timeline.order(), prof, predicted)
+    return Plan(policy, model, cluster, knobs, timeline.order(), prof, predicted, layout)

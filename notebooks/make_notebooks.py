@@ -1,7 +1,8 @@
 """Write the notebooks with nbformat and execute them with nbclient (outputs kept).
 
     python notebooks/make_notebooks.py --all             # every derived file below, then the notebooks
-    python notebooks/make_notebooks.py                   # write + execute 01-04
+    python notebooks/make_notebooks.py                   # write + execute 01-05
+    python notebooks/make_notebooks.py --only 05_layouts # write + execute one
     python notebooks/make_notebooks.py --data sweeps     # re-run both full sweeps -> notebooks/data/
     python notebooks/make_notebooks.py --data predicted  # predicted_<pair>.json from plan_<pair>.json
     python notebooks/make_notebooks.py --data cpu        # CPU plan, predicted + measured traces (torchrun)
@@ -210,11 +211,42 @@ figures.knob_heatmap_figure(sweeps["fsmoe1458"], ["r_fwd_max", "r_bwd_max"], "fs
                             y="H/M", agg="mean");
 """
 
+NB05 = SETUP + """# %% md
+# Layouts: EP (all-to-all) against PPMoE (EP inside tensor parallelism)
+
+One preset on one node of the shipped 4 x H200 profile, at ZeRO-1: the solver's EP layout and schedule
+against Pipeline MoE's layouts (TP2, TP4, with and without sequence parallelism), each as the plan
+`moesched layouts --out plan.json` would write, replayed as the executor runs it (docs/layouts.md).
+Shell: `moesched layouts --model LLaMA2-MoE --profile h200x4-nvlink --cluster 1x4 --zero 1 --out plan.json`.
+# %%
+from moesched.cluster import Cluster
+from moesched.layoutchoice import compare_layouts, reason
+from moesched.models import PRESETS
+from moesched.profile import Profile
+model, profile = PRESETS["LLaMA2-MoE"], Profile.load("h200x4-nvlink")
+opts, chosen = compare_layouts(model, Cluster(1, 4), profile, zero=1, time_limit_s=2.0)
+rows = {o.label(): {"TP": o.layout.tp, "memory GB/rank": o.memory.total_bytes / 1e9 if o.memory else None,
+                    "step ms": o.step_us / 1e3 if o.step_us else None,
+                    **{f"{k} ms": v / 1e3 for k, v in o.busy_us.items()},
+                    "priority": o.plan.predicted.get("priority") if o.plan else None} for o in opts}
+print("why:", reason(opts, chosen))
+pd.DataFrame(rows).T.round(2)
+# %% md
+## Predicted timelines of rank 0
+
+Each layout's plan replayed in its order (strict: each stream in plan order). EP: compute overlaps the
+all-to-alls; PPMoE: no all-to-all, a TP all-reduce (or reduce-scatter + all-gather) after attention and
+after the experts, and the DP gradient all-reduces of the E/t local experts.
+# %%
+runs = {o.label(): o.plan.replay(profile) for o in opts if o.plan is not None and o.layout.sequence_parallel is False}
+figures.timeline_figure(runs, f"{model.name} on 1x4: EP against PPMoE", share_x=True);
+"""
+
 sys.path.insert(0, str(HERE))
 from nb_routing import NB04_BODY  # noqa: E402  notebooks/nb_routing.py
 
 NOTEBOOKS = {"01_quickstart": NB01, "02_timelines": NB02, "03_layer_grids": NB03,
-             "04_routing_placement": SETUP + NB04_BODY}
+             "04_routing_placement": SETUP + NB04_BODY, "05_layouts": NB05}
 
 
 def split_cells(text: str) -> list[tuple[str, str]]:
@@ -233,13 +265,13 @@ def build(name: str):
     return nb
 
 
-def write_notebooks(run: bool) -> None:
+def write_notebooks(run: bool, only: list[str] | None = None) -> None:
     """Build each notebook, execute it in a fresh python3 kernel (raises on a cell error), write it."""
     import nbformat
     from nbclient import NotebookClient
     from moesched.fileio import write_atomic
     os.environ.setdefault("MOESCHED_ROOT", str(ROOT))
-    for name in NOTEBOOKS:
+    for name in only or NOTEBOOKS:
         nb, t0 = build(name), time.perf_counter()
         if run:
             NotebookClient(nb, timeout=300, kernel_name="python3", record_timing=False,  # stable files
@@ -345,6 +377,7 @@ def main() -> None:
     ap.add_argument("--data", choices=("sweeps", "predicted", "cpu"), action="append", default=[],
                     help="regenerate data first")
     ap.add_argument("--figures", action="store_true", help="write docs/figures/*.png instead of notebooks")
+    ap.add_argument("--only", choices=sorted(NOTEBOOKS), action="append", help="write only this notebook")
     ap.add_argument("--all", action="store_true", help="sweeps, predicted traces, figures, then the notebooks")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -353,7 +386,7 @@ def main() -> None:
     if a.figures or a.all:
         figures()
     if not a.figures or a.all:
-        write_notebooks(not a.no_execute)
+        write_notebooks(not a.no_execute, a.only)
 
 
 if __name__ == "__main__":

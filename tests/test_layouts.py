@@ -59,11 +59,15 @@ def test_prices_come_from_the_profile_and_the_cluster_model() -> None:
     e = g.nodes["L0.F.expert_fwd.c0"]
     copies = m.tokens * m.top_k  # a rank runs T*k routed copies under even routing
     flops = copies * 2.0 * m.expert_gemms * m.d_model * m.ffn_hidden
-    assert e["work"] == flops and e["duration_us"] == NVLINK.compute_us("expert_fwd", flops, m.shape_key(), m, 4)
+    copy_us = 4 * copies * m.d_model * m.bytes_per_elem / 4.8e6  # slice + assign, read + write, H200 HBM
+    assert e["copy_us"] == pytest.approx(copy_us, rel=1e-12)
+    assert e["work"] == flops and e["duration_us"] == pytest.approx(
+        NVLINK.compute_us("expert_fwd", flops, m.shape_key(), m, 4) + copy_us, rel=1e-12)
     serial = build(m, Cluster(1, 4), NVLINK, Layout(4, grouped_experts=False)).nodes["L0.F.expert_fwd.c0"]
     n = m.experts // 4
     assert serial["calls"] == n
-    assert serial["duration_us"] == pytest.approx(n * NVLINK.compute_us("expert_fwd", flops / n, m.shape_key(), m, 4))
+    assert serial["duration_us"] == pytest.approx(n * NVLINK.compute_us("expert_fwd", flops / n, m.shape_key(), m, 4)
+                                                  + copy_us)
     big = Cluster(4, 8, network=load_network("dgx-h200"))
     g8 = build(m, big, NVLINK, Layout(8))
     assert g8.nodes["L0.F.tp_ar.c0.moe"]["duration_us"] == collective_us(

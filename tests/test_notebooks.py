@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_timelines", "03_layer_grids", "04_routing_placement")
-BUDGET_S = 150.0  # all together, on CPU
+NAMES = ("01_quickstart", "02_timelines", "03_layer_grids", "04_routing_placement", "05_layouts")
+BUDGET_S = 170.0  # all together, on CPU
 _ELAPSED: dict[str, float] = {}
 
 

@@ -1,6 +1,7 @@
 """``moesched layouts``: compare today's EP layout (all-to-alls; the solver's EP size and
 schedule) with Pipeline MoE's EP inside tensor parallelism for every TP size of the node,
-under the memory model, and explain the choice (:mod:`moesched.layoutchoice`)."""
+under the memory model, and explain the choice (:mod:`moesched.layoutchoice`). ``--out``
+writes the chosen layout's plan (graph + order; a PPMoE plan carries its ``layout``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from moesched.cluster import comm_model
 from moesched.commands.models import format_table
-from moesched.commands.setup import add_cluster_arguments, check_time_limit, load_profile, network_note, \
-    resolve_cluster
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, \
+    load_profile, network_note, resolve_cluster
 from moesched.layoutchoice import LayoutOption, compare_layouts, reason
 from moesched.memory import GB, ZERO_STAGES
 from moesched.models import MoEModel
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zero", type=int, default=0, choices=ZERO_STAGES, help="ZeRO stage of the memory model")
     parser.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                         help="seconds for the EP layout's schedule search (default 10)")
+    parser.add_argument("--out", default=None, metavar="PLAN",
+                        help="write the chosen layout's plan JSON (for `torchrun -m executor.run --plan`)")
 
 
 def _row(o: LayoutOption, chosen: LayoutOption) -> list[str]:
@@ -39,6 +42,7 @@ def _row(o: LayoutOption, chosen: LayoutOption) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_command_outputs(args, {"--out": args.out})
     check_time_limit(args.time_limit)
     if args.model.endswith(".json") or Path(args.model).is_dir():
         model = MoEModel.from_hf_config(args.model)
@@ -57,4 +61,8 @@ def run(args: argparse.Namespace) -> int:
                        [_row(o, chosen) for o in opts], [False, True, True, True, True, True, True, True, False]))
     print("step_ms: GPU costs, list-scheduled; a2a/tp/grad: rank 0's busy time on each kind of collective")
     print(f"why: {reason(opts, chosen)}")
+    if args.out:
+        assert chosen.plan is not None
+        chosen.plan.save(args.out)
+        print(f"plan of {chosen.label()} written to {args.out}")
     return 0
