@@ -226,8 +226,9 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
         plan = errors.describe(e, with_rank=False)
     refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
-    if isinstance(plan, Plan) and plan.layout is not None and cuda:
-        refusal = f"plan {a.plan}: {plan.layout.label()} layout plans run on gloo/CPU only (--backend gloo)"
+    if isinstance(plan, Plan) and plan.layout is not None and (cuda or a.trace or a.record_routing):
+        refusal = (f"plan {a.plan}: {plan.layout.label()} layout plans run one checked step on gloo/CPU only "
+                   "(--backend gloo; no --trace, no --record-routing)")
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else \
         _run_layout(a, plan, rank) if plan.layout is not None else _run(a, plan, rank, world, cuda)

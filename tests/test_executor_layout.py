@@ -51,3 +51,16 @@ def test_layout_plan_matches_the_reference(case: str, world: int, tp: int, sp: b
     res = json.loads([line for line in p.stdout.splitlines() if line.startswith("{")][-1])
     assert (res["tp"], res["dp"], res["sp"], res["ok"]) == (tp, world // tp, sp, True), res
     assert res["max_abs_err"] < 1e-5 and abs(res["loss"] - res["ref_loss"]) < 1e-5 * abs(res["ref_loss"])
+
+
+def test_layout_plan_with_trace_is_refused_on_every_rank(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    _plan("gpt-dropless", 2, Layout(2), plan)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "--master_addr=127.0.0.1", "-m", "executor.run", "--plan", str(plan), "--backend", "gloo",
+           "--trace", str(tmp_path / "t.json")]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert p.returncode != 0
+    assert "layout plans run one checked step on gloo/CPU only" in p.stderr
+    assert not (tmp_path / "t.json").exists()
