@@ -272,16 +272,19 @@ class ReferenceModel:
         x = self.blocks(x)
         return ((x.float() - target.float()) ** 2).mean() + self.aux
 
-    def blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Output [B, L, M] of the last block for one rank's input x [B, L, M]. Sets
-        ``self.aux`` (the auxiliary router losses averaged over layers, 0-d) and
-        ``self.load`` [layers, E] (copies routed to each expert, before capacity)."""
+    def blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Output [B, L, M] of block ``stop - 1`` for input x [B, L, M] of block ``start``
+        (default: every block). Sets ``self.aux`` (the auxiliary router losses averaged over
+        layers, 0-d) and ``self.load`` [layers, E] (copies routed to each expert, before
+        capacity)."""
         m = self.cfg
         B, L, M = x.shape
         T = B * L
         self.aux = x.new_zeros((), dtype=torch.float32)
         self.load = torch.zeros(m.layers, m.experts, dtype=torch.long)
         for l, p in enumerate(self.module.blocks):
+            if l < start or (stop is not None and l >= stop):
+                continue
             h, u = attention_norm(x, p, m)
             uf = u.reshape(T, M)
             y = h.reshape(T, M)
