@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
             continue
         df = repredict(folder, reg)
         rho = lambda col: statistics.fmean(  # noqa: E731
-            g[col].corr(g["measured_ms"], method="spearman") for _, g in df.groupby("config"))
+            g[col].rank().corr(g["measured_ms"].rank()) for _, g in df.groupby("config"))  # Spearman, no scipy
         print(f"{reg}: as run |err| mean {df['error_pct'].abs().mean():.2f} % max {df['error_pct'].abs().max():.2f} %"
               f" Spearman {rho('predicted_ms'):.3f}; now mean {df['now_error_pct'].abs().mean():.2f} % max "
               f"{df['now_error_pct'].abs().max():.2f} % Spearman {rho('now_ms'):.3f}")
