@@ -232,6 +232,7 @@ def _main(argv: list[str] | None) -> int:
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else \
         _run_layout(a, plan, rank) if plan.layout is not None else _run(a, plan, rank, world, cuda)
+    dist.barrier()  # no rank tears the group down while a peer still uses it
     watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done
     dist.destroy_process_group()
     return code
