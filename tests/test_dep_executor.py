@@ -4,23 +4,17 @@ attention rank's output equals the single-process reference (executor.depcheck).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from localhost import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_executor_exact import torchrun as run_module
 
 
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "--master_addr=127.0.0.1", "-m", "executor.depcheck", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    return run_module(nproc, "executor.depcheck", args, free_port())
 
 
 @pytest.mark.parametrize("ag,r1,r2,shared", [(1, 2, 2, False), (1, 3, 2, True), (2, 2, 3, True), (2, 2, 2, False)])

@@ -3,19 +3,17 @@ GPipe orders, and a 2-stage pipeline on gloo giving the reference's loss and gra
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from localhost import free_port
 
+from tests.test_executor_exact import torchrun as run_module
+
+
 from moesched.errors import MoeschedError
 from moesched.pipeline import bubble_fraction, gpipe, one_f_one_b, stage_layers
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.parametrize("S,m", [(2, 4), (4, 4), (4, 8), (3, 1)])
 def test_schedules_run_every_micro_batch_once_forward_before_backward(S: int, m: int) -> None:
@@ -43,11 +41,7 @@ def test_bubble_and_stage_layers() -> None:
 
 
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "--master_addr=127.0.0.1", "-m", "executor.pipecheck", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    return run_module(nproc, "executor.pipecheck", args, free_port())
 
 
 @pytest.mark.parametrize("nproc,args", [(2, ["--microbatches", "4"]), (2, ["--schedule", "gpipe"]),
