@@ -75,6 +75,9 @@ def run_layout_step(plan: Plan, seed: int = 0) -> LayoutStepResult:
     if plan.layout is None:
         raise MoeschedError("run_layout_step needs a plan with a layout")
     m, t, sp = plan.model, plan.layout.tp, plan.layout.sequence_parallel
+    if m.dense_layers:
+        raise MoeschedError(f"the executor runs PPMoE layouts of all-MoE models only; {m.name} has dense "
+                            f"layers {list(m.dense_layers)} (the planner prices them as TP MLPs)")
     world, rank = dist.get_world_size(), dist.get_rank()
     if world != plan.cluster.world:
         raise MoeschedError(f"the plan is for {plan.cluster.world} ranks but {world} are running")

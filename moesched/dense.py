@@ -25,6 +25,14 @@ def ffn_view(m: MoEModel) -> MoEModel:
     return replace(m, shared_experts=1, ffn_hidden=m.dense_ffn_hidden, dense_layers=(), dense_ffn_hidden=None)
 
 
+def moe_part(m: MoEModel) -> MoEModel:
+    """``m`` with its MoE layers only (the dense layers removed): what expert placement and
+    routing work on; a dense layer costs the same under every placement."""
+    if not m.dense_layers:
+        return m
+    return replace(m, layers=len(m.moe_layers), dense_layers=(), dense_ffn_hidden=None)
+
+
 def ffn_fwd_flops(m: MoEModel, tokens: int) -> float:
     """Forward FLOPs of the dense FFN on ``tokens`` tokens: (2 or 3) GEMMs of 2*M*H_dense
     FLOPs per token (backward: 2x, Narayanan et al. SC'21 Sec. 5.1)."""
@@ -45,18 +53,31 @@ def grad_bytes_per_layer(m: MoEModel, group: str, ep: int) -> list[int]:
 
 def param_counts(m: MoEModel, ep: int) -> tuple[int, int]:
     """(dense, expert) parameters held by one rank with EP size ``ep``: every layer's dense
-    parameters (dense layers whole), the E/ep experts of each MoE layer."""
+    parameters (dense layers whole) and the token embedding, output head and final norm
+    (:meth:`MoEModel.embedding_params`), the E/ep experts of each MoE layer."""
     nd = len(m.dense_layers)
-    dense = (m.layers - nd) * m.dense_params_per_layer() + nd * m.dense_layer_params()
+    dense = (m.layers - nd) * m.dense_params_per_layer() + nd * m.dense_layer_params() + m.embedding_params()
     return dense, (m.layers - nd) * (m.experts // ep) * m.expert_params()
+
+
+def attention_activation_bytes(m: MoEModel) -> int:
+    """Bytes the attention of one layer keeps for its backward on one rank (Korthikanti et
+    al. Eq. 1 counted for this block, no dropout, SDPA; b bytes per element, T tokens, M
+    width, h heads of size d, h_kv key/value heads): input, norm output, h, u: 4 [T, M];
+    q, SDPA output and its re-laid copy: 3 [T, h*d]; k, v: 2 [T, h_kv*d], and their
+    copies repeated to every query head 2 [T, h*d] under grouped-query attention; SDPA
+    log-sum-exp [T, h] and norm rstd 2 [T] fp32. Without grouped-query attention and
+    head_dim: 9 [T, M]."""
+    b, T, M, hq, hkv = m.bytes_per_elem, m.tokens, m.d_model, m.heads * m.hd, m.n_kv_heads * m.hd
+    rep = 2 * T * hq if m.n_kv_heads != m.heads else 0
+    return (4 * T * M + 3 * T * hq + 2 * T * hkv + rep) * b + 4 * (T * m.heads + 2 * T)
 
 
 def activation_bytes(m: MoEModel) -> int:
     """Bytes one dense layer keeps for its backward on one rank (b bytes per element, T
-    tokens, M width, a heads, H_dense): the attention part of
-    :func:`moesched.memory.activation_bytes_per_layer` (9 [T, M], log-sum-exp [T, a] and
-    norm rstd 2 [T] fp32), the FFN input [T, M] and pre-activations [T, H_dense] (two for
-    SwiGLU), and the layer output's gradient [T, M]."""
+    tokens, M width, H_dense): the attention's (:func:`attention_activation_bytes`), the
+    FFN input [T, M] and pre-activations [T, H_dense] (two for SwiGLU), and the layer
+    output's gradient [T, M]."""
     b, T, M = m.bytes_per_elem, m.tokens, m.d_model
     hid = (m.expert_gemms - 1) * T * (m.dense_ffn_hidden or 0)
-    return (9 * T * M + 2 * T * M + hid) * b + 4 * (T * m.heads + 2 * T)
+    return attention_activation_bytes(m) + (2 * T * M + hid) * b

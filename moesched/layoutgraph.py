@@ -5,6 +5,7 @@ Every rank of a TP group runs the same tasks on its shard, so the graph is one r
 :func:`moesched.graph.tid`, the collective's place as the suffix ``attn`` / ``moe``):
 
 forward   attn_fwd -> tp_ar.attn -> expert_fwd (+ shared_fwd) -> tp_ar.moe
+          (a dense layer: shared_fwd, its dense FFN split t ways as Megatron's TP MLP, for the experts)
           (sequence parallel: tp_ag.attn -> attn_fwd -> tp_rs.attn -> tp_ag.moe -> experts -> tp_rs.moe)
 backward  expert_dx (+ shared_bwd) -> tp_ar.moe -> attn_bwd -> tp_ar.attn; expert_dw after expert_dx
           (sequence parallel: tp_ag before and tp_rs after each block, the forward's mirror)
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import networkx as nx
 
+from moesched import dense as dense_layers
 from moesched import work
 from moesched.cluster import Cluster, collective_us
 from moesched.graph import build as build_ep
 from moesched.graph import tid
 from moesched.kinds import TP_OP_OF_KIND
 from moesched.knobs import Knobs
-from moesched.layouts import (Layout, attn_fwd_flops, check_layout, expert_calls, param_counts, tp_bytes,
+from moesched.layouts import (Layout, attn_fwd_flops, check_layout, expert_calls, layer_param_counts, tp_bytes,
                               tp_cluster)
 from moesched.layoutsearch import index_copy_us
 from moesched.models import MoEModel
@@ -56,9 +58,12 @@ class _LayoutBuilder:
         return name
 
     def compute(self, kind: str, layer: int, phase: str, deps: list[str], flops: float, calls: int = 1,
-                copy_us: float = 0.0) -> str:
-        """A compute task; ``copy_us``: its index slice/assign copies (µs), added to its time."""
-        us = 0.0 if self.p is None else calls * self.p.compute_us(kind, flops, self.m.shape_key(), self.m,
+                copy_us: float = 0.0, dense_ffn: bool = False) -> str:
+        """A compute task; ``copy_us``: its index slice/assign copies (µs), added to its time;
+        ``dense_ffn``: a dense layer's FFN, priced as the shared expert of
+        :func:`moesched.dense.ffn_view`."""
+        m = dense_layers.ffn_view(self.m) if dense_ffn else self.m
+        us = 0.0 if self.p is None else calls * self.p.compute_us(kind, flops, m.shape_key(), m,
                                                                    self.lay.tp) + copy_us
         return self.add(tid(layer, phase, kind, 0), deps, kind, layer, phase, "compute", us, work=flops * calls,
                         calls=calls, copy_us=copy_us)
@@ -81,6 +86,9 @@ class _LayoutBuilder:
         m, lay = self.m, self.lay
         a = self.compute("attn_fwd", layer, "fwd", self.tp_in(layer, "fwd", "attn", prev), attn_fwd_flops(m, lay))
         x = self.tp_in(layer, "fwd", "moe", [self.tp_out(layer, "fwd", "attn", [a])])
+        if m.is_dense(layer):  # Megatron's TP MLP: the dense FFN split t ways on the group's tokens
+            ffn = self.compute("shared_fwd", layer, "fwd", x, dense_layers.ffn_fwd_flops(m, m.tokens), dense_ffn=True)
+            return [self.tp_out(layer, "fwd", "moe", [ffn])]
         n, f = expert_calls(m, lay)
         outs = [self.compute("expert_fwd", layer, "fwd", x, f, n, self.copy_us)]
         if m.shared_experts:
@@ -91,6 +99,12 @@ class _LayoutBuilder:
         """(gradient of the layer input, task the dense gradients wait for, the experts' dW)."""
         m, lay = self.m, self.lay
         g = self.tp_in(layer, "bwd", "moe", gout)
+        if m.is_dense(layer):
+            ffn = self.compute("shared_bwd", layer, "bwd", g, 2 * dense_layers.ffn_fwd_flops(m, m.tokens),
+                               dense_ffn=True)
+            ga = self.tp_in(layer, "bwd", "attn", [self.tp_out(layer, "bwd", "moe", [ffn])])
+            ab = self.compute("attn_bwd", layer, "bwd", ga, 2 * attn_fwd_flops(m, lay))
+            return [self.tp_out(layer, "bwd", "attn", [ab])], ab, ab
         n, f = expert_calls(m, lay)
         dx = self.compute("expert_dx", layer, "bwd", g, f, n, self.copy_us)
         ins = [dx]
@@ -105,10 +119,12 @@ class _LayoutBuilder:
         """One all-reduce per layer and group over the DP group (world/t ranks)."""
         if self.c.expert_dp == 1:
             return
-        dense, expert = param_counts(self.m, self.lay)
+        dense, expert = layer_param_counts(self.m, self.lay, layer)
         b = self.m.bytes_per_elem
         for group, n, after in (("dense", dense, dense_after), ("expert", expert, expert_after)):
-            nbytes = float(n // self.m.layers * b)
+            if not n:
+                continue
+            nbytes = float(n * b)
             us = 0.0 if self.p is None else collective_us(self.c, self.p, "all_reduce", "expert_dp", nbytes)
             res = "comm_intra" if self.c.nodes == 1 else "comm_inter"
             self.add(f"G.{group}.L{layer}", [after], "grad_ar", -1, "grad", res, us, op="all_reduce",

@@ -81,9 +81,6 @@ def check_layout(model: MoEModel, cluster: Cluster, layout: Layout) -> None:
         raise MoeschedError(f"layout: TP size must be a positive integer, got {t!r}")
     if t == 1:
         return
-    if model.dense_layers:
-        raise MoeschedError(f"layout {layout.label()}: PPMoE layouts do not model dense (non-MoE) layers yet "
-                            f"({model.name} has dense_layers={list(model.dense_layers)})")
     for what, n in (("GPUs per node", cluster.gpus_per_node), ("heads", model.heads),
                     ("key/value heads", model.n_kv_heads), ("experts", model.experts)):
         if n % t:
@@ -92,6 +89,9 @@ def check_layout(model: MoEModel, cluster: Cluster, layout: Layout) -> None:
     if model.shared_experts and model.ffn_hidden % t:
         raise MoeschedError(f"layout {layout.label()}: TP {t} does not divide the shared experts' hidden size "
                             f"{model.ffn_hidden}")
+    if model.dense_layers and (model.dense_ffn_hidden or 0) % t:
+        raise MoeschedError(f"layout {layout.label()}: TP {t} does not divide the dense layers' FFN hidden size "
+                            f"{model.dense_ffn_hidden}")
 
 
 def tp_cluster(cluster: Cluster, layout: Layout) -> Cluster:
@@ -108,9 +108,10 @@ def group_tokens(model: MoEModel, layout: Layout) -> int:
 
 def attn_fwd_flops(model: MoEModel, layout: Layout) -> float:
     """One TP rank's attention forward FLOPs: projections and scores split t ways, the
-    router replicated (work.attn_fwd_flops's terms: 8M^2 + 4LM per token split, 2ME whole)."""
-    tg, m_ = group_tokens(model, layout), model.d_model
-    return tg * ((8.0 * m_ * m_ + 4.0 * model.seq_len * m_) / layout.tp + 2.0 * m_ * model.experts)
+    router replicated (:func:`moesched.work.attn_fwd_flops`'s terms: projections and
+    scores per token split, 2ME whole)."""
+    tg, router = group_tokens(model, layout), 2.0 * model.d_model * model.experts
+    return tg * ((work.attn_fwd_flops(model, 1) - router) / layout.tp + router)
 
 
 def local_experts(model: MoEModel, layout: Layout) -> int:
@@ -132,28 +133,54 @@ def tp_bytes(model: MoEModel, layout: Layout) -> int:
     return group_tokens(model, layout) * model.d_model * model.bytes_per_elem
 
 
-def param_counts(model: MoEModel, layout: Layout) -> tuple[int, int]:
-    """(dense, expert) parameters of one rank: attention projections and shared experts
-    split t ways, norms (q/k norms too) and router replicated; E/t routed experts
-    (:class:`executor.tp.TPShard` allocates exactly these; tested)."""
+def layer_param_counts(model: MoEModel, layout: Layout, layer: int) -> tuple[int, int]:
+    """(dense, expert) parameters of layer ``layer`` on one rank: attention projections,
+    shared experts and a dense layer's FFN split t ways, norms (q/k norms too) and router
+    replicated; E/t routed experts (:class:`executor.tp.TPShard` allocates exactly these
+    for MoE layers; tested)."""
     t, m_ = layout.tp, model.d_model
     qk = 2 * model.hd if model.qk_norm else 0  # the q/k norm weights: replicated
-    dense_layer = (model.attention_params() - qk) // t + qk + 2 * m_ + m_ * model.experts + \
-        model.shared_experts * model.expert_params() // t
-    return model.layers * dense_layer, model.layers * local_experts(model, layout) * model.expert_params()
+    attn = (model.attention_params() - qk) // t + qk + 2 * m_
+    if model.is_dense(layer):
+        return attn + model.dense_ffn_params() // t, 0
+    dense = attn + m_ * model.experts + model.shared_experts * model.expert_params() // t
+    return dense, local_experts(model, layout) * model.expert_params()
 
 
-def activation_bytes_per_layer(model: MoEModel, layout: Layout) -> int:
-    """Bytes one layer keeps for backward on one TP rank: :func:`moesched.memory.activation_bytes_per_layer`'s
-    tensors for Tg tokens, the TP way (Korthikanti et al. Eq. 2: the [Tg, M] tensors around
-    the norms replicated, those inside attention split t ways; Eq. 4 with sequence
-    parallelism: all split), plus the rank's T*k routed rows (gathered input, pre-activations,
-    outputs) and its replicated routing (weights, indices, kept flags for Tg*k)."""
+def param_counts(model: MoEModel, layout: Layout) -> tuple[int, int]:
+    """(dense, expert) parameters of one rank over all layers (:func:`layer_param_counts`),
+    the embeddings, output head and final norm (:meth:`MoEModel.embedding_params`) whole."""
+    per = [layer_param_counts(model, layout, l) for l in range(model.layers)]
+    return sum(d for d, _ in per) + model.embedding_params(), sum(e for _, e in per)
+
+
+def _attention_activation_bytes(model: MoEModel, layout: Layout) -> int:
+    """Bytes the attention of one layer keeps on one TP rank (Korthikanti et al. Eq. 2: the
+    [Tg, M] tensors around the norms replicated, or split with sequence parallelism (Eq. 4);
+    those inside attention split t ways: q, SDPA output and its copy 3 [Tg, h*d], k and v
+    2 [Tg, h_kv*d], their repeated copies 2 [Tg, h*d] under grouped-query attention), the
+    fp32 log-sum-exp [Tg, h/t], norm rstd and router probabilities [Tg, E]."""
+    t, b, M = layout.tp, model.bytes_per_elem, model.d_model
+    tg = group_tokens(model, layout)
+    rep = tg // t if layout.sequence_parallel else tg  # tokens of a replicated [., M] tensor
+    hq, hkv = model.heads * model.hd, model.n_kv_heads * model.hd
+    inner = 3 * hq + 2 * hkv + (2 * hq if model.n_kv_heads != model.heads else 0)
+    return (4 * rep * M + tg * inner // t) * b + 4 * (tg * model.heads // t + 2 * rep + tg * model.experts)
+
+
+def activation_bytes_per_layer(model: MoEModel, layout: Layout, layer: int = -1) -> int:
+    """Bytes layer ``layer`` keeps for backward on one TP rank: the attention's
+    (:func:`_attention_activation_bytes`) and, for an MoE layer, the replicated routing
+    (weights, indices, kept flags for Tg*k), owner state and the rank's T*k routed rows
+    (gathered input, pre-activations, outputs); for a dense layer its FFN's input and output
+    gradient [Tg, M] (replicated or SP-split) and pre-activations split t ways."""
     t, b, M, H, k = layout.tp, model.bytes_per_elem, model.d_model, model.ffn_hidden, model.top_k
     tg, T = group_tokens(model, layout), model.tokens
     g = model.expert_gemms - 1
-    rep = tg // t if layout.sequence_parallel else tg  # tokens of a replicated [., M] tensor
-    attention = (4 * rep * M + 5 * tg * M // t) * b + 4 * (tg * model.heads // t + 2 * rep + tg * model.experts)
+    rep = tg // t if layout.sequence_parallel else tg
+    attention = _attention_activation_bytes(model, layout)
+    if layer >= 0 and model.is_dense(layer):
+        return attention + (2 * rep * M + g * tg * (model.dense_ffn_hidden or 0) // t) * b
     owner = 3 * rep * M * b + tg * k * (4 + 8 + 1)
     if model.shared_experts:
         owner += (2 * rep * M + g * tg * model.shared_experts * H // t) * b
@@ -178,5 +205,6 @@ def layout_memory(model: MoEModel, cluster: Cluster, layout: Layout, zero: int =
     params = (dense + expert) * b
     grads = params // dp if zero >= 2 else params
     optimizer = (dense + expert) * state // (dp if zero >= 1 else 1)
-    act = model.layers * activation_bytes_per_layer(model, layout)
+    act = sum(activation_bytes_per_layer(model, layout, l) for l in range(model.layers)) + \
+        memory.lm_activation_bytes(model)
     return memory.RankMemory(int(params), int(grads), int(optimizer), int(act), 0)

@@ -2,8 +2,8 @@
 
 One record, :class:`RankMemory`, with one field per term (bytes per rank):
 
-* **parameters**: dense parameters (attention, norms, router, shared experts) replicated on
-  every rank, routed experts sharded over the EP group (E/EP experts per rank), in the
+* **parameters**: dense parameters (attention, norms, router, shared experts, and with a
+  vocabulary the token embedding, output head and final norm) replicated on every rank, routed experts sharded over the EP group (E/EP experts per rank), in the
   model's dtype (``executor/layers.py``: ``LayerParams`` in ``MoEModule.dtype``).
 * **gradients**: the executor's two flat gradient buffers (``executor.layers.grad_buffers``:
   "dense" and "expert", every parameter's ``.grad`` a view into them), in the model's dtype
@@ -27,7 +27,8 @@ One record, :class:`RankMemory`, with one field per term (bytes per rank):
   Eq. 1: per-layer stored tensors of a transformer block, sbh(34 + 5as/h) bytes in 16-bit
   with dropout and without flash attention) applied to the tensors this executor stores:
   no dropout masks, no s^2 attention scores (scaled-dot-product attention keeps its output
-  and log-sum-exp), the MoE's routed copies instead of one MLP.
+  and log-sum-exp), the MoE's routed copies instead of one MLP; with a vocabulary, the
+  logits and their fp32 copy for the loss (:func:`lm_activation_bytes`).
 * **a2a_buffers**: the all-to-all rows a layer keeps for the whole step: dispatch send rows,
   expert outputs, combine results (forward) and combine_bwd send rows, expert dX rows
   (backward), ``LayerState.fsend/eout/comb/bsend/edx``.
@@ -119,8 +120,9 @@ def activation_bytes_per_layer(model: MoEModel) -> int:
       and sh1 (sh3 for SwiGLU) [T, Hs];
     * expert side: the saved GEMM inputs x [T*k, M] and pre-activations h1 (h3) [T*k, H];
     * attention autograd (Korthikanti et al. Eq. 1 counted for this block, no dropout, SDPA):
-      input, norm output, q/k/v, SDPA output, its re-laid copy, h, u: 9 [T, M]; SDPA
-      log-sum-exp [T, a] fp32; norm rstd 2 [T] fp32; router probabilities [T, E] fp32.
+      :func:`moesched.dense.attention_activation_bytes` (9 [T, M] without grouped-query
+      attention, SDPA log-sum-exp [T, a] and norm rstd 2 [T] fp32); router probabilities
+      [T, E] fp32.
     """
     b, T, M, H, k = model.bytes_per_elem, model.tokens, model.d_model, model.ffn_hidden, model.top_k
     g = model.expert_gemms - 1  # pre-activations kept per copy: h1 (gpt), h1 and h3 (swiglu)
@@ -129,8 +131,14 @@ def activation_bytes_per_layer(model: MoEModel) -> int:
     if hs:
         owner += (2 * T * M + g * T * hs) * b
     expert = (T * k * M + g * T * k * H) * b
-    attention = 9 * T * M * b + 4 * (T * model.heads + 2 * T + T * model.experts)
+    attention = dense_layers.attention_activation_bytes(model) + 4 * T * model.experts
     return owner + expert + attention
+
+
+def lm_activation_bytes(model: MoEModel) -> int:
+    """Bytes of the language-model head at its peak (a model with ``vocab_size`` V): the
+    logits [T, V] in the model's dtype and their fp32 copy for the cross-entropy, T tokens."""
+    return model.tokens * (model.vocab_size or 0) * (model.bytes_per_elem + 4)
 
 
 def a2a_bytes_per_layer(model: MoEModel) -> int:
@@ -158,7 +166,8 @@ def rank_memory(model: MoEModel, cluster: Cluster, zero: int = 0) -> RankMemory:
     # Dense layers keep their own activations (:func:`moesched.dense.activation_bytes`), no all-to-all rows.
     nd = len(model.dense_layers)
     act = (model.layers - nd) * activation_bytes_per_layer(model) + nd * dense_layers.activation_bytes(model) + \
-        (model.tokens * model.top_k * (model.d_model + (model.expert_gemms - 1) * model.ffn_hidden)) * b
+        (model.tokens * model.top_k * (model.d_model + (model.expert_gemms - 1) * model.ffn_hidden)) * b + \
+        lm_activation_bytes(model)
     a2a = (model.layers - nd) * a2a_bytes_per_layer(model)
     return RankMemory(int(params), int(grads), int(optimizer), int(act), a2a)
 

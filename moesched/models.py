@@ -182,6 +182,13 @@ class MoEModel:
         qkv = (self.heads + 2 * self.n_kv_heads) * self.hd * self.d_model
         return qkv + self.d_model * self.heads * self.hd + (2 * self.hd if self.qk_norm else 0)
 
+    def embedding_params(self) -> int:
+        """Token embedding [V, M], output head [V, M] (none when tied) and final RMSNorm [M]
+        of a model with ``vocab_size`` V; 0 without one (blocks only)."""
+        if self.vocab_size is None:
+            return 0
+        return self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2) + self.d_model
+
     @property
     def bytes_per_elem(self) -> int:
         return DTYPE_BYTES[self.dtype]
@@ -241,10 +248,13 @@ class MoEModel:
 
     def shape_key(self) -> str:
         """What sets a compute task's efficiency besides its token count: a profile may hold
-        compute costs per shape key (measured on exactly these matrices)."""
+        compute costs per shape key (measured on exactly these matrices). Key/value heads and
+        head size appear only where they differ from multi-head attention of M / heads."""
         cf = "dropless" if self.capacity_factor is None else f"f{self.capacity_factor:g}"
-        return (f"M{self.d_model}-h{self.heads}-L{self.seq_len}-H{self.ffn_hidden}-E{self.experts}-k{self.top_k}"
-                f"-{cf}-s{self.shared_experts}-{self.expert_kind}-{self.dtype}")
+        attn = (f"-kv{self.kv_heads}" if self.n_kv_heads != self.heads else "") + \
+            (f"-d{self.head_dim}" if self.head_dim is not None and self.head_dim * self.heads != self.d_model else "")
+        return (f"M{self.d_model}-h{self.heads}{attn}-L{self.seq_len}-H{self.ffn_hidden}-E{self.experts}"
+                f"-k{self.top_k}-{cf}-s{self.shared_experts}-{self.expert_kind}-{self.dtype}")
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, less the attention/LM fields at their defaults (so a model without them
@@ -279,12 +289,25 @@ class MoEModel:
             name = str(d.get("_name_or_path") or (d.get("architectures") or [d.get("model_type")])[0])
         return cls(name=name, seq_len=seq_len, micro_batch=micro_batch, dtype=dtype, **kw)
 
+    def with_layers(self, layers: int) -> "MoEModel":
+        """This model with ``layers`` layers (its first ones, or more MoE layers after its
+        last): the dense layers past the end are dropped; refused (one line) when every one
+        of the first ``layers`` layers is dense."""
+        dense = tuple(l for l in self.dense_layers if l < layers)
+        if isinstance(layers, int) and 0 < layers == len(dense):
+            raise MoeschedError(f"model {self.name}: its first {layers} layer(s) are all dense (dense layers "
+                                f"{list(self.dense_layers)}); take at least {layers + 1} layers to keep an MoE layer")
+        return replace(self, layers=layers, dense_layers=dense, dense_ffn_hidden=self.dense_ffn_hidden if dense else None)
+
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "MoEModel":
-        """Look a preset up by name (case-insensitive), optionally overriding fields."""
+        """Look a preset up by name (case-insensitive), optionally overriding fields (a
+        ``layers`` override goes through :meth:`with_layers`)."""
         key = name.lower()
         for preset_name, preset in PRESETS.items():
             if preset_name.lower() == key:
+                if "layers" in overrides:
+                    preset = preset.with_layers(overrides.pop("layers"))
                 return replace(preset, **overrides) if overrides else preset
         close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(PRESETS)}"
@@ -317,15 +340,27 @@ PRESETS: dict[str, MoEModel] = {
         # "Mixtral-7B" as FSMoE ran it on testbed B: 7 layers, L=256, Mixtral-8x7B layer shapes.
         _p(name="Mixtral-7B-FSMoE", layers=7, d_model=4096, heads=32, seq_len=256, micro_batch=1,
            ffn_hidden=14336, experts=8, top_k=2, capacity_factor=1.2, expert_kind="swiglu"),
-        # Published configs (Hugging Face config.json); GQA and the dense first layers of
-        # DeepSeek are not modelled; seq_len and micro_batch assumed.
+        # Published configs (Hugging Face config.json of each checkpoint: grouped-query
+        # attention, head size, rotary base, norm epsilon, vocabulary, dense first layers);
+        # seq_len and micro_batch assumed. Mixtral-8x7B-v0.1: 46.7 B parameters.
         _p(name="Mixtral-8x7B", layers=32, d_model=4096, heads=32, seq_len=4096, micro_batch=1,
-           ffn_hidden=14336, experts=8, top_k=2, expert_kind="swiglu"),
+           ffn_hidden=14336, experts=8, top_k=2, expert_kind="swiglu", kv_heads=8, rope_theta=1e6,
+           norm_eps=1e-5, vocab_size=32000),
+        # Mixtral-8x22B-v0.1: 141 B parameters.
         _p(name="Mixtral-8x22B", layers=56, d_model=6144, heads=48, seq_len=4096, micro_batch=1,
-           ffn_hidden=16384, experts=8, top_k=2, expert_kind="swiglu"),
+           ffn_hidden=16384, experts=8, top_k=2, expert_kind="swiglu", kv_heads=8, rope_theta=1e6,
+           norm_eps=1e-5, vocab_size=32000),
+        # DeepSeek-V2-Lite: 15.7 B parameters; layer 0 dense (first_k_dense_replace 1,
+        # intermediate_size 10944); greedy softmax top-6 without renormalisation. Its
+        # multi-head latent attention is approximated by multi-head attention of the same
+        # 16 heads of 128 (q/k/v/o weights 16.8 M against MLA's 13.8 M per layer, the same
+        # score and value FLOPs up to MLA's 64-wide rotary part of q and k).
         _p(name="DeepSeek-V2-Lite", layers=27, d_model=2048, heads=16, seq_len=4096, micro_batch=1,
-           ffn_hidden=1408, experts=64, top_k=6, shared_experts=2, expert_kind="swiglu"),
+           ffn_hidden=1408, experts=64, top_k=6, shared_experts=2, expert_kind="swiglu", norm_topk_prob=False,
+           rope_theta=1e4, vocab_size=102400, dense_layers=(0,), dense_ffn_hidden=10944),
+        # Qwen3-30B-A3B: 30.5 B parameters; 32 query heads of 128 over d_model 2048, 4 kv heads.
         _p(name="Qwen3-30B-A3B", layers=48, d_model=2048, heads=32, seq_len=4096, micro_batch=1,
-           ffn_hidden=768, experts=128, top_k=8, expert_kind="swiglu"),
+           ffn_hidden=768, experts=128, top_k=8, expert_kind="swiglu", kv_heads=4, head_dim=128,
+           qk_norm=True, rope_theta=1e6, vocab_size=151936),
     ]
 }

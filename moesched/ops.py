@@ -11,10 +11,12 @@ equal this recipe's GEMMs, so the recipe, the executor and the profiler cannot d
 
 Shapes, per task (T tokens of whole samples, b = T / L samples; C routed copies received;
 El = E / ep local experts; M model width, H expert hidden, S shared experts, h heads,
-d = M / h head dim, k top-k; B bytes per element of the run's dtype):
+d head size (M / h unless the model sets head_dim), h_kv key/value heads, k top-k; B bytes per element of the run's dtype):
 
 * attn_fwd: merge of the previous layer (gather C*M, weighted sum), rmsnorm, GEMM
-  (T, 3M, M), causal attention (b*h, L, d), GEMM (T, M, M), residual, rmsnorm, router GEMM
+  (T, (h + 2 h_kv) d, M) (h_kv key/value heads of grouped-query attention, d = M / h by
+  default), with qk_norm a norm over the q and k heads, with h_kv < h the repeat of k and
+  v to every query head, causal attention (b*h, L, d), GEMM (T, M, h d), residual, rmsnorm, router GEMM
   (T, E, M) (xmoe: (T, d_r, M) and (T, E, d_r)), fp32 softmax and top-k, capacity ranks
   (sort of T*k keys), dispatch rows (gather C*M).
 * attn_bwd: the input and weight gradients of each forward GEMM -- for y[m, n] = x[m, k]
@@ -116,6 +118,32 @@ class Dims:
     swiglu: bool
     B: int
     R: int = 0  # xmoe's routing dimension d_r (0: the router is one GEMM u Wg^T)
+    hd: int = 0  # head size d (0: M / heads)
+    kv: int = 0  # key/value heads of grouped-query attention (0: heads)
+    qk_norm: bool = False  # an RMSNorm over each query and key head (Qwen3)
+
+    @property
+    def d(self) -> int:
+        """Head size."""
+        return self.hd or self.M // self.heads
+
+    @property
+    def h_kv(self) -> int:
+        """Key/value heads."""
+        return self.kv or self.heads
+
+    def head_ops(self, backward: bool) -> list["Op"]:
+        """The kernels of grouped-query attention and qk_norm around the attention: the
+        RMSNorm over q and k heads (T*(h + h_kv)*d elements read and written; backward
+        twice), the repeat of k and v to every query head (reads 2*T*h_kv*d, writes
+        2*T*h*d; backward the matching sum)."""
+        T, d, B, h, kv = self.T, self.d, self.B, self.heads, self.h_kv
+        ops: list[Op] = []
+        if self.qk_norm:
+            ops.append(MemOp("norm", (4.0 if backward else 2.0) * T * (h + kv) * d * B))
+        if kv != h:
+            ops.append(MemOp("elementwise", 2.0 * T * (kv + h) * d * B))
+        return ops
 
 
 def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = None,
@@ -127,7 +155,8 @@ def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = Non
     return Dims(T=tokens, C=work.routed_copies(m, tokens) if copies is None else copies, b=max(1, round(tokens / L)), L=L, M=m.d_model,
                 H=m.ffn_hidden, E=m.experts, El=max(1, m.experts // max(1, ep)), k=m.top_k, heads=m.heads,
                 S=m.shared_experts, swiglu=m.expert_kind == "swiglu",
-                B=bytes_per_elem or m.bytes_per_elem, R=m.router_dim if m.router == "xmoe" else 0)
+                B=bytes_per_elem or m.bytes_per_elem, R=m.router_dim if m.router == "xmoe" else 0,
+                hd=m.hd, kv=m.n_kv_heads, qk_norm=m.qk_norm)
 
 
 def linear_bwd(m: int, n: int, k: int) -> list[Op]:
@@ -146,9 +175,9 @@ def _router_gemms(d: Dims) -> list[Op]:
 def _attn_fwd(d: Dims) -> list[Op]:
     T, M, B = d.T, d.M, d.B
     return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (d.T * d.k * M + 2 * T * M) * B),
-            MemOp("norm", 2.0 * T * M * B), Gemm(T, 3 * M, M),
-            Attention(d.b * d.heads, d.L, M // d.heads, True, False), MemOp("elementwise", 2.0 * T * M * B),
-            Gemm(T, M, M), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
+            MemOp("norm", 2.0 * T * M * B), Gemm(T, (d.heads + 2 * d.h_kv) * d.d, M), *d.head_ops(False),
+            Attention(d.b * d.heads, d.L, d.d, True, False), MemOp("elementwise", 2.0 * T * M * B),
+            Gemm(T, M, d.heads * d.d), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
             *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
             MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
 
@@ -158,9 +187,9 @@ def _attn_bwd(d: Dims) -> list[Op]:
     ops: list[Op] = [MemOp("scatter_add", 3.0 * d.C * M * B), MemOp("elementwise", d.T * d.k * M * (B + 4.0))]
     router = linear_bwd(T, d.E, M) if not d.R else linear_bwd(T, d.E, d.R) + linear_bwd(T, d.R, M)
     ops += router + [MemOp("softmax", 3.0 * T * d.E * 4), MemOp("norm", 4.0 * T * M * B)]
-    ops += linear_bwd(T, M, M) + [Attention(d.b * d.heads, d.L, M // d.heads, True, True),
-                                  MemOp("elementwise", 2.0 * T * M * B)]
-    ops += linear_bwd(T, 3 * M, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),
+    ops += linear_bwd(T, M, d.heads * d.d) + [Attention(d.b * d.heads, d.L, d.d, True, True),
+                                              *d.head_ops(True), MemOp("elementwise", 2.0 * T * M * B)]
+    ops += linear_bwd(T, (d.heads + 2 * d.h_kv) * d.d, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),
                                       MemOp("gather", 2.0 * d.C * M * B)]
     return ops
 

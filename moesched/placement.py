@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from moesched import work
 from moesched.cluster import Cluster, collective_us
+from moesched.dense import moe_part
 from moesched.errors import MoeschedError
 from moesched.memory import ADAM_MOMENT_BYTES, MASTER_COPY_BYTES
 from moesched.models import MoEModel
@@ -165,9 +166,12 @@ class LayerCost:
 
 class PlacementCost:
     """Prices layers and migrations of ``model`` on ``cluster`` (one EP group of
-    ``cluster.ep_size`` ranks) from ``profile`` (module docstring)."""
+    ``cluster.ep_size`` ranks) from ``profile`` (module docstring). Only the MoE layers
+    are placed: ``self.model`` is ``model`` without its dense layers
+    (:func:`moesched.dense.moe_part`), which cost the same under every placement."""
 
     def __init__(self, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
+        model = moe_part(model)
         self.model, self.cluster, self.profile = model, cluster, profile
         self.ranks = cluster.ep_size
         self.shape = model.shape_key()

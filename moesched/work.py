@@ -24,12 +24,15 @@ def chunk_range(tokens: int, nchunks: int, c: int) -> tuple[int, int]:
 def attn_fwd_flops(m: MoEModel, tokens: int) -> float:
     """Attention + norms + router for ``tokens`` tokens (whole samples of m.seq_len).
 
-    Projections Q, K, V, O: 8*M^2 FLOPs/token; scores QK^T and A*V: 4*L*M FLOPs/token
-    (Narayanan et al. SC'21 Eq. 2 counts 24*B*L*M^2 + 4*B*L^2*M for a block, the
-    attention part being 8 and 4); router 2*M*E FLOPs/token.
+    Projections Q, K, V, O: 2 FLOPs per weight per token, 2*((h + 2 h_kv)*d*M + M*h*d)
+    (h query heads, h_kv key/value heads, d head size; 8*M^2 without grouped-query
+    attention); scores QK^T and A*V: 4*L*h*d FLOPs/token (Narayanan et al. SC'21 Eq. 2
+    counts 24*B*L*M^2 + 4*B*L^2*M for a block, the attention part being 8 and 4); router
+    2*M*E FLOPs/token.
     """
-    m_ = m.d_model
-    return tokens * (8.0 * m_ * m_ + 4.0 * m.seq_len * m_ + 2.0 * m_ * m.experts)
+    m_, hd, h, kv = m.d_model, m.hd, m.heads, m.n_kv_heads
+    proj = 2.0 * ((h + 2 * kv) * hd * m_ + m_ * h * hd)
+    return tokens * (proj + 4.0 * m.seq_len * h * hd + 2.0 * m_ * m.experts)
 
 
 def attn_bwd_flops(m: MoEModel, tokens: int) -> float:

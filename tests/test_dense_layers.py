@@ -44,8 +44,9 @@ def test_dense_fields_round_trip_and_derived_sizes():
 def test_presets_keep_their_dicts():
     for p in PRESETS.values():
         d = p.to_dict()
-        assert "dense_layers" not in d and "dense_ffn_hidden" not in d
-        assert MoEModel.from_dict(d) == p and p.dense_layers == () and p.moe_layers == tuple(range(p.layers))
+        assert ("dense_layers" in d) == ("dense_ffn_hidden" in d) == bool(p.dense_layers)
+        assert MoEModel.from_dict(d) == p
+        assert p.moe_layers == tuple(l for l in range(p.layers) if l not in p.dense_layers)
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -181,11 +182,24 @@ def test_cli_solves_a_qwen3_moe_config_with_a_dense_first_layer(tmp_path):
     assert MoEModel.from_dict(plan["model"]).moe_layers == (1, 2, 3) and plan["predicted"]["step_us"] > 0
 
 
-def test_ppmoe_layouts_refuse_dense_layers():
-    from moesched.layouts import Layout, check_layout
-    check_layout(small(), Cluster(1, 4), Layout(1))  # the EP layout runs them
-    with pytest.raises(MoeschedError, match="PPMoE layouts do not model dense"):
-        check_layout(small(), Cluster(1, 4), Layout(2))
+def test_ppmoe_layouts_price_dense_layers_as_tp_mlps():
+    """Under TP a dense layer is attention + the dense FFN split t ways (Megatron's TP MLP):
+    no expert tasks, no expert gradients, its FFN's parameters and FLOPs divided by t."""
+    from moesched.layoutgraph import build as build_layout
+    from moesched.layouts import Layout, check_layout, layer_param_counts, layout_memory, param_counts
+    m, c, lay = small(), Cluster(1, 4), Layout(2)
+    g = build_layout(m, c, NVLINK, lay)
+    kinds0 = {a["kind"] for _, a in g.nodes(data=True) if a["layer"] == 0}
+    assert kinds0 == {"attn_fwd", "attn_bwd", "shared_fwd", "shared_bwd", "tp_ar"}
+    assert "G.expert.L0" not in g and "G.dense.L0" in g and "G.expert.L1" in g
+    ffn = [a for _, a in g.nodes(data=True) if a["layer"] == 0 and a["kind"] == "shared_fwd"][0]
+    assert ffn["work"] == 2 * m.tokens * m.dense_ffn_params()  # the group's 2*T tokens over t = 2
+    d0, e0 = layer_param_counts(m, lay, 0)
+    assert e0 == 0 and d0 == (m.attention_params() + m.dense_ffn_params()) // 2 + 2 * m.d_model
+    assert param_counts(m, lay)[0] == d0 + 2 * layer_param_counts(m, lay, 1)[0]
+    assert layout_memory(m, c, lay).params_bytes == m.bytes_per_elem * sum(param_counts(m, lay))
+    with pytest.raises(MoeschedError, match="dense layers' FFN hidden size 91"):
+        check_layout(small(dense_ffn_hidden=91), c, lay)
 
 
 def test_total_params_count_dense_layers_whole():
@@ -193,4 +207,5 @@ def test_total_params_count_dense_layers_whole():
     m = small()  # layer 0 dense; layers 1, 2 with all 8 experts
     assert total_params(m) == m.dense_layer_params() + 2 * (m.dense_params_per_layer() + 8 * m.expert_params())
     p = PRESETS["Mixtral-8x7B"]
-    assert total_params(p) == p.layers * (p.dense_params_per_layer() + p.experts * p.expert_params())
+    assert total_params(p) == p.layers * (p.dense_params_per_layer() + p.experts * p.expert_params()) + \
+        p.embedding_params()

@@ -49,7 +49,7 @@ def random_case(rng: random.Random) -> tuple[MoEModel, Cluster, Profile | None, 
     pick = rng.random()
     if pick < 0.3:
         base = rng.choice(list(PRESETS.values()))
-        m = MoEModel(**{**base.__dict__, "layers": rng.randint(1, 4)})
+        m = base.with_layers(rng.randint(1 + len(base.dense_layers), 4))
     elif pick < 0.5:
         m = rng.choice(GRID)
     else:
@@ -113,7 +113,7 @@ def test_build_compiled_equals_compiled_digraph(seed: int) -> None:
 def test_cached_bodies_give_the_graphs_of_fresh_builds() -> None:
     """Graphs differing only in gradient knobs share one cached body; every one equals a
     build from an empty cache, whatever was built before."""
-    m = MoEModel(**{**PRESETS["DeepSeek-V2-Lite"].__dict__, "layers": 3})
+    m = PRESETS["DeepSeek-V2-Lite"].with_layers(3)
     cluster, profile = Cluster(2, 2, ep=2), _gpu_only("h200x4-2nodes")
     variants = [Knobs.uniform(3, 2, 4, grad_chunk_bytes=sp, grad_sync=sync, a2a="hierarchical", serialize=ser)
                 for sp in (None, 1 << 24, 5 << 22) for sync in ("overlap", "after_backward") for ser in (False, True)]

@@ -18,7 +18,7 @@ TINY = MoEModel(name="tiny", layers=2, d_model=32, heads=4, seq_len=8, micro_bat
 
 def test_terms_shard_as_stated() -> None:
     m = PRESETS["Mixtral-8x7B"]
-    dense = m.layers * m.dense_params_per_layer()
+    dense = m.layers * m.dense_params_per_layer() + m.embedding_params()  # embeddings replicated, as dense
     expert = m.layers * m.experts * m.expert_params()
     c = Cluster(4, 8, ep=8)
     z0, z1, z2 = (rank_memory(m, c, z) for z in (0, 1, 2))

@@ -50,10 +50,11 @@ def _model(**kw) -> MoEModel:
 
 
 MODELS = [_model(), _model(expert_kind="gpt", shared_experts=0, capacity_factor=1.0, experts=8, top_k=1, heads=2),
-          _model(router="xmoe", router_dim=8, shared_experts=0)]
+          _model(router="xmoe", router_dim=8, shared_experts=0),
+          _model(kv_heads=2, head_dim=32, qk_norm=True, rope_theta=1e6)]
 
 
-@pytest.mark.parametrize("m", MODELS, ids=["swiglu-shared-dropless", "gpt-capacity", "xmoe-router"])
+@pytest.mark.parametrize("m", MODELS, ids=["swiglu-shared-dropless", "gpt-capacity", "xmoe-router", "gqa-headdim"])
 @pytest.mark.parametrize("kind", ALL_COMPUTE_KINDS)
 def test_recipe_gemms_are_what_the_task_runs(m: MoEModel, kind: str) -> None:
     """The executor's task function (CPU, fp32: experts loop over torch.mm) runs exactly the

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from moesched.cluster import Cluster
+from moesched.dense import moe_part
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 from moesched.network import load_network
@@ -16,7 +17,7 @@ from moesched.placement_replay import POLICIES, replay, zipf_loads
 from moesched.placement_search import objective, search
 from moesched.profile import Profile
 
-MODEL = MoEModel.from_name("DeepSeek-V2-Lite", layers=2)
+MODEL = moe_part(MoEModel.from_name("DeepSeek-V2-Lite", layers=3))  # its 2 MoE layers
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from moesched.cli import main
 
 TRACE = str(Path(__file__).resolve().parents[1] / "routing" / "h200-bytelm-L4-E16-dsv3.jsonl")
 
-BASE = ["placement", "--model", "DeepSeek-V2-Lite", "--layers", "2", "--steps", "30", "--interval", "10"]
+BASE = ["placement", "--model", "DeepSeek-V2-Lite", "--layers", "3", "--steps", "30", "--interval", "10"]
 
 
 def test_placement_replays_every_policy(tmp_path, capsys):

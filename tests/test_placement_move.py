@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moesched.cluster import Cluster
+from moesched.dense import moe_part
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 from moesched.placement import MOVE_KEY, Placement, PlacementCost
@@ -12,7 +13,7 @@ from moesched.profile import Profile
 
 from executor.placemove import main
 
-MODEL = MoEModel.from_name("DeepSeek-V2-Lite", layers=2)
+MODEL = moe_part(MoEModel.from_name("DeepSeek-V2-Lite", layers=3))  # its 2 MoE layers
 
 
 def test_measured_move_is_in_the_profile_and_prices_a_migration(tmp_path, capsys):

@@ -35,6 +35,7 @@ from executor.state import ExpertBwd
 
 def _ctx(model: MoEModel, tokens: int, device: torch.device, dtype: torch.dtype, ep: int,
          layers: int = 1) -> tasks.Ctx:
+    model = replace(model, dense_layers=(), dense_ffn_hidden=None)  # MoE layers: what the tasks bench
     if tokens % model.seq_len == 0:
         m = replace(model, layers=layers, micro_batch=tokens // model.seq_len)
     else:

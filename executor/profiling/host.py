@@ -52,9 +52,10 @@ def calibration_plans(m: MoEModel, cluster: Cluster) -> list[Plan]:
     """Plans of ``m`` (at most MAX_LAYERS layers) for each of VARIANTS the model's tokens
     allow, in creation order (the order is not what is measured, the per-task issue cost is),
     then the degree-1 plan of one layer (the step's setup and finish against its layers)."""
-    mm = replace(m, layers=min(m.layers, MAX_LAYERS))
+    mm = m.with_layers(min(m.layers, MAX_LAYERS))
+    one = replace(m, layers=1, dense_layers=(), dense_ffn_hidden=None)  # one MoE layer
     plans = []
-    variants = [(mm, r, at) for r, at in VARIANTS] + ([(replace(m, layers=1), 1, False)] if mm.layers > 1 else [])
+    variants = [(mm, r, at) for r, at in VARIANTS] + ([(one, 1, False)] if mm.layers > 1 else [])
     for model, r, at in variants:
         knobs = Knobs.uniform(model.layers, r, at_chunked=at, grad_chunk_bytes=GRAD_CHUNK_BYTES if r > 1 else None)
         try:

@@ -25,8 +25,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right
 
 
 def total_params(m: MoEModel) -> int:
-    """Parameters of all layers (attention, norms, router, shared and all routed experts;
-    dense layers whole: :func:`moesched.dense.param_counts`); embeddings are not counted."""
+    """Parameters of the whole model: every layer (attention, norms, router, shared and all
+    routed experts; dense layers whole) and, with a vocabulary, the token embedding, output
+    head and final norm (:func:`moesched.dense.param_counts` at EP 1)."""
     return sum(dense.param_counts(m, 1))
 
 
@@ -35,14 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    headers = ["name", "layers", "d_model", "heads", "seq", "batch", "ffn", "experts", "top_k", "capacity",
-               "shared", "kind", "dtype", "params (B)"]
+    headers = ["name", "layers", "d_model", "heads", "kv", "seq", "batch", "ffn", "experts", "top_k", "capacity",
+               "shared", "dense", "kind", "dtype", "params (B)"]
     rows = []
     for m in PRESETS.values():
         cap = "dropless" if m.capacity_factor is None else f"{m.capacity_factor:g}"
-        rows.append([m.name, m.layers, m.d_model, m.heads, m.seq_len, m.micro_batch, m.ffn_hidden, m.experts,
-                     m.top_k, cap, m.shared_experts, m.expert_kind, m.dtype, f"{total_params(m) / 1e9:.2f}"])
-    right = [False] + [True] * 9 + [True, False, False, True]
+        rows.append([m.name, m.layers, m.d_model, m.heads, m.n_kv_heads, m.seq_len, m.micro_batch, m.ffn_hidden,
+                     m.experts, m.top_k, cap, m.shared_experts, len(m.dense_layers), m.expert_kind, m.dtype,
+                     f"{total_params(m) / 1e9:.2f}"])
+    right = [False] + [True] * 12 + [False, False, True]
     print(format_table(headers, rows, right))
-    print("\nseq, batch: tokens per sample and samples per rank per step; params exclude embeddings.")
+    print("\nkv: key/value heads; seq, batch: tokens per sample and samples per rank per step; dense: layers "
+          "without experts;\nparams: the whole model, embeddings included where the preset has a vocabulary.")
     return 0

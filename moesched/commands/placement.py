@@ -77,7 +77,7 @@ def check_replica_memory(model: MoEModel, cost: PlacementCost, slots_extra: int,
     """One-line error when the extra slots (parameters, gradients and Adam state of a replica
     in every layer) push a rank's memory (:func:`moesched.memory.rank_memory`) over the GPU."""
     base = rank_memory(model, cost.cluster).total_bytes
-    extra = slots_extra * model.layers * cost.replica_memory_bytes
+    extra = slots_extra * len(model.moe_layers) * cost.replica_memory_bytes
     if base + extra > capacity_bytes:
         raise MoeschedError(f"--slots {slots_extra}: replicas need {extra / GB:.1f} GB per rank on top of "
                             f"{base / GB:.1f} GB, over the GPU's {capacity_bytes / GB:.1f} GB")
@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     model, profile, cluster = resolve(args)
     cost = PlacementCost(model, cluster, profile)
     check_replica_memory(model, cost, args.slots, gpu_memory_bytes(profile.hardware))
-    loads, label = _loads(args, model, cost)
+    loads, label = _loads(args, cost.model, cost)
     slots = model.experts // cost.ranks + args.slots
-    print(f"model {model.name}, {cluster.label()} (EP {cost.ranks}), {slots} slots per rank and layer, "
+    dense = f" (its {cost.model.layers} MoE layers placed)" if model.dense_layers else ""
+    print(f"model {model.name}{dense}, {cluster.label()} (EP {cost.ranks}), {slots} slots per rank and layer, "
           f"profile {profile.name}; routing: {label}")
     res, ideal = replay(loads, cost, slots, names, cfg)
     print(format_table(*table(res, ideal)))

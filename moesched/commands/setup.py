@@ -6,8 +6,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from dataclasses import replace
-
 from moesched.cluster import Cluster, check_setup, comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
@@ -57,11 +55,12 @@ def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, P
     layers = getattr(args, "layers", None)
     if layers is not None and not 1 <= layers <= MAX_LAYERS:
         raise MoeschedError(f"--layers must be between 1 and {MAX_LAYERS}, got {layers}")
-    over = {"layers": layers} if layers is not None else {}
     if args.model.endswith(".json") or _is_dir(args.model):
-        model = replace(MoEModel.from_hf_config(args.model), **over)
+        model = MoEModel.from_hf_config(args.model)
     else:
-        model = MoEModel.from_name(args.model, **over)
+        model = MoEModel.from_name(args.model)
+    if layers is not None:
+        model = model.with_layers(layers)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
     if any_ep and cluster.ep is None:
