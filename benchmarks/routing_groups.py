@@ -86,7 +86,7 @@ def main() -> int:
     a = ap.parse_args()
     m = PRESETS[a.model]
     if a.small:
-        m = dataclasses.replace(m, d_model=64, ffn_hidden=128, seq_len=64, heads=4, dtype="fp32")
+        m = dataclasses.replace(m, d_model=64, ffn_hidden=128, seq_len=64, heads=4, kv_heads=None, dtype="fp32")
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if a.device == "cuda" and m.dtype == "bf16" else torch.float32
     prof = Profile.load(a.profile)

@@ -154,6 +154,23 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def exit_now(status: int) -> None:
+    """End a torchrun program with ``status`` once its process group is destroyed. Status 0:
+    flush the output and skip interpreter finalization, where gloo's worker threads can
+    still abort the process ("terminate called without an active exception", seen on
+    loaded CPUs; pytorch/pytorch#179291 describes the finalization race). Any other status
+    exits normally: a quick exit would let torchrun stop the peers before they print their
+    own error line."""
+    if status != 0:
+        raise SystemExit(status)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def guarded(main: Callable[[], int], in_collectives: bool = True) -> int:
     """Run ``main()`` and return its exit status; any exception becomes the one error line
     and status 2. With ``in_collectives`` (a process group may be up) an exception ends the
