@@ -83,6 +83,33 @@ def _recv(src: int, width: int) -> torch.Tensor:
     return t
 
 
+def attention_task(m: MoEModel, p: LayerParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, routers.RouterOut]:
+    """The DEP attention task of one MoE layer on a micro-batch x [m_a, L, M]: attention and
+    norms, then the router; returns (h, u, router output). Priced as ``attn_fwd``."""
+    h, u = attention_norm(x, p, m)
+    return h, u, routers.route(u, p, m)
+
+
+def shared_task(m: MoEModel, p: LayerParams, uf: torch.Tensor) -> torch.Tensor:
+    """The shared-expert task (or a dense layer's FFN) on tokens uf [T, M]. Priced as ``shared_fwd``."""
+    return _ffn(m, uf, p.sw1, p.sw2, p.sw3)
+
+
+def expert_task(m: MoEModel, p: LayerParams, got: torch.Tensor) -> torch.Tensor:
+    """The expert task of an expert rank on the copies received from one attention rank:
+    ``got`` [n, M + 2] holds each copy's row, gate weight and local expert id; returns the
+    gated expert outputs [n, M] (one FFN per local expert present). Priced as ``expert_fwd``."""
+    M = m.d_model
+    rows = torch.zeros(got.shape[0], M, device=got.device, dtype=got.dtype)
+    if got.shape[0]:
+        u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
+        for le in lid.unique().tolist():
+            k = (lid == le).nonzero(as_tuple=True)[0]
+            w3 = None if p.w3 is None else p.w3[le]
+            rows[k] = g[k, None] * _ffn(m, u[k], p.w1[le], p.w2[le], w3)
+    return rows
+
+
 def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:
     """An attention rank's forward of its samples x [r1 m_a, L, M] -> [r1 m_a, L, M]."""
     outs = []
@@ -97,11 +124,11 @@ def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConf
 def _attention_layer(m: MoEModel, p: LayerParams, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:
     b, L, M = x.shape
     T = b * L
-    h, u = attention_norm(x, p, m)
-    uf, y = u.reshape(T, M), h.reshape(T, M)
     if p.dense:
-        return (y + _ffn(m, uf, p.sw1, p.sw2, p.sw3)).view(b, L, M)
-    out = routers.route(u, p, m)
+        h, u = attention_norm(x, p, m)
+        return (h.reshape(T, M) + shared_task(m, p, u.reshape(T, M))).view(b, L, M)
+    h, u, out = attention_task(m, p, x)
+    uf, y = u.reshape(T, M), h.reshape(T, M)
     wf, idf = out.w.reshape(T, -1), out.idx.reshape(T, -1)
     per = m.experts // ranks.eg
     for j in range(cfg.r2):
@@ -118,7 +145,7 @@ def _attention_layer(m: MoEModel, p: LayerParams, ranks: DepRanks, cfg: DepConfi
             if got.shape[0]:
                 y = y.index_add(0, sent[e], got)
     if p.shared:
-        y = y + _ffn(m, uf, p.sw1, p.sw2, p.sw3)
+        y = y + shared_task(m, p, uf)
     return y.view(b, L, M)
 
 
@@ -132,13 +159,6 @@ def expert_serve(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig) -
             for _j in range(cfg.r2):
                 for a in range(ranks.ag):
                     got = _recv(a, M + 2)
-                    rows = torch.zeros(got.shape[0], M)
-                    if got.shape[0]:
-                        u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
-                        for le in lid.unique().tolist():
-                            k = (lid == le).nonzero(as_tuple=True)[0]
-                            w3 = None if p.w3 is None else p.w3[le]
-                            rows[k] = g[k, None] * _ffn(m, u[k], p.w1[le], p.w2[le], w3)
-                    _send(rows, a)
+                    _send(expert_task(m, p, got), a)
                     done += got.shape[0]
     return done
