@@ -148,3 +148,28 @@ def test_cli_inference_bad_input_is_one_line(tmp_path, capsys, argv, needle) -> 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error:") and needle in err[0]
     assert not out.exists()
+
+
+def test_exposed_intervals_sum_to_the_exposed_time_and_ag_kinds_label_the_tasks() -> None:
+    rng = random.Random(1)
+    for _ in range(20):
+        split = rng.choice(SPLITS)
+        m = DS.with_seq(1024, 3)
+        cfg = DepConfig(rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 4), rng.choice(["ASAS", "AASS"]),
+                        rng.random() < 0.5)
+        s = makespan_ms(task_times(m, PAPER_COSTS[split], split[0], split[1], cfg.m_a, cfg.r2), m.layers, cfg)
+        iv = s.exposed_intervals()
+        assert abs(sum(e - a for a, e in iv) - s.exposed_comm_ms()) < 1e-6
+        busy = s.intervals["ag"] + s.intervals["eg"]
+        assert not any(a < be and bs < e for a, e in iv for bs, be in busy)  # compute idle throughout
+        assert sorted(s.ag_kinds) == sorted(["a", "s"] * (m.layers * cfg.r1))
+
+
+def test_dep_timeline_figure_draws_every_panel() -> None:
+    from moesched.findep_figure import dep_timeline_figure
+    t = paper_times(DS.with_seq(1024, 2), PAPER_COSTS[(2, 6)], 2, 6)
+    scheds = {n: makespan_ms(t(1, r2), 2, DepConfig(1, 2, r2, "ASAS", n == "pppipe")) for n, r2 in (("f", 3), ("pppipe", 1))}
+    fig = dep_timeline_figure(scheds, "t")
+    assert len(fig.axes) == 2 and all(len(ax.get_yticklabels()) == 5 for ax in fig.axes)
+    with pytest.raises(MoeschedError, match="no DEP schedules"):
+        dep_timeline_figure({}, "t")
