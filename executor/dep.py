@@ -7,9 +7,11 @@ micro-batch (r1 of m_a samples on every attention rank): attention and routing o
 attention rank, then for each of r2 token chunks the A2E transfer of every routed copy
 (its row of u, gate weight and local expert id) to the expert rank holding its expert, the
 experts there, the E2A transfer of the gated outputs back, and the shared expert; dense
-layers stay on the attention group. Transfers are point-to-point (``isend``/``irecv``) in
-one global order (layer, micro-batch, chunk, attention rank, expert rank), so no rank waits
-in a cycle. The output of each attention rank's samples equals
+layers stay on the attention group. Transfers are point-to-point in one global order (layer,
+micro-batch, chunk, attention rank, expert rank), so no rank waits in a cycle: an attention
+rank posts a chunk's A2E to every expert rank at once (``isend``, waited on through the
+work handles after the E2A came back), the expert ranks answer with blocking sends. The
+output of each attention rank's samples equals
 :meth:`executor.layers.ReferenceModel.blocks` (dropless routers; :func:`check_model`).
 """
 from __future__ import annotations
@@ -74,6 +76,17 @@ def _send(t: torch.Tensor, dst: int) -> None:
         dist.send(t.contiguous(), dst)
 
 
+def _isend(t: torch.Tensor, dst: int) -> list[tuple[dist.Work, torch.Tensor]]:
+    """Post the row count and the rows of ``t`` to ``dst`` without waiting: (work handle,
+    tensor) pairs, the tensor kept alive until its handle is waited on."""
+    n = torch.tensor([t.shape[0]], dtype=torch.long)
+    out = [(dist.isend(n, dst), n)]
+    if t.shape[0]:
+        t = t.contiguous()
+        out.append((dist.isend(t, dst), t))
+    return out
+
+
 def _recv(src: int, width: int) -> torch.Tensor:
     n = torch.zeros(1, dtype=torch.long)
     dist.recv(n, src)
@@ -133,17 +146,19 @@ def _attention_layer(m: MoEModel, p: LayerParams, ranks: DepRanks, cfg: DepConfi
     per = m.experts // ranks.eg
     for j in range(cfg.r2):
         lo, hi = chunk_range(T, cfg.r2, j)
-        sent = []
-        for e in range(ranks.eg):                                     # A2E
+        sent, works = [], []
+        for e in range(ranks.eg):                                     # A2E: posted to every expert rank at once
             t, s = ((idf[lo:hi] // per) == e).nonzero(as_tuple=True)
             t = t + lo
             lid = (idf[t, s] - e * per).to(uf.dtype)
-            _send(torch.cat([uf[t], wf[t, s, None].to(uf.dtype), lid[:, None]], 1), ranks.ag + e)
+            works += _isend(torch.cat([uf[t], wf[t, s, None].to(uf.dtype), lid[:, None]], 1), ranks.ag + e)
             sent.append(t)
         for e in range(ranks.eg):                                     # E2A
             got = _recv(ranks.ag + e, M)
             if got.shape[0]:
                 y = y.index_add(0, sent[e], got)
+        for w, _ in works:                                            # the A2E sends are done by now
+            w.wait()
     if p.shared:
         y = y + shared_task(m, p, uf)
     return y.view(b, L, M)
