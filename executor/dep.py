@@ -96,7 +96,8 @@ def _recv(src: int, width: int) -> torch.Tensor:
     return t
 
 
-def attention_task(m: MoEModel, p: LayerParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, routers.RouterOut]:
+def attention_task(m: MoEModel, p: LayerParams, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, routers.RouterOut]:
     """The DEP attention task of one MoE layer on a micro-batch x [m_a, L, M]: attention and
     norms, then the router; returns (h, u, router output). Priced as ``attn_fwd``."""
     h, u = attention_norm(x, p, m)

@@ -31,7 +31,8 @@ M_A = 2
 
 
 def model(r1: int, shared: bool, experts: int = 12) -> MoEModel:
-    """Small SwiGLU model, 12 experts top-2 by default (they divide over 1-4 and 6 expert ranks), grouped-query attention, RoPE, one dense layer."""
+    """Small SwiGLU model, 12 experts top-2 by default (they divide over 1-4 and 6 expert
+    ranks), grouped-query attention, RoPE, one dense layer."""
     return MoEModel(name="dep-check", layers=3, d_model=32, heads=4, kv_heads=2, seq_len=8, micro_batch=r1 * M_A,
                     ffn_hidden=32, experts=experts, top_k=2, expert_kind="swiglu", shared_experts=int(shared),
                     dtype="fp32", rope_theta=10000.0, dense_layers=(1,), dense_ffn_hidden=48)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--r1", type=int, default=2, help="micro-batches per attention rank")
     ap.add_argument("--r2", type=int, default=2, help="token chunks per micro-batch on the expert side")
     ap.add_argument("--eg", type=int, default=None, help="expert ranks (default: the world less --ag; must match)")
-    ap.add_argument("--experts", type=int, default=12, help="routed experts per layer (must divide over the expert ranks)")
+    ap.add_argument("--experts", type=int, default=12,
+                    help="routed experts per layer (must divide over the expert ranks)")
     ap.add_argument("--shared", action="store_true", help="one shared expert per layer")
     ap.add_argument("--out", default=None)
     return errors.guarded(lambda: run(ap.parse_args(argv)))

@@ -55,7 +55,8 @@ def dep_timeline_figure(schedules: Mapping[str, Schedule], title: str, share_x: 
         ax.set_title(f"{label}: forward {sched.makespan_ms:.2f} ms, exposed transfers {sched.exposed_comm_ms():.2f} ms",
                      fontsize=10, loc="left")
     axes[-1, 0].set_xlabel("time since the forward pass started (ms)")
-    handles = [Patch(facecolor=AG_COLOURS["a"], label="attention"), Patch(facecolor=AG_COLOURS["s"], label="shared expert"),
+    handles = [Patch(facecolor=AG_COLOURS["a"], label="attention"),
+               Patch(facecolor=AG_COLOURS["s"], label="shared expert"),
                Patch(facecolor=ROWS[1][2], label="A2E transfer"), Patch(facecolor=ROWS[2][2], label="experts"),
                Patch(facecolor=ROWS[3][2], label="E2A transfer"),
                Patch(facecolor=EXPOSED, label="exposed transfer\n(both groups idle)")]

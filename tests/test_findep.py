@@ -175,7 +175,8 @@ def test_exposed_intervals_sum_to_the_exposed_time_and_ag_kinds_label_the_tasks(
 def test_dep_timeline_figure_draws_every_panel() -> None:
     from moesched.findep_figure import dep_timeline_figure
     t = paper_times(DS.with_seq(1024, 2), PAPER_COSTS[(2, 6)], 2, 6)
-    scheds = {n: makespan_ms(t(1, r2), 2, DepConfig(1, 2, r2, "ASAS", n == "pppipe")) for n, r2 in (("f", 3), ("pppipe", 1))}
+    scheds = {n: makespan_ms(t(1, r2), 2, DepConfig(1, 2, r2, "ASAS", n == "pppipe"))
+              for n, r2 in (("f", 3), ("pppipe", 1))}
     fig = dep_timeline_figure(scheds, "t")
     assert len(fig.axes) == 2 and all(len(ax.get_yticklabels()) == 5 for ax in fig.axes)
     with pytest.raises(MoeschedError, match="no DEP schedules"):
