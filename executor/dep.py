@@ -7,9 +7,11 @@ micro-batch (r1 of m_a samples on every attention rank): attention and routing o
 attention rank, then for each of r2 token chunks the A2E transfer of every routed copy
 (its row of u, gate weight and local expert id) to the expert rank holding its expert, the
 experts there, the E2A transfer of the gated outputs back, and the shared expert; dense
-layers stay on the attention group. Transfers are point-to-point (``isend``/``irecv``) in
-one global order (layer, micro-batch, chunk, attention rank, expert rank), so no rank waits
-in a cycle. The output of each attention rank's samples equals
+layers stay on the attention group. Transfers are point-to-point in one global order (layer,
+micro-batch, chunk, attention rank, expert rank), so no rank waits in a cycle: an attention
+rank posts a chunk's A2E to every expert rank at once (``isend``, waited on through the
+work handles after the E2A came back), the expert ranks answer with blocking sends. The
+output of each attention rank's samples equals
 :meth:`executor.layers.ReferenceModel.blocks` (dropless routers; :func:`check_model`).
 """
 from __future__ import annotations
@@ -74,6 +76,17 @@ def _send(t: torch.Tensor, dst: int) -> None:
         dist.send(t.contiguous(), dst)
 
 
+def _isend(t: torch.Tensor, dst: int) -> list[tuple[dist.Work, torch.Tensor]]:
+    """Post the row count and the rows of ``t`` to ``dst`` without waiting: (work handle,
+    tensor) pairs, the tensor kept alive until its handle is waited on."""
+    n = torch.tensor([t.shape[0]], dtype=torch.long)
+    out = [(dist.isend(n, dst), n)]
+    if t.shape[0]:
+        t = t.contiguous()
+        out.append((dist.isend(t, dst), t))
+    return out
+
+
 def _recv(src: int, width: int) -> torch.Tensor:
     n = torch.zeros(1, dtype=torch.long)
     dist.recv(n, src)
@@ -81,6 +94,34 @@ def _recv(src: int, width: int) -> torch.Tensor:
     if int(n):
         dist.recv(t, src)
     return t
+
+
+def attention_task(m: MoEModel, p: LayerParams, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, routers.RouterOut]:
+    """The DEP attention task of one MoE layer on a micro-batch x [m_a, L, M]: attention and
+    norms, then the router; returns (h, u, router output). Priced as ``attn_fwd``."""
+    h, u = attention_norm(x, p, m)
+    return h, u, routers.route(u, p, m)
+
+
+def shared_task(m: MoEModel, p: LayerParams, uf: torch.Tensor) -> torch.Tensor:
+    """The shared-expert task (or a dense layer's FFN) on tokens uf [T, M]. Priced as ``shared_fwd``."""
+    return _ffn(m, uf, p.sw1, p.sw2, p.sw3)
+
+
+def expert_task(m: MoEModel, p: LayerParams, got: torch.Tensor) -> torch.Tensor:
+    """The expert task of an expert rank on the copies received from one attention rank:
+    ``got`` [n, M + 2] holds each copy's row, gate weight and local expert id; returns the
+    gated expert outputs [n, M] (one FFN per local expert present). Priced as ``expert_fwd``."""
+    M = m.d_model
+    rows = torch.zeros(got.shape[0], M, device=got.device, dtype=got.dtype)
+    if got.shape[0]:
+        u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
+        for le in lid.unique().tolist():
+            k = (lid == le).nonzero(as_tuple=True)[0]
+            w3 = None if p.w3 is None else p.w3[le]
+            rows[k] = g[k, None] * _ffn(m, u[k], p.w1[le], p.w2[le], w3)
+    return rows
 
 
 def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:
@@ -97,28 +138,30 @@ def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConf
 def _attention_layer(m: MoEModel, p: LayerParams, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:
     b, L, M = x.shape
     T = b * L
-    h, u = attention_norm(x, p, m)
-    uf, y = u.reshape(T, M), h.reshape(T, M)
     if p.dense:
-        return (y + _ffn(m, uf, p.sw1, p.sw2, p.sw3)).view(b, L, M)
-    out = routers.route(u, p, m)
+        h, u = attention_norm(x, p, m)
+        return (h.reshape(T, M) + shared_task(m, p, u.reshape(T, M))).view(b, L, M)
+    h, u, out = attention_task(m, p, x)
+    uf, y = u.reshape(T, M), h.reshape(T, M)
     wf, idf = out.w.reshape(T, -1), out.idx.reshape(T, -1)
     per = m.experts // ranks.eg
     for j in range(cfg.r2):
         lo, hi = chunk_range(T, cfg.r2, j)
-        sent = []
-        for e in range(ranks.eg):                                     # A2E
+        sent, works = [], []
+        for e in range(ranks.eg):                                     # A2E: posted to every expert rank at once
             t, s = ((idf[lo:hi] // per) == e).nonzero(as_tuple=True)
             t = t + lo
             lid = (idf[t, s] - e * per).to(uf.dtype)
-            _send(torch.cat([uf[t], wf[t, s, None].to(uf.dtype), lid[:, None]], 1), ranks.ag + e)
+            works += _isend(torch.cat([uf[t], wf[t, s, None].to(uf.dtype), lid[:, None]], 1), ranks.ag + e)
             sent.append(t)
         for e in range(ranks.eg):                                     # E2A
             got = _recv(ranks.ag + e, M)
             if got.shape[0]:
                 y = y.index_add(0, sent[e], got)
+        for w, _ in works:                                            # the A2E sends are done by now
+            w.wait()
     if p.shared:
-        y = y + _ffn(m, uf, p.sw1, p.sw2, p.sw3)
+        y = y + shared_task(m, p, uf)
     return y.view(b, L, M)
 
 
@@ -132,13 +175,6 @@ def expert_serve(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig) -
             for _j in range(cfg.r2):
                 for a in range(ranks.ag):
                     got = _recv(a, M + 2)
-                    rows = torch.zeros(got.shape[0], M)
-                    if got.shape[0]:
-                        u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
-                        for le in lid.unique().tolist():
-                            k = (lid == le).nonzero(as_tuple=True)[0]
-                            w3 = None if p.w3 is None else p.w3[le]
-                            rows[k] = g[k, None] * _ffn(m, u[k], p.w1[le], p.w2[le], w3)
-                    _send(rows, a)
+                    _send(expert_task(m, p, got), a)
                     done += got.shape[0]
     return done

@@ -1,7 +1,7 @@
 """Exactness check of the DEP forward pass (:mod:`executor.dep`) against the reference.
 
-``torchrun --nproc_per_node=P -m executor.depcheck --ag A [--r1 R1] [--r2 R2] [--shared]
-[--out r.jsonl]`` runs a small model's forward on A attention ranks and P - A expert ranks
+``torchrun --nproc_per_node=P -m executor.depcheck --ag A [--eg E] [--r1 R1] [--r2 R2]
+[--shared] [--experts N] [--out r.jsonl]`` runs a small model's forward on A attention ranks and P - A expert ranks
 (gloo, CPU, fp32): every attention rank's samples (:func:`executor.layers.make_batch` of
 that rank, r1 micro-batches of m_a = 2 samples) through every layer, compared with
 :meth:`executor.layers.ReferenceModel.blocks` of the same samples on one process. Rank 0
@@ -30,22 +30,35 @@ from executor.run import rank_and_world
 M_A = 2
 
 
-def model(r1: int, shared: bool) -> MoEModel:
-    """Small SwiGLU model, 12 experts top-2 (they divide over 1-4 and 6 expert ranks), grouped-query attention, RoPE, one dense layer."""
+def model(r1: int, shared: bool, experts: int = 12) -> MoEModel:
+    """Small SwiGLU model, 12 experts top-2 by default (they divide over 1-4 and 6 expert
+    ranks), grouped-query attention, RoPE, one dense layer."""
     return MoEModel(name="dep-check", layers=3, d_model=32, heads=4, kv_heads=2, seq_len=8, micro_batch=r1 * M_A,
-                    ffn_hidden=32, experts=12, top_k=2, expert_kind="swiglu", shared_experts=int(shared),
+                    ffn_hidden=32, experts=experts, top_k=2, expert_kind="swiglu", shared_experts=int(shared),
                     dtype="fp32", rope_theta=10000.0, dense_layers=(1,), dense_ffn_hidden=48)
+
+
+def setup(a: argparse.Namespace, world: int) -> tuple[DepRanks, DepConfig, MoEModel]:
+    """The groups, schedule and model of the run; MoeschedError for bad input."""
+    if not 1 <= a.ag < world:
+        raise MoeschedError(f"--ag must leave at least one expert rank: 1 <= ag < {world}, got {a.ag}")
+    if a.eg is not None and a.ag + a.eg != world:
+        raise MoeschedError(f"--ag {a.ag} + --eg {a.eg} = {a.ag + a.eg} ranks, but the world has {world}")
+    ranks, cfg = DepRanks(a.ag, world - a.ag), DepConfig(M_A, a.r1, a.r2)
+    m = model(a.r1, a.shared, a.experts)
+    check_model(m, ranks, cfg)
+    return ranks, cfg, m
 
 
 def run(a: argparse.Namespace) -> int:
     rank, world = rank_and_world()
-    if not 1 <= a.ag < world:
-        raise MoeschedError(f"--ag must leave at least one expert rank: 1 <= ag < {world}, got {a.ag}")
     dist.init_process_group("gloo")
-    ranks = DepRanks(a.ag, world - a.ag)
-    cfg = DepConfig(M_A, a.r1, a.r2)
-    m = model(a.r1, a.shared)
-    check_model(m, ranks, cfg)
+    try:
+        ranks, cfg, m = setup(a, world)
+    except MoeschedError as e:  # every rank prints its line before any exits (torchrun ends the rest at the first exit)
+        errors.fail(str(e))
+        dist.barrier()
+        os._exit(errors.EXIT_USER)  # at once: no teardown for torchrun's closing signal to interrupt
     mod = build_module(m, ranks, rank)
     err, copies = 0.0, 0
     with torch.no_grad():
@@ -76,10 +89,13 @@ def run(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ap = argparse.ArgumentParser(prog="executor.depcheck")
+    ap = errors.ArgParser(prog="executor.depcheck")
     ap.add_argument("--ag", type=int, default=1, help="attention ranks (the rest are expert ranks)")
     ap.add_argument("--r1", type=int, default=2, help="micro-batches per attention rank")
     ap.add_argument("--r2", type=int, default=2, help="token chunks per micro-batch on the expert side")
+    ap.add_argument("--eg", type=int, default=None, help="expert ranks (default: the world less --ag; must match)")
+    ap.add_argument("--experts", type=int, default=12,
+                    help="routed experts per layer (must divide over the expert ranks)")
     ap.add_argument("--shared", action="store_true", help="one shared expert per layer")
     ap.add_argument("--out", default=None)
     return errors.guarded(lambda: run(ap.parse_args(argv)))

@@ -31,7 +31,7 @@ Infer's ping-pong: r2 = 1 and the A2E waits for the shared expert), naive DEP (r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from moesched.errors import MoeschedError
@@ -182,6 +182,8 @@ class Schedule:
 
     makespan_ms: float
     intervals: dict[str, list[tuple[float, float]]]
+    #: "a" (attention) or "s" (shared expert) of each interval of ``intervals["ag"]``
+    ag_kinds: list[str] = field(default_factory=list)
 
     def exposed_comm_ms(self) -> float:
         """Time some transfer runs while neither compute resource does."""
@@ -189,6 +191,27 @@ class Schedule:
         comm = union_intervals([list(iv) for iv in self.intervals["a2e"] + self.intervals["e2a"]])
         comp = union_intervals([list(iv) for iv in self.intervals["ag"] + self.intervals["eg"]])
         return intervals_length(comm) - intersection_length(comm, comp)
+
+    def exposed_intervals(self) -> list[tuple[float, float]]:
+        """The (start, end) ms where some transfer runs while neither compute resource does."""
+        from moesched.sim import union_intervals
+        comm = union_intervals([list(iv) for iv in self.intervals["a2e"] + self.intervals["e2a"]])
+        comp = union_intervals([list(iv) for iv in self.intervals["ag"] + self.intervals["eg"]])
+        out: list[tuple[float, float]] = []
+        j = 0
+        for s, e in comm:               # both sorted and disjoint: one pass
+            cur = s
+            while j < len(comp) and comp[j][1] <= cur:
+                j += 1
+            k = j
+            while k < len(comp) and comp[k][0] < e:
+                if comp[k][0] > cur:
+                    out.append((cur, comp[k][0]))
+                cur = max(cur, comp[k][1])
+                k += 1
+            if cur < e:
+                out.append((cur, e))
+        return out
 
 
 def ag_sequence(order: str, r1: int) -> list[tuple[str, int]]:
@@ -209,6 +232,7 @@ def makespan_ms(tt: TaskTimes, layers: int, cfg: DepConfig, ag_order: list[tuple
         raise MoeschedError("DEP attention order must hold a and s of every micro-batch once, a before s")
     free = {"ag": 0.0, "a2e": 0.0, "eg": 0.0, "e2a": 0.0}
     iv: dict[str, list[tuple[float, float]]] = {k: [] for k in free}
+    kinds: list[str] = []
     ready = [0.0] * r1              # micro-batch i may start its next layer's attention
     for _t in range(layers):
         a_end, s_end = [0.0] * r1, [0.0] * r1
@@ -218,6 +242,7 @@ def makespan_ms(tt: TaskTimes, layers: int, cfg: DepConfig, ag_order: list[tuple
             free["ag"] = end = start + dur
             if dur > 0:
                 iv["ag"].append((start, end))
+                kinds.append(k)
             (a_end if k == "a" else s_end)[i] = end
         for i in range(r1):
             src = max(a_end[i], s_end[i]) if cfg.a2e_after_shared else a_end[i]
@@ -230,7 +255,7 @@ def makespan_ms(tt: TaskTimes, layers: int, cfg: DepConfig, ag_order: list[tuple
                     iv[res].append((start, at))
                 last = max(last, at)
             ready[i] = max(last, s_end[i])
-    return Schedule(max(ready + [free["ag"]]), iv)
+    return Schedule(max(ready + [free["ag"]]), iv, kinds)
 
 
 def throughput_tokens_s(m: DepModel, ag: int, cfg: DepConfig, span_ms: float) -> float:

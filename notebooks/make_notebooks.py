@@ -1,7 +1,7 @@
 """Write the notebooks with nbformat and execute them with nbclient (outputs kept).
 
     python notebooks/make_notebooks.py --all             # every derived file below, then the notebooks
-    python notebooks/make_notebooks.py                   # write + execute 01-05
+    python notebooks/make_notebooks.py                   # write + execute 01-06
     python notebooks/make_notebooks.py --only 05_layouts # write + execute one
     python notebooks/make_notebooks.py --data sweeps     # re-run both full sweeps -> notebooks/data/
     python notebooks/make_notebooks.py --data predicted  # predicted_<pair>.json from plan_<pair>.json
@@ -243,10 +243,12 @@ figures.timeline_figure(runs, f"{model.name} on 1x4: EP against PPMoE", share_x=
 """
 
 sys.path.insert(0, str(HERE))
+from nb_inference import NB06_BODY  # noqa: E402  notebooks/nb_inference.py
 from nb_routing import NB04_BODY  # noqa: E402  notebooks/nb_routing.py
 
 NOTEBOOKS = {"01_quickstart": NB01, "02_timelines": NB02, "03_layer_grids": NB03,
-             "04_routing_placement": SETUP + NB04_BODY, "05_layouts": NB05}
+             "04_routing_placement": SETUP + NB04_BODY, "05_layouts": NB05,
+             "06_inference": SETUP + NB06_BODY}
 
 
 def split_cells(text: str) -> list[tuple[str, str]]:

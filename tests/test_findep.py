@@ -99,12 +99,18 @@ def test_solvers_respect_memory_and_their_rules(m, split) -> None:
     assert rate["moesched"] >= rate["findep"] * (1 - 1e-9)
 
 
-def test_every_preset_solves() -> None:
+def test_every_preset_solves_in_under_a_second() -> None:
+    """Algorithm 1 on every preset, priced by the paper's lines and by the shipped profile."""
+    from moesched.findep_profile import profile_times
+    from moesched.profile import Profile
+    prof = Profile.load("h200x4-nvlink")
     for name, pm in PRESETS.items():
         m = dep_model(pm)
-        times = paper_times(m, PAPER_COSTS[(4, 4)], 4, 4)
-        r = algorithm1(m, times, 4, memory_bound(m, 4, 141e9))
-        assert r.makespan_ms > 0 and r.config.r1 >= 1, name
+        eg = 4 if pm.experts % 4 == 0 else 2
+        for times in (paper_times(m, PAPER_COSTS[(4, 4)], 4, eg), profile_times(pm, prof, 4, eg)):
+            r = algorithm1(m, times, 4, memory_bound(m, 4, 141e9))
+            assert r.makespan_ms > 0 and r.config.r1 >= 1, name
+            assert r.solve_s < 1.0, (name, r.solve_s)
 
 
 def test_bad_input_is_refused() -> None:
@@ -140,6 +146,7 @@ def test_cli_solves_inference_on_the_profile(tmp_path, capsys) -> None:
     (["--ag", "1"], "go together"),
     (["--ag", "1", "--eg", "3"], "do not divide over 3 expert GPUs"),
     (["--ag", "0", "--eg", "4"], "must be >= 1"),
+    (["--ag", "2", "--eg", "3", "--cluster", "1x4"], "--cluster 1x4 has 4"),
 ])
 def test_cli_inference_bad_input_is_one_line(tmp_path, capsys, argv, needle) -> None:
     from moesched.cli import main
@@ -147,4 +154,46 @@ def test_cli_inference_bad_input_is_one_line(tmp_path, capsys, argv, needle) -> 
     assert main(["solve", "--mode", "inference", "--model", "DeepSeek-V2-Lite", *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error:") and needle in err[0]
+    assert not out.exists()
+
+
+def test_exposed_intervals_sum_to_the_exposed_time_and_ag_kinds_label_the_tasks() -> None:
+    rng = random.Random(1)
+    for _ in range(20):
+        split = rng.choice(SPLITS)
+        m = DS.with_seq(1024, 3)
+        cfg = DepConfig(rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 4), rng.choice(["ASAS", "AASS"]),
+                        rng.random() < 0.5)
+        s = makespan_ms(task_times(m, PAPER_COSTS[split], split[0], split[1], cfg.m_a, cfg.r2), m.layers, cfg)
+        iv = s.exposed_intervals()
+        assert abs(sum(e - a for a, e in iv) - s.exposed_comm_ms()) < 1e-6
+        busy = s.intervals["ag"] + s.intervals["eg"]
+        assert not any(a < be and bs < e for a, e in iv for bs, be in busy)  # compute idle throughout
+        assert sorted(s.ag_kinds) == sorted(["a", "s"] * (m.layers * cfg.r1))
+
+
+def test_dep_timeline_figure_draws_every_panel() -> None:
+    from moesched.findep_figure import dep_timeline_figure
+    t = paper_times(DS.with_seq(1024, 2), PAPER_COSTS[(2, 6)], 2, 6)
+    scheds = {n: makespan_ms(t(1, r2), 2, DepConfig(1, 2, r2, "ASAS", n == "pppipe"))
+              for n, r2 in (("f", 3), ("pppipe", 1))}
+    fig = dep_timeline_figure(scheds, "t")
+    assert len(fig.axes) == 2 and all(len(ax.get_yticklabels()) == 5 for ax in fig.axes)
+    with pytest.raises(MoeschedError, match="no DEP schedules"):
+        dep_timeline_figure({}, "t")
+
+
+def test_cli_infeasible_memory_bound_is_one_line(tmp_path, capsys) -> None:
+    import json
+    from moesched.cli import main
+    from moesched.profile import Profile
+    doc = Profile.load("h200x4-nvlink").to_dict()
+    doc["hardware"]["gpu_memory_bytes"] = int(1e9)   # under DeepSeek-V2-Lite's 27 layers of attention weights
+    prof = tmp_path / "tiny-memory.json"
+    prof.write_text(json.dumps(doc))
+    out = tmp_path / "dep.json"
+    assert main(["solve", "--mode", "inference", "--model", "DeepSeek-V2-Lite", "--ag", "2", "--eg", "2",
+                 "--profile", str(prof), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moesched: error: infeasible memory bound") and "M_max = 0" in err[0]
     assert not out.exists()

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_timelines", "03_layer_grids", "04_routing_placement", "05_layouts")
+NAMES = ("01_quickstart", "02_timelines", "03_layer_grids", "04_routing_placement", "05_layouts", "06_inference")
 BUDGET_S = 170.0  # all together, on CPU
 _ELAPSED: dict[str, float] = {}
 

@@ -36,6 +36,9 @@ def _splits(args: argparse.Namespace, world: int) -> list[tuple[int, int]]:
     if args.ag is not None:
         if args.ag < 1 or args.eg < 1:
             raise MoeschedError(f"--ag and --eg must be >= 1, got {args.ag} and {args.eg}")
+        if getattr(args, "cluster", None) and args.ag + args.eg != world:
+            raise MoeschedError(f"--ag {args.ag} + --eg {args.eg} = {args.ag + args.eg} GPUs, but --cluster "
+                                f"{args.cluster} has {world}")
         return [(args.ag, args.eg)]
     if world < 2:
         raise MoeschedError("inference needs at least 2 GPUs (an attention and an expert group)")
@@ -46,7 +49,12 @@ def _solve_split(args, model, profile, ag: int, eg: int) -> dict[str, DepResult]
     if model.experts % eg:
         raise MoeschedError(f"{model.experts} experts do not divide over {eg} expert GPUs")
     dm = dep_model(model)
-    mm = memory_bound(dm, ag, gpu_memory_bytes(profile.hardware))
+    gpu_bytes = gpu_memory_bytes(profile.hardware)
+    mm = memory_bound(dm, ag, gpu_bytes)
+    if mm < 1:
+        raise MoeschedError(f"infeasible memory bound: not one sample of {dm.seq_len} tokens fits an attention GPU "
+                            f"({gpu_bytes / 1e9:.1f} GB, 90% usable, holds every layer's attention and shared-expert "
+                            f"weights and one sample's key/value cache): r1 m_a <= M_max = 0")
     times = profile_times(model, profile, ag, eg)
     f = algorithm1(dm, times, ag, mm)
     return {"moesched": own_search(dm, times, ag, mm, f), "findep": f, "pppipe": pppipe(dm, times, ag, mm),
