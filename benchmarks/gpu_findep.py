@@ -58,7 +58,7 @@ TOLERANCE_PCT = 5.0
 def small_model(m: MoEModel) -> MoEModel:
     """A shrunk copy of ``m`` for CPU smoke runs (same kinds, tiny sizes, fp32)."""
     return replace(m, d_model=64, heads=4, kv_heads=None, head_dim=None, ffn_hidden=32, experts=min(m.experts, 8),
-                   top_k=min(m.top_k, 2), seq_len=32, dtype="fp32", layers=1)
+                   top_k=min(m.top_k, 2), seq_len=32, dtype="fp32", layers=1, dense_layers=(), dense_ffn_hidden=None)
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(HEAD)
     for name in a.presets.split(","):
         for seq in a.seqs:
-            m = small_model(PRESETS[name]) if a.small else replace(PRESETS[name], seq_len=seq, layers=1)
+            m = small_model(PRESETS[name]) if a.small else replace(PRESETS[name], seq_len=seq, layers=1, dense_layers=(),
+                                                                         dense_ffn_hidden=None)
             if m.experts % a.eg:
                 print(f"skip {name}: {m.experts} experts do not divide over eg = {a.eg}")
                 continue

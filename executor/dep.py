@@ -28,6 +28,7 @@ from moesched.models import MoEModel
 from moesched.work import chunk_range
 
 from executor import routers
+from executor.ffn import experts_fwd, grouped
 from executor.layers import LayerParams, MoEModule, attention_norm
 
 
@@ -112,16 +113,21 @@ def shared_task(m: MoEModel, p: LayerParams, uf: torch.Tensor) -> torch.Tensor:
 def expert_task(m: MoEModel, p: LayerParams, got: torch.Tensor) -> torch.Tensor:
     """The expert task of an expert rank on the copies received from one attention rank:
     ``got`` [n, M + 2] holds each copy's row, gate weight and local expert id; returns the
-    gated expert outputs [n, M] (one FFN per local expert present). Priced as ``expert_fwd``."""
-    M = m.d_model
-    rows = torch.zeros(got.shape[0], M, device=got.device, dtype=got.dtype)
-    if got.shape[0]:
-        u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
-        for le in lid.unique().tolist():
-            k = (lid == le).nonzero(as_tuple=True)[0]
-            w3 = None if p.w3 is None else p.w3[le]
-            rows[k] = g[k, None] * _ffn(m, u[k], p.w1[le], p.w2[le], w3)
-    return rows
+    gated expert outputs [n, M]. The copies are sorted by local expert and run as the
+    training executor's expert forward (:func:`executor.ffn.experts_fwd`: one grouped GEMM
+    per weight in bf16, a loop of GEMMs otherwise). Priced as ``expert_fwd``."""
+    M, El = m.d_model, p.w1.shape[0]
+    if not got.shape[0]:
+        return torch.zeros(0, M, device=got.device, dtype=got.dtype)
+    u, g, lid = got[:, :M], got[:, M], got[:, M + 1].long()
+    order = torch.argsort(lid, stable=True)
+    counts = torch.bincount(lid, minlength=El)
+    x = u.index_select(0, order)
+    offs = torch.cumsum(counts, 0).to(torch.int32) if grouped(x) else None
+    y, _, _ = experts_fwd(x, counts.tolist(), offs, p.w1, p.w2, p.w3, p.kind)
+    rows = torch.empty_like(y)
+    rows[order] = y
+    return g[:, None] * rows
 
 
 def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ def profile_times(m: MoEModel, profile: Profile, ag: int, eg: int) -> Times:
         shared = profile.compute_us("shared_fwd", shared_fwd_flops(mm, tokens), shape, mm) if m.shared_experts else 0.0
         copies_per_gpu = m_a * ag * m.top_k * m.seq_len / (r2 * eg)       # m_e E / eg
         expert_flops = 2.0 * copies_per_gpu * m.d_model * m.ffn_hidden * m.expert_gemms
-        expert = profile.compute_us("expert_fwd", expert_flops, shape, mm)
+        expert = profile.compute_us("expert_fwd", expert_flops, shape, mm, eg)  # E/eg local experts
         comm = profile.a2a_us(scope, copies_per_gpu * m.d_model * m.bytes_per_elem)
         return TaskTimes(attn / 1e3, shared / 1e3, expert / 1e3, comm / 1e3)
 
