@@ -172,14 +172,27 @@ def _router_gemms(d: Dims) -> list[Op]:
     return [Gemm(d.T, d.R, d.M), Gemm(d.T, d.E, d.R)]
 
 
+def _attn_core(d: Dims) -> list[Op]:
+    """Attention, norms and router of attn_fwd, without the merge of the previous layer
+    and the dispatch rows (what a DEP attention task runs)."""
+    T, M, B = d.T, d.M, d.B
+    return [MemOp("norm", 2.0 * T * M * B), Gemm(T, (d.heads + 2 * d.h_kv) * d.d, M), *d.head_ops(False),
+            Attention(d.b * d.heads, d.L, d.d, True, False), MemOp("elementwise", 2.0 * T * M * B),
+            Gemm(T, M, d.heads * d.d), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
+            *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k)]
+
+
 def _attn_fwd(d: Dims) -> list[Op]:
     T, M, B = d.T, d.M, d.B
     return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (d.T * d.k * M + 2 * T * M) * B),
-            MemOp("norm", 2.0 * T * M * B), Gemm(T, (d.heads + 2 * d.h_kv) * d.d, M), *d.head_ops(False),
-            Attention(d.b * d.heads, d.L, d.d, True, False), MemOp("elementwise", 2.0 * T * M * B),
-            Gemm(T, M, d.heads * d.d), MemOp("elementwise", 3.0 * T * M * B), MemOp("norm", 2.0 * T * M * B),
-            *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k),
-            MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
+            *_attn_core(d), MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
+
+
+def attention_core_ops(m: MoEModel, tokens: int, bytes_per_elem: int | None = None) -> list[Op]:
+    """The operators of attn_fwd less the merge of the previous layer's expert outputs and
+    the dispatch rows: attention, norms and router on ``tokens`` tokens (FinDEP's attention
+    task, :func:`executor.dep.attention_task`)."""
+    return _attn_core(dims(m, tokens, 1, bytes_per_elem))
 
 
 def _attn_bwd(d: Dims) -> list[Op]:
