@@ -51,13 +51,34 @@ RULES = ("pair", "comm", "dw_late")
 
 
 @dataclass
+class OptimalityGap:
+    """moesched's plan against CP-SAT on the same stacked graph, interference 1.0 (the
+    exact model of :mod:`moesched.solve.cpsat` cannot express it), µs: ``plan_us`` the
+    plan's order replayed strictly; ``best_us`` CP-SAT's best order; ``bound_us`` its proven
+    lower bound; ``status`` "optimal", "feasible" or "unknown"; ``wall_s`` seconds spent."""
+
+    plan_us: float
+    best_us: float
+    bound_us: float
+    status: str
+    wall_s: float
+
+    @property
+    def gap(self) -> float:
+        """Excess of the plan over the proven bound (0.02 = 2% above the optimum at most)."""
+        return self.plan_us / self.bound_us - 1.0 if self.bound_us > 0 else 0.0
+
+
+@dataclass
 class Plan:
-    """One evaluated order: ``label``, its knobs, the order and the strict step time (µs)."""
+    """One evaluated order: ``label``, its knobs, the order and the strict step time (µs);
+    ``gap`` against CP-SAT when :func:`refine` made it."""
 
     label: str
     knobs: Knobs
     order: list[str]
     step_us: float
+    gap: OptimalityGap | None = None
 
 
 def run_order(g: nx.DiGraph, order: list[str]) -> Timeline:
@@ -153,14 +174,36 @@ def search(model1: MoEModel, cluster: Cluster, profile: Profile, microbatches: i
     return sorted(out, key=lambda p: p.step_us)
 
 
-def compare(model: MoEModel, cluster: Cluster, profile: Profile, microbatches: int) -> dict[str, Plan]:
+def refine(model1: MoEModel, cluster: Cluster, profile: Profile, microbatches: int, plan: Plan,
+           time_limit_s: float) -> Plan:
+    """CP-SAT (:func:`moesched.solve.cpsat.solve_order`, warm-started from ``plan``'s order,
+    interference 1.0) on the stacked graph of ``plan``'s knobs; its order, replayed strictly
+    with interference, replaces ``plan`` when faster. The returned plan carries its
+    :class:`OptimalityGap`. Needs ortools."""
+    from moesched.solve.cpsat import TICK_US, replay_ticks, solve_order
+    _, g = graphs(model1, cluster, profile, plan.knobs, microbatches)
+    r = solve_order(g, order_priority(plan.order), time_limit_s=time_limit_s)
+    best = plan
+    if r.order:
+        cand = Plan(f"cp-sat from {plan.label}", plan.knobs, r.order, run_order(g, r.order).makespan_us)
+        best = cand if cand.step_us < plan.step_us else plan
+    mine = replay_ticks(g, best.order) * TICK_US
+    best.gap = OptimalityGap(mine, min(r.makespan_us, mine), r.lower_bound_us, r.status, r.wall_s)
+    return best
+
+
+def compare(model: MoEModel, cluster: Cluster, profile: Profile, microbatches: int,
+            cpsat_s: float = 0.0) -> dict[str, Plan]:
     """The four plans for ``model`` (its batch cut into ``microbatches``): keys "single"
     (best single-micro-batch policy, label = policy), "combined-1f1b", "dualpipe" and
     "moesched" (the best candidate of :func:`search` over the policies' knobs and
-    :func:`published_knobs`, or the sequential plan if none beats it)."""
+    :func:`published_knobs`, or the sequential plan if none beats it; with ``cpsat_s`` > 0
+    then :func:`refine`-d for that many seconds)."""
     model1 = split_model(model, microbatches)
     singles = best_single(model1, cluster, profile, microbatches)
     pub = published(model1, cluster, profile, microbatches)
     knobs = [published_knobs(model1)] + [p.knobs for p in singles]
     ours = min(search(model1, cluster, profile, microbatches, knobs) + [singles[0]], key=lambda p: p.step_us)
+    if cpsat_s > 0:
+        ours = refine(model1, cluster, profile, microbatches, ours, cpsat_s)
     return {"single": singles[0], **pub, "moesched": ours}

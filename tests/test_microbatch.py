@@ -120,3 +120,15 @@ def test_run_order_needs_every_task_once(setup: tuple) -> None:
     with pytest.raises(MoeschedError, match="cross-micro-batch style"):
         from moesched.microbatch import paired_order
         paired_order(g1, g, "zb-h1")
+
+
+def test_cpsat_refinement_never_slower_and_bounds_the_plan(setup: tuple) -> None:
+    pytest.importorskip("ortools")
+    model, cluster, p = setup
+    plans = compare(model, cluster, p, 2)
+    refined = compare(model, cluster, p, 2, cpsat_s=5.0)["moesched"]
+    assert refined.step_us <= plans["moesched"].step_us + EPS_US and refined.gap is not None
+    gap = refined.gap
+    assert gap.bound_us <= gap.best_us + 1e-6 <= gap.plan_us + 1e-6 and gap.gap >= -1e-9
+    g1, g = graphs(split_model(model, 2), cluster, p, refined.knobs, 2)
+    _check_timeline(g, run_order(g, refined.order), refined.order)
