@@ -35,9 +35,9 @@ from moesched.schedules import POLICIES, get
 from moesched.schedules.base import compiled_graph, evaluate
 from moesched.sim import Timeline, simulate
 
-#: Megatron-Core's default DDP bucket: max(40,000,000, 1,000,000 x DP) parameters
-#: (``megatron/training/arguments.py``, ``--ddp-bucket-size`` default), here 40e6 x 2 bytes
-#: (bf16 gradients).
+#: Megatron-Core's default DDP bucket when ``--ddp-bucket-size`` is unset: max(40,000,000,
+#: 1,000,000 x DP) parameters (``megatron/core/distributed/distributed_data_parallel.py``),
+#: here 40e6 x 2 bytes (bf16 gradients; DP <= 40).
 MEGATRON_BUCKET_BYTES = 40_000_000 * 2
 #: Rank offsets of the nodes inside one layer pair (combined 1F1B's issue order), per phase.
 _NODE_RANK = {("fwd", "attn_fwd"): 0, ("bwd", "combine_bwd"): 1, ("fwd", "dispatch"): 2, ("bwd", "expert_dx"): 3,
