@@ -27,8 +27,11 @@ One record, :class:`RankMemory`, with one field per term (bytes per rank):
   Eq. 1: per-layer stored tensors of a transformer block, sbh(34 + 5as/h) bytes in 16-bit
   with dropout and without flash attention) applied to the tensors this executor stores:
   no dropout masks, no s^2 attention scores (scaled-dot-product attention keeps its output
-  and log-sum-exp), the MoE's routed copies instead of one MLP; with a vocabulary, the
-  logits and their fp32 copy for the loss (:func:`lm_activation_bytes`).
+  and log-sum-exp), the MoE's routed copies instead of one MLP; plus the working set of one
+  layer's expert backward, where the step peaks (:func:`backward_workspace_bytes`), and
+  with a vocabulary the logits and their fp32 copy for the loss
+  (:func:`lm_activation_bytes`). Checked against the executor's measured CPU peak
+  (``executor/memcheck.py``, ``tests/test_memory_measured.py``).
 * **a2a_buffers**: the all-to-all rows a layer keeps for the whole step: dispatch send rows,
   expert outputs, combine results (forward) and combine_bwd send rows, expert dX rows
   (backward), ``LayerState.fsend/eout/comb/bsend/edx``.
@@ -141,6 +144,18 @@ def lm_activation_bytes(model: MoEModel) -> int:
     return model.tokens * (model.vocab_size or 0) * (model.bytes_per_elem + 4)
 
 
+def backward_workspace_bytes(model: MoEModel) -> int:
+    """Transient bytes of one MoE layer's expert backward, the rank's peak moment (measured:
+    the CPU allocator's profile of an executor step peaks inside the last layer's
+    ``expert_dx``/``expert_dw``, ``executor/tasks.py``): the saved GEMM inputs re-gathered
+    for the received rows by ``index_select`` (x [T*k, M] and h1 (h3) [T*k, H]) and the
+    activation-gradient temporaries g1 (g3) with the recomputed activation (and, SwiGLU,
+    the gate product) in ``experts_dw``: 2(g - 1) [T*k, H], g GEMMs per expert. With b
+    bytes per element: T*k*b*(M + 3(g - 1)H)."""
+    g = model.expert_gemms - 1
+    return model.tokens * model.top_k * model.bytes_per_elem * (model.d_model + 3 * g * model.ffn_hidden)
+
+
 def a2a_bytes_per_layer(model: MoEModel) -> int:
     """All-to-all rows one layer keeps for the step (bytes): forward dispatch send rows,
     expert outputs and combine results, backward combine_bwd send rows and expert dX rows:
@@ -165,9 +180,11 @@ def rank_memory(model: MoEModel, cluster: Cluster, zero: int = 0) -> RankMemory:
     # one layer's expert tensors twice, once.
     # Dense layers keep their own activations (:func:`moesched.dense.activation_bytes`), no all-to-all rows.
     nd = len(model.dense_layers)
+    # And one MoE layer's expert backward works on re-gathered copies and temporaries (the
+    # peak moment of the step: :func:`backward_workspace_bytes`).
     act = (model.layers - nd) * activation_bytes_per_layer(model) + nd * dense_layers.activation_bytes(model) + \
         (model.tokens * model.top_k * (model.d_model + (model.expert_gemms - 1) * model.ffn_hidden)) * b + \
-        lm_activation_bytes(model)
+        (backward_workspace_bytes(model) if model.layers > nd else 0) + lm_activation_bytes(model)
     a2a = (model.layers - nd) * a2a_bytes_per_layer(model)
     return RankMemory(int(params), int(grads), int(optimizer), int(act), a2a)
 

@@ -15,6 +15,7 @@ from moesched.commands.setup import add_cluster_arguments, check_command_outputs
 from moesched.layoutchoice import LayoutOption, compare_layouts, reason
 from moesched.memory import GB, ZERO_STAGES
 from moesched.models import MoEModel
+from moesched.pipelineplan import add_pipeline_arguments, check_pipeline, print_pipeline
 
 HELP = "compare EP (all-to-all) with PPMoE (EP inside TP) layouts under the memory model; explain the choice"
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds for the EP layout's schedule search (default 10)")
     parser.add_argument("--out", default=None, metavar="PLAN",
                         help="write the chosen layout's plan JSON (for `torchrun -m executor.run --plan`)")
+    add_pipeline_arguments(parser)
 
 
 def _row(o: LayoutOption, chosen: LayoutOption) -> list[str]:
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         model = MoEModel.from_hf_config(args.model)
     else:
         model = MoEModel.from_name(args.model)
+    check_pipeline(model, args.pp, args.microbatches)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
     comm_model(cluster, profile)  # a cluster other than the profiled layout needs a network
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
                        [_row(o, chosen) for o in opts], [False, True, True, True, True, True, True, True, False]))
     print("step_ms: GPU costs, list-scheduled; a2a/tp/grad: rank 0's busy time on each kind of collective")
     print(f"why: {reason(opts, chosen)}")
+    print_pipeline(args, model, replace(cluster, ep=opts[0].ep) if opts[0].ep else cluster, profile)
     if args.out:
         assert chosen.plan is not None
         chosen.plan.save(args.out)

@@ -22,6 +22,7 @@ from moesched.commands.routing import add_routing_arguments, check_routing, choo
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.errors import MoeschedError
 from moesched.memory import GB, ZERO_STAGES
+from moesched.pipelineplan import add_pipeline_arguments, check_pipeline, print_pipeline
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop searching after S seconds and keep the best plan so far")
     parser.add_argument("--trace", default=None, help="write the predicted Chrome trace (Perfetto) here")
     add_routing_arguments(parser)
+    add_pipeline_arguments(parser)
     solve_inference.add_arguments(parser)
 
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args, any_ep=True)
+    check_pipeline(model, args.pp, args.microbatches)
     check_routing(args, model)
     t0 = time.perf_counter()
     lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
           + f"  ({res.stats['simulations']} simulations, {time.perf_counter() - t0:.2f} s)")
     print(_table(res.table, res.step_us, res.executed_us, host))
     print(_layout_table(lay, host, args.zero))
+    print_pipeline(args, model, cluster, profile)
     plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile,
                          {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     if args.routing:
