@@ -61,14 +61,15 @@ table(res, ideal)
 # %% md
 ## Drifting Zipf loads on a larger expert count
 
-DeepSeek-V2-Lite (64 experts) on 1 x 4, drifting Zipf s = 1.0, 100 steps: here the experts'
+DeepSeek-V2-Lite (64 experts) on 1 x 4, drifting Zipf s = 1.0, 100 steps, its 26 MoE layers placed
+(`cost.model`; the dense first layer costs the same under every placement): here the experts'
 compute dominates and replicas pay for themselves.
 # %%
 from moesched.placement_replay import zipf_loads
 
 model = MoEModel.from_name("DeepSeek-V2-Lite")
 cost = PlacementCost(model, Cluster(1, 4), profile)
-loads = zipf_loads(model.experts, model.layers, 100, cost.sent_copies * cost.ranks, 1.0, seed=0,
+loads = zipf_loads(model.experts, cost.model.layers, 100, cost.sent_copies * cost.ranks, 1.0, seed=0,
                    drift_steps=200, top_k=model.top_k)
 res, ideal = replay(loads, cost, model.experts // cost.ranks + 1, list(POLICIES), PolicyConfig(interval=25))
 replay_figure(res, "DeepSeek-V2-Lite on 1x4, drifting Zipf 1.0");
