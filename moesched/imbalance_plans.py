@@ -20,7 +20,7 @@ from moesched.imbalance import DEFAULT_SAMPLES, Expected, StepLoad, expected, lo
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.schedules.base import Schedule, evaluate, executed_timeline
+from moesched.schedules.base import Schedule, evaluate
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,22 @@ def search_schedules(model: MoEModel, cluster: Cluster, profile: Profile, time_l
 
 def plans_of(model: MoEModel, cluster: Cluster, profile: Profile, scheds: dict[str, Schedule]
              ) -> dict[str, tuple[Knobs, list[str]]]:
-    """Knobs and executed issue order of each schedule that evaluates."""
+    """Knobs and issue order of each schedule that evaluates: the order its plan file holds
+    (:func:`moesched.plan.from_timeline`), which the executor issues strictly and
+    :func:`moesched.imbalance.expected` replays."""
     out = {}
     for name, sc in scheds.items():
         try:
             ev = evaluate(model, cluster, profile, sc)
         except MoeschedError:
             continue
-        out[name] = (sc.knobs, executed_timeline(model, cluster, profile, ev).order())
+        out[name] = (sc.knobs, ev.timeline.order())
     return out
 
 
 def policy_plans(model: MoEModel, cluster: Cluster, profile: Profile, names: list[str] | None = None
                  ) -> dict[str, tuple[Knobs, list[str]]]:
-    """Knobs and executed issue order of each published policy that can schedule the model."""
+    """Knobs and issue order of each published policy that can schedule the model."""
     return plans_of(model, cluster, profile, policy_schedules(model, cluster, profile, names))
 
 
