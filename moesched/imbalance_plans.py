@@ -99,9 +99,11 @@ def policy_plans(model: MoEModel, cluster: Cluster, profile: Profile, names: lis
 
 
 def rank_plans(model: MoEModel, cluster: Cluster, profile: Profile, plans: dict[str, tuple[Knobs, list[str]]],
-               loads: list[StepLoad]) -> list[Candidate]:
-    """Every plan under ``loads``, in the given order."""
-    return [Candidate(n, k, tuple(o), expected(model, cluster, profile, k, o, loads)) for n, (k, o) in plans.items()]
+               loads: list[StepLoad], chunk_loads: bool = False) -> list[Candidate]:
+    """Every plan under ``loads``, in the given order (``chunk_loads``: per-chunk loads,
+    :func:`moesched.imbalance.step_timeline`)."""
+    return [Candidate(n, k, tuple(o), expected(model, cluster, profile, k, o, loads, chunk_loads))
+            for n, (k, o) in plans.items()]
 
 
 def best(cands: list[Candidate]) -> Candidate:
@@ -110,8 +112,8 @@ def best(cands: list[Candidate]) -> Candidate:
 
 
 def descend(model: MoEModel, cluster: Cluster, profile: Profile, start: Schedule, start_mean_us: float,
-            loads: list[StepLoad], degrees: tuple[int, ...] = (1, 2, 4, 8), max_evals: int = 48
-            ) -> tuple[dict[str, Schedule], list[Candidate]]:
+            loads: list[StepLoad], degrees: tuple[int, ...] = (1, 2, 4, 8), max_evals: int = 48,
+            chunk_loads: bool = False) -> tuple[dict[str, Schedule], list[Candidate]]:
     """Per-layer pipeline degrees under the distribution: coordinate descent from ``start``
     (mean step ``start_mean_us`` under ``loads``) over each layer's forward, then backward
     degree, keeping a change when the mean step falls; at most ``max_evals`` plans. Returns
@@ -133,7 +135,8 @@ def descend(model: MoEModel, cluster: Cluster, profile: Profile, start: Schedule
                 name = f"{start.policy} per-layer {_degrees(k)}"
                 sc = Schedule(start.policy, k, start.priority, dict(start.notes))
                 evals += 1
-                got = rank_plans(model, cluster, profile, plans_of(model, cluster, profile, {name: sc}), loads)
+                got = rank_plans(model, cluster, profile, plans_of(model, cluster, profile, {name: sc}), loads,
+                                 chunk_loads)
                 if got and got[0].result.mean_us < cur_mean:
                     cur, cur_mean = k, got[0].result.mean_us
                     found[name] = sc

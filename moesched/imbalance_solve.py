@@ -66,24 +66,27 @@ class Choice:
 
 def choose(model: MoEModel, cluster: Cluster, profile: Profile, even_knobs: Knobs, even_order: list[str],
            loads: list[StepLoad], time_limit_s: float | None = None, zero: int = 0,
-           search: bool = True) -> Choice:
+           search: bool = True, chunk_loads: bool = False) -> Choice:
     """The plan with the lowest mean step under ``loads`` among the candidates of the
     module docstring; ``search=False`` leaves out the even-routing search's runners-up
-    (step 3, the costly one). ``time_limit_s`` bounds that search (s)."""
+    (step 3, the costly one). ``time_limit_s`` bounds that search (s). ``chunk_loads``:
+    every plan priced with per-chunk loads (:mod:`moesched.imbalance_chunks`)."""
     scheds = ip.policy_schedules(model, cluster, profile)
     policies = frozenset(scheds)
     cands = ip.rank_plans(model, cluster, profile, {EVEN: (even_knobs, list(even_order)),
-                                                    **ip.plans_of(model, cluster, profile, scheds)}, loads)
+                                                    **ip.plans_of(model, cluster, profile, scheds)}, loads,
+                          chunk_loads)
     pol = [c for c in cands if c.name in policies]
     extra = ip.search_schedules(model, cluster, profile, time_limit_s, zero=zero) if search else {}
     if pol:
         top = ip.best(pol)
         extra.update({n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs})
     scheds.update(extra)
-    cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads)
+    cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads, chunk_loads)
     best = ip.best(cands)
     if best.name in scheds:
-        found, more = ip.descend(model, cluster, profile, scheds[best.name], best.result.mean_us, loads)
+        found, more = ip.descend(model, cluster, profile, scheds[best.name], best.result.mean_us, loads,
+                                 chunk_loads=chunk_loads)
         scheds.update(found)
         cands += more
         best = ip.best(cands)

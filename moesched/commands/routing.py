@@ -47,6 +47,9 @@ def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
                              "dirichlet:A, even (docs/routing.md)")
     parser.add_argument("--routing-samples", type=int, default=8, metavar="N",
                         help="steps of the distribution each plan is replayed under (default 8)")
+    parser.add_argument("--routing-chunks", action="store_true",
+                        help="price each chunk of a chunked layer from its own share of the load "
+                             "(a hypergeometric split of the step's copies; docs/routing.md)")
 
 
 def check_routing(args: argparse.Namespace, model: MoEModel) -> None:
@@ -71,7 +74,8 @@ def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Clus
     """simulate --routing: every policy under the same sampled steps."""
     from moesched import imbalance_plans as ip
     loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
-    cands = ip.rank_plans(model, cluster, profile, ip.policy_plans(model, cluster, profile, names), loads)
+    cands = ip.rank_plans(model, cluster, profile, ip.policy_plans(model, cluster, profile, names), loads,
+                          args.routing_chunks)
     print(f"\nunder routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order):")
     print(routing_table(cands))
 
@@ -85,7 +89,8 @@ def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Clu
     from moesched import imbalance_plans as ip
     from moesched.imbalance_solve import choose, chosen_plan
     loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
-    ch = choose(model, cluster, profile, plan.knobs, list(plan.order), loads, args.time_limit, args.zero)
+    ch = choose(model, cluster, profile, plan.knobs, list(plan.order), loads, args.time_limit, args.zero,
+                chunk_loads=args.routing_chunks)
     print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
           f"{len(ch.candidates)} plans compared, per-layer trials not counted):")
     print(routing_table(ch.shown(), ch.best.name))
