@@ -35,18 +35,18 @@ def even_plan(model: MoEModel) -> Plan:
     return from_timeline("moesched", model, CLUSTER, r.schedule.knobs, r.evaluation.timeline, PROFILE)
 
 
-def check_never_slower(model: MoEModel, spec: str, samples: int, search: bool) -> Choice:
+def check_never_slower(model: MoEModel, spec: str, samples: int, search: bool, chunks: bool = False) -> Choice:
     """Choose under ``spec``; the written plan, replayed under the same steps, is no slower
     than the even plan (and is what was scored)."""
     plan = even_plan(model)
     loads = sampled_loads(spec, model, CLUSTER, samples)
-    ch = choose(model, CLUSTER, PROFILE, plan.knobs, list(plan.order), loads, 5, search=search)
-    even = expected(model, CLUSTER, PROFILE, plan.knobs, list(plan.order), loads)
+    ch = choose(model, CLUSTER, PROFILE, plan.knobs, list(plan.order), loads, 5, search=search, chunk_loads=chunks)
+    even = expected(model, CLUSTER, PROFILE, plan.knobs, list(plan.order), loads, chunks)
     assert ch.candidates[0] is ch.even and ch.even.name == EVEN
     assert ch.even.result.mean_us == pytest.approx(even.mean_us, rel=1e-12)
     assert all(ch.best.result.mean_us <= c.result.mean_us for c in ch.candidates)
     out = chosen_plan(ch, model, CLUSTER, PROFILE, plan, spec)
-    got = expected(model, CLUSTER, PROFILE, out.knobs, list(out.order), loads)
+    got = expected(model, CLUSTER, PROFILE, out.knobs, list(out.order), loads, chunks)
     assert got.mean_us == pytest.approx(ch.best.result.mean_us, rel=1e-12)
     assert got.mean_us <= even.mean_us * (1 + 1e-12) and ch.gain >= 0
     return ch
@@ -59,10 +59,10 @@ SPECS = st.one_of(
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=SPECS, samples=st.integers(1, 4))
-def test_never_slower_on_drawn_distributions(spec: str, samples: int) -> None:
+@given(spec=SPECS, samples=st.integers(1, 4), chunks=st.booleans())
+def test_never_slower_on_drawn_distributions(spec: str, samples: int, chunks: bool) -> None:
     parse_spec(spec)
-    check_never_slower(MIXTRAL, spec, samples, search=False)
+    check_never_slower(MIXTRAL, spec, samples, search=False, chunks=chunks)
 
 
 def _model_for(trace: str) -> MoEModel:

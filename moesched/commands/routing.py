@@ -101,7 +101,8 @@ def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Clu
 
 
 def routing_table(cands: list, chosen: str | None = None) -> str:
-    """One row per plan (:class:`moesched.imbalance_plans.Candidate`): even, mean and p90 step (ms), slowdown, dropped copies per step."""
+    """One row per plan (:class:`moesched.imbalance_plans.Candidate`): even, mean and p90
+    step (ms), slowdown, dropped copies per step."""
     rows = []
     for c in cands:
         r = c.result
