@@ -22,6 +22,8 @@ mkdir -p $B $S
   python benchmarks/bench_solver.py --profile profiles/h200x4-nvlink.json; } > $B/bench_solver.txt 2>&1
 { echo "\$ python benchmarks/bench_cpsat.py --time-limit 10"; python benchmarks/bench_cpsat.py --time-limit 10; } > $B/bench_cpsat.txt 2>&1
 { echo "\$ python benchmarks/bench_routing.py"; python benchmarks/bench_routing.py; } > $B/bench_routing.txt 2>&1
+{ echo "\$ python benchmarks/bench_routing.py --chunk-loads"; python benchmarks/bench_routing.py --chunk-loads; } \
+  > $B/bench_routing_chunks.txt 2>&1
 [ "${SWEEPS:-1}" = 0 ] && exit 0
 for p in nvlink hostmem 2nodes; do
   for g in schemoe675 fsmoe1458; do

@@ -12,7 +12,8 @@ its layers (layer l replays the trace's layer l mod its layers); else one line.
 
 :func:`step_timeline` prices a plan (knobs + issue order) under one step's load: the graph's
 expert tasks and flat all-to-alls take each rank's own load per layer
-(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares;
+(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares,
+or with ``chunk_loads`` its own draw, :mod:`moesched.imbalance_chunks`;
 the two hops of a hierarchical all-to-all by :func:`hop_shares`),
 and an expert task on uneven groups is priced as a grouped GEMM on those groups
 (:func:`moesched.ops.uneven_expert_ops`) when the profile has operator tables and no curve
