@@ -8,7 +8,7 @@
 #   bash benchmarks/cpu_results.sh             # everything (a few minutes)
 #   SWEEPS=0 bash benchmarks/cpu_results.sh    # the benchmarks only
 #
-# Writes results/bench/bench_{sim,solver,cpsat}.txt and, unless SWEEPS=0,
+# Writes results/bench/bench_{sim,solver,cpsat,routing}.txt and, unless SWEEPS=0,
 # results/sweeps/GRID-REGIME.{csv,txt} (each file starts with the command that made it).
 set -u
 cd "$(dirname "$0")/.."
@@ -21,6 +21,9 @@ mkdir -p $B $S
   echo "\$ python benchmarks/bench_solver.py --profile profiles/h200x4-nvlink.json"
   python benchmarks/bench_solver.py --profile profiles/h200x4-nvlink.json; } > $B/bench_solver.txt 2>&1
 { echo "\$ python benchmarks/bench_cpsat.py --time-limit 10"; python benchmarks/bench_cpsat.py --time-limit 10; } > $B/bench_cpsat.txt 2>&1
+{ echo "\$ python benchmarks/bench_routing.py"; python benchmarks/bench_routing.py; } > $B/bench_routing.txt 2>&1
+{ echo "\$ python benchmarks/bench_routing.py --chunk-loads"; python benchmarks/bench_routing.py --chunk-loads; } \
+  > $B/bench_routing_chunks.txt 2>&1
 [ "${SWEEPS:-1}" = 0 ] && exit 0
 for p in nvlink hostmem 2nodes; do
   for g in schemoe675 fsmoe1458; do

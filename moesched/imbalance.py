@@ -12,7 +12,8 @@ its layers (layer l replays the trace's layer l mod its layers); else one line.
 
 :func:`step_timeline` prices a plan (knobs + issue order) under one step's load: the graph's
 expert tasks and flat all-to-alls take each rank's own load per layer
-(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares;
+(:func:`moesched.routing.apply_routing`: every chunk of a layer takes the layer's shares,
+or with ``chunk_loads`` its own draw, :mod:`moesched.imbalance_chunks`;
 the two hops of a hierarchical all-to-all by :func:`hop_shares`),
 and an expert task on uneven groups is priced as a grouped GEMM on those groups
 (:func:`moesched.ops.uneven_expert_ops`) when the profile has operator tables and no curve
@@ -50,12 +51,15 @@ class StepLoad:
         routing: per layer, kept copies from EP rank src to EP rank dst.
         groups: [layer][EP rank][local expert] kept copies received.
         dropped: copies over capacity, all layers and EP ranks.
+        kept: per layer, kept copies [source EP rank][expert] (for per-chunk loads,
+            :mod:`moesched.imbalance_chunks`).
     """
 
     step: int
     routing: Routing
     groups: tuple[tuple[tuple[int, ...], ...], ...]
     dropped: int
+    kept: tuple[tuple[tuple[int, ...], ...], ...] = ()
 
 
 def _rows(rec: LayerRouting, ep: int) -> list[list[int]]:
@@ -98,17 +102,18 @@ def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepL
     scale = full / (h.tokens_per_rank * h.top_k * h.ep / ep)   # a source row after merging or splitting
     cap = capacity_per_rank(model.capacity_factor, model.top_k, model.tokens, model.experts)
     El = model.experts // ep
-    mats, groups, dropped = [], [], 0
+    mats, groups, dropped, kepts = [], [], 0, []
     recs = trace.step(step)
     for layer in range(model.layers):
         rows = [_scaled(r, min(full, round(sum(r) * scale))) for r in _rows(recs[layer % h.layers], ep)]
         scaled = LayerRouting.from_lists(step, layer, rows)
         dropped += scaled.dropped(cap)
         kept = scaled.kept(cap)
+        kepts.append(kept)
         mats.append(scaled.rank_matrix(cap))
         recv = [sum(col) for col in zip(*kept)]
         groups.append(tuple(tuple(recv[d * El:(d + 1) * El]) for d in range(ep)))
-    return StepLoad(step, Routing(tuple(mats)), tuple(groups), dropped)
+    return StepLoad(step, Routing(tuple(mats)), tuple(groups), dropped, tuple(kepts))
 
 
 def load_source(text: str, model: MoEModel, cluster: Cluster, steps: int = 64) -> RoutingTrace:
@@ -172,8 +177,10 @@ def _price_hops(g, model: MoEModel, cluster: Cluster, profile: Profile, sl: Step
 
 
 def step_timeline(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Knobs, order: list[str],
-                  sl: StepLoad) -> Timeline:
-    """The plan (knobs, issue order) replayed under one step's load (module docstring)."""
+                  sl: StepLoad, chunk_loads: bool = False) -> Timeline:
+    """The plan (knobs, issue order) replayed under one step's load (module docstring);
+    ``chunk_loads``: each chunk of a chunked layer priced from its own share of the load
+    (:mod:`moesched.imbalance_chunks`) instead of the layer's shares."""
     g = apply_routing(build(model, cluster, profile, knobs), model, cluster, profile, sl.routing)
     _price_hops(g, model, cluster, profile, sl)
     ep = cluster.ep_size
@@ -189,6 +196,9 @@ def step_timeline(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Kn
                     _uneven_expert_us(profile, a["kind"], model, ep,
                                       tuple(round(c * share) for c in sl.groups[a["layer"]][r % ep]), us)
                     for r, us in enumerate(a["duration_by_rank_us"])]
+    if chunk_loads:
+        from moesched.imbalance_chunks import apply_chunk_loads
+        apply_chunk_loads(g, sl.kept, sl.step, ep, model.tokens)
     return simulate(g, {t: i for i, t in enumerate(order)}, strict=True)
 
 
@@ -209,9 +219,11 @@ class Expected:
 
 
 def expected(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Knobs, order: list[str],
-             loads: list[StepLoad]) -> Expected:
-    """The plan replayed under each of ``loads`` (and under even routing)."""
+             loads: list[StepLoad], chunk_loads: bool = False) -> Expected:
+    """The plan replayed under each of ``loads`` (and under even routing); ``chunk_loads``:
+    see :func:`step_timeline`."""
     even = simulate(build(model, cluster, profile, knobs), {t: i for i, t in enumerate(order)}, strict=True)
-    times = sorted(step_timeline(model, cluster, profile, knobs, order, sl).makespan_us for sl in loads)
+    times = sorted(step_timeline(model, cluster, profile, knobs, order, sl, chunk_loads).makespan_us
+                   for sl in loads)
     p90 = times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)]
     return Expected(sum(times) / len(times), p90, even.makespan_us, sum(sl.dropped for sl in loads) / len(loads))

@@ -20,7 +20,7 @@ from moesched.imbalance import DEFAULT_SAMPLES, Expected, StepLoad, expected, lo
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
-from moesched.schedules.base import Schedule, evaluate, executed_timeline
+from moesched.schedules.base import Schedule, evaluate
 
 
 @dataclass(frozen=True)
@@ -79,27 +79,31 @@ def search_schedules(model: MoEModel, cluster: Cluster, profile: Profile, time_l
 
 def plans_of(model: MoEModel, cluster: Cluster, profile: Profile, scheds: dict[str, Schedule]
              ) -> dict[str, tuple[Knobs, list[str]]]:
-    """Knobs and executed issue order of each schedule that evaluates."""
+    """Knobs and issue order of each schedule that evaluates: the order its plan file holds
+    (:func:`moesched.plan.from_timeline`), which the executor issues strictly and
+    :func:`moesched.imbalance.expected` replays."""
     out = {}
     for name, sc in scheds.items():
         try:
             ev = evaluate(model, cluster, profile, sc)
         except MoeschedError:
             continue
-        out[name] = (sc.knobs, executed_timeline(model, cluster, profile, ev).order())
+        out[name] = (sc.knobs, ev.timeline.order())
     return out
 
 
 def policy_plans(model: MoEModel, cluster: Cluster, profile: Profile, names: list[str] | None = None
                  ) -> dict[str, tuple[Knobs, list[str]]]:
-    """Knobs and executed issue order of each published policy that can schedule the model."""
+    """Knobs and issue order of each published policy that can schedule the model."""
     return plans_of(model, cluster, profile, policy_schedules(model, cluster, profile, names))
 
 
 def rank_plans(model: MoEModel, cluster: Cluster, profile: Profile, plans: dict[str, tuple[Knobs, list[str]]],
-               loads: list[StepLoad]) -> list[Candidate]:
-    """Every plan under ``loads``, in the given order."""
-    return [Candidate(n, k, tuple(o), expected(model, cluster, profile, k, o, loads)) for n, (k, o) in plans.items()]
+               loads: list[StepLoad], chunk_loads: bool = False) -> list[Candidate]:
+    """Every plan under ``loads``, in the given order (``chunk_loads``: per-chunk loads,
+    :func:`moesched.imbalance.step_timeline`)."""
+    return [Candidate(n, k, tuple(o), expected(model, cluster, profile, k, o, loads, chunk_loads))
+            for n, (k, o) in plans.items()]
 
 
 def best(cands: list[Candidate]) -> Candidate:
@@ -108,8 +112,8 @@ def best(cands: list[Candidate]) -> Candidate:
 
 
 def descend(model: MoEModel, cluster: Cluster, profile: Profile, start: Schedule, start_mean_us: float,
-            loads: list[StepLoad], degrees: tuple[int, ...] = (1, 2, 4, 8), max_evals: int = 48
-            ) -> tuple[dict[str, Schedule], list[Candidate]]:
+            loads: list[StepLoad], degrees: tuple[int, ...] = (1, 2, 4, 8), max_evals: int = 48,
+            chunk_loads: bool = False) -> tuple[dict[str, Schedule], list[Candidate]]:
     """Per-layer pipeline degrees under the distribution: coordinate descent from ``start``
     (mean step ``start_mean_us`` under ``loads``) over each layer's forward, then backward
     degree, keeping a change when the mean step falls; at most ``max_evals`` plans. Returns
@@ -131,7 +135,8 @@ def descend(model: MoEModel, cluster: Cluster, profile: Profile, start: Schedule
                 name = f"{start.policy} per-layer {_degrees(k)}"
                 sc = Schedule(start.policy, k, start.priority, dict(start.notes))
                 evals += 1
-                got = rank_plans(model, cluster, profile, plans_of(model, cluster, profile, {name: sc}), loads)
+                got = rank_plans(model, cluster, profile, plans_of(model, cluster, profile, {name: sc}), loads,
+                                 chunk_loads)
                 if got and got[0].result.mean_us < cur_mean:
                     cur, cur_mean = k, got[0].result.mean_us
                     found[name] = sc

@@ -47,6 +47,9 @@ def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
                              "dirichlet:A, even (docs/routing.md)")
     parser.add_argument("--routing-samples", type=int, default=8, metavar="N",
                         help="steps of the distribution each plan is replayed under (default 8)")
+    parser.add_argument("--routing-chunks", action="store_true",
+                        help="price each chunk of a chunked layer from its own share of the load "
+                             "(a hypergeometric split of the step's copies; docs/routing.md)")
 
 
 def check_routing(args: argparse.Namespace, model: MoEModel) -> None:
@@ -71,56 +74,35 @@ def print_routing_table(args: argparse.Namespace, model: MoEModel, cluster: Clus
     """simulate --routing: every policy under the same sampled steps."""
     from moesched import imbalance_plans as ip
     loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
-    cands = ip.rank_plans(model, cluster, profile, ip.policy_plans(model, cluster, profile, names), loads)
+    cands = ip.rank_plans(model, cluster, profile, ip.policy_plans(model, cluster, profile, names), loads,
+                          args.routing_chunks)
     print(f"\nunder routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order):")
     print(routing_table(cands))
 
 
 def choose_under_routing(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile,
                          plan: Plan) -> Plan:
-    """solve --routing: the solver's even-routing plan, its search's runners-up of other
-    pipeline shapes, every published policy's plan, the best of those with every uniform
-    pipeline degree (1, 2, 4, 8 forward x backward), then that best with each layer's degrees
-    searched (:func:`moesched.imbalance_plans.descend`), replayed
-    under the same sampled steps; the plan with the lowest mean step is returned (labelled
-    moesched, with the choice in its notes)."""
+    """solve --routing: the plan with the lowest mean step under the same sampled steps of
+    the distribution, the solver's even-routing plan among the candidates
+    (:func:`moesched.imbalance_solve.choose`); prints the comparison and returns the plan
+    to write."""
     from moesched import imbalance_plans as ip
-    from moesched.plan import from_timeline
-    from moesched.schedules.base import evaluate
+    from moesched.imbalance_solve import choose, chosen_plan
     loads = ip.sampled_loads(args.routing, model, cluster, args.routing_samples)
-    even = "moesched (even plan)"
-    scheds = ip.policy_schedules(model, cluster, profile)
-    policies = set(scheds)
-    cands = ip.rank_plans(model, cluster, profile, {even: (plan.knobs, list(plan.order)),
-                                                    **ip.plans_of(model, cluster, profile, scheds)}, loads)
-    top = ip.best([c for c in cands if c.name in scheds]) if any(c.name in scheds for c in cands) else None
-    extra = ip.search_schedules(model, cluster, profile, args.time_limit, zero=args.zero)  # the search's runners-up
-    if top is not None:  # and the pipeline degrees of the best policy, under the distribution
-        extra.update({n: sc for n, sc in ip.knob_variants(scheds[top.name]).items() if sc.knobs != top.knobs})
-    scheds.update(extra)
-    cands += ip.rank_plans(model, cluster, profile, ip.plans_of(model, cluster, profile, extra), loads)
-    best = ip.best(cands)
-    if best.name in scheds:  # then each layer's pipeline degrees, under the distribution
-        found, more = ip.descend(model, cluster, profile, scheds[best.name], best.result.mean_us, loads)
-        scheds.update(found)
-        cands += more
-        best = ip.best(cands)
-    shown = [c for c in cands if c.name == even or c.name in policies or c is best]
+    ch = choose(model, cluster, profile, plan.knobs, list(plan.order), loads, args.time_limit, args.zero,
+                chunk_loads=args.routing_chunks)
     print(f"under routing {args.routing} ({len(loads)} sampled steps; each plan replayed in its issue order; "
-          f"{len(cands)} plans compared, per-layer trials not counted):")
-    print(routing_table(shown, best.name))
-    r, e = best.result, cands[0].result
-    print(f"chosen for the distribution: {best.name}, mean {r.mean_us / 1e3:.3f} ms, p90 {r.p90_us / 1e3:.3f} ms "
+          f"{len(ch.candidates)} plans compared, per-layer trials not counted):")
+    print(routing_table(ch.shown(), ch.best.name))
+    r, e = ch.best.result, ch.even.result
+    print(f"chosen for the distribution: {ch.best.name}, mean {r.mean_us / 1e3:.3f} ms, p90 {r.p90_us / 1e3:.3f} ms "
           f"({100 * (r.mean_us / e.mean_us - 1):+.1f}% vs the even plan under the same steps)")
-    if best.name == even:
-        return plan
-    ev = evaluate(model, cluster, profile, scheds[best.name])
-    return from_timeline("moesched", model, cluster, ev.schedule.knobs, ev.timeline, profile,
-                         {"source": f"{best.name}, chosen under routing {args.routing}"})
+    return chosen_plan(ch, model, cluster, profile, plan, args.routing)
 
 
 def routing_table(cands: list, chosen: str | None = None) -> str:
-    """One row per plan (:class:`moesched.imbalance_plans.Candidate`): even, mean and p90 step (ms), slowdown, dropped copies per step."""
+    """One row per plan (:class:`moesched.imbalance_plans.Candidate`): even, mean and p90
+    step (ms), slowdown, dropped copies per step."""
     rows = []
     for c in cands:
         r = c.result
