@@ -240,6 +240,38 @@ after the experts, and the DP gradient all-reduces of the E/t local experts.
 # %%
 runs = {o.label(): o.plan.replay(profile) for o in opts if o.plan is not None and o.layout.sequence_parallel is False}
 figures.timeline_figure(runs, f"{model.name} on 1x4: EP against PPMoE", share_x=True);
+# %% md
+## Pipeline stages: the bubble
+
+The same preset in 4 pipeline stages of 8 layers (each stage one copy of the 1 x 4 node, the EP layout
+inside it), 4 micro-batches in the 1F1B order: each stage's forward and backward time per micro-batch
+from the model's graph, the stage-to-stage sends priced on the network's NICs, the pipeline simulated
+(`moesched layouts --model LLaMA2-MoE --pp 4 --microbatches 4`). The gaps on each stage's row are
+the bubble.
+# %%
+import matplotlib.pyplot as plt
+from moesched.pipeline import bubble_fraction, pipeline_graph
+from moesched.pipelineplan import check_pipeline, p2p_us, stage_times_us
+from moesched.sim import simulate
+pp, mb = 4, 4
+m1 = check_pipeline(model, pp, mb)                     # one micro-batch of the batch
+fwd, bwd = stage_times_us(m1, Cluster(1, 4), profile, pp)
+g, prio = pipeline_graph(pp, mb, fwd, bwd, p2p_us(m1, Cluster(1, 4), profile), "1f1b")
+comp = simulate(g, prio).df.query("resource == 'compute'")
+step_ms = comp.end_us.max() / 1e3
+fig, ax = plt.subplots(figsize=(14, 2.6), layout="constrained")
+for r in comp.itertuples():
+    s, w = int(r.role[len("stage"):]), (r.end_us - r.start_us) / 1e3
+    ax.barh(s, w, left=r.start_us / 1e3, color="tab:blue" if r.kind == "stage_fwd" else "tab:orange",
+            edgecolor="white")
+    ax.text(r.start_us / 1e3 + w / 2, s, r.task[0] + str(r.chunk), ha="center", va="center", fontsize=8)
+ax.set_yticks(range(pp), [f"stage {s}" for s in range(pp)])
+ax.invert_yaxis()
+ax.set_xlabel("ms")
+ax.set_title(f"{model.name}: {pp} stages x {mb} micro-batches, 1F1B (F forward, B backward)")
+idle = 1 - mb * (sum(fwd) + sum(bwd)) / 1e3 / (pp * step_ms)
+print(f"step {step_ms:.1f} ms; idle share {100 * idle:.1f}% against (S-1)/(m+S-1) = "
+      f"{100 * bubble_fraction(pp, mb):.1f}% for equal stages")
 """
 
 sys.path.insert(0, str(HERE))
