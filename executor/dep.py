@@ -126,9 +126,9 @@ def expert_task(m: MoEModel, p: LayerParams, got: torch.Tensor) -> torch.Tensor:
     offs = torch.cumsum(counts, 0).to(torch.int32) if grouped(x) else None
     ne = [] if offs is not None else counts.tolist()  # the grouped path needs no host copy (no sync)
     y, _, _ = experts_fwd(x, ne, offs, p.w1, p.w2, p.w3, p.kind)
-    rows = torch.empty_like(y)
-    rows[order] = y
-    return g[:, None] * rows
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device)
+    return (y * g.index_select(0, order)[:, None]).index_select(0, inv)  # gated, back in arrival order
 
 
 def attention_forward(m: MoEModel, mod: MoEModule, ranks: DepRanks, cfg: DepConfig, x: torch.Tensor) -> torch.Tensor:
