@@ -194,24 +194,10 @@ class Schedule:
 
     def exposed_intervals(self) -> list[tuple[float, float]]:
         """The (start, end) ms where some transfer runs while neither compute resource does."""
-        from moesched.sim import union_intervals
+        from moesched.sim import uncovered_intervals, union_intervals
         comm = union_intervals([list(iv) for iv in self.intervals["a2e"] + self.intervals["e2a"]])
         comp = union_intervals([list(iv) for iv in self.intervals["ag"] + self.intervals["eg"]])
-        out: list[tuple[float, float]] = []
-        j = 0
-        for s, e in comm:               # both sorted and disjoint: one pass
-            cur = s
-            while j < len(comp) and comp[j][1] <= cur:
-                j += 1
-            k = j
-            while k < len(comp) and comp[k][0] < e:
-                if comp[k][0] > cur:
-                    out.append((cur, comp[k][0]))
-                cur = max(cur, comp[k][1])
-                k += 1
-            if cur < e:
-                out.append((cur, e))
-        return out
+        return uncovered_intervals(comm, comp)
 
 
 def ag_sequence(order: str, r1: int) -> list[tuple[str, int]]:

@@ -364,6 +364,27 @@ def union_intervals(iv: list[list[float]]) -> list[tuple[float, float]]:
     return out
 
 
+def uncovered_intervals(comm: list[tuple[float, float]], comp: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of the sorted disjoint intervals ``comm`` that no interval of the sorted
+    disjoint ``comp`` covers (one pass over both; same unit as the inputs): exposed
+    communication when ``comm`` is a union of transfers and ``comp`` one of compute."""
+    out: list[tuple[float, float]] = []
+    j = 0
+    for s, e in comm:
+        cur = s
+        while j < len(comp) and comp[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(comp) and comp[k][0] < e:
+            if comp[k][0] > cur:
+                out.append((cur, comp[k][0]))
+            cur = max(cur, comp[k][1])
+            k += 1
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
 def intervals_length(iv: list[tuple[float, float]]) -> float:
     return sum(e - s for s, e in iv)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from moesched import __version__
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json, write_atomic, write_json
-from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline, union_intervals
+from moesched.sim import COLUMNS, HOST_COLUMNS, Timeline, uncovered_intervals, union_intervals
 
 RESOURCE_TID = {"compute": 0, "comm_intra": 1, "comm_inter": 2}
 TID_RESOURCE = {v: k for k, v in RESOURCE_TID.items()}
@@ -135,21 +135,7 @@ def exposed_intervals_us(tl: Timeline, rank: int = 0) -> list[tuple[float, float
     d = tl.df[tl.df["rank"] == rank]
     comm = union_intervals(d.loc[d["resource"] != "compute", ["start_us", "end_us"]].to_numpy().tolist())
     comp = union_intervals(d.loc[d["resource"] == "compute", ["start_us", "end_us"]].to_numpy().tolist())
-    out: list[tuple[float, float]] = []
-    j = 0
-    for s, e in comm:
-        cur = s
-        while j < len(comp) and comp[j][1] <= cur:
-            j += 1
-        k = j
-        while k < len(comp) and comp[k][0] < e:
-            if comp[k][0] > cur:
-                out.append((cur, comp[k][0]))
-            cur = max(cur, comp[k][1])
-            k += 1
-        if cur < e:
-            out.append((cur, e))
-    return out
+    return uncovered_intervals(comm, comp)
 
 
 def gantt_png(timelines: Mapping[str, Timeline], path: str | os.PathLike, title: str, rank: int = 0) -> None:
