@@ -79,3 +79,44 @@ def test_cli_layers_leaving_only_dense_layers_is_one_line(capsys: pytest.Capture
     assert not out.exists()
     err = capsys.readouterr().err
     assert err.startswith("moesched: error: ") and err.count("\n") == 1 and "all dense" in err
+
+
+def test_shape_key_names_grouped_query_attention_only_when_set() -> None:
+    """Key/value heads and head size enter the shape key only where they differ from MHA of
+    d_model / heads: a profile's curves of MHA shapes never price a GQA model."""
+    base = PRESETS["Mixtral-7B-FSMoE"]
+    assert "kv" not in base.shape_key() and "-d" not in base.shape_key().split("-L")[0]
+    assert replace(base, kv_heads=32, head_dim=128).shape_key() == base.shape_key()  # the MHA defaults, spelled out
+    assert "-kv8-" in replace(base, kv_heads=8).shape_key()
+    assert "-kv4-d128-" in PRESETS["Qwen3-30B-A3B"].shape_key()
+
+
+def test_memory_counts_embeddings_and_logits() -> None:
+    """Untied embeddings count twice (embedding and head) plus the final norm; tied once; the
+    logits [T, V] in the model's dtype and their fp32 copy join the activations."""
+    from moesched.cluster import Cluster
+    from moesched.memory import rank_memory
+    m = PRESETS["Mixtral-8x7B"]
+    assert m.embedding_params() == 2 * 32000 * 4096 + 4096
+    assert replace(m, tie_embeddings=True).embedding_params() == 32000 * 4096 + 4096
+    bare = replace(m, vocab_size=None)
+    a, b = rank_memory(m, Cluster(4, 8, ep=8), 1), rank_memory(bare, Cluster(4, 8, ep=8), 1)
+    assert a.params_bytes - b.params_bytes == 2 * m.embedding_params()
+    assert a.activations_bytes - b.activations_bytes == m.tokens * 32000 * (2 + 4)
+
+
+def test_gqa_attention_work_and_memory_reduce_to_mha() -> None:
+    """With kv_heads = heads and head_dim = d_model / heads the attention FLOPs, the layout
+    activations and the attention activations are those of multi-head attention."""
+    from moesched import dense, work
+    from moesched.cluster import Cluster
+    from moesched.layouts import Layout, layout_memory
+    m = PRESETS["Mixtral-7B-FSMoE"]
+    spelled = replace(m, kv_heads=m.heads, head_dim=m.d_model // m.heads)
+    M, L, E, T = m.d_model, m.seq_len, m.experts, m.tokens
+    assert work.attn_fwd_flops(m, 1) == work.attn_fwd_flops(spelled, 1) == 8 * M * M + 4 * L * M + 2 * M * E
+    assert dense.attention_activation_bytes(m) == 9 * T * M * 2 + 4 * (T * m.heads + 2 * T)
+    assert layout_memory(m, Cluster(1, 4), Layout(2)) == layout_memory(spelled, Cluster(1, 4), Layout(2))
+    gqa = replace(m, kv_heads=8)  # fewer K/V weights and FLOPs, but the repeated K/V copies kept for SDPA
+    assert work.attn_fwd_flops(gqa, 1) < work.attn_fwd_flops(m, 1)
+    assert dense.attention_activation_bytes(gqa) > dense.attention_activation_bytes(m)
