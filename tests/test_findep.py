@@ -133,6 +133,7 @@ def test_cli_solves_inference_on_the_profile(tmp_path, capsys) -> None:
                  "--cluster", "1x4", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "chosen: ag=" in text and "pppipe" in text and "naive-dep" in text
+    assert "1 dense layer(s) are priced as MoE layers" in text  # DeepSeek-V2-Lite's first layer
     doc = json.loads(out.read_text())
     assert doc["format"] == "moesched.dep-schedule" and doc["ag"] + doc["eg"] == 4
     rates = {(r["ag"], r["eg"], r["policy"]): r["tokens_per_s"] for r in doc["table"]}

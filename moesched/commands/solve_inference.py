@@ -64,6 +64,9 @@ def _solve_split(args, model, profile, ag: int, eg: int) -> dict[str, DepResult]
 def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out})
     model, profile, cluster = resolve(args, any_ep=True)
+    if model.dense_layers:
+        print(f"note: {model.name}'s {len(model.dense_layers)} dense layer(s) are priced as MoE layers "
+              f"(FinDEP's cost model has one kind of layer)")
     rows, best = [], None
     splits = [s for s in _splits(args, cluster.world) if model.experts % s[1] == 0 or args.ag is not None]
     if not splits:
