@@ -17,7 +17,7 @@ simulated under 1F1B; its idle share beside the uniform-stage bubble (S - 1) / (
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
@@ -125,11 +125,31 @@ def format_microbatch_plans(model: MoEModel, cluster: Cluster, profile: Profile,
     return "\n".join(lines)
 
 
+def _pp(text: str) -> int | str:
+    """``--pp``: a number of stages, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of stages or 'auto', got {text!r}") from None
+
+
+def pipeline_args_checked(args: argparse.Namespace, model: MoEModel) -> None:
+    """Check ``--pp`` / ``--microbatches`` before any work (``--pp auto``: the micro-batches
+    only)."""
+    if args.pp == "auto":  # the micro-batches must divide some candidate's batch (moesched.pipelinechoice)
+        check_pipeline(replace(model, micro_batch=args.microbatches), 1, args.microbatches)
+    else:
+        check_pipeline(model, args.pp, args.microbatches)
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """``--pp`` and ``--microbatches``, shared by ``layouts`` and ``solve``."""
-    parser.add_argument("--pp", type=int, default=1, metavar="N",
+    parser.add_argument("--pp", type=_pp, default=1, metavar="N|auto",
                         help="pipeline stages (must divide the layers; each stage one copy of the cluster); "
-                             "prints the 1F1B pipeline of the stages' times (default 1)")
+                             "prints the 1F1B pipeline of the stages' times; 'auto': choose stages over the "
+                             "cluster's nodes and micro-batches at the same global batch (default 1)")
     parser.add_argument("--microbatches", type=int, default=1, metavar="N",
                         help="micro-batches per step (must divide the batch per rank); without --pp, prints "
                              "the cross-micro-batch plans (default 1)")
@@ -138,7 +158,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 def print_pipeline(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
     """Print the pipeline report (``--pp`` > 1) or the cross-micro-batch plans
     (``--microbatches`` > 1 without stages); nothing for one stage and one micro-batch."""
-    if args.pp > 1:
+    if args.pp == "auto":
+        from moesched.pipelinechoice import compare_pipelines, format_pipelines
+        print(format_pipelines(*compare_pipelines(model, cluster, profile, getattr(args, "zero", 0),
+                                                  args.microbatches if args.microbatches > 1 else None)))
+    elif args.pp > 1:
         print(format_report(pipeline_report(model, cluster, profile, args.pp, args.microbatches)))
     elif args.microbatches > 1:
         print(format_microbatch_plans(model, cluster, profile, args.microbatches))

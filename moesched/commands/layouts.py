@@ -15,7 +15,7 @@ from moesched.commands.setup import add_cluster_arguments, check_command_outputs
 from moesched.layoutchoice import LayoutOption, compare_layouts, reason
 from moesched.memory import GB, ZERO_STAGES
 from moesched.models import MoEModel
-from moesched.pipelineplan import add_pipeline_arguments, check_pipeline, print_pipeline
+from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked, print_pipeline
 
 HELP = "compare EP (all-to-all) with PPMoE (EP inside TP) layouts under the memory model; explain the choice"
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         model = MoEModel.from_hf_config(args.model)
     else:
         model = MoEModel.from_name(args.model)
-    check_pipeline(model, args.pp, args.microbatches)
+    pipeline_args_checked(args, model)
     profile = load_profile(args)
     cluster = resolve_cluster(args, profile)
     comm_model(cluster, profile)  # a cluster other than the profiled layout needs a network

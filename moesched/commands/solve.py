@@ -22,7 +22,7 @@ from moesched.commands.routing import add_routing_arguments, check_routing, choo
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.errors import MoeschedError
 from moesched.memory import GB, ZERO_STAGES
-from moesched.pipelineplan import add_pipeline_arguments, check_pipeline, print_pipeline
+from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked, print_pipeline
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out, "--trace": args.trace})
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args, any_ep=True)
-    check_pipeline(model, args.pp, args.microbatches)
+    pipeline_args_checked(args, model)
     check_routing(args, model)
     t0 = time.perf_counter()
     lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
