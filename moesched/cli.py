@@ -24,7 +24,7 @@ from moesched.errors import MoeschedError
 
 #: Every command in the order of ``--help``; ``profile`` and ``validate`` are plug-ins.
 COMMANDS = ("models", "schedules", "clusters", "simulate", "solve", "layouts", "sweep", "profile", "validate", "plot",
-            "routing", "placement")
+            "routing", "placement", "overlap")
 PLUGIN_GROUP = "moesched.commands"
 
 

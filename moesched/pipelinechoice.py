@@ -22,6 +22,7 @@ is always a candidate, so the table says what stages and micro-batches buy.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, replace
 
 from moesched.cluster import Cluster, collective_us
@@ -30,7 +31,7 @@ from moesched.errors import MoeschedError
 from moesched.memory import GB, RankMemory, gpu_memory_bytes, rank_memory
 from moesched.models import MoEModel
 from moesched.pipeline import pipeline_graph, stage_layers
-from moesched.pipelineplan import p2p_us, stage_times_us
+from moesched.pipelineplan import p2p_us, print_pipeline, stage_times_us
 from moesched.profile import Profile
 from moesched.sim import simulate
 
@@ -149,3 +150,13 @@ def format_pipelines(opts: list[PipelineOption], chosen: PipelineOption) -> str:
     return "\n".join(lines + ["pipe: the 1F1B pipeline of the stages' graph times; grad: the stage's gradient "
                               "all-reduces after the flush; every row at the same global batch and the same "
                               "accounting (unchunked layers, gradients not overlapped)", why])
+
+
+def print_pipelines(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
+    """``--pp auto``: the table of :func:`compare_pipelines`; else
+    :func:`moesched.pipelineplan.print_pipeline`."""
+    if args.pp == "auto":
+        print(format_pipelines(*compare_pipelines(model, cluster, profile, getattr(args, "zero", 0),
+                                                  args.microbatches if args.microbatches > 1 else None)))
+    else:
+        print_pipeline(args, model, cluster, profile)

@@ -158,11 +158,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 def print_pipeline(args: argparse.Namespace, model: MoEModel, cluster: Cluster, profile: Profile) -> None:
     """Print the pipeline report (``--pp`` > 1) or the cross-micro-batch plans
     (``--microbatches`` > 1 without stages); nothing for one stage and one micro-batch."""
-    if args.pp == "auto":
-        from moesched.pipelinechoice import compare_pipelines, format_pipelines
-        print(format_pipelines(*compare_pipelines(model, cluster, profile, getattr(args, "zero", 0),
-                                                  args.microbatches if args.microbatches > 1 else None)))
-    elif args.pp > 1:
+    if args.pp > 1:
         print(format_report(pipeline_report(model, cluster, profile, args.pp, args.microbatches)))
     elif args.microbatches > 1:
         print(format_microbatch_plans(model, cluster, profile, args.microbatches))

@@ -15,7 +15,8 @@ from moesched.commands.setup import add_cluster_arguments, check_command_outputs
 from moesched.layoutchoice import LayoutOption, compare_layouts, reason
 from moesched.memory import GB, ZERO_STAGES
 from moesched.models import MoEModel
-from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked, print_pipeline
+from moesched.pipelinechoice import print_pipelines
+from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked
 
 HELP = "compare EP (all-to-all) with PPMoE (EP inside TP) layouts under the memory model; explain the choice"
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                        [_row(o, chosen) for o in opts], [False, True, True, True, True, True, True, True, False]))
     print("step_ms: GPU costs, list-scheduled; a2a/tp/grad: rank 0's busy time on each kind of collective")
     print(f"why: {reason(opts, chosen)}")
-    print_pipeline(args, model, replace(cluster, ep=opts[0].ep) if opts[0].ep else cluster, profile)
+    print_pipelines(args, model, replace(cluster, ep=opts[0].ep) if opts[0].ep else cluster, profile)
     if args.out:
         assert chosen.plan is not None
         chosen.plan.save(args.out)

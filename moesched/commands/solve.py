@@ -22,7 +22,8 @@ from moesched.commands.routing import add_routing_arguments, check_routing, choo
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.errors import MoeschedError
 from moesched.memory import GB, ZERO_STAGES
-from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked, print_pipeline
+from moesched.pipelinechoice import print_pipelines
+from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
           + f"  ({res.stats['simulations']} simulations, {time.perf_counter() - t0:.2f} s)")
     print(_table(res.table, res.step_us, res.executed_us, host))
     print(_layout_table(lay, host, args.zero))
-    print_pipeline(args, model, cluster, profile)
+    print_pipelines(args, model, cluster, profile)
     plan = from_timeline("moesched", model, cluster, k, res.evaluation.timeline, profile,
                          {"priority": res.schedule.notes.get("priority"), "source": res.schedule.notes.get("source")})
     if args.routing:
