@@ -11,6 +11,7 @@ at the same global batch (a TP group of t ranks runs t micro-batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
@@ -19,7 +20,7 @@ from moesched.knobs import Knobs
 from moesched.layoutgraph import build
 from moesched.layoutsearch import search_priority
 from moesched.layouts import Layout, check_layout, layout_memory
-from moesched.memory import GB, RankMemory, gpu_memory_bytes
+from moesched.memory import RankMemory, fit_problem, gpu_memory_bytes
 from moesched.models import MoEModel
 from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
@@ -81,11 +82,8 @@ def ppmoe_option(model: MoEModel, cluster: Cluster, profile: Profile, layout: La
     try:
         check_layout(model, cluster, layout)
         opt.memory = layout_memory(model, cluster, layout, zero)
-        cap = gpu_memory_bytes(profile.hardware)
-        if opt.memory.total_bytes > cap:
-            term, size = opt.memory.binding()
-            opt.problem = (f"does not fit: needs {opt.memory.total_bytes / GB:.1f} GB/rank of {cap / GB:.0f}, "
-                           f"binding term {term} {size / GB:.1f} GB")
+        opt.problem = fit_problem(opt.memory, gpu_memory_bytes(profile.hardware))
+        if opt.problem:
             return opt
         tl, prio = search_priority(build(model, cluster, profile, layout))
     except MoeschedError as e:
@@ -106,11 +104,18 @@ def compare_layouts(model: MoEModel, cluster: Cluster, profile: Profile, zero: i
     for t in tp_sizes(cluster):
         for sp in (False, True):
             opts.append(ppmoe_option(model, cluster, profile, Layout(t, sp), zero))
+    return opts, fastest(opts, "layout", model, cluster)
+
+
+def fastest(opts: list[Any], noun: str, model: MoEModel, cluster: Cluster) -> Any:
+    """The candidate of ``opts`` (each with ``step_us``, ``problem`` and ``label()``) with the
+    fastest step among those that run; MoeschedError naming every candidate's problem when
+    none runs."""
     ok = [o for o in opts if o.step_us is not None]
     if not ok:
-        raise MoeschedError(f"no layout of {model.name} runs on {cluster.label()}: "
+        raise MoeschedError(f"no {noun} of {model.name} runs on {cluster.label()}: "
                             + "; ".join(f"{o.label()}: {o.problem}" for o in opts))
-    return opts, min(ok, key=lambda o: o.step_us)  # type: ignore[arg-type,return-value]
+    return min(ok, key=lambda o: o.step_us)
 
 
 def reason(opts: list[LayoutOption], chosen: LayoutOption) -> str:

@@ -204,6 +204,16 @@ def _unbounded(model: MoEModel) -> Cluster:
     return Cluster(nodes=1 << 20, gpus_per_node=model.experts, ep=model.experts)
 
 
+def fit_problem(mem: RankMemory, capacity_bytes: int) -> str | None:
+    """"does not fit: needs N GB/rank of C, binding term ..." when ``mem`` exceeds a GPU of
+    ``capacity_bytes``, else None (the note of a layout or pipeline candidate)."""
+    if mem.total_bytes <= capacity_bytes:
+        return None
+    term, size = mem.binding()
+    return (f"does not fit: needs {mem.total_bytes / GB:.1f} GB/rank of {capacity_bytes / GB:.0f}, "
+            f"binding term {term} {size / GB:.1f} GB")
+
+
 def fits_nowhere(model: MoEModel, capacity_bytes: int, zero: int) -> str | None:
     """Why ``model`` fits no cluster of any size at ZeRO stage ``zero`` (the terms that do
     not shrink with more ranks exceed the GPU at the largest EP), or None."""

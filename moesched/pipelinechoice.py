@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 from moesched.cluster import Cluster, collective_us
 from moesched.dense import grad_bytes_per_layer
 from moesched.errors import MoeschedError
-from moesched.memory import GB, RankMemory, gpu_memory_bytes, rank_memory
+from moesched.layoutchoice import fastest
+from moesched.memory import GB, RankMemory, fit_problem, gpu_memory_bytes, rank_memory
 from moesched.models import MoEModel
 from moesched.pipeline import pipeline_graph, stage_layers
 from moesched.pipelineplan import p2p_us, print_pipeline, stage_times_us
@@ -99,11 +100,8 @@ def pipeline_option(model: MoEModel, cluster: Cluster, profile: Profile, pp: int
         opt.problem = str(e)
         return opt
     opt.memory = _in_flight(rank_memory(first, sc, zero), min(pp, m))
-    cap = gpu_memory_bytes(profile.hardware)
-    if opt.memory.total_bytes > cap:
-        term, size = opt.memory.binding()
-        opt.problem = (f"does not fit: needs {opt.memory.total_bytes / GB:.1f} GB/rank of {cap / GB:.0f}, "
-                       f"binding term {term} {size / GB:.1f} GB")
+    opt.problem = fit_problem(opt.memory, gpu_memory_bytes(profile.hardware))
+    if opt.problem:
         return opt
     fwd, bwd = stage_times_us(model1, sc, profile, pp)
     g, prio = pipeline_graph(pp, m, fwd, bwd, p2p_us(model1, sc, profile) if pp > 1 else 0.0, "1f1b")
@@ -126,11 +124,7 @@ def compare_pipelines(model: MoEModel, cluster: Cluster, profile: Profile, zero:
         raise MoeschedError(f"--microbatches {microbatches} divides the samples of no pipeline of {model.name} on "
                             f"{cluster.label()} (pp x {model.micro_batch} per rank, pp dividing the nodes and layers)")
     opts = [pipeline_option(model, cluster, profile, pp, m, zero) for pp, m in dict.fromkeys(pairs)]
-    ok = [o for o in opts if o.step_us is not None]
-    if not ok:
-        raise MoeschedError(f"no pipeline of {model.name} runs on {cluster.label()}: "
-                            + "; ".join(f"{o.label()}: {o.problem}" for o in opts))
-    return opts, min(ok, key=lambda o: o.step_us)  # type: ignore[arg-type,return-value]
+    return opts, fastest(opts, "pipeline", model, cluster)
 
 
 def format_pipelines(opts: list[PipelineOption], chosen: PipelineOption) -> str:
