@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from executor.dep import attention_task, expert_task, shared_task  # noqa: E402
 from executor.ffn import experts_fwd, grouped  # noqa: E402
 from executor.layers import LayerParams  # noqa: E402
+from executor.profiling.timing import median_event_us  # noqa: E402
 from moesched.findep_profile import profile_times  # noqa: E402
 from moesched.models import PRESETS, MoEModel  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
@@ -62,24 +63,9 @@ def small_model(m: MoEModel) -> MoEModel:
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
-    """Median ms of ``fn()`` over ``repeats`` runs after ``warmup`` runs: CUDA events on a
-    GPU (each run between two events on the current stream), ``perf_counter`` on CPU."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
+    """Median ms of ``fn()`` over ``repeats`` runs after ``warmup`` runs
+    (:func:`executor.profiling.timing.median_event_us`)."""
+    return median_event_us(fn, device, repeats, warmup) / 1e3
 
 
 def price_source(profile: Profile, m: MoEModel, kind: str) -> str:

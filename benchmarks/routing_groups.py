@@ -23,38 +23,18 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from executor.profiling.timing import median_event_us  # noqa: E402
 from moesched import work  # noqa: E402
 from moesched.imbalance import load_source, sample_steps, step_load  # noqa: E402
 from moesched.models import PRESETS  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
 from executor.ffn import experts_fwd  # noqa: E402
-
-
-def time_us(fn, device: torch.device, reps: int) -> float:
-    """Median µs of fn() over reps runs after 2 warm-ups (CUDA events on a GPU)."""
-    for _ in range(2):
-        fn()
-    out = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            out.append(a.elapsed_time(b) * 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(out)
 
 
 def task(rows: list[int], w: tuple, device: torch.device, dtype: torch.dtype, kind: str):
@@ -104,9 +84,9 @@ def main() -> int:
         sl = step_load(trace, s, m, a.ep)
         for r, groups in enumerate(sl.groups[0]):
             rows = list(groups)
-            meas = time_us(task(rows, w, dev, dtype, m.expert_kind), dev, a.reps)
+            meas = median_event_us(task(rows, w, dev, dtype, m.expert_kind), dev, a.reps)
             split = [sum(rows) // El + (1 if e < sum(rows) % El else 0) for e in range(El)]
-            even_split = time_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
+            even_split = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
             pred = prof.compute_us("expert_fwd", per_copy * sum(rows), m.shape_key(), m, a.ep)
             err = 100 * (pred - meas) / meas
             errs.append(abs(err))
@@ -115,7 +95,7 @@ def main() -> int:
                           "error_pct": round(err, 2)})
             print(json.dumps(lines[-1]), flush=True)
     split = [even_rows // El] * El
-    meas = time_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
+    meas = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
     pred = prof.compute_us("expert_fwd", per_copy * even_rows, m.shape_key(), m, a.ep)
     summary = {"summary": True, "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
                "uneven_mean_abs_error_pct": round(statistics.mean(errs), 2),

@@ -8,6 +8,8 @@ profiler's :class:`executor.profiling.context.Ctx`). Every function returns µs.
 * :func:`time_isolated_us`: a collective issued alone after a barrier, as the runtime does.
 * :func:`together`: compute and a collective on two streams at once (interference).
 * :func:`gc_quiet`: the garbage collector kept out of a loop of timed steps.
+* :func:`median_event_us`: one process, no group: a closure's median time on a device
+  (the benchmark scripts' timer).
 """
 from __future__ import annotations
 
@@ -210,3 +212,25 @@ def host_probe_us(device: torch.device, n: int = 300, reps: int = 7) -> float:
     if cuda:
         torch.cuda.synchronize(device)
     return round(statistics.median(out[1:]), 3)
+
+
+def median_event_us(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 2) -> float:
+    """Median µs of ``fn()`` over ``reps`` runs after ``warmup`` runs, on one device with no
+    process group: each run between two CUDA events on the current stream on a GPU,
+    ``perf_counter`` on a CPU."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) * 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(out)
