@@ -7,9 +7,12 @@ copies per local expert. For each (step, rank) this times :func:`executor.ffn.ex
 (one grouped GEMM per weight in bf16 on a GPU; a loop of GEMMs in fp32 on a CPU) on those
 uneven groups, on the same rows split evenly over the local experts, and on the even-routing
 rows the plan assumes, and prints the profile's prediction for each
-(``Profile.compute_us("expert_fwd", flops, shape, model, ep)``). One JSON line per case in
+(:func:`moesched.imbalance.uneven_expert_us` on the profile's even price
+``Profile.compute_us("expert_fwd", flops, shape, model, ep)``, as the simulator prices a
+step under a trace). ``--cool-s`` idles the GPU that long before each timed case, so that
+every case starts from the same clock and temperature state. One JSON line per case in
 ``--out``/routing_groups.jsonl: step, rank, groups, rows, measured_us, even_split_us,
-predicted_us, error_pct (predicted vs measured). The last line summarises the mean absolute
+predicted_us, even_predicted_us (the price of the same copies spread evenly), error_pct (predicted vs measured). The last line summarises the mean absolute
 error of the uneven cases and of the even-routing case.
 
     python benchmarks/routing_groups.py --device cuda --out $OUT       # one H200 (gpu_routing.sh)
@@ -23,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -30,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from executor.profiling.timing import median_event_us  # noqa: E402
 from moesched import work  # noqa: E402
-from moesched.imbalance import load_source, sample_steps, step_load  # noqa: E402
+from moesched.imbalance import load_source, sample_steps, step_load, uneven_expert_us  # noqa: E402
 from moesched.models import PRESETS  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
@@ -61,6 +65,7 @@ def main() -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     ap.add_argument("--samples", type=int, default=4, help="trace steps sampled")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--cool-s", type=float, default=0.0, help="idle seconds before each timed case")
     ap.add_argument("--small", action="store_true", help="a small shape (CPU smoke test)")
     ap.add_argument("--out", required=True, help="folder for routing_groups.jsonl")
     a = ap.parse_args()
@@ -84,23 +89,28 @@ def main() -> int:
         sl = step_load(trace, s, m, a.ep)
         for r, groups in enumerate(sl.groups[0]):
             rows = list(groups)
+            time.sleep(a.cool_s)
             meas = median_event_us(task(rows, w, dev, dtype, m.expert_kind), dev, a.reps)
             split = [sum(rows) // El + (1 if e < sum(rows) % El else 0) for e in range(El)]
+            time.sleep(a.cool_s)
             even_split = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
-            pred = prof.compute_us("expert_fwd", per_copy * sum(rows), m.shape_key(), m, a.ep)
+            even_pred = prof.compute_us("expert_fwd", per_copy * sum(rows), m.shape_key(), m, a.ep)
+            pred = uneven_expert_us(prof, "expert_fwd", m, tuple(rows), even_pred)
             err = 100 * (pred - meas) / meas
             errs.append(abs(err))
             lines.append({"step": s, "rank": r, "groups": rows, "rows": sum(rows), "measured_us": round(meas, 1),
                           "even_split_us": round(even_split, 1), "predicted_us": round(pred, 1),
+                          "even_predicted_us": round(even_pred, 1),
                           "error_pct": round(err, 2)})
             print(json.dumps(lines[-1]), flush=True)
     split = [even_rows // El] * El
+    time.sleep(a.cool_s)
     meas = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
     pred = prof.compute_us("expert_fwd", per_copy * even_rows, m.shape_key(), m, a.ep)
     summary = {"summary": True, "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
                "uneven_mean_abs_error_pct": round(statistics.mean(errs), 2),
                "even_routing_measured_us": round(meas, 1), "even_routing_predicted_us": round(pred, 1),
-               "even_routing_error_pct": round(100 * (pred - meas) / meas, 2)}
+               "even_routing_error_pct": round(100 * (pred - meas) / meas, 2), "cool_s": a.cool_s}
     lines.append(summary)
     print(json.dumps(summary), flush=True)
     with open(os.path.join(a.out, "routing_groups.jsonl"), "w") as f:

@@ -48,7 +48,8 @@ FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_
           "error_single_pair_pct", "last_call_ms",
           "last_setup_ms", "last_finish_ms", "last_trace_ms",
           "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
-          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct"]
+          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct",
+          "skew", "max_expert_load", "predicted_uneven_ms", "error_uneven_pct"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -169,10 +170,12 @@ def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
     from executor.profiling.timing import gc_quiet, host_probe_us
+    from executor.skewed import apply_skew
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
     dtype = TORCH_DTYPES[m.dtype] if cuda else torch.float32
     module = MoEModule(m, ep=cluster.ep_size, ep_rank=rank % cluster.ep_size, seed=0, device=dev, dtype=dtype)
+    apply_skew(module, getattr(args, "skew", 0.0))
     step = PlannedStep(module, plan, issue=issue)
     x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
     probe = torch.tensor([host_probe_us(dev)], dtype=torch.float64)
@@ -204,10 +207,12 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
     runs.append(run.times_ms)
     row = None
     if last:
+        from executor.skewed import record_step
         measured = run.step.timeline()
         routing = Routing.from_lists(run.step.routing())
+        recorded = record_step(run.step, plan)  # a collective
         if rank == 0:
-            row = _report(args, plan, sched, issue, regime, profile, runs, probes, measured, routing)
+            row = _report(args, plan, sched, issue, regime, profile, runs, probes, measured, routing, recorded)
     del run
     if cuda:
         torch.cuda.empty_cache()
@@ -215,8 +220,9 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
 
 
 def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
-            runs: list[list[float]], probes: list[float] | None, measured, routing: Routing) -> dict:
-    """Rank 0: the plan's CSV row (appended to ``args.out``), its printed line and traces."""
+            runs: list[list[float]], probes: list[float] | None, measured, routing: Routing, recorded) -> dict:
+    """Rank 0: the plan's CSV row (appended to ``args.out``), its printed line and traces;
+    ``recorded``: the last step's routing (:func:`executor.skewed.record_step`)."""
     from moesched.trace import write_chrome_trace
     m = plan.model
     med = statistics.median([t_ for run in runs for t_ in run])
@@ -234,6 +240,7 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
                plan_hash=plan.hash[:12], issue=issue)
     row.update(_call_columns(plan, measured))
     row.update(_probe_columns(plan, profile, probes, med))
+    row.update(_uneven_columns(args, plan, profile, recorded, med))
     _append_row(args.out, row)
     print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {row['predicted_ms']:.2f} ms, measured "
           f"{med:.2f} ms ({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing "
@@ -280,6 +287,18 @@ def ops_only(profile: Profile) -> Profile:
     from moesched.kinds import ALL_COMPUTE_KINDS
     shapes = {s: {k: c for k, c in by.items() if k not in ALL_COMPUTE_KINDS} for s, by in profile.shapes.items()}
     return dataclasses.replace(profile, shapes=shapes)
+
+
+def _uneven_columns(args: argparse.Namespace, plan: Plan, profile: Profile, recorded, med: float) -> dict:
+    """The plan replayed under the last step's per-expert load (:mod:`executor.skewed`)."""
+    from executor.skewed import uneven_prediction
+    got = uneven_prediction(plan, profile, recorded)
+    if got is None:
+        return {"skew": getattr(args, "skew", 0.0)}
+    tl, load = got
+    u_ms = tl.makespan_us / 1e3
+    return {"skew": getattr(args, "skew", 0.0), "max_expert_load": round(load, 3),
+            "predicted_uneven_ms": round(u_ms, 4), "error_uneven_pct": _err_pct(u_ms, med)}
 
 
 def _call_columns(plan: Plan, measured) -> dict:
@@ -352,6 +371,10 @@ def summarize(rows: list[dict]) -> None:
     if "error_routed_pct" in df:
         e1 = df["error_routed_pct"].abs()
         print(f"  with each step's measured routing (per-rank load): mean {e1.mean():.2f} %, max {e1.max():.2f} %")
+    if "error_uneven_pct" in df and df["error_uneven_pct"].notna().any():
+        e2 = df["error_uneven_pct"].dropna().abs()
+        print(f"  with each step's per-expert load (max/mean {df['max_expert_load'].min():.2f}-"
+              f"{df['max_expert_load'].max():.2f}): mean {e2.mean():.2f} %, max {e2.max():.2f} %")
     rhos = [spearman(g["predicted_ms"], g["measured_ms"]) for _, g in df.groupby(["regime", "config"])
             if len(g) > 2]
     if rhos:

@@ -16,8 +16,9 @@ expert tasks and flat all-to-alls take each rank's own load per layer
 or with ``chunk_loads`` its own draw, :mod:`moesched.imbalance_chunks`;
 the two hops of a hierarchical all-to-all by :func:`hop_shares`),
 and an expert task on uneven groups is priced as a grouped GEMM on those groups
-(:func:`moesched.ops.uneven_expert_ops`) when the profile has operator tables and no curve
-measured on the model's shape; otherwise in proportion to the rank's total copies. The step
+(:func:`uneven_expert_us`: the operator tables' price of the groups, or a curve measured on
+the model's shape times the tables' uneven / even ratio); without operator tables in
+proportion to the rank's total copies. The step
 is replayed in strict order (as the executor runs a plan). :func:`expected` averages over
 sampled steps and reports the 90th percentile.
 """
@@ -136,16 +137,27 @@ def sample_steps(trace: RoutingTrace, n: int = DEFAULT_SAMPLES) -> list[int]:
     return [steps[round(i * (len(steps) - 1) / (n - 1))] for i in range(n)] if n > 1 else [steps[-1]]
 
 
-def _uneven_expert_us(profile: Profile, kind: str, model: MoEModel, ep: int, copies: tuple[int, ...],
-                      fallback_us: float) -> float:
-    shape = profile.shapes.get(model.shape_key()) or {}
+def uneven_expert_us(profile: Profile, kind: str, model: MoEModel, copies: tuple[int, ...],
+                     even_us: float) -> float:
+    """µs of expert task ``kind`` on one EP rank whose local experts receive ``copies`` [E/ep]
+    routed copies, where ``even_us`` is the task's price on the same total copies spread
+    evenly (the profile's curve or per-kind line). With operator tables for the model's
+    dtype: a curve measured on the model's shape keeps its level and takes the tables'
+    uneven / even ratio on these groups (:func:`moesched.ops.uneven_expert_ops`); without
+    a curve the tables price the uneven groups directly. Without tables: ``even_us``."""
     ops = profile.ops
-    if kind in shape or ops is None or ops.run_dtype(model.dtype) is None:
-        return fallback_us
+    if ops is None or ops.run_dtype(model.dtype) is None or sum(copies) <= 0:
+        return even_us
     dtype = ops.run_dtype(model.dtype)
     cpu = ops.runs_as is not None
-    return ops.task_us(kind, dtype, uneven_expert_ops(kind, model, list(copies), dtype == "bf16" and not cpu,
-                                                      4 if cpu else None))
+    grouped, width = dtype == "bf16" and not cpu, 4 if cpu else None
+    uneven = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, list(copies), grouped, width))
+    if kind not in (profile.shapes.get(model.shape_key()) or {}):
+        return uneven
+    C, El = sum(copies), len(copies)
+    split = [C // El + (1 if e < C % El else 0) for e in range(El)]
+    even = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, split, grouped, width))
+    return even_us * uneven / even if even > 0 else even_us
 
 
 def hop_shares(m: tuple[tuple[int, ...], ...], gpus_per_node: int, even: float) -> dict[str, list[float]]:
@@ -193,7 +205,7 @@ def step_timeline(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Kn
             if a["kind"] in EXPERT_KINDS:  # this chunk's share of the layer's copies, per local expert
                 share = float(a["work"]) / total[a["kind"], a["layer"]] if total[a["kind"], a["layer"]] else 0.0
                 a["duration_by_rank_us"] = [
-                    _uneven_expert_us(profile, a["kind"], model, ep,
+                    uneven_expert_us(profile, a["kind"], model,
                                       tuple(round(c * share) for c in sl.groups[a["layer"]][r % ep]), us)
                     for r, us in enumerate(a["duration_by_rank_us"])]
     if chunk_loads:

@@ -28,7 +28,8 @@ above its largest it grows as the work does, time per FLOP (per byte) held at th
 in seq). A grid point the profiler skipped (over its size caps) takes the nearest measured
 point's time scaled the same way. Grouped GEMMs on uneven groups (``skew`` > 0) are the
 even time times the measured uneven/even ratio at that skew (linear in skew between
-measured skews).
+measured skews), its excess over 1 scaled by log(groups) / log(G0) below the smallest group
+count G0 measured uneven (one group cannot be uneven).
 """
 from __future__ import annotations
 
@@ -186,14 +187,22 @@ class DtypeTables:
                 by.setdefault(r[5], []).append(r[6] / even[r[:5]])
         return [(0.0, 1.0)] + sorted((s, statistics.median(v)) for s, v in by.items())
 
-    def skew_factor(self, skew: float) -> float:
+    def skew_factor(self, skew: float, groups: float | None = None) -> float:
+        """Uneven / even time of a grouped GEMM whose groups spread by ``skew``: the
+        measured ratio (linear in skew). One group cannot be uneven, so below the smallest
+        group count measured uneven (G0) the excess over 1 shrinks as log(groups) / log(G0)."""
         pts = self._grid(("skew",))
         if skew <= 0 or len(pts) < 2:
             return 1.0
+        f = pts[-1][1]
         for (s0, f0), (s1, f1) in zip(pts, pts[1:]):
             if skew <= s1:
-                return f0 + (f1 - f0) * (skew - s0) / (s1 - s0)
-        return pts[-1][1]
+                f = f0 + (f1 - f0) * (skew - s0) / (s1 - s0)
+                break
+        g0 = min((r[0] for r in self.grouped if r[5] > 0), default=1.0)
+        if groups is not None and 1.0 <= groups < g0:
+            f = 1.0 + (f - 1.0) * math.log(groups) / math.log(g0)
+        return f
 
     def op_us(self, op: Op) -> float:
         """µs of one operator."""
@@ -206,7 +215,7 @@ class DtypeTables:
             if g is None:  # no grouped table: one GEMM per group
                 one = Gemm(op.k, op.n, round(op.rows)) if op.wgrad else Gemm(round(op.rows), op.n, op.k)
                 return op.groups * self.op_us(one)
-            return g((op.groups, op.rows, op.n, op.k)) * self.skew_factor(op.skew)
+            return g((op.groups, op.rows, op.n, op.k)) * self.skew_factor(op.skew, op.groups)
         if isinstance(op, Attention):
             g = self._grid(("attention", op.causal, op.backward)) if self.attention else None
             if g is None:

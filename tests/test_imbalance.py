@@ -189,3 +189,30 @@ def test_descend_only_keeps_improvements() -> None:
     means = [start.result.mean_us] + [c.result.mean_us for c in cands]
     assert all(b < a for a, b in zip(means, means[1:]))  # each kept change lowers the mean step
     assert len(found) == len(cands) <= 6
+
+
+H200_OPS = Path(__file__).resolve().parent.parent / "results" / "h200x1" / "routing-regime" / "h200x1-mixtral.json"
+
+
+def test_uneven_groups_scale_a_measured_curve_by_the_tables_ratio() -> None:
+    """A curve measured on the model's shape keeps its level; uneven groups take the operator
+    tables' uneven / even ratio, more groups a larger one, and even groups none."""
+    from moesched.imbalance import uneven_expert_us
+    prof = Profile.load(H200_OPS)
+    m = PRESETS["Mixtral-8x7B"]
+    assert "expert_fwd" in prof.shapes[m.shape_key()]
+    even8 = uneven_expert_us(prof, "expert_fwd", m, (1024,) * 8, 4000.0)
+    skew8 = uneven_expert_us(prof, "expert_fwd", m, (1028, 116, 1288, 304, 128, 2284, 1008, 2036), 4000.0)
+    skew2 = uneven_expert_us(prof, "expert_fwd", m, (511, 9123), 4000.0)
+    assert even8 == pytest.approx(4000.0)
+    assert 4000.0 < skew2 < skew8 < 4000.0 * 1.2
+    assert uneven_expert_us(NVLINK, "expert_fwd", m, (511, 9123), 4000.0) == 4000.0  # no tables: as even
+
+
+def test_skew_factor_shrinks_toward_one_group() -> None:
+    tables = Profile.load(H200_OPS).ops.tables["bf16"]
+    g0 = min(r[0] for r in tables.grouped if r[5] > 0)
+    full = tables.skew_factor(1.0)
+    assert full > 1.0 and tables.skew_factor(1.0, g0) == full and tables.skew_factor(1.0, 1) == 1.0
+    assert 1.0 < tables.skew_factor(1.0, 2) < tables.skew_factor(1.0, 8) < full
+    assert tables.skew_factor(0.0, 8) == 1.0

@@ -141,3 +141,40 @@ def test_validate_rejects_bad_counts(flag, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least" in err[0]
+
+
+def test_validate_skew_is_checked_before_any_work(tmp_path: Path, capsys) -> None:
+    """--skew sets deepseek_v3's selection bias: a negative value, or a configuration routed
+    otherwise, is one line and exit 2 (before torch or torchrun are needed)."""
+    from moesched.cli import main
+    for skew, msg in (("0.1", "route otherwise"), ("-1", ">= 0")):
+        argv = ["validate", "--profile", "profiles/cpu-gloo-2.json", "--configs", "docs/validation_configs.json",
+                "--out", str(tmp_path / "v.csv"), "--skew", skew]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("moesched: error: --skew") and msg in err[0]
+
+
+def test_validate_skewed_steps_are_priced_under_their_own_load(tmp_path: Path) -> None:
+    """``--skew`` on a deepseek_v3 model: the executed steps are imbalanced (recorded
+    per-expert load), and the row replays the plan under that load."""
+    from localhost import free_port
+    m = dict(name="tiny-ds", layers=2, d_model=64, heads=4, seq_len=32, micro_batch=4, ffn_hidden=128, experts=8,
+             top_k=2, capacity_factor=None, shared_experts=0, expert_kind="swiglu", router="deepseek_v3",
+             dtype="fp32")
+    cfg = tmp_path / "configs.json"
+    cfg.write_text(json.dumps([{"name": "tiny-ds", "model": m}]))
+    loads = []
+    for skew in ("0", "0.3"):
+        out = tmp_path / f"v{skew}.csv"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "--master_addr=127.0.0.1", "-m", "moesched", "validate", "--profile", "profiles/cpu-gloo-2.json",
+               "--configs", str(cfg), "--schedules", "vanilla", "--out", str(out), "--steps", "1", "--warmup", "0",
+               "--workers", "1", "--skew", skew]
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        (row,) = list(csv.DictReader(out.open()))
+        assert float(row["predicted_uneven_ms"]) > 0 and "per-expert load" in p.stdout
+        loads.append(float(row["max_expert_load"]))
+    assert loads[0] < 2.0 < loads[1]   # expert 0 and 1 take most of the top-2 picks

@@ -10,8 +10,10 @@ import argparse
 import math
 import os
 
+from moesched.configs import load_configs
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
+from moesched.models import MoEModel
 from moesched.schedules import POLICIES
 
 HELP = "execute every schedule on real GPUs (under torchrun) and compare measured with predicted step times"
@@ -32,9 +34,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "spread of the repeats' medians goes to the CSV)")
     p.add_argument("--issue", default="single",
                    help="executor issue modes to run each plan in, comma list of single, threads (default single)")
+    p.add_argument("--skew", type=float, default=0.0, metavar="X",
+                   help="deepseek_v3 configurations only: selection bias -X ln(1+e) on expert e, an imbalanced "
+                        "step (default 0: no bias)")
     p.add_argument("--workers", type=int, default=16, help="processes that solve the plans")
     p.add_argument("--heartbeat-timeout", type=float, default=30.0, metavar="S",
                    help="a rank silent this long stops every rank with one line (default 30)")
+
+
+def check_skew(skew: float, models: list[MoEModel]) -> None:
+    """Raise MoeschedError unless ``skew`` is finite and >= 0, and every model routes by
+    ``deepseek_v3`` (whose selection bias it sets, :mod:`executor.skewed`) when positive."""
+    if not (math.isfinite(skew) and skew >= 0):
+        raise MoeschedError(f"--skew must be a finite number >= 0, got {skew:g}")
+    other = [m.name for m in models if m.router != "deepseek_v3"]
+    if skew > 0 and other:
+        raise MoeschedError(f"--skew sets deepseek_v3's selection bias; configuration(s) {', '.join(other)} "
+                            f"route otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise MoeschedError(f"--heartbeat-timeout must be positive and finite and --workers at least 1 "
                             f"(got {args.heartbeat_timeout:g}, {args.workers})")
     check_outputs({"--out": args.out}, {"--profile": args.profile, "--configs": args.configs})
+    check_skew(args.skew, [c.model for c in load_configs(args.configs)])
     try:
         import torch  # noqa: F401
     except ImportError:
