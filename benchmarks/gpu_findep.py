@@ -21,7 +21,10 @@ Expert rows also give ``train_kernel_ms``: the training executor's expert kernel
 (:func:`executor.ffn.experts_fwd`, grouped GEMM on a GPU) on the same copies, which the
 profile's ``expert_fwd`` was measured on -- the gap to ``measured_ms`` is the DEP task's own
 per-expert gather/scatter.
-``price_source`` says which profile data priced the row: ``shape`` (a curve measured on
+``price_source`` says which profile data priced the row
+(:func:`moesched.findep_profile.price_sources`): ``dep`` (the DEP task's own curve on this
+model shape, from ``moesched profile --inference``, which times these very closures,
+:func:`executor.profiling.dep.task_fns`), else the training curves: ``shape`` (a curve measured on
 this exact model shape), ``ops`` (operator tables) or ``line`` (the per-kind line fitted over
 all shapes). Transfers are priced by the cluster model and are not measured (one GPU).
 Imports neither ortools nor any moesched solver that would.
@@ -42,17 +45,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor.dep import attention_task, expert_task, shared_task  # noqa: E402
 from executor.ffn import experts_fwd, grouped  # noqa: E402
 from executor.layers import LayerParams  # noqa: E402
+from executor.profiling.dep import DTYPES, REPS, WARMUP, expert_input, layer_model, task_fns  # noqa: E402
 from executor.profiling.timing import median_event_us  # noqa: E402
-from moesched.findep_profile import profile_times  # noqa: E402
+from moesched.findep_profile import price_sources, profile_times  # noqa: E402
 from moesched.models import PRESETS, MoEModel  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
 PRESET_NAMES = ("DeepSeek-V2-Lite", "Qwen3-30B-A3B", "Mixtral-8x7B")
-KIND_OF_TASK = {"attn": "attn_fwd", "shared": "shared_fwd", "expert": "expert_fwd"}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOLERANCE_PCT = 5.0
 
 
@@ -62,31 +63,10 @@ def small_model(m: MoEModel) -> MoEModel:
                    top_k=min(m.top_k, 2), seq_len=32, dtype="fp32", layers=1, dense_layers=(), dense_ffn_hidden=None)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = WARMUP) -> float:
     """Median ms of ``fn()`` over ``repeats`` runs after ``warmup`` runs
     (:func:`executor.profiling.timing.median_event_us`)."""
     return median_event_us(fn, device, repeats, warmup) / 1e3
-
-
-def price_source(profile: Profile, m: MoEModel, kind: str) -> str:
-    """Which data :meth:`moesched.profile.Profile.compute_us` prices ``kind`` of ``m`` from."""
-    by = profile.shapes.get(m.shape_key())
-    if by and kind in by:
-        return "shape"
-    if profile.ops is not None and profile.ops.run_dtype(m.dtype) is not None:
-        return "ops"
-    return "line"
-
-
-def expert_input(m: MoEModel, eg: int, copies: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """What an expert rank receives: ``copies`` rows [row, gate weight, local expert id],
-    the local ids cycling over the E/eg experts (even routing, as the profile's FLOPs assume)."""
-    g = torch.Generator(device=device).manual_seed(1)
-    per = m.experts // eg
-    u = torch.randn(copies, m.d_model, generator=g, device=device, dtype=dtype)
-    w = torch.rand(copies, 1, generator=g, device=device, dtype=dtype)
-    lid = (torch.arange(copies, device=device) % per).to(dtype)[:, None]
-    return torch.cat([u, w, lid], 1)
 
 
 def grouped_reference(m: MoEModel, p: LayerParams, got: torch.Tensor) -> Callable[[], object]:
@@ -107,29 +87,23 @@ def measure_model(m: MoEModel, profile: Profile, args: argparse.Namespace, devic
     dtype = DTYPES[m.dtype]
     ag, eg, r2 = args.ag, args.eg, args.r2
     p = LayerParams(m, 0, eg, 0, 0, device, dtype)       # attention, router, shared, E/eg experts
-    times = profile_times(m, profile, ag, eg)
+    times, source = profile_times(m, profile, ag, eg), price_sources(m, profile, eg)
     rows = []
     for m_a in args.m_a:
-        priced = times(m_a, r2)
-        x = torch.randn(m_a, m.seq_len, m.d_model, device=device, dtype=dtype)
-        copies = m_a * ag * m.top_k * m.seq_len // (r2 * eg)
-        Task = tuple[Callable[[], object], float, int, Callable[[], object] | None]
-        tasks: dict[str, Task] = {"attn": (lambda: attention_task(m, p, x), priced.attn, m_a * m.seq_len, None)}
-        if m.shared_experts:
-            uf = torch.randn(m_a * m.seq_len, m.d_model, device=device, dtype=dtype)
-            tasks["shared"] = (lambda: shared_task(m, p, uf), priced.shared, m_a * m.seq_len, None)
-        got = expert_input(m, eg, copies, device, dtype)
-        tasks["expert"] = (lambda: expert_task(m, p, got), priced.expert, copies, grouped_reference(m, p, got))
-        for task, (fn, price_ms, n, ref) in tasks.items():
+        t = times(m_a, r2)
+        priced = {"attn": t.attn, "shared": t.shared, "expert": t.expert}
+        got = expert_input(m, eg, m_a * ag * m.top_k * m.seq_len // (r2 * eg), device, dtype)
+        for task, (fn, n) in task_fns(m, p, m_a, got, device, dtype).items():   # as the profiler times them
+            ref = grouped_reference(m, p, got) if task == "expert" else None
             with torch.no_grad():
                 meas = time_ms(fn, device, args.repeats)
                 ref_ms = None if ref is None else _reference_ms(ref, device, args.repeats)
             rows.append({"preset": m.name, "seq_len": m.seq_len, "m_a": m_a, "task": task, "rows": n,
-                         "measured_ms": round(meas, 4), "priced_ms": round(price_ms, 4),
-                         "err_pct": round(100.0 * (price_ms / meas - 1.0), 2),
-                         "price_source": price_source(profile, m, KIND_OF_TASK[task]), "train_kernel_ms": ref_ms})
+                         "measured_ms": round(meas, 4), "priced_ms": round(priced[task], 4),
+                         "err_pct": round(100.0 * (priced[task] / meas - 1.0), 2),
+                         "price_source": source[task], "train_kernel_ms": ref_ms})
             print(_fmt(rows[-1]), flush=True)
-        del x, got
+        del got
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -187,7 +161,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ag", type=int, default=2, help="attention GPUs of the split priced (sets the expert rows)")
     ap.add_argument("--eg", type=int, default=2, help="expert GPUs of the split priced (E/eg local experts)")
     ap.add_argument("--r2", type=int, default=1, help="token chunks per micro-batch on the expert side")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=REPS, help="timed runs per task (default: the profiler's)")
     ap.add_argument("--profile", default="profiles/h200x4-nvlink.json")
     a = ap.parse_args(argv)
     if a.small:
@@ -203,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEAD)
     for name in a.presets.split(","):
         for seq in a.seqs:
-            m = small_model(PRESETS[name]) if a.small else replace(PRESETS[name], seq_len=seq, layers=1, dense_layers=(),
-                                                                         dense_ffn_hidden=None)
+            m = small_model(PRESETS[name]) if a.small else layer_model(replace(PRESETS[name], seq_len=seq))
             if m.experts % a.eg:
                 print(f"skip {name}: {m.experts} experts do not divide over eg = {a.eg}")
                 continue

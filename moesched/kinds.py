@@ -17,3 +17,16 @@ A2A_KINDS = ("dispatch", "combine", "combine_bwd", "dispatch_bwd")
 #: reduce-scatter / all-gather pair of sequence parallelism; the collective of each.
 TP_COMM_KINDS = ("tp_ar", "tp_rs", "tp_ag")
 TP_OP_OF_KIND = {"tp_ar": "all_reduce", "tp_rs": "reduce_scatter", "tp_ag": "all_gather"}
+#: The forward-only tasks of disaggregated (DEP) inference (:mod:`moesched.findep`), timed
+#: by the profiler's ``--inference`` pass through :mod:`executor.dep`'s own task functions
+#: on one device (:mod:`executor.profiling.dep`) and kept per model shape in the profile's
+#: ``dep`` section (:mod:`moesched.depcurves`). Unlike the training kinds, x is a count:
+#:
+#: * ``dep_attn``: an attention GPU's attention, norms and router on m_a S tokens
+#:   (x = tokens of the micro-batch);
+#: * ``dep_shared``: the shared experts on the same tokens (x = tokens; models with shared
+#:   experts only);
+#: * ``dep_expert``: an expert GPU's El = E/eg local experts on the routed copies it
+#:   receives, with the task's own gather/scatter around the expert GEMMs (x = copies); one
+#:   curve per El.
+DEP_KINDS = ("dep_attn", "dep_shared", "dep_expert")

@@ -14,7 +14,8 @@ Format (JSON, version 1, exact keys, units in names)::
                       "by_op": {"all_reduce": {"compute_slowdown": 1.1, "comm_slowdown": 1.4}}},  # by_op optional
      "shapes": {SHAPE_KEY: {KIND: COST, ...}, ...},            # optional
      "host": {"lag_us": ..., "kinds": {...}, "shapes": {...}},  # optional, see moesched.host
-     "ops": {"tables": {...}, "correction": {...}}}             # optional, see moesched.optables
+     "ops": {"tables": {...}, "correction": {...}},             # optional, see moesched.optables
+     "dep": {SHAPE_KEY: {"dep_attn": COST, ...}, ...}}         # optional, see moesched.depcurves
 
 ``shapes`` (optional) holds compute costs measured on one model shape
 (``MoEModel.shape_key()``): shapes of equal FLOPs differ in efficiency, so a profile
@@ -32,6 +33,11 @@ A compute task's cost, in order of precedence: the curve measured on its model s
 (``ops``) for the model's dtype, the sum of its operators' costs
 (:mod:`moesched.ops`, :mod:`moesched.optables`); else the per-kind line (``compute``).
 A profile without ``ops`` (every profile measured before operator tables) prices as before.
+``dep`` (optional, ``moesched profile --inference``) holds the forward-only DEP inference
+tasks timed on their own, x = tokens or copies (:mod:`moesched.depcurves`); DEP pricing
+(:mod:`moesched.findep_profile`) prefers them and falls back to the training curves.
+Each optional section was added without a version change: a profile without it reads
+and prices as it always did.
 
 ``points`` and ``r2`` are optional. With points, the cost is interpolated piecewise
 linearly between measured points (FSMoE/FinDEP fit one line; a table also captures small
@@ -43,15 +49,15 @@ one collective (``all_to_all``, ``all_reduce``); the top pair holds for the othe
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moesched.cost import MAX_MAGNITUDE, Cost  # noqa: F401  (re-exported: moesched.profile.Cost)
+from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
@@ -68,87 +74,13 @@ SCOPES = ("intra", "inter", "world")
 #: Keys of in-situ all-to-all costs in ``shapes`` (x = bytes per rank).
 SHAPE_A2A = tuple(f"all_to_all@{s}" for s in SCOPES)
 TOP_KEYS = {"format", "version", "name", "kind", "description", "hardware", "meta", "compute", "comm", "interference"}
-OPTIONAL_KEYS = {"shapes", "host", "ops"}
+OPTIONAL_KEYS = {"shapes", "host", "ops", "dep"}
 HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
 DEFAULT_PROFILE = "h200x4-nvlink"
-#: Largest magnitude of any number in a profile (µs, FLOPs, bytes); beyond it sums overflow.
-MAX_MAGNITUDE = 1e30
 #: Largest interference slowdown factor accepted.
 MAX_SLOWDOWN = 1000.0
 #: Most ranks (nodes x GPUs per node) a profile may describe.
 MAX_RANKS = 65536
-
-
-@dataclass(frozen=True)
-class Cost:
-    """t(x) = alpha_us + beta_us_per_unit * x, or interpolation in measured ``points``."""
-
-    alpha_us: float
-    beta_us_per_unit: float
-    points: tuple[tuple[float, float], ...] = ()
-    r2: float | None = None
-    _xs: tuple[float, ...] = field(default=(), repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.points:
-            pts = tuple(sorted((float(x), float(y)) for x, y in self.points))
-            object.__setattr__(self, "points", pts)
-            object.__setattr__(self, "_xs", tuple(p[0] for p in pts))
-
-    def __call__(self, x: float) -> float:
-        """Time in µs for x units of work (FLOPs or bytes); 0 work costs 0."""
-        if x <= 0:
-            return 0.0
-        pts = self.points
-        if len(pts) >= 2 and pts[0][0] <= x <= pts[-1][0]:
-            i = bisect.bisect_left(self._xs, x)
-            if pts[i][0] == x:
-                return pts[i][1]
-            (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-        return max(self.alpha_us + self.beta_us_per_unit * x, 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"alpha_us": self.alpha_us, "beta_us_per_unit": self.beta_us_per_unit}
-        if self.points:
-            d["points"] = [list(p) for p in self.points]
-        if self.r2 is not None:
-            d["r2"] = self.r2
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str) -> "Cost":
-        """Parse and check one cost; ``where`` names it in errors (e.g. ``compute.attn_fwd``)."""
-        if not isinstance(d, dict) or not {"alpha_us", "beta_us_per_unit"} <= set(d) or \
-                not set(d) <= {"alpha_us", "beta_us_per_unit", "points", "r2"}:
-            raise MoeschedError(f"profile: {where} must have keys alpha_us, beta_us_per_unit[, points, r2]")
-        pts_d = d.get("points", [])
-        if not isinstance(pts_d, list) or not all(isinstance(p, list) and len(p) == 2 for p in pts_d):
-            raise MoeschedError(f"profile: {where}.points must be a list of [x, us] pairs")
-        a = _number(d["alpha_us"], f"{where}.alpha_us")
-        b = _number(d["beta_us_per_unit"], f"{where}.beta_us_per_unit")
-        pts = tuple((_number(x, f"{where}.points[{i}][0]"), _number(y, f"{where}.points[{i}][1]"))
-                    for i, (x, y) in enumerate(pts_d))
-        r2 = None if d.get("r2") is None else _number(d["r2"], f"{where}.r2")
-        if b < 0 or any(y < 0 or x < 0 for x, y in pts):
-            raise MoeschedError(f"profile: {where} has a negative cost")
-        if b == 0 and a <= 0 and not any(y > 0 for _, y in pts):
-            raise MoeschedError(f"profile: {where} is zero for every size (alpha_us <= 0, beta_us_per_unit 0, "
-                                "no positive point); a measured cost is positive")
-        return cls(a, b, pts, r2)
-
-
-def _number(x: Any, where: str) -> float:
-    """``x`` as a float if it is a finite JSON number (not a boolean) of sane magnitude."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise MoeschedError(f"profile: {where} has a non-numeric value {x!r:.40}")
-    try:
-        v = float(x)
-    except OverflowError:
-        v = math.inf
-    if not math.isfinite(v) or abs(v) > MAX_MAGNITUDE:
-        raise MoeschedError(f"profile: {where} is {v:g}, outside +-{MAX_MAGNITUDE:g}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -169,6 +101,7 @@ class Profile:
     #: collective -> (compute_slowdown, comm_slowdown) where it differs from the top pair
     interference_by_op: dict[str, tuple[float, float]] = field(default_factory=dict)
     ops: "OpTables | None" = None  # operator tables (moesched.optables)
+    dep: "DepCurves | None" = None  # DEP inference task curves (moesched.depcurves)
 
     def compute_us(self, kind: str, flops: float, shape: str | None = None, model: "MoEModel | None" = None,
                    ep: int = 1) -> float:
@@ -217,6 +150,7 @@ class Profile:
                if self.shapes else {}),
             **({"host": self.host.to_dict()} if self.host is not None else {}),
             **({"ops": self.ops.to_dict()} if self.ops is not None else {}),
+            **({"dep": self.dep.to_dict()} if self.dep is not None else {}),
         }
 
     def a2a_us(self, scope: str, nbytes: float, shape: str | None = None) -> float:
@@ -306,8 +240,9 @@ class Profile:
         cs, ms, by_op = _interference(d["interference"], source)
         host = _host(d["host"], source) if "host" in d else None
         ops = OpTables.from_dict(d["ops"], source) if "ops" in d else None
+        dep = DepCurves.from_dict(d["dep"]) if "dep" in d else None
         return cls(d["name"], d["kind"], d["description"], hw, dict(d["meta"]), compute, comm, cs, ms, shapes, host,
-                   by_op, ops)
+                   by_op, ops, dep)
 
     @classmethod
     def load(cls, path_or_name: str | os.PathLike) -> "Profile":

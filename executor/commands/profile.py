@@ -8,6 +8,7 @@ Measure (needs torch; every rank runs it)::
 
     torchrun --nproc_per_node=4 -m moesched profile --out profiles/h200x4-nvlink.json
     torchrun --nproc_per_node=2 -m moesched profile --out profiles/cpu-gloo-2.json --quick
+    torchrun --nproc_per_node=1 -m moesched profile --out h200x1-dep.json --models Qwen3-30B-A3B --inference
 
 Check (no torch)::
 
@@ -40,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
     p.add_argument("--regime", metavar="LABEL", help="hardware.regime label (default from NCCL_* settings)")
     p.add_argument("--name", help="profile name (default: the file name without .json)")
+    p.add_argument("--inference", action="store_true",
+                   help="also time the forward-only DEP inference tasks of each model (attention, shared "
+                        "and expert task of executor.dep; the profile's dep section, moesched.depcurves)")
     p.add_argument("--host-steps", type=int, default=None, metavar="N",
                    help="executor steps per calibration plan that measure the host issue cost of each task "
                         "kind (moesched.host; default 3 on GPUs, 0 = skip, the CPU default)")

@@ -10,7 +10,9 @@ out of the fit (:mod:`executor.profiling.measure`); (f) on GPUs, the host issue 
 every task kind from real executor steps (:mod:`executor.profiling.host`); (g) the operator
 tables (GEMMs, grouped GEMMs, attention, memory-bound kernels per dtype,
 :mod:`executor.profiling.ops`), from which task costs of unprofiled shapes are composed
-(:mod:`moesched.ops`, :mod:`moesched.optables`), with a per-kind correction fitted on (a). Medians of
+(:mod:`moesched.ops`, :mod:`moesched.optables`), with a per-kind correction fitted on (a); (h) with
+``--inference``, the forward-only DEP inference tasks of each model (:mod:`executor.profiling.dep`,
+the profile's ``dep`` section). Medians of
 ``reps`` runs after warm-up: CUDA events on GPU (a barrier before each collective),
 ``perf_counter`` on CPU. Rank 0 fits (:mod:`moesched.costs`) and writes the profile
 atomically at the very end, so a failed run leaves the old file intact.
@@ -34,6 +36,7 @@ import torch.distributed as dist
 
 from executor.profiling import host as hostprof
 from executor.profiling.context import Ctx
+from executor.profiling.dep import n_points as dep_points, measure_dep
 from executor.profiling.measure import (OPS, ROUNDS, Grid, make_grid, measure_comm, measure_compute,
                                         measure_count_exchange, measure_interference)
 from executor.profiling.ops import measure_ops
@@ -41,7 +44,7 @@ from executor.profiling.timing import host_probe_us
 from executor.profiling.bench import bench_shape
 from moesched.cluster import Cluster
 from moesched.configs import models_from_spec
-from moesched.costs.build import profile_from_samples
+from moesched.costs.build import dep_curves, profile_from_samples
 from moesched.costs.calibrate import with_host
 from moesched.costs.fit import fit_correction
 from moesched.optables import OpTables
@@ -106,11 +109,11 @@ class HostRows:
     probe_us: list = field(default_factory=list)  # host probe of every rank, µs
 
 
-def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int) -> Any:
+def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int, n_dep: int = 0) -> Any:
     """The progress bar (rank 0, stderr) over every timing this rank takes part in."""
     from tqdm import tqdm
     n_comp = len(models) * len(ALL_COMPUTE_KINDS) * (len(grid.tokens) + len(grid.replay_tokens)) \
-        + len(ALL_COMPUTE_KINDS)
+        + len(ALL_COMPUTE_KINDS) + n_dep
     n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes)) * ROUNDS
     if ctx.rank == 0:
         print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), "
@@ -175,7 +178,7 @@ def _with_ops(prof: Profile, tables: dict[str, Any], models: list[MoEModel], com
 
 def _fit(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any], models: list[MoEModel], compute: list,
          comm: list, inter: dict[str, Any], inter_ar: dict[str, Any], host: HostRows, t_start: float,
-         ops_tables: dict[str, Any] | None = None) -> Profile:
+         ops_tables: dict[str, Any] | None = None, dep_rows: list | None = None) -> Profile:
     """Rank 0: the profile fitted from every measurement (:mod:`moesched.costs`)."""
     if host.probe_us:
         meta["host_probe_us"] = max(host.probe_us)  # the slowest rank's host sets a collective's start
@@ -188,6 +191,11 @@ def _fit(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any], models: list[
     prof = replace(prof, interference_by_op={"all_reduce": (inter_ar["compute_slowdown"], inter_ar["comm_slowdown"])})
     if ops_tables:
         prof = _with_ops(prof, ops_tables, models, compute, ctx)
+    if dep_rows:
+        dep, fits = dep_curves(dep_rows)
+        prof = replace(prof, dep=dep, meta=dict(prof.meta, fits=dict(prof.meta.get("fits") or {}, **fits),
+                                                dep={"samples": [list(r) for r in dep_rows],
+                                                     "x": "tokens (dep_attn, dep_shared), copies (dep_expert)"}))
     if host.samples:
         prof = with_host(prof, host.samples, hostprof.lag_us(host.lags_us), host.a2a, host.compute)
         print(f"host issue µs (median per kind): {hostprof.summary(host.samples)}, lag "
@@ -210,8 +218,10 @@ def main(args: argparse.Namespace) -> int:
     ctx = Ctx(args.emulate_nodes)
     try:
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
-        bar = _progress(ctx, models, grid, host_steps)
+        inference = bool(getattr(args, "inference", False))
+        bar = _progress(ctx, models, grid, host_steps, dep_points(models, args.quick) if inference else 0)
         compute = measure_compute(ctx, models, grid, bar)
+        dep_rows = measure_dep(ctx, models, args.quick, bar) if inference else []
         t_ops = time.time()
         ops_tables = measure_ops(ctx, ["bf16", "fp32"] if cuda else ["fp32"], args.quick)
         if ctx.rank == 0:
@@ -226,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
         if ctx.rank == 0:
             meta = dict(_meta(ctx, args, grid, [m.name for m in models]), interference=inter,
                         interference_all_reduce=inter_ar, count_exchange_us=exchange_us, comm_spread_pct=comm_spread)
-            prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start, ops_tables)
+            prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start, ops_tables, dep_rows)
             prof.save(args.out)
             bar.close()
             rep = prof.meta["replay"]

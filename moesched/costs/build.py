@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from moesched.costs.calibrate import with_host
 from moesched.costs.fit import fit, fit_line, rel_err_pct
+from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS
 from moesched.profile import Cost, Profile
@@ -167,8 +168,25 @@ def refit(prof: Profile) -> Profile:
     # which with_host applies again
     from moesched.costs.calibrate import apply_factors
     ops = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True).ops if prof.ops else None
-    out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops)
+    out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops, dep=prof.dep)  # dep: as measured
     if samples.get("host"):
         out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),
                         samples.get("insitu_compute"), samples.get("host_x_unit", "tokens"))
     return out
+
+
+def dep_curves(rows: Sequence[Sequence[Any]]) -> tuple[DepCurves, dict[str, Any]]:
+    """The profile's ``dep`` section from the profiler's DEP rows (shape key, curve key
+    (:func:`moesched.depcurves.dep_key`), x = tokens or copies, µs): one :func:`fit` per
+    (shape, curve) of at least two points, and its fit details keyed ``dep.SHAPE.CURVE``."""
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for shape, key, x, us in rows:
+        samples.setdefault((str(shape), str(key)), []).append((float(x), float(us)))
+    shapes: dict[str, dict[str, Cost]] = {}
+    fits: dict[str, Any] = {}
+    for (shape, key), pts in sorted(samples.items()):
+        if len({x for x, _ in pts}) >= 2:
+            r = fit([x for x, _ in pts], [t for _, t in pts])
+            shapes.setdefault(shape, {})[key] = r.cost
+            fits[f"dep.{shape}.{key}"] = r.info
+    return DepCurves(shapes), fits

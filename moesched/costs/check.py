@@ -35,6 +35,8 @@ def _costs(profile: Profile) -> list[tuple[str, Cost]]:
     for op in COLLECTIVES:
         for scope, cost in sorted(profile.comm.get(op, {}).items()):
             out.append((f"comm.{op}.{scope}", cost))
+    for shape, by in sorted(profile.dep.shapes.items() if profile.dep is not None else []):
+        out += [(f"dep.{shape}.{k}", c) for k, c in sorted(by.items())]
     return out
 
 
