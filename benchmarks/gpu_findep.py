@@ -12,7 +12,7 @@ DEP tasks (:mod:`executor.dep`) on one device, in the model's dtype:
 * ``expert``: :func:`executor.dep.expert_task` of one expert GPU (E/eg local experts) on the
   m_a ag top_k S / (r2 eg) copies it receives in one chunk, spread evenly over its experts.
 
-Each is timed with CUDA events (``perf_counter`` on CPU) after warm-up, median of
+Each is timed as the profiler times compute (device time alone: a spin kernel puts the host ahead; ``perf_counter`` on CPU) after warm-up, median of
 ``--repeats``. The same tasks are priced exactly as ``moesched solve --mode inference``
 does (:func:`moesched.findep_profile.profile_times` on ``--profile``; ms). Writes
 ``findep_tasks.csv``, ``findep_tasks.json`` (rows, summary, environment) and prints a
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from executor.ffn import experts_fwd, grouped  # noqa: E402
 from executor.layers import LayerParams  # noqa: E402
 from executor.profiling.dep import DTYPES, REPS, WARMUP, expert_input, layer_model, task_fns  # noqa: E402
-from executor.profiling.timing import median_event_us  # noqa: E402
+from executor.profiling.timing import gpu_time_us  # noqa: E402
 from moesched.findep_profile import price_sources, profile_times  # noqa: E402
 from moesched.models import PRESETS, MoEModel  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
@@ -65,8 +65,8 @@ def small_model(m: MoEModel) -> MoEModel:
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = WARMUP) -> float:
     """Median ms of ``fn()`` over ``repeats`` runs after ``warmup`` runs
-    (:func:`executor.profiling.timing.median_event_us`)."""
-    return median_event_us(fn, device, repeats, warmup) / 1e3
+    (:func:`executor.profiling.timing.gpu_time_us`: device time alone, as the profile)."""
+    return gpu_time_us(fn, device, repeats, warmup) / 1e3
 
 
 def grouped_reference(m: MoEModel, p: LayerParams, got: torch.Tensor) -> Callable[[], object]:

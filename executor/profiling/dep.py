@@ -4,7 +4,8 @@
 Each task is one of :mod:`executor.dep`'s own task functions on one device, in the model's
 dtype on a GPU (fp32 on a CPU), on one MoE layer's weights (:class:`executor.layers.LayerParams`
 of E/eg local experts), called exactly as ``benchmarks/gpu_findep.py`` calls them
-(:func:`task_fns`) and timed with the same timer (:func:`executor.profiling.timing.median_event_us`,
+(:func:`task_fns`) and timed with the same timer (:func:`executor.profiling.timing.gpu_time_us`:
+the device time alone, as every compute kind of the profile,
 ``REPS`` runs after ``WARMUP``, no grad):
 
 * ``dep_attn``: :func:`executor.dep.attention_task` on m_a samples of S tokens (x = m_a S tokens);
@@ -29,7 +30,7 @@ from moesched.models import MoEModel
 from executor.dep import attention_task, expert_task, shared_task
 from executor.layers import LayerParams
 from executor.profiling.context import Ctx
-from executor.profiling.timing import median_event_us
+from executor.profiling.timing import gpu_time_us
 
 #: Micro-batch sizes m_a (samples of S tokens) of every DEP curve.
 M_A = (1, 2, 4, 8)
@@ -101,7 +102,7 @@ def _time_unit(m: MoEModel, eg: int, grid: tuple[int, ...], device: torch.device
         got = expert_input(m, eg, m_a * m.top_k * m.seq_len, device, dtype)
         for task, (fn, x) in task_fns(m, p, m_a, got, device, dtype, attention=eg == 1).items():
             with torch.no_grad():
-                us = median_event_us(fn, device, reps, warmup)
+                us = gpu_time_us(fn, device, reps, warmup)
             rows.append((m.shape_key(), dep_key(kind[task], m.experts // eg if task == "expert" else None),
                          float(x), us))
             tick()
