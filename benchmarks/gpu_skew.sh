@@ -8,11 +8,11 @@
 #    the GPU idle 0.5 s before each case, and once back to back (EP 1).
 # nvidia-smi dmon logs power, clocks and temperature (dmon.txt). One H200, about 5 minutes:
 #
-#   OUT=/tmp/r bash benchmarks/gpu_skew.sh
+#   OUT=/tmp/r [P=PROFILE] bash benchmarks/gpu_skew.sh
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
-P=results/h200x1/routing-regime/h200x1-mixtral.json
+P=${P:-results/h200x1/routing-regime/h200x1-mixtral.json}
 nvidia-smi dmon -s pcu -d 1 -o T > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
 for X in 0 0.05 0.1; do
