@@ -24,19 +24,32 @@ sharing each node's NICs, x bytes per rank (the profile's x):
 algorithm          intra bytes/GPU    node bytes over NICs          steps (intra, inter)
 =================  =================  ===========================  =====================
 ring all-reduce    2(P-1)/P x         c 2(P-1)/P x (n > 1)          2(P-1) (n = 1 / n > 1)
-tree all-reduce    2x                 c 2x (n > 1)                  2(g-1), 2 ceil(log2 n)
+tree all-reduce    min(g-1, 2) x      c D(n) x / 2 (n > 1)          2(g-1), 4 ceil(log2 n)
 ring all-gather,   (P-1)/P x          c (P-1)/P x (n > 1)           P-1 (n = 1 / n > 1)
 reduce-scatter
 pairwise a2a       (g-1)/P x          c g (P-g)/P x                 g-1, P-g
 =================  =================  ===========================  =====================
 
 A ring crosses each node boundary once per ring, so a node sends one ring edge's bytes
-(NCCL runs one ring per NIC, which together use every NIC). A tree moves 2x at the bus
-bandwidth (NCCL's busBw-to-algBw ratio 0.5 for trees against P/(2(P-1)) for rings), so it
-wins only by its logarithmic latency. Every step of a ring that spans nodes waits for its
-slowest hop: all its steps are inter-node hops. All-reduce across nodes takes the
-faster of ring and tree, as NCCL's tuner does (within a node, ring). A group inside one node has no node bytes and no
-inter steps: it never pays the inter-node tier.
+(NCCL runs one ring per NIC, which together use every NIC). Every step of a ring that spans
+nodes waits for its slowest hop: all its steps are inter-node hops.
+
+A tree all-reduce across nodes is NCCL's double binary tree (``src/graph/trees.cc``; Sanders,
+Speck, Träff, "Two-tree algorithms for full bandwidth broadcast, reduction and scan",
+Parallel Computing 2009): half the bytes go up and down each of two binary trees over the
+nodes, the second the first mirrored (n even) or shifted by one (n odd), so every tree edge
+carries x/2 each way. A node sends x/2 on each of its edges in both trees; D(n) is the
+most edges any node has in the two trees together (:func:`dtree_edges`: 2 for two nodes,
+where the trees are one edge each way, so a node sends x against a ring's 2(P-1)/P x; 4
+from four nodes on, 2x, a ring's bytes). Inside a node the tree is a chain: a GPU sends x/2
+per neighbour per tree. The tree's bandwidth is derated at medium sizes by NCCL's own
+measured factor (:data:`TREE_EFFICIENCY`, ``treeCorrectionFactor`` of
+``ncclTopoGetAlgoTime``, ``src/graph/tuning.cc``: "trees are not perfectly sticking to the
+model for medium sizes"), and a tree's network hop costs twice a ring's (``hwLat[NET]``,
+same file: 28 against 14 µs for Simple, 5.0 / 2.7 for LL, 8.5 / 4.0 for LL128), counted
+as two inter steps per tree level. All-reduce across nodes takes the faster of ring and
+tree, as NCCL's tuner does (within a node, ring). A group inside one node has no node bytes
+and no inter steps: it never pays the inter-node tier.
 """
 from __future__ import annotations
 
@@ -75,6 +88,45 @@ class Traffic:
     inter_steps: int
 
 
+#: NCCL's tree bandwidth factor for the Simple protocol by size: entry i holds buffers of
+#: 64 * 2**i to 64 * 2**(i+1) bytes; 1.0 from 512 MiB on (``treeCorrectionFactor``,
+#: ``src/graph/tuning.cc``, its 23-entry table up to 256 MiB; measured by NVIDIA, not fitted here).
+TREE_EFFICIENCY = (.9, .9, .9, .9, .9, .9, .9, .8, .7, .6, .6, .5, .5, .5, .5, .6, .7, .8, .7, .7, .8, .9, .9)
+#: A tree's network hop in ring hops (NCCL's ``hwLat[NET]`` tree / ring, ``src/graph/tuning.cc``).
+TREE_NET_HOPS = 2
+
+
+def tree_efficiency(nbytes: float) -> float:
+    """The fraction of its modelled bandwidth a tree all-reduce of ``nbytes`` bytes reaches
+    (:data:`TREE_EFFICIENCY`; 1.0 at and above 512 MiB)."""
+    i = int(math.log2(max(nbytes, 64.0) / 64.0))
+    return TREE_EFFICIENCY[i] if i < len(TREE_EFFICIENCY) else 1.0
+
+
+def _btree_edges(n: int, r: int) -> int:
+    """Edges of rank ``r`` in NCCL's binary tree over ``n`` ranks (``ncclGetBtree``): rank 0
+    is the root with one child; a rank r > 0 has a parent and, when even, a first child
+    r - b/2 (b its lowest set bit) and a second one when r + 1 < n; odd ranks are leaves."""
+    if n <= 1:
+        return 0
+    if r == 0:
+        return 1
+    if r % 2:
+        return 1
+    return 2 + (1 if r + 1 < n else 0)
+
+
+def dtree_edges(n: int) -> int:
+    """The most tree edges any of ``n`` nodes has in NCCL's double binary tree: the first
+    tree plus the second, which is the first mirrored (rank r as n-1-r, n even) or shifted
+    by one (rank r as r-1, n odd) (``ncclGetDtree``, ``src/graph/trees.cc``). 0 for one node."""
+    if n <= 1:
+        return 0
+    def other(r: int) -> int:
+        return n - 1 - r if n % 2 == 0 else (r - 1) % n
+    return max(_btree_edges(n, r) + _btree_edges(n, other(r)) for r in range(n))
+
+
 def traffic(op: str, algorithm: str, g: Group, x: float) -> Traffic:
     """The traffic of one collective (see the module table)."""
     P, n, per, c = g.size, g.nodes, g.per_node, g.concurrent
@@ -89,8 +141,8 @@ def traffic(op: str, algorithm: str, g: Group, x: float) -> Traffic:
         return Traffic(2 * (P - 1) / P * x, c * 2 * (P - 1) / P * x if span else 0.0, 0 if span else steps,
                        steps if span else 0)
     if op == "all_reduce" and algorithm == "tree":
-        return Traffic(2 * x if per > 1 else 0.0, c * 2 * x if span else 0.0, 2 * (per - 1),
-                       2 * math.ceil(math.log2(n)) if span else 0)
+        return Traffic(min(per - 1, 2) * x, c * dtree_edges(n) * x / 2 if span else 0.0, 2 * (per - 1),
+                       TREE_NET_HOPS * 2 * math.ceil(math.log2(n)) if span else 0)
     raise ValueError(f"{op}/{algorithm}")
 
 
@@ -141,8 +193,9 @@ class CollectiveModel:
     def _us(self, op: str, algorithm: str, g: Group, nbytes: float) -> float:
         t = traffic(op, algorithm, g, nbytes)
         intra, inter = self.intra[op], self.inter[op]
-        bandwidth = max(intra.base_us(t.intra_bytes) if g.per_node > 1 else 0.0,
-                        inter.base_us(t.node_bytes) if g.nodes > 1 else 0.0)
+        slow = tree_efficiency(nbytes) if algorithm == "tree" else 1.0  # bytes at the tiers' full rate
+        bandwidth = max(intra.base_us(t.intra_bytes / slow) if g.per_node > 1 else 0.0,
+                        inter.base_us(t.node_bytes / slow) if g.nodes > 1 else 0.0)
         return bandwidth + t.intra_steps * intra.hop_us + t.inter_steps * inter.hop_us
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from moesched.cli import main
 from moesched.cluster import Cluster, check_setup, comm_model
-from moesched.collectives import OPS, Group, calibrate, cluster_group, profile_groups
+from moesched.collectives import (OPS, Group, calibrate, cluster_group, dtree_edges, profile_groups, traffic,
+                                  tree_efficiency)
 from moesched.errors import MoeschedError
 from moesched.graph import build
 from moesched.knobs import Knobs
@@ -161,12 +162,28 @@ def test_held_out_world_collectives_of_two_node_profile() -> None:
     mean = {op: sum(map(abs, e)) / len(e) for op, e in errs.items()}
     overall = sum(abs(x) for e in errs.values() for x in e) / sum(len(e) for e in errs.values())
     print({op: round(v, 3) for op, v in mean.items()}, round(overall, 3))
-    assert mean["all_to_all"] <= 0.10, mean
-    assert overall <= 0.16, (overall, mean)
-    # the bandwidth-bound end (>= 128 MB): within 31% for every collective but all-reduce
-    for op in ("all_to_all", "all_gather", "reduce_scatter"):
+    assert mean["all_to_all"] <= 0.10 and mean["all_reduce"] <= 0.14, mean
+    assert overall <= 0.13, (overall, mean)  # the goal is 0.10: see docs/results.md, "Held-out collectives"
+    # the bandwidth-bound end (>= 128 MB): all-reduce (NCCL's double binary tree) within 10%,
+    # the rings and the all-to-all within 31%
+    for op in OPS:
         pts = TWO_NODES.comm[op]["world"].points
-        assert all(abs(e) <= 0.31 for (x, _), e in zip(pts, errs[op]) if x >= 128 * MB), (op, errs[op])
+        bound = 0.10 if op == "all_reduce" else 0.31
+        assert all(abs(e) <= bound for (x, _), e in zip(pts, errs[op]) if x >= 128 * MB), (op, errs[op])
+
+
+def test_double_binary_tree_traffic() -> None:
+    """NCCL's double binary tree: on two nodes each sends x (half up one tree, half down
+    the other), from four nodes on 2x like a ring; its chain inside a node sends x/2 per
+    neighbour per tree; medium sizes run at NCCL's tree correction factor."""
+    assert [dtree_edges(n) for n in (1, 2, 3, 4, 5, 8, 129)] == [0, 2, 3, 4, 4, 4, 4]
+    x = 64 * MB
+    assert traffic("all_reduce", "tree", Group(4, 2, 2), x).node_bytes == x
+    assert traffic("all_reduce", "tree", Group(32, 4, 8, concurrent=2), x).node_bytes == 2 * 2 * x
+    assert traffic("all_reduce", "tree", Group(4, 2, 2), x).intra_bytes == x
+    assert traffic("all_reduce", "tree", Group(16, 2, 8), x).intra_bytes == 2 * x
+    assert traffic("all_reduce", "ring", Group(4, 2, 2), x).node_bytes == 1.5 * x
+    assert tree_efficiency(64) == 0.9 and tree_efficiency(4 * MB) == 0.7 and tree_efficiency(512 * MB) == 1.0
 
 
 def test_cli_cluster_beyond_the_profile(capsys: pytest.CaptureFixture) -> None:
