@@ -36,6 +36,7 @@ from executor.profiling.timing import median_event_us  # noqa: E402
 from moesched import work  # noqa: E402
 from moesched.imbalance import load_source, sample_steps, step_load, uneven_expert_us  # noqa: E402
 from moesched.models import PRESETS  # noqa: E402
+from moesched.ops import even_split  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
 from executor.ffn import experts_fwd  # noqa: E402
@@ -91,15 +92,15 @@ def main() -> int:
             rows = list(groups)
             time.sleep(a.cool_s)
             meas = median_event_us(task(rows, w, dev, dtype, m.expert_kind), dev, a.reps)
-            split = [sum(rows) // El + (1 if e < sum(rows) % El else 0) for e in range(El)]
+            split = even_split(sum(rows), El)
             time.sleep(a.cool_s)
-            even_split = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
+            even_split_us = median_event_us(task(split, w, dev, dtype, m.expert_kind), dev, a.reps)
             even_pred = prof.compute_us("expert_fwd", per_copy * sum(rows), m.shape_key(), m, a.ep)
             pred = uneven_expert_us(prof, "expert_fwd", m, tuple(rows), even_pred)
             err = 100 * (pred - meas) / meas
             errs.append(abs(err))
             lines.append({"step": s, "rank": r, "groups": rows, "rows": sum(rows), "measured_us": round(meas, 1),
-                          "even_split_us": round(even_split, 1), "predicted_us": round(pred, 1),
+                          "even_split_us": round(even_split_us, 1), "predicted_us": round(pred, 1),
                           "even_predicted_us": round(even_pred, 1),
                           "error_pct": round(err, 2)})
             print(json.dumps(lines[-1]), flush=True)

@@ -33,7 +33,7 @@ from moesched.errors import MoeschedError
 from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
-from moesched.ops import uneven_expert_ops
+from moesched.ops import even_split, uneven_expert_ops
 from moesched.profile import Profile
 from moesched.routing import A2A_KINDS, EXPERT_KINDS, Routing, apply_routing
 from moesched.routing_gen import generate, parse_spec, round_counts
@@ -154,9 +154,8 @@ def uneven_expert_us(profile: Profile, kind: str, model: MoEModel, copies: tuple
     uneven = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, list(copies), grouped, width))
     if kind not in (profile.shapes.get(model.shape_key()) or {}):
         return uneven
-    C, El = sum(copies), len(copies)
-    split = [C // El + (1 if e < C % El else 0) for e in range(El)]
-    even = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, split, grouped, width))
+    even = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, even_split(sum(copies), len(copies)), grouped,
+                                                      width))
     return even_us * uneven / even if even > 0 else even_us
 
 

@@ -309,6 +309,13 @@ def copies_of(kind: str, m: MoEModel, flops: float) -> int:
     return max(0, round(flops / (2.0 * m.expert_gemms * m.d_model * m.ffn_hidden)))
 
 
+def even_split(total: int, parts: int) -> list[int]:
+    """``total`` routed copies spread evenly over ``parts`` experts: the first total % parts
+    get one more."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if e < extra else 0) for e in range(parts)]
+
+
 def uneven_expert_ops(kind: str, m: MoEModel, group_copies: list[int], grouped: bool,
                       bytes_per_elem: int | None = None) -> list[Op]:
     """The operators of an expert task whose El local experts receive ``group_copies`` [El]
