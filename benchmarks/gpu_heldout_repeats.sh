@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Held-out shapes on one GPU (nvidia-h200) with interleaved repeats, to tell the model from
+# run-to-run noise (benchmarks/noise_floor.py). Two phases, each within one device call:
+#
+#   OUT=DIR PHASE=heldout bash benchmarks/gpu_heldout_repeats.sh   # profile + held-out, 3 repeats
+#   OUT=DIR PHASE=profiled P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # profiled shapes, same GPU
+#
+# Writes OUT/heldout-rep.tgz (profile, CSV, logs, GPU identity) or OUT/profiled-rep.tgz.
+set -o pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
+OUT=${OUT:?set OUT}; PHASE=${PHASE:-heldout}; REPEATS=${REPEATS:-3}
+W=$(mktemp -d)/$PHASE-rep; mkdir -p $W
+F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarning -e run_backward"
+nvidia-smi --query-gpu=name,uuid,driver_version,power.limit --format=csv > $W/gpu.csv
+if [ "$PHASE" = heldout ]; then
+  P=$W/h200x1-ops.json
+  S=$SECONDS; timeout 220 torchrun --nproc_per_node=1 -m moesched profile --out $P \
+    --models results/h200x1/configs-1gpu.json 2>&1 | $F > $W/log-profile.txt; echo "profile $((SECONDS-S)) s" | tee -a $W/log-profile.txt; tail -3 $W/log-profile.txt
+  CFG=benchmarks/heldout-shapes.json
+else
+  P=${P:?set P}; cp $P $W/
+  CFG=results/h200x1/configs-1gpu.json
+fi
+S=$SECONDS; timeout 330 torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs $CFG \
+  --out $W/$PHASE-rep.csv --steps 5 --warmup 2 --regime one-gpu --repeats $REPEATS 2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt
+tail -14 $W/log-validate.txt
+tar -C $(dirname $W) -czf $OUT/$PHASE-rep.tgz $(basename $W)
