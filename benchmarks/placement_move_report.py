@@ -3,8 +3,9 @@
     python benchmarks/placement_move_report.py PROFILE_WITH_MOVE.json [--model DeepSeek-V2-Lite]
 
 For 1 and 4 experts' state of the model (parameters + Adam moments + fp32 master copy):
-the measured device -> host -> device copy (``meta.expert_move``), the price of the same
-bytes on the profile's intra-node link, and which one prices a migration (the slower).
+the measured device -> host -> device copy (``meta.expert_move``), and the price of a
+migration of the same bytes inside a node (the profile's intra-node link plus the copy's
+fixed cost per expert, :meth:`moesched.placement.PlacementCost.move_us`).
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def main() -> int:
     print(p.meta.get(f"{MOVE_KEY}_how", ""))
     for k in (1, 4):
         b = k * cost.expert_state_bytes
-        meas, link = cost.measured_move(b), cost.link_us(b, False)
-        print(f"{k} expert(s), {b / 1e6:.1f} MB: copy via host {meas / 1e3:.3f} ms ({b / meas / 1e3:.1f} GB/s), "
-              f"intra-node link {link / 1e3:.3f} ms ({b / link / 1e3:.1f} GB/s); priced at "
-              f"{'the measured copy' if meas > link else 'the link'}")
+        meas, move = cost.measured_move(b), cost.move_us(b, False, moves=k)
+        print(f"{k} expert(s), {b / 1e6:.1f} MB: copy via host {meas / 1e3:.3f} ms ({b / meas / 1e3:.1f} GB/s); "
+              f"a migration inside a node {move / 1e3:.3f} ms ({b / move / 1e3:.1f} GB/s: the link, plus "
+              f"{cost.measured_move.alpha_us:.1f} µs per expert)")
     return 0
 
 

@@ -26,8 +26,8 @@ Adam state (two fp32 moments, plus the fp32 master copy of a 16-bit model: ZeRO 
 :data:`moesched.memory.ADAM_MOMENT_BYTES`) from a current holder to the new rank; each
 rank's incoming bytes cross its link serially, the busiest rank sets the time. A profile
 whose ``meta.expert_move`` holds the measured cost of staging expert state through host
-memory (device to host to device, ``python -m executor.placemove``) prices a move at the
-slower of that copy and the link.
+memory (device to host to device, ``python -m executor.placemove``) adds that copy's fixed
+cost (its fitted alpha) to each move; the bytes cross at the link's bandwidth.
 """
 from __future__ import annotations
 
@@ -192,6 +192,7 @@ class PlacementCost:
             ("attn_fwd", work.attn_fwd_flops(m, m.tokens)), ("attn_bwd", work.attn_bwd_flops(m, m.tokens)),
             ("shared_fwd", shared), ("shared_bwd", 2 * shared)) if f > 0)
         self._compute_cache: dict[float, float] = {}
+        self._a2a_floor: list[tuple[float, float]] | None = None
         move = profile.meta.get(MOVE_KEY)
         self.measured_move = Cost.from_dict(move, f"meta.{MOVE_KEY}") if move is not None else None
 
@@ -220,12 +221,17 @@ class PlacementCost:
             return net.intra.latency_us + nbytes / net.intra.bytes_per_us
         return net.inter.latency_us + nbytes / (net.inter.nic_bandwidth_Gbps * 1e3 / 8.0 / net.oversubscription)
 
-    def move_us(self, nbytes: float, cross_node: bool) -> float:
-        """µs to move ``nbytes`` of expert state to a rank: the link (:meth:`link_us`), or
-        the measured device-to-host-to-device copy of the profile (``meta.expert_move``,
-        the stand-in for a peer copy) when that is slower."""
+    def move_us(self, nbytes: float, cross_node: bool, moves: int = 1) -> float:
+        """µs to move ``nbytes`` of expert state to a rank in ``moves`` copies: the bytes
+        through the link (:meth:`link_us`, the profile's bandwidth), plus, when the profile
+        measured a move (``meta.expert_move``: device -> host -> device on one GPU, the
+        stand-in for a peer copy), that copy's fixed cost (its fitted alpha: staging,
+        allocation, launch) per copy. The executor moves state with send/recv over the
+        peer link, so the host copy's bandwidth is not what a move pays."""
         t = self.link_us(nbytes, cross_node)
-        return max(t, self.measured_move(nbytes)) if self.measured_move is not None and nbytes > 0 else t
+        if self.measured_move is None or nbytes <= 0:
+            return t
+        return t + moves * max(0.0, self.measured_move.alpha_us)
 
     def allreduce_us(self, group: Sequence[int], nbytes: float) -> float:
         """Ring all-reduce of ``nbytes`` per rank over ``group`` (ranks): 2(P-1)/P x through
@@ -249,10 +255,29 @@ class PlacementCost:
                 self._compute_cache[key] = hit
         return hit
 
+    def _a2a_one_us(self, copies: float) -> float:
+        return collective_us(self.cluster, self.profile, "all_to_all", "ep", copies * self.bytes_per_copy, self.shape)
+
     def a2a_us(self, max_copies: float) -> float:
-        """The four all-to-alls of a layer when the busiest rank moves ``max_copies``."""
-        return 4.0 * collective_us(self.cluster, self.profile, "all_to_all", "ep",
-                                   max_copies * self.bytes_per_copy, self.shape)
+        """The four all-to-alls of a layer when the busiest rank moves ``max_copies``, never
+        less than at fewer copies: a rank that receives more cannot finish sooner, while a
+        shape's measured curve may dip (it pools chunked and unchunked calibration runs,
+        docs/profiling.md), which a placement would otherwise exploit by loading the
+        busiest rank more. The floor is the running maximum of the curve on a 5% grid from
+        the copies every rank sends up to all of them on one rank."""
+        if self._a2a_floor is None:
+            grid, top, x = [], 0.0, max(1.0, self.sent_copies)
+            while x <= self.sent_copies * self.ranks * 1.05:
+                top = max(top, self._a2a_one_us(x))
+                grid.append((x, top))
+                x *= 1.05
+            self._a2a_floor = grid
+        floor = 0.0
+        for x, top in self._a2a_floor:
+            if x > max_copies:
+                break
+            floor = top
+        return 4.0 * max(self._a2a_one_us(max_copies), floor)
 
     def sync_us(self, placement: Placement) -> float:
         """Replica gradient all-reduces: each rank pays those of its replicated experts."""
@@ -280,11 +305,12 @@ class PlacementCost:
 
     def migrate_us(self, old: Placement, new: Placement) -> float:
         """Moving parameters + Adam state of every replica ``new`` adds (module docstring)."""
-        incoming: dict[tuple[int, bool], float] = {}
+        incoming: dict[tuple[int, bool], list[float]] = {}
         for _, src, dst in old.moves(new):
-            key = (dst, self.node(src) != self.node(dst))
-            incoming[key] = incoming.get(key, 0.0) + self.expert_state_bytes
+            got = incoming.setdefault((dst, self.node(src) != self.node(dst)), [0.0, 0])
+            got[0] += self.expert_state_bytes
+            got[1] += 1
         per_rank: dict[int, float] = {}
-        for (dst, cross), b in incoming.items():
-            per_rank[dst] = per_rank.get(dst, 0.0) + self.move_us(b, cross)
+        for (dst, cross), (b, n) in incoming.items():
+            per_rank[dst] = per_rank.get(dst, 0.0) + self.move_us(b, cross, int(n))
         return max(per_rank.values(), default=0.0)

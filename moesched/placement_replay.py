@@ -98,14 +98,15 @@ class Policy:
         if self.name == "hot":
             return self._hot(cur, n)
         if step % cfg.interval == 0 and history:
-            pred = mean_loads([s[layer] for s in history[-cfg.interval:]], cfg.interval)
+            window = [s[layer] for s in history[-cfg.interval:]]
+            pred = mean_loads(window, cfg.interval)
             assert pred is not None
             if self.name == "eplb":
                 cur = eplb(pred, cur.ranks, cur.slots)
             elif self.name == "flexmoe":
                 cur = flexmoe_greedy(cur, pred, self.cost, cfg.interval, cfg.threshold)
             else:
-                cur = search(cur, pred, self.cost, cfg.interval)
+                cur = search(cur, pred, self.cost, cfg.interval, observed=window)
             self.current[layer] = cur
         if self.name == "moesched":
             return self._hot(cur, n)

@@ -19,6 +19,9 @@ a lighter rank, and drop a replica of any expert that has several (which frees a
 its all-reduce). Lighter ranks: the ``width`` least loaded. Stops at a local minimum,
 after ``max_iters`` improving moves or after ``max_evals`` full evaluations of f (a
 candidate whose busiest rank alone already costs more than the best is not evaluated).
+Acceptance: the answer replaces the current placement only if it is also better priced on
+each observed step of the interval (:func:`observed_objective`), since the mean load
+hides the per-step spread that the busiest rank pays.
 """
 from __future__ import annotations
 
@@ -72,9 +75,30 @@ def _neighbours(p: Placement, rl: list[float], loads: Sequence[float], width: in
                 yield _edit(p, rl, loads, {e: tuple(x for x in rs if x != r)})
 
 
+def observed_objective(p: Placement, current: Placement, observed: Sequence[Sequence[float]], cost: PlacementCost,
+                       horizon: int) -> float:
+    """f(p) with T_layer averaged over the observed steps' own loads instead of priced at
+    their mean: a layer waits for its busiest rank, and the mean of a maximum exceeds the
+    maximum of the mean, so a placement that evens the mean load may not even the steps."""
+    T = sum(cost.layer(p, n).total_us for n in observed) / len(observed)
+    return horizon * T + cost.migrate_us(current, p)
+
+
 def search(current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int,
-           threshold: float = 1.0, width: int = 4, max_iters: int = 200, max_evals: int = 3000) -> Placement:
-    """The placement of least objective found (module docstring)."""
+           threshold: float = 1.0, width: int = 4, max_iters: int = 200, max_evals: int = 3000,
+           observed: Sequence[Sequence[float]] = ()) -> Placement:
+    """The placement of least objective found (module docstring); with ``observed`` (the
+    per-step loads behind ``loads``), kept only if it also beats ``current`` on
+    :func:`observed_objective`."""
+    found = _descend(current, loads, cost, horizon, threshold, width, max_iters, max_evals)
+    if observed and found != current and (observed_objective(found, current, observed, cost, horizon)
+                                          >= observed_objective(current, current, observed, cost, horizon)):
+        return current
+    return found
+
+
+def _descend(current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int,
+             threshold: float, width: int, max_iters: int, max_evals: int) -> Placement:
     starts = [current, flexmoe_greedy(current, loads, cost, horizon, threshold),
               eplb(loads, current.ranks, current.slots)]
     scored = [(objective(s, current, loads, cost, horizon), i) for i, s in enumerate(starts)]

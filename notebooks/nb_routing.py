@@ -32,8 +32,9 @@ skew_figure(traces["h200-bytelm-L4-E16-dsv3"], "DeepSeek-V3 router, aux-loss-fre
 ## Placement policies on a recorded trace
 
 GPT2-XL-MoE (16 experts) on 1 x 4 H200 (EP 4, one extra slot per rank), the first 300 steps of
-the DeepSeek-V3-routed trace, decisions every 25 steps; migrations priced at the measured
-device-to-host-to-device copy of the shipped profile. Dots: steps where a policy moved experts.
+the DeepSeek-V3-routed trace, decisions every 25 steps; a migration moves parameters and Adam
+state at the profile's intra-node link bandwidth plus the fixed cost of the expert-state copy
+measured on one H200. Dots: steps where a policy moved experts.
 # %%
 from moesched.cluster import Cluster
 from moesched.models import MoEModel
@@ -57,6 +58,19 @@ cost = PlacementCost(model, Cluster(1, 4), profile)
 loads, label = trace_loads(str(ROOT / "routing" / "h200-bytelm-L4-E16-dsv3.jsonl"), model, cost.ranks)
 res, ideal = replay(loads[:300], cost, model.experts // cost.ranks + 1, list(POLICIES), PolicyConfig(interval=25))
 replay_figure(res, "GPT2-XL-MoE on 1x4, DeepSeek-V3-routed trace");
+table(res, ideal)
+# %% md
+## Placement policies on the 8-expert trace
+
+Mixtral-7B-FSMoE (8 experts, 7 MoE layers) on 1 x 4 with one extra slot per rank, the whole
+400-step top-2 trace: moesched regroups the experts in the first decisions and rarely after;
+EPLB re-packs at every decision and pays its replicas' gradient all-reduces every step.
+# %%
+model = MoEModel.from_name("Mixtral-7B-FSMoE")
+cost = PlacementCost(model, Cluster(1, 4), profile)
+loads, label = trace_loads(str(ROOT / "routing" / "bytelm-L4-E8-top2.jsonl"), cost.model, cost.ranks)
+res, ideal = replay(loads, cost, model.experts // cost.ranks + 1, list(POLICIES), PolicyConfig(interval=25))
+replay_figure(res, "Mixtral-7B-FSMoE on 1x4, 8-expert top-2 trace");
 table(res, ideal)
 # %% md
 ## Drifting Zipf loads on a larger expert count

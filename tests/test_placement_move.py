@@ -27,8 +27,12 @@ def test_measured_move_is_in_the_profile_and_prices_a_migration(tmp_path, capsys
     old = Placement.static(64, 2, 33)
     new = Placement.of([list(rs) + ([1] if e == 0 else []) for e, rs in enumerate(old.replicas)], 2, 33)
     b = cost.expert_state_bytes
-    assert cost.migrate_us(old, new) == pytest.approx(max(cost.measured_move(b), plain.link_us(b, False)))
+    alpha = max(0.0, cost.measured_move.alpha_us)
+    assert cost.migrate_us(old, new) == pytest.approx(plain.link_us(b, False) + alpha)
     assert plain.migrate_us(old, new) == pytest.approx(plain.link_us(b, False))
+    # two experts to one rank: their bytes cross the link together, each copy pays the alpha
+    two = Placement.of([list(rs) + ([1] if e in (0, 1) else []) for e, rs in enumerate(old.replicas)], 2, 34)
+    assert cost.migrate_us(old, two) == pytest.approx(plain.link_us(2 * b, False) + 2 * alpha)
 
 
 def test_bad_output_and_bad_move_cost(tmp_path, capsys):
