@@ -13,15 +13,15 @@ W=$(mktemp -d)/$PHASE-rep; mkdir -p $W
 F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarning -e run_backward"
 nvidia-smi --query-gpu=name,uuid,driver_version,power.limit --format=csv > $W/gpu.csv
 if [ "$PHASE" = heldout ]; then
-  P=$W/h200x1-ops.json
+  P=$W/h200x1-one-gpu.json
   S=$SECONDS; timeout 220 torchrun --nproc_per_node=1 -m moesched profile --out $P \
     --models results/h200x1/configs-1gpu.json 2>&1 | $F > $W/log-profile.txt; echo "profile $((SECONDS-S)) s" | tee -a $W/log-profile.txt; tail -3 $W/log-profile.txt
   CFG=benchmarks/heldout-shapes.json
 else
-  P=${P:?set P}; cp $P $W/
+  P=${P:?set P}; cp $P $W/h200x1-one-gpu.json
   CFG=results/h200x1/configs-1gpu.json
 fi
 S=$SECONDS; timeout 330 torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs $CFG \
-  --out $W/$PHASE-rep.csv --steps 5 --warmup 2 --regime one-gpu --repeats $REPEATS 2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt
+  --out $W/validation-one-gpu.csv --steps 5 --warmup 2 --regime one-gpu --repeats $REPEATS 2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt
 tail -14 $W/log-validate.txt
 tar -C $(dirname $W) -czf $OUT/$PHASE-rep.tgz $(basename $W)

@@ -38,7 +38,11 @@ def profile_path(folder: Path, regime: str) -> Path:
     return found[0]
 
 
-def write_plans(folder: Path, regime: str, configs: str = "docs/validation_configs.json") -> None:
+#: The configuration sets the validation runs used (a row's config is looked up by name in all).
+CONFIGS = ("docs/validation_configs.json", "results/h200x1/configs-1gpu.json", "benchmarks/heldout-shapes.json")
+
+
+def write_plans(folder: Path, regime: str, configs: tuple[str, ...] = CONFIGS) -> None:
     """Rebuild the plan of every CSV row as ``moesched validate`` did (same profile, same
     code: :func:`executor.validate.make_plan`), check each against the row's hash, and
     write ``plans-REG.json``."""
@@ -48,7 +52,7 @@ def write_plans(folder: Path, regime: str, configs: str = "docs/validation_confi
     path = profile_path(folder, regime)
     prof = Profile.load(path)
     cluster = Cluster(prof.nodes, prof.gpus_per_node)
-    models = {c.name: c.model for c in load_configs(configs)}
+    models = {c.name: c.model for f in configs for c in load_configs(f)}
     df = pd.read_csv(folder / f"validation-{regime}.csv")
     plans = [make_plan((str(path), models[c].to_dict(), cluster.to_dict(), s)) for c, s in zip(df["config"], df["schedule"])]
     bad = [f"{c}/{s}" for (c, s, h), p in zip(zip(df["config"], df["schedule"], df["plan_hash"]), plans)
