@@ -6,14 +6,16 @@ of expert e from rank s split evenly over e's replicas, as :mod:`executor.placem
 them); :func:`simulate_step` builds the graph of a published schedule
 (:mod:`moesched.schedules`), gives its expert tasks and all-to-alls every rank's duration
 (:func:`moesched.routing.apply_routing`), simulates it
-(:meth:`moesched.sim.Compiled.run`), and adds the replica gradient all-reduces of every
-layer (:meth:`moesched.placement.PlacementCost.sync_us`; they are not tasks of the graph).
-It is the simulator's view of what :class:`moesched.placement.PlacementCost` prices layer
-by layer, with the schedule's overlap of communication and compute.
+(:meth:`moesched.sim.Compiled.run`) with the replica gradient all-reduces of every layer as
+tasks of the graph (:func:`add_replica_syncs`), and adds the migration from the previous
+placements. It is the simulator's view of what :class:`moesched.placement.PlacementCost`
+prices layer by layer, with the schedule's overlap of communication and compute.
 """
 from __future__ import annotations
 
 from typing import Sequence
+
+import networkx as nx
 
 from moesched import schedules
 from moesched.cluster import Cluster
@@ -49,17 +51,55 @@ def even_sources(loads: Sequence[Sequence[float]], ranks: int) -> list[list[list
     return [[[n / ranks for n in layer] for _ in range(ranks)] for layer in loads]
 
 
+def add_replica_syncs(g: nx.DiGraph, cost: PlacementCost, placements: Sequence[Placement]) -> None:
+    """Add to ``g`` one gradient all-reduce task per layer with replicated experts, after all
+    of that layer's expert weight gradients (``expert_dw``), on the communication link of its
+    widest replica group, each rank busy for the all-reduces of the replicas it holds
+    (:meth:`moesched.placement.PlacementCost.allreduce_us`): the simulator overlaps them
+    with the backward of the layers below, as it does the data-parallel gradient chunks."""
+    dw: dict[int, list[str]] = {}
+    for n, a in g.nodes(data=True):
+        if a["kind"] == "expert_dw":
+            dw.setdefault(int(a["layer"]), []).append(n)
+    seq = max(a["seq"] for _, a in g.nodes(data=True)) + 1
+    for l, p in enumerate(placements):
+        groups = [rs for rs in p.replicas if len(rs) > 1]
+        if not groups:
+            continue
+        per_rank = [0.0] * p.ranks
+        cross = False
+        for rs in groups:
+            t = cost.allreduce_us(rs, cost.expert_param_bytes)
+            cross = cross or len({cost.node(r) for r in rs}) > 1
+            for r in rs:
+                per_rank[r] += t
+        name = f"P.replica_ar.L{l}"
+        g.add_node(name, seq=seq + l, duration_us=max(per_rank), duration_by_rank_us=per_rank, kind="grad_ar",
+                   layer=-1, chunk=0, nchunks=1, phase="grad", resource="comm_inter" if cross else "comm_intra",
+                   op="all_reduce", scope="inter" if cross else "intra", work=cost.expert_param_bytes * len(groups),
+                   group="replica", offset_bytes=0, layers=(l,), tokens=0, host_us=0.0)
+        for d in dw.get(l, []):
+            g.add_edge(d, name)
+
+
 def simulate_step(model: MoEModel, cluster: Cluster, profile: Profile, placements: Sequence[Placement],
-                  per_source: Sequence[Sequence[Sequence[float]]], schedule: str = "vanilla") -> float:
+                  per_source: Sequence[Sequence[Sequence[float]]], schedule: str = "vanilla",
+                  previous: Sequence[Placement] | None = None) -> float:
     """µs of one step of ``schedule`` under ``placements`` (one per layer) with the routing
-    ``per_source`` [layer][EP rank][expert]: the simulated makespan over every rank plus the
-    replica all-reduces."""
+    ``per_source`` [layer][EP rank][expert]: the simulated makespan over every rank, the
+    replica all-reduces in the graph (:func:`add_replica_syncs`), plus, when ``previous``
+    placements are given, the migration to ``placements`` before the step
+    (:meth:`moesched.placement.PlacementCost.migrate_us`, layer after layer)."""
     if len(placements) != model.layers or len(per_source) != model.layers:
         raise MoeschedError(f"simulate_step: need one placement and one routing per layer ({model.layers})")
+    if previous is not None and len(previous) != model.layers:
+        raise MoeschedError(f"simulate_step: need one previous placement per layer ({model.layers})")
     sched = schedules.get(schedule).schedule(model, cluster, profile)
     g = build(model, cluster, profile, sched.knobs)
     apply_routing(g, model, cluster, profile, placement_routing(placements, per_source))
+    cost = PlacementCost(model, cluster, profile)
+    add_replica_syncs(g, cost, placements)
     c = Compiled(g)
     _, _, makespan = c.run(priority_vector(sched.priority, c))
-    cost = PlacementCost(model, cluster, profile)
-    return makespan + sum(cost.sync_us(p) for p in placements)
+    moves = sum(cost.migrate_us(a, b) for a, b in zip(previous, placements)) if previous is not None else 0.0
+    return makespan + moves

@@ -191,6 +191,33 @@ def test_the_simulator_prices_a_placement_like_the_cost_model(cost4):
     assert sim_static / sim_bal == pytest.approx(model_static / model_bal, rel=0.1)
 
 
+def test_replica_all_reduces_are_graph_tasks_after_their_layers_weight_gradients(cost4):
+    from moesched import schedules
+    from moesched.graph import build
+    from moesched.placement_sim import add_replica_syncs, even_sources, simulate_step
+    m = cost4.model
+    base = Placement.static(64, 4, 18)
+    rep = Placement.of([list(rs) + ([3] if e in (0, 1) else []) for e, rs in enumerate(base.replicas)], 4, 18)
+    g = build(m, cost4.cluster, cost4.profile, schedules.get("vanilla").schedule(m, cost4.cluster, cost4.profile).knobs)
+    add_replica_syncs(g, cost4, [base, rep])
+    names = [n for n in g if n.startswith("P.replica_ar")]
+    assert names == ["P.replica_ar.L1"]  # layer 0 has no replica
+    a = g.nodes["P.replica_ar.L1"]
+    one = cost4.allreduce_us((0, 3), cost4.expert_param_bytes)
+    assert a["duration_by_rank_us"] == pytest.approx([2 * one, 0.0, 0.0, 2 * one])
+    preds = set(g.predecessors("P.replica_ar.L1"))
+    assert preds and preds == {n for n, x in g.nodes(data=True) if x["kind"] == "expert_dw" and x["layer"] == 1}
+    loads = [[1000.0] * 64] * 2
+    src = even_sources(loads, 4)
+    plain = simulate_step(m, cost4.cluster, cost4.profile, [base, base], src)
+    synced = simulate_step(m, cost4.cluster, cost4.profile, [base, rep], src)
+    # overlapped with the backward of layer 0: at most the all-reduces slowed by the profile's
+    # measured interference (communication beside compute)
+    assert plain < synced <= plain + 2 * one * g.graph["interference"][1] + 1e-6
+    moved = simulate_step(m, cost4.cluster, cost4.profile, [base, rep], src, previous=[base, base])
+    assert moved == pytest.approx(synced + cost4.migrate_us(base, rep))
+
+
 def test_placement_schedule_round_trip_and_bad_files(tmp_path):
     from moesched.placement_schedule import PlacementSchedule
     a, b = Placement.static(4, 2, 3), Placement.of([[0, 1], [0], [1], [1]], 2, 3)
