@@ -46,6 +46,7 @@ import networkx as nx
 from moesched import dense as dense_layers
 from moesched import memory, work
 from moesched.cluster import Cluster, check_setup, collective_us, comm_model
+from moesched.costs.calibrate import saved_copy_us
 from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
@@ -171,6 +172,19 @@ class _Builder:
                  "resource": COMPUTE, "tokens": tokens, "work": hit[0]}
         return self.add(name, deps, RES_INDEX[COMPUTE], hit[1], attrs)
 
+    def saved_copy(self, i: int, forward_chunks: int) -> None:
+        """Add to expert_dx task ``i``, its layer's first backward chunk (the executor's first
+        to run), the copy of the activations the layer's forward chunks saved
+        (:func:`moesched.costs.calibrate.saved_copy_us`); also its attribute ``saved_copy_us``."""
+        if self.p is None:
+            return
+        hit = self.costs.get(("saved_copy", forward_chunks))
+        if hit is None:
+            hit = self.costs[("saved_copy", forward_chunks)] = (saved_copy_us(self.p, self.m, forward_chunks),)
+        if hit[0] > 0:
+            self.dur[i] += hit[0]
+            self.attrs[i]["saved_copy_us"] = hit[0]
+
     def a2a(self, kind: str, deps: list[int], layer: int, chunk: int, nchunks: int, phase: str,
             tokens: int, forward_order: bool) -> int:
         """One all-to-all, or its two hops when hierarchical, each priced by the profile's
@@ -249,6 +263,8 @@ class _Builder:
                 src = gout[c] if same else _flat(gout)
                 cb = self.a2a("combine_bwd", src, l, c, rb, "bwd", toks[c], True)
                 dx = self.compute(tid(l, "bwd", "expert_dx", c), [cb], "expert_dx", l, c, rb, "bwd", toks[c])
+                if c == 0:
+                    self.saved_copy(dx, k.r_fwd[l])
                 # dW reuses the activation gradient that dX computes (g_h = dY W2 * act'(h)).
                 dws.append(self.compute(tid(l, "bwd", "expert_dw", c), [dx], "expert_dw", l, c, rb, "bwd", toks[c]))
                 ins = [self.a2a("dispatch_bwd", [dx], l, c, rb, "bwd", toks[c], False)]

@@ -203,9 +203,10 @@ def step_timeline(model: MoEModel, cluster: Cluster, profile: Profile, knobs: Kn
         for _, a in g.nodes(data=True):
             if a["kind"] in EXPERT_KINDS:  # this chunk's share of the layer's copies, per local expert
                 share = float(a["work"]) / total[a["kind"], a["layer"]] if total[a["kind"], a["layer"]] else 0.0
+                cp = a["saved_copy_by_rank_us"]  # the saved-activation copy: not a GEMM, kept as is
                 a["duration_by_rank_us"] = [
                     uneven_expert_us(profile, a["kind"], model,
-                                      tuple(round(c * share) for c in sl.groups[a["layer"]][r % ep]), us)
+                                      tuple(round(c * share) for c in sl.groups[a["layer"]][r % ep]), us - cp[r]) + cp[r]
                     for r, us in enumerate(a["duration_by_rank_us"])]
     if chunk_loads:
         from moesched.imbalance_chunks import apply_chunk_loads

@@ -96,12 +96,13 @@ def apply_chunk_loads(g: nx.DiGraph, kept: Sequence[Matrix], step: int, ep: int,
         recv_c, sent_c = cache[l, n][a["chunk"]]
         frac = float(a.get("tokens") or tokens) / tokens   # the chunk's share of the layer's tokens
         out = []
+        cp = a.get("saved_copy_by_rank_us") or [0.0] * len(a["duration_by_rank_us"])  # the layer's: not rescaled
         for r, us in enumerate(a["duration_by_rank_us"]):
             q = r % ep
             if a["kind"] in EXPERT_KINDS:
                 base, mine = recv_l[q], recv_c[q]
             else:
                 base, mine = max(recv_l[q], sent_l[q]), max(recv_c[q], sent_c[q])
-            out.append(us * mine / (base * frac) if base > 0 and frac > 0 else us)
+            out.append((us - cp[r]) * mine / (base * frac) + cp[r] if base > 0 and frac > 0 else us)
         a["duration_by_rank_us"] = out
     return g

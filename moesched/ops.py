@@ -338,3 +338,16 @@ def uneven_expert_ops(kind: str, m: MoEModel, group_copies: list[int], grouped: 
     skew = min(1.0, (var ** 0.5 / mean) / spread ** 0.5) if El > 1 else 0.0
     ops = _ffn(part, mean, El, d.M, d.H, d.swiglu, True, d.B)
     return [replace(o, skew=round(skew, 6)) if isinstance(o, GroupedGemm) else o for o in ops] + _expert_mem(part, d)
+
+
+def saved_concat_ops(m: MoEModel, copies: int, bytes_per_elem: int | None = None) -> list[Op]:
+    """The copy the first expert_dx task of a layer makes of the expert activations its
+    forward chunks saved: ``executor.tasks._saved`` concatenates x [C, M], h1 [C, H] and
+    (SwiGLU) h3 [C, H] of every forward chunk, C = the layer's ``copies`` on the rank. One
+    memory-bound kernel moving those bytes read plus as many written. Micro-benchmarks
+    never make it (``executor.profiling.bench`` runs expert_dx again on the cached copy)."""
+    if copies <= 0:
+        return []
+    B = bytes_per_elem or m.bytes_per_elem
+    hidden = m.ffn_hidden * (2 if m.expert_kind == "swiglu" else 1)
+    return [MemOp("elementwise", 2.0 * copies * (m.d_model + hidden) * B)]

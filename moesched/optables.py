@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
-from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op, work_ops
+from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op, copies_of, saved_concat_ops, work_ops
 
 if TYPE_CHECKING:
     from moesched.models import MoEModel
@@ -301,6 +301,17 @@ class OpTables:
         cpu = self.runs_as is not None
         ops = work_ops(kind, model, flops, ep, grouped=dtype == "bf16" and not cpu, bytes_per_elem=4 if cpu else None)
         return self.task_us(kind, dtype, ops)
+
+    def saved_concat_us(self, model: "MoEModel", flops: float) -> float:
+        """µs of the copy of a layer's saved expert activations (:func:`moesched.ops.saved_concat_ops`)
+        whose expert_dx tasks do ``flops`` FLOPs in all on a rank: the memory table's price,
+        no per-kind correction (fitted on micro-benchmarked tasks, which never make the
+        copy); 0 without tables for the dtype the model runs in."""
+        dtype = self.run_dtype(model.dtype)
+        if dtype is None:
+            return 0.0
+        cpu = self.runs_as is not None
+        return self.ops_us(dtype, saved_concat_ops(model, copies_of("expert_dx", model, flops), 4 if cpu else None))
 
     def scaled(self, factors: dict[str, float]) -> "OpTables":
         """A copy with kind k's correction multiplied by factors[k] (in-situ factors)."""

@@ -86,8 +86,10 @@ def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Pro
         kind = a["kind"]
         if kind in EXPERT_KINDS:
             recv = shares[a["layer"]][0]
+            copy_us = float(a.get("saved_copy_us", 0.0))  # scales with the copies, as the work
+            a["saved_copy_by_rank_us"] = [copy_us * recv[r % ep] for r in range(R)]
             a["duration_by_rank_us"] = [profile.compute_us(kind, float(a["work"]) * recv[r % ep], shape,
-                                                                    model, ep)
+                                                           model, ep) + a["saved_copy_by_rank_us"][r]
                                         for r in range(R)]
         elif kind in A2A_KINDS and a.get("hop") is None:
             recv, sent = shares[a["layer"]]

@@ -14,7 +14,9 @@ collective waits for the slowest rank. Three corrections come from the calibrati
   waiting for the host, which the host model prices) and with no collective beside them
   (so not slowed by interference, which ``compute_slowdown`` prices).
   That shape's costs of the kind are scaled by it; the per-kind fallback costs (line and
-  operator composition, :mod:`moesched.optables`) by the median over shapes. ``attn_fwd`` is left alone: its profile cost carries the
+  operator composition, :mod:`moesched.optables`) by the median over shapes. An expert_dx
+  factor so carries the layer's one-chunk copy of its saved activations; a layer run in
+  several forward chunks is charged that copy apart (:func:`saved_copy_us`). ``attn_fwd`` is left alone: its profile cost carries the
   routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
   does not hold.
 
@@ -24,11 +26,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from moesched import work
 from moesched.costs.fit import fit_cost
 from moesched.costs.host import fit_host
 from moesched.profile import Cost, Profile
+
+if TYPE_CHECKING:
+    from moesched.models import MoEModel
 
 #: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
 #: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
@@ -128,3 +134,25 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
             shapes.setdefault(shape, {})[f"all_to_all@{scope}"] = cost
     return replace(prof, host=fit_host([tuple(r) for r in rows], lag_us, x_unit),  # type: ignore[misc]
                    meta=dict(meta, samples=samples), shapes=shapes)
+
+
+def calibrated_in_situ(prof: Profile, kind: str, shape: str) -> bool:
+    """Whether ``prof`` prices ``kind`` on ``shape`` with an in-situ factor
+    (:func:`apply_factors`): the shape's own where it has its own cost of the kind, else
+    the median over shapes (the per-kind fallback costs)."""
+    factors = prof.meta.get("insitu_compute") or {}
+    if kind in prof.shapes.get(shape, {}):
+        return kind in factors.get(shape, {})
+    return any(kind in by for by in factors.values())
+
+
+def saved_copy_us(prof: Profile, model: "MoEModel", forward_chunks: int) -> float:
+    """µs a layer's first expert_dx task spends copying the expert activations its
+    ``forward_chunks`` forward chunks saved (:meth:`moesched.optables.OpTables.saved_concat_us`,
+    the layer's whole work on a rank). The calibration steps of pipeline degree 1 run the
+    forward in one chunk, so an in-situ expert_dx factor (:func:`calibrated_in_situ`) already
+    carries the one-chunk copy: charged then only for two or more chunks. 0 without
+    operator tables (no memory table to price it)."""
+    if prof.ops is None or (forward_chunks < 2 and calibrated_in_situ(prof, "expert_dx", model.shape_key())):
+        return 0.0
+    return prof.ops.saved_concat_us(model, work.expert_fwd_flops(model, model.tokens))
