@@ -314,3 +314,28 @@ def test_calibration_step_samples_on_cuda() -> None:
         t for t, k in zip(df["task"], df["kind"]) if k in ("combine", "combine_bwd", "dispatch_bwd"))
     assert len(cuda.compute) == len(alone) and all(k in INSITU_KINDS for _, k, _, _ in cuda.compute)
     assert (cpu.lags_us, cpu.compute, cpu.a2a) == ([], [], cuda.a2a)
+
+
+def test_chunked_calibration_steps_calibrate_every_kind_but_expert_dx() -> None:
+    """A degree-2 calibration step (simulated timeline, every task issued 50 µs ahead) gives
+    compute samples of the in-situ kinds that ran alone, chunks included, but none of
+    expert_dx (its first chunk carries the saved-activation copy, charged apart)."""
+    from types import SimpleNamespace
+
+    from executor.profiling.host import HostSamples, _add_step, calibration_plans, insitu_sample
+    from moesched.costs.calibrate import INSITU_KINDS
+    assert insitu_sample("expert_dx", True) and not insitu_sample("expert_dx", False)
+    assert insitu_sample("expert_fwd", False) and not insitu_sample("attn_fwd", True)
+    plan = next(p for p in calibration_plans(MODEL, CLUSTER) if set(p.knobs.r_fwd) == {2})
+    g = build(plan.model, CLUSTER, NVLINK, plan.knobs)
+    df = simulate(g, strict=False).df
+    host = pd.DataFrame({"task": df["task"], "rank": 0, "thread": "main", "start_us": df["start_us"] - 50.0,
+                         "end_us": df["start_us"] - 10.0, "wait_us": 0.0})
+    tl = SimpleNamespace(df=df, host=host, meta={"setup_us": 5.0, "call_us": float(df["end_us"].max()) + 20.0})
+    out = HostSamples()
+    _add_step(out, "s", (1, 2), plan, g.nodes, tl, cuda=True)
+    links = [(s, e) for r, s, e in zip(df["resource"], df["start_us"], df["end_us"]) if r != "compute"]
+    alone = [t for t, k, r, s, e in zip(df["task"], df["kind"], df["resource"], df["start_us"], df["end_us"])
+             if r == "compute" and k in INSITU_KINDS and k != "expert_dx" and not any(a < e and s < b for a, b in links)]
+    assert alone  # the check below is not vacuous
+    assert len(out.compute) == len(alone) and all(k != "expert_dx" for _, k, _, _ in out.compute)

@@ -13,8 +13,8 @@ r = its layer's degree in its phase; every step adds its setup and finish
 (:func:`step_samples`, x = the parameter bytes of one rank). The lag
 is the median delay from a compute task's issue start to its GPU
 start, over tasks that did not wait for the GPU (those starting within 200 µs). The GPU
-times of compute tasks in the degree-1 plan calibrate the micro-benchmarks' compute costs
-(:mod:`moesched.costs.calibrate`).
+times of compute tasks issued in full with no collective beside them calibrate the
+micro-benchmarks' compute costs (:func:`insitu_sample`, :mod:`moesched.costs.calibrate`).
 
 Runs on every rank, with the same plans in the same order; returns this rank's samples.
 """
@@ -91,11 +91,22 @@ class HostSamples:
     compute: list[tuple[str, str, float, float]] = field(default_factory=list)      # shape, kind, FLOPs, GPU µs
 
 
+def insitu_sample(kind: str, serial: bool) -> bool:
+    """Whether a compute task of ``kind`` in a plan (``serial``: pipeline degree 1) may
+    calibrate its kind's compute cost: every in-situ kind in every plan, except expert_dx
+    outside degree 1 (its first chunk also copies the activations the forward chunks saved,
+    which :func:`moesched.costs.calibrate.saved_copy_us` charges apart; the degree-1 factor
+    carries the one-chunk copy). The chunked plans give the samples a degree-1 step cannot:
+    there expert_fwd follows the dispatch's wait for routing counts and expert_dw runs beside
+    the backward dispatch, while a later chunk's are often issued in full and alone."""
+    return kind in INSITU_KINDS and (serial or kind != "expert_dx")
+
+
 def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, tl: Any, cuda: bool) -> None:
     """The samples of one measured step (timeline ``tl`` of ``plan``; ``key`` = (plan index,
     step index)) into ``out``: step setup and finish, every task's host issue time, the lag
-    of compute tasks (CUDA), the flat all-to-alls but the forward dispatch and, at degree 1,
-    the compute tasks issued in full with no collective beside them."""
+    of compute tasks (CUDA), the flat all-to-alls but the forward dispatch and the compute
+    tasks issued in full with no collective beside them (:func:`insitu_sample`)."""
     out.samples += step_samples(shape, plan, tl)
     df = tl.df
     by_task = df.set_index("task")
@@ -117,7 +128,7 @@ def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, 
         g0, g1 = gpu[task], gpu_end[task]
         if 0.0 <= g0 - s <= LAG_WINDOW_US:
             out.lags_us.append(float(g0 - s))
-        if serial and a["kind"] in INSITU_KINDS and e <= g0 and not any(
+        if insitu_sample(a["kind"], serial) and e <= g0 and not any(
                 ls < g1 and g0 < le for ls, le in links):  # issued in full, nothing beside it
             out.compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
 

@@ -9,7 +9,9 @@ collective waits for the slowest rank. Three corrections come from the calibrati
 * **all-to-alls per shape**: the in-situ time at the median rank
   (:data:`A2A_RANK_STAT`), stored as ``shapes[shape]["all_to_all@SCOPE"]``;
 * **compute factors**: per shape and kind, the median ratio of a compute task's GPU time in
-  a step of pipeline degree 1 to the micro-benchmark's cost for the same shape and FLOPs
+  a calibration step (any degree; expert_dx at degree 1 only,
+  :func:`executor.profiling.host.insitu_sample`) to the micro-benchmark's cost for the same
+  shape and FLOPs
   (:func:`compute_factors`), over tasks issued in full before the GPU reached them (so not
   waiting for the host, which the host model prices) and with no collective beside them
   (so not slowed by interference, which ``compute_slowdown`` prices).
