@@ -13,7 +13,7 @@ import statistics
 from dataclasses import replace
 from typing import Any, Sequence
 
-from moesched.costs.calibrate import with_host
+from moesched.costs.calibrate import MIN_SHAPES_KEY, with_host
 from moesched.costs.fit import fit, fit_line, rel_err_pct
 from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
@@ -158,7 +158,7 @@ def refit(prof: Profile) -> Profile:
     samples = meta.pop("samples", None)
     if not samples or "compute" not in samples or "comm" not in samples:
         raise MoeschedError(f"profile {prof.name} keeps no raw samples to refit")
-    for k in ("fits", "replay", "overhead_us", UNEVEN, "insitu_compute"):
+    for k in ("fits", "replay", "overhead_us", UNEVEN, "insitu_compute", MIN_SHAPES_KEY):
         meta.pop(k, None)
     shape_of = meta.get("shape_of") or {}
     out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,

@@ -47,6 +47,12 @@ A2A_RANK_STAT = 1
 #: Compute kinds calibrated in situ (see the module docstring for attn_fwd).
 INSITU_KINDS = ("attn_bwd", "expert_fwd", "expert_dx", "expert_dw", "shared_fwd", "shared_bwd", "loss")
 MIN_SAMPLES = 3  # fewer in-situ tasks of a (shape, kind) leave its cost as benchmarked
+#: Shapes that must have a factor of a kind before the per-kind fallback costs (which price
+#: shapes the profile did not measure) take their median: one shape's factor is its own
+#: trait (Mixtral's large expert GEMMs run 1.32x their micro-benchmark in a step, at the
+#: GPU's power limit; results/h200x1/insitu-chunks), not the kind's.
+MIN_SHAPES = 2
+MIN_SHAPES_KEY = "insitu_min_shapes"
 
 
 def compute_factors(prof: Profile, rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -73,16 +79,26 @@ def scaled(cost: Cost, factor: float) -> Cost:
                 tuple((x, t * factor) for x, t in cost.points), cost.r2)
 
 
-def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]], undo: bool = False) -> Profile:
+def min_shapes_of(prof: Profile) -> int:
+    """How many shapes a kind needed for its fallback factor when ``prof`` was calibrated
+    (``meta.insitu_min_shapes``; 1 for profiles calibrated before :data:`MIN_SHAPES`)."""
+    return int(prof.meta.get(MIN_SHAPES_KEY, 1))
+
+
+def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]], undo: bool = False,
+                  min_shapes: int | None = None) -> Profile:
     """``prof`` with each measured (shape, kind) cost scaled by its factor and each per-kind
-    fallback cost by the median factor of that kind over shapes; ``undo`` divides instead."""
+    fallback cost by the median factor of that kind over shapes, where at least
+    ``min_shapes`` shapes have one (default: the rule ``prof`` was calibrated with,
+    :func:`min_shapes_of`); ``undo`` divides instead."""
     shapes = {s: dict(by) for s, by in prof.shapes.items()}
     per_kind: dict[str, list[float]] = {}
     for shape, by in factors.items():
         for kind, f in by.items():
             shapes[shape][kind] = scaled(shapes[shape][kind], 1.0 / f["factor"] if undo else f["factor"])
             per_kind.setdefault(kind, []).append(f["factor"])
-    median = {k: statistics.median(v) for k, v in per_kind.items()}
+    least = min_shapes_of(prof) if min_shapes is None else min_shapes
+    median = {k: statistics.median(v) for k, v in per_kind.items() if len(v) >= least}
     compute = {k: (scaled(c, 1.0 / median[k] if undo else median[k]) if k in median else c)
                for k, c in prof.compute.items()}
     ops = prof.ops.scaled({k: 1.0 / f if undo else f for k, f in median.items()}) if prof.ops is not None else None
@@ -93,7 +109,7 @@ def without_compute_factors(prof: Profile) -> Profile:
     """``prof`` with the compute factors of ``meta.insitu_compute`` undone: the costs as the
     micro-benchmarks gave them (validation reports its predictions with and without)."""
     out = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True)
-    return replace(out, meta={k: v for k, v in prof.meta.items() if k != "insitu_compute"})
+    return replace(out, meta={k: v for k, v in prof.meta.items() if k not in ("insitu_compute", MIN_SHAPES_KEY)})
 
 
 def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
@@ -127,8 +143,9 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
     if compute_rows:
         samples["insitu_compute"] = [list(r) for r in compute_rows]
         factors = compute_factors(prof, compute_rows)
-        prof = apply_factors(prof, factors)
+        prof = apply_factors(prof, factors, min_shapes=MIN_SHAPES)
         meta["insitu_compute"] = factors
+        meta[MIN_SHAPES_KEY] = MIN_SHAPES
     shapes = {s: dict(by) for s, by in prof.shapes.items()}
     if a2a_rows:
         samples["a2a"] = [list(r) for r in a2a_rows]
@@ -141,11 +158,11 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
 def calibrated_in_situ(prof: Profile, kind: str, shape: str) -> bool:
     """Whether ``prof`` prices ``kind`` on ``shape`` with an in-situ factor
     (:func:`apply_factors`): the shape's own where it has its own cost of the kind, else
-    the median over shapes (the per-kind fallback costs)."""
+    the median over shapes (the per-kind fallback costs), where enough shapes have one."""
     factors = prof.meta.get("insitu_compute") or {}
     if kind in prof.shapes.get(shape, {}):
         return kind in factors.get(shape, {})
-    return any(kind in by for by in factors.values())
+    return sum(kind in by for by in factors.values()) >= min_shapes_of(prof)
 
 
 def saved_copy_us(prof: Profile, model: "MoEModel", forward_chunks: int) -> float:
