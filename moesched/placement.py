@@ -31,6 +31,7 @@ cost (its fitted alpha) to each move; the bytes cross at the link's bandwidth.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -192,7 +193,7 @@ class PlacementCost:
             ("attn_fwd", work.attn_fwd_flops(m, m.tokens)), ("attn_bwd", work.attn_bwd_flops(m, m.tokens)),
             ("shared_fwd", shared), ("shared_bwd", 2 * shared)) if f > 0)
         self._compute_cache: dict[float, float] = {}
-        self._a2a_floor: list[tuple[float, float]] | None = None
+        self._a2a_floor: tuple[list[float], list[float]] | None = None
         move = profile.meta.get(MOVE_KEY)
         self.measured_move = Cost.from_dict(move, f"meta.{MOVE_KEY}") if move is not None else None
 
@@ -266,18 +267,16 @@ class PlacementCost:
         busiest rank more. The floor is the running maximum of the curve on a 5% grid from
         the copies every rank sends up to all of them on one rank."""
         if self._a2a_floor is None:
-            grid, top, x = [], 0.0, max(1.0, self.sent_copies)
+            xs, tops, top, x = [], [], 0.0, max(1.0, self.sent_copies)
             while x <= self.sent_copies * self.ranks * 1.05:
                 top = max(top, self._a2a_one_us(x))
-                grid.append((x, top))
+                xs.append(x)
+                tops.append(top)
                 x *= 1.05
-            self._a2a_floor = grid
-        floor = 0.0
-        for x, top in self._a2a_floor:
-            if x > max_copies:
-                break
-            floor = top
-        return 4.0 * max(self._a2a_one_us(max_copies), floor)
+            self._a2a_floor = (xs, tops)
+        xs, tops = self._a2a_floor
+        i = bisect.bisect_right(xs, max_copies)
+        return 4.0 * max(self._a2a_one_us(max_copies), tops[i - 1] if i else 0.0)
 
     def sync_us(self, placement: Placement) -> float:
         """Replica gradient all-reduces: each rank pays those of its replicated experts."""
