@@ -252,4 +252,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    errors.exit_now(main())  # status 0 skips interpreter finalization (gloo's exit race, executor.errors)
