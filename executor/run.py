@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--trace", help="write the measured Chrome trace (all ranks, last step) here")
     ap.add_argument("--record-routing", metavar="FILE",
                     help="write every step's routing (copies per EP rank and expert) here as a routing trace")
+    ap.add_argument("--placements", metavar="SCHEDULE",
+                    help="train with experts placed and moved as this placement schedule says "
+                         "(moesched placement --schedule-out; the unchunked step, Adam)")
     ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K",
                     help="pose as K nodes on one host (sets NCCL_HOSTID per rank group)")
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
@@ -85,6 +88,12 @@ def check_args(a: argparse.Namespace) -> None:
         raise MoeschedError(f"--emulate-nodes must be at least 1, got {a.emulate_nodes}")
     if a.record_routing is not None:
         check_outputs({"--record-routing": a.record_routing}, {"--plan": a.plan})
+    if a.placements is not None:
+        taken = [f for f, on in (("--trace", a.trace is not None), ("--record-routing", a.record_routing is not None),
+                                 ("--issue threads", a.issue == "threads")) if on]
+        if taken:
+            raise MoeschedError(f"--placements runs the placed model's own step, which has no {taken[0]} "
+                                "(leave it out)")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -225,17 +234,52 @@ def _main(argv: list[str] | None) -> int:
         plan: object = Plan.load(a.plan)
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
         plan = errors.describe(e, with_rank=False)
-    refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
-    if isinstance(plan, Plan) and plan.layout is not None and (cuda or a.trace or a.record_routing):
-        refusal = (f"plan {a.plan}: {plan.layout.label()} layout plans run one checked step on gloo/CPU only "
-                   "(--backend gloo; no --trace, no --record-routing)")
+    sched, refusal = _refusal(a, plan, rank, world, cuda)
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else \
+        _run_placed(a, plan, sched, rank, world, cuda) if sched is not None else \
         _run_layout(a, plan, rank) if plan.layout is not None else _run(a, plan, rank, world, cuda)
     dist.barrier()  # no rank tears the group down while a peer still uses it
     watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done
     dist.destroy_process_group()
     return code
+
+
+def _refusal(a: argparse.Namespace, plan: object, rank: int, world: int, cuda: bool) -> tuple[object, str | None]:
+    """This rank's placement schedule (None without --placements) and its reason to refuse
+    the run, or None (:func:`agree` tells every rank)."""
+    from moesched.plan import Plan
+    if not isinstance(plan, Plan):
+        return None, None  # the plan's own load error is what every rank reports
+    if a.placements is not None:
+        from executor.placerun import load_for
+        try:
+            return load_for(plan, a.placements, world), None
+        except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement
+            return None, errors.describe(e, with_rank=False)
+    if plan.layout is not None and (cuda or a.trace or a.record_routing):
+        return None, (f"plan {a.plan}: {plan.layout.label()} layout plans run one checked step on gloo/CPU only "
+                      "(--backend gloo; no --trace, no --record-routing)")
+    return None, trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
+
+
+def _run_placed(a: argparse.Namespace, plan, sched, rank: int, world: int, cuda: bool) -> int:
+    """Train following the placement schedule (:mod:`executor.placerun`); rank 0 prints the
+    median step time, the throughput and the changes applied."""
+    import torch
+
+    from executor.layers import TORCH_DTYPES
+    from executor.placerun import train
+    m = plan.model
+    dev, dtype = (torch.device("cuda"), TORCH_DTYPES[m.dtype]) if cuda else (torch.device("cpu"), torch.float32)
+    res = train(plan, sched, rank, world, a.warmup, a.steps, a.seed, dev, dtype)
+    if rank == 0:
+        med = statistics.median(res.times_s)
+        print(f"executor: {plan.policy} {m.name} {plan.cluster.label()} placed ({sched.policy}): median step "
+              f"{med * 1e3:.3f} ms, {world * m.tokens / med:,.0f} tokens/s, loss {res.loss:.6f} "
+              f"({a.steps} steps after {a.warmup} warm-up)", flush=True)
+        print(f"executor: {res.report()}", flush=True)
+    return 0
 
 
 def _run_layout(a: argparse.Namespace, plan, rank: int) -> int:
