@@ -1,11 +1,28 @@
 """``torchrun --nproc_per_node=N -m executor.run --plan plan.json [--steps 50] [--warmup 5]
 [--trace out.json] [--emulate-nodes K] [--backend auto|nccl|gloo] [--seed 0] [--timeout 120]
-[--heartbeat-timeout 30] [--record-routing FILE]``
+[--heartbeat-timeout 30] [--record-routing FILE] [--placements SCHEDULE]``
 
 Runs the plan's training step on synthetic data, prints the median step time (ms) and the
 throughput (tokens/s over all ranks) on rank 0, and writes the measured Chrome trace (all
 ranks gathered) with ``--trace``, and the routing of every step (warm-up included) as a
 routing trace with ``--record-routing`` (:mod:`executor.routing_record`; docs/formats.md).
+
+``--placements SCHEDULE`` (a placement schedule, ``moesched placement --schedule-out``)
+trains the plan's model with its experts placed and moved as the schedule says
+(:mod:`executor.placerun`: :class:`executor.placement.PlacedMoE`, the unchunked
+:class:`executor.placement_step.PlacedStep` and Adam) instead of the planned step. Steps
+count from 0 with the warm-up: 0..W-1 are the ``--warmup`` steps, W..W+N-1 the timed ones,
+and the schedule's change at step s >= 1 is applied before step s (parameters and Adam state
+moved, ``apply_placement``). Rank 0 prints a second line: the changes applied of the
+schedule's (a change at step W+N or later is never applied and is listed), the experts
+moved (replicas copied) and each change's time (ms, the slowest rank's; the step times
+leave the changes and the Adam update out). Refused on every rank before any step: a
+schedule that is missing or malformed, for another number of ranks, or for other experts
+or layers than the plan's model; a plan that chunks the step (pipeline degree above 1,
+gradient chunks, the hierarchical all-to-all), a layout plan, a plan with expert data
+parallelism, and a model with dense layers, expert-choice routing, auxiliary router
+losses or deepseek_v3 bias updates; ``--trace``, ``--record-routing`` and ``--issue threads``
+with ``--placements`` are refused with the other flags.
 
 Errors. Every failure ends in ONE line ``moesched: error: ...`` on stderr and exit status 2
 on every rank, never a traceback (:mod:`executor.errors`):
@@ -13,10 +30,10 @@ on every rank, never a traceback (:mod:`executor.errors`):
 - flags are checked before anything starts (counts and seconds positive and finite, a
   ``--backend nccl`` that this build of torch can run, a ``--trace`` path that can be
   written and is not the plan);
-- before the first collective of the step, every rank loads the plan on its own, then all
-  ranks all-gather (gloo, small tensors) a status code, the plan hash, the world size the
-  plan expects and any error text. If one rank failed or ranks disagree, EVERY rank prints
-  the same line and exits with status 2;
+- before the first collective of the step, every rank loads the plan (and the
+  ``--placements`` schedule) on its own, then all ranks all-gather (gloo, small tensors) a
+  status code, the plan hash, the world size the plan expects and any error text. If one
+  rank failed or ranks disagree, EVERY rank prints the same line and exits with status 2;
 - a rank that never arrives at the rendezvous stops the others after about twice
   ``--timeout`` (torch tries to connect twice);
 - while the ranks run, the watchdog (:mod:`executor.watchdog`) ends every rank within
@@ -37,11 +54,16 @@ import statistics
 import sys
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
+
+if TYPE_CHECKING:
+    from moesched.placement_schedule import PlacementSchedule
+    from moesched.plan import Plan
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 MSG_BYTES = 400
@@ -245,7 +267,8 @@ def _main(argv: list[str] | None) -> int:
     return code
 
 
-def _refusal(a: argparse.Namespace, plan: object, rank: int, world: int, cuda: bool) -> tuple[object, str | None]:
+def _refusal(a: argparse.Namespace, plan: object, rank: int, world: int, cuda: bool
+             ) -> tuple["PlacementSchedule | None", str | None]:
     """This rank's placement schedule (None without --placements) and its reason to refuse
     the run, or None (:func:`agree` tells every rank)."""
     from moesched.plan import Plan
@@ -263,7 +286,8 @@ def _refusal(a: argparse.Namespace, plan: object, rank: int, world: int, cuda: b
     return None, trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
 
 
-def _run_placed(a: argparse.Namespace, plan, sched, rank: int, world: int, cuda: bool) -> int:
+def _run_placed(a: argparse.Namespace, plan: "Plan", sched: "PlacementSchedule", rank: int, world: int,
+                cuda: bool) -> int:
     """Train following the placement schedule (:mod:`executor.placerun`); rank 0 prints the
     median step time, the throughput and the changes applied."""
     import torch
