@@ -22,7 +22,6 @@ import os
 import torch
 import torch.distributed as dist
 
-from moesched.errors import MoeschedError
 from moesched.placement import Placement
 from moesched.placement_schedule import PlacementSchedule
 
@@ -30,10 +29,10 @@ from executor import errors
 from executor.layers import ReferenceModel, make_batch
 from executor.placement import PlacedMoE
 from executor.placement_step import PlacedStep
+from executor.placerun import LR, change_before, placed_adam
 from executor.run import rank_and_world
 from executor.testplans import tiny_model
 
-LR = 1e-2
 #: Steps before which the placement changes (to the 2nd, 3rd, 4th of :func:`schedule`).
 CHANGES = (2, 4, 5)
 
@@ -60,16 +59,13 @@ def builtin(m, world: int) -> PlacementSchedule:
 
 
 def check(label: str, m, rank: int, world: int, steps: int, tol: float, sched: PlacementSchedule) -> dict:
-    mod = PlacedMoE(m, sched.changes[0][1], rank, world, seed=5)
-    step = PlacedStep(mod)
-    opt = torch.optim.Adam(list(mod.parameters()), lr=LR)
+    step, opt = placed_adam(m, sched.changes[0][1], rank, world, seed=5)
+    mod = step.model
     ref = ReferenceModel(m, seed=5)
     ref_opt = torch.optim.Adam(list(ref.module.parameters()), lr=LR)
     worst, name, ok, copied = 0.0, "", True, 0
     for s in range(steps):
-        new = sched.at(s) if s > 0 else None
-        if new is not None:
-            copied += step.apply_placement(new, opt)
+        copied += change_before(step, opt, sched, s) or 0
         bs = [make_batch(m, r, seed=100 + s) for r in range(world)]
         loss = float(step(*bs[rank]))
         rl = ref.loss([b[0] for b in bs], [b[1] for b in bs])
@@ -119,8 +115,8 @@ def _main(argv: list[str] | None) -> int:
     a = ap.parse_args(argv)
     rank, world = rank_and_world()
     given = PlacementSchedule.load(a.schedule) if a.schedule else None
-    if given is not None and given.ranks != world:
-        raise MoeschedError(f"placement schedule {a.schedule} is for {given.ranks} ranks, this job has {world}")
+    if given is not None:
+        given.check_job(world, where=f"placement schedule {a.schedule}")
     torch.manual_seed(0)
     dist.init_process_group("gloo")
     try:

@@ -87,6 +87,20 @@ def ffn(kind: str, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torc
     return a @ w2.t()
 
 
+def model_problem(m: MoEModel) -> str | None:
+    """What of ``m`` :class:`PlacedMoE` does not run (it trains MoE blocks with top-k routing
+    and the mean squared error only), or None."""
+    if m.dense_layers:
+        return f"dense layers {list(m.dense_layers)}"
+    if m.router == "expert_choice":
+        return "the expert_choice router"
+    if m.aux_loss_coef or m.z_loss_coef:
+        return "auxiliary router losses (aux_loss_coef, z_loss_coef)"
+    if m.router == "deepseek_v3" and m.bias_update_rate:
+        return "deepseek_v3's bias updates (bias_update_rate)"
+    return None
+
+
 def check_placements(placements: Sequence[Placement], m: MoEModel, world: int) -> None:
     """One-line MoeschedError unless there is one valid placement per layer over ``world``
     ranks with the model's experts (Placement.check: slots, duplicates, empty experts)."""

@@ -1,11 +1,28 @@
 """``torchrun --nproc_per_node=N -m executor.run --plan plan.json [--steps 50] [--warmup 5]
 [--trace out.json] [--emulate-nodes K] [--backend auto|nccl|gloo] [--seed 0] [--timeout 120]
-[--heartbeat-timeout 30] [--record-routing FILE]``
+[--heartbeat-timeout 30] [--record-routing FILE] [--placements SCHEDULE]``
 
 Runs the plan's training step on synthetic data, prints the median step time (ms) and the
 throughput (tokens/s over all ranks) on rank 0, and writes the measured Chrome trace (all
 ranks gathered) with ``--trace``, and the routing of every step (warm-up included) as a
 routing trace with ``--record-routing`` (:mod:`executor.routing_record`; docs/formats.md).
+
+``--placements SCHEDULE`` (a placement schedule, ``moesched placement --schedule-out``)
+trains the plan's model with its experts placed and moved as the schedule says
+(:mod:`executor.placerun`: :class:`executor.placement.PlacedMoE`, the unchunked
+:class:`executor.placement_step.PlacedStep` and Adam) instead of the planned step. Steps
+count from 0 with the warm-up: 0..W-1 are the ``--warmup`` steps, W..W+N-1 the timed ones,
+and the schedule's change at step s >= 1 is applied before step s (parameters and Adam state
+moved, ``apply_placement``). Rank 0 prints a second line: the changes applied of the
+schedule's (a change at step W+N or later is never applied and is listed), the experts
+moved (replicas copied) and each change's time (ms, the slowest rank's; the step times
+leave the changes and the Adam update out). Refused on every rank before any step: a
+schedule that is missing or malformed, for another number of ranks, or for other experts
+or layers than the plan's model; a plan that chunks the step (pipeline degree above 1,
+gradient chunks, the hierarchical all-to-all), a layout plan, a plan with expert data
+parallelism, and a model with dense layers, expert-choice routing, auxiliary router
+losses or deepseek_v3 bias updates; ``--trace``, ``--record-routing`` and ``--issue threads``
+with ``--placements`` are refused with the other flags.
 
 Errors. Every failure ends in ONE line ``moesched: error: ...`` on stderr and exit status 2
 on every rank, never a traceback (:mod:`executor.errors`):
@@ -13,10 +30,10 @@ on every rank, never a traceback (:mod:`executor.errors`):
 - flags are checked before anything starts (counts and seconds positive and finite, a
   ``--backend nccl`` that this build of torch can run, a ``--trace`` path that can be
   written and is not the plan);
-- before the first collective of the step, every rank loads the plan on its own, then all
-  ranks all-gather (gloo, small tensors) a status code, the plan hash, the world size the
-  plan expects and any error text. If one rank failed or ranks disagree, EVERY rank prints
-  the same line and exits with status 2;
+- before the first collective of the step, every rank loads the plan (and the
+  ``--placements`` schedule) on its own, then all ranks all-gather (gloo, small tensors) a
+  status code, the plan hash, the world size the plan expects and any error text. If one
+  rank failed or ranks disagree, EVERY rank prints the same line and exits with status 2;
 - a rank that never arrives at the rendezvous stops the others after about twice
   ``--timeout`` (torch tries to connect twice);
 - while the ranks run, the watchdog (:mod:`executor.watchdog`) ends every rank within
@@ -37,11 +54,16 @@ import statistics
 import sys
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
+
+if TYPE_CHECKING:
+    from moesched.placement_schedule import PlacementSchedule
+    from moesched.plan import Plan
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 MSG_BYTES = 400
@@ -57,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--trace", help="write the measured Chrome trace (all ranks, last step) here")
     ap.add_argument("--record-routing", metavar="FILE",
                     help="write every step's routing (copies per EP rank and expert) here as a routing trace")
+    ap.add_argument("--placements", metavar="SCHEDULE",
+                    help="train with experts placed and moved as this placement schedule says "
+                         "(moesched placement --schedule-out; the unchunked step, Adam)")
     ap.add_argument("--emulate-nodes", type=int, default=None, metavar="K",
                     help="pose as K nodes on one host (sets NCCL_HOSTID per rank group)")
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
@@ -85,6 +110,12 @@ def check_args(a: argparse.Namespace) -> None:
         raise MoeschedError(f"--emulate-nodes must be at least 1, got {a.emulate_nodes}")
     if a.record_routing is not None:
         check_outputs({"--record-routing": a.record_routing}, {"--plan": a.plan})
+    if a.placements is not None:
+        taken = [f for f, on in (("--trace", a.trace is not None), ("--record-routing", a.record_routing is not None),
+                                 ("--issue threads", a.issue == "threads")) if on]
+        if taken:
+            raise MoeschedError(f"--placements runs the placed model's own step, which has no {taken[0]} "
+                                "(leave it out)")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -225,17 +256,54 @@ def _main(argv: list[str] | None) -> int:
         plan: object = Plan.load(a.plan)
     except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement below
         plan = errors.describe(e, with_rank=False)
-    refusal = trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
-    if isinstance(plan, Plan) and plan.layout is not None and (cuda or a.trace or a.record_routing):
-        refusal = (f"plan {a.plan}: {plan.layout.label()} layout plans run one checked step on gloo/CPU only "
-                   "(--backend gloo; no --trace, no --record-routing)")
+    sched, refusal = _refusal(a, plan, rank, world, cuda)
     err = agree(plan, world, a.emulate_nodes, refusal)
     code = errors.fail(err) if err is not None else \
+        _run_placed(a, plan, sched, rank, world, cuda) if sched is not None else \
         _run_layout(a, plan, rank) if plan.layout is not None else _run(a, plan, rank, world, cuda)
     dist.barrier()  # no rank tears the group down while a peer still uses it
     watchdog.finish()  # a failure above ended the process (errors.guarded): this rank is done
     dist.destroy_process_group()
     return code
+
+
+def _refusal(a: argparse.Namespace, plan: object, rank: int, world: int, cuda: bool
+             ) -> tuple["PlacementSchedule | None", str | None]:
+    """This rank's placement schedule (None without --placements) and its reason to refuse
+    the run, or None (:func:`agree` tells every rank)."""
+    from moesched.plan import Plan
+    if not isinstance(plan, Plan):
+        return None, None  # the plan's own load error is what every rank reports
+    if a.placements is not None:
+        from executor.placerun import load_for
+        try:
+            return load_for(plan, a.placements, world), None
+        except Exception as e:  # noqa: BLE001 - every rank learns why in the agreement
+            return None, errors.describe(e, with_rank=False)
+    if plan.layout is not None and (cuda or a.trace or a.record_routing):
+        return None, (f"plan {a.plan}: {plan.layout.label()} layout plans run one checked step on gloo/CPU only "
+                      "(--backend gloo; no --trace, no --record-routing)")
+    return None, trace_path_problem(a.trace, a.plan) if a.trace is not None and rank == 0 else None
+
+
+def _run_placed(a: argparse.Namespace, plan: "Plan", sched: "PlacementSchedule", rank: int, world: int,
+                cuda: bool) -> int:
+    """Train following the placement schedule (:mod:`executor.placerun`); rank 0 prints the
+    median step time, the throughput and the changes applied."""
+    import torch
+
+    from executor.layers import TORCH_DTYPES
+    from executor.placerun import train
+    m = plan.model
+    dev, dtype = (torch.device("cuda"), TORCH_DTYPES[m.dtype]) if cuda else (torch.device("cpu"), torch.float32)
+    res = train(plan, sched, rank, world, a.warmup, a.steps, a.seed, dev, dtype)
+    if rank == 0:
+        med = statistics.median(res.times_s)
+        print(f"executor: {plan.policy} {m.name} {plan.cluster.label()} placed ({sched.policy}): median step "
+              f"{med * 1e3:.3f} ms, {world * m.tokens / med:,.0f} tokens/s, loss {res.loss:.6f} "
+              f"({a.steps} steps after {a.warmup} warm-up)", flush=True)
+        print(f"executor: {res.report()}", flush=True)
+    return 0
 
 
 def _run_layout(a: argparse.Namespace, plan, rank: int) -> int:

@@ -85,6 +85,20 @@ class Knobs:
                 raise MoeschedError(f"knobs: {key} must be a string, got {d[key]!r:.60}")
         return cls(**d)
 
+    def chunking(self) -> str | None:
+        """What cuts or reshapes the step beyond the one unchunked step (pipeline degree 1 in
+        every layer, one gradient all-reduce after backward, a flat all-to-all), or None.
+        ``grad_sync``, ``at_chunked`` and ``serialize`` change nothing at degree 1 and one
+        bucket: the only bucket waits for the whole backward either way."""
+        deep = sorted({r for r in self.r_fwd + self.r_bwd if r > 1})
+        if deep:
+            return f"pipeline degree {', '.join(map(str, deep))} (r_fwd {list(self.r_fwd)}, r_bwd {list(self.r_bwd)})"
+        if self.grad_chunk_bytes is not None:
+            return f"gradient chunks of {self.grad_chunk_bytes} bytes"
+        if self.a2a != "flat":
+            return f"the {self.a2a} all-to-all"
+        return None
+
     def check(self, layers: int, tokens: int, micro_batch: int) -> None:
         """Raise if the knobs do not fit a model of ``layers`` layers, ``tokens`` tokens and
         ``micro_batch`` samples per rank."""

@@ -11,7 +11,8 @@ Format (JSON, version 1, exact keys)::
 ``changes`` are in increasing step order; the first is step 0 (the starting placement).
 Before step s the placement of that change takes effect (``moesched placement
 --schedule-out``); ``executor.placecheck --schedule`` trains with it and checks it against
-the never-moved reference. Every placement is checked (:meth:`Placement.check`): a bad
+the never-moved reference, ``executor.run --plan P --placements`` trains the plan's model
+with it and measures the steps and the changes. Every placement is checked (:meth:`Placement.check`): a bad
 file is one line, exit 2.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from moesched.errors import MoeschedError
 from moesched.fileio import PathLike, read_json, write_json
+from moesched.models import MoEModel
 from moesched.placement import Placement
 
 FORMAT = "moesched.placements"
@@ -62,6 +64,15 @@ class PlacementSchedule:
     def at(self, step: int) -> tuple[Placement, ...] | None:
         """The placements that take effect before ``step``, or None when none changes there."""
         return next((layers for s, layers in self.changes if s == step), None)
+
+    def check_job(self, ranks: int, model: MoEModel | None = None, where: str = "placement schedule") -> None:
+        """One-line MoeschedError unless the schedule is for a job of ``ranks`` ranks and, given
+        ``model``, places its experts in every one of its layers."""
+        if self.ranks != ranks:
+            raise MoeschedError(f"{where} is for {self.ranks} ranks, this job has {ranks}")
+        if model is not None and (self.experts, self.layers) != (model.experts, model.layers):
+            raise MoeschedError(f"{where} places {self.experts} experts in {self.layers} layers, the plan's model "
+                                f"{model.name} has {model.experts} experts in {model.layers} layers")
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "policy": self.policy, "experts": self.experts,
