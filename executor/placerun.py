@@ -70,14 +70,11 @@ class PlacedRun:
 
 def load_for(plan: Plan, path: str, world: int) -> PlacementSchedule:
     """The placement schedule at ``path``, checked against ``plan`` and a job of ``world``
-    ranks; one-line MoeschedError for a schedule or a plan a placement run cannot follow."""
+    ranks; one-line MoeschedError for a schedule or a plan a placement run cannot follow.
+    The plan's knobs are not followed: the placed step is unchunked (:func:`unchunked_note`)."""
     if plan.layout is not None:
         raise MoeschedError(f"--placements: this is a {plan.layout.label()} layout plan; placements run "
                             "expert-parallel plans only")
-    chunked = plan.knobs.chunking()
-    if chunked is not None:
-        raise MoeschedError(f"--placements runs the unchunked step (pipeline degree 1, one gradient bucket, "
-                            f"flat all-to-all); this plan has {chunked}")
     what = model_problem(plan.model)
     if what is not None:
         raise MoeschedError(f"--placements: the placed model does not run {what} of {plan.model.name}")
@@ -87,6 +84,16 @@ def load_for(plan: Plan, path: str, world: int) -> PlacementSchedule:
     sched = PlacementSchedule.load(path)
     sched.check_job(world, plan.model, where=f"placement schedule {path}")
     return sched
+
+
+def unchunked_note(plan: Plan) -> str | None:
+    """The line that says which of the plan's knobs the unchunked placed step leaves out
+    (pipeline degree, gradient chunks, hierarchical all-to-all), or None."""
+    chunked = plan.knobs.chunking()
+    if chunked is None:
+        return None
+    return (f"note: the placed step is unchunked (pipeline degree 1, one gradient all-reduce, flat all-to-all); "
+            f"not applied: the plan's {chunked}")
 
 
 def placed_adam(m: MoEModel, placements: Sequence[Placement], rank: int, world: int, seed: int = 0,

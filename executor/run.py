@@ -8,7 +8,8 @@ ranks gathered) with ``--trace``, and the routing of every step (warm-up include
 routing trace with ``--record-routing`` (:mod:`executor.routing_record`; docs/formats.md).
 
 ``--placements SCHEDULE`` (a placement schedule, ``moesched placement --schedule-out``)
-trains the plan's model with its experts placed and moved as the schedule says
+trains the plan's model, unchunked (rank 0 first names the plan's knobs that are so left
+out: pipeline degree, gradient chunks, hierarchical all-to-all), with its experts placed and moved as the schedule says
 (:mod:`executor.placerun`: :class:`executor.placement.PlacedMoE`, the unchunked
 :class:`executor.placement_step.PlacedStep` and Adam) instead of the planned step. Steps
 count from 0 with the warm-up: 0..W-1 are the ``--warmup`` steps, W..W+N-1 the timed ones,
@@ -18,9 +19,7 @@ schedule's (a change at step W+N or later is never applied and is listed), the e
 moved (replicas copied) and each change's time (ms, the slowest rank's; the step times
 leave the changes and the Adam update out). Refused on every rank before any step: a
 schedule that is missing or malformed, for another number of ranks, or for other experts
-or layers than the plan's model; a plan that chunks the step (pipeline degree above 1,
-gradient chunks, the hierarchical all-to-all), a layout plan, a plan with expert data
-parallelism, and a model with dense layers, expert-choice routing, auxiliary router
+or layers than the plan's model; a layout plan, a plan with expert data parallelism, and a model with dense layers, expert-choice routing, auxiliary router
 losses or deepseek_v3 bias updates; ``--trace``, ``--record-routing`` and ``--issue threads``
 with ``--placements`` are refused with the other flags.
 
@@ -293,8 +292,11 @@ def _run_placed(a: argparse.Namespace, plan: "Plan", sched: "PlacementSchedule",
     import torch
 
     from executor.layers import TORCH_DTYPES
-    from executor.placerun import train
+    from executor.placerun import train, unchunked_note
     m = plan.model
+    note = unchunked_note(plan)
+    if rank == 0 and note is not None:
+        print(f"executor: {note}", flush=True)
     dev, dtype = (torch.device("cuda"), TORCH_DTYPES[m.dtype]) if cuda else (torch.device("cpu"), torch.float32)
     res = train(plan, sched, rank, world, a.warmup, a.steps, a.seed, dev, dtype)
     if rank == 0:

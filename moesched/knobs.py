@@ -96,7 +96,7 @@ class Knobs:
         if self.grad_chunk_bytes is not None:
             return f"gradient chunks of {self.grad_chunk_bytes} bytes"
         if self.a2a != "flat":
-            return f"the {self.a2a} all-to-all"
+            return f"{self.a2a} all-to-all"
         return None
 
     def check(self, layers: int, tokens: int, micro_batch: int) -> None:
