@@ -17,6 +17,13 @@ shipped profile, 1 x 4 H200) and reports, as totals (s) and fractions of the ide
 A replica costs its gradient all-reduce every step (printed), which is compared with the
 whole gap to the ideal per layer and step. Every grouping of the experts is enumerated
 (up to relabelling the ranks): meant for small layers (8 experts on 4 ranks).
+
+Two more rows price, with migrations free, the hindsight persistent grouping (4) as is and
+(5) with each layer's hottest expert (by the mean load before the first decision) split in
+two shards on two ranks, as tensor parallelism splits an expert's hidden dimension: each
+shard computes half the FLOPs of all the expert's copies, its rank receives all of them,
+and no gradient is all-reduced (the shards' weights are disjoint). No policy or executor
+shards experts; this bounds what doing so could add.
 """
 from __future__ import annotations
 
@@ -61,6 +68,18 @@ def layer_us(cost: PlacementCost, group: Sequence[int], loads: Sequence[float], 
     return cost.compute_us(top) + cost.a2a_us(max(top, cost.sent_copies))
 
 
+def split_layer_us(cost: PlacementCost, group: Sequence[int], loads: Sequence[float], ranks: int,
+                   hot: int) -> float:
+    """µs of one layer with expert e on rank group[e] and expert ``hot``'s second shard on
+    group[len(loads)]: each shard computes half of its copies and receives all of them."""
+    comp, recv = [0.0] * ranks, [0.0] * ranks
+    for i, g in enumerate(group):
+        e = hot if i == len(loads) else i
+        comp[g] += loads[e] / (2 if e == hot else 1)
+        recv[g] += loads[e]
+    return cost.compute_us(max(comp)) + cost.a2a_us(max(max(recv), cost.sent_copies))
+
+
 def cheapest_move_us(cost: PlacementCost, base: Placement, group: Sequence[int], slots: int) -> float:
     """Migration from ``base`` to ``group`` under the labelling of ranks that moves least."""
     R = base.ranks
@@ -88,12 +107,19 @@ def main() -> None:
     static = dense + sum(cost.layer(base, n).total_us for s in loads for n in s)
     ideal = dense + sum(cost.ideal(n).total_us for s in loads for n in s)
     persistent, oracle = static, dense
+    free, split = static, static
+    groups9 = list(groupings(E + 1, R, slots))
     for l in range(L):
         col = [s[l] for s in loads]
         keep = sum(cost.layer(base, n).total_us for n in col[a.interval:])
         best = min(groups, key=lambda g: sum(layer_us(cost, g, n, R) for n in col[a.interval:]))
         gain = keep - sum(layer_us(cost, best, n, R) for n in col[a.interval:])
         persistent -= max(0.0, gain - cheapest_move_us(cost, base, best, slots))
+        free -= max(0.0, gain)
+        hot = max(range(E), key=lambda e: sum(n[e] for n in col[:a.interval]))
+        shards = min(sum(split_layer_us(cost, g, n, R, hot) for n in col[a.interval:])
+                     for g in groups9 if g[hot] != g[E])
+        split -= max(0.0, keep - min(shards, keep - gain))
         oracle += sum(min(layer_us(cost, g, n, R) for g in groups) for n in col)
     print(f"{a.model} on {a.routing}: {T} steps, {L} layers, {E} experts on {R} ranks, {slots} slots, "
           f"{len(groups)} groupings")
@@ -103,7 +129,7 @@ def main() -> None:
     one = Placement.of([[0, 1]] + [[e // (E // R)] for e in range(1, E)], R, slots)
     print(f"one expert's migration (parameters + Adam state): {cost.migrate_us(base, one) / 1e3:.1f} ms")
     for name, us in (("static", static), ("hindsight persistent", persistent), ("per-step oracle", oracle),
-                     ("ideal", ideal)):
+                     ("hindsight, free moves", free), ("+ hottest split in two", split), ("ideal", ideal)):
         print(f"  {name:22s} {us / 1e6:7.3f} s  {ideal / us:6.1%} of ideal")
 
 
