@@ -314,6 +314,11 @@ class MoEModel:
         raise MoeschedError(f"unknown model preset {name!r}{hint}")
 
 
+def dtype_of_shape(shape: str) -> str:
+    """The model dtype of a shape key (:meth:`MoEModel.shape_key`): its last field."""
+    return shape.rsplit("-", 1)[-1]
+
+
 def _p(**kw: Any) -> MoEModel:
     return MoEModel(**kw)
 

@@ -4,7 +4,9 @@ The profiler (:mod:`executor.profiling.ops`) times GEMMs, grouped expert GEMMs, 
 and memory-bound kernels over grids per dtype; a task of any model shape then costs the sum
 of its operators (:func:`moesched.ops.task_ops`), each interpolated in its table, times a
 per-kind correction fitted on the profiled shapes' measured tasks
-(:func:`moesched.costs.fit.fit_correction`: what the recipe leaves out, such as launch gaps between kernels).
+(:func:`moesched.costs.fit.fit_correction`: what the recipe leaves out, such as launch gaps between kernels),
+times the in-situ factor of that kind for that dtype where the profile has one
+(:mod:`moesched.costs.calibrate`).
 
 Profile section (optional key ``ops``)::
 
@@ -13,10 +15,16 @@ Profile section (optional key ``ops``)::
                                "attention": [[bh, seq, head_dim, causal, backward, us], ...],
                                "mem": {CLASS: [[bytes, us], ...], ...}}, ...},
             "correction": {KIND: {"alpha_us": a, "scale": s}, ...},
+            "insitu": {DTYPE: {KIND: factor, ...}, ...},   # optional
             "runs_as": "fp32"}      # optional: the device runs every model in this dtype (CPU)
 
 DTYPE is a model dtype (bf16, fp16, fp32); CLASS one of :data:`moesched.ops.MEM_CLASSES`;
-booleans are 0/1.
+booleans are 0/1. A task of KIND composed in DTYPE's tables costs
+``insitu[DTYPE][KIND] * (alpha_us + scale * sum of its operators' µs)``: ``insitu``
+(factors in (0, 1000], each DTYPE one of ``tables``) holds the in-situ factors measured on
+shapes of that dtype (:func:`moesched.costs.calibrate.apply_factors`); a kind or dtype
+without one is unscaled. Profiles calibrated before it folded one factor per kind into
+``correction`` for every dtype.
 
 **Interpolation.** Each table is a grid over its size axes (GEMM: m, n, k; grouped:
 groups, rows, n, k; attention: bh, seq, head_dim; memory: bytes). Between grid values the
@@ -229,13 +237,34 @@ class DtypeTables:
         raise TypeError(f"unknown operator {op!r}")
 
 
+#: In-situ factors per dtype of the tables and compute kind: {dtype: {kind: factor}}.
+InsituFactors = dict[str, dict[str, float]]
+
+
+def _insitu(d: Any, tables: dict[str, DtypeTables]) -> InsituFactors:
+    """The ``insitu`` key, validated: dtypes of ``tables`` to kinds to factors in (0, 1000]."""
+    if not isinstance(d, dict) or not set(d) <= set(tables):
+        raise MoeschedError(f"profile: ops.insitu must map dtypes of ops.tables {sorted(tables)} to {{kind: factor}}")
+    out: InsituFactors = {}
+    for dt, by in d.items():
+        if not isinstance(by, dict) or not set(by) <= set(ALL_COMPUTE_KINDS):
+            raise MoeschedError(f"profile: ops.insitu.{dt} must map kinds {list(ALL_COMPUTE_KINDS)} to factors")
+        for k, f in by.items():
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1e3:
+                raise MoeschedError(f"profile: ops.insitu.{dt}.{k} must be a factor in (0, 1000], not {f!r}")
+        out[dt] = {k: float(f) for k, f in by.items()}
+    return out
+
+
 @dataclass
 class OpTables:
-    """A profile's ``ops`` section: tables per dtype and the per-kind correction."""
+    """A profile's ``ops`` section: tables per dtype, the per-kind correction and the
+    in-situ factors per dtype and kind (dimensionless)."""
 
     tables: dict[str, DtypeTables]
     correction: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (alpha µs, scale)
     runs_as: str | None = None
+    insitu: InsituFactors = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "OpTables":
@@ -246,8 +275,8 @@ class OpTables:
 
     @classmethod
     def _parse(cls, d: Any) -> "OpTables":
-        if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "runs_as"}:
-            raise MoeschedError("profile: ops must have keys tables[, correction, runs_as]")
+        if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "runs_as", "insitu"}:
+            raise MoeschedError("profile: ops must have keys tables[, correction, runs_as, insitu]")
         if not isinstance(d["tables"], dict) or not d["tables"] or not set(d["tables"]) <= set(DTYPES):
             raise MoeschedError(f"profile: ops.tables must map dtypes {list(DTYPES)} to tables")
         tables = {k: DtypeTables.from_dict(v, f"ops.tables.{k}") for k, v in d["tables"].items()}
@@ -264,7 +293,7 @@ class OpTables:
         runs_as = d.get("runs_as")
         if runs_as is not None and runs_as not in tables:
             raise MoeschedError("profile: ops.runs_as must name a dtype of ops.tables")
-        return cls(tables, corr, runs_as)
+        return cls(tables, corr, runs_as, _insitu(d.get("insitu", {}), tables))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"tables": {k: t.to_dict() for k, t in self.tables.items()}}
@@ -272,6 +301,8 @@ class OpTables:
             d["correction"] = {k: {"alpha_us": a, "scale": s} for k, (a, s) in self.correction.items()}
         if self.runs_as:
             d["runs_as"] = self.runs_as
+        if self.insitu:
+            d["insitu"] = {dt: dict(by) for dt, by in self.insitu.items()}
         return d
 
     def run_dtype(self, model_dtype: str) -> str | None:
@@ -285,12 +316,14 @@ class OpTables:
         return sum(t.op_us(o) for o in ops)
 
     def task_us(self, kind: str, dtype: str, ops: Sequence[Op]) -> float:
-        """µs of a task of ``kind`` made of ``ops``: the corrected sum (0 with no operators)."""
+        """µs of a task of ``kind`` made of ``ops`` in ``dtype``'s tables: the corrected sum
+        times the in-situ factor of (``dtype``, ``kind``) if any (0 with no operators)."""
         raw = self.ops_us(dtype, ops)
         if raw <= 0:
             return 0.0
         a, s = self.correction.get(kind, (0.0, 1.0))
-        return a + s * raw
+        f = self.insitu.get(dtype, {}).get(kind)
+        return a + s * raw if f is None else f * (a + s * raw)
 
     def work_us(self, kind: str, flops: float, model: "MoEModel", ep: int = 1) -> float:
         """µs of a ``kind`` task doing ``flops`` FLOPs of ``model`` (EP size ``ep``), composed
@@ -314,9 +347,25 @@ class OpTables:
         return self.ops_us(dtype, saved_concat_ops(model, copies_of("expert_dx", model, flops), 4 if cpu else None))
 
     def scaled(self, factors: dict[str, float]) -> "OpTables":
-        """A copy with kind k's correction multiplied by factors[k] (in-situ factors)."""
+        """A copy with kind k's correction multiplied by factors[k], for every dtype (the
+        in-situ rule of profiles calibrated before :attr:`insitu`)."""
         corr = dict(self.correction)
         for k, f in factors.items():
             a, s = corr.get(k, (0.0, 1.0))
             corr[k] = (a * f, s * f)
-        return OpTables(self.tables, corr, self.runs_as)
+        return OpTables(self.tables, corr, self.runs_as, self.insitu)
+
+    def with_insitu(self, factors: InsituFactors, undo: bool = False) -> "OpTables":
+        """A copy with :attr:`insitu` [dtype][kind] multiplied by factors[dtype][kind]
+        (``undo``: divided); a factor that comes to exactly 1 is dropped, so undoing what
+        was applied gives the tables back as they were."""
+        out = {dt: dict(by) for dt, by in self.insitu.items()}
+        for dt, by in factors.items():
+            mine = out.setdefault(dt, {})
+            for k, f in by.items():
+                v = mine.get(k, 1.0) / f if undo else mine.get(k, 1.0) * f
+                if v == 1.0:
+                    mine.pop(k, None)
+                else:
+                    mine[k] = v
+        return OpTables(self.tables, self.correction, self.runs_as, {dt: by for dt, by in out.items() if by})

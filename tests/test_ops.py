@@ -128,6 +128,13 @@ def test_precedence_and_dtypes() -> None:
     assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) > bf   # fp32 tables are slower
     assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp16")) == pytest.approx(5.0 + 1e3)  # no table
     assert p.compute_us("attn_fwd", fl) == pytest.approx(5.0 + 1e3)                # no model: the line
+    fp = p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32"))
+    d = p.to_dict()["ops"]
+    q = _profile(dict(d, insitu={"bf16": {"attn_fwd": 1.3}}))   # an in-situ factor of bf16 only
+    assert q.to_dict()["ops"]["insitu"] == {"bf16": {"attn_fwd": 1.3}}
+    assert q.compute_us("attn_fwd", fl, None, m) == pytest.approx(1.3 * bf)
+    assert q.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) == pytest.approx(fp)
+    assert q.ops.with_insitu({"bf16": {"attn_fwd": 1.3}}, undo=True).to_dict() == d
     curve = _profile({"tables": {"bf16": TABLES}}, shapes={m.shape_key(): {"attn_fwd": {"alpha_us": 7.0,
                                                                                          "beta_us_per_unit": 0.0}}})
     assert curve.compute_us("attn_fwd", fl, m.shape_key(), m) == 7.0              # the shape's curve first
@@ -143,6 +150,15 @@ def test_precedence_and_dtypes() -> None:
     ({"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": -1}}}, "ops.correction"),
     ({"tables": {"bf16": TABLES}, "runs_as": "fp32"}, "runs_as"),
     ({"tables": {"bf16": TABLES}, "extra": 1}, "ops must have keys"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"fp32": {"expert_fwd": 1.1}}}, "ops.insitu must map dtypes"),
+    ({"tables": {"bf16": TABLES}, "insitu": []}, "ops.insitu must map dtypes"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert": 1.1}}}, "ops.insitu.bf16 must map kinds"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": 1.1}}, "ops.insitu.bf16 must map kinds"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert_fwd": 0}}}, "ops.insitu.bf16.expert_fwd"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert_fwd": -1.2}}}, "ops.insitu.bf16.expert_fwd"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert_fwd": 1001}}}, "ops.insitu.bf16.expert_fwd"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert_fwd": True}}}, "ops.insitu.bf16.expert_fwd"),
+    ({"tables": {"bf16": TABLES}, "insitu": {"bf16": {"expert_fwd": "1.1"}}}, "ops.insitu.bf16.expert_fwd"),
 ])
 def test_malformed_ops_is_one_error(bad: dict, word: str) -> None:
     with pytest.raises(MoeschedError) as e:
@@ -176,7 +192,8 @@ def test_mutated_ops_sections_price_or_fail_in_one_line() -> None:
     import random
     from moesched import work
     rnd = random.Random(7)
-    base = {"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}}
+    base = {"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}},
+            "insitu": {"bf16": {"attn_fwd": 1.2, "expert_fwd": 0.9}}}
     m = _model(seq_len=16, micro_batch=4)
     for _ in range(300):
         d = copy.deepcopy(base)

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import replace
 from typing import Any, Sequence
 
-from moesched.costs.calibrate import MIN_SHAPES_KEY, with_host
+from moesched.costs.calibrate import MIN_SHAPES_KEY, PER_DTYPE_KEY, with_host
 from moesched.costs.fit import fit, fit_line, rel_err_pct
 from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
@@ -158,14 +158,14 @@ def refit(prof: Profile) -> Profile:
     samples = meta.pop("samples", None)
     if not samples or "compute" not in samples or "comm" not in samples:
         raise MoeschedError(f"profile {prof.name} keeps no raw samples to refit")
-    for k in ("fits", "replay", "overhead_us", UNEVEN, "insitu_compute", MIN_SHAPES_KEY):
+    for k in ("fits", "replay", "overhead_us", UNEVEN, "insitu_compute", MIN_SHAPES_KEY, PER_DTYPE_KEY):
         meta.pop(k, None)
     shape_of = meta.get("shape_of") or {}
     out = profile_from_samples(prof.name, prof.description, prof.hardware, meta,
                                [tuple(r) for r in samples["compute"]], [tuple(r) for r in samples["comm"]],
                                prof.compute_slowdown, prof.comm_slowdown, meta.get("duration_s"), shape_of)
-    # operator tables are kept as measured; their correction without the in-situ factors,
-    # which with_host applies again
+    # operator tables are kept as measured; their correction without the in-situ factors
+    # (undone by the rules prof was calibrated with), which with_host applies again
     from moesched.costs.calibrate import apply_factors
     ops = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True).ops if prof.ops else None
     out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops, dep=prof.dep)  # dep: as measured

@@ -15,12 +15,27 @@ collective waits for the slowest rank. Three corrections come from the calibrati
   (:func:`compute_factors`), over tasks issued in full before the GPU reached them (so not
   waiting for the host, which the host model prices) and with no collective beside them
   (so not slowed by interference, which ``compute_slowdown`` prices).
-  That shape's costs of the kind are scaled by it; the per-kind fallback costs (line and
-  operator composition, :mod:`moesched.optables`) by the median over shapes. An expert_dx
-  factor so carries the layer's one-chunk copy of its saved activations; a layer run in
-  several forward chunks is charged that copy apart (:func:`saved_copy_us`). ``attn_fwd`` is left alone: its profile cost carries the
-  routing-count exchange (``meta.count_exchange_us``), which its GPU interval in a step
-  does not hold.
+  That shape's costs of the kind are scaled by it. An expert_dx factor so carries the
+  layer's one-chunk copy of its saved activations; a layer run in several forward chunks
+  is charged that copy apart (:func:`saved_copy_us`). ``attn_fwd`` is left alone: its
+  profile cost carries the routing-count exchange (``meta.count_exchange_us``), which its
+  GPU interval in a step does not hold.
+
+**Fallback factors.** The per-kind fallback costs, which price shapes the profile did not
+measure, take a median factor over shapes, where at least :data:`MIN_SHAPES` shapes have
+one of the kind:
+
+* the operator composition (:mod:`moesched.optables`) of a dtype, the median over the
+  shapes that ran in it, for that dtype's tables only (``ops.insitu``). A factor is the
+  dtype's trait as much as the shape's: interference, launch gaps and clocks under load
+  weigh differently against kernels of another length. A dtype without calibrated shapes
+  (fp32 where bf16 shapes were profiled) keeps the micro-benchmark correction alone;
+* the FLOPs line ``compute[kind]``, the median over all shapes: it is fitted on the
+  profiled shapes' micro-benchmarks whatever their dtype, and prices by FLOPs alone.
+
+Profiles keep the rule they were calibrated with: without ``meta.insitu_per_dtype`` the
+median over all shapes scaled every dtype's ``ops.correction``; without
+``meta.insitu_min_shapes`` one shape sufficed (:func:`apply_factors` undoes each so).
 
 The rows are kept in ``meta.samples`` so that :func:`moesched.costs.build.refit` can redo all this.
 """
@@ -28,11 +43,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from moesched import work
 from moesched.costs.fit import fit_cost
 from moesched.costs.host import fit_host
+from moesched.models import dtype_of_shape
+from moesched.optables import InsituFactors
 from moesched.profile import Cost, Profile
 
 if TYPE_CHECKING:
@@ -53,6 +70,11 @@ MIN_SAMPLES = 3  # fewer in-situ tasks of a (shape, kind) leave its cost as benc
 #: GPU's power limit; results/h200x1/insitu-chunks), not the kind's.
 MIN_SHAPES = 2
 MIN_SHAPES_KEY = "insitu_min_shapes"
+#: Meta key marking a profile whose operator composition takes in-situ factors per dtype
+#: (``ops.insitu``); profiles without it scaled every dtype's ``ops.correction``.
+PER_DTYPE_KEY = "insitu_per_dtype"
+#: The group of :func:`median_factors` that pools every shape (the FLOPs line's).
+ALL_SHAPES = "*"
 
 
 def compute_factors(prof: Profile, rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -85,23 +107,53 @@ def min_shapes_of(prof: Profile) -> int:
     return int(prof.meta.get(MIN_SHAPES_KEY, 1))
 
 
+def per_dtype_of(prof: Profile) -> bool:
+    """Whether ``prof`` was calibrated with per-dtype operator factors (``meta.insitu_per_dtype``)."""
+    return bool(prof.meta.get(PER_DTYPE_KEY, False))
+
+
+def table_dtype(prof: Profile, shape: str) -> str | None:
+    """The dtype of ``prof``'s operator tables that a shape's tasks run in (its model dtype,
+    or ``ops.runs_as``), or None where ``prof`` has no tables for it."""
+    return prof.ops.run_dtype(dtype_of_shape(shape)) if prof.ops is not None else None
+
+
+def median_factors(factors: dict[str, dict[str, dict[str, float]]], least: int,
+                   group: Callable[[str], str | None]) -> InsituFactors:
+    """{group: {kind: median factor}} over the shapes of each group (``group(shape)``; None:
+    in none) that have a factor of the kind, where at least ``least`` shapes have one."""
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for shape, by in factors.items():
+        g = group(shape)
+        if g is not None:
+            for kind, f in by.items():
+                pooled.setdefault(g, {}).setdefault(kind, []).append(f["factor"])
+    out = {g: {k: statistics.median(v) for k, v in by.items() if len(v) >= least} for g, by in pooled.items()}
+    return {g: by for g, by in out.items() if by}
+
+
 def apply_factors(prof: Profile, factors: dict[str, dict[str, dict[str, float]]], undo: bool = False,
-                  min_shapes: int | None = None) -> Profile:
+                  min_shapes: int | None = None, per_dtype: bool | None = None) -> Profile:
     """``prof`` with each measured (shape, kind) cost scaled by its factor and each per-kind
-    fallback cost by the median factor of that kind over shapes, where at least
-    ``min_shapes`` shapes have one (default: the rule ``prof`` was calibrated with,
-    :func:`min_shapes_of`); ``undo`` divides instead."""
+    fallback cost by a median factor of that kind (module docstring), where at least
+    ``min_shapes`` shapes have one: the FLOPs line by the median over all shapes; the
+    operator tables of a dtype by the median over that dtype's shapes (``per_dtype``), or
+    every dtype's by the median over all shapes (profiles calibrated before). Defaults: the
+    rules ``prof`` was calibrated with (:func:`min_shapes_of`, :func:`per_dtype_of`);
+    ``undo`` divides instead."""
     shapes = {s: dict(by) for s, by in prof.shapes.items()}
-    per_kind: dict[str, list[float]] = {}
     for shape, by in factors.items():
         for kind, f in by.items():
             shapes[shape][kind] = scaled(shapes[shape][kind], 1.0 / f["factor"] if undo else f["factor"])
-            per_kind.setdefault(kind, []).append(f["factor"])
     least = min_shapes_of(prof) if min_shapes is None else min_shapes
-    median = {k: statistics.median(v) for k, v in per_kind.items() if len(v) >= least}
-    compute = {k: (scaled(c, 1.0 / median[k] if undo else median[k]) if k in median else c)
+    line = median_factors(factors, least, lambda s: ALL_SHAPES).get(ALL_SHAPES, {})
+    compute = {k: (scaled(c, 1.0 / line[k] if undo else line[k]) if k in line else c)
                for k, c in prof.compute.items()}
-    ops = prof.ops.scaled({k: 1.0 / f if undo else f for k, f in median.items()}) if prof.ops is not None else None
+    ops = prof.ops
+    if ops is not None and (per_dtype_of(prof) if per_dtype is None else per_dtype):
+        ops = ops.with_insitu(median_factors(factors, least, lambda s: table_dtype(prof, s)), undo)
+    elif ops is not None:
+        ops = ops.scaled({k: 1.0 / f if undo else f for k, f in line.items()})
     return replace(prof, shapes=shapes, compute=compute, ops=ops)
 
 
@@ -109,7 +161,8 @@ def without_compute_factors(prof: Profile) -> Profile:
     """``prof`` with the compute factors of ``meta.insitu_compute`` undone: the costs as the
     micro-benchmarks gave them (validation reports its predictions with and without)."""
     out = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True)
-    return replace(out, meta={k: v for k, v in prof.meta.items() if k not in ("insitu_compute", MIN_SHAPES_KEY)})
+    drop = ("insitu_compute", MIN_SHAPES_KEY, PER_DTYPE_KEY)
+    return replace(out, meta={k: v for k, v in prof.meta.items() if k not in drop})
 
 
 def a2a_costs(a2a_rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], Cost]:
@@ -143,9 +196,10 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
     if compute_rows:
         samples["insitu_compute"] = [list(r) for r in compute_rows]
         factors = compute_factors(prof, compute_rows)
-        prof = apply_factors(prof, factors, min_shapes=MIN_SHAPES)
+        prof = apply_factors(prof, factors, min_shapes=MIN_SHAPES, per_dtype=True)
         meta["insitu_compute"] = factors
         meta[MIN_SHAPES_KEY] = MIN_SHAPES
+        meta[PER_DTYPE_KEY] = True
     shapes = {s: dict(by) for s, by in prof.shapes.items()}
     if a2a_rows:
         samples["a2a"] = [list(r) for r in a2a_rows]
@@ -158,11 +212,15 @@ def with_host(prof: Profile, rows: list[Sequence[Any]], lag_us: float,
 def calibrated_in_situ(prof: Profile, kind: str, shape: str) -> bool:
     """Whether ``prof`` prices ``kind`` on ``shape`` with an in-situ factor
     (:func:`apply_factors`): the shape's own where it has its own cost of the kind, else
-    the median over shapes (the per-kind fallback costs), where enough shapes have one."""
+    the median over shapes of the per-kind fallback that prices it, where enough shapes
+    have one: for the operator composition of a per-dtype profile, shapes that run in the
+    same tables' dtype; for the FLOPs line or a profile calibrated before, all shapes."""
     factors = prof.meta.get("insitu_compute") or {}
     if kind in prof.shapes.get(shape, {}):
         return kind in factors.get(shape, {})
-    return sum(kind in by for by in factors.values()) >= min_shapes_of(prof)
+    dtype = table_dtype(prof, shape) if per_dtype_of(prof) else None
+    pool = [by for s, by in factors.items() if dtype is None or table_dtype(prof, s) == dtype]
+    return sum(kind in by for by in pool) >= min_shapes_of(prof)
 
 
 def saved_copy_us(prof: Profile, model: "MoEModel", forward_chunks: int) -> float:
