@@ -108,6 +108,9 @@ def check_placements(placements: Sequence[Placement], m: MoEModel, world: int) -
         raise MoeschedError(f"placement: {len(placements)} layers given, the model has {m.layers}")
     for l, p in enumerate(placements):
         p.check()
+        if any(p.split):
+            raise MoeschedError(f"placement of layer {l}: split experts {[e for e, x in enumerate(p.split) if x]} "
+                                "are not run by the executor yet")
         if p.ranks != world or p.experts != m.experts:
             raise MoeschedError(f"placement of layer {l}: {p.experts} experts on {p.ranks} ranks, the job has "
                                 f"{m.experts} experts on {world} ranks")
