@@ -11,25 +11,30 @@ Forward of one layer on rank r (T tokens, k copies each; copies beyond capacity 
 
 * the copies this rank routes to expert e (token-major order) are split over e's replicas
   in contiguous blocks, block i of n copies = [i n / R, (i+1) n / R) to the i-th replica
-  (ascending rank): tokens of an expert split over its replicas;
+  (ascending rank): tokens of an expert split over its replicas; a *split* expert
+  (``Placement.split``: each of its ranks holds a slice [lo, hi) of the hidden dimension,
+  ``Placement.shard_range``: rows of w1/w3, columns of w2) gets every copy on each of its
+  ranks;
 * one uneven all-to-all (autograd-aware: its backward is the reverse all-to-all) carries
   the rows, sorted by (destination, expert); a count all-to-all tells every receiver how
   many rows of each expert each source sent;
-* each held expert computes its rows; a reverse all-to-all brings the outputs back, and
+* each held expert computes its rows; a reverse all-to-all brings the outputs back, a
+  split expert's partial outputs (one per shard) are summed per copy, and
   y = h + sum_j w_j out_j (+ shared experts), as the reference.
 
 Gradients (:meth:`PlacedStep.reduce`): dense gradients are summed over the world; the
 gradient of expert e is the sum of its replicas' gradients (each saw part of e's copies),
 all-reduced over the process group of e's replicas so that every replica holds the full
 gradient and takes the same optimizer step: replicas stay identical (the ring the cost
-model, :mod:`moesched.placement`, prices).
+model, :mod:`moesched.placement`, prices). A split expert's shards hold disjoint weights:
+no all-reduce.
 
 :meth:`PlacedStep.apply_placement` moves experts between steps: every replica a new
 placement adds is copied, parameters *and* Adam state (``exp_avg``, ``exp_avg_sq``,
 ``step``), from the lowest-ranked current holder (:meth:`Placement.moves`), point to point;
-replicas it
-removes are freed, and the optimizer's parameter groups and state follow, so training
-continues exactly as if nothing moved.
+a split expert's new or changed slices are assembled from the old holders' overlapping rows
+(:mod:`executor.shardmove`); replicas and slices it removes are freed, and the optimizer's
+parameter groups and state follow, so training continues exactly as if nothing moved.
 """
 from __future__ import annotations
 
@@ -125,7 +130,8 @@ def check_placements(placements: Sequence[Placement], m: MoEModel, world: int) -
 
 
 class PlacedMoE(nn.Module):
-    """Blocks of rank ``rank`` of ``world`` with the routed experts ``placements`` give it."""
+    """Blocks of rank ``rank`` of ``world`` with the routed experts ``placements`` give it
+    (of a split expert, this rank's slice of the hidden dimension only)."""
 
     def __init__(self, m: MoEModel, placements: Sequence[Placement], rank: int, world: int, seed: int = 0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
