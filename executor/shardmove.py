@@ -116,7 +116,7 @@ def move_layer(mod: "PlacedMoE", l: int, old: Placement, new: Placement, opt: to
     sent = 0
     for e, d, pieces in move_plan(old, new, H):
         for s, lo, hi in pieces:
-            sent += s != d
+            sent += int(s != d)
             if me not in (s, d):
                 continue
             if me == s:
