@@ -8,7 +8,10 @@ Adam moments of every expert this rank holds, and the dense ones, with
 :class:`executor.layers.ReferenceModel` trained on all ranks' batches with all experts and
 never moved. Rank 0 appends one JSON line per model: {"model", "ok", "max_abs_err",
 "worst", "copied"}. ``--bad`` applies a placement that names an expert twice on one rank
-instead: one ``moesched: error:`` line and exit 2 on every rank. ``--schedule FILE`` follows
+instead: one ``moesched: error:`` line and exit 2 on every rank. ``--split`` follows
+:func:`split_schedule` instead of :func:`schedule`: experts split over ranks (hidden-dimension
+shards of an H of 30, compared with the reference's slice), made whole again and
+resharded. ``--schedule FILE`` follows
 a placement schedule written by ``moesched placement --schedule-out`` (tiny models with its
 experts and layers, at least two steps past its last change; the job's world must be its
 ranks). Exit status 0 when every model matches, 1 when one does not.
@@ -27,7 +30,7 @@ from moesched.placement_schedule import PlacementSchedule
 
 from executor import errors
 from executor.layers import ReferenceModel, make_batch
-from executor.placement import PlacedMoE
+from executor.placement import PlacedMoE, _names, hidden_slice
 from executor.placement_step import PlacedStep
 from executor.placerun import LR, change_before, placed_adam
 from executor.run import rank_and_world
@@ -52,9 +55,29 @@ def schedule(experts: int, world: int) -> list[Placement]:
     return [static, shifted, two, empty]
 
 
-def builtin(m, world: int) -> PlacementSchedule:
-    """:func:`schedule` for every layer of ``m``, changing before the steps of :data:`CHANGES`."""
-    plcs = schedule(m.experts, world)
+def split_schedule(experts: int, world: int) -> list[Placement]:
+    """Static EP; then expert 0 split over ranks 0, 1 (rank 1's static experts stay) and
+    expert 3 replicated on its rank and the next; then expert 0 whole on rank 1 and expert
+    2 split over all ranks; then expert 2 resharded over the last two ranks (on 2 ranks:
+    whole again on rank 0) and expert 1 split over ranks 0, 1."""
+    per = experts // world
+    slots = per + 3
+    home = [e // per for e in range(experts)]
+    static = Placement.static(experts, world, slots)
+    a = Placement.of([[0, 1] if e == 0 else [home[3], (home[3] + 1) % world] if e == 3 else [home[e]]
+                      for e in range(experts)], world, slots, split=[0])
+    b = Placement.of([[1] if e == 0 else list(range(world)) if e == 2 else [home[e]] for e in range(experts)],
+                     world, slots, split=[2])
+    last = [world - 2, world - 1] if world > 2 else [0]
+    c = Placement.of([[1] if e == 0 else last if e == 2 else [0, 1] if e == 1 else [home[e]]
+                      for e in range(experts)], world, slots, split=[1, 2] if world > 2 else [1])
+    return [static, a, b, c]
+
+
+def builtin(m, world: int, split: bool = False) -> PlacementSchedule:
+    """:func:`schedule` (or :func:`split_schedule`) for every layer of ``m``, changing before
+    the steps of :data:`CHANGES`."""
+    plcs = (split_schedule if split else schedule)(m.experts, world)
     return PlacementSchedule("builtin", tuple((s, (p,) * m.layers) for s, p in zip((0,) + CHANGES, plcs)))
 
 
@@ -98,9 +121,11 @@ def _pairs(mod: PlacedMoE, ref: ReferenceModel, what: str, get, get_ref=None) ->
     for l, (mine, theirs) in enumerate(zip(mod.blocks, ref.module.blocks)):
         out += [(f"L{l}.dense{i}.{what}", get(a), get_ref(b)) for i, (a, b) in
                 enumerate(zip(mine.dense_params(), theirs.dense_params()))]
-        for e in mod.placements[l].held()[mod.rank]:
-            out += [(f"L{l}.e{e}.{i}.{what}", get(a), get_ref(b)[e]) for i, (a, b) in
-                    enumerate(zip(mod.expert(l, e), theirs.expert_params()))]
+        plc = mod.placements[l]
+        for e in plc.held()[mod.rank]:
+            lo, hi = plc.shard_range(e, mod.rank, mod.cfg.ffn_hidden)  # a split expert: the reference's slice
+            out += [(f"L{l}.e{e}.{n}.{what}", get(a), hidden_slice(n, get_ref(b)[e], lo, hi)) for n, a, b in
+                    zip(_names(mod.cfg), mod.expert(l, e), theirs.expert_params())]
     return out
 
 
@@ -110,6 +135,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--bad", action="store_true", help="apply a placement naming an expert twice on a rank")
+    ap.add_argument("--split", action="store_true",
+                    help="the built-in schedule with split experts (hidden-dimension shards) instead")
     ap.add_argument("--schedule", default=None,
                     help="follow this placement schedule (moesched placement --schedule-out) instead of the built-in one")
     a = ap.parse_args(argv)
@@ -121,6 +148,8 @@ def _main(argv: list[str] | None) -> int:
     dist.init_process_group("gloo")
     try:
         shape = dict(experts=given.experts, layers=given.layers) if given else dict(experts=2 * world)
+        if a.split:
+            shape["ffn_hidden"] = 30  # uneven shards over 4 ranks (8, 8, 7, 7), 15 + 15 over 2
         models = [("swiglu-shared", tiny_model(**shape, expert_kind="swiglu", shared_experts=1)),
                   ("gelu-capacity", tiny_model(**shape, capacity_factor=1.0))]
         if a.bad:
@@ -130,7 +159,7 @@ def _main(argv: list[str] | None) -> int:
             PlacedStep(mod).apply_placement([bad] * m.layers)
         good = True
         for label, m in models:
-            sched = given or builtin(m, world)
+            sched = given or builtin(m, world, a.split)
             steps = max(a.steps, sched.changes[-1][0] + 2) if given else a.steps
             r = check(label, m, rank, world, steps, a.tol, sched)
             good &= r["ok"]

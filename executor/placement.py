@@ -11,25 +11,30 @@ Forward of one layer on rank r (T tokens, k copies each; copies beyond capacity 
 
 * the copies this rank routes to expert e (token-major order) are split over e's replicas
   in contiguous blocks, block i of n copies = [i n / R, (i+1) n / R) to the i-th replica
-  (ascending rank): tokens of an expert split over its replicas;
+  (ascending rank): tokens of an expert split over its replicas; a *split* expert
+  (``Placement.split``: each of its ranks holds a slice [lo, hi) of the hidden dimension,
+  ``Placement.shard_range``: rows of w1/w3, columns of w2) gets every copy on each of its
+  ranks;
 * one uneven all-to-all (autograd-aware: its backward is the reverse all-to-all) carries
   the rows, sorted by (destination, expert); a count all-to-all tells every receiver how
   many rows of each expert each source sent;
-* each held expert computes its rows; a reverse all-to-all brings the outputs back, and
+* each held expert computes its rows; a reverse all-to-all brings the outputs back, a
+  split expert's partial outputs (one per shard) are summed per copy, and
   y = h + sum_j w_j out_j (+ shared experts), as the reference.
 
 Gradients (:meth:`PlacedStep.reduce`): dense gradients are summed over the world; the
 gradient of expert e is the sum of its replicas' gradients (each saw part of e's copies),
 all-reduced over the process group of e's replicas so that every replica holds the full
 gradient and takes the same optimizer step: replicas stay identical (the ring the cost
-model, :mod:`moesched.placement`, prices).
+model, :mod:`moesched.placement`, prices). A split expert's shards hold disjoint weights:
+no all-reduce.
 
 :meth:`PlacedStep.apply_placement` moves experts between steps: every replica a new
 placement adds is copied, parameters *and* Adam state (``exp_avg``, ``exp_avg_sq``,
 ``step``), from the lowest-ranked current holder (:meth:`Placement.moves`), point to point;
-replicas it
-removes are freed, and the optimizer's parameter groups and state follow, so training
-continues exactly as if nothing moved.
+a split expert's new or changed slices are assembled from the old holders' overlapping rows
+(:mod:`executor.shardmove`); replicas and slices it removes are freed, and the optimizer's
+parameter groups and state follow, so training continues exactly as if nothing moved.
 """
 from __future__ import annotations
 
@@ -80,6 +85,17 @@ def _init_expert(m: MoEModel, layer: int, e: int, seed: int, device: torch.devic
     return {n: _randn(shapes[n][0], shapes[n][1] ** -0.5, seed, f"L{layer}/{n}/e{e}", device, dtype) for n in _names(m)}
 
 
+def hidden_slice(name: str, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows [lo, hi) of the hidden dimension of expert weight ``name``: w1, w3 [H, M] ->
+    [hi - lo, M]; w2 [M, H] -> [M, hi - lo] (a view)."""
+    return t[:, lo:hi] if name == "w2" else t[lo:hi]
+
+
+def hidden_dim(name: str) -> int:
+    """The dimension of weight ``name`` that indexes the expert's hidden units."""
+    return 1 if name == "w2" else 0
+
+
 def ffn(kind: str, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor | None) -> torch.Tensor:
     """GPT (GELU) or SwiGLU expert on rows x [n, M] (as ReferenceModel._ffn)."""
     h = x @ w1.t()
@@ -114,7 +130,8 @@ def check_placements(placements: Sequence[Placement], m: MoEModel, world: int) -
 
 
 class PlacedMoE(nn.Module):
-    """Blocks of rank ``rank`` of ``world`` with the routed experts ``placements`` give it."""
+    """Blocks of rank ``rank`` of ``world`` with the routed experts ``placements`` give it
+    (of a split expert, this rank's slice of the hidden dimension only)."""
 
     def __init__(self, m: MoEModel, placements: Sequence[Placement], rank: int, world: int, seed: int = 0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
@@ -132,8 +149,9 @@ class PlacedMoE(nn.Module):
         self.experts = nn.ModuleList(nn.ParameterDict() for _ in range(m.layers))
         for l, p in enumerate(self.placements):
             for e in p.held()[rank]:
+                lo, hi = p.shard_range(e, rank, m.ffn_hidden)  # all of it unless e is split
                 for n, t in _init_expert(m, l, e, seed, self.device, dtype).items():
-                    self.experts[l][f"{e}_{n}"] = nn.Parameter(t)
+                    self.experts[l][f"{e}_{n}"] = nn.Parameter(hidden_slice(n, t, lo, hi).clone())
 
     def dense_params(self) -> list[nn.Parameter]:
         return [q for b in self.blocks for q in b.dense_params()]
@@ -158,27 +176,36 @@ class PlacedMoE(nn.Module):
             x = y.view(B, L, M)
         return x
 
-    def _destinations(self, layer: int, e: torch.Tensor) -> torch.Tensor:
-        """Rank of every copy (expert ids e [n]): contiguous blocks over the replicas."""
-        dst = torch.empty_like(e)
+    def _destinations(self, layer: int, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(copy, rank) of every row to send for the copies of expert ids e [n]: a replicated
+        expert's copies in contiguous blocks over its replicas (one row each); a split
+        expert's every copy once to each of its shard ranks. Both [n'] (n' >= n)."""
+        plc = self.placements[layer]
+        srcs, dsts = [], []
         for x in torch.unique(e).tolist():
             pos = (e == x).nonzero(as_tuple=True)[0]
-            reps = self.placements[layer].replicas[x]
+            reps = plc.replicas[x]
             n, R = pos.numel(), len(reps)
             for i, r in enumerate(reps):
-                dst[pos[i * n // R:(i + 1) * n // R]] = r
-        return dst
+                part = pos if plc.split[x] else pos[i * n // R:(i + 1) * n // R]
+                srcs.append(part)
+                dsts.append(torch.full_like(part, r))
+        if not srcs:
+            return e[:0], e[:0]
+        return torch.cat(srcs), torch.cat(dsts)
 
     def _experts(self, layer: int, uf: torch.Tensor, e: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Outputs [n, M] of the copies (token t, expert e), computed where they were sent."""
+        """Outputs [n, M] of the copies (token t [n], expert e [n]), computed where they were
+        sent; a split expert's copy is the sum of its shards' partial outputs."""
         E, W = self.cfg.experts, self.world
-        key = self._destinations(layer, e) * E + e
+        src, dst = self._destinations(layer, e)
+        key = dst * E + e[src]
         order = torch.sort(key, stable=True)[1]
         cnt = torch.zeros(W * E, dtype=torch.long).index_add_(0, key.cpu(), torch.ones_like(key.cpu()))
         rcnt = torch.empty_like(cnt)
         dist.all_to_all_single(rcnt, cnt)  # [src, E]: rows of each expert each source sends me
         send_split, recv_split = cnt.view(W, E).sum(1).tolist(), rcnt.view(W, E).sum(1).tolist()
-        rows = uf[t[order]]
+        rows = uf[t[src[order]]]
         recv = _A2A.apply(rows, recv_split, send_split)
         rexp = torch.arange(E).repeat(W).repeat_interleave(rcnt).to(recv.device)
         res = recv * 0  # tied to recv: every rank runs the backward all-to-all, even one holding no expert
@@ -187,5 +214,5 @@ class PlacedMoE(nn.Module):
             w = self.expert(layer, x)
             res = res.index_add(0, sel, ffn(self.cfg.expert_kind, recv[sel], w[0], w[-1], w[1] if len(w) == 3 else None))
         back = _A2A.apply(res, send_split, recv_split)
-        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        return back[inv]
+        out = back.new_zeros((e.numel(),) + tuple(back.shape[1:]))
+        return out.index_add(0, src[order], back)  # shards' partial outputs summed per copy

@@ -11,7 +11,8 @@ import torch.nn as nn
 from moesched.errors import MoeschedError
 from moesched.placement import Placement
 
-from executor.placement import ADAM_STATE, PlacedMoE, _names, check_placements
+from executor.placement import PlacedMoE, check_placements
+from executor.shardmove import move_layer
 
 
 class PlacedStep:
@@ -42,7 +43,8 @@ class PlacedStep:
 
     def reduce(self) -> None:
         """Dense gradients summed over the world; each replicated expert's over the group of
-        its replicas (experts in ascending order on every rank; one all-reduce each)."""
+        its replicas (experts in ascending order on every rank; one all-reduce each); none
+        for a split expert (each shard's gradient is already whole)."""
         mod = self.model
         dense = [p for p in mod.dense_params()]
         flat = torch.cat([_grad(p).reshape(-1) for p in dense])
@@ -50,7 +52,7 @@ class PlacedStep:
         _scatter(flat, [p.grad for p in dense])
         for l, plc in enumerate(mod.placements):
             for e, reps in enumerate(plc.replicas):
-                if len(reps) < 2:
+                if len(reps) < 2 or plc.split[e]:  # a split expert's shards hold disjoint weights
                     continue
                 g = self.group(reps)
                 if mod.rank in reps:
@@ -61,69 +63,22 @@ class PlacedStep:
 
     def apply_placement(self, new: Sequence[Placement], optimizer: torch.optim.Optimizer | None = None) -> int:
         """Move to placements ``new`` (one per layer): every added replica gets parameters and
-        Adam state from the lowest current holder; removed replicas are freed; ``optimizer``
-        (Adam or AdamW, or None) follows. Every rank must call it with the same ``new``.
-        Returns the number of replicas copied. One-line MoeschedError (on every rank, before
-        any communication) for a placement that breaks a limit."""
+        Adam state from the lowest current holder, every new or changed shard of a split
+        expert the rows of its hidden slice from the old holders of them
+        (:mod:`executor.shardmove`); slices no longer held are freed; ``optimizer`` (Adam or
+        AdamW, or None) follows. Every rank must call it with the same ``new``. Returns the
+        number of pieces sent between ranks (one per added replica of an unsplit expert).
+        One-line MoeschedError (on every rank, before any communication) for a placement
+        that breaks a limit."""
         mod = self.model
         check_placements(new, mod.cfg, mod.world)
         if optimizer is not None and not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             raise MoeschedError(f"apply_placement moves Adam/AdamW state; got {type(optimizer).__name__}")
-        copied = 0
+        copied, group = 0, _expert_group(optimizer, mod)
         for l, (old, nw) in enumerate(zip(mod.placements, new)):
-            copied += self._move_layer(l, old, nw, optimizer)
+            copied += move_layer(mod, l, old, nw, optimizer, group)
         mod.placements = list(new)
         return copied
-
-    def _move_layer(self, l: int, old: Placement, new: Placement, opt: torch.optim.Optimizer | None) -> int:
-        mod, me = self.model, self.model.rank
-        moves = old.moves(new)
-        n = _expert_numel(mod)
-        width = n * (1 + len(ADAM_STATE)) + 2  # params, moments, step, "has state"
-        group = _expert_group(opt, mod)
-        # point to point, in the one global order of the moves: each rank takes part only in
-        # its own, and the earliest move not done always has both ends at it (no deadlock)
-        for e, src, dst in moves:
-            if me == src:
-                dist.send(_pack(mod.expert(l, e), opt, n, width), dst)
-            elif me == dst:
-                row = torch.empty(width, dtype=torch.float64 if mod.dtype == torch.float64 else torch.float32,
-                                  device=mod.device)
-                dist.recv(row, src)
-                self._install(l, e, row, opt, group, n)
-        for e in range(old.experts):
-            if me in old.replicas[e] and me not in new.replicas[e]:
-                self._free(l, e, opt)
-        return len(moves)
-
-    def _install(self, l: int, e: int, row: torch.Tensor, opt: torch.optim.Optimizer | None,
-                 group: dict | None, n: int) -> None:
-        mod = self.model
-        shapes = _shapes(mod)
-        params = []
-        for name, (o, shape) in zip(_names(mod.cfg), shapes):
-            p = nn.Parameter(row[o:o + shape.numel()].view(shape).to(mod.dtype).clone())
-            mod.experts[l][f"{e}_{name}"] = p
-            params.append(p)
-        if opt is None or group is None:
-            return
-        group["params"].extend(params)
-        if row[-1].item() == 0:  # the source had no optimizer state yet
-            return
-        for p, (o, shape) in zip(params, shapes):
-            st = {k: row[n * (s + 1) + o: n * (s + 1) + o + shape.numel()].view(shape).to(p.dtype).clone()
-                  for s, k in enumerate(ADAM_STATE)}
-            st["step"] = row[-2].clone().to(torch.float32)
-            opt.state[p] = st
-
-    def _free(self, l: int, e: int, opt: torch.optim.Optimizer | None) -> None:
-        mod = self.model
-        for name, p in zip(_names(mod.cfg), mod.expert(l, e)):
-            if opt is not None:
-                opt.state.pop(p, None)
-                for g in opt.param_groups:
-                    g["params"] = [q for q in g["params"] if q is not p]
-            del mod.experts[l][f"{e}_{name}"]
 
 
 def _grad(p: nn.Parameter) -> torch.Tensor:
@@ -136,34 +91,6 @@ def _scatter(flat: torch.Tensor, grads: list[torch.Tensor | None]) -> None:
         if g is not None:
             g.copy_(flat[o:o + g.numel()].view_as(g))
             o += g.numel()
-
-
-def _shapes(mod: PlacedMoE) -> list[tuple[int, torch.Size]]:
-    """(offset, shape) of each expert parameter in a packed row."""
-    M, H = mod.cfg.d_model, mod.cfg.ffn_hidden
-    out, o = [], 0
-    for name in _names(mod.cfg):
-        shape = torch.Size((M, H) if name == "w2" else (H, M))
-        out.append((o, shape))
-        o += shape.numel()
-    return out
-
-
-def _expert_numel(mod: PlacedMoE) -> int:
-    return len(_names(mod.cfg)) * mod.cfg.d_model * mod.cfg.ffn_hidden
-
-
-def _pack(params: list[nn.Parameter], opt: torch.optim.Optimizer | None, n: int, width: int) -> torch.Tensor:
-    """[params | exp_avg | exp_avg_sq | step | has_state] of one expert."""
-    row = torch.zeros(width, dtype=torch.float64 if params[0].dtype == torch.float64 else torch.float32)
-    row[:n] = torch.cat([p.detach().reshape(-1) for p in params]).to(row.dtype)
-    states = [opt.state.get(p) for p in params] if opt is not None else []
-    if states and all(states):
-        for s, k in enumerate(ADAM_STATE):
-            row[n * (s + 1):n * (s + 2)] = torch.cat([st[k].reshape(-1) for st in states]).to(row.dtype)
-        row[-2] = float(states[0]["step"])
-        row[-1] = 1.0
-    return row.to(params[0].device)
 
 
 def _expert_group(opt: torch.optim.Optimizer | None, mod: PlacedMoE) -> dict | None:

@@ -19,6 +19,13 @@ digest's [R] spec, T(x) = max_g load_g c_tok + T_a2a + T_sync + T_move / interva
 * the replica gradient all-reduce: each replicated expert's gradient is summed over its
   replicas (ring all-reduce, 2(P-1)/P x bytes through each member's link, the table of
   :mod:`moesched.collectives`); a rank pays the all-reduces of all its replicated experts;
+* a split expert (:attr:`Placement.split`): its hidden dimension sharded over its ranks,
+  tensor parallelism inside one expert as Pipeline MoE places experts inside TP (Chen et
+  al., arXiv 2304.11414, §3.3; digest ``../shared/papers/flexmoe_ppmoe_findep.md`` §2;
+  :mod:`executor.tp`) and as Megatron-Core's expert tensor parallelism shards every
+  expert's FFN: each rank computes its slice's share of the FLOPs of all the expert's
+  copies and receives all of them, senders send each copy once per shard, and no gradient
+  is all-reduced (the shards' weights are disjoint);
 * attention and shared experts, forward and backward (the same on every placement).
 
 A migration (:meth:`PlacementCost.migrate_us`) moves an expert's parameters *and* its
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Sequence
 
 from moesched import work
@@ -51,13 +59,19 @@ MOVE_KEY = "expert_move"
 @dataclass(frozen=True)
 class Placement:
     """One layer's expert -> ranks map. ``replicas[e]``: sorted ranks holding expert e;
-    ``ranks``: ranks of the EP group; ``slots``: most experts one rank may hold."""
+    ``ranks``: ranks of the EP group; ``slots``: most experts (or shards) one rank may hold;
+    ``split[e]``: e's ranks hold disjoint contiguous shards of its hidden dimension (the
+    i-th rank shard i of n near-equal slices, :meth:`shard_range`) and each receives every
+    copy routed to e (module docstring); ``()`` means none split."""
 
     replicas: tuple[tuple[int, ...], ...]
     ranks: int
     slots: int
+    split: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.split:
+            object.__setattr__(self, "split", (False,) * len(self.replicas))
         self.check()
 
     @classmethod
@@ -69,30 +83,44 @@ class Placement:
         return cls(tuple((e // per,) for e in range(experts)), ranks, per if slots is None else slots)
 
     @classmethod
-    def trusted(cls, replicas: tuple[tuple[int, ...], ...], ranks: int, slots: int) -> "Placement":
+    def trusted(cls, replicas: tuple[tuple[int, ...], ...], ranks: int, slots: int,
+                split: tuple[bool, ...] | None = None) -> "Placement":
         """A placement built by a policy from a checked one by a limit-keeping edit: no check
         (the search makes many; tests check every policy's output with :meth:`check`)."""
         p = object.__new__(cls)
         object.__setattr__(p, "replicas", replicas)
         object.__setattr__(p, "ranks", ranks)
         object.__setattr__(p, "slots", slots)
+        object.__setattr__(p, "split", split if split else (False,) * len(replicas))
         return p
 
     @classmethod
-    def of(cls, replicas: Sequence[Sequence[int]], ranks: int, slots: int) -> "Placement":
-        return cls(tuple(tuple(sorted(int(r) for r in rs)) for rs in replicas), ranks, slots)
+    def of(cls, replicas: Sequence[Sequence[int]], ranks: int, slots: int,
+           split: Sequence[int] = ()) -> "Placement":
+        """From replica lists; ``split``: the ids of the split experts."""
+        reps = tuple(tuple(sorted(int(r) for r in rs)) for rs in replicas)
+        ids = {int(e) for e in split}
+        bad = sorted(e for e in ids if not 0 <= e < len(reps))
+        if bad:
+            raise MoeschedError(f"placement: split expert {bad[0]} outside 0..{len(reps) - 1}")
+        return cls(reps, ranks, slots, tuple(e in ids for e in range(len(reps))))
 
     def check(self) -> None:
         """Raise a one-line MoeschedError unless every expert has a replica, no expert sits
-        twice on a rank, every rank exists and holds at most ``slots`` experts."""
+        twice on a rank, every rank exists and holds at most ``slots`` experts, and every
+        split expert has at least two ranks."""
         if self.ranks <= 0 or self.slots <= 0:
             raise MoeschedError(f"placement: ranks and slots must be positive, got {self.ranks}, {self.slots}")
+        if len(self.split) != len(self.replicas):
+            raise MoeschedError(f"placement: split names {len(self.split)} experts, the layer has {len(self.replicas)}")
         used = [0] * self.ranks
         for e, rs in enumerate(self.replicas):
             if not rs:
                 raise MoeschedError(f"placement: expert {e} has no replica")
             if len(set(rs)) != len(rs):
                 raise MoeschedError(f"placement: expert {e} is named twice on one rank ({list(rs)})")
+            if self.split[e] and len(rs) < 2:
+                raise MoeschedError(f"placement: split expert {e} needs at least 2 ranks, has {len(rs)}")
             for r in rs:
                 if not 0 <= r < self.ranks:
                     raise MoeschedError(f"placement: expert {e} on rank {r}, outside 0..{self.ranks - 1}")
@@ -106,7 +134,7 @@ class Placement:
         return len(self.replicas)
 
     def held(self) -> list[list[int]]:
-        """held()[r]: the experts rank r holds, ascending."""
+        """held()[r]: the experts rank r holds (whole or a shard), ascending."""
         out: list[list[int]] = [[] for _ in range(self.ranks)]
         for e, rs in enumerate(self.replicas):
             for r in rs:
@@ -114,11 +142,39 @@ class Placement:
         return out
 
     def extra_replicas(self) -> int:
-        """Replicas beyond one per expert."""
+        """Replicas (or shards) beyond one per expert: the extra slots used."""
         return sum(len(rs) for rs in self.replicas) - self.experts
 
+    def shard_range(self, e: int, r: int, hidden: int) -> tuple[int, int]:
+        """[lo, hi) of expert e's ``hidden`` dimension that rank r holds: all of it for an
+        unsplit expert, shard i of ``numpy.array_split(range(hidden), n)`` for the i-th of
+        the n ranks of a split one. MoeschedError when r holds no part of e."""
+        rs = self.replicas[e]
+        if r not in rs:
+            raise MoeschedError(f"placement: rank {r} holds no part of expert {e}")
+        if not self.split[e]:
+            return 0, hidden
+        i, n = rs.index(r), len(rs)
+        q, rem = divmod(hidden, n)
+        lo = i * q + min(i, rem)
+        return lo, lo + q + (1 if i < rem else 0)
+
+    def held_fraction(self, e: int, r: int) -> tuple[Fraction, Fraction] | None:
+        """The slice of expert e rank r holds, as fractions [lo, hi) of the hidden dimension
+        (i/n to (i+1)/n for a split expert's i-th of n ranks; differs from
+        :meth:`shard_range` / hidden by under one row); None when r holds none of it."""
+        rs = self.replicas[e]
+        if r not in rs:
+            return None
+        if not self.split[e]:
+            return Fraction(0), Fraction(1)
+        i, n = rs.index(r), len(rs)
+        return Fraction(i, n), Fraction(i + 1, n)
+
     def rank_loads(self, loads: Sequence[float]) -> list[float]:
-        """Token copies each rank computes: sum over its experts of loads[e] / replicas(e)."""
+        """Token copies each rank computes, in whole-expert copies: sum over its experts of
+        loads[e] / len(replicas[e]) (a replica computes its share of the copies, a shard its
+        slice's share of the FLOPs of all of them)."""
         out = [0.0] * self.ranks
         for e, rs in enumerate(self.replicas):
             share = loads[e] / len(rs)
@@ -126,21 +182,59 @@ class Placement:
                 out[r] += share
         return out
 
+    def received_loads(self, loads: Sequence[float]) -> list[float]:
+        """Token copies each rank receives: loads[e] / replicas of a replicated expert, all
+        of loads[e] on every rank of a split one."""
+        out = [0.0] * self.ranks
+        for e, rs in enumerate(self.replicas):
+            share = loads[e] if self.split[e] else loads[e] / len(rs)
+            for r in rs:
+                out[r] += share
+        return out
+
+    def transfers(self, new: "Placement") -> list[tuple[int, int, int, Fraction]]:
+        """(expert, source, destination, fraction of the expert's state) of every copy that
+        ``new`` needs: a destination whose new slice this placement does not fully hold
+        gets, from a replicated expert, all of it from the lowest current holder (the
+        executor's rule, ``executor.placement``); from a split one, from every other old
+        holder the part of the new slice that holder's shard overlaps."""
+        out = []
+        for e, (old, nw) in enumerate(zip(self.replicas, new.replicas)):
+            for d in nw:
+                want = new.held_fraction(e, d)
+                have = self.held_fraction(e, d)
+                assert want is not None
+                if have is not None and have[0] <= want[0] and want[1] <= have[1]:
+                    continue
+                if not self.split[e]:
+                    out.append((e, old[0], d, want[1] - want[0]))
+                    continue
+                for s in old:
+                    lo, hi = self.held_fraction(e, s)  # type: ignore[misc]
+                    part = min(hi, want[1]) - max(lo, want[0])
+                    if s != d and part > 0:
+                        out.append((e, s, d, part))
+        return out
+
     def moves(self, new: "Placement") -> list[tuple[int, int, int]]:
-        """(expert, source, destination) of every replica ``new`` adds, copied from the
-        lowest current holder (the executor's rule, ``executor.placement``)."""
-        return [(e, old[0], d) for e, (old, nw) in enumerate(zip(self.replicas, new.replicas))
-                for d in nw if d not in old]
+        """(expert, source, destination) of every transfer ``new`` needs (:meth:`transfers`):
+        one per added replica of a replicated expert, one per overlapping old shard of a
+        split one."""
+        return [(e, s, d) for e, s, d, _ in self.transfers(new)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ranks": self.ranks, "slots": self.slots, "replicas": [list(rs) for rs in self.replicas]}
+        d: dict[str, Any] = {"ranks": self.ranks, "slots": self.slots, "replicas": [list(rs) for rs in self.replicas]}
+        if any(self.split):
+            d["split"] = [e for e, s in enumerate(self.split) if s]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "placement") -> "Placement":
-        if not isinstance(d, dict) or set(d) != {"ranks", "slots", "replicas"}:
-            raise MoeschedError(f"{where}: expected keys ranks, slots, replicas")
+        if not isinstance(d, dict) or not {"ranks", "slots", "replicas"} <= set(d) <= {"ranks", "slots", "replicas",
+                                                                                      "split"}:
+            raise MoeschedError(f"{where}: expected keys ranks, slots, replicas (and optional split)")
         try:
-            return cls.of(d["replicas"], int(d["ranks"]), int(d["slots"]))
+            return cls.of(d["replicas"], int(d["ranks"]), int(d["slots"]), d.get("split", ()))
         except (TypeError, ValueError) as e:
             raise MoeschedError(f"{where}: malformed replicas ({e})") from None
 
@@ -279,23 +373,38 @@ class PlacementCost:
         return 4.0 * max(self._a2a_one_us(max_copies), tops[i - 1] if i else 0.0)
 
     def sync_us(self, placement: Placement) -> float:
-        """Replica gradient all-reduces: each rank pays those of its replicated experts."""
+        """Replica gradient all-reduces: each rank pays those of its replicated experts (a
+        split expert's shards hold disjoint weights: none)."""
         per_rank = [0.0] * placement.ranks
-        for rs in placement.replicas:
-            if len(rs) > 1:
+        for rs, split in zip(placement.replicas, placement.split):
+            if len(rs) > 1 and not split:
                 t = self.allreduce_us(rs, self.expert_param_bytes)
                 for r in rs:
                     per_rank[r] += t
         return max(per_rank)
 
+    def sent_max(self, placement: Placement, loads: Sequence[float]) -> float:
+        """Copies the busiest sender sends: every rank sends T*k, and each copy routed to a
+        split expert once to each of its n shards, n - 1 more (a rank's share taken as
+        1/ranks of the expert's copies)."""
+        extra = sum((len(rs) - 1) * loads[e] for e, rs in enumerate(placement.replicas) if placement.split[e])
+        return self.sent_copies + extra / self.ranks
+
     def layer(self, placement: Placement, loads: Sequence[float]) -> LayerCost:
-        """Cost of one layer whose experts receive ``loads[e]`` copies in total."""
+        """Cost of one layer whose experts receive ``loads[e]`` copies in total: compute of
+        the busiest rank's whole-expert copies (:meth:`Placement.rank_loads`: a shard of 1/n
+        of the hidden dimension does 1/n of the FLOPs of every copy it receives), the four
+        all-to-alls at the most copies a rank receives (a split expert's on each of its
+        ranks) or sends (:meth:`sent_max`), the replica all-reduces (:meth:`sync_us`)."""
         if placement.ranks != self.ranks:
             raise MoeschedError(f"placement has {placement.ranks} ranks, the EP group {self.ranks}")
         rl = placement.rank_loads(loads)
         busiest = max(rl)
-        return LayerCost(self.compute_us(busiest), self.a2a_us(max(busiest, self.sent_copies)),
-                         self.sync_us(placement), balance_ratio(rl))
+        if any(placement.split):
+            moved = max(max(placement.received_loads(loads)), self.sent_max(placement, loads))
+        else:
+            moved = max(busiest, self.sent_copies)
+        return LayerCost(self.compute_us(busiest), self.a2a_us(moved), self.sync_us(placement), balance_ratio(rl))
 
     def ideal(self, loads: Sequence[float]) -> LayerCost:
         """Force-balanced ideal: every rank at the mean load, no replica to synchronise."""
@@ -303,11 +412,14 @@ class PlacementCost:
         return LayerCost(self.compute_us(mean), self.a2a_us(max(mean, self.sent_copies)), 0.0, 1.0)
 
     def migrate_us(self, old: Placement, new: Placement) -> float:
-        """Moving parameters + Adam state of every replica ``new`` adds (module docstring)."""
+        """Moving parameters + Adam state of every replica ``new`` adds, and of every part of
+        a shard's new slice its rank did not hold (:meth:`Placement.transfers`: the
+        fraction of the expert's state); each transfer pays the measured move's fixed cost
+        (module docstring)."""
         incoming: dict[tuple[int, bool], list[float]] = {}
-        for _, src, dst in old.moves(new):
+        for _, src, dst, frac in old.transfers(new):
             got = incoming.setdefault((dst, self.node(src) != self.node(dst)), [0.0, 0])
-            got[0] += self.expert_state_bytes
+            got[0] += float(frac) * self.expert_state_bytes
             got[1] += 1
         per_rank: dict[int, float] = {}
         for (dst, cross), (b, n) in incoming.items():

@@ -101,8 +101,9 @@ def eplb(loads: Sequence[float], ranks: int, slots: int) -> Placement:
 
 
 def _with(p: Placement, e: int, add: int | None = None, drop: int | None = None) -> Placement | None:
-    """``p`` with a replica of expert e added on ``add`` and/or removed from ``drop``;
-    None when that breaks a limit."""
+    """``p`` with a replica (or, of a split expert, a shard) of expert e added on ``add``
+    and/or removed from ``drop``; None when that breaks a limit. A split expert left on one
+    rank is whole again there."""
     rs = [r for r in p.replicas[e] if r != drop]
     if add is not None:
         if add in rs:
@@ -113,7 +114,10 @@ def _with(p: Placement, e: int, add: int | None = None, drop: int | None = None)
     held = p.held()
     if add is not None and len(held[add]) - (1 if drop == add else 0) >= p.slots:
         return None
-    return Placement.trusted(p.replicas[:e] + (tuple(sorted(rs)),) + p.replicas[e + 1:], p.ranks, p.slots)
+    split = p.split
+    if split[e] and len(rs) < 2:
+        split = split[:e] + (False,) + split[e + 1:]
+    return Placement.trusted(p.replicas[:e] + (tuple(sorted(rs)),) + p.replicas[e + 1:], p.ranks, p.slots, split)
 
 
 def _spread(p: Placement, loads: Sequence[float]) -> tuple[float, float]:
@@ -173,7 +177,10 @@ def hot_replicas(base: Placement, loads: Sequence[float]) -> Placement:
         rl = p.rank_loads(loads)
         held = p.held()
         busiest = max(range(p.ranks), key=lambda r: rl[r])
-        e = max(held[busiest], key=lambda x: loads[x] / len(p.replicas[x]))
+        whole = [x for x in held[busiest] if not p.split[x]]  # a shard is not fetched per step
+        if not whole:
+            break
+        e = max(whole, key=lambda x: loads[x] / len(p.replicas[x]))
         free = [r for r in range(p.ranks) if len(held[r]) < p.slots and r not in p.replicas[e]]
         if not free:
             break

@@ -7,6 +7,7 @@ Format (JSON, version 1, exact keys)::
      "changes": [{"step": s, "layers": [PLACEMENT, ...]}, ...]}
 
     PLACEMENT = {"ranks": R, "slots": S, "replicas": [[rank, ...], ...]}   (one per layer)
+                [, "split": [expert, ...]]   (experts sharded over their ranks; absent when none)
 
 ``changes`` are in increasing step order; the first is step 0 (the starting placement).
 Before step s the placement of that change takes effect (``moesched placement

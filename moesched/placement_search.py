@@ -15,13 +15,18 @@ Search: start from the best of the current placement, FlexMoE's greedy answer an
 (so the result is never worse on f than any of them), then first-improvement descent over
 moves that touch the busiest rank: move one of its replicas to a lighter rank (into a free
 slot, or swapping with one of that rank's experts), add a replica of one of its experts on
-a lighter rank, and drop a replica of any expert that has several (which frees a slot and
-its all-reduce). Lighter ranks: the ``width`` least loaded. Stops at a local minimum,
-after ``max_iters`` improving moves or after ``max_evals`` full evaluations of f (a
-candidate whose busiest rank alone already costs more than the best is not evaluated).
-Acceptance: the answer replaces the current placement only if it is also better priced on
-each observed step of the interval (:func:`observed_objective`), since the mean load
-hides the per-step spread that the busiest rank pays.
+a lighter rank, shard one of its unreplicated experts over it and a lighter rank with a
+free slot (:attr:`moesched.placement.Placement.split`: halves the busiest rank's compute of
+that expert, not the copies it receives), drop a replica or shard of any expert that has
+several (which frees a slot and its all-reduce), unsplit a split expert onto one of its
+ranks, and shard a replicated expert over its ranks. Lighter ranks: the ``width`` least
+loaded. Stops at a local minimum, after ``max_iters`` improving moves or after
+``max_evals`` full evaluations of f (a candidate whose busiest rank alone already costs
+more than the best is not evaluated: a valid bound with split experts too, whose ranks
+receive at least the copies they compute). Acceptance: the answer replaces the current
+placement only if it is also better priced on each observed step of the interval
+(:func:`observed_objective`), since the mean load hides the per-step spread that the
+busiest rank pays.
 """
 from __future__ import annotations
 
@@ -36,11 +41,13 @@ def objective(p: Placement, current: Placement, loads: Sequence[float], cost: Pl
     return horizon * cost.layer(p, loads).total_us + cost.migrate_us(current, p)
 
 
-def _edit(p: Placement, rl: list[float], loads: Sequence[float], changes: dict[int, tuple[int, ...]]
-          ) -> tuple[Placement, list[float]]:
-    """``p`` with the replica sets of ``changes`` replaced (slots kept by the caller), and
-    its rank loads updated from ``rl`` (only the changed experts' shares move)."""
-    reps = list(p.replicas)
+def _edit(p: Placement, rl: list[float], loads: Sequence[float], changes: dict[int, tuple[int, ...]],
+          split: dict[int, bool] | None = None) -> tuple[Placement, list[float]]:
+    """``p`` with the replica sets of ``changes`` replaced (slots kept by the caller) and
+    the experts of ``split`` split or not (others keep theirs; a split expert left on one
+    rank is whole), and its rank loads updated from ``rl`` (only the changed experts'
+    shares move; a shard's share of the compute is a replica's, loads[e] / ranks of e)."""
+    reps, sp = list(p.replicas), list(p.split)
     out = list(rl)
     for e, new in changes.items():
         old = reps[e]
@@ -49,7 +56,8 @@ def _edit(p: Placement, rl: list[float], loads: Sequence[float], changes: dict[i
         for r in new:
             out[r] += loads[e] / len(new)
         reps[e] = tuple(sorted(new))
-    return Placement.trusted(tuple(reps), p.ranks, p.slots), out
+        sp[e] = (split or {}).get(e, sp[e]) and len(new) > 1
+    return Placement.trusted(tuple(reps), p.ranks, p.slots, tuple(sp)), out
 
 
 def _neighbours(p: Placement, rl: list[float], loads: Sequence[float], width: int
@@ -66,13 +74,27 @@ def _neighbours(p: Placement, rl: list[float], loads: Sequence[float], width: in
             if len(held[r]) < p.slots:
                 yield _edit(p, rl, loads, {e: moved(busiest, r)})
                 yield _edit(p, rl, loads, {e: reps[e] + (r,)})
+                if len(reps[e]) == 1:  # shard e over its rank and r
+                    yield _edit(p, rl, loads, {e: reps[e] + (r,)}, {e: True})
             for x in held[r]:  # swap e (busiest -> r) with a lighter x (r -> busiest)
                 if busiest not in reps[x] and loads[x] / len(reps[x]) < loads[e] / len(reps[e]):
                     yield _edit(p, rl, loads, {e: moved(busiest, r), x: moved(r, busiest, x)})
-    for e, rs in enumerate(reps):
+    yield from _regroup(p, rl, loads)
+
+
+def _regroup(p: Placement, rl: list[float], loads: Sequence[float]) -> Iterator[tuple[Placement, list[float]]]:
+    """Moves that free a slot or an all-reduce: drop a replica or shard of an expert on
+    several ranks, unsplit a split expert onto one of its ranks, shard a replicated expert
+    over the ranks holding it (no state moves, its all-reduce goes)."""
+    for e, rs in enumerate(p.replicas):
         if len(rs) > 1:
             for r in rs:
-                yield _edit(p, rl, loads, {e: tuple(x for x in rs if x != r)})
+                if not p.split[e] or len(rs) > 2:
+                    yield _edit(p, rl, loads, {e: tuple(x for x in rs if x != r)})
+                if p.split[e]:
+                    yield _edit(p, rl, loads, {e: (r,)}, {e: False})
+            if not p.split[e]:
+                yield _edit(p, rl, loads, {e: rs}, {e: True})
 
 
 def observed_objective(p: Placement, current: Placement, observed: Sequence[Sequence[float]], cost: PlacementCost,

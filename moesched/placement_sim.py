@@ -30,7 +30,11 @@ from moesched.sim import Compiled
 
 
 def placement_routing(placements: Sequence[Placement], per_source: Sequence[Sequence[Sequence[float]]]) -> Routing:
-    """copies[l][src][dst] from per_source[l][src][e] (copies rank src routes to expert e)."""
+    """copies[l][src][dst] from per_source[l][src][e] (copies rank src routes to expert e).
+    A split expert's copies are divided over its shards like a replica's: the matrix then
+    carries each shard's compute (1/n of the FLOPs of every copy) but not the n-fold
+    traffic of sending every copy to every shard, which only
+    :meth:`moesched.placement.PlacementCost.layer` prices."""
     out = []
     for p, layer in zip(placements, per_source):
         S = p.ranks
@@ -56,14 +60,16 @@ def add_replica_syncs(g: nx.DiGraph, cost: PlacementCost, placements: Sequence[P
     of that layer's expert weight gradients (``expert_dw``), on the communication link of its
     widest replica group, each rank busy for the all-reduces of the replicas it holds
     (:meth:`moesched.placement.PlacementCost.allreduce_us`): the simulator overlaps them
-    with the backward of the layers below, as it does the data-parallel gradient chunks."""
+    with the backward of the layers below, as it does the data-parallel gradient chunks.
+    A split expert's shards hold disjoint weights (tensor parallelism inside the expert,
+    Pipeline MoE / Megatron expert tensor parallelism): no all-reduce."""
     dw: dict[int, list[str]] = {}
     for n, a in g.nodes(data=True):
         if a["kind"] == "expert_dw":
             dw.setdefault(int(a["layer"]), []).append(n)
     seq = max(a["seq"] for _, a in g.nodes(data=True)) + 1
     for l, p in enumerate(placements):
-        groups = [rs for rs in p.replicas if len(rs) > 1]
+        groups = [rs for rs, split in zip(p.replicas, p.split) if len(rs) > 1 and not split]
         if not groups:
             continue
         per_rank = [0.0] * p.ranks
