@@ -159,6 +159,15 @@ class Placement:
         lo = i * q + min(i, rem)
         return lo, lo + q + (1 if i < rem else 0)
 
+    def held_units(self) -> list[float]:
+        """held_units()[r]: the experts rank r holds, in whole experts (a shard of a split
+        expert over n ranks counts 1/n): what its replicas cost in memory."""
+        out = [0.0] * self.ranks
+        for e, rs in enumerate(self.replicas):
+            for r in rs:
+                out[r] += 1.0 / len(rs) if self.split[e] else 1.0
+        return out
+
     def held_fraction(self, e: int, r: int) -> tuple[Fraction, Fraction] | None:
         """The slice of expert e rank r holds, as fractions [lo, hi) of the hidden dimension
         (i/n to (i+1)/n for a split expert's i-th of n ranks; differs from

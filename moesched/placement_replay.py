@@ -175,7 +175,7 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
     res = ReplayResult(policy.name)
     L = len(loads[0])
     for t, step in enumerate(loads):
-        total, bal, before, moved, mem = 0.0, 0.0, 0.0, 0, [0] * cost.ranks
+        total, bal, before, moved, mem = 0.0, 0.0, 0.0, 0, [0.0] * cost.ranks
         for l, n in enumerate(step):
             prev = policy.current[l]
             d = policy.decide(t, l, loads[max(0, t - policy.cfg.interval):t], n)
@@ -188,13 +188,13 @@ def _replay_one(policy: Policy, loads: Loads, cost: PlacementCost, base: Placeme
             before += cost.layer(base, n).balance
             res.dropped += d.dropped
             per = len(base.held()[0])
-            for r, (h, k) in enumerate(zip(d.placement.held(), d.kept.held())):
-                mem[r] += (max(0, len(k) - per) * cost.replica_memory_bytes
+            for r, (h, k, units) in enumerate(zip(d.placement.held(), d.kept.held(), d.kept.held_units())):
+                mem[r] += (max(0.0, units - per) * cost.replica_memory_bytes
                            + (len(h) - len(k)) * 2 * cost.expert_param_bytes)
         res.step_us.append(total)
         res.balance.append(bal / L)
         res.balance_before.append(before / L)
-        res.replica_memory_bytes = max(res.replica_memory_bytes, max(mem))
+        res.replica_memory_bytes = max(res.replica_memory_bytes, round(max(mem)))
         if t == 0 or tuple(policy.current) != res.changes[-1][1]:
             res.changes.append((t, tuple(policy.current)))
         if moved:
