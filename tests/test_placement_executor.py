@@ -23,9 +23,11 @@ def torchrun(nproc: int, args: list[str], launcher: str = "torch.distributed.run
 
 
 @pytest.mark.parametrize("nproc", [2, 4])
-def test_training_across_placement_changes_matches_the_never_moved_reference(nproc, tmp_path):
+@pytest.mark.parametrize("schedule", [[], ["--split"]], ids=["replicas", "split-experts"])
+def test_training_across_placement_changes_matches_the_never_moved_reference(nproc, schedule, tmp_path):
+    """Replicas and moves; with --split, split experts compared slice by slice."""
     out = tmp_path / "r.jsonl"
-    r = torchrun(nproc, ["--out", str(out)])
+    r = torchrun(nproc, ["--out", str(out), *schedule])
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     res = [json.loads(line) for line in out.read_text().splitlines()]
