@@ -15,12 +15,16 @@ Profile section (optional key ``ops``)::
                                "attention": [[bh, seq, head_dim, causal, backward, us], ...],
                                "mem": {CLASS: [[bytes, us], ...], ...}}, ...},
             "correction": {KIND: {"alpha_us": a, "scale": s}, ...},
+            "dtype_correction": {DTYPE: {KIND: {"alpha_us": a, "scale": s}, ...}, ...},  # optional
             "insitu": {DTYPE: {KIND: factor, ...}, ...},   # optional
             "runs_as": "fp32"}      # optional: the device runs every model in this dtype (CPU)
 
 DTYPE is a model dtype (bf16, fp16, fp32); CLASS one of :data:`moesched.ops.MEM_CLASSES`;
 booleans are 0/1. A task of KIND composed in DTYPE's tables costs
-``insitu[DTYPE][KIND] * (alpha_us + scale * sum of its operators' µs)``: ``insitu``
+``insitu[DTYPE][KIND] * (alpha_us + scale * sum of its operators' µs)``, (alpha_us, scale)
+from ``dtype_correction[DTYPE][KIND]`` where the profiler timed tasks in that dtype and
+fitted one, else from ``correction`` (fitted on the dtype most tasks were timed in: what
+the recipe leaves out weighs differently against fp32 GEMMs than against bf16 ones). ``insitu``
 (factors in (0, 1000], each DTYPE one of ``tables``) holds the in-situ factors measured on
 shapes of that dtype (:func:`moesched.costs.calibrate.apply_factors`); a kind or dtype
 without one is unscaled. Profiles calibrated before it folded one factor per kind into
@@ -44,7 +48,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from moesched.errors import MoeschedError
@@ -256,6 +260,24 @@ def _insitu(d: Any, tables: dict[str, DtypeTables]) -> InsituFactors:
     return out
 
 
+def _corrections(d: Any, where: str) -> dict[str, tuple[float, float]]:
+    """{kind: (alpha µs, scale)} parsed from {KIND: {alpha_us, scale}} at ``where``."""
+    if not isinstance(d, dict) or not set(d) <= set(ALL_COMPUTE_KINDS):
+        raise MoeschedError(f"profile: {where} must map kinds {list(ALL_COMPUTE_KINDS)} to corrections")
+    corr = {}
+    for k, c in d.items():
+        ok = isinstance(c, dict) and set(c) == {"alpha_us", "scale"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and -1e30 <= v <= 1e30 for v in c.values())
+        if not ok or not (0 <= c["alpha_us"] <= 1e9 and 0 < c["scale"] <= 1e3):
+            raise MoeschedError(f"profile: {where}.{k} must be {{alpha_us: 0..1e9, scale: (0, 1000]}}")
+        corr[k] = (float(c["alpha_us"]), float(c["scale"]))
+    return corr
+
+
+def _corrections_dict(corr: dict[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    return {k: {"alpha_us": a, "scale": s} for k, (a, s) in corr.items()}
+
+
 @dataclass
 class OpTables:
     """A profile's ``ops`` section: tables per dtype, the per-kind correction and the
@@ -265,6 +287,7 @@ class OpTables:
     correction: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (alpha µs, scale)
     runs_as: str | None = None
     insitu: InsituFactors = field(default_factory=dict)
+    dtype_correction: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # dtype -> kind -> ...
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "OpTables":
@@ -275,30 +298,28 @@ class OpTables:
 
     @classmethod
     def _parse(cls, d: Any) -> "OpTables":
-        if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "runs_as", "insitu"}:
-            raise MoeschedError("profile: ops must have keys tables[, correction, runs_as, insitu]")
+        if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "dtype_correction", "runs_as",
+                                                                   "insitu"}:
+            raise MoeschedError("profile: ops must have keys tables[, correction, dtype_correction, runs_as, insitu]")
         if not isinstance(d["tables"], dict) or not d["tables"] or not set(d["tables"]) <= set(DTYPES):
             raise MoeschedError(f"profile: ops.tables must map dtypes {list(DTYPES)} to tables")
         tables = {k: DtypeTables.from_dict(v, f"ops.tables.{k}") for k, v in d["tables"].items()}
-        corr_d = d.get("correction", {})
-        if not isinstance(corr_d, dict) or not set(corr_d) <= set(ALL_COMPUTE_KINDS):
-            raise MoeschedError(f"profile: ops.correction must map kinds {list(ALL_COMPUTE_KINDS)} to corrections")
-        corr = {}
-        for k, c in corr_d.items():
-            ok = isinstance(c, dict) and set(c) == {"alpha_us", "scale"} and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and -1e30 <= v <= 1e30 for v in c.values())
-            if not ok or not (0 <= c["alpha_us"] <= 1e9 and 0 < c["scale"] <= 1e3):
-                raise MoeschedError(f"profile: ops.correction.{k} must be {{alpha_us: 0..1e9, scale: (0, 1000]}}")
-            corr[k] = (float(c["alpha_us"]), float(c["scale"]))
+        corr = _corrections(d.get("correction", {}), "ops.correction")
+        by_d = d.get("dtype_correction", {})
+        if not isinstance(by_d, dict) or not set(by_d) <= set(tables):
+            raise MoeschedError("profile: ops.dtype_correction must map dtypes of ops.tables to corrections")
+        by_dtype = {dt: _corrections(c, f"ops.dtype_correction.{dt}") for dt, c in by_d.items()}
         runs_as = d.get("runs_as")
         if runs_as is not None and runs_as not in tables:
             raise MoeschedError("profile: ops.runs_as must name a dtype of ops.tables")
-        return cls(tables, corr, runs_as, _insitu(d.get("insitu", {}), tables))
+        return cls(tables, corr, runs_as, _insitu(d.get("insitu", {}), tables), by_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"tables": {k: t.to_dict() for k, t in self.tables.items()}}
         if self.correction:
-            d["correction"] = {k: {"alpha_us": a, "scale": s} for k, (a, s) in self.correction.items()}
+            d["correction"] = _corrections_dict(self.correction)
+        if self.dtype_correction:
+            d["dtype_correction"] = {dt: _corrections_dict(c) for dt, c in self.dtype_correction.items()}
         if self.runs_as:
             d["runs_as"] = self.runs_as
         if self.insitu:
@@ -315,13 +336,17 @@ class OpTables:
         t = self.tables[dtype]
         return sum(t.op_us(o) for o in ops)
 
+    def correction_of(self, kind: str, dtype: str) -> tuple[float, float]:
+        """(alpha µs, scale) of ``kind`` in ``dtype``: the dtype's own fit, else the common one."""
+        return self.dtype_correction.get(dtype, {}).get(kind) or self.correction.get(kind, (0.0, 1.0))
+
     def task_us(self, kind: str, dtype: str, ops: Sequence[Op]) -> float:
         """µs of a task of ``kind`` made of ``ops`` in ``dtype``'s tables: the corrected sum
         times the in-situ factor of (``dtype``, ``kind``) if any (0 with no operators)."""
         raw = self.ops_us(dtype, ops)
         if raw <= 0:
             return 0.0
-        a, s = self.correction.get(kind, (0.0, 1.0))
+        a, s = self.correction_of(kind, dtype)
         f = self.insitu.get(dtype, {}).get(kind)
         return a + s * raw if f is None else f * (a + s * raw)
 
@@ -349,11 +374,15 @@ class OpTables:
     def scaled(self, factors: dict[str, float]) -> "OpTables":
         """A copy with kind k's correction multiplied by factors[k], for every dtype (the
         in-situ rule of profiles calibrated before :attr:`insitu`)."""
-        corr = dict(self.correction)
-        for k, f in factors.items():
-            a, s = corr.get(k, (0.0, 1.0))
-            corr[k] = (a * f, s * f)
-        return OpTables(self.tables, corr, self.runs_as, self.insitu)
+        def scale(corr: dict[str, tuple[float, float]], every: bool) -> dict[str, tuple[float, float]]:
+            out = dict(corr)
+            for k, f in factors.items():
+                if every or k in out:
+                    a, s = out.get(k, (0.0, 1.0))
+                    out[k] = (a * f, s * f)
+            return out
+        return replace(self, correction=scale(self.correction, True),
+                       dtype_correction={dt: scale(c, False) for dt, c in self.dtype_correction.items()})
 
     def with_insitu(self, factors: InsituFactors, undo: bool = False) -> "OpTables":
         """A copy with :attr:`insitu` [dtype][kind] multiplied by factors[dtype][kind]
@@ -368,4 +397,4 @@ class OpTables:
                     mine.pop(k, None)
                 else:
                     mine[k] = v
-        return OpTables(self.tables, self.correction, self.runs_as, {dt: by for dt, by in out.items() if by})
+        return replace(self, insitu={dt: by for dt, by in out.items() if by})

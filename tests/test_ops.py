@@ -135,6 +135,14 @@ def test_precedence_and_dtypes() -> None:
     assert q.compute_us("attn_fwd", fl, None, m) == pytest.approx(1.3 * bf)
     assert q.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) == pytest.approx(fp)
     assert q.ops.with_insitu({"bf16": {"attn_fwd": 1.3}}, undo=True).to_dict() == d
+    own = _profile(dict(d, dtype_correction={"fp32": {"attn_fwd": {"alpha_us": 3.0, "scale": 1.0}}}))
+    assert own.to_dict()["ops"]["dtype_correction"] == {"fp32": {"attn_fwd": {"alpha_us": 3.0, "scale": 1.0}}}
+    raw32 = own.ops.ops_us("fp32", ops.work_ops("attn_fwd", replace(m, dtype="fp32"), fl))
+    assert own.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) == pytest.approx(3.0 + raw32)  # its own
+    assert fp == pytest.approx(1.0 + 2.0 * raw32)                                  # the common one before
+    assert own.compute_us("attn_fwd", fl, None, m) == pytest.approx(bf)           # bf16 keeps the common one
+    old_rule = own.ops.scaled({"attn_fwd": 1.5, "loss": 2.0})                      # folds into both
+    assert old_rule.correction["attn_fwd"] == (1.5, 3.0) and old_rule.dtype_correction == {"fp32": {"attn_fwd": (4.5, 1.5)}}
     curve = _profile({"tables": {"bf16": TABLES}}, shapes={m.shape_key(): {"attn_fwd": {"alpha_us": 7.0,
                                                                                          "beta_us_per_unit": 0.0}}})
     assert curve.compute_us("attn_fwd", fl, m.shape_key(), m) == 7.0              # the shape's curve first
@@ -149,6 +157,12 @@ def test_precedence_and_dtypes() -> None:
     ({"tables": {"bf16": {**TABLES, "mem": {"norm": [[1, 1.0]]}}}}, "elementwise"),
     ({"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": -1}}}, "ops.correction"),
     ({"tables": {"bf16": TABLES}, "runs_as": "fp32"}, "runs_as"),
+    ({"tables": {"bf16": TABLES}, "dtype_correction": {"fp32": {}}}, "ops.dtype_correction must map dtypes"),
+    ({"tables": {"bf16": TABLES}, "dtype_correction": []}, "ops.dtype_correction must map dtypes"),
+    ({"tables": {"bf16": TABLES}, "dtype_correction": {"bf16": {"attn": {"alpha_us": 1.0, "scale": 1.0}}}},
+     "ops.dtype_correction.bf16 must map kinds"),
+    ({"tables": {"bf16": TABLES}, "dtype_correction": {"bf16": {"loss": {"alpha_us": 1.0, "scale": 0}}}},
+     "ops.dtype_correction.bf16.loss"),
     ({"tables": {"bf16": TABLES}, "extra": 1}, "ops must have keys"),
     ({"tables": {"bf16": TABLES}, "insitu": {"fp32": {"expert_fwd": 1.1}}}, "ops.insitu must map dtypes"),
     ({"tables": {"bf16": TABLES}, "insitu": []}, "ops.insitu must map dtypes"),
@@ -193,6 +207,7 @@ def test_mutated_ops_sections_price_or_fail_in_one_line() -> None:
     from moesched import work
     rnd = random.Random(7)
     base = {"tables": {"bf16": TABLES}, "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}},
+            "dtype_correction": {"bf16": {"loss": {"alpha_us": 2.0, "scale": 1.5}}},
             "insitu": {"bf16": {"attn_fwd": 1.2, "expert_fwd": 0.9}}}
     m = _model(seq_len=16, micro_batch=4)
     for _ in range(300):
@@ -257,3 +272,17 @@ def test_validate_pricing_columns() -> None:
     q = ops_only(p)
     assert q.shapes == {m.shape_key(): {"all_to_all@intra": p.shapes[m.shape_key()]["all_to_all@intra"]}}
     assert q.compute_us("attn_fwd", 1e9, m.shape_key(), m) == p.compute_us("attn_fwd", 1e9, None, m) != 7.0
+
+
+def test_each_dtype_fits_its_own_correction() -> None:
+    """The common correction is fitted on the dtype timed most; another dtype with enough
+    rows of a kind gets its own; kinds it lacks fall back to the common one."""
+    from moesched.costs.fit import fit_dtype_corrections
+    rows = [("bf16", k, c, 10.0 + 1.4 * c) for k in ("attn_fwd", "loss") for c in (100.0, 200.0, 400.0, 800.0)]
+    rows += [("fp32", "attn_fwd", c, 10.0 + 1.05 * c) for c in (1000.0, 2000.0, 4000.0)]
+    rows += [("fp32", "loss", 50.0, 60.0)]  # too few rows of loss to fit
+    common, own = fit_dtype_corrections(rows)
+    assert set(common) == {"attn_fwd", "loss"} and common["attn_fwd"] == pytest.approx((10.0, 1.4), rel=1e-3)
+    assert set(own) == {"fp32"} and set(own["fp32"]) == {"attn_fwd"}
+    assert own["fp32"]["attn_fwd"] == pytest.approx((10.0, 1.05), rel=1e-3)
+    assert fit_dtype_corrections([]) == ({}, {})

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from executor.layers import MoEModule, make_batch
+from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.profiling.timing import gc_quiet
 from executor.runtime import PlannedStep
 from moesched.costs.calibrate import INSITU_KINDS
@@ -133,9 +133,10 @@ def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, 
             out.compute.append((shape, a["kind"], float(a["work"]), float(g1 - g0)))
 
 
-def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device, dtype: torch.dtype,
+def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device,
                  steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None) -> HostSamples:
-    """This rank's samples of the calibration steps; see the module docstring. Compute:
+    """This rank's samples of the calibration steps, each model in the dtype it trains in
+    (its own on a GPU, fp32 on a CPU, as validate and executor.run); see the module docstring. Compute:
     (shape key, kind, FLOPs, GPU µs) of the compute tasks of
     :data:`moesched.costs.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
     issued in full before the GPU started them (GPU time not stretched by the host) and that
@@ -149,6 +150,7 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     out = HostSamples()
     ep = cluster.ep_size
     for m in models:
+        dtype = TORCH_DTYPES[m.dtype] if device.type == "cuda" else torch.float32
         for pi, plan in enumerate(calibration_plans(m, cluster)):
             module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
             step = PlannedStep(module, plan)

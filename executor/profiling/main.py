@@ -46,7 +46,7 @@ from moesched.cluster import Cluster
 from moesched.configs import models_from_spec
 from moesched.costs.build import dep_curves, profile_from_samples
 from moesched.costs.calibrate import with_host
-from moesched.costs.fit import fit_correction
+from moesched.costs.fit import fit_dtype_corrections
 from moesched.optables import OpTables
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
@@ -127,8 +127,7 @@ def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int, n_d
 def _measure_host(ctx: Ctx, models: list[MoEModel], steps: int, bar: Any) -> HostRows:
     """The host issue cost of every task kind, from real executor steps, and the host probe."""
     probe = ctx.gather(host_probe_us(ctx.device))  # the host's speed now (validate reports it)
-    dtype = torch.bfloat16 if ctx.cuda else torch.float32
-    mine = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, dtype, steps=steps,
+    mine = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, steps=steps,
                                  tick=lambda: bar.update(1))
     every = ctx.gather(mine)
     return HostRows([r for h in every for r in h.samples], [x for h in every for x in h.lags_us],
@@ -144,9 +143,12 @@ def _hardware(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any]) -> dict[
 
 
 def _with_ops(prof: Profile, tables: dict[str, Any], models: list[MoEModel], compute: list, ctx: Ctx) -> Profile:
-    """``prof`` with its operator tables and the per-kind correction of their composition,
-    fitted on the profiled shapes' task samples (role "fit"); ``meta.ops_fit`` holds the
-    composition's error on every task sample (fit and replay), before and after the correction."""
+    """``prof`` with its operator tables and the per-kind corrections of their composition,
+    fitted on the profiled shapes' task samples (role "fit") of each dtype
+    (:func:`moesched.costs.fit.fit_dtype_corrections`); ``meta.ops_fit`` holds the
+    composition's error on every task sample (fit and replay), before and after the
+    correction, keyed KIND.ROLE (KIND.ROLE.DTYPE for a dtype with its own correction, whose
+    rows also say the error under the common one: "common")."""
     from moesched.ops import task_ops
     ops = OpTables.from_dict({"tables": tables, **({} if ctx.cuda else {"runs_as": "fp32"})})
     by = {m.name: m for m in models}
@@ -159,17 +161,18 @@ def _with_ops(prof: Profile, tables: dict[str, Any], models: list[MoEModel], com
         ep = ctx.world if m.experts % ctx.world == 0 else 1
         ol = task_ops(kind, m, tokens, ep, grouped=dt == "bf16" and ctx.cuda, bytes_per_elem=None if ctx.cuda else 4)
         rows.append((kind, ops.ops_us(dt, ol), us, role, dt, ol))
-    pairs: dict[str, list[tuple[float, float]]] = {}
-    for kind, raw, us, role, _, _ in rows:
-        if role == "fit":
-            pairs.setdefault(kind, []).append((raw, us))
-    ops.correction = fit_correction(pairs)
+    ops.correction, ops.dtype_correction = fit_dtype_corrections(
+        (dt, kind, raw, us) for kind, raw, us, role, dt, _ in rows if role == "fit")
+    common = replace(ops, dtype_correction={})
     errs: dict[str, dict[str, list[float]]] = {}
     for kind, raw, us, role, dt, ol in rows:
-        e = errs.setdefault(f"{kind}.{role}", {"raw": [], "corrected": []})
+        own = dt in ops.dtype_correction
+        e = errs.setdefault(f"{kind}.{role}" + (f".{dt}" if own else ""), {"raw": [], "corrected": [], "common": []})
         e["raw"].append(abs(raw - us) / us * 100)
         e["corrected"].append(abs(ops.task_us(kind, dt, ol) - us) / us * 100)
-    summary = {k: {v: {"mean_pct": round(sum(x) / len(x), 2), "max_pct": round(max(x), 2)} for v, x in e.items()}
+        if own:
+            e["common"].append(abs(common.task_us(kind, dt, ol) - us) / us * 100)
+    summary = {k: {v: {"mean_pct": round(sum(x) / len(x), 2), "max_pct": round(max(x), 2)} for v, x in e.items() if x}
                for k, e in sorted(errs.items()) if e["raw"]}
     print(f"operator composition, mean error per kind on the profiled shapes (corrected): "
           f"{ {k: v['corrected']['mean_pct'] for k, v in summary.items()} }", file=sys.stderr)

@@ -214,3 +214,19 @@ def fit_correction(pairs: dict[str, list[tuple[float, float]]]) -> dict[str, tup
             if line.beta > 0:
                 out[kind] = (round(line.alpha_us, 4), round(line.beta, 6))
     return out
+
+
+def fit_dtype_corrections(rows: Iterable[tuple[str, str, float, float]]
+                          ) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, tuple[float, float]]]]:
+    """The operator composition's corrections (:func:`fit_correction`) from (dtype, kind,
+    composed µs, measured µs) rows of timed tasks: the common one, fitted on the dtype with
+    the most rows, and one per other dtype that has a fit of its own (``ops.correction`` and
+    ``ops.dtype_correction`` of :class:`moesched.optables.OpTables`)."""
+    by: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for dt, kind, composed, measured in rows:
+        by.setdefault(dt, {}).setdefault(kind, []).append((composed, measured))
+    if not by:
+        return {}, {}
+    main = max(sorted(by), key=lambda dt: sum(map(len, by[dt].values())))
+    others = {dt: fit_correction(p) for dt, p in sorted(by.items()) if dt != main}
+    return fit_correction(by[main]), {dt: c for dt, c in others.items() if c}
