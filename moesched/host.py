@@ -27,12 +27,18 @@ The model (used by strict simulations, i.e. replays of a plan's order):
 Profile section (optional key ``host``)::
 
     "host": {"lag_us": 30.0, "x_unit": "work",            # "tokens": x in tokens and layers
-             "kinds": {KIND: COST, ...},                 # pooled over shapes
-             "shapes": {SHAPE_KEY: {KIND: COST, ...}}}  # per model shape
+             "kinds": {KIND: COST, ...},                 # pooled over shapes of the main dtype
+             "shapes": {SHAPE_KEY: {KIND: COST, ...}},  # per model shape
+             "dtypes": {DTYPE: {KIND: COST, ...}}}      # optional: pooled over another dtype's shapes
     COST = {"alpha_us": a, "per_unit_us": b, "per_chunk_us": c, "r2": r2}
 
 KIND: a compute kind or dispatch, combine, combine_bwd, dispatch_bwd, grad_ar, step_setup,
-step_finish. A kind the profile lacks costs 0 µs of host time.
+step_finish. A kind the profile lacks costs 0 µs of host time. A shape the profile did not
+calibrate takes its dtype's pooled costs where the profile calibrated shapes of that dtype
+(``dtypes``), else ``kinds`` (fitted on the dtype most shapes were calibrated in): the
+executor launches one GEMM per local expert outside bf16 (:func:`executor.ffn.grouped`), so
+an fp32 expert task takes 2-3x the host time of a bf16 one (one H200,
+``results/h200x1/dtype-host``), and pooling both priced neither.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from typing import Any, Mapping
 
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, ALL_COMPUTE_KINDS
+from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
 #: Per step, not per task (x: :func:`step_x`): the setup before the first issue
 #: (gradient buffers zeroed, layer state allocated) and the finish after the last task
 #: (the loss read back and averaged over ranks).
@@ -118,11 +125,14 @@ class HostCosts:
     kinds: dict[str, HostCost]
     shapes: dict[str, dict[str, HostCost]] = field(default_factory=dict)
     x_unit: str = "work"
+    dtypes: dict[str, dict[str, HostCost]] = field(default_factory=dict)
 
     def us(self, kind: str, x: float, r: int = 1, shape: str | None = None) -> float:
         """Host µs to issue a task of ``kind`` on x (tokens or bytes) at degree r; 0 if unmeasured."""
         by = self.shapes.get(shape) if shape else None
         cost = by.get(kind) if by else None
+        if cost is None and shape:
+            cost = self.dtypes.get(dtype_of_shape(shape), {}).get(kind)
         if cost is None:
             cost = self.kinds.get(kind)
         return 0.0 if cost is None else cost(x, r)
@@ -133,17 +143,21 @@ class HostCosts:
         def sc(c: HostCost) -> HostCost:
             return HostCost(c.alpha_us * f, c.per_unit_us * f, c.per_chunk_us * f, c.r2)
         return HostCosts(self.lag_us, {k: sc(c) for k, c in self.kinds.items()},
-                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()}, self.x_unit)
+                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()}, self.x_unit,
+                         {dt: {k: sc(c) for k, c in by.items()} for dt, by in self.dtypes.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
-             "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        d: dict[str, Any] = {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
+                             "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+        if self.dtypes:
+            d["dtypes"] = {dt: {k: c.to_dict() for k, c in by.items()} for dt, by in self.dtypes.items()}
         return d if self.x_unit == "tokens" else {"lag_us": self.lag_us, "x_unit": self.x_unit, **d}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "HostCosts":
-        if not isinstance(d, dict) or not {"lag_us", "kinds", "shapes"} <= set(d) <= {"lag_us", "kinds", "shapes", "x_unit"}:
-            raise MoeschedError(f"{source}: host must have the keys lag_us, kinds, shapes[, x_unit]")
+        if not isinstance(d, dict) or not {"lag_us", "kinds", "shapes"} <= set(d) <= {"lag_us", "kinds", "shapes", "x_unit",
+                                                                                     "dtypes"}:
+            raise MoeschedError(f"{source}: host must have the keys lag_us, kinds, shapes[, x_unit, dtypes]")
         x_unit = d.get("x_unit", "tokens")  # profiles from before work units have no x_unit
         if x_unit not in X_UNITS:
             raise MoeschedError(f"{source}: host.x_unit must be one of {list(X_UNITS)}, got {x_unit!r}")
@@ -159,5 +173,9 @@ class HostCosts:
         shapes = d["shapes"]
         if not isinstance(shapes, dict):
             raise MoeschedError(f"{source}: host.shapes must map shape keys to {{kind: cost}}")
+        dtypes = d.get("dtypes", {})
+        if not isinstance(dtypes, dict) or not set(dtypes) <= set(MODEL_DTYPES):
+            raise MoeschedError(f"{source}: host.dtypes must map dtypes in {list(MODEL_DTYPES)} to {{kind: cost}}")
         return cls(float(lag), costs(d["kinds"], "host.kinds"),
-                   {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()}, x_unit)
+                   {s: costs(by, f"host.shapes.{s}") for s, by in shapes.items()}, x_unit,
+                   {dt: costs(by, f"host.dtypes.{dt}") for dt, by in dtypes.items()})

@@ -339,3 +339,23 @@ def test_chunked_calibration_steps_calibrate_every_kind_but_expert_dx() -> None:
              if r == "compute" and k in INSITU_KINDS and k != "expert_dx" and not any(a < e and s < b for a, b in links)]
     assert alone  # the check below is not vacuous
     assert len(out.compute) == len(alone) and all(k != "expert_dx" for _, k, _, _ in out.compute)
+
+
+def test_each_dtype_pools_its_own_host_costs() -> None:
+    """fp32 expert tasks loop over experts (2-3x the host time of bf16's grouped GEMMs): the
+    pooled costs come from the dtype with most samples, another dtype's from its own shapes,
+    and a shape the profile did not calibrate takes its dtype's."""
+    bf = [(f"M{m}-gpt-bf16", "expert_fwd", x, 1, 400.0 + 1e-9 * x) for m in (1, 2) for x in (1e9, 2e9, 4e9)]
+    fp = [("M3-gpt-fp32", "expert_fwd", x, 1, 1200.0 + 1e-9 * x) for x in (1e9, 2e9, 4e9)]
+    h = fit_host(bf + fp + [("old-key", "expert_fwd", 1e9, 1, 9.0)], 20.0)
+    assert h.kinds["expert_fwd"].alpha_us == pytest.approx(400.0, rel=1e-3)
+    assert set(h.dtypes) == {"fp32"} and h.dtypes["fp32"]["expert_fwd"].alpha_us == pytest.approx(1200.0, rel=1e-3)
+    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-fp32") == pytest.approx(1201.0, rel=1e-3)   # unprofiled fp32 shape
+    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-bf16") == pytest.approx(401.0, rel=1e-3)    # unprofiled bf16 shape
+    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-fp16") == pytest.approx(401.0, rel=1e-3)    # no fp16 shapes: the pool
+    back = HostCosts.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert back == h and back.scaled(2.0).us("expert_fwd", 1e9, 1, "M9-gpt-fp32") == pytest.approx(2402.0, rel=1e-3)
+    for bad in ({"fp8": {}}, [], {"fp32": {"warp": {"alpha_us": 1.0, "per_unit_us": 0, "per_chunk_us": 0}}}):
+        with pytest.raises(MoeschedError) as e:
+            HostCosts.from_dict(dict(h.to_dict(), dtypes=bad))
+        assert "host.dtypes" in str(e.value) and "\n" not in str(e.value)

@@ -8,6 +8,7 @@ import statistics
 from moesched.costs.fit import r2_score
 from moesched.errors import MoeschedError
 from moesched.host import HOST_KINDS, HostCost, HostCosts
+from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
 
 
 def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> list[float]:
@@ -55,15 +56,19 @@ def fit_host_cost(points: list[tuple[float, int, float]]) -> HostCost:
 
 def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x_unit: str = "work") -> HostCosts:
     """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
-    task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per (shape, kind) and
-    per kind pooled over shapes (:func:`fit_host_cost`)."""
-    kinds: dict[str, list[tuple[float, int, float]]] = {}
+    task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per (shape, kind), per
+    kind pooled over the shapes of the dtype with the most samples, and per kind pooled over
+    each other dtype's shapes (:func:`fit_host_cost`)."""
+    by_dtype: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     for shape, kind, x, r, us in samples:
         if kind not in HOST_KINDS:
             raise MoeschedError(f"host samples: unknown task kind {kind!r}")
-        kinds.setdefault(kind, []).append((float(x), int(r), float(us)))
+        dt = dtype_of_shape(shape) if dtype_of_shape(shape) in MODEL_DTYPES else ""  # older keys: no dtype
+        by_dtype.setdefault(dt, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
-    return HostCosts(round(float(lag_us), 3), {k: fit_host_cost(p) for k, p in sorted(kinds.items())},
+    fits = {dt: {k: fit_host_cost(p) for k, p in sorted(by.items())} for dt, by in sorted(by_dtype.items())}
+    main = max(sorted(by_dtype), key=lambda dt: sum(map(len, by_dtype[dt].values())), default=None)
+    return HostCosts(round(float(lag_us), 3), fits.pop(main, {}),
                      {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
-                     x_unit)
+                     x_unit, {dt: by for dt, by in fits.items() if dt})
