@@ -343,18 +343,26 @@ def test_chunked_calibration_steps_calibrate_every_kind_but_expert_dx() -> None:
 
 def test_each_dtype_pools_its_own_host_costs() -> None:
     """fp32 expert tasks loop over experts (2-3x the host time of bf16's grouped GEMMs): the
-    pooled costs come from the dtype with most samples, another dtype's from its own shapes,
-    and a shape the profile did not calibrate takes its dtype's."""
-    bf = [(f"M{m}-gpt-bf16", "expert_fwd", x, 1, 400.0 + 1e-9 * x) for m in (1, 2) for x in (1e9, 2e9, 4e9)]
-    fp = [("M3-gpt-fp32", "expert_fwd", x, 1, 1200.0 + 1e-9 * x) for x in (1e9, 2e9, 4e9)]
+    pooled costs come from the dtype with most samples; another dtype's pool is that cost
+    times the median ratio of its own samples to it (its slopes in work and degree kept from
+    the main pool: one shape whose chunks split its work cannot tell them apart), a kind the
+    main dtype lacks fitted on its own; a shape the profile did not calibrate takes its dtype's."""
+    def main_us(x: float, r: int) -> float:
+        return 400.0 + 1e-9 * x + 50.0 * r
+    bf = [(f"M{m}-gpt-bf16", "expert_fwd", x, r, main_us(x, r)) for m in (1, 2) for x in (1e9, 2e9, 4e9) for r in (1, 2)]
+    fp = [("M3-gpt-fp32", "expert_fwd", 4e9 / r, r, 3.0 * main_us(4e9 / r, r)) for r in (1, 2, 4)]
+    fp += [("M3-gpt-fp32", "shared_fwd", x, 1, 70.0 + 1e-9 * x) for x in (1e9, 2e9)]
     h = fit_host(bf + fp + [("old-key", "expert_fwd", 1e9, 1, 9.0)], 20.0)
-    assert h.kinds["expert_fwd"].alpha_us == pytest.approx(400.0, rel=1e-3)
-    assert set(h.dtypes) == {"fp32"} and h.dtypes["fp32"]["expert_fwd"].alpha_us == pytest.approx(1200.0, rel=1e-3)
-    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-fp32") == pytest.approx(1201.0, rel=1e-3)   # unprofiled fp32 shape
-    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-bf16") == pytest.approx(401.0, rel=1e-3)    # unprofiled bf16 shape
-    assert h.us("expert_fwd", 1e9, 1, "M9-gpt-fp16") == pytest.approx(401.0, rel=1e-3)    # no fp16 shapes: the pool
+    assert h.kinds["expert_fwd"].alpha_us == pytest.approx(400.0, rel=1e-3) and "shared_fwd" not in h.kinds
+    assert set(h.dtypes) == {"fp32"} and set(h.dtypes["fp32"]) == {"expert_fwd", "shared_fwd"}
+    for x, r in ((1e8, 1), (3e9, 2), (8e9, 8)):   # an unprofiled fp32 shape, any work and degree
+        assert h.us("expert_fwd", x, r, "M9-gpt-fp32") == pytest.approx(3.0 * main_us(x, r), rel=1e-3)
+        assert h.us("expert_fwd", x, r, "M9-gpt-bf16") == pytest.approx(main_us(x, r), rel=1e-3)
+        assert h.us("expert_fwd", x, r, "M9-gpt-fp16") == pytest.approx(main_us(x, r), rel=1e-3)  # no fp16 pool
+    assert h.us("shared_fwd", 3e9, 1, "M9-gpt-fp32") == pytest.approx(73.0, rel=1e-3)
     back = HostCosts.from_dict(json.loads(json.dumps(h.to_dict())))
-    assert back == h and back.scaled(2.0).us("expert_fwd", 1e9, 1, "M9-gpt-fp32") == pytest.approx(2402.0, rel=1e-3)
+    assert back == h and back.scaled(2.0).us("expert_fwd", 1e9, 1, "M9-gpt-fp32") == pytest.approx(
+        6.0 * main_us(1e9, 1), rel=1e-3)
     for bad in ({"fp8": {}}, [], {"fp32": {"warp": {"alpha_us": 1.0, "per_unit_us": 0, "per_chunk_us": 0}}}):
         with pytest.raises(MoeschedError) as e:
             HostCosts.from_dict(dict(h.to_dict(), dtypes=bad))

@@ -66,6 +66,21 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _host_lines(prof: Profile) -> list[str]:
+    """The host issue costs of the report: the pooled costs, then each other dtype's pool."""
+    h = prof.host
+    assert h is not None
+    lines = [f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes"
+             + (" of the main dtype:" if h.dtypes else ":")]
+    for dt, by in [("", h.kinds), *sorted(h.dtypes.items())]:
+        if dt:
+            lines.append(f"  pooled over {dt} shapes:")
+        for k, c in by.items():
+            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  + {_fmt(c.per_unit_us):>10} us/unit"
+                         f"  + {_fmt(c.per_chunk_us):>8} us/degree  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
+    return lines
+
+
 def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
     """The report of ``moesched profile --check`` as lines: every fit (:func:`check`), the
     replay errors, overheads, host issue costs and in-situ corrections the profile keeps."""
@@ -104,11 +119,11 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
             f"{s} mean {v.get('mean_ratio_to_even')} max {v.get('max_ratio_to_even')}"
             for s, v in meta["all_to_all_uneven"].items()))
     if prof.host is not None:
-        h = prof.host
-        lines.append(f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes:")
-        for k, c in h.kinds.items():
-            lines.append(f"    {k:14} alpha {_fmt(c.alpha_us):>8} us  + {_fmt(c.per_unit_us):>10} us/unit"
-                         f"  + {_fmt(c.per_chunk_us):>8} us/degree  R^2 {'-' if c.r2 is None else f'{c.r2:.3f}'}")
+        lines += _host_lines(prof)
+    if prof.ops is not None and prof.ops.correction:
+        lines.append("operator composition correction (moesched.optables), alpha us + scale x sum of operators:")
+        for dt, corr in [("", prof.ops.correction), *sorted(prof.ops.dtype_correction.items())]:
+            lines.append(f"    {dt or 'common':7}" + "  ".join(f"{k} {_fmt(a)} + {_fmt(sc)}x" for k, (a, sc) in corr.items()))
     insitu = [(sh, k, c) for sh, by in sorted(prof.shapes.items()) for k, c in by.items() if k.startswith("all_to_all@")]
     if insitu:
         lines.append("all-to-alls timed in executor steps (used for their shape) vs the micro-benchmark:")

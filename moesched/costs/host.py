@@ -57,8 +57,8 @@ def fit_host_cost(points: list[tuple[float, int, float]]) -> HostCost:
 def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x_unit: str = "work") -> HostCosts:
     """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
     task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per (shape, kind), per
-    kind pooled over the shapes of the dtype with the most samples, and per kind pooled over
-    each other dtype's shapes (:func:`fit_host_cost`)."""
+    kind pooled over the shapes of the dtype with the most samples (:func:`fit_host_cost`),
+    and per kind for each other dtype (:func:`dtype_pool`)."""
     by_dtype: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     for shape, kind, x, r, us in samples:
@@ -67,8 +67,25 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x
         dt = dtype_of_shape(shape) if dtype_of_shape(shape) in MODEL_DTYPES else ""  # older keys: no dtype
         by_dtype.setdefault(dt, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
-    fits = {dt: {k: fit_host_cost(p) for k, p in sorted(by.items())} for dt, by in sorted(by_dtype.items())}
-    main = max(sorted(by_dtype), key=lambda dt: sum(map(len, by_dtype[dt].values())), default=None)
-    return HostCosts(round(float(lag_us), 3), fits.pop(main, {}),
+    main = max(sorted(by_dtype), key=lambda dt: sum(map(len, by_dtype[dt].values())), default="")
+    pool = {k: fit_host_cost(p) for k, p in sorted(by_dtype.get(main, {}).items())}
+    return HostCosts(round(float(lag_us), 3), pool,
                      {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
-                     x_unit, {dt: by for dt, by in fits.items() if dt})
+                     x_unit, {dt: dtype_pool(pool, by) for dt, by in sorted(by_dtype.items()) if dt and dt != main})
+
+
+def dtype_pool(main: dict[str, HostCost], samples: dict[str, list[tuple[float, int, float]]]) -> dict[str, HostCost]:
+    """A dtype's pooled host costs: per kind, the main dtype's cost times the median ratio of
+    this dtype's samples (x, r, µs) to it, so that the slopes in work and degree (which one
+    or two shapes cannot tell apart: chunks split the work) stay those fitted over the main
+    dtype's shapes; a kind the main dtype lacks is fitted on its own."""
+    out = {}
+    for kind, pts in sorted(samples.items()):
+        base = main.get(kind)
+        ratios = [us / base(x, r) for x, r, us in pts if base is not None and base(x, r) > 0]
+        if base is None or not ratios:
+            out[kind] = fit_host_cost(pts)
+            continue
+        f = statistics.median(ratios)
+        out[kind] = HostCost(round(base.alpha_us * f, 3), base.per_unit_us * f, base.per_chunk_us * f, None)
+    return out
