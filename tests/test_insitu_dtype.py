@@ -111,3 +111,17 @@ def test_profiles_calibrated_before_price_as_they_did(folder: Path, profile: Pat
     rows = [i for i, c in enumerate(df["config"]) if c == "gpt-top1-fp32"][:3] + [0, len(df) - 1]
     for i in rows:
         assert Plan.from_dict(plans[i]).replay(prof).makespan_us / 1e3 == pytest.approx(df["now_ms"][i], abs=1e-4)
+
+
+def test_check_report_lists_each_dtypes_pool_and_correction() -> None:
+    """`moesched profile --check` on a profile with an fp32 shape profiled: the fp32 host
+    pool (a ratio to the bf16 one) and fp32's own composition correction are listed."""
+    from moesched.costs.check import report_lines
+    prof = refit(Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json"))
+    lines = report_lines(prof)
+    assert "  pooled over fp32 shapes:" in lines
+    fp32 = next(ln for ln in lines if ln.startswith("    fp32 "))
+    assert "attn_fwd" in fp32 and set(prof.ops.dtype_correction) == {"fp32"}
+    bf, fp = prof.host.kinds["expert_fwd"], prof.host.dtypes["fp32"]["expert_fwd"]
+    ratio = fp.alpha_us / bf.alpha_us
+    assert ratio > 2 and fp.per_unit_us / bf.per_unit_us == pytest.approx(ratio, rel=1e-3)  # one ratio, 2-3x
