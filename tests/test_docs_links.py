@@ -76,3 +76,10 @@ def test_a_missing_path_is_caught() -> None:
     assert not _exists("results/no-such-machine/validation.csv")
     assert "no-such-heading" not in _anchors(ROOT / "docs" / "formats.md")
     assert PATH.findall("see `results/h200x4/nvlink/x.csv`, not 72fb1c1:results/gpu/") == ["results/h200x4/nvlink/x.csv"]
+
+
+def test_every_benchmark_entry_point_is_in_the_benchmarks_index() -> None:
+    """Each script under benchmarks/ is named (`name`) in benchmarks/README.md."""
+    index = (ROOT / "benchmarks/README.md").read_text()
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh"))
+    assert scripts and [s for s in scripts if f"`{s}`" not in index and f"benchmarks/{s}" not in index] == []
