@@ -5,7 +5,7 @@ each expert into the rank-to-rank matrix of :class:`moesched.routing.Routing` (t
 of expert e from rank s split evenly over e's replicas, as :mod:`executor.placement` splits
 them); :func:`simulate_step` builds the graph of a published schedule
 (:mod:`moesched.schedules`), gives its expert tasks and all-to-alls every rank's duration
-(:func:`moesched.routing.apply_routing`), simulates it
+(:func:`moesched.routing.apply_routing`; the all-to-alls carry :func:`placement_traffic`), simulates it
 (:meth:`moesched.sim.Compiled.run`) with the replica gradient all-reduces of every layer as
 tasks of the graph (:func:`add_replica_syncs`), and adds the migration from the previous
 placements. It is the simulator's view of what :class:`moesched.placement.PlacementCost`
@@ -30,11 +30,22 @@ from moesched.sim import Compiled
 
 
 def placement_routing(placements: Sequence[Placement], per_source: Sequence[Sequence[Sequence[float]]]) -> Routing:
-    """copies[l][src][dst] from per_source[l][src][e] (copies rank src routes to expert e).
-    A split expert's copies are divided over its shards like a replica's: the matrix then
-    carries each shard's compute (1/n of the FLOPs of every copy) but not the n-fold
-    traffic of sending every copy to every shard, which only
-    :meth:`moesched.placement.PlacementCost.layer` prices."""
+    """copies[l][src][dst] computed on, from per_source[l][src][e] (copies rank src routes
+    to expert e): a replicated expert's copies split evenly over its replicas, a split
+    expert's over its shards (each computes 1/n of the FLOPs of every copy). What the
+    all-to-alls carry is :func:`placement_traffic`."""
+    return _matrices(placements, per_source, traffic=False)
+
+
+def placement_traffic(placements: Sequence[Placement], per_source: Sequence[Sequence[Sequence[float]]]) -> Routing:
+    """copies[l][src][dst] the all-to-alls carry: as :func:`placement_routing`, but every
+    copy to a split expert goes to each of its shards (the source sums the partial outputs;
+    :meth:`moesched.placement.PlacementCost.layer` prices the same)."""
+    return _matrices(placements, per_source, traffic=True)
+
+
+def _matrices(placements: Sequence[Placement], per_source: Sequence[Sequence[Sequence[float]]],
+              traffic: bool) -> Routing:
     out = []
     for p, layer in zip(placements, per_source):
         S = p.ranks
@@ -45,7 +56,7 @@ def placement_routing(placements: Sequence[Placement], per_source: Sequence[Sequ
             for e, n in enumerate(row):
                 reps = p.replicas[e]
                 for r in reps:
-                    m[s][r] += n / len(reps)
+                    m[s][r] += n if traffic and p.split[e] else n / len(reps)
         out.append([[int(round(x)) for x in r] for r in m])
     return Routing.from_lists(out)
 
@@ -102,7 +113,8 @@ def simulate_step(model: MoEModel, cluster: Cluster, profile: Profile, placement
         raise MoeschedError(f"simulate_step: need one previous placement per layer ({model.layers})")
     sched = schedules.get(schedule).schedule(model, cluster, profile)
     g = build(model, cluster, profile, sched.knobs)
-    apply_routing(g, model, cluster, profile, placement_routing(placements, per_source))
+    apply_routing(g, model, cluster, profile, placement_routing(placements, per_source),
+                  placement_traffic(placements, per_source))
     cost = PlacementCost(model, cluster, profile)
     add_replica_syncs(g, cost, placements)
     c = Compiled(g)

@@ -69,18 +69,26 @@ class Routing:
                 raise MoeschedError(f"routing of layer {l} has negative counts or more than T*k = {full} copies a rank")
 
 
-def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Profile, routing: Routing) -> nx.DiGraph:
+def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Profile, routing: Routing,
+                  traffic: Routing | None = None) -> nx.DiGraph:
     """Give the expert tasks and flat all-to-alls of ``g`` (built by
     :func:`moesched.graph.build` for ``model`` on ``cluster`` under ``profile``) per-rank
     durations from ``routing``, and simulate every rank of the cluster (graph attribute
-    ``ranks``). Modifies and returns ``g``."""
+    ``ranks``). ``traffic`` (same shape; default ``routing``): the copies the all-to-alls
+    carry where they differ from the copies computed on (a split expert receives every copy
+    on each shard and computes 1/n of each, :func:`moesched.placement_sim.placement_traffic`).
+    Modifies and returns ``g``."""
     ep, R = cluster.ep_size, cluster.world
     routing.check(model, ep)
+    if traffic is not None and (len(traffic.copies) != model.layers or any(
+            len(m) != ep or any(len(row) != ep or min(row) < 0 for row in m) for m in traffic.copies)):
+        raise MoeschedError(f"routing: the traffic must have one {ep} x {ep} matrix per layer, no negative counts")
     even = work.routed_copies(model, model.tokens)
     if even <= 0:
         raise MoeschedError("routing: the model routes no copies")
     shape = model.shape_key()
     shares = [routing.shares(l, even) for l in range(model.layers)]
+    moved = [(traffic or routing).shares(l, even) for l in range(model.layers)]
     g.graph["ranks"] = R
     for _, a in g.nodes(data=True):
         kind = a["kind"]
@@ -92,7 +100,7 @@ def apply_routing(g: nx.DiGraph, model: MoEModel, cluster: Cluster, profile: Pro
                                                            model, ep) + a["saved_copy_by_rank_us"][r]
                                         for r in range(R)]
         elif kind in A2A_KINDS and a.get("hop") is None:
-            recv, sent = shares[a["layer"]]
+            recv, sent = moved[a["layer"]]
             a["duration_by_rank_us"] = [collective_us(cluster, profile, "all_to_all", "ep",
                                                       float(a["work"]) * max(recv[r % ep], sent[r % ep]), shape)
                                         for r in range(R)]

@@ -233,3 +233,39 @@ def test_placement_schedule_round_trip_and_bad_files(tmp_path):
         PlacementSchedule("x", ((3, (a,)),))
     with pytest.raises(MoeschedError, match="differs"):
         PlacementSchedule("x", ((0, (a,)), (2, (a, a))))
+
+
+def test_a_split_experts_all_to_alls_carry_every_copy_to_every_shard(cost4):
+    """placement_traffic sends each copy to a split expert to all its shards;
+    placement_routing computes 1/n on each. In the simulated graph the all-to-alls follow
+    the traffic and the expert tasks the compute, and the split step is priced above the
+    same placement with the experts replicated when only the traffic differs."""
+    from moesched import schedules
+    from moesched.graph import build
+    from moesched.placement_sim import even_sources, placement_routing, placement_traffic
+    from moesched.routing import apply_routing
+    m = cost4.model
+    base = Placement.static(64, 4, 18)
+    reps = [list(rs) + ([3] if e in (0, 1) else []) for e, rs in enumerate(base.replicas)]
+    split, replicated = Placement.of(reps, 4, 18, split=[0, 1]), Placement.of(reps, 4, 18)
+    loads = [[4000.0] * 2 + [500.0] * 62] * 2
+    src = even_sources(loads, 4)
+    comp, moved = placement_routing([split] * 2, src), placement_traffic([split] * 2, src)
+    assert comp == placement_routing([replicated] * 2, src) == placement_traffic([replicated] * 2, src)
+    extra = [sum(moved.copies[0][s][d] - comp.copies[0][s][d] for s in range(4)) for d in range(4)]
+    assert extra == pytest.approx([4000, 0, 0, 4000], abs=8)  # both shards receive experts 0 and 1 whole
+    sched = schedules.get("vanilla").schedule(m, cost4.cluster, cost4.profile)
+
+    def durations(traffic):
+        g = apply_routing(build(m, cost4.cluster, cost4.profile, sched.knobs), m, cost4.cluster, cost4.profile,
+                          comp, traffic)
+        return {k: max(a["duration_by_rank_us"]) for k, a in g.nodes(data=True)
+                if a["kind"] in ("expert_fwd", "dispatch") and a.get("hop") is None}
+    with_split, as_replicas = durations(moved), durations(None)
+    assert any(k for k in with_split if "dispatch" in k)
+    for k, us in with_split.items():
+        assert us > as_replicas[k] if "dispatch" in k else us == pytest.approx(as_replicas[k])
+    from moesched.routing import Routing
+    bad = Routing.from_lists([[[0] * 3] * 3] * 2)
+    with pytest.raises(MoeschedError, match="traffic"):
+        apply_routing(build(m, cost4.cluster, cost4.profile, sched.knobs), m, cost4.cluster, cost4.profile, comp, bad)
