@@ -125,3 +125,23 @@ def test_check_report_lists_each_dtypes_pool_and_correction() -> None:
     bf, fp = prof.host.kinds["expert_fwd"], prof.host.dtypes["fp32"]["expert_fwd"]
     ratio = fp.alpha_us / bf.alpha_us
     assert ratio > 2 and fp.per_unit_us / bf.per_unit_us == pytest.approx(ratio, rel=1e-3)  # one ratio, 2-3x
+
+
+def test_pricing_note_names_what_a_model_borrows_from_another_dtype(capsys: pytest.CaptureFixture) -> None:
+    """solve and simulate say how the profile prices the model and whether it borrows bf16's
+    measurements for an fp32 model (no fp32 shape profiled)."""
+    from moesched.cli import main
+    from moesched.costs.check import pricing_note
+    fp32 = _heldout("gpt-top1-fp32")
+    with_fp32 = Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json")
+    bf16_only = Profile.load(ROOT / "results/h200x1/pinned/heldout-rep/h200x1-one-gpu.json")
+    assert pricing_note(with_fp32, fp32).endswith("compute by operators in fp32 tables; "
+                                                  "host issue costs pooled over fp32 shapes")
+    note = pricing_note(bf16_only, fp32)
+    assert "corrected as bf16 tasks" in note and "pooled over bf16 shapes" in note and "no fp32 shape profiled" in note
+    assert "no bf16 shape" not in pricing_note(bf16_only, replace(fp32, dtype="bf16"))
+    profiled = next(c.model for c in load_configs(ROOT / "results/h200x1/configs-1gpu.json"))
+    assert "the shape's own measured curves" in pricing_note(bf16_only, profiled)
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--schedules", "vanilla"]) == 0
+    out = capsys.readouterr().out
+    assert "pricing GPT2-Tiny-MoE (fp32): compute by the per-kind FLOPs line of bf16 shapes" in out

@@ -15,6 +15,7 @@ from moesched.models import MoEModel
 from moesched.profile import Profile, default_profile_path
 from moesched.schedules.base import Evaluation, evaluate, executed_timeline
 from moesched.sim import Timeline
+from moesched.costs.check import pricing_note
 
 HELP = "simulate one training step under each schedule policy"
 BASELINE = "vanilla"
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
     print(f"profile: {profile.name} ({note}) from {args.profile if args.profile is not None else default_profile_path()}")
     print(f"model: {model.name}, cluster {cluster.label()} (EP {cluster.ep_size}, {cluster.world} ranks)")
+    print(pricing_note(profile, model))
     try:
         check_memory(model, cluster, profile)
     except MoeschedError as e:

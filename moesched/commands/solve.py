@@ -26,6 +26,7 @@ from moesched.pipelinechoice import print_pipelines
 from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked
 from moesched.plan import from_timeline
 from moesched.profile import default_profile_path
+from moesched.costs.check import pricing_note
 
 if TYPE_CHECKING:
     from moesched.solve.layout import LayoutResult
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     note = "analytic: derived from hardware ceilings, NOT measured" if profile.kind == "analytic" else "measured"
     print(f"profile: {profile.name} ({note})")
     print(f"model: {model.name} ({model.layers} layers), cluster {cluster.label()} (EP {cluster.ep_size})")
+    print(pricing_note(profile, model))
     print(f"knobs: r_fwd={_degrees(k.r_fwd)} r_bwd={_degrees(k.r_bwd)} at_chunked={k.at_chunked} "
           f"grad_chunk_bytes={k.grad_chunk_bytes} grad_sync={k.grad_sync} a2a={k.a2a}")
     print(f"priority: {res.schedule.notes.get('priority')} (found by {res.schedule.notes.get('source')})")

@@ -7,6 +7,7 @@ from typing import Any
 
 from moesched.costs.fit import REL_TOL, line_value
 from moesched.kinds import ALL_COMPUTE_KINDS
+from moesched.models import MoEModel, dtype_of_shape
 from moesched.profile import COLLECTIVES, SHAPE_A2A, Cost, Profile
 
 
@@ -141,3 +142,42 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
         if k in meta:
             lines.append(f"{k}: {meta[k]}")
     return lines
+
+
+def pricing_note(prof: Profile, model: MoEModel) -> str:
+    """One line saying how ``prof`` prices ``model``'s compute and host issue (the precedence
+    of :meth:`moesched.profile.Profile.compute_us` and :meth:`moesched.host.HostCosts.us`),
+    and whether it borrows another dtype's measurements: the cue to profile a shape in the
+    model's dtype (docs/profiling.md)."""
+    shape, dt, main = model.shape_key(), model.dtype, _main_dtype(prof)
+    foreign = main is not None and main != dt  # measured shapes exist, none or few in dt
+    ops = prof.ops
+    run = ops.run_dtype(dt) if ops is not None else None
+    borrows = []
+    if shape in prof.shapes:
+        compute = "the shape's own measured curves"
+    elif ops is not None and run is not None:
+        compute = f"operators in {run} tables"
+        if foreign and ops.runs_as is None and ops.correction and run not in ops.dtype_correction:
+            compute += f", corrected as {main} tasks"
+            borrows.append("compute")
+    else:
+        compute = "the per-kind FLOPs line" + (f" of {main} shapes" if foreign else "")
+        borrows += ["compute"] if foreign else []
+    host = "none"
+    if prof.host is not None:
+        if shape in prof.host.shapes:
+            host = "the shape's own"
+        elif dt in prof.host.dtypes or not foreign:
+            host = f"pooled over {dt} shapes"
+        else:
+            host = f"pooled over {main} shapes"
+            borrows.append("host")
+    note = f"pricing {model.name} ({dt}): compute by {compute}; host issue costs {host}"
+    return note + (f" (no {dt} shape profiled; profile one: docs/profiling.md)" if borrows else "")
+
+
+def _main_dtype(prof: Profile) -> str | None:
+    """The dtype most of the profile's measured shapes ran in (None without any)."""
+    dts = [dtype_of_shape(s) for s in prof.shapes]
+    return max(sorted(set(dts)), key=dts.count) if dts else None
