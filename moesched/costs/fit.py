@@ -227,6 +227,12 @@ def fit_dtype_corrections(rows: Iterable[tuple[str, str, float, float]]
         by.setdefault(dt, {}).setdefault(kind, []).append((composed, measured))
     if not by:
         return {}, {}
-    main = max(sorted(by), key=lambda dt: sum(map(len, by[dt].values())))
+    main = most_rows(by)
     others = {dt: fit_correction(p) for dt, p in sorted(by.items()) if dt != main}
     return fit_correction(by[main]), {dt: c for dt, c in others.items() if c}
+
+
+def most_rows(groups: dict[str, dict[str, list[Any]]]) -> str:
+    """The key of ``groups`` ({dtype: {kind: rows}}) with the most rows in all (ties: the
+    first in sorted order; "" when empty): the dtype whose fits are the common ones."""
+    return max(sorted(groups), key=lambda k: sum(map(len, groups[k].values())), default="")

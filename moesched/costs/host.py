@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from moesched.costs.fit import r2_score
+from moesched.costs.fit import most_rows, r2_score
 from moesched.errors import MoeschedError
 from moesched.host import HOST_KINDS, HostCost, HostCosts
 from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
@@ -64,10 +64,11 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x
     for shape, kind, x, r, us in samples:
         if kind not in HOST_KINDS:
             raise MoeschedError(f"host samples: unknown task kind {kind!r}")
-        dt = dtype_of_shape(shape) if dtype_of_shape(shape) in MODEL_DTYPES else ""  # older keys: no dtype
+        dt = dtype_of_shape(shape)
+        dt = dt if dt in MODEL_DTYPES else ""  # older shape keys end without a dtype
         by_dtype.setdefault(dt, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
-    main = max(sorted(by_dtype), key=lambda dt: sum(map(len, by_dtype[dt].values())), default="")
+    main = most_rows(by_dtype)
     pool = {k: fit_host_cost(p) for k, p in sorted(by_dtype.get(main, {}).items())}
     return HostCosts(round(float(lag_us), 3), pool,
                      {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
