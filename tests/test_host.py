@@ -367,3 +367,32 @@ def test_each_dtype_pools_its_own_host_costs() -> None:
         with pytest.raises(MoeschedError) as e:
             HostCosts.from_dict(dict(h.to_dict(), dtypes=bad))
         assert "host.dtypes" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_calibration_passes_interleave_every_plan_and_keep_their_spread() -> None:
+    """measure_host takes its timed steps in passes over every plan of every model (one
+    shape's steps do not sit at one moment of the host): on one gloo rank, two models, two
+    passes -- each pass times every plan once, in the same order, after the pass's probe;
+    pass_spread is the range of a plan's passes over their median."""
+    import torch
+    import torch.distributed as dist
+    from localhost import free_port
+
+    from executor.profiling.host import calibration_plans, measure_host, pass_spread
+    from executor.testplans import tiny_model
+    models = [tiny_model(), dataclasses.replace(tiny_model(), name="tiny-b", seq_len=16)]
+    probes = iter([11.0, 13.0])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        got = measure_host(models, Cluster(1, 1), 0, torch.device("cpu"), steps=2, warmup=1,
+                           probe=lambda: next(probes))
+    finally:
+        dist.destroy_process_group()
+    order = [(m.shape_key(), pi) for m in models for pi, _ in enumerate(calibration_plans(m, Cluster(1, 1)))]
+    assert len(order) >= 4 and got.probes_us == [11.0, 13.0]
+    assert [(s, pi) for s, pi, _, _ in got.step_us] == order * 2
+    assert [p for *_, p, _ in got.step_us] == [0] * len(order) + [1] * len(order)
+    assert {s for s, *_ in got.samples} == {m.shape_key() for m in models}
+    assert pass_spread([("a", 0, 0, 90.0), ("a", 0, 1, 110.0), ("a", 1, 0, 50.0), ("a", 1, 1, 50.0)]) \
+        == {"mean": 10.0, "max": 20.0}
+    assert pass_spread([("a", 0, 0, 90.0)]) == {}

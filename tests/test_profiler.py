@@ -86,6 +86,10 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
         # all-to-alls timed inside those steps price the measured shape (intra: one node)
         assert meta["samples"]["a2a"] and all(by.get("all_to_all@intra") for by in prof.shapes.values())
         assert refit(prof).shapes == prof.shapes
+        # the two calibration passes (--host-steps 2) interleave every plan: each plan timed
+        # once per pass, the passes' spread kept, the probe the slowest rank's median of passes
+        spread = meta["host_pass_spread_pct"]
+        assert 0 <= spread["mean"] <= spread["max"] and meta["host_probe_us"] > 0
     else:
         assert prof.host is None  # the CPU default: no host calibration
     assert not list(tmp_path.glob(".p.json.*"))  # no temporary file left behind

@@ -89,6 +89,8 @@ class HostSamples:
     lags_us: list[float] = field(default_factory=list)
     a2a: dict[tuple, tuple[str, str, float, float]] = field(default_factory=dict)   # shape, scope, bytes, µs
     compute: list[tuple[str, str, float, float]] = field(default_factory=list)      # shape, kind, FLOPs, GPU µs
+    step_us: list[tuple[str, int, int, float]] = field(default_factory=list)        # shape, plan, pass, call µs
+    probes_us: list[float] = field(default_factory=list)                            # host probe per pass, µs
 
 
 def insitu_sample(kind: str, serial: bool) -> bool:
@@ -134,9 +136,15 @@ def _add_step(out: HostSamples, shape: str, key: tuple, plan: Plan, nodes: Any, 
 
 
 def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: torch.device,
-                 steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None) -> HostSamples:
+                 steps: int = 3, warmup: int = 2, tick: Callable[[], None] | None = None,
+                 probe: Callable[[], float] | None = None) -> HostSamples:
     """This rank's samples of the calibration steps, each model in the dtype it trains in
-    (its own on a GPU, fp32 on a CPU, as validate and executor.run); see the module docstring. Compute:
+    (its own on a GPU, fp32 on a CPU, as validate and executor.run); see the module docstring.
+    The ``steps`` timed steps of each plan come from as many interleaved passes over every
+    plan of every model (a fresh module and ``warmup`` untimed steps per pass), so that a drift of the host's speed, which on lent machines moves
+    1.4x within seconds (``docs/validating.md``), spreads over every shape alike rather than
+    setting one shape's costs; ``probe`` (the host probe, µs) is taken before each pass
+    into ``probes_us``. Compute:
     (shape key, kind, FLOPs, GPU µs) of the compute tasks of
     :data:`moesched.costs.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
     issued in full before the GPU started them (GPU time not stretched by the host) and that
@@ -148,26 +156,36 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     host model prices), including its wait for ranks that issued it later
     (:func:`a2a_samples`)."""
     out = HostSamples()
-    ep = cluster.ep_size
-    for m in models:
-        dtype = TORCH_DTYPES[m.dtype] if device.type == "cuda" else torch.float32
-        for pi, plan in enumerate(calibration_plans(m, cluster)):
-            module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
-            step = PlannedStep(module, plan)
-            batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
-            with gc_quiet():  # no collection inside the timed steps
-                for i in range(warmup + steps):
-                    dist.barrier(group=step.groups.world_meta)
-                    step(batch, target)
-                    if i >= warmup:
-                        _add_step(out, m.shape_key(), (pi, i), plan, step.graph.nodes, step.timeline(),
-                                  device.type == "cuda")
-            del step, module
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    jobs = [(m, pi, plan) for m in models for pi, plan in enumerate(calibration_plans(m, cluster))]
+    for p in range(steps):
+        if probe is not None:
+            out.probes_us.append(probe())
+        for m, pi, plan in jobs:
+            _timed_step(out, m, pi, plan, p, rank, device, warmup)
             if tick:
                 tick()
     return out
+
+
+def _timed_step(out: HostSamples, m: MoEModel, pi: int, plan: Plan, p: int, rank: int, device: torch.device,
+                warmup: int) -> None:
+    """One pass over ``plan`` (plan ``pi`` of model ``m``, pass ``p``): a fresh module,
+    ``warmup`` untimed steps, one timed step whose samples go into ``out`` (:func:`_add_step`)."""
+    ep = plan.cluster.ep_size
+    dtype = TORCH_DTYPES[m.dtype] if device.type == "cuda" else torch.float32
+    module = MoEModule(plan.model, ep=ep, ep_rank=rank % ep, seed=0, device=device, dtype=dtype)
+    step = PlannedStep(module, plan)
+    batch, target = make_batch(plan.model, rank, 0, device=device, dtype=dtype)
+    with gc_quiet():  # no collection inside the timed steps
+        for i in range(warmup + 1):
+            dist.barrier(group=step.groups.world_meta)
+            step(batch, target)
+        tl = step.timeline()
+        _add_step(out, m.shape_key(), (pi, p), plan, step.graph.nodes, tl, device.type == "cuda")
+    out.step_us.append((m.shape_key(), pi, p, float(tl.meta["call_us"])))
+    del step, module
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
@@ -184,6 +202,19 @@ def a2a_samples(per_rank: list[dict[tuple, tuple[str, str, float, float]]]
         ts = [d[k][3] for d in per_rank]
         out.append((shape, scope, nbytes, min(ts), float(statistics.median(ts))))
     return out
+
+
+def pass_spread(step_us: list[tuple[str, int, int, float]]) -> dict[str, float]:
+    """How much the moment of a calibration step moves its duration: per (shape, plan) and
+    rank-pooled, the range of its passes' step times (call µs) over their median, %; the mean
+    and max over plans (what one shape's host costs would carry if measured at one moment)."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for shape, pi, _, us in step_us:
+        by.setdefault((shape, pi), []).append(us)
+    spreads = [(max(v) - min(v)) / statistics.median(v) * 100 for v in by.values() if len(v) > 1]
+    if not spreads:
+        return {}
+    return {"mean": round(statistics.mean(spreads), 2), "max": round(max(spreads), 2)}
 
 
 def lag_us(lags: list[float]) -> float:

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -106,7 +107,8 @@ class HostRows:
     lags_us: list = field(default_factory=list)   # host-to-GPU lag samples, µs
     a2a: list = field(default_factory=list)       # (shape key, scope, bytes, smallest µs, median µs)
     compute: list = field(default_factory=list)   # (shape key, kind, FLOPs, GPU µs)
-    probe_us: list = field(default_factory=list)  # host probe of every rank, µs
+    probe_us: list = field(default_factory=list)  # host probe of every rank (median over passes), µs
+    step_us: list = field(default_factory=list)   # (shape key, plan, pass, step call µs), every rank
 
 
 def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int, n_dep: int = 0) -> Any:
@@ -119,19 +121,19 @@ def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int, n_d
         print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), "
               f"{n_comm // ROUNDS} collective timings on scopes {sorted(ctx.scopes)} in {ROUNDS} passes, "
               f"x{grid.reps} runs each", file=sys.stderr)
-    n_host = sum(len(hostprof.VARIANTS) + (m.layers > 1) for m in models) if host_steps > 0 else 0
+    n_host = sum(len(hostprof.VARIANTS) + (m.layers > 1) for m in models) * max(host_steps, 0)
     return tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 2 + n_host, disable=ctx.rank != 0,
                 file=sys.stderr, desc="profile", unit="pt")
 
 
 def _measure_host(ctx: Ctx, models: list[MoEModel], steps: int, bar: Any) -> HostRows:
     """The host issue cost of every task kind, from real executor steps, and the host probe."""
-    probe = ctx.gather(host_probe_us(ctx.device))  # the host's speed now (validate reports it)
     mine = hostprof.measure_host(models, Cluster(ctx.nodes, ctx.gpn), ctx.rank, ctx.device, steps=steps,
-                                 tick=lambda: bar.update(1))
+                                 tick=lambda: bar.update(1), probe=lambda: host_probe_us(ctx.device))
     every = ctx.gather(mine)
     return HostRows([r for h in every for r in h.samples], [x for h in every for x in h.lags_us],
-                    hostprof.a2a_samples([h.a2a for h in every]), [r for h in every for r in h.compute], probe)
+                    hostprof.a2a_samples([h.a2a for h in every]), [r for h in every for r in h.compute],
+                    [statistics.median(h.probes_us) for h in every], [r for h in every for r in h.step_us])
 
 
 def _hardware(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +187,8 @@ def _fit(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any], models: list[
     """Rank 0: the profile fitted from every measurement (:mod:`moesched.costs`)."""
     if host.probe_us:
         meta["host_probe_us"] = max(host.probe_us)  # the slowest rank's host sets a collective's start
+    if host.step_us:
+        meta["host_pass_spread_pct"] = hostprof.pass_spread(host.step_us)
     hw = _hardware(ctx, args, meta)
     name = args.name or os.path.splitext(os.path.basename(args.out))[0]
     desc = f"measured: {ctx.world} x {hw['gpu']} as {ctx.nodes} node(s) x {ctx.gpn}, {hw['regime']}"
