@@ -6,8 +6,8 @@
 #   OUT=DIR PHASE=profiled P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # profiled shapes, same GPU
 #   OUT=DIR PHASE=both bash benchmarks/gpu_heldout_repeats.sh      # profile + both sets, one call
 #
-# Writes OUT/heldout-rep/ and/or OUT/profiled-rep/ (profile, CSV, logs, GPU identity) as it
-# goes, so a call cut short keeps what it measured. CONFIGS (default
+# Writes OUT/heldout-rep.tgz and/or OUT/profiled-rep.tgz (profile, CSV, logs, GPU identity)
+# as each set ends, so a call cut short keeps the sets it finished. CONFIGS (default
 # results/h200x1/configs-1gpu-dtypes.json: four bf16 shapes and one fp32) names the profiled
 # shapes. REPEATS (default 3; PHASE=both: HREPEATS and PREPEATS, default 3 and 2), STEPS and
 # WARMUP (default 5 and 2) set validate's repeats and timed and untimed steps per repeat; PIN
@@ -19,25 +19,27 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 OUT=${OUT:?set OUT}; PHASE=${PHASE:-heldout}; REPEATS=${REPEATS:-3}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-2}
 CONFIGS=${CONFIGS:-results/h200x1/configs-1gpu-dtypes.json}
 if [ -n "$PIN" ]; then ON="taskset -c $PIN"; WORKERS=$(echo "$PIN" | tr ',' '\n' | wc -l); else ON=env; WORKERS=16; fi
+BASE=$(mktemp -d)  # the sets are built here and packed into OUT as each ends
 F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarning -e run_backward"
 
-# validate SET CONFIGS REPEATS TIMEOUT: every schedule of CONFIGS priced by $P, into OUT/SET-rep/
+# validate SET CONFIGS REPEATS TIMEOUT: every schedule of CONFIGS priced by $P, packed into OUT/SET-rep.tgz
 validate() {
-  local W=$OUT/$1-rep S=$SECONDS; mkdir -p $W
+  local W=$BASE/$1-rep S=$SECONDS; mkdir -p $W
   nvidia-smi --query-gpu=name,uuid,driver_version,power.limit --format=csv > $W/gpu.csv
   echo "STEPS=$STEPS WARMUP=$WARMUP REPEATS=$3 PIN=$PIN CONFIGS=$CONFIGS PHASE=$PHASE" > $W/protocol.txt
   [ "$P" -ef $W/h200x1-one-gpu.json ] || cp $P $W/h200x1-one-gpu.json
   timeout $4 $ON torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs $2 \
     --out $W/validation-one-gpu.csv --steps $STEPS --warmup $WARMUP --regime one-gpu --repeats $3 --workers $WORKERS \
     2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt
-  tail -n 5 $W/log-validate.txt
+  tail -n 14 $W/log-validate.txt
+  tar -C $BASE -czf $OUT/$1-rep.tgz $1-rep  # the device tool returns a few files only
 }
 
 if [ "$PHASE" = heldout ] || [ "$PHASE" = both ]; then
-  mkdir -p $OUT/heldout-rep; P=$OUT/heldout-rep/h200x1-one-gpu.json
+  mkdir -p $BASE/heldout-rep; P=$BASE/heldout-rep/h200x1-one-gpu.json
   S=$SECONDS; timeout $([ "$PHASE" = both ] && echo 250 || echo 280) $ON torchrun --nproc_per_node=1 -m moesched profile \
-    --out $P --models $CONFIGS 2>&1 | $F > $OUT/heldout-rep/log-profile.txt
-  echo "profile $((SECONDS-S)) s" | tee -a $OUT/heldout-rep/log-profile.txt; tail -n 3 $OUT/heldout-rep/log-profile.txt
+    --out $P --models $CONFIGS 2>&1 | $F > $BASE/heldout-rep/log-profile.txt
+  echo "profile $((SECONDS-S)) s" >> $BASE/heldout-rep/log-profile.txt; tail -n 3 $BASE/heldout-rep/log-profile.txt
 fi
 case $PHASE in
   heldout) validate heldout benchmarks/heldout-shapes.json $REPEATS 420 ;;
