@@ -1,12 +1,13 @@
 """Measure the host issue cost of every task kind (the host model of :mod:`moesched.host`).
 
-The executor is host-bound at the validation shapes (``docs/validation.md``): how long
+The executor is host-bound at the validation shapes (``docs/validating.md``): how long
 the host takes to issue a task matters as much as how long the GPU takes to run it, and it
 changes with the regime (attention backward: 2.0 ms of host time on NVLink, 5.0 ms through
 host memory). So the profiler measures it the only faithful way, by running the executor:
 for each model shape, a few real training steps (:class:`executor.runtime.PlannedStep`)
 of plans of up to four layers at pipeline degree 1, 2 (attention whole or chunked) and 4
-(chunked), gradients in 4 MiB chunks when r > 1, and of one layer at degree 1. Every task's
+(chunked), gradients in 4 MiB chunks when r > 1, and of one layer at degree 1, one step of
+each plan per pass over all of them (:func:`measure_host`). Every task's
 host interval, minus the time it blocked on routing counts, is one sample (shape, kind, x,
 r, µs): x = the task's work (FLOPs; bytes of a collective; :func:`moesched.host.host_features`),
 r = its layer's degree in its phase; every step adds its setup and finish
@@ -141,10 +142,10 @@ def measure_host(models: list[MoEModel], cluster: Cluster, rank: int, device: to
     """This rank's samples of the calibration steps, each model in the dtype it trains in
     (its own on a GPU, fp32 on a CPU, as validate and executor.run); see the module docstring.
     The ``steps`` timed steps of each plan come from as many interleaved passes over every
-    plan of every model (a fresh module and ``warmup`` untimed steps per pass), so that a drift of the host's speed, which on lent machines moves
-    1.4x within seconds (``docs/validating.md``), spreads over every shape alike rather than
-    setting one shape's costs; ``probe`` (the host probe, µs) is taken before each pass
-    into ``probes_us``. Compute:
+    plan of every model (a fresh module and ``warmup`` untimed steps per pass), so that a
+    drift of the host's speed, which on lent machines moves 1.4x within seconds
+    (``docs/validating.md``), spreads over every shape alike rather than setting one shape's
+    costs; ``probe`` (the host probe, µs) is taken before each pass into ``probes_us``. Compute:
     (shape key, kind, FLOPs, GPU µs) of the compute tasks of
     :data:`moesched.costs.calibrate.INSITU_KINDS` in the degree-1 plan that the host had
     issued in full before the GPU started them (GPU time not stretched by the host) and that

@@ -41,7 +41,7 @@ def gc_quiet() -> Iterator[None]:
     the objects are unfrozen, the collector restored and run once. A full collection in a
     process holding torch scans some 200,000 objects (130 ms on the CI machine), longer
     than a whole step. (On 2 x H200 it did not explain the spread between repeats of
-    host-bound plans over NVLink, which stayed 10-14%: docs/validation.md.)"""
+    host-bound plans over NVLink, which stayed 10-14%: docs/validating.md.)"""
     was = gc.isenabled()
     gc.collect()
     gc.freeze()

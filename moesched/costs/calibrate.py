@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 #: Which in-situ all-to-all time over ranks prices a shape's all-to-alls: 0 the smallest
 #: (transfer alone), 1 the median (a typical rank, its wait for the slowest included). The
 #: simulator runs one rank for all, so no rank is ever late in it; the median carries the
-#: straggler wait every real collective has (docs/validation.md).
+#: straggler wait every real collective has (docs/validating.md).
 A2A_RANK_STAT = 1
 
 #: Compute kinds calibrated in situ (see the module docstring for attn_fwd).
