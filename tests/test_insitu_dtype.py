@@ -125,6 +125,9 @@ def test_check_report_lists_each_dtypes_pool_and_correction() -> None:
     bf, fp = prof.host.kinds["expert_fwd"], prof.host.dtypes["fp32"]["expert_fwd"]
     ratio = fp.alpha_us / bf.alpha_us
     assert ratio > 2 and fp.per_unit_us / bf.per_unit_us == pytest.approx(ratio, rel=1e-3)  # one ratio, 2-3x
+    assert not any(ln.startswith("host calibration:") for ln in lines)  # consecutive steps: no passes kept
+    passes = report_lines(Profile.load(ROOT / "results/h200x1/passes2/heldout-rep/h200x1-one-gpu.json"))
+    assert "host calibration: one plan's passes 6.96 % apart on average, 27.12 % at most; host probe 33.91 us" in passes
 
 
 def test_pricing_note_names_what_a_model_borrows_from_another_dtype(capsys: pytest.CaptureFixture) -> None:

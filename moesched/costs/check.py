@@ -73,6 +73,10 @@ def _host_lines(prof: Profile) -> list[str]:
     assert h is not None
     lines = [f"host issue costs (moesched.host): lag {_fmt(h.lag_us)} us; per kind, pooled over shapes"
              + (" of the main dtype:" if h.dtypes else ":")]
+    spread, probe = prof.meta.get("host_pass_spread_pct"), prof.meta.get("host_probe_us")
+    if spread:  # how far one calibration plan's interleaved passes lay apart (the host's drift)
+        lines.insert(0, f"host calibration: one plan's passes {_fmt(spread['mean'])} % apart on average, "
+                        f"{_fmt(spread['max'])} % at most" + (f"; host probe {_fmt(probe)} us" if probe else ""))
     for dt, by in [("", h.kinds), *sorted(h.dtypes.items())]:
         if dt:
             lines.append(f"  pooled over {dt} shapes:")
