@@ -29,6 +29,7 @@ import pandas as pd
 
 from moesched.errors import MoeschedError
 from moesched.graph import build
+from moesched.noisefloor import floors as plan_floors
 from moesched.plan import Plan
 from moesched.profile import Profile
 
@@ -37,23 +38,6 @@ from repredict import profile_path, regime_of  # noqa: E402
 
 #: Bins of :func:`host_bound` for the spread between sessions.
 BINS = (0.0, 0.5, 0.8, 1.0, 1.3, float("inf"))
-
-
-def floor_max_pct(measured_ms: list[float]) -> float:
-    """Least max |p - a| / a over the measurements a of one plan, any p (%): at
-    p = 2 a_min a_max / (a_min + a_max) both extremes are off by (a_max - a_min) / (a_max + a_min)."""
-    if not measured_ms or min(measured_ms) <= 0:
-        raise MoeschedError("measurements must be positive")
-    lo, hi = min(measured_ms), max(measured_ms)
-    return 100.0 * (hi - lo) / (hi + lo)
-
-
-def floor_mean_pct(measured_ms: list[float]) -> float:
-    """Least mean |p - a| / a over the measurements a of one plan, any p (%). The sum of
-    |p - a| / a is convex and piecewise linear in p, so its minimum is at one of the a."""
-    if not measured_ms or min(measured_ms) <= 0:
-        raise MoeschedError("measurements must be positive")
-    return 100.0 * min(sum(abs(p - a) / a for a in measured_ms) for p in measured_ms) / len(measured_ms)
 
 
 def host_bound(plan: Plan, profile: Profile) -> float:
@@ -98,14 +82,9 @@ def plan_table(folder: Path, others: list[Path]) -> pd.DataFrame:
 
 
 def floors(t: pd.DataFrame, cols: list[str]) -> tuple[float, float]:
-    """(max floor %, mean floor % over every measurement) of table ``t`` using columns ``cols``."""
-    worst, total, n = 0.0, 0.0, 0
-    for _, g in t.groupby("key"):
-        ms = [float(v) for c in cols for v in g[c] if v == v]
-        worst = max(worst, floor_max_pct(ms))
-        total += floor_mean_pct(ms) * len(ms)
-        n += len(ms)
-    return worst, total / n
+    """(max floor %, mean floor % over every measurement) of table ``t`` using columns ``cols``
+    (:func:`moesched.noisefloor.floors`, grouped by plan key)."""
+    return plan_floors([float(v) for c in cols for v in g[c] if v == v] for _, g in t.groupby("key"))
 
 
 def report(folder: Path, others: list[Path]) -> None:

@@ -98,6 +98,15 @@ class Plan:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.body(), sort_keys=True).encode()).hexdigest()
 
+    @property
+    def runs_hash(self) -> str:
+        """Hash of what the executor runs (model, cluster, knobs, order, layout): two
+        schedules that solve to the same steps share it, whatever their policy names and
+        predictions (:mod:`moesched.noisefloor`)."""
+        body = self.body()
+        runs = {k: body[k] for k in ("model", "cluster", "knobs", "order", "layout") if k in body}
+        return hashlib.sha256(json.dumps(runs, sort_keys=True).encode()).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "hash": self.hash}
 

@@ -142,7 +142,7 @@ def test_launcher_names_the_rank_that_failed_first() -> None:
 
 def test_validate_summary_without_scipy(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The rank correlation is computed without scipy (pandas' Spearman imports it)."""
-    from executor import validate
+    from moesched import validation_summary as validate
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
     rows = [{"regime": "r", "config": "c", "schedule": s, "predicted_ms": p, "measured_ms": m, "error_pct": 1.0}

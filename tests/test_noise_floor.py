@@ -1,5 +1,5 @@
-"""benchmarks/noise_floor.py: the least error any deterministic model can have on a plan
-measured more than once, and identical plans found in a committed run."""
+"""moesched.noisefloor and benchmarks/noise_floor.py: the least error any deterministic model
+can have on a plan measured more than once, and identical plans found in a committed run."""
 from __future__ import annotations
 
 import sys
@@ -12,26 +12,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import noise_floor  # noqa: E402
 from moesched.errors import MoeschedError  # noqa: E402
+from moesched.noisefloor import floor_max_pct, floor_mean_pct  # noqa: E402
 
 
 def test_floor_max_is_attained_at_the_harmonic_point() -> None:
     a, b = 15.0, 21.0
     p = 2 * a * b / (a + b)
-    assert noise_floor.floor_max_pct([a, b]) == pytest.approx(100 * abs(p - a) / a)
-    assert noise_floor.floor_max_pct([a, b]) == pytest.approx(100 * abs(p - b) / b)
-    assert noise_floor.floor_max_pct([a, 18.0, b]) == pytest.approx(100 * 6 / 36)
-    assert noise_floor.floor_max_pct([20.0, 20.0]) == 0.0
+    assert floor_max_pct([a, b]) == pytest.approx(100 * abs(p - a) / a)
+    assert floor_max_pct([a, b]) == pytest.approx(100 * abs(p - b) / b)
+    assert floor_max_pct([a, 18.0, b]) == pytest.approx(100 * 6 / 36)
+    assert floor_max_pct([20.0, 20.0]) == 0.0
 
 
 def test_floor_mean_beats_every_other_prediction() -> None:
     ms = [14.97, 20.98, 20.29, 14.76]
-    best = noise_floor.floor_mean_pct(ms)
+    best = floor_mean_pct(ms)
     for i in range(1001):
         p = 14.0 + 8.0 * i / 1000
         assert 100 * sum(abs(p - a) / a for a in ms) / len(ms) >= best - 1e-9
-    assert noise_floor.floor_mean_pct([7.0]) == 0.0
+    assert floor_mean_pct([7.0]) == 0.0
     with pytest.raises(MoeschedError):
-        noise_floor.floor_mean_pct([])
+        floor_mean_pct([])
 
 
 def test_tutel_and_schemoe_are_one_plan_on_one_gpu() -> None:
@@ -45,3 +46,26 @@ def test_tutel_and_schemoe_are_one_plan_on_one_gpu() -> None:
     mx, mean = noise_floor.floors(t, ["m0"])
     assert mx == pytest.approx(100 * (20.9773 - 14.968) / (20.9773 + 14.968), abs=0.01)
     assert 0 < mean < mx
+
+
+def test_validate_prints_the_floor_of_schedules_that_ran_one_plan(capsys: pytest.CaptureFixture) -> None:
+    """validate's summary: rows whose plans run the same steps (runs_hash) bound any model's
+    error from below; a plan measured once adds nothing; the hash ignores the policy name."""
+    import dataclasses
+    import json
+
+    from moesched.plan import Plan
+    from moesched.validation_summary import summarize
+    ran = json.loads((ROOT / "results/h200x1/passes2/heldout-rep/plans-one-gpu.json").read_text())
+    plans = [Plan.from_dict(p) for p in ran[:4]]  # fine-e64-top8: vanilla, tutel, pipemoe, schemoe
+    assert plans[1].policy != plans[3].policy and plans[1].runs_hash == plans[3].runs_hash  # tutel = schemoe
+    assert plans[1].hash != plans[3].hash and plans[0].runs_hash != plans[1].runs_hash
+    assert dataclasses.replace(plans[1], predicted={}).runs_hash == plans[1].runs_hash
+    rows = [{"regime": "r", "config": "c", "schedule": p.policy, "issue": "single", "runs_hash": p.runs_hash[:12],
+             "predicted_ms": 1.0 + i, "measured_ms": m, "error_pct": 1.0}
+            for i, (p, m) in enumerate(zip(plans, [10.0, 15.0, 30.0, 21.0]))]
+    summarize(rows)
+    out = capsys.readouterr().out
+    assert "floor of any model on these measurements (1 plans run by several schedules): max 16.67 %" in out, out
+    summarize([dict(r, runs_hash=str(i)) for i, r in enumerate(rows)])
+    assert "floor of any model" not in capsys.readouterr().out

@@ -117,6 +117,7 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["schedule"] for r in rows] == ["vanilla", "flowmoe"]
+    assert len({r["runs_hash"] for r in rows}) == 2 and all(len(r["runs_hash"]) == 12 for r in rows)
     for r in rows:
         assert float(r["predicted_routed_ms"]) > 0 and float(r["max_recv_share"]) >= 1.0  # some rank gets >= mean
         assert r["repeats"] == "2" and float(r["measured_spread_pct"]) >= 0.0
