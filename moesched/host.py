@@ -42,8 +42,8 @@ an fp32 expert task takes 2-3x the host time of a bf16 one (one H200,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, ALL_COMPUTE_KINDS
@@ -117,6 +117,11 @@ class HostCost:
         return cls(*vals, r2=r2)
 
 
+def _each(groups: dict[str, dict[str, HostCost]], fn: Callable[[HostCost], Any]) -> dict[str, dict[str, Any]]:
+    """{group: {kind: fn(cost)}} of costs grouped by shape or dtype."""
+    return {g: {k: fn(c) for k, c in by.items()} for g, by in groups.items()}
+
+
 @dataclass(frozen=True)
 class HostCosts:
     """Host issue costs of one cluster (see the module docstring); µs."""
@@ -142,15 +147,14 @@ class HostCosts:
         f = host probe now / host probe when profiled (``executor.profiling.timing.host_probe_us``)."""
         def sc(c: HostCost) -> HostCost:
             return HostCost(c.alpha_us * f, c.per_unit_us * f, c.per_chunk_us * f, c.r2)
-        return HostCosts(self.lag_us, {k: sc(c) for k, c in self.kinds.items()},
-                         {s: {k: sc(c) for k, c in by.items()} for s, by in self.shapes.items()}, self.x_unit,
-                         {dt: {k: sc(c) for k, c in by.items()} for dt, by in self.dtypes.items()})
+        return replace(self, kinds={k: sc(c) for k, c in self.kinds.items()}, shapes=_each(self.shapes, sc),
+                       dtypes=_each(self.dtypes, sc))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"lag_us": self.lag_us, "kinds": {k: c.to_dict() for k, c in self.kinds.items()},
-                             "shapes": {s: {k: c.to_dict() for k, c in by.items()} for s, by in self.shapes.items()}}
+                             "shapes": _each(self.shapes, HostCost.to_dict)}
         if self.dtypes:
-            d["dtypes"] = {dt: {k: c.to_dict() for k, c in by.items()} for dt, by in self.dtypes.items()}
+            d["dtypes"] = _each(self.dtypes, HostCost.to_dict)
         return d if self.x_unit == "tokens" else {"lag_us": self.lag_us, "x_unit": self.x_unit, **d}
 
     @classmethod
