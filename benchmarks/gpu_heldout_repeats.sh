@@ -13,6 +13,10 @@
 # WARMUP (default 5 and 2) set validate's repeats and timed and untimed steps per repeat; PIN
 # (e.g. PIN=2,3) runs the profiler and validate pinned to those cores (taskset), with as
 # many solver workers (benchmarks/gpu_noise_protocol.sh measures what both change).
+# HOST_STEPS sets the profiler's --host-steps (its interleaved calibration passes; default
+# the profiler's); TRACES=1 adds every plan's predicted and measured Chrome traces;
+# PTIMEOUT and VTIMEOUT override the profile's and (PHASE=heldout or profiled) validate's
+# time limits in seconds (default 280 and 420).
 # PHASE=both fits one 600 s device call with STEPS=15 WARMUP=3 (timeouts 250 + 170 + 160 s).
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
@@ -26,10 +30,10 @@ F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarni
 validate() {
   local W=$BASE/$1-rep S=$SECONDS; mkdir -p $W
   nvidia-smi --query-gpu=name,uuid,driver_version,power.limit --format=csv > $W/gpu.csv
-  echo "STEPS=$STEPS WARMUP=$WARMUP REPEATS=$3 PIN=$PIN CONFIGS=$CONFIGS PHASE=$PHASE" > $W/protocol.txt
+  echo "STEPS=$STEPS WARMUP=$WARMUP REPEATS=$3 PIN=$PIN CONFIGS=$CONFIGS PHASE=$PHASE HOST_STEPS=$HOST_STEPS" > $W/protocol.txt
   [ "$P" -ef $W/h200x1-one-gpu.json ] || cp $P $W/h200x1-one-gpu.json
   timeout $4 $ON torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs $2 \
-    --out $W/validation-one-gpu.csv --steps $STEPS --warmup $WARMUP --regime one-gpu --repeats $3 --workers $WORKERS \
+    --out $W/validation-one-gpu.csv --steps $STEPS --warmup $WARMUP --regime one-gpu --repeats $3 --workers $WORKERS ${TRACES:+--traces $W/traces} \
     2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt
   tail -n 14 $W/log-validate.txt
   tar -C $BASE -czf $OUT/$1-rep.tgz $1-rep  # the device tool returns a few files only
@@ -37,13 +41,13 @@ validate() {
 
 if [ "$PHASE" = heldout ] || [ "$PHASE" = both ]; then
   mkdir -p $BASE/heldout-rep; P=$BASE/heldout-rep/h200x1-one-gpu.json
-  S=$SECONDS; timeout $([ "$PHASE" = both ] && echo 250 || echo 280) $ON torchrun --nproc_per_node=1 -m moesched profile \
-    --out $P --models $CONFIGS 2>&1 | $F > $BASE/heldout-rep/log-profile.txt
+  S=$SECONDS; timeout $([ "$PHASE" = both ] && echo 250 || echo ${PTIMEOUT:-280}) $ON torchrun --nproc_per_node=1 -m moesched profile \
+    --out $P --models $CONFIGS ${HOST_STEPS:+--host-steps $HOST_STEPS} 2>&1 | $F > $BASE/heldout-rep/log-profile.txt
   echo "profile $((SECONDS-S)) s" >> $BASE/heldout-rep/log-profile.txt; tail -n 3 $BASE/heldout-rep/log-profile.txt
 fi
 case $PHASE in
-  heldout) validate heldout benchmarks/heldout-shapes.json $REPEATS 420 ;;
-  profiled) P=${P:?set P}; validate profiled $CONFIGS $REPEATS 420 ;;
+  heldout) validate heldout benchmarks/heldout-shapes.json $REPEATS ${VTIMEOUT:-420} ;;
+  profiled) P=${P:?set P}; validate profiled $CONFIGS $REPEATS ${VTIMEOUT:-420} ;;
   both) validate heldout benchmarks/heldout-shapes.json ${HREPEATS:-3} 170
         validate profiled $CONFIGS ${PREPEATS:-2} 160 ;;
   *) echo "PHASE must be heldout, profiled or both" >&2; exit 2 ;;

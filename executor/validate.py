@@ -36,21 +36,12 @@ from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
 from moesched.routing import Routing
 from moesched.routing import summary as routing_summary
-from moesched.validation_summary import summarize
+from moesched.validation_summary import FIELDS, summarize
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
-          "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
-          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
-          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_single_pair_ms",
-          "error_single_pair_pct", "last_call_ms",
-          "last_setup_ms", "last_finish_ms", "last_trace_ms",
-          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
-          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct",
-          "skew", "max_expert_load", "predicted_uneven_ms", "error_uneven_pct", "runs_hash"]
 
 
 def make_plan(args: tuple) -> dict:
@@ -235,6 +226,8 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
                task_error_pct=round(_task_error_pct(measured.df, pred.df), 3),
                max_recv_share=routing_summary(routing, m)["max_recv_share"],
                repeats=len(runs), measured_spread_pct=round((max(meds) - min(meds)) / med * 100, 3),
+               repeat_ms=";".join(f"{x:.4f}" for x in meds),
+               repeat_probe_us=";".join(f"{x:.3f}" for x in probes or []),
                knobs=f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
                      f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                      f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",

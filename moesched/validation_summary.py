@@ -1,13 +1,44 @@
-"""What ``moesched validate`` prints after its runs: the step-time error of every pricing
-variant over the CSV rows (:data:`executor.validate.FIELDS`), the run's noise floor and the
-rank correlation of schedules. Torch-free (pandas)."""
+"""The CSV of ``moesched validate`` (:data:`FIELDS`) and what it prints after its runs: the
+step-time error of every pricing variant over the rows, the run's noise floor and the rank
+correlation of schedules. Torch-free (pandas)."""
 from __future__ import annotations
 
 import statistics
 
 import pandas as pd
 
+from moesched.errors import MoeschedError
 from moesched.noisefloor import floors
+
+#: Columns of validate's CSV, one row per (configuration, schedule, issue mode). Times in ms;
+#: errors (predicted - measured) / measured in %; measured_ms: the median over every step of
+#: every repeat; repeat_ms and repeat_probe_us: each repeat's median step (ms) and the host
+#: probe taken before it (µs), in run order, ";"-separated.
+FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
+          "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
+          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
+          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_single_pair_ms",
+          "error_single_pair_pct", "last_call_ms",
+          "last_setup_ms", "last_finish_ms", "last_trace_ms",
+          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
+          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct",
+          "skew", "max_expert_load", "predicted_uneven_ms", "error_uneven_pct", "runs_hash",
+          "repeat_ms", "repeat_probe_us"]
+
+
+def check_csv(path: str) -> None:
+    """Refuse (before any work) a CSV to append to whose header is not :data:`FIELDS`: rows
+    written under another header would land in the wrong columns."""
+    try:
+        with open(path, newline="") as f:
+            head = f.readline().strip()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoeschedError(f"--out {path}: cannot read it to append: {e}") from None
+    if head and head.split(",") != FIELDS:
+        raise MoeschedError(f"--out {path} has other columns than this validate writes (another version's CSV?); "
+                            f"name a new file")
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
@@ -29,6 +60,23 @@ def _floor_line(df: pd.DataFrame) -> None:
               f"max {mx:.2f} %, mean {mean:.2f} %")
 
 
+def _repeat_line(df: pd.DataFrame) -> None:
+    """Print, per repeat in run order, the median host probe over the plans and the mean
+    |error| against that repeat's medians: a host whose speed moved during the run shows here
+    (the prediction is the same in every repeat)."""
+    if "repeat_ms" not in df or df["repeats"].astype(int).min() < 2:
+        return
+    n = int(df["repeats"].astype(int).min())
+    meds = [[float(x) for x in str(v).split(";")][:n] for v in df["repeat_ms"]]
+    errs = [statistics.fmean(abs(p - m[i]) / m[i] * 100 for p, m in zip(df["predicted_ms"], meds)) for i in range(n)]
+    line = ", ".join(f"{e:.2f} %" for e in errs)
+    probes = [str(v).split(";") for v in df.get("repeat_probe_us", pd.Series(dtype=str)).fillna("")]
+    if probes and all(len(p) >= n and p[0] for p in probes):
+        pm = [statistics.median(float(p[i]) for p in probes) for i in range(n)]
+        line += " (host probe " + ", ".join(f"{x:.1f}" for x in pm) + " µs)"
+    print(f"  each repeat in run order: mean {line}")
+
+
 def summarize(rows: list[dict]) -> None:
     """Print mean and max |error| of step time and the rank correlation of schedule orders."""
     df = pd.DataFrame(rows)
@@ -38,6 +86,7 @@ def summarize(rows: list[dict]) -> None:
         sp = df["measured_spread_pct"]
         print(f"  measured spread over {int(df['repeats'].max())} interleaved repeats (range of their medians): "
               f"mean {sp.mean():.2f} %, max {sp.max():.2f} %")
+        _repeat_line(df)
     _floor_line(df)
     if "error_gpu_only_pct" in df:
         e0 = df["error_gpu_only_pct"].abs()

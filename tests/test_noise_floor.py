@@ -69,3 +69,21 @@ def test_validate_prints_the_floor_of_schedules_that_ran_one_plan(capsys: pytest
     assert "floor of any model on these measurements (1 plans run by several schedules): max 16.67 %" in out, out
     summarize([dict(r, runs_hash=str(i)) for i, r in enumerate(rows)])
     assert "floor of any model" not in capsys.readouterr().out
+
+
+def test_validate_prints_each_repeat_in_run_order(capsys: pytest.CaptureFixture) -> None:
+    """validate's summary shows a host that changed speed during the run: per repeat, the
+    mean |error| against that repeat's medians and the median host probe before it
+    (results/h200x1/passes5: the probe went from 23-25 µs to 32-38 µs after two repeats)."""
+    import pandas as pd
+
+    from moesched.validation_summary import summarize
+    rows = pd.read_csv(ROOT / "results/h200x1/passes5/heldout-rep/validation-one-gpu.csv").to_dict("records")
+    first = [float(r["repeat_ms"].split(";")[0]) for r in rows]
+    want = sum(abs(r["predicted_ms"] - m) / m for r, m in zip(rows, first)) / len(rows) * 100
+    summarize(rows)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "each repeat in run order" in ln)
+    assert line.count(" %") == 5 and f"mean {want:.2f} %," in line, line
+    assert "(host probe 25.1, 23.4, 37.6, 33.7, 32.0 µs)" in line
+    summarize([dict(r, repeats=1) for r in rows])
+    assert "each repeat" not in capsys.readouterr().out

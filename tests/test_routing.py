@@ -121,6 +121,10 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
     for r in rows:
         assert float(r["predicted_routed_ms"]) > 0 and float(r["max_recv_share"]) >= 1.0  # some rank gets >= mean
         assert r["repeats"] == "2" and float(r["measured_spread_pct"]) >= 0.0
+        meds, probes = [float(x) for x in r["repeat_ms"].split(";")], r["repeat_probe_us"].split(";")
+        assert len(meds) == 2 and len(probes) == 2 and min(meds) <= float(r["measured_ms"]) <= max(meds)
+        assert float(r["measured_spread_pct"]) == pytest.approx(
+            (max(meds) - min(meds)) / float(r["measured_ms"]) * 100, abs=0.01)
         # the last step: its call holds its setup, its tasks and its finish
         call, setup, finish, trace = (float(r[k]) for k in ("last_call_ms", "last_setup_ms", "last_finish_ms",
                                                              "last_trace_ms"))

@@ -15,6 +15,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
 from moesched.schedules import POLICIES
+from moesched.validation_summary import check_csv
 
 HELP = "execute every schedule on real GPUs (under torchrun) and compare measured with predicted step times"
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise MoeschedError(f"--heartbeat-timeout must be positive and finite and --workers at least 1 "
                             f"(got {args.heartbeat_timeout:g}, {args.workers})")
     check_outputs({"--out": args.out}, {"--profile": args.profile, "--configs": args.configs})
+    check_csv(args.out)
     check_skew(args.skew, [c.model for c in load_configs(args.configs)])
     try:
         import torch  # noqa: F401
