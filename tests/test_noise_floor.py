@@ -87,3 +87,21 @@ def test_validate_prints_each_repeat_in_run_order(capsys: pytest.CaptureFixture)
     assert "(host probe 25.1, 23.4, 37.6, 33.7, 32.0 µs)" in line
     summarize([dict(r, repeats=1) for r in rows])
     assert "each repeat" not in capsys.readouterr().out
+
+
+def test_repeat_drift_reports_each_repeat_and_refuses_a_csv_without_them(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/repeat_drift.py: per repeat, the probe and the error against that repeat;
+    a run without per-repeat columns is one line and exit 2."""
+    import shutil
+
+    import repeat_drift
+    assert repeat_drift.main([str(ROOT / "results/h200x1/passes5/heldout-rep")]) == 0
+    out = capsys.readouterr().out
+    assert "repeat 3: probe 37.6 µs, |error| mean 14.33 %" in out and "median r 0.80 over 48 plans" in out, out
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(ROOT / "results/h200x1/passes/heldout-rep/validation-one-gpu.csv", old)
+    assert repeat_drift.main([str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesched: error: ") and err.count("\n") == 1 and "repeat_ms" in err
