@@ -6,8 +6,9 @@ CPU only, repository root. Each argument: a folder with a ``validation-one-gpu.c
 
     python benchmarks/repeat_drift.py results/h200x1/passes5/heldout-rep results/h200x1/passes5/profiled-rep
 
-Prints, per repeat in run order, the median host probe over the plans and the mean and max
-|error| of the prediction against that repeat's medians; the profiler's probe; and, within
+Prints, per repeat in run order, the median host probe over the plans (and, where the CSV
+has them, the CPU time stolen by the hypervisor and busy with other processes) and the mean
+and max |error| of the prediction against that repeat's medians; the profiler's probe; and, within
 each plan, how the repeats' step medians follow their probes: the median over plans of
 Pearson's r, and the pooled slope of log(step / the plan's median) on log(probe / the
 plan's median) (1: the step slows as much as the probe; 0: not at all). The prediction is
@@ -36,6 +37,13 @@ def per_repeat(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return steps, probes
 
 
+def _optional(df: pd.DataFrame, col: str) -> np.ndarray | None:
+    """[rows, K] of a per-repeat CPU column (NaN where a repeat left it empty); None if absent."""
+    if col not in df or df[col].isna().all():
+        return None
+    return np.array([[float(x) if x.strip() else np.nan for x in str(v).split(";")] for v in df[col]])
+
+
 def report(folder: Path) -> None:
     df = pd.read_csv(folder / "validation-one-gpu.csv")
     steps, probes = per_repeat(df)
@@ -43,8 +51,10 @@ def report(folder: Path) -> None:
     pred = df["predicted_ms"].to_numpy()[:, None]
     err = np.abs(pred - steps) / steps * 100
     print(f"== {folder}: {len(df)} rows, {steps.shape[1]} repeats; profiler's probe {p0} µs")
+    cpu = {c: _optional(df, c) for c in ("repeat_steal_pct", "repeat_others_pct")}
     for i in range(steps.shape[1]):
-        print(f"  repeat {i + 1}: probe {np.median(probes[:, i]):.1f} µs, |error| mean {err[:, i].mean():.2f} %, "
+        extra = "".join(f", {c[7:-4]} {np.nanmedian(v[:, i]):.1f} %" for c, v in cpu.items() if v is not None)
+        print(f"  repeat {i + 1}: probe {np.median(probes[:, i]):.1f} µs{extra}, |error| mean {err[:, i].mean():.2f} %, "
               f"max {err[:, i].max():.2f} %")
     rs = [np.corrcoef(p, s)[0, 1] for p, s in zip(probes, steps) if np.ptp(p) > 0 and np.ptp(s) > 0]
     x = np.log(probes / np.median(probes, 1, keepdims=True)).ravel()

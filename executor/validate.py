@@ -128,7 +128,7 @@ def _main(args: argparse.Namespace) -> int:
     if repeats < 1:
         raise MoeschedError(f"--repeats must be at least 1, got {repeats}")
     times: dict[tuple, list[list[float]]] = {}  # (plan index, issue) -> step times (ms) per repeat
-    probes: dict[tuple, list[float]] = {}       # ... -> the host probe before each repeat (µs)
+    hosts: dict[tuple, list[RepeatHost]] = {}   # ... -> the host around each repeat
     for rep in range(repeats):  # interleaved: a drift of the machine spreads over every plan alike
         for i, ((_, _, _, sched), pd_) in enumerate(zip(jobs, plans)):
             plan = Plan.from_dict(pd_)
@@ -136,7 +136,7 @@ def _main(args: argparse.Namespace) -> int:
             for issue in issues:
                 row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda,
                                times.setdefault((i, issue), []), last=rep == repeats - 1,
-                               probes=probes.setdefault((i, issue), []))
+                               hosts=hosts.setdefault((i, issue), []))
                 if row is not None:
                     rows.append(row)
     if rank == 0:
@@ -144,6 +144,18 @@ def _main(args: argparse.Namespace) -> int:
     watchdog.finish()
     dist.destroy_process_group()
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatHost:
+    """The host around one repeat of a plan: the host probe just before it (the slowest
+    rank's, µs) and, on rank 0's CPUs during its steps, the share of time stolen by the
+    hypervisor and busy with other processes (%; None off Linux,
+    :func:`executor.profiling.timing.cpu_contention`)."""
+
+    probe_us: float
+    steal_pct: float | None = None
+    others_pct: float | None = None
 
 
 @dataclasses.dataclass
@@ -156,12 +168,12 @@ class Measured:
 
 
 def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster, rank: int,
-              dev: torch.device, cuda: bool, probes: list[float] | None) -> Measured:
-    """Build the plan's step, take the host probe (the slowest rank's, µs, into ``probes``)
-    and run ``args.warmup`` + ``args.steps`` steps; the timed ones' durations in ms."""
+              dev: torch.device, cuda: bool, hosts: list[RepeatHost] | None) -> Measured:
+    """Build the plan's step, take the host probe and run ``args.warmup`` + ``args.steps``
+    steps (what the host did, into ``hosts``); the timed ones' durations in ms."""
     from executor.layers import TORCH_DTYPES, MoEModule, make_batch
     from executor.runtime import PlannedStep
-    from executor.profiling.timing import gc_quiet, host_probe_us
+    from executor.profiling.timing import cpu_contention, cpu_sample, gc_quiet, host_probe_us
     from executor.skewed import apply_skew
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     m = plan.model
@@ -172,9 +184,7 @@ def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster
     x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
     probe = torch.tensor([host_probe_us(dev)], dtype=torch.float64)
     dist.all_reduce(probe, op=dist.ReduceOp.MAX)  # CPU tensor: the gloo half of the group
-    if probes is not None:
-        probes.append(float(probe))
-    times = []
+    times, cpu0 = [], cpu_sample()
     with gc_quiet():  # no collection inside the timed steps (executor.profiling.timing.gc_quiet)
         for i in range(args.warmup + args.steps):
             dist.barrier()
@@ -184,18 +194,19 @@ def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster
             sync()
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
+    if hosts is not None:
+        hosts.append(RepeatHost(float(probe), *cpu_contention(cpu0, cpu_sample())))
     return Measured(step, module, times)
 
 
 def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
              cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
-             last: bool = True, probes: list[float] | None = None) -> dict | None:
+             last: bool = True, hosts: list[RepeatHost] | None = None) -> dict | None:
     """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
-    per repeat), and the host probe taken just before them (the slowest rank's, µs) to
-    ``probes``. On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
+    per repeat), and what the host did around them to ``hosts`` (:class:`RepeatHost`). On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
     median over every repeat's steps; spread: range of the repeats' medians over that
     median) and writes both traces (:func:`_report`)."""
-    run = _run_plan(args, plan, issue, cluster, rank, dev, cuda, probes)
+    run = _run_plan(args, plan, issue, cluster, rank, dev, cuda, hosts)
     runs.append(run.times_ms)
     row = None
     if last:
@@ -204,7 +215,7 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
         routing = Routing.from_lists(run.step.routing())
         recorded = record_step(run.step, plan)  # a collective
         if rank == 0:
-            row = _report(args, plan, sched, issue, regime, profile, runs, probes, measured, routing, recorded)
+            row = _report(args, plan, sched, issue, regime, profile, runs, hosts or [], measured, routing, recorded)
     del run
     if cuda:
         torch.cuda.empty_cache()
@@ -212,7 +223,7 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
 
 
 def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
-            runs: list[list[float]], probes: list[float] | None, measured, routing: Routing, recorded) -> dict:
+            runs: list[list[float]], hosts: list[RepeatHost], measured, routing: Routing, recorded) -> dict:
     """Rank 0: the plan's CSV row (appended to ``args.out``), its printed line and traces;
     ``recorded``: the last step's routing (:func:`executor.skewed.record_step`)."""
     from moesched.trace import write_chrome_trace
@@ -227,13 +238,15 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
                max_recv_share=routing_summary(routing, m)["max_recv_share"],
                repeats=len(runs), measured_spread_pct=round((max(meds) - min(meds)) / med * 100, 3),
                repeat_ms=";".join(f"{x:.4f}" for x in meds),
-               repeat_probe_us=";".join(f"{x:.3f}" for x in probes or []),
+               repeat_probe_us=";".join(f"{h.probe_us:.3f}" for h in hosts),
+               repeat_steal_pct=";".join("" if h.steal_pct is None else f"{h.steal_pct:g}" for h in hosts),
+               repeat_others_pct=";".join("" if h.others_pct is None else f"{h.others_pct:g}" for h in hosts),
                knobs=f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
                      f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                      f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
                plan_hash=plan.hash[:12], runs_hash=plan.runs_hash[:12], issue=issue)
     row.update(_call_columns(plan, measured))
-    row.update(_probe_columns(plan, profile, probes, med))
+    row.update(_probe_columns(plan, profile, [h.probe_us for h in hosts], med))
     row.update(_uneven_columns(args, plan, profile, recorded, med))
     _append_row(args.out, row)
     print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {row['predicted_ms']:.2f} ms, measured "

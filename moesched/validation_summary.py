@@ -12,8 +12,10 @@ from moesched.noisefloor import floors
 
 #: Columns of validate's CSV, one row per (configuration, schedule, issue mode). Times in ms;
 #: errors (predicted - measured) / measured in %; measured_ms: the median over every step of
-#: every repeat; repeat_ms and repeat_probe_us: each repeat's median step (ms) and the host
-#: probe taken before it (µs), in run order, ";"-separated.
+#: every repeat; repeat_ms, repeat_probe_us, repeat_steal_pct, repeat_others_pct: each
+#: repeat's median step (ms), the host probe taken before it (µs), and the share of rank 0's
+#: CPUs' time during its steps stolen by the hypervisor and busy with other processes (%,
+#: empty off Linux), in run order, ";"-separated.
 FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
           "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
           "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
@@ -23,7 +25,7 @@ FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_
           "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
           "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct",
           "skew", "max_expert_load", "predicted_uneven_ms", "error_uneven_pct", "runs_hash",
-          "repeat_ms", "repeat_probe_us"]
+          "repeat_ms", "repeat_probe_us", "repeat_steal_pct", "repeat_others_pct"]
 
 
 def check_csv(path: str) -> None:
@@ -70,11 +72,23 @@ def _repeat_line(df: pd.DataFrame) -> None:
     meds = [[float(x) for x in str(v).split(";")][:n] for v in df["repeat_ms"]]
     errs = [statistics.fmean(abs(p - m[i]) / m[i] * 100 for p, m in zip(df["predicted_ms"], meds)) for i in range(n)]
     line = ", ".join(f"{e:.2f} %" for e in errs)
-    probes = [str(v).split(";") for v in df.get("repeat_probe_us", pd.Series(dtype=str)).fillna("")]
-    if probes and all(len(p) >= n and p[0] for p in probes):
-        pm = [statistics.median(float(p[i]) for p in probes) for i in range(n)]
-        line += " (host probe " + ", ".join(f"{x:.1f}" for x in pm) + " µs)"
+    for col, what, unit in (("repeat_probe_us", "host probe", " µs"), ("repeat_steal_pct", "CPU stolen", " %"),
+                            ("repeat_others_pct", "CPU busy with other processes", " %")):
+        med = _median_per_repeat(df, col, n)
+        if med:
+            line += f"; {what} " + ", ".join(f"{x:.1f}" for x in med) + unit
     print(f"  each repeat in run order: mean {line}")
+
+
+def _median_per_repeat(df: pd.DataFrame, col: str, n: int) -> list[float]:
+    """Median over the rows of each of the first n ";"-separated values of ``col``; [] where
+    the column is absent or any row lacks a value."""
+    if col not in df:
+        return []
+    vals = [str(v).split(";") for v in df[col].fillna("")]
+    if not all(len(v) >= n and all(x.strip() for x in v[:n]) for v in vals):
+        return []
+    return [statistics.median(float(v[i]) for v in vals) for i in range(n)]
 
 
 def summarize(rows: list[dict]) -> None:

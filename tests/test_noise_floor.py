@@ -84,7 +84,7 @@ def test_validate_prints_each_repeat_in_run_order(capsys: pytest.CaptureFixture)
     summarize(rows)
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "each repeat in run order" in ln)
     assert line.count(" %") == 5 and f"mean {want:.2f} %," in line, line
-    assert "(host probe 25.1, 23.4, 37.6, 33.7, 32.0 µs)" in line
+    assert "; host probe 25.1, 23.4, 37.6, 33.7, 32.0 µs" in line and "CPU stolen" not in line
     summarize([dict(r, repeats=1) for r in rows])
     assert "each repeat" not in capsys.readouterr().out
 

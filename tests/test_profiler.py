@@ -213,3 +213,21 @@ def test_profile_without_torch(tmp_path: Path) -> None:
     assert res.stderr.startswith("moesched: error: profile: measuring needs torch: pip install torch")
     assert len(res.stderr.splitlines()) == 1
     assert not (tmp_path / "p.json").exists()
+
+
+def test_cpu_contention_is_steal_and_other_processes_share_of_the_cpus_time() -> None:
+    """validate's repeat_steal_pct and repeat_others_pct: between two samples of the CPUs'
+    jiffies, the hypervisor's steal and the busy time less this process's own CPU time."""
+    import os
+
+    from executor.profiling.timing import CpuSample, cpu_contention, cpu_sample
+    hz = os.sysconf("SC_CLK_TCK")
+    a = CpuSample(steal=10, busy=100, total=1000, own_s=1.0)
+    b = CpuSample(steal=30, busy=180, total=1200, own_s=1.0 + 50 / hz)  # 80 busy, 50 of them ours
+    assert cpu_contention(a, b) == (10.0, 15.0)
+    busier = CpuSample(steal=30, busy=180, total=1200, own_s=1.0 + 100 / hz)  # more own time than busy
+    assert cpu_contention(a, busier) == (10.0, 0.0)
+    assert cpu_contention(a, a) == (None, None) and cpu_contention(None, b) == (None, None)
+    now = cpu_sample()
+    if now is not None:  # Linux
+        assert now.total > 0 and 0 <= now.steal <= now.total and 0 <= now.busy <= now.total

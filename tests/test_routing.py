@@ -123,6 +123,9 @@ def test_validate_on_gloo_predicts_with_the_measured_routing(tmp_path: Path) -> 
         assert r["repeats"] == "2" and float(r["measured_spread_pct"]) >= 0.0
         meds, probes = [float(x) for x in r["repeat_ms"].split(";")], r["repeat_probe_us"].split(";")
         assert len(meds) == 2 and len(probes) == 2 and min(meds) <= float(r["measured_ms"]) <= max(meds)
+        steal, others = r["repeat_steal_pct"].split(";"), r["repeat_others_pct"].split(";")
+        assert len(steal) == 2 and len(others) == 2  # a repeat shorter than a tick leaves its field empty
+        assert all(0 <= float(x) <= 100 for x in steal + others if x)
         assert float(r["measured_spread_pct"]) == pytest.approx(
             (max(meds) - min(meds)) / float(r["measured_ms"]) * 100, abs=0.01)
         # the last step: its call holds its setup, its tasks and its finish

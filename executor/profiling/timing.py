@@ -14,9 +14,11 @@ profiler's :class:`executor.profiling.context.Ctx`). Every function returns µs.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
@@ -212,6 +214,46 @@ def host_probe_us(device: torch.device, n: int = 300, reps: int = 7) -> float:
     if cuda:
         torch.cuda.synchronize(device)
     return round(statistics.median(out[1:]), 3)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Jiffies of this process's CPUs (``os.sched_getaffinity``) from /proc/stat: stolen by
+    the hypervisor, busy (user, nice, system, irq, softirq) and in all; and this process's own
+    CPU seconds (``time.process_time``, every thread)."""
+
+    steal: int
+    busy: int
+    total: int
+    own_s: float
+
+
+def cpu_sample() -> CpuSample | None:
+    """The CPUs' counters now; None where /proc/stat or the affinity cannot be read (not Linux)."""
+    try:
+        cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        with open("/proc/stat") as f:
+            rows = [ln.split() for ln in f if ln.startswith("cpu") and ln.split()[0] in cpus]
+    except (AttributeError, OSError):
+        return None
+    steal = busy = total = 0
+    for r in rows:
+        v = [int(x) for x in r[1:9]]  # user nice system idle iowait irq softirq steal
+        steal, busy, total = steal + v[7], busy + v[0] + v[1] + v[2] + v[5] + v[6], total + sum(v)
+    return CpuSample(steal, busy, total, time.process_time()) if rows else None
+
+
+def cpu_contention(a: CpuSample | None, b: CpuSample | None) -> tuple[float | None, float | None]:
+    """(stolen %, busy with other processes %) of this process's CPUs' time between samples
+    a and b: the hypervisor's steal, and the CPUs' busy time less this process's own CPU time
+    (clipped at 0); (None, None) without both samples or with no tick between them (10 ms
+    ticks: take them a few hundred ms apart)."""
+    if a is None or b is None or b.total <= a.total:
+        return None, None
+    dt = b.total - a.total
+    hz = os.sysconf("SC_CLK_TCK")
+    others = max(b.busy - a.busy - (b.own_s - a.own_s) * hz, 0.0)
+    return round(100.0 * (b.steal - a.steal) / dt, 2), round(100.0 * others / dt, 2)
 
 
 def median_event_us(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 2) -> float:
