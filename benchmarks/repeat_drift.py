@@ -56,6 +56,9 @@ def report(folder: Path) -> None:
         extra = "".join(f", {c[7:-4]} {np.nanmedian(v[:, i]):.1f} %" for c, v in cpu.items() if v is not None)
         print(f"  repeat {i + 1}: probe {np.median(probes[:, i]):.1f} µs{extra}, |error| mean {err[:, i].mean():.2f} %, "
               f"max {err[:, i].max():.2f} %")
+    if steps.shape[1] < 3:
+        print("  (how steps follow the probe within a plan needs 3 repeats or more)")
+        return
     rs = [np.corrcoef(p, s)[0, 1] for p, s in zip(probes, steps) if np.ptp(p) > 0 and np.ptp(s) > 0]
     x = np.log(probes / np.median(probes, 1, keepdims=True)).ravel()
     y = np.log(steps / np.median(steps, 1, keepdims=True)).ravel()
