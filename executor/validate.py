@@ -15,7 +15,6 @@ tasks in the last step. Predicted and measured Chrome traces go to ``--traces``.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
 import statistics
@@ -36,7 +35,8 @@ from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
 from moesched.routing import Routing
 from moesched.routing import summary as routing_summary
-from moesched.validation_summary import FIELDS, summarize
+from moesched.validation_csv import CsvTable, RepeatHost, err_pct, measured_columns, remeasured
+from moesched.validation_summary import summarize
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
@@ -122,7 +122,7 @@ def _main(args: argparse.Namespace) -> int:
     plans = box[0]
     if args.traces and rank == 0:
         os.makedirs(args.traces, exist_ok=True)
-    rows = []
+    table = CsvTable(args.out) if rank == 0 else None  # rewritten as each plan is measured
     dev = torch.device("cuda" if cuda else "cpu")
     repeats = getattr(args, "repeats", 1)
     if repeats < 1:
@@ -134,28 +134,21 @@ def _main(args: argparse.Namespace) -> int:
             plan = Plan.from_dict(pd_)
             plan.validate()
             for issue in issues:
+                key = (i, issue)
                 row = _measure(args, plan, sched, issue, regime, profile, cluster, rank, dev, cuda,
-                               times.setdefault((i, issue), []), last=rep == repeats - 1,
-                               hosts=hosts.setdefault((i, issue), []))
-                if row is not None:
-                    rows.append(row)
-    if rank == 0:
-        summarize(rows)
+                               times.setdefault(key, []), hosts.setdefault(key, []),
+                               table.rows.get(key) if table else None)
+                if table is not None:
+                    table.put(key, row)
+                    if rep == repeats - 1:
+                        _print_row(row)
+        if rank == 0 and repeats > 1:
+            print(f"validate: repeat {rep + 1} of {repeats} done ({len(jobs) * len(issues)} runs)", flush=True)
+    if table is not None:
+        summarize(list(table.rows.values()))
     watchdog.finish()
     dist.destroy_process_group()
     return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class RepeatHost:
-    """The host around one repeat of a plan: the host probe just before it (the slowest
-    rank's, µs) and, on rank 0's CPUs during its steps, the share of time stolen by the
-    hypervisor and busy with other processes (%; None off Linux,
-    :func:`executor.profiling.timing.cpu_contention`)."""
-
-    probe_us: float
-    steal_pct: float | None = None
-    others_pct: float | None = None
 
 
 @dataclasses.dataclass
@@ -201,21 +194,24 @@ def _run_plan(args: argparse.Namespace, plan: Plan, issue: str, cluster: Cluster
 
 def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
              cluster: Cluster, rank: int, dev: torch.device, cuda: bool, runs: list[list[float]],
-             last: bool = True, hosts: list[RepeatHost] | None = None) -> dict | None:
+             hosts: list[RepeatHost], row: dict | None) -> dict | None:
     """Run ``plan`` for warm-up + timed steps and add their times (ms) to ``runs`` (one list
-    per repeat), and what the host did around them to ``hosts`` (:class:`RepeatHost`). On the ``last`` repeat, rank 0 appends and returns its CSV row (measured:
-    median over every repeat's steps; spread: range of the repeats' medians over that
-    median) and writes both traces (:func:`_report`)."""
+    per repeat), and what the host did around them to ``hosts``. Rank 0 returns the plan's
+    CSV row: on the first repeat built in full and both traces written (:func:`_report`, from
+    that repeat's last step), after a later one ``row`` with its measured columns and errors
+    redone (median over every repeat's steps; spread: range of the repeats' medians over it)."""
     run = _run_plan(args, plan, issue, cluster, rank, dev, cuda, hosts)
     runs.append(run.times_ms)
-    row = None
-    if last:
+    if len(runs) == 1:
         from executor.skewed import record_step
         measured = run.step.timeline()
         routing = Routing.from_lists(run.step.routing())
         recorded = record_step(run.step, plan)  # a collective
         if rank == 0:
-            row = _report(args, plan, sched, issue, regime, profile, runs, hosts or [], measured, routing, recorded)
+            row = _report(args, plan, sched, issue, regime, profile, runs, hosts, measured, routing, recorded)
+    elif rank == 0 and row is not None:
+        row = remeasured(row, runs, hosts)
+        row.update(_probe_columns(plan, profile, [h.probe_us for h in hosts], row["measured_ms"]))
     del run
     if cuda:
         torch.cuda.empty_cache()
@@ -224,23 +220,18 @@ def _measure(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regim
 
 def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime: str, profile: Profile,
             runs: list[list[float]], hosts: list[RepeatHost], measured, routing: Routing, recorded) -> dict:
-    """Rank 0: the plan's CSV row (appended to ``args.out``), its printed line and traces;
-    ``recorded``: the last step's routing (:func:`executor.skewed.record_step`)."""
+    """Rank 0: the plan's CSV row and its traces; ``recorded``: the last step's routing
+    (:func:`executor.skewed.record_step`)."""
     from moesched.trace import write_chrome_trace
     m = plan.model
     med = statistics.median([t_ for run in runs for t_ in run])
-    meds = [statistics.median(run) for run in runs]
     pred = plan.replay(profile)
     routed = plan.replay(profile, routing)  # ... with the step's routing: per-rank load
     row = _prediction_columns(plan, profile, pred, routed, med)
-    row.update(regime=regime, config=m.name, schedule=sched, measured_ms=round(med, 4),
+    row.update(measured_columns(runs, hosts))
+    row.update(regime=regime, config=m.name, schedule=sched,
                task_error_pct=round(_task_error_pct(measured.df, pred.df), 3),
                max_recv_share=routing_summary(routing, m)["max_recv_share"],
-               repeats=len(runs), measured_spread_pct=round((max(meds) - min(meds)) / med * 100, 3),
-               repeat_ms=";".join(f"{x:.4f}" for x in meds),
-               repeat_probe_us=";".join(f"{h.probe_us:.3f}" for h in hosts),
-               repeat_steal_pct=";".join("" if h.steal_pct is None else f"{h.steal_pct:g}" for h in hosts),
-               repeat_others_pct=";".join("" if h.others_pct is None else f"{h.others_pct:g}" for h in hosts),
                knobs=f"r_fwd={list(plan.knobs.r_fwd)} r_bwd={list(plan.knobs.r_bwd)} "
                      f"at={plan.knobs.at_chunked} Sp={plan.knobs.grad_chunk_bytes} "
                      f"sync={plan.knobs.grad_sync} serial={plan.knobs.serialize}",
@@ -248,10 +239,6 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
     row.update(_call_columns(plan, measured))
     row.update(_probe_columns(plan, profile, [h.probe_us for h in hosts], med))
     row.update(_uneven_columns(args, plan, profile, recorded, med))
-    _append_row(args.out, row)
-    print(f"validate {regime} {m.name} {sched} [{issue}]: predicted {row['predicted_ms']:.2f} ms, measured "
-          f"{med:.2f} ms ({row['error_pct']:+.1f} %), tasks {row['task_error_pct']:.1f} %; with its routing "
-          f"{row['predicted_routed_ms']:.2f} ms ({row['error_routed_pct']:+.1f} %)", flush=True)
     if args.traces:
         tag = "" if issue == "threads" else f"_{issue}"
         base = os.path.join(args.traces, f"{regime}_{m.name}_{sched}{tag}")
@@ -261,8 +248,12 @@ def _report(args: argparse.Namespace, plan: Plan, sched: str, issue: str, regime
     return row
 
 
-def _err_pct(pred_ms: float, med_ms: float) -> float:
-    return round((pred_ms - med_ms) / med_ms * 100, 3)
+def _print_row(row: dict) -> None:
+    """The line of a plan's final row."""
+    print(f"validate {row['regime']} {row['config']} {row['schedule']} [{row['issue']}]: predicted "
+          f"{row['predicted_ms']:.2f} ms, measured {row['measured_ms']:.2f} ms ({row['error_pct']:+.1f} %), tasks "
+          f"{row['task_error_pct']:.1f} %; with its routing {row['predicted_routed_ms']:.2f} ms "
+          f"({row['error_routed_pct']:+.1f} %)", flush=True)
 
 
 def _prediction_columns(plan: Plan, profile: Profile, pred, routed, med: float) -> dict:
@@ -278,14 +269,14 @@ def _prediction_columns(plan: Plan, profile: Profile, pred, routed, med: float) 
     # operator composition everywhere (shape curves of compute kinds dropped)
     k_ms = plan.replay(dataclasses.replace(profile, ops=None)).makespan_us / 1e3
     o_ms = plan.replay(ops_only(profile)).makespan_us / 1e3 if profile.ops is not None else k_ms
-    return {"predicted_ms": round(p_ms, 4), "error_pct": _err_pct(p_ms, med),
+    return {"predicted_ms": round(p_ms, 4), "error_pct": err_pct(p_ms, med),
             "predicted_exposed_ms": round(pred.exposed_comm_us() / 1e3, 4),
-            "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": _err_pct(g_ms, med),
-            "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": _err_pct(r_ms, med),
-            "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": _err_pct(b_ms, med),
-            "predicted_single_pair_ms": round(s_ms, 4), "error_single_pair_pct": _err_pct(s_ms, med),
-            "predicted_kindline_ms": round(k_ms, 4), "error_kindline_pct": _err_pct(k_ms, med),
-            "predicted_ops_ms": round(o_ms, 4), "error_ops_pct": _err_pct(o_ms, med)}
+            "predicted_gpu_only_ms": round(g_ms, 4), "error_gpu_only_pct": err_pct(g_ms, med),
+            "predicted_routed_ms": round(r_ms, 4), "error_routed_pct": err_pct(r_ms, med),
+            "predicted_bench_ms": round(b_ms, 4), "error_bench_pct": err_pct(b_ms, med),
+            "predicted_single_pair_ms": round(s_ms, 4), "error_single_pair_pct": err_pct(s_ms, med),
+            "predicted_kindline_ms": round(k_ms, 4), "error_kindline_pct": err_pct(k_ms, med),
+            "predicted_ops_ms": round(o_ms, 4), "error_ops_pct": err_pct(o_ms, med)}
 
 
 def ops_only(profile: Profile) -> Profile:
@@ -305,7 +296,7 @@ def _uneven_columns(args: argparse.Namespace, plan: Plan, profile: Profile, reco
     tl, load = got
     u_ms = tl.makespan_us / 1e3
     return {"skew": getattr(args, "skew", 0.0), "max_expert_load": round(load, 3),
-            "predicted_uneven_ms": round(u_ms, 4), "error_uneven_pct": _err_pct(u_ms, med)}
+            "predicted_uneven_ms": round(u_ms, 4), "error_uneven_pct": err_pct(u_ms, med)}
 
 
 def _call_columns(plan: Plan, measured) -> dict:
@@ -325,18 +316,7 @@ def _probe_columns(plan: Plan, profile: Profile, probes: list[float] | None, med
     f = statistics.median(probes) / float(p0)
     q_ms = plan.replay(dataclasses.replace(profile, host=profile.host.scaled(f))).makespan_us / 1e3
     return {"host_probe_us": round(statistics.median(probes), 3), "host_factor": round(f, 4),
-            "predicted_probe_ms": round(q_ms, 4), "error_probe_pct": _err_pct(q_ms, med)}
-
-
-def _append_row(path: str, row: dict) -> None:
-    """Append one CSV row as soon as it is measured (a run cut short keeps what it had)."""
-    new = not os.path.exists(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+            "predicted_probe_ms": round(q_ms, 4), "error_probe_pct": err_pct(q_ms, med)}
 
 
 if __name__ == "__main__":

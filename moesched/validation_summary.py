@@ -1,47 +1,13 @@
-"""The CSV of ``moesched validate`` (:data:`FIELDS`) and what it prints after its runs: the
-step-time error of every pricing variant over the rows, the run's noise floor and the rank
-correlation of schedules. Torch-free (pandas)."""
+"""What ``moesched validate`` prints after its runs, from its CSV rows
+(:mod:`moesched.validation_csv`): the step-time error of every pricing variant, each
+repeat's, the run's noise floor and the rank correlation of schedules. Torch-free (pandas)."""
 from __future__ import annotations
 
 import statistics
 
 import pandas as pd
 
-from moesched.errors import MoeschedError
 from moesched.noisefloor import floors
-
-#: Columns of validate's CSV, one row per (configuration, schedule, issue mode). Times in ms;
-#: errors (predicted - measured) / measured in %; measured_ms: the median over every step of
-#: every repeat; repeat_ms, repeat_probe_us, repeat_steal_pct, repeat_others_pct: each
-#: repeat's median step (ms), the host probe taken before it (µs), and the share of rank 0's
-#: CPUs' time during its steps stolen by the hypervisor and busy with other processes (%,
-#: empty off Linux), in run order, ";"-separated.
-FIELDS = ["regime", "config", "schedule", "predicted_ms", "measured_ms", "error_pct", "task_error_pct",
-          "predicted_exposed_ms", "predicted_gpu_only_ms", "error_gpu_only_pct", "predicted_routed_ms",
-          "error_routed_pct", "predicted_bench_ms", "error_bench_pct", "max_recv_share", "repeats",
-          "measured_spread_pct", "knobs", "plan_hash", "issue", "predicted_single_pair_ms",
-          "error_single_pair_pct", "last_call_ms",
-          "last_setup_ms", "last_finish_ms", "last_trace_ms",
-          "host_probe_us", "host_factor", "predicted_probe_ms", "error_probe_pct",
-          "predicted_kindline_ms", "error_kindline_pct", "predicted_ops_ms", "error_ops_pct",
-          "skew", "max_expert_load", "predicted_uneven_ms", "error_uneven_pct", "runs_hash",
-          "repeat_ms", "repeat_probe_us", "repeat_steal_pct", "repeat_others_pct"]
-
-
-def check_csv(path: str) -> None:
-    """Refuse (before any work) a CSV to append to whose header is not :data:`FIELDS`: rows
-    written under another header would land in the wrong columns."""
-    try:
-        with open(path, newline="") as f:
-            head = f.readline().strip()
-    except FileNotFoundError:
-        return
-    except (OSError, UnicodeDecodeError) as e:
-        raise MoeschedError(f"--out {path}: cannot read it to append: {e}") from None
-    if head and head.split(",") != FIELDS:
-        raise MoeschedError(f"--out {path} has other columns than this validate writes (another version's CSV?); "
-                            f"name a new file")
-
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
     """Spearman's rank correlation of two equally long pandas Series: the Pearson

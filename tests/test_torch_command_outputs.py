@@ -30,7 +30,7 @@ def test_refused_before_work(argv: list[str], needle: str, tmp_path: Path, capsy
 def test_validate_refuses_to_append_to_a_csv_of_other_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Rows appended under another header would land in the wrong columns: refused before
     any work, the file left as it was; a CSV of this validate's own columns is accepted."""
-    from moesched.validation_summary import FIELDS, check_csv
+    from moesched.validation_csv import FIELDS, check_csv
     old = tmp_path / "old.csv"
     old.write_text("regime,config,schedule,predicted_ms,measured_ms\none-gpu,a,vanilla,1.0,1.1\n")
     before = old.read_text()

@@ -15,7 +15,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
 from moesched.schedules import POLICIES
-from moesched.validation_summary import check_csv
+from moesched.validation_csv import check_csv
 
 HELP = "execute every schedule on real GPUs (under torchrun) and compare measured with predicted step times"
 
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="measured profile of this cluster and network regime")
     p.add_argument("--configs", required=True, help="configuration set (JSON, see moesched.configs)")
     p.add_argument("--schedules", default=",".join(POLICIES) + ",moesched", help="comma list (default: all + moesched)")
-    p.add_argument("--out", required=True, help="CSV to append rows to")
+    p.add_argument("--out", required=True, help="CSV to add rows to (its rows are kept; rewritten atomically as each plan is measured)")
     p.add_argument("--traces", default=None, help="folder for predicted and measured Chrome traces")
     p.add_argument("--regime", default=None, help="label (default: the profile's hardware.regime)")
     p.add_argument("--emulate-nodes", type=int, default=None, metavar="K", help="pose as K nodes (NCCL_HOSTID)")
