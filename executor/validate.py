@@ -8,9 +8,12 @@ Run under torchrun, once per network regime (the regime is the process environme
 
 For each configuration and each schedule (every published policy and moesched's solved
 plan), rank 0 builds the plan (in a process pool, before any GPU work), every rank runs it
-for ``--warmup`` + ``--steps`` steps, and rank 0 appends a CSV row: predicted and measured
+for ``--warmup`` + ``--steps`` steps, and rank 0 writes its CSV row: predicted and measured
 step time (median), their error, and the mean error of the per-task durations of compute
-tasks in the last step. Predicted and measured Chrome traces go to ``--traces``.
+tasks in the last step. With ``--repeats K`` every plan runs K times in interleaved passes
+and its row is redone after each; the CSV is rewritten atomically as each plan is measured
+(:class:`moesched.validation_csv.CsvTable`). Predicted and measured Chrome traces go to
+``--traces``.
 """
 from __future__ import annotations
 

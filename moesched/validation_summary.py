@@ -9,6 +9,7 @@ import pandas as pd
 
 from moesched.noisefloor import floors
 
+
 def spearman(a: pd.Series, b: pd.Series) -> float:
     """Spearman's rank correlation of two equally long pandas Series: the Pearson
     correlation of their ranks (ties get their average rank), without scipy."""
