@@ -139,7 +139,7 @@ def test_aux_losses_equal_hugging_face_and_hand_values() -> None:
     out = routers.route(u, p, m)
     lb = load_balancing_loss_func((out.logits,), E, 2)
     z = router_z_loss_func(out.logits[None])
-    assert float(routers.aux_loss(out, m).detach()) == pytest.approx(float(0.01 * lb + 0.001 * z), rel=1e-6)
+    assert float(routers.aux_loss(out, m).detach()) == pytest.approx(float((0.01 * lb + 0.001 * z).detach()), rel=1e-6)
     # hand: 2 tokens, 2 experts, top-1; probs (0.75, 0.25) and (0.5, 0.5) -> argmax 0, 0
     probs = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
     f_p = 2 * (1.0 * 0.625 + 0.0 * 0.375)
