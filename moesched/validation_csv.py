@@ -98,7 +98,8 @@ class CsvTable:
 
     def __init__(self, path: str):
         check_csv(path)
-        self.path, self.rows = path, {}
+        self.path = path
+        self.rows: dict[tuple, dict] = {}  # (plan index, issue mode) -> row, in measuring order
         try:
             with open(path, newline="") as f:
                 self.before = f.read()
