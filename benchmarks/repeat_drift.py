@@ -26,14 +26,15 @@ import numpy as np
 import pandas as pd
 
 from moesched.errors import MoeschedError
+from moesched.validation_csv import repeat_values
 
 
 def per_repeat(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(step medians, probes) [rows, K] of the rows' K repeats (ms, µs)."""
     if "repeat_ms" not in df or df["repeat_ms"].isna().any():
         raise MoeschedError("the CSV has no repeat_ms column (written by validate --repeats K)")
-    steps = np.array([[float(x) for x in str(v).split(";")] for v in df["repeat_ms"]])
-    probes = np.array([[float(x) for x in str(v).split(";")] for v in df["repeat_probe_us"]])
+    steps = np.array([repeat_values(v) for v in df["repeat_ms"]], dtype=float)
+    probes = np.array([repeat_values(v) for v in df["repeat_probe_us"]], dtype=float)
     return steps, probes
 
 
@@ -41,7 +42,7 @@ def _optional(df: pd.DataFrame, col: str) -> np.ndarray | None:
     """[rows, K] of a per-repeat CPU column (NaN where a repeat left it empty); None if absent."""
     if col not in df or df[col].isna().all():
         return None
-    return np.array([[float(x) if x.strip() else np.nan for x in str(v).split(";")] for v in df[col]])
+    return np.array([repeat_values(v) for v in df[col]], dtype=float)  # None -> NaN
 
 
 def report(folder: Path) -> None:

@@ -65,6 +65,13 @@ def _joined(xs: list[float | None], fmt: str) -> str:
     return ";".join("" if x is None else format(x, fmt) for x in xs)
 
 
+def repeat_values(cell: object) -> list[float | None]:
+    """The values of a per-repeat column's cell (``repeat_ms`` and the like), in run order:
+    None for a repeat that left it empty; [] for an empty or missing cell (NaN from pandas)."""
+    text = "" if cell is None or cell != cell else str(cell)  # NaN != NaN
+    return [float(x) if x.strip() else None for x in text.split(";")] if text.strip() else []
+
+
 def measured_columns(runs: list[list[float]], hosts: list[RepeatHost]) -> dict:
     """The columns a plan's repeats set: ``runs`` holds each repeat's timed step times (ms),
     ``hosts`` what the host did around each (:class:`RepeatHost`, possibly empty)."""

@@ -8,6 +8,7 @@ import statistics
 import pandas as pd
 
 from moesched.noisefloor import floors
+from moesched.validation_csv import repeat_values
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
@@ -36,7 +37,7 @@ def _repeat_line(df: pd.DataFrame) -> None:
     if "repeat_ms" not in df or df["repeats"].astype(int).min() < 2:
         return
     n = int(df["repeats"].astype(int).min())
-    meds = [[float(x) for x in str(v).split(";")][:n] for v in df["repeat_ms"]]
+    meds = [repeat_values(v)[:n] for v in df["repeat_ms"]]
     errs = [statistics.fmean(abs(p - m[i]) / m[i] * 100 for p, m in zip(df["predicted_ms"], meds)) for i in range(n)]
     line = ", ".join(f"{e:.2f} %" for e in errs)
     for col, what, unit in (("repeat_probe_us", "host probe", " µs"), ("repeat_steal_pct", "CPU stolen", " %"),
@@ -52,10 +53,10 @@ def _median_per_repeat(df: pd.DataFrame, col: str, n: int) -> list[float]:
     the column is absent or any row lacks a value."""
     if col not in df:
         return []
-    vals = [str(v).split(";") for v in df[col].fillna("")]
-    if not all(len(v) >= n and all(x.strip() for x in v[:n]) for v in vals):
+    vals = [repeat_values(v) for v in df[col]]
+    if not all(len(v) >= n and None not in v[:n] for v in vals):
         return []
-    return [statistics.median(float(v[i]) for v in vals) for i in range(n)]
+    return [statistics.median(v[i] for v in vals) for i in range(n)]
 
 
 def summarize(rows: list[dict]) -> None:

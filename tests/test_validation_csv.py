@@ -96,3 +96,10 @@ def test_validate_cut_short_keeps_every_plan_it_measured(tmp_path: Path) -> None
         assert int(r["repeats"]) == len(meds) >= 3 and min(meds) <= float(r["measured_ms"]) <= max(meds)
         assert float(r["error_pct"]) == pytest.approx(
             100 * (float(r["predicted_ms"]) - float(r["measured_ms"])) / float(r["measured_ms"]), abs=0.01)
+
+
+def test_repeat_values_reads_a_per_repeat_cell() -> None:
+    from moesched.validation_csv import repeat_values
+    assert repeat_values("1.5;;2") == [1.5, None, 2.0]
+    assert repeat_values(float("nan")) == [] and repeat_values("") == [] and repeat_values(None) == []
+    assert repeat_values(3.25) == [3.25]  # one repeat, read by pandas as a number
