@@ -27,6 +27,7 @@ import pandas as pd
 
 from moesched.errors import MoeschedError
 from moesched.validation_csv import repeat_values
+from moesched.validation_summary import repeat_stats
 
 
 def per_repeat(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -38,25 +39,18 @@ def per_repeat(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return steps, probes
 
 
-def _optional(df: pd.DataFrame, col: str) -> np.ndarray | None:
-    """[rows, K] of a per-repeat CPU column (NaN where a repeat left it empty); None if absent."""
-    if col not in df or df[col].isna().all():
-        return None
-    return np.array([repeat_values(v) for v in df[col]], dtype=float)  # None -> NaN
-
-
 def report(folder: Path) -> None:
     df = pd.read_csv(folder / "validation-one-gpu.csv")
     steps, probes = per_repeat(df)
     p0 = json.loads((folder / "h200x1-one-gpu.json").read_text())["meta"].get("host_probe_us")
-    pred = df["predicted_ms"].to_numpy()[:, None]
-    err = np.abs(pred - steps) / steps * 100
+    st = repeat_stats(df)
+    assert st is not None  # per_repeat checked the columns
     print(f"== {folder}: {len(df)} rows, {steps.shape[1]} repeats; profiler's probe {p0} µs")
-    cpu = {c: _optional(df, c) for c in ("repeat_steal_pct", "repeat_others_pct")}
-    for i in range(steps.shape[1]):
-        extra = "".join(f", {c[7:-4]} {np.nanmedian(v[:, i]):.1f} %" for c, v in cpu.items() if v is not None)
-        print(f"  repeat {i + 1}: probe {np.median(probes[:, i]):.1f} µs{extra}, |error| mean {err[:, i].mean():.2f} %, "
-              f"max {err[:, i].max():.2f} %")
+    for i, (mean, mx) in enumerate(zip(st.mean_err_pct, st.max_err_pct)):
+        extra = "".join(f", {c[7:-4]} {st.host[c][i]:.1f} %" for c in ("repeat_steal_pct", "repeat_others_pct")
+                        if c in st.host)
+        print(f"  repeat {i + 1}: probe {st.host['repeat_probe_us'][i]:.1f} µs{extra}, |error| mean {mean:.2f} %, "
+              f"max {mx:.2f} %")
     if steps.shape[1] < 3:
         print("  (how steps follow the probe within a plan needs 3 repeats or more)")
         return

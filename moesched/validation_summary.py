@@ -4,6 +4,7 @@ repeat's, the run's noise floor and the rank correlation of schedules. Torch-fre
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -30,21 +31,45 @@ def _floor_line(df: pd.DataFrame) -> None:
               f"max {mx:.2f} %, mean {mean:.2f} %")
 
 
-def _repeat_line(df: pd.DataFrame) -> None:
-    """Print, per repeat in run order, the median host probe over the plans and the mean
-    |error| against that repeat's medians: a host whose speed moved during the run shows here
-    (the prediction is the same in every repeat)."""
-    if "repeat_ms" not in df or df["repeats"].astype(int).min() < 2:
-        return
+#: Per-repeat host columns of the CSV, with how the summaries name them and their unit.
+REPEAT_HOST = (("repeat_probe_us", "host probe", " µs"), ("repeat_steal_pct", "CPU stolen", " %"),
+               ("repeat_others_pct", "CPU busy with other processes", " %"))
+
+
+@dataclass(frozen=True)
+class RepeatStats:
+    """Per repeat in run order, over the rows: the mean and max |error| of the prediction
+    against that repeat's medians (%), and the median of each per-repeat host column present
+    in every row ({column: [value per repeat]})."""
+
+    mean_err_pct: list[float]
+    max_err_pct: list[float]
+    host: dict[str, list[float]]
+
+
+def repeat_stats(df: pd.DataFrame) -> RepeatStats | None:
+    """:class:`RepeatStats` of the first n repeats (n: the fewest any row has); None without
+    the per-repeat columns. The prediction is the same in every repeat, so a repeat whose
+    error stands out measured a host running at another speed."""
+    if "repeat_ms" not in df or "repeats" not in df:
+        return None
     n = int(df["repeats"].astype(int).min())
     meds = [repeat_values(v)[:n] for v in df["repeat_ms"]]
-    errs = [statistics.fmean(abs(p - m[i]) / m[i] * 100 for p, m in zip(df["predicted_ms"], meds)) for i in range(n)]
-    line = ", ".join(f"{e:.2f} %" for e in errs)
-    for col, what, unit in (("repeat_probe_us", "host probe", " µs"), ("repeat_steal_pct", "CPU stolen", " %"),
-                            ("repeat_others_pct", "CPU busy with other processes", " %")):
-        med = _median_per_repeat(df, col, n)
-        if med:
-            line += f"; {what} " + ", ".join(f"{x:.1f}" for x in med) + unit
+    errs = [[abs(p - m[i]) / m[i] * 100 for p, m in zip(df["predicted_ms"], meds)] for i in range(n)]
+    host = {col: med for col, _, _ in REPEAT_HOST if (med := _median_per_repeat(df, col, n))}
+    return RepeatStats([statistics.fmean(e) for e in errs], [max(e) for e in errs], host)
+
+
+def _repeat_line(df: pd.DataFrame) -> None:
+    """Print, per repeat in run order, the mean |error| against that repeat's medians and the
+    medians of the host columns (:func:`repeat_stats`): a host whose speed moved shows here."""
+    st = repeat_stats(df)
+    if st is None or len(st.mean_err_pct) < 2:
+        return
+    line = ", ".join(f"{e:.2f} %" for e in st.mean_err_pct)
+    for col, what, unit in REPEAT_HOST:
+        if col in st.host:
+            line += f"; {what} " + ", ".join(f"{x:.1f}" for x in st.host[col]) + unit
     print(f"  each repeat in run order: mean {line}")
 
 
