@@ -5,6 +5,7 @@
 #   OUT=DIR PHASE=heldout bash benchmarks/gpu_heldout_repeats.sh   # profile + held-out shapes
 #   OUT=DIR PHASE=profiled P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # profiled shapes, same GPU
 #   OUT=DIR PHASE=both bash benchmarks/gpu_heldout_repeats.sh      # profile + both sets, one call
+#   OUT=DIR PHASE=sets P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # both sets on a given profile
 #
 # Writes OUT/heldout-rep.tgz and/or OUT/profiled-rep.tgz (profile, CSV, logs, GPU identity)
 # as each set ends, so a call cut short keeps the sets it finished. CONFIGS (default
@@ -17,11 +18,14 @@
 # the profiler's); TRACES=1 adds every plan's predicted and measured Chrome traces;
 # PTIMEOUT and VTIMEOUT override the profile's and (PHASE=heldout or profiled) validate's
 # time limits in seconds (default 280 and 420).
+# HELDOUT (default benchmarks/heldout-shapes.json) names the held-out shapes and HSET (default
+# heldout) their set, e.g. HELDOUT=benchmarks/heldout-shapes-4x.json HSET=heldout4x.
 # PHASE=both fits one 600 s device call with STEPS=15 WARMUP=3 (timeouts 250 s, 190 s and the rest).
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}; PHASE=${PHASE:-heldout}; REPEATS=${REPEATS:-3}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-2}
 CONFIGS=${CONFIGS:-results/h200x1/configs-1gpu-dtypes.json}
+HELDOUT=${HELDOUT:-benchmarks/heldout-shapes.json}; HSET=${HSET:-heldout}
 if [ -n "$PIN" ]; then ON="taskset -c $PIN"; WORKERS=$(echo "$PIN" | tr ',' '\n' | wc -l); else ON=env; WORKERS=16; fi
 BASE=$(mktemp -d)  # the sets are built here and packed into OUT as each ends
 F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarning -e run_backward"
@@ -40,15 +44,17 @@ validate() {
 }
 
 if [ "$PHASE" = heldout ] || [ "$PHASE" = both ]; then
-  mkdir -p $BASE/heldout-rep; P=$BASE/heldout-rep/h200x1-one-gpu.json
+  mkdir -p $BASE/$HSET-rep; P=$BASE/$HSET-rep/h200x1-one-gpu.json
   S=$SECONDS; timeout $([ "$PHASE" = both ] && echo 250 || echo ${PTIMEOUT:-280}) $ON torchrun --nproc_per_node=1 -m moesched profile \
-    --out $P --models $CONFIGS ${HOST_STEPS:+--host-steps $HOST_STEPS} 2>&1 | $F > $BASE/heldout-rep/log-profile.txt
-  echo "profile $((SECONDS-S)) s" >> $BASE/heldout-rep/log-profile.txt; tail -n 3 $BASE/heldout-rep/log-profile.txt
+    --out $P --models $CONFIGS ${HOST_STEPS:+--host-steps $HOST_STEPS} 2>&1 | $F > $BASE/$HSET-rep/log-profile.txt
+  echo "profile $((SECONDS-S)) s" >> $BASE/$HSET-rep/log-profile.txt; tail -n 3 $BASE/$HSET-rep/log-profile.txt
 fi
 case $PHASE in
-  heldout) validate heldout benchmarks/heldout-shapes.json $REPEATS ${VTIMEOUT:-420} ;;
+  heldout) validate $HSET $HELDOUT $REPEATS ${VTIMEOUT:-420} ;;
   profiled) P=${P:?set P}; validate profiled $CONFIGS $REPEATS ${VTIMEOUT:-420} ;;
-  both) validate heldout benchmarks/heldout-shapes.json ${HREPEATS:-3} 190  # took 161-170 s
+  both) validate $HSET $HELDOUT ${HREPEATS:-3} 190  # took 161-170 s
         validate profiled $CONFIGS ${PREPEATS:-2} $((590 - SECONDS)) ;;     # the rest of the 600 s call
-  *) echo "PHASE must be heldout, profiled or both" >&2; exit 2 ;;
+  sets) P=${P:?set P}; validate $HSET $HELDOUT ${HREPEATS:-3} ${VTIMEOUT:-220}
+        validate profiled $CONFIGS ${PREPEATS:-2} $((590 - SECONDS)) ;;
+  *) echo "PHASE must be heldout, profiled, both or sets" >&2; exit 2 ;;
 esac

@@ -40,7 +40,7 @@ def profile_path(folder: Path, regime: str) -> Path:
 
 #: The configuration sets the validation runs used (a row's config is looked up by name in all).
 CONFIGS = ("docs/validation_configs.json", "results/h200x1/configs-1gpu.json", "results/h200x1/configs-1gpu-dtypes.json",
-           "benchmarks/heldout-shapes.json")
+           "benchmarks/heldout-shapes.json", "benchmarks/heldout-shapes-4x.json")
 
 
 def write_plans(folder: Path, regime: str, configs: tuple[str, ...] = CONFIGS) -> None:
