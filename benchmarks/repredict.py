@@ -11,9 +11,14 @@ every row (``plans-REG.json``, as ``moesched validate`` built it, checked agains
 plan hash) and the profile of that run (``h200xN-REG.json``), replays each plan on the
 profile with the current simulator and cost lookups, and prints the step-time error as run
 and now (mean and max |error| %, Spearman per config). Writes ``repredicted-REG.csv`` (the
-CSV plus ``now_ms`` and ``now_error_pct``) beside them. Nothing is measured: a model change
-is checked against the same measurements. ``--write-plans`` rebuilds the plans with
-``executor.validate.make_plan`` (needs torch) and writes ``plans-REG.json``.
+CSV plus ``now_ms`` and ``now_error_pct``; with ``--refit`` ``repredicted-refit-REG.csv``)
+beside them. Nothing is measured: a model change is checked against the same measurements. ``--write-plans`` rebuilds the plans with
+``executor.validate.make_plan`` (needs torch) and writes ``plans-REG.json``. ``--refit``
+refits each profile from its raw samples first (``moesched profile --refit`` with the
+models it timed, looked up by name in the configuration sets below and the presets), so
+that a change of the fitting code or of the operator recipe is checked too::
+
+    python benchmarks/repredict.py --refit results/h200x1/passes8/heldout4x-rep
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ def profile_path(folder: Path, regime: str) -> Path:
 
 #: The configuration sets the validation runs used (a row's config is looked up by name in all).
 CONFIGS = ("docs/validation_configs.json", "results/h200x1/configs-1gpu.json", "results/h200x1/configs-1gpu-dtypes.json",
-           "benchmarks/heldout-shapes.json", "benchmarks/heldout-shapes-4x.json")
+           "results/h200x1/configs-1gpu-dtypes2.json", "benchmarks/heldout-shapes.json", "benchmarks/heldout-shapes-4x.json")
 
 
 def write_plans(folder: Path, regime: str, configs: tuple[str, ...] = CONFIGS) -> None:
@@ -63,8 +68,23 @@ def write_plans(folder: Path, regime: str, configs: tuple[str, ...] = CONFIGS) -
     write_atomic(folder / f"plans-{regime}.json", json.dumps(plans))
 
 
-def repredict(folder: Path, regime: str) -> pd.DataFrame:
+def refitted(prof: Profile, configs: tuple[str, ...] = CONFIGS) -> Profile:
+    """``prof`` refitted from its raw samples with the models it timed (``meta.models``, by
+    name in ``configs`` or the presets)."""
+    from moesched.configs import load_configs
+    from moesched.costs.build import refit
+    from moesched.models import PRESETS
+    known = {**PRESETS, **{c.name: c.model for f in configs for c in load_configs(f)}}
+    names = prof.meta.get("models") or []
+    if missing := [n for n in names if n not in known]:
+        raise MoeschedError(f"profile {prof.name}: models {missing} are in no configuration set")
+    return refit(prof, [known[n] for n in names])
+
+
+def repredict(folder: Path, regime: str, refit: bool = False) -> pd.DataFrame:
     prof = Profile.load(profile_path(folder, regime))
+    if refit:
+        prof = refitted(prof)
     df = pd.read_csv(folder / f"validation-{regime}.csv")
     plans = [Plan.from_dict(p) for p in json.loads((folder / f"plans-{regime}.json").read_text())]
     if len(plans) != len(df) or any(p.hash[:12] != h for p, h in zip(plans, df["plan_hash"])):
@@ -84,16 +104,17 @@ def regime_of(folder: Path) -> str:
 
 def main(argv: list[str]) -> int:
     write = bool(argv) and argv[0] == "--write-plans"
-    folders = [Path(a) for a in argv[write:]]
+    refit = bool(argv) and argv[0] == "--refit"
+    folders = [Path(a) for a in argv[write or refit:]]
     if not folders:
-        print("usage: python benchmarks/repredict.py [--write-plans] RUN_FOLDER ...", file=sys.stderr)
+        print("usage: python benchmarks/repredict.py [--write-plans | --refit] RUN_FOLDER ...", file=sys.stderr)
         return 2
     for folder in folders:
         reg = regime_of(folder)
         if write:
             write_plans(folder, reg)
             continue
-        df = repredict(folder, reg)
+        df = repredict(folder, reg, refit)
         rho = lambda col: statistics.fmean(  # noqa: E731
             g[col].rank().corr(g["measured_ms"].rank()) for _, g in df.groupby("config"))  # Spearman, no scipy
         print(f"{reg}: as run |err| mean {df['error_pct'].abs().mean():.2f} % max {df['error_pct'].abs().max():.2f} %"
@@ -102,7 +123,7 @@ def main(argv: list[str]) -> int:
         by = df.groupby("config").agg(as_run=("error_pct", lambda x: x.abs().mean()),
                                       now=("now_error_pct", lambda x: x.abs().mean()))
         print(by.round(2).T.to_string())
-        write_atomic(folder / f"repredicted-{reg}.csv", df.to_csv(index=False))
+        write_atomic(folder / f"repredicted{'-refit' if refit else ''}-{reg}.csv", df.to_csv(index=False))
     return 0
 
 

@@ -40,7 +40,8 @@ def _core_share(profile: Profile, m: MoEModel, tokens: int) -> float:
     dt = profile.ops.run_dtype(m.dtype) if profile.ops is not None else None
     if dt is None:
         return 1.0
-    return profile.ops.ops_us(dt, attention_core_ops(m, tokens)) / profile.ops.ops_us(dt, task_ops("attn_fwd", m, tokens))
+    whole = task_ops("attn_fwd", m, tokens, recipe=profile.ops.recipe)
+    return profile.ops.ops_us(dt, attention_core_ops(m, tokens)) / profile.ops.ops_us(dt, whole)
 
 
 def price_sources(m: MoEModel, profile: Profile, eg: int) -> dict[str, str]:

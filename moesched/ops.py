@@ -13,7 +13,7 @@ Shapes, per task (T tokens of whole samples, b = T / L samples; C routed copies 
 El = E / ep local experts; M model width, H expert hidden, S shared experts, h heads,
 d head size (M / h unless the model sets head_dim), h_kv key/value heads, k top-k; B bytes per element of the run's dtype):
 
-* attn_fwd: merge of the previous layer (gather C*M, weighted sum), rmsnorm, GEMM
+* attn_fwd: merge of the previous layer (gather C*M, weighted sum in fp32), rmsnorm, GEMM
   (T, (h + 2 h_kv) d, M) (h_kv key/value heads of grouped-query attention, d = M / h by
   default), with qk_norm a norm over the q and k heads, with h_kv < h the repeat of k and
   v to every query head, causal attention (b*h, L, d), GEMM (T, M, h d), residual, rmsnorm, router GEMM
@@ -22,14 +22,15 @@ d head size (M / h unless the model sets head_dim), h_kv key/value heads, k top-
 * attn_bwd: the input and weight gradients of each forward GEMM -- for y[m, n] = x[m, k]
   w[n, k]^T, dX = GEMM (m, k, n) and dW = GEMM (n, k, m) -- attention backward, norms
   backward, the scatter-add of the returned expert input gradients (C*M) and the combine
-  weights' gradient, and the combine_bwd send rows (gather C*M).
+  weights' gradient, and the combine_bwd send rows (gather C*M, weighted in fp32).
 * expert_fwd / expert_dx / expert_dw: grouped GEMMs over El groups of C / El rows in bf16
   (``torch._grouped_mm``); a loop of El GEMMs in other dtypes (:func:`executor.ffn.grouped`).
   Forward: (rows, H, M) [x2 SwiGLU] then (rows, M, H); input gradient: (rows, H, M) then
   (rows, M, H) [x2 SwiGLU]; weight gradient: per expert [M, rows] @ [rows, H] and
   [H, rows] @ [rows, M] [x2 SwiGLU], plus the accumulation into the stacked gradients.
 * shared_fwd / shared_bwd: the same FFN on T tokens with hidden S*H, plain GEMMs.
-* loss: the merge of the last layer, the squared error and its gradient (elementwise).
+* loss: the merge of the last layer, the squared error and its gradient (elementwise, fp32),
+  and the last layer's combine_bwd send rows.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ from moesched.models import MoEModel
 
 #: Memory-bound operator classes, each priced from its own bytes-moved table.
 MEM_CLASSES = ("elementwise", "gather", "scatter_add", "norm", "softmax", "sort")
+#: Version of this recipe. A profile's operator corrections are fitted against one version
+#: and record it (``ops.recipe``); pricing with that profile uses the same version. Version 1
+#: left out the fp32 weighted copies of the merge and the loss task's combine_bwd send rows.
+RECIPE = 2
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class Dims:
     hd: int = 0  # head size d (0: M / heads)
     kv: int = 0  # key/value heads of grouped-query attention (0: heads)
     qk_norm: bool = False  # an RMSNorm over each query and key head (Qwen3)
+    recipe: int = RECIPE  # the recipe version (:data:`RECIPE`)
 
     @property
     def d(self) -> int:
@@ -147,16 +153,16 @@ class Dims:
 
 
 def dims(m: MoEModel, tokens: int, ep: int = 1, bytes_per_elem: int | None = None,
-         copies: int | None = None) -> Dims:
+         copies: int | None = None, recipe: int = RECIPE) -> Dims:
     """Sizes of a task on ``tokens`` tokens of model ``m`` with EP size ``ep``; ``bytes_per_elem``
     overrides the model dtype's (the CPU runs fp32), ``copies`` the routed copies received
-    (default :func:`moesched.work.routed_copies`)."""
+    (default :func:`moesched.work.routed_copies`), ``recipe`` the recipe version."""
     L = min(m.seq_len, max(1, tokens))
     return Dims(T=tokens, C=work.routed_copies(m, tokens) if copies is None else copies, b=max(1, round(tokens / L)), L=L, M=m.d_model,
                 H=m.ffn_hidden, E=m.experts, El=max(1, m.experts // max(1, ep)), k=m.top_k, heads=m.heads,
                 S=m.shared_experts, swiglu=m.expert_kind == "swiglu",
                 B=bytes_per_elem or m.bytes_per_elem, R=m.router_dim if m.router == "xmoe" else 0,
-                hd=m.hd, kv=m.n_kv_heads, qk_norm=m.qk_norm)
+                hd=m.hd, kv=m.n_kv_heads, qk_norm=m.qk_norm, recipe=recipe)
 
 
 def linear_bwd(m: int, n: int, k: int) -> list[Op]:
@@ -182,10 +188,32 @@ def _attn_core(d: Dims) -> list[Op]:
             *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k)]
 
 
+def _merge(d: Dims) -> list[Op]:
+    """The merge of a layer's expert outputs (:func:`executor.tasks.merge`): the received
+    copies put in place (C rows), then y = h + sum_j w_j comb_j (+ shared) with the routing
+    weights in fp32, so the weighted copies are written and summed in fp32 (T*k*M*4 bytes
+    each way) before the cast back to the model dtype."""
+    T, M, B, k = d.T, d.M, d.B, d.k
+    if d.recipe < 2:
+        return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (T * k * M + 2 * T * M) * B)]
+    cast = (4.0 + B) * T * M if B != 4 else 0.0
+    shared = 3.0 * T * M * B if d.S else 0.0
+    return [MemOp("gather", 2.0 * d.C * M * B),
+            MemOp("elementwise", T * k * M * (B + 8.0) + 4.0 * T * M + cast + 3.0 * T * M * B + shared)]
+
+
+def _send_rows_bwd(d: Dims) -> list[Op]:
+    """The combine_bwd send rows w * dy of a layer's kept copies (:func:`executor.tasks._mark_ready`):
+    dy gathered per copy (C rows), weighted in fp32, cast back to the model dtype."""
+    C, M, B = d.C, d.M, d.B
+    if d.recipe < 2:
+        return [MemOp("gather", 2.0 * C * M * B)]
+    return [MemOp("gather", 2.0 * C * M * B), MemOp("elementwise", C * M * (B + 4.0) + ((4.0 + B) * C * M if B != 4 else 0.0))]
+
+
 def _attn_fwd(d: Dims) -> list[Op]:
     T, M, B = d.T, d.M, d.B
-    return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (d.T * d.k * M + 2 * T * M) * B),
-            *_attn_core(d), MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
+    return [*_merge(d), *_attn_core(d), MemOp("elementwise", 4.0 * T * M * B), MemOp("gather", 2.0 * d.C * M * B)]
 
 
 def attention_core_ops(m: MoEModel, tokens: int, bytes_per_elem: int | None = None) -> list[Op]:
@@ -203,7 +231,7 @@ def _attn_bwd(d: Dims) -> list[Op]:
     ops += linear_bwd(T, M, d.heads * d.d) + [Attention(d.b * d.heads, d.L, d.d, True, True),
                                               *d.head_ops(True), MemOp("elementwise", 2.0 * T * M * B)]
     ops += linear_bwd(T, (d.heads + 2 * d.h_kv) * d.d, M) + [MemOp("norm", 4.0 * T * M * B), MemOp("elementwise", 3.0 * T * M * B),
-                                      MemOp("gather", 2.0 * d.C * M * B)]
+                                      *_send_rows_bwd(d)]
     return ops
 
 
@@ -254,15 +282,16 @@ def _shared(kind: str, d: Dims) -> list[Op]:
 
 
 def task_ops(kind: str, m: MoEModel, tokens: int, ep: int = 1, grouped: bool | None = None,
-             bytes_per_elem: int | None = None, copies: int | None = None) -> list[Op]:
+             bytes_per_elem: int | None = None, copies: int | None = None, recipe: int = RECIPE) -> list[Op]:
     """The operators of one ``kind`` task on ``tokens`` tokens (see the module docstring).
 
     ``grouped``: whether the expert GEMMs are grouped (default: bf16 models, as
     :func:`executor.ffn.grouped`); ``bytes_per_elem``: the run's element size (default the
-    model dtype's). A model without shared experts has no shared operators."""
+    model dtype's); ``recipe``: the recipe version a profile was fitted with (:data:`RECIPE`).
+    A model without shared experts has no shared operators."""
     if kind not in ALL_COMPUTE_KINDS:
         raise ValueError(f"unknown compute task kind {kind!r}")
-    d = dims(m, tokens, ep, bytes_per_elem, copies)
+    d = dims(m, tokens, ep, bytes_per_elem, copies, recipe)
     grouped = m.dtype == "bf16" if grouped is None else grouped
     if kind == "attn_fwd":
         return _attn_fwd(d)
@@ -272,22 +301,40 @@ def task_ops(kind: str, m: MoEModel, tokens: int, ep: int = 1, grouped: bool | N
         return _expert(kind[len("expert_"):], d, grouped)
     if kind.startswith("shared_"):
         return _shared(kind, d) if d.S else []
-    TM = d.T * d.M * d.B
-    return [MemOp("gather", 2.0 * d.C * d.M * d.B), MemOp("elementwise", (d.T * d.k * d.M * d.B + 2 * TM)),
-            MemOp("elementwise", 8.0 * d.T * d.M * 4)]
+    if d.recipe < 2:
+        return [*_merge(d), MemOp("elementwise", 8.0 * d.T * d.M * 4)]
+    return [*_merge(d), MemOp("elementwise", _loss_bytes(d)), *_send_rows_bwd(d)]
+
+
+def _loss_bytes(d: Dims) -> float:
+    """Bytes of the squared error and its gradient on the merged output (:func:`executor.tasks.loss`):
+    output and target cast to fp32, difference, square, mean, scaled gradient, dy in the model dtype."""
+    TM, B = d.T * d.M, d.B
+    return TM * (40.0 + B) + (2.0 * (4.0 + B) * TM if B != 4 else 0.0)
 
 
 def work_ops(kind: str, m: MoEModel, flops: float, ep: int = 1, grouped: bool | None = None,
-             bytes_per_elem: int | None = None) -> list[Op]:
+             bytes_per_elem: int | None = None, recipe: int = RECIPE) -> list[Op]:
     """The operators of a ``kind`` task doing ``flops`` FLOPs (``loss``: elements) as the
     simulator charges it (:mod:`moesched.work`): its tokens (expert kinds: its copies) from
-    the work; ``grouped`` and ``bytes_per_elem`` as in :func:`task_ops`."""
+    the work; ``grouped``, ``bytes_per_elem`` and ``recipe`` as in :func:`task_ops`."""
     if flops <= 0:
         return []
     if kind.startswith("expert_"):
         c = copies_of(kind, m, flops)
-        return task_ops(kind, m, max(1, round(c / m.top_k)), ep, grouped, bytes_per_elem, copies=c)
-    return task_ops(kind, m, max(1, round(tokens_of(kind, m, flops))), ep, grouped, bytes_per_elem)
+        return task_ops(kind, m, max(1, round(c / m.top_k)), ep, grouped, bytes_per_elem, copies=c, recipe=recipe)
+    return task_ops(kind, m, max(1, round(tokens_of(kind, m, flops))), ep, grouped, bytes_per_elem, recipe=recipe)
+
+
+def bench_shape(m: MoEModel, kind: str, tokens: int) -> MoEModel:
+    """The model shape the profiler times a ``kind`` task on ``tokens`` tokens with: whole
+    samples of seq_len min(L, tokens), halved until it divides tokens; shared kinds of a
+    model without shared experts time one."""
+    seq = min(m.seq_len, tokens)
+    while tokens % seq:
+        seq //= 2
+    shared = max(1, m.shared_experts) if kind.startswith("shared") else m.shared_experts
+    return replace(m, seq_len=seq, micro_batch=tokens // seq, shared_experts=shared)
 
 
 def tokens_of(kind: str, m: MoEModel, flops: float) -> float:

@@ -17,7 +17,8 @@ Profile section (optional key ``ops``)::
             "correction": {KIND: {"alpha_us": a, "scale": s}, ...},
             "dtype_correction": {DTYPE: {KIND: {"alpha_us": a, "scale": s}, ...}, ...},  # optional
             "insitu": {DTYPE: {KIND: factor, ...}, ...},   # optional
-            "runs_as": "fp32"}      # optional: the device runs every model in this dtype (CPU)
+            "runs_as": "fp32",      # optional: the device runs every model in this dtype (CPU)
+            "recipe": 2}            # optional (default 1): the operator recipe version
 
 DTYPE is a model dtype (bf16, fp16, fp32); CLASS one of :data:`moesched.ops.MEM_CLASSES`;
 booleans are 0/1. A task of KIND composed in DTYPE's tables costs
@@ -28,7 +29,10 @@ the recipe leaves out weighs differently against fp32 GEMMs than against bf16 on
 (factors in (0, 1000], each DTYPE one of ``tables``) holds the in-situ factors measured on
 shapes of that dtype (:func:`moesched.costs.calibrate.apply_factors`); a kind or dtype
 without one is unscaled. Profiles calibrated before it folded one factor per kind into
-``correction`` for every dtype.
+``correction`` for every dtype. ``recipe`` is the version of :func:`moesched.ops.task_ops`
+the corrections were fitted against (:data:`moesched.ops.RECIPE`); tasks are composed with
+that version, so a profile prices as it did when fitted until it is refitted
+(``moesched profile --refit``, :func:`moesched.costs.build.refit`).
 
 **Interpolation.** Each table is a grid over its size axes (GEMM: m, n, k; grouped:
 groups, rows, n, k; attention: bh, seq, head_dim; memory: bytes). Between grid values the
@@ -53,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
-from moesched.ops import MEM_CLASSES, Attention, Gemm, GroupedGemm, MemOp, Op, copies_of, saved_concat_ops, work_ops
+from moesched.ops import MEM_CLASSES, RECIPE, Attention, Gemm, GroupedGemm, MemOp, Op, copies_of, saved_concat_ops, work_ops
 
 if TYPE_CHECKING:
     from moesched.models import MoEModel
@@ -288,6 +292,7 @@ class OpTables:
     runs_as: str | None = None
     insitu: InsituFactors = field(default_factory=dict)
     dtype_correction: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # dtype -> kind -> ...
+    recipe: int = 1  # the operator recipe version the corrections were fitted with (moesched.ops.RECIPE)
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "profile") -> "OpTables":
@@ -299,8 +304,11 @@ class OpTables:
     @classmethod
     def _parse(cls, d: Any) -> "OpTables":
         if not isinstance(d, dict) or not {"tables"} <= set(d) <= {"tables", "correction", "dtype_correction", "runs_as",
-                                                                   "insitu"}:
-            raise MoeschedError("profile: ops must have keys tables[, correction, dtype_correction, runs_as, insitu]")
+                                                                   "insitu", "recipe"}:
+            raise MoeschedError("profile: ops must have keys tables[, correction, dtype_correction, runs_as, insitu, recipe]")
+        recipe = d.get("recipe", 1)
+        if isinstance(recipe, bool) or recipe not in range(1, RECIPE + 1):
+            raise MoeschedError(f"profile: ops.recipe must be an operator recipe version 1..{RECIPE}, not {recipe!r}")
         if not isinstance(d["tables"], dict) or not d["tables"] or not set(d["tables"]) <= set(DTYPES):
             raise MoeschedError(f"profile: ops.tables must map dtypes {list(DTYPES)} to tables")
         tables = {k: DtypeTables.from_dict(v, f"ops.tables.{k}") for k, v in d["tables"].items()}
@@ -312,7 +320,7 @@ class OpTables:
         runs_as = d.get("runs_as")
         if runs_as is not None and runs_as not in tables:
             raise MoeschedError("profile: ops.runs_as must name a dtype of ops.tables")
-        return cls(tables, corr, runs_as, _insitu(d.get("insitu", {}), tables), by_dtype)
+        return cls(tables, corr, runs_as, _insitu(d.get("insitu", {}), tables), by_dtype, recipe)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"tables": {k: t.to_dict() for k, t in self.tables.items()}}
@@ -324,6 +332,8 @@ class OpTables:
             d["runs_as"] = self.runs_as
         if self.insitu:
             d["insitu"] = {dt: dict(by) for dt, by in self.insitu.items()}
+        if self.recipe != 1:
+            d["recipe"] = self.recipe
         return d
 
     def run_dtype(self, model_dtype: str) -> str | None:
@@ -357,7 +367,8 @@ class OpTables:
         dtype = self.run_dtype(model.dtype)
         assert dtype is not None
         cpu = self.runs_as is not None
-        ops = work_ops(kind, model, flops, ep, grouped=dtype == "bf16" and not cpu, bytes_per_elem=4 if cpu else None)
+        ops = work_ops(kind, model, flops, ep, grouped=dtype == "bf16" and not cpu, bytes_per_elem=4 if cpu else None,
+                       recipe=self.recipe)
         return self.task_us(kind, dtype, ops)
 
     def saved_concat_us(self, model: "MoEModel", flops: float) -> float:

@@ -123,7 +123,7 @@ def test_precedence_and_dtypes() -> None:
                   "correction": {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}})
     assert p.to_dict()["ops"]["correction"] == {"attn_fwd": {"alpha_us": 1.0, "scale": 2.0}}
     bf = p.compute_us("attn_fwd", fl, None, m)
-    raw = p.ops.ops_us("bf16", ops.work_ops("attn_fwd", m, fl))
+    raw = p.ops.ops_us("bf16", ops.work_ops("attn_fwd", m, fl, recipe=p.ops.recipe))  # its recipe: 1
     assert bf == pytest.approx(1.0 + 2.0 * raw) and bf != pytest.approx(5.0 + 1e3)
     assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) > bf   # fp32 tables are slower
     assert p.compute_us("attn_fwd", fl, None, replace(m, dtype="fp16")) == pytest.approx(5.0 + 1e3)  # no table
@@ -137,7 +137,7 @@ def test_precedence_and_dtypes() -> None:
     assert q.ops.with_insitu({"bf16": {"attn_fwd": 1.3}}, undo=True).to_dict() == d
     own = _profile(dict(d, dtype_correction={"fp32": {"attn_fwd": {"alpha_us": 3.0, "scale": 1.0}}}))
     assert own.to_dict()["ops"]["dtype_correction"] == {"fp32": {"attn_fwd": {"alpha_us": 3.0, "scale": 1.0}}}
-    raw32 = own.ops.ops_us("fp32", ops.work_ops("attn_fwd", replace(m, dtype="fp32"), fl))
+    raw32 = own.ops.ops_us("fp32", ops.work_ops("attn_fwd", replace(m, dtype="fp32"), fl, recipe=1))
     assert own.compute_us("attn_fwd", fl, None, replace(m, dtype="fp32")) == pytest.approx(3.0 + raw32)  # its own
     assert fp == pytest.approx(1.0 + 2.0 * raw32)                                  # the common one before
     assert own.compute_us("attn_fwd", fl, None, m) == pytest.approx(bf)           # bf16 keeps the common one
@@ -286,3 +286,84 @@ def test_each_dtype_fits_its_own_correction() -> None:
     assert set(own) == {"fp32"} and set(own["fp32"]) == {"attn_fwd"}
     assert own["fp32"]["attn_fwd"] == pytest.approx((10.0, 1.05), rel=1e-3)
     assert fit_dtype_corrections([]) == ({}, {})
+
+
+class KernelBytes(TorchDispatchMode):
+    """Bytes of floating-point tensors each non-GEMM kernel reads and writes: views, sorts and
+    matrix products skipped; a tensor written in place counted once, as written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        schema, name = func._schema, str(func)
+        if any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns) or \
+                func is aten.detach.default or any(s in name for s in ("mm", "sort", "scaled_dot")):
+            return out
+        written = {i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write}
+        tensors = [a for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in written]
+        tensors += [a for a in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(a, torch.Tensor)]
+        self.nbytes += sum(t.numel() * t.element_size() for t in tensors if t.dtype.is_floating_point)
+        return out
+
+
+@pytest.mark.parametrize("dtype,nbytes", [(torch.bfloat16, 2), (torch.float32, 4)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("m", [_model(top_k=8, experts=8, shared_experts=0), _model(shared_experts=1)],
+                         ids=["top8", "top2-shared"])
+def test_recipe_loss_bytes_are_what_the_task_moves(m: MoEModel, dtype: torch.dtype, nbytes: int) -> None:
+    """The loss task's memory-bound kernels (the merge with its fp32 weighted copies, the
+    squared error, the combine_bwd send rows) move the recipe's bytes within 10%; the
+    recipe of version 1 left out three quarters of them."""
+    fn = make_bench("loss", m, 64, "cpu", dtype)
+    with KernelBytes() as rec:
+        fn()
+    mem = lambda r: sum(o.nbytes for o in ops.task_ops("loss", m, 64, grouped=False, bytes_per_elem=nbytes,  # noqa: E731
+                                                         recipe=r) if isinstance(o, ops.MemOp))
+    assert mem(ops.RECIPE) == pytest.approx(rec.nbytes, rel=0.10)
+    assert mem(1) < 0.5 * rec.nbytes
+
+
+def test_recipe_version_of_a_profile_prices_its_tasks() -> None:
+    """A profile's ops.recipe (1 where absent) picks the recipe its tasks are composed with;
+    a version this code does not know is one error."""
+    from moesched import work
+    m = _model(top_k=8, experts=8, shared_experts=0, seq_len=16, micro_batch=4)
+    old, new = _profile({"tables": {"bf16": TABLES}}), _profile({"tables": {"bf16": TABLES}, "recipe": ops.RECIPE})
+    assert old.ops.recipe == 1 and new.ops.recipe == ops.RECIPE == 2
+    assert OpTables.from_dict(new.ops.to_dict()).recipe == 2 and "recipe" not in old.ops.to_dict()
+    flops = work.loss_elements(m, 64)
+    assert new.compute_us("loss", flops, None, m) > old.compute_us("loss", flops, None, m)
+    assert old.compute_us("expert_fwd", 1e9, None, m) == new.compute_us("expert_fwd", 1e9, None, m)
+    for bad in (0, 3, "2", True):
+        with pytest.raises(MoeschedError, match="ops.recipe"):
+            OpTables.from_dict({"tables": {"bf16": TABLES}, "recipe": bad})
+
+
+def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path) -> None:
+    """``moesched profile --refit P --models CONFIGS`` composes the tasks P timed with the
+    current recipe and fits its corrections again (the loss correction no longer makes up
+    for the bytes recipe 1 left out); again, it changes nothing; without the models the
+    corrections stay as fitted; a timed model that is not given is one error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from moesched.configs import load_configs
+    from moesched.costs.build import refit
+    root = Path(__file__).resolve().parents[1]
+    src = root / "results/h200x1/passes8/heldout4x-rep/h200x1-one-gpu.json"
+    configs = root / "results/h200x1/configs-1gpu-dtypes2.json"
+    prof = Profile.load(src)
+    assert prof.ops.recipe == 1 and refit(prof).ops == prof.ops
+    out = tmp_path / "refit.json"
+    r = subprocess.run([sys.executable, "-m", "moesched", "profile", "--refit", str(src), "--models", str(configs),
+                        "--out", str(out)], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    new = Profile.load(out)
+    assert new.ops.recipe == ops.RECIPE and new.ops.tables == prof.ops.tables and new.ops.insitu == prof.ops.insitu
+    assert new.ops.correction["loss"][1] < prof.ops.correction["loss"][1] / 2
+    models = [c.model for c in load_configs(configs)]
+    assert refit(new, models).ops.correction == pytest.approx(new.ops.correction)
+    with pytest.raises(MoeschedError, match="no given model"):
+        refit(prof, models[:1])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from moesched.costs.build import refit
+from moesched.configs import models_from_spec
 from moesched.costs.check import report_lines
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
@@ -35,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "it keeps (no torch, no measuring); writes --out, default in place")
     p.add_argument("--out", metavar="FILE", help="where to write the measured profile (atomically, rank 0)")
     p.add_argument("--models", metavar="A,B|FILE.json", help="model presets, or a configs JSON "
-                   "(moesched.configs), whose shapes are timed and kept as per-shape curves (default: Mixtral-8x7B,DeepSeek-V2-Lite,GPT2-XL-MoE on GPU, GPT2-Tiny-MoE on CPU)")
+                   "(moesched.configs), whose shapes are timed and kept as per-shape curves (default: Mixtral-8x7B,DeepSeek-V2-Lite,GPT2-XL-MoE on GPU, GPT2-Tiny-MoE on CPU); "
+                   "with --refit: the models the profile was measured on, to fit its operator corrections again "
+                   "(profiles that record them in meta.model_configs need none)")
     p.add_argument("--emulate-nodes", type=int, metavar="K", default=None,
                    help="pose as K nodes (NCCL_HOSTID per node of world/K ranks)")
     p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
@@ -53,7 +56,8 @@ def _offline(args: argparse.Namespace) -> int:
     """``--refit`` and ``--check``: no torch, no measuring."""
     if args.refit:
         check_outputs({"--out": args.out or args.refit})  # in place by default
-        prof = refit(Profile.load(args.refit))
+        models = models_from_spec(args.models) if args.models else None
+        prof = refit(Profile.load(args.refit), models)
         prof.save(args.out or args.refit)
         rep = prof.meta["replay"]
         print(f"refitted {args.refit} -> {args.out or args.refit}: replay error mean {rep['mean_err_pct']} %, "

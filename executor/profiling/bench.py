@@ -27,6 +27,7 @@ from moesched import work
 from moesched.kinds import ALL_COMPUTE_KINDS as KINDS  # the kinds a closure can run
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
+from moesched.ops import bench_shape
 
 from executor import graphs, route, tasks
 from executor.layers import MoEModule
@@ -152,16 +153,6 @@ def _attn_bench(kind: str, model: MoEModel, tokens: int, device: torch.device, d
         tasks.attn_bwd(ctx, 1, 0, 1)
     bwd.ctx = ctx  # type: ignore[attr-defined]  # for inspection (tests)
     return bwd
-
-
-def bench_shape(m: MoEModel, kind: str, tokens: int) -> MoEModel:
-    """Shape for ``tokens`` tokens of whole samples: seq_len min(L, tokens), halved until it
-    divides tokens; shared kinds of a model without shared experts time one."""
-    seq = min(m.seq_len, tokens)
-    while tokens % seq:
-        seq //= 2
-    shared = max(1, m.shared_experts) if kind.startswith("shared") else m.shared_experts
-    return replace(m, seq_len=seq, micro_batch=tokens // seq, shared_experts=shared)
 
 
 def task_flops(kind: str, m: MoEModel, tokens: int) -> float:

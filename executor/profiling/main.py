@@ -42,12 +42,11 @@ from executor.profiling.measure import (OPS, ROUNDS, Grid, make_grid, measure_co
                                         measure_count_exchange, measure_interference)
 from executor.profiling.ops import measure_ops
 from executor.profiling.timing import host_probe_us
-from executor.profiling.bench import bench_shape
 from moesched.cluster import Cluster
 from moesched.configs import models_from_spec
 from moesched.costs.build import dep_curves, profile_from_samples
 from moesched.costs.calibrate import with_host
-from moesched.costs.fit import fit_dtype_corrections
+from moesched.costs.opsfit import fit_corrections, fit_summary
 from moesched.optables import OpTables
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS
@@ -82,14 +81,15 @@ def _regime(nodes: int, emulated: bool) -> str:
     return f"{nodes}nodes-{base}-sockets" if emulated and torch.cuda.is_available() else base
 
 
-def _meta(ctx: Ctx, args: argparse.Namespace, grid: Grid, names: list[str]) -> dict[str, Any]:
+def _meta(ctx: Ctx, args: argparse.Namespace, grid: Grid, models: list[MoEModel]) -> dict[str, Any]:
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_") or k in SAFE_ENV}
     cmd = " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items() if k not in ("NCCL_HOSTID", "NCCL_VERSION")] +
                    [f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ctx.world)} -m moesched"] +
                    [shlex.quote(a) for a in sys.argv[1:]])
     return {"command": cmd, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **_versions(ctx), "world_size": ctx.world, "nodes": ctx.nodes, "gpus_per_node": ctx.gpn,
-            "emulated_nodes": bool(args.emulate_nodes), "env": env, "models": names,
+            "emulated_nodes": bool(args.emulate_nodes), "env": env, "models": [m.name for m in models],
+            "model_configs": {m.name: m.to_dict() for m in models},  # what --refit composes tasks of
             "bench": "executor.profiling.bench.make_bench, ep = world size where it divides experts, else 1",
             "grid": {"tokens": list(grid.tokens), "replay_tokens": list(grid.replay_tokens),
                      "tiny_tokens": grid.tiny_tokens, "sizes_bytes": list(grid.sizes),
@@ -147,35 +147,12 @@ def _hardware(ctx: Ctx, args: argparse.Namespace, meta: dict[str, Any]) -> dict[
 def _with_ops(prof: Profile, tables: dict[str, Any], models: list[MoEModel], compute: list, ctx: Ctx) -> Profile:
     """``prof`` with its operator tables and the per-kind corrections of their composition,
     fitted on the profiled shapes' task samples (role "fit") of each dtype
-    (:func:`moesched.costs.fit.fit_dtype_corrections`); ``meta.ops_fit`` holds the
+    (:func:`moesched.costs.opsfit.fit_corrections`); ``meta.ops_fit`` holds the
     composition's error on every task sample (fit and replay), before and after the
-    correction, keyed KIND.ROLE (KIND.ROLE.DTYPE for a dtype with its own correction, whose
-    rows also say the error under the common one: "common")."""
-    from moesched.ops import task_ops
+    correction (:func:`moesched.costs.opsfit.fit_summary`)."""
     ops = OpTables.from_dict({"tables": tables, **({} if ctx.cuda else {"runs_as": "fp32"})})
-    by = {m.name: m for m in models}
-    rows = []
-    for name, kind, tokens, _, us, role in compute:
-        m = bench_shape(by[name], kind, tokens)
-        dt = ops.run_dtype(m.dtype)
-        if dt is None or role == "tiny":
-            continue
-        ep = ctx.world if m.experts % ctx.world == 0 else 1
-        ol = task_ops(kind, m, tokens, ep, grouped=dt == "bf16" and ctx.cuda, bytes_per_elem=None if ctx.cuda else 4)
-        rows.append((kind, ops.ops_us(dt, ol), us, role, dt, ol))
-    ops.correction, ops.dtype_correction = fit_dtype_corrections(
-        (dt, kind, raw, us) for kind, raw, us, role, dt, _ in rows if role == "fit")
-    common = replace(ops, dtype_correction={})
-    errs: dict[str, dict[str, list[float]]] = {}
-    for kind, raw, us, role, dt, ol in rows:
-        own = dt in ops.dtype_correction
-        e = errs.setdefault(f"{kind}.{role}" + (f".{dt}" if own else ""), {"raw": [], "corrected": [], "common": []})
-        e["raw"].append(abs(raw - us) / us * 100)
-        e["corrected"].append(abs(ops.task_us(kind, dt, ol) - us) / us * 100)
-        if own:
-            e["common"].append(abs(common.task_us(kind, dt, ol) - us) / us * 100)
-    summary = {k: {v: {"mean_pct": round(sum(x) / len(x), 2), "max_pct": round(max(x), 2)} for v, x in e.items() if x}
-               for k, e in sorted(errs.items()) if e["raw"]}
+    ops, rows = fit_corrections(ops, {m.name: m for m in models}, compute, ctx.world)
+    summary = fit_summary(ops, rows)
     print(f"operator composition, mean error per kind on the profiled shapes (corrected): "
           f"{ {k: v['corrected']['mean_pct'] for k, v in summary.items()} }", file=sys.stderr)
     return replace(prof, ops=ops, meta=dict(prof.meta, ops_fit=summary))
@@ -241,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
         inter_ar = measure_interference(ctx, models[0], grid, bar, "all_reduce")
         host = _measure_host(ctx, models, host_steps, bar) if host_steps > 0 else HostRows()
         if ctx.rank == 0:
-            meta = dict(_meta(ctx, args, grid, [m.name for m in models]), interference=inter,
+            meta = dict(_meta(ctx, args, grid, models), interference=inter,
                         interference_all_reduce=inter_ar, count_exchange_us=exchange_us, comm_spread_pct=comm_spread)
             prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start, ops_tables, dep_rows)
             prof.save(args.out)

@@ -15,9 +15,11 @@ from typing import Any, Sequence
 
 from moesched.costs.calibrate import MIN_SHAPES_KEY, PER_DTYPE_KEY, with_host
 from moesched.costs.fit import fit, fit_line, rel_err_pct
+from moesched.costs.opsfit import fit_corrections, fit_summary
 from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS
+from moesched.models import MoEModel
 from moesched.profile import Cost, Profile
 
 UNEVEN = "all_to_all_uneven"  # measured and summarised in meta, not a profile collective
@@ -151,9 +153,12 @@ def profile_from_samples(name: str, description: str, hardware: dict[str, Any], 
                          comm_slowdown, shapes)
 
 
-def refit(prof: Profile) -> Profile:
+def refit(prof: Profile, models: Sequence[MoEModel] | None = None) -> Profile:
     """Rebuild a measured profile's fits from the raw samples it keeps in meta (no new
-    measurement): for when the fitting code improves."""
+    measurement): for when the fitting code improves. The operator corrections are fitted
+    again against the current recipe (:func:`moesched.costs.opsfit.fit_corrections`) where
+    the models the profile timed are known: ``models``, else ``meta.model_configs``;
+    otherwise they stay as fitted, with the recipe they were fitted against."""
     meta = dict(prof.meta)
     samples = meta.pop("samples", None)
     if not samples or "compute" not in samples or "comm" not in samples:
@@ -168,6 +173,10 @@ def refit(prof: Profile) -> Profile:
     # (undone by the rules prof was calibrated with), which with_host applies again
     from moesched.costs.calibrate import apply_factors
     ops = apply_factors(prof, prof.meta.get("insitu_compute") or {}, undo=True).ops if prof.ops else None
+    known = list(models or []) or [MoEModel.from_dict(d) for d in (meta.get("model_configs") or {}).values()]
+    if ops is not None and known:
+        ops, rows = fit_corrections(ops, {m.name: m for m in known}, samples["compute"], int(meta.get("world_size") or 1))
+        out = replace(out, meta=dict(out.meta, ops_fit=fit_summary(ops, rows)))
     out = replace(out, interference_by_op=dict(prof.interference_by_op), ops=ops, dep=prof.dep)  # dep: as measured
     if samples.get("host"):
         out = with_host(out, samples["host"], float(samples.get("host_lag_us", 0.0)), samples.get("a2a"),

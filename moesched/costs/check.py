@@ -8,6 +8,7 @@ from typing import Any
 from moesched.costs.fit import REL_TOL, line_value
 from moesched.kinds import ALL_COMPUTE_KINDS
 from moesched.models import MoEModel, dtype_of_shape
+from moesched.ops import RECIPE
 from moesched.profile import COLLECTIVES, SHAPE_A2A, Cost, Profile
 
 
@@ -126,7 +127,9 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
     if prof.host is not None:
         lines += _host_lines(prof)
     if prof.ops is not None and prof.ops.correction:
-        lines.append("operator composition correction (moesched.optables), alpha us + scale x sum of operators:")
+        stale = "" if prof.ops.recipe == RECIPE else f"; refit with --refit --models for recipe {RECIPE}"
+        lines.append(f"operator composition correction (moesched.optables; fitted against operator recipe "
+                     f"{prof.ops.recipe}{stale}), alpha us + scale x sum of operators:")
         for dt, corr in [("", prof.ops.correction), *sorted(prof.ops.dtype_correction.items())]:
             lines.append(f"    {dt or 'common':7}" + "  ".join(f"{k} {_fmt(a)} + {_fmt(sc)}x" for k, (a, sc) in corr.items()))
     insitu = [(sh, k, c) for sh, by in sorted(prof.shapes.items()) for k, c in by.items() if k.startswith("all_to_all@")]
