@@ -364,6 +364,6 @@ def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path
     assert new.ops.recipe == ops.RECIPE and new.ops.tables == prof.ops.tables and new.ops.insitu == prof.ops.insitu
     assert new.ops.correction["loss"][1] < prof.ops.correction["loss"][1] / 2
     models = [c.model for c in load_configs(configs)]
-    assert refit(new, models).ops.correction == pytest.approx(new.ops.correction)
+    assert refit(new, models).ops.correction == new.ops.correction
     with pytest.raises(MoeschedError, match="no given model"):
         refit(prof, models[:1])

@@ -92,6 +92,10 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
         assert 0 <= spread["mean"] <= spread["max"] and meta["host_probe_us"] > 0
     else:
         assert prof.host is None  # the CPU default: no host calibration
+    # operator corrections fitted against the current recipe, with the models to refit them
+    from moesched.ops import RECIPE
+    assert prof.ops is not None and prof.ops.recipe == RECIPE and set(meta["model_configs"]) == set(meta["models"])
+    assert refit(prof).ops.correction == prof.ops.correction
     assert not list(tmp_path.glob(".p.json.*"))  # no temporary file left behind
     capsys.readouterr()
     assert main(["profile", "--check", str(out)]) == 0
