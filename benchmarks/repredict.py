@@ -12,11 +12,12 @@ plan hash) and the profile of that run (``h200xN-REG.json``), replays each plan 
 profile with the current simulator and cost lookups, and prints the step-time error as run
 and now (mean and max |error| %, Spearman per config). Writes ``repredicted-REG.csv`` (the
 CSV plus ``now_ms`` and ``now_error_pct``; with ``--refit`` ``repredicted-refit-REG.csv``)
-beside them. Nothing is measured: a model change is checked against the same measurements. ``--write-plans`` rebuilds the plans with
-``executor.validate.make_plan`` (needs torch) and writes ``plans-REG.json``. ``--refit``
-refits each profile from its raw samples first (``moesched profile --refit`` with the
-models it timed, looked up by name in the configuration sets below and the presets), so
-that a change of the fitting code or of the operator recipe is checked too::
+beside them. Nothing is measured: a model change is checked against the same measurements.
+``--write-plans`` rebuilds the plans with ``executor.validate.make_plan`` (needs torch) and
+writes ``plans-REG.json``. ``--refit`` refits each profile from its raw samples first
+(``moesched profile --refit`` with the models it timed, looked up by name in the
+configuration sets below and the presets), so that a change of the fitting code or of the
+operator recipe is checked too::
 
     python benchmarks/repredict.py --refit results/h200x1/passes8/heldout4x-rep
 """

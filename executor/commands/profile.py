@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from moesched.costs.build import refit
 from moesched.configs import models_from_spec
+from moesched.costs.build import refit
 from moesched.costs.check import report_lines
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
