@@ -365,5 +365,5 @@ def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path
     assert new.ops.correction["loss"][1] < prof.ops.correction["loss"][1] / 2
     models = [c.model for c in load_configs(configs)]
     assert refit(new, models).ops.correction == new.ops.correction
-    with pytest.raises(MoeschedError, match="no given model"):
+    with pytest.raises(MoeschedError, match="not among the models given"):
         refit(prof, models[:1])

@@ -44,7 +44,8 @@ def composition_rows(ops: OpTables, models: dict[str, MoEModel], compute: Sequen
     rows = []
     for name, kind, tokens, _, us, role in compute:
         if str(name) not in models:
-            raise MoeschedError(f"profile: timed tasks of model {name!r}, which no given model is")
+            raise MoeschedError(f"profile: it timed tasks of model {name!r}, which is not among the models "
+                                f"given ({', '.join(sorted(models)) or 'none'}); --models must name those it was measured on")
         m = bench_shape(models[str(name)], str(kind), int(tokens))
         dt = ops.run_dtype(m.dtype)
         if dt is None or role == "tiny":
