@@ -149,6 +149,7 @@ def _main(args: argparse.Namespace) -> int:
             print(f"validate: repeat {rep + 1} of {repeats} done ({len(jobs) * len(issues)} runs)", flush=True)
     if table is not None:
         summarize(list(table.rows.values()))
+    dist.barrier()  # no rank tears the group down while a peer still uses it (as executor.run)
     watchdog.finish()
     dist.destroy_process_group()
     return 0
