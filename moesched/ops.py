@@ -188,6 +188,12 @@ def _attn_core(d: Dims) -> list[Op]:
             *_router_gemms(d), MemOp("softmax", 2.0 * T * d.E * 4), MemOp("sort", 16.0 * T * d.k)]
 
 
+def _fp32_cast_bytes(elems: float, B: int) -> float:
+    """Bytes of casting ``elems`` fp32 elements to a model dtype of ``B`` bytes (read and
+    write); none when the model runs in fp32 (no kernel)."""
+    return (4.0 + B) * elems if B != 4 else 0.0
+
+
 def _merge(d: Dims) -> list[Op]:
     """The merge of a layer's expert outputs (:func:`executor.tasks.merge`): the received
     copies put in place (C rows), then y = h + sum_j w_j comb_j (+ shared) with the routing
@@ -196,7 +202,7 @@ def _merge(d: Dims) -> list[Op]:
     T, M, B, k = d.T, d.M, d.B, d.k
     if d.recipe < 2:
         return [MemOp("gather", 2.0 * d.C * M * B), MemOp("elementwise", (T * k * M + 2 * T * M) * B)]
-    cast = (4.0 + B) * T * M if B != 4 else 0.0
+    cast = _fp32_cast_bytes(T * M, B)
     shared = 3.0 * T * M * B if d.S else 0.0
     return [MemOp("gather", 2.0 * d.C * M * B),
             MemOp("elementwise", T * k * M * (B + 8.0) + 4.0 * T * M + cast + 3.0 * T * M * B + shared)]
@@ -208,7 +214,7 @@ def _send_rows_bwd(d: Dims) -> list[Op]:
     C, M, B = d.C, d.M, d.B
     if d.recipe < 2:
         return [MemOp("gather", 2.0 * C * M * B)]
-    return [MemOp("gather", 2.0 * C * M * B), MemOp("elementwise", C * M * (B + 4.0) + ((4.0 + B) * C * M if B != 4 else 0.0))]
+    return [MemOp("gather", 2.0 * C * M * B), MemOp("elementwise", C * M * (B + 4.0) + _fp32_cast_bytes(C * M, B))]
 
 
 def _attn_fwd(d: Dims) -> list[Op]:
@@ -310,7 +316,7 @@ def _loss_bytes(d: Dims) -> float:
     """Bytes of the squared error and its gradient on the merged output (:func:`executor.tasks.loss`):
     output and target cast to fp32, difference, square, mean, scaled gradient, dy in the model dtype."""
     TM, B = d.T * d.M, d.B
-    return TM * (40.0 + B) + (2.0 * (4.0 + B) * TM if B != 4 else 0.0)
+    return TM * (40.0 + B) + 2.0 * _fp32_cast_bytes(TM, B)
 
 
 def work_ops(kind: str, m: MoEModel, flops: float, ep: int = 1, grouped: bool | None = None,
