@@ -20,18 +20,26 @@ configuration sets below and the presets), so that a change of the fitting code 
 operator recipe is checked too::
 
     python benchmarks/repredict.py --refit results/h200x1/passes8/heldout4x-rep
+
+``--fp32-gemm-axes A,B,...`` (with ``--refit``) first cuts each profile's fp32 GEMM table to
+the points whose m, n and k are all among those sizes, as a coarser grid would have
+measured it: the same measurements priced with and without a finer grid::
+
+    python benchmarks/repredict.py --refit --fp32-gemm-axes 16,256,1024,4096,16384 results/h200x1/passes9/heldout4x-rep
 """
 from __future__ import annotations
 
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
+from moesched.optables import OpTables
 from moesched.plan import Plan
 from moesched.profile import Profile
 
@@ -82,8 +90,19 @@ def refitted(prof: Profile, configs: tuple[str, ...] = CONFIGS) -> Profile:
     return refit(prof, [known[n] for n in names])
 
 
-def repredict(folder: Path, regime: str, refit: bool = False) -> pd.DataFrame:
+def cut_fp32_gemms(prof: Profile, axes: set[int]) -> Profile:
+    """``prof`` with its fp32 GEMM table cut to the points (m, n, k) all in ``axes``."""
+    if prof.ops is None or "fp32" not in prof.ops.tables:
+        raise MoeschedError("the profile has no fp32 operator tables to cut")
+    d = prof.ops.to_dict()
+    d["tables"]["fp32"]["gemm"] = [r for r in d["tables"]["fp32"]["gemm"] if {int(r[0]), int(r[1]), int(r[2])} <= axes]
+    return replace(prof, ops=OpTables.from_dict(d))
+
+
+def repredict(folder: Path, regime: str, refit: bool = False, fp32_axes: set[int] | None = None) -> pd.DataFrame:
     prof = Profile.load(profile_path(folder, regime))
+    if fp32_axes:
+        prof = cut_fp32_gemms(prof, fp32_axes)
     if refit:
         prof = refitted(prof)
     df = pd.read_csv(folder / f"validation-{regime}.csv")
@@ -106,16 +125,22 @@ def regime_of(folder: Path) -> str:
 def main(argv: list[str]) -> int:
     write = bool(argv) and argv[0] == "--write-plans"
     refit = bool(argv) and argv[0] == "--refit"
-    folders = [Path(a) for a in argv[write or refit:]]
-    if not folders:
-        print("usage: python benchmarks/repredict.py [--write-plans | --refit] RUN_FOLDER ...", file=sys.stderr)
+    argv = argv[write or refit:]
+    axes = None
+    if refit and argv[:1] == ["--fp32-gemm-axes"] and len(argv) > 1:
+        axes = {int(a) for a in argv[1].split(",")}
+        argv = argv[2:]
+    folders = [Path(a) for a in argv]
+    if not folders or any(a.startswith("--") for a in argv):
+        print("usage: python benchmarks/repredict.py [--write-plans | --refit [--fp32-gemm-axes A,B,...]] RUN_FOLDER ...",
+              file=sys.stderr)
         return 2
     for folder in folders:
         reg = regime_of(folder)
         if write:
             write_plans(folder, reg)
             continue
-        df = repredict(folder, reg, refit)
+        df = repredict(folder, reg, refit, axes)
         rho = lambda col: statistics.fmean(  # noqa: E731
             g[col].rank().corr(g["measured_ms"].rank()) for _, g in df.groupby("config"))  # Spearman, no scipy
         print(f"{reg}: as run |err| mean {df['error_pct'].abs().mean():.2f} % max {df['error_pct'].abs().max():.2f} %"
@@ -124,7 +149,8 @@ def main(argv: list[str]) -> int:
         by = df.groupby("config").agg(as_run=("error_pct", lambda x: x.abs().mean()),
                                       now=("now_error_pct", lambda x: x.abs().mean()))
         print(by.round(2).T.to_string())
-        write_atomic(folder / f"repredicted{'-refit' if refit else ''}-{reg}.csv", df.to_csv(index=False))
+        tag = "-refit-cut" if axes else "-refit" if refit else ""
+        write_atomic(folder / f"repredicted{tag}-{reg}.csv", df.to_csv(index=False))
     return 0
 
 

@@ -7,10 +7,11 @@ which; :mod:`executor.ffn` and :mod:`executor.layers` run them): ``x @ w.t()``-s
 with the transposed rows of the weight gradient, ``F.scaled_dot_product_attention`` and
 its backward, and the elementwise / gather / scatter-add / RMSNorm / softmax / sort
 kernels by bytes moved. GPU time alone (:func:`executor.profiling.timing.time_us`), median
-of ``reps``. Grids (GPU about 40 s on one H200; CPU ``--quick`` a few seconds):
+of ``reps``. Grids (GPU about a minute on one H200; CPU ``--quick`` a few seconds):
 
-* GEMM (m, n, k): every size in {16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536}
-  (fp32: {16, 256, 1024, 4096, 16384}) up to 2^42 FLOPs (fp32 2^39) and 6 GB of operands;
+* GEMM (m, n, k): every size in {16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536} up to
+  2^42 FLOPs and 6 GB of operands; fp32: m in :data:`FP32_ROWS` (half-octave steps) and n, k
+  in :data:`FP32_COLS` up to 2^39 FLOPs (``--quick``: {16, 256, 1024, 4096, 16384});
 * grouped (bf16): groups {1, 4, 16, 64, 256} x rows per group {16, 64, 256, 1024, 4096} x
   n, k in {256, 1024, 4096, 16384}, forward and weight-gradient forms, up to 2^31 weight
   elements; uneven groups (skew 0.5, 1) on a subset;
@@ -32,9 +33,20 @@ KB = 2**10
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _gemm_items(axes: tuple[int, ...], max_flops: float) -> list[tuple]:
-    return [("gemm", (m, n, k)) for m, n, k in itertools.product(axes, axes, axes)
+def _gemm_items(axes: tuple[int, ...], max_flops: float, rows: tuple[int, ...] | None = None) -> list[tuple]:
+    """GEMM points (m, n, k) over ``axes`` (m over ``rows`` where given)."""
+    return [("gemm", (m, n, k)) for m, n, k in itertools.product(rows or axes, axes, axes)
             if 2.0 * m * n * k <= max_flops and 2 * (m * k + k * n + m * n) <= 6e9]
+
+
+#: fp32 GEMM rows (m: tokens, or tokens per expert) at half-octave steps, the points between
+#: powers of two rounded to a multiple of 64: plain fp32 GEMMs run in a few waves of tiles
+#: over the SMs, so their time steps with m, and an octave grid misses a step by up to 1.2x
+#: (H200: 1536 x 4096 x 1024 measured 318 µs; interpolated between 1024 and 4096 rows, 268 µs;
+#: ``benchmarks/gpu_gemm_regimes.py``).
+FP32_ROWS = (16, 64, 128, 192, 256, 384, 512, 704, 1024, 1472, 2048, 2880, 4096, 5824, 8192, 11584, 16384)
+#: fp32 GEMM widths (n, k: model and expert hidden sizes) at octave steps from 256.
+FP32_COLS = (16, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 def _grouped_items(quick: bool) -> list[tuple]:
@@ -65,7 +77,8 @@ def items_for(dtype: str, cuda: bool, quick: bool) -> list[tuple]:
     else:
         sizes = tuple(4 * KB * 4**i for i in range(10))
         if dtype == "fp32":
-            items = _gemm_items((16, 256, 1024, 4096, 16384), 2.0**39) + _attn_items(quick, 2.0**36)
+            items = (_gemm_items((16, 256, 1024, 4096, 16384), 2.0**39) if quick else
+                     _gemm_items(FP32_COLS, 2.0**39, FP32_ROWS)) + _attn_items(quick, 2.0**36)
         else:
             items = _gemm_items((16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536), 2.0**42)
             items += _grouped_items(quick) + _attn_items(quick)
