@@ -151,11 +151,11 @@ def uneven_expert_us(profile: Profile, kind: str, model: MoEModel, copies: tuple
     dtype = ops.run_dtype(model.dtype)
     cpu = ops.runs_as is not None
     grouped, width = dtype == "bf16" and not cpu, 4 if cpu else None
-    uneven = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, list(copies), grouped, width))
+    uneven = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, list(copies), grouped, width, ops.recipe))
     if kind not in (profile.shapes.get(model.shape_key()) or {}):
         return uneven
     even = ops.task_us(kind, dtype, uneven_expert_ops(kind, model, even_split(sum(copies), len(copies)), grouped,
-                                                      width))
+                                                      width, ops.recipe))
     return even_us * uneven / even if even > 0 else even_us
 
 

@@ -27,8 +27,10 @@ d head size (M / h unless the model sets head_dim), h_kv key/value heads, k top-
   (``torch._grouped_mm``); a loop of El GEMMs in other dtypes (:func:`executor.ffn.grouped`).
   Forward: (rows, H, M) [x2 SwiGLU] then (rows, M, H); input gradient: (rows, H, M) then
   (rows, M, H) [x2 SwiGLU]; weight gradient: per expert [M, rows] @ [rows, H] and
-  [H, rows] @ [rows, M] [x2 SwiGLU], plus the accumulation into the stacked gradients.
-* shared_fwd / shared_bwd: the same FFN on T tokens with hidden S*H, plain GEMMs.
+  [H, rows] @ [rows, M] [x2 SwiGLU], accumulated into the stacked gradients (grouped: an
+  add; a loop: inside the GEMM, ``addmm_``).
+* shared_fwd / shared_bwd: the same FFN on T tokens with hidden S*H, plain GEMMs; shared_bwd
+  copies its input gradient into the layer's buffer.
 * loss: the merge of the last layer, the squared error and its gradient (elementwise, fp32),
   and the last layer's combine_bwd send rows.
 """
@@ -45,8 +47,11 @@ from moesched.models import MoEModel
 MEM_CLASSES = ("elementwise", "gather", "scatter_add", "norm", "softmax", "sort")
 #: Version of this recipe. A profile's operator corrections are fitted against one version
 #: and record it (``ops.recipe``); pricing with that profile uses the same version. Version 1
-#: left out the fp32 weighted copies of the merge and the loss task's combine_bwd send rows.
-RECIPE = 2
+#: left out the fp32 weighted copies of the merge and the loss task's combine_bwd send rows;
+#: version 2 counted an add after every GEMM of a per-expert (or shared-expert) loop that
+#: accumulates, which ``addmm_`` does inside the GEMM, and left out shared_bwd's copy of its
+#: input gradient.
+RECIPE = 3
 
 
 @dataclass(frozen=True)
@@ -241,31 +246,36 @@ def _attn_bwd(d: Dims) -> list[Op]:
     return ops
 
 
-def _ffn(kind: str, rows: float, groups: int, M: int, H: int, swiglu: bool, grouped: bool, B: int) -> list[Op]:
+def _ffn(kind: str, rows: float, groups: int, M: int, H: int, swiglu: bool, grouped: bool, B: int,
+         recipe: int = RECIPE) -> list[Op]:
     """GEMMs of an FFN task over ``groups`` experts of ``rows`` rows (a grouped GEMM each, or
-    one GEMM per expert), and its activation kernels."""
+    one GEMM per expert), and its activation kernels. A grouped GEMM's output is added to
+    the gradient (or SwiGLU's input gradient) by a separate kernel; from recipe 3 a loop of
+    GEMMs has none, as ``addmm_`` accumulates inside the GEMM (:mod:`executor.ffn`)."""
     def g(n: int, k: int, wgrad: bool = False) -> list[Op]:
         if grouped:
             return [GroupedGemm(groups, rows, n, k, wgrad)]
         r = int(rows)
         return [Gemm(k, n, r) if wgrad else Gemm(r, n, k)] * groups if r else []
+    adds = grouped or recipe < 3
     act = MemOp("elementwise", (3.0 if swiglu else 2.0) * groups * rows * H * B)
     if kind == "fwd":
         return g(H, M) + (g(H, M) if swiglu else []) + [act] + g(M, H)
     if kind == "dx":
-        extra: list[Op] = g(M, H) + [MemOp("elementwise", 3.0 * groups * rows * M * B)] if swiglu else []
+        extra: list[Op] = g(M, H) + ([MemOp("elementwise", 3.0 * groups * rows * M * B)] if adds else []) \
+            if swiglu else []
         return g(H, M) + [act, act] + g(M, H) + extra
-    acc = MemOp("elementwise", 3.0 * groups * M * H * B)
-    return [act] + g(H, M, True) + [acc] + g(M, H, True) + [acc] + (g(M, H, True) + [acc] if swiglu else [])
+    acc = [MemOp("elementwise", 3.0 * groups * M * H * B)] if adds else []
+    return [act] + g(H, M, True) + acc + g(M, H, True) + acc + (g(M, H, True) + acc if swiglu else [])
 
 
 def _expert(kind: str, d: Dims, grouped: bool) -> list[Op]:
     rows = d.C / d.El
     if not grouped:  # the loop's GEMMs are on whole rows: even split, the first C % El get one more
         base, extra = divmod(d.C, d.El)
-        return _ffn(kind, base + 1, extra, d.M, d.H, d.swiglu, False, d.B) + \
-            _ffn(kind, base, d.El - extra, d.M, d.H, d.swiglu, False, d.B) + _expert_mem(kind, d)
-    return _ffn(kind, rows, d.El, d.M, d.H, d.swiglu, True, d.B) + _expert_mem(kind, d)
+        return _ffn(kind, base + 1, extra, d.M, d.H, d.swiglu, False, d.B, d.recipe) + \
+            _ffn(kind, base, d.El - extra, d.M, d.H, d.swiglu, False, d.B, d.recipe) + _expert_mem(kind, d)
+    return _ffn(kind, rows, d.El, d.M, d.H, d.swiglu, True, d.B, d.recipe) + _expert_mem(kind, d)
 
 
 def _expert_mem(kind: str, d: Dims) -> list[Op]:
@@ -281,9 +291,11 @@ def _expert_mem(kind: str, d: Dims) -> list[Op]:
 
 def _shared(kind: str, d: Dims) -> list[Op]:
     hid = d.S * d.H
-    ops = _ffn("fwd" if kind == "shared_fwd" else "dx", d.T, 1, d.M, hid, d.swiglu, False, d.B)
+    ops = _ffn("fwd" if kind == "shared_fwd" else "dx", d.T, 1, d.M, hid, d.swiglu, False, d.B, d.recipe)
     if kind == "shared_bwd":
-        ops += _ffn("dw", d.T, 1, d.M, hid, d.swiglu, False, d.B)
+        ops += _ffn("dw", d.T, 1, d.M, hid, d.swiglu, False, d.B, d.recipe)
+        if d.recipe >= 3:  # the input gradient copied into the layer's buffer
+            ops.append(MemOp("elementwise", 2.0 * d.T * d.M * d.B))
     return ops
 
 
@@ -370,26 +382,26 @@ def even_split(total: int, parts: int) -> list[int]:
 
 
 def uneven_expert_ops(kind: str, m: MoEModel, group_copies: list[int], grouped: bool,
-                      bytes_per_elem: int | None = None) -> list[Op]:
+                      bytes_per_elem: int | None = None, recipe: int = RECIPE) -> list[Op]:
     """The operators of an expert task whose El local experts receive ``group_copies`` [El]
     routed copies (uneven routing). A loop of GEMMs (``grouped`` False) runs one GEMM per
     expert on exactly its rows. A grouped GEMM is priced on the mean rows with the table's
     linear spread ``skew`` matched to the groups' coefficient of variation cv: the spread
     rows*(1 + skew*(2g/(G-1) - 1)) has cv = skew*sqrt((G+1)/(3(G-1))), so skew =
-    cv/sqrt((G+1)/(3(G-1))), at most 1. Row gathers and scatters as :func:`task_ops`."""
+    cv/sqrt((G+1)/(3(G-1))), at most 1. Row gathers and scatters and ``recipe`` as :func:`task_ops`."""
     El, C = len(group_copies), sum(group_copies)
-    d = dims(m, max(1, round(C / m.top_k)), max(1, m.experts // max(1, El)), bytes_per_elem, copies=C)
+    d = dims(m, max(1, round(C / m.top_k)), max(1, m.experts // max(1, El)), bytes_per_elem, copies=C, recipe=recipe)
     part = kind[len("expert_"):]
     if C <= 0:
         return []
     if not grouped:
-        gemms = [op for c in group_copies if c for op in _ffn(part, c, 1, d.M, d.H, d.swiglu, False, d.B)]
+        gemms = [op for c in group_copies if c for op in _ffn(part, c, 1, d.M, d.H, d.swiglu, False, d.B, d.recipe)]
         return gemms + _expert_mem(part, d)
     mean = C / El
     var = sum((c - mean) ** 2 for c in group_copies) / El
     spread = (El + 1) / (3 * (El - 1)) if El > 1 else 1.0
     skew = min(1.0, (var ** 0.5 / mean) / spread ** 0.5) if El > 1 else 0.0
-    ops = _ffn(part, mean, El, d.M, d.H, d.swiglu, True, d.B)
+    ops = _ffn(part, mean, El, d.M, d.H, d.swiglu, True, d.B, d.recipe)
     return [replace(o, skew=round(skew, 6)) if isinstance(o, GroupedGemm) else o for o in ops] + _expert_mem(part, d)
 
 

@@ -18,7 +18,7 @@ Profile section (optional key ``ops``)::
             "dtype_correction": {DTYPE: {KIND: {"alpha_us": a, "scale": s}, ...}, ...},  # optional
             "insitu": {DTYPE: {KIND: factor, ...}, ...},   # optional
             "runs_as": "fp32",      # optional: the device runs every model in this dtype (CPU)
-            "recipe": 2}            # optional (default 1): the operator recipe version
+            "recipe": 3}            # optional (default 1): the operator recipe version
 
 DTYPE is a model dtype (bf16, fp16, fp32); CLASS one of :data:`moesched.ops.MEM_CLASSES`;
 booleans are 0/1. A task of KIND composed in DTYPE's tables costs

