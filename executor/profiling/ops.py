@@ -10,8 +10,8 @@ kernels by bytes moved. GPU time alone (:func:`executor.profiling.timing.time_us
 of ``reps``. Grids (GPU about a minute on one H200; CPU ``--quick`` a few seconds):
 
 * GEMM (m, n, k): every size in {16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536} up to
-  2^42 FLOPs and 6 GB of operands; fp32: m in :data:`FP32_ROWS` (half-octave steps) and n, k
-  in :data:`FP32_COLS` up to 2^39 FLOPs (``--quick``: {16, 256, 1024, 4096, 16384});
+  2^42 FLOPs and 6 GB of operands; fp32: m, n in :data:`FP32_OUT` (half-octave steps) and k
+  in :data:`FP32_K` up to 2^39 FLOPs (``--quick``: {16, 256, 1024, 4096, 16384});
 * grouped (bf16): groups {1, 4, 16, 64, 256} x rows per group {16, 64, 256, 1024, 4096} x
   n, k in {256, 1024, 4096, 16384}, forward and weight-gradient forms, up to 2^31 weight
   elements; uneven groups (skew 0.5, 1) on a subset;
@@ -33,20 +33,21 @@ KB = 2**10
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _gemm_items(axes: tuple[int, ...], max_flops: float, rows: tuple[int, ...] | None = None) -> list[tuple]:
-    """GEMM points (m, n, k) over ``axes`` (m over ``rows`` where given)."""
-    return [("gemm", (m, n, k)) for m, n, k in itertools.product(rows or axes, axes, axes)
+def _gemm_items(axes: tuple[int, ...], max_flops: float, out: tuple[int, ...] | None = None) -> list[tuple]:
+    """GEMM points (m, n, k) over ``axes`` (m and n, the output's, over ``out`` where given)."""
+    return [("gemm", (m, n, k)) for m, n, k in itertools.product(out or axes, out or axes, axes)
             if 2.0 * m * n * k <= max_flops and 2 * (m * k + k * n + m * n) <= 6e9]
 
 
-#: fp32 GEMM rows (m: tokens, or tokens per expert) at half-octave steps, the points between
-#: powers of two rounded to a multiple of 64: plain fp32 GEMMs run in a few waves of tiles
-#: over the SMs, so their time steps with m, and an octave grid misses a step by up to 1.2x
-#: (H200: 1536 x 4096 x 1024 measured 318 µs; interpolated between 1024 and 4096 rows, 268 µs;
-#: ``benchmarks/gpu_gemm_regimes.py``).
-FP32_ROWS = (16, 64, 128, 192, 256, 384, 512, 704, 1024, 1472, 2048, 2880, 4096, 5824, 8192, 11584, 16384)
-#: fp32 GEMM widths (n, k: model and expert hidden sizes) at octave steps from 256.
-FP32_COLS = (16, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: fp32 GEMM output sizes (m: tokens or tokens per expert; n: a model or expert width) at
+#: half-octave steps, the points between powers of two rounded to a multiple of 64. A plain
+#: fp32 GEMM runs in a few waves of output tiles over the SMs, so its time steps with m and
+#: n, and an octave grid misses a step by up to 1.3x (H200: 1,536 x 4,096 x 1,024 measured
+#: 318 µs, interpolated between 1,024 and 4,096 rows 268 µs; 512 x 6,400 x 1,600 measured
+#: 295 µs, interpolated between widths 4,096 and 8,192 224 µs; ``benchmarks/gpu_gemm_regimes.py``).
+FP32_OUT = (16, 64, 128, 192, 256, 384, 512, 704, 1024, 1472, 2048, 2880, 4096, 5824, 8192, 11584, 16384)
+#: fp32 GEMM reduction sizes (k) at octave steps from 256: the time is smooth in k.
+FP32_K = (16, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 def _grouped_items(quick: bool) -> list[tuple]:
@@ -78,7 +79,7 @@ def items_for(dtype: str, cuda: bool, quick: bool) -> list[tuple]:
         sizes = tuple(4 * KB * 4**i for i in range(10))
         if dtype == "fp32":
             items = (_gemm_items((16, 256, 1024, 4096, 16384), 2.0**39) if quick else
-                     _gemm_items(FP32_COLS, 2.0**39, FP32_ROWS)) + _attn_items(quick, 2.0**36)
+                     _gemm_items(FP32_K, 2.0**39, FP32_OUT)) + _attn_items(quick, 2.0**36)
         else:
             items = _gemm_items((16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536), 2.0**42)
             items += _grouped_items(quick) + _attn_items(quick)
