@@ -128,6 +128,9 @@ def main(argv: list[str]) -> int:
     argv = argv[write or refit:]
     axes = None
     if refit and argv[:1] == ["--fp32-gemm-axes"] and len(argv) > 1:
+        if not all(a.isdigit() for a in argv[1].split(",")):
+            print(f"repredict: error: --fp32-gemm-axes takes sizes such as 16,256,1024, got {argv[1]!r}", file=sys.stderr)
+            return 2
         axes = {int(a) for a in argv[1].split(",")}
         argv = argv[2:]
     folders = [Path(a) for a in argv]
