@@ -14,7 +14,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 OUT=${OUT:-results/h200x1}
 F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e profile: -e UserWarning -e run_backward"
 P=$OUT/h200x1-ops.json
-timeout 200 torchrun --nproc_per_node=1 -m moesched profile --out $P --models results/h200x1/configs-1gpu.json 2>&1 | $F | tee $OUT/log-profile-ops.txt | tail -5
+timeout 260 torchrun --nproc_per_node=1 -m moesched profile --out $P --models results/h200x1/configs-1gpu.json 2>&1 | $F | tee $OUT/log-profile-ops.txt | tail -5
 timeout 120 torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs benchmarks/heldout-shapes.json \
   --out $OUT/heldout-ops.csv --steps 5 --warmup 2 --regime one-gpu 2>&1 | $F > $OUT/log-validate-ops.txt
 timeout 150 torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs results/h200x1/configs-1gpu.json \
