@@ -22,7 +22,8 @@ The model (used by strict simulations, i.e. replays of a plan's order):
 * the first issue of a dispatch blocks the host until the attention task that routed its
   tokens has finished on the GPU (the executor waits there for the routing counts);
 * the step starts with ``step_setup`` µs before the first issue and ends ``step_finish`` µs
-  after its last task (x = the parameter bytes of one rank, :func:`step_x`; :data:`STEP_KINDS`).
+  after its last task (x = the parameter bytes of one rank, :func:`step_x`; :data:`STEP_KINDS`;
+  the finish a constant, :data:`CONSTANT_KINDS`).
 
 Profile section (optional key ``host``)::
 
@@ -52,6 +53,15 @@ from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
 #: (gradient buffers zeroed, layer state allocated) and the finish after the last task
 #: (the loss read back and averaged over ranks).
 STEP_KINDS = ("step_setup", "step_finish")
+#: Kinds priced as a constant, with no slope in x or r, at the lower quartile of their
+#: samples: the step's finish reads the loss back (on many ranks, averaged first), the same
+#: few kernels at any size. Measured on one H200, the calibration steps (the third step of a
+#: fresh module) sometimes stall there for 0.3-1.8 ms (``results/h200x1/passes9``: 10 of the
+#: 12 chunked four-layer samples of the GPT shape; ``passes7``: 7 of 12 of the DeepSeek
+#: shape), while the validation steps of the same shapes ended in 85-230 µs (682 validation
+#: steps: 99% under 0.3 ms); a line through the medians at one and four layers turned those
+#: stalls into a slope and priced the four-layer GPT step's finish at 0.8 ms.
+CONSTANT_KINDS = ("step_finish",)
 HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",) + STEP_KINDS
 
 

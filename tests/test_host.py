@@ -117,6 +117,25 @@ def test_fit_host_recovers_the_coefficients() -> None:
         fit_host([("s", "warp", 1.0, 1, 1.0)], 0.0)
 
 
+def test_step_finish_is_one_constant_that_calibration_stalls_do_not_set() -> None:
+    """The four-layer GPT samples of results/h200x1/passes9 (10 of 12 stalled) and its
+    one-layer ones: the finish is priced at the lower quartile, the same at any parameter
+    bytes, where a line through the medians priced the four-layer finish at 0.8 ms; the
+    setup keeps its slope in bytes (the gradient buffers' zeroing)."""
+    x1, x4 = 675897600.0, 2703590400.0
+    fin = [(x1, us) for us in (59, 88, 89)] + [(x4, us) for us in (154, 797, 742, 837, 140, 517, 817, 1110, 133,
+                                                                    871, 922, 1109)]
+    rows = [("s", "step_finish", x, 1, float(us)) for x, us in fin]
+    rows += [("s", "step_setup", x, 1, 113.0 + 3.5e-7 * x) for x in (x1, x4) for _ in range(3)]
+    h = fit_host(rows, 30.0)
+    finish = h.shapes["s"]["step_finish"]
+    assert finish.per_unit_us == 0.0 and finish.per_chunk_us == 0.0
+    assert finish(x1, 1) == finish(x4, 1) and 88.0 < finish(x4, 1) < 160.0, finish
+    assert h.kinds["step_finish"] == finish
+    setup = h.shapes["s"]["step_setup"]
+    assert setup.per_unit_us == pytest.approx(3.5e-7) and setup(x4, 1) == pytest.approx(113.0 + 3.5e-7 * x4)
+
+
 # ---- the simulator's host resource ----------------------------------------------------------
 def test_free_host_changes_nothing() -> None:
     plan, g = _plan_graph(_host(0.0, 0.0))

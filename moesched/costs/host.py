@@ -7,7 +7,7 @@ import statistics
 
 from moesched.costs.fit import most_rows, r2_score
 from moesched.errors import MoeschedError
-from moesched.host import HOST_KINDS, HostCost, HostCosts
+from moesched.host import CONSTANT_KINDS, HOST_KINDS, HostCost, HostCosts
 from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
 
 
@@ -28,9 +28,13 @@ def _solve(rows: list[tuple[float, ...]], ts: list[float], cols: list[int]) -> l
     return [a[i][n] / a[i][i] for i in range(n)]
 
 
-def fit_host_cost(points: list[tuple[float, int, float]]) -> HostCost:
+def fit_host_cost(points: list[tuple[float, int, float]], constant: bool = False) -> HostCost:
     """alpha + per_unit*x + per_chunk*r by least squares on the medians per (x, r), with
-    the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted)."""
+    the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted);
+    ``constant``: alpha alone, the lower quartile of all points (:data:`moesched.host.CONSTANT_KINDS`)."""
+    if constant:
+        us = sorted(us for _, _, us in points)
+        return HostCost(round(statistics.quantiles(us, n=4)[0] if len(us) > 1 else us[0], 3), 0.0, 0.0, None)
     by: dict[tuple[float, int], list[float]] = {}
     for x, r, us in points:
         by.setdefault((x, r), []).append(us)
@@ -69,9 +73,10 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x
         by_dtype.setdefault(dt, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
     main = most_rows(by_dtype)
-    pool = {k: fit_host_cost(p) for k, p in sorted(by_dtype.get(main, {}).items())}
+    fit = lambda kind, pts: fit_host_cost(pts, constant=kind in CONSTANT_KINDS)  # noqa: E731
+    pool = {k: fit(k, p) for k, p in sorted(by_dtype.get(main, {}).items())}
     return HostCosts(round(float(lag_us), 3), pool,
-                     {s: {k: fit_host_cost(p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
+                     {s: {k: fit(k, p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
                      x_unit, {dt: dtype_pool(pool, by) for dt, by in sorted(by_dtype.items()) if dt and dt != main})
 
 
@@ -85,7 +90,7 @@ def dtype_pool(main: dict[str, HostCost], samples: dict[str, list[tuple[float, i
         base = main.get(kind)
         ratios = [us / base(x, r) for x, r, us in pts if base is not None and base(x, r) > 0]
         if base is None or not ratios:
-            out[kind] = fit_host_cost(pts)
+            out[kind] = fit_host_cost(pts, constant=kind in CONSTANT_KINDS)
             continue
         f = statistics.median(ratios)
         out[kind] = HostCost(round(base.alpha_us * f, 3), base.per_unit_us * f, base.per_chunk_us * f, None)
