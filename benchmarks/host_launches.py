@@ -10,7 +10,7 @@ CPU only, repository root. Each argument is a one-GPU held-out folder as
 Outside bf16 the executor runs one GEMM per local expert (:func:`moesched.ops.task_ops`,
 ``grouped=False``), so an fp32 expert task issues more kernels than the same task grouped.
 The profile prices a dtype without its own shape curve by the main dtype's pooled host
-costs times the median ratio of its samples (:func:`moesched.costs.host.dtype_pool`), which
+costs times the median ratio of its samples (:func:`moesched.costs.host.scaled_pool`), which
 carries the profiled fp32 shape's launches per task (SwiGLU, three GEMMs per expert) to
 every fp32 shape. The alternative priced here: the main pool plus a cost per extra launch
 (per expert kind, the median over the profile's fp32 samples of (µs - main pool) / extra

@@ -109,7 +109,7 @@ def test_fit_host_recovers_the_coefficients() -> None:
     h = fit_host(rows, 31.0)
     c = h.shapes["s"]["expert_fwd"]
     assert (c.alpha_us, c.per_unit_us, c.per_chunk_us) == pytest.approx((300.0, 0.05, 70.0), rel=1e-6)
-    assert c.r2 == pytest.approx(1.0)
+    assert h.kinds["expert_fwd"].r2 == pytest.approx(1.0) and c.r2 is None  # a shape's: its pool scaled
     assert h.kinds["grad_ar"].alpha_us == pytest.approx(50.0) and h.lag_us == 31.0  # one point: the median
     cb = h.kinds["combine"]
     assert cb.per_unit_us == 0.0 and cb.per_chunk_us == 0.0 and cb.alpha_us == pytest.approx(436.0)
@@ -386,6 +386,27 @@ def test_each_dtype_pools_its_own_host_costs() -> None:
         with pytest.raises(MoeschedError) as e:
             HostCosts.from_dict(dict(h.to_dict(), dtypes=bad))
         assert "host.dtypes" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_shape_scales_its_pool_where_its_chunks_split_the_work() -> None:
+    """One shape's calibration plans split a layer's work W over r chunks (x = W / r), so
+    its samples cannot tell a slope in x from one in r: a shape's task costs are its pool's
+    (fitted over shapes whose x and r vary apart) times the median ratio of its samples, and
+    so carry to four times the micro-batch; its own exact fit through three noisy points
+    (+-10%) would not. The step kinds keep the shape's own fit."""
+    def main_us(x: float, r: int) -> float:
+        return 250.0 + 1e-6 * x + 20.0 * r
+    w = 26e6
+    pool = [(f"M{m}-gpt-bf16", "dispatch", x, r, main_us(x, r)) for m in (1, 2) for x in (5e6, 1e7, 2e7, 4e7)
+            for r in (1, 2, 4)]
+    shape = [("M3-gpt-bf16", "dispatch", w / r, r, 1.2 * main_us(w / r, r) * e) for r, e in ((1, 1.1), (2, 1.0), (4, 0.9))]
+    setup = [("M3-gpt-bf16", "step_setup", x, 1, 100.0 + 3e-7 * x) for x in (7e8, 2.8e9)]
+    h = fit_host(pool + shape + setup, 20.0)
+    c = h.shapes["M3-gpt-bf16"]["dispatch"]
+    assert c(4 * w, 1) == pytest.approx(1.2 * main_us(4 * w, 1), rel=0.01)  # the same layer, 4x the tokens
+    own = fit_host([s for s in shape if s[0] == "M3-gpt-bf16"], 20.0).shapes["M3-gpt-bf16"]["dispatch"]
+    assert abs(own(4 * w, 1) / (1.2 * main_us(4 * w, 1)) - 1) > 0.2  # what the shape alone would say
+    assert h.shapes["M3-gpt-bf16"]["step_setup"](2.8e9, 1) == pytest.approx(100.0 + 3e-7 * 2.8e9)
 
 
 def test_calibration_passes_interleave_every_plan_and_keep_their_spread() -> None:

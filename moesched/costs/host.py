@@ -7,7 +7,7 @@ import statistics
 
 from moesched.costs.fit import most_rows, r2_score
 from moesched.errors import MoeschedError
-from moesched.host import CONSTANT_KINDS, HOST_KINDS, HostCost, HostCosts
+from moesched.host import CONSTANT_KINDS, HOST_KINDS, STEP_KINDS, HostCost, HostCosts
 from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
 
 
@@ -60,9 +60,15 @@ def fit_host_cost(points: list[tuple[float, int, float]], constant: bool = False
 
 def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x_unit: str = "work") -> HostCosts:
     """Host costs from measured issue times: samples (shape key, kind, x, r, µs), one per
-    task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per (shape, kind), per
-    kind pooled over the shapes of the dtype with the most samples (:func:`fit_host_cost`),
-    and per kind for each other dtype (:func:`dtype_pool`)."""
+    task issue, x in ``x_unit`` (:func:`moesched.host.host_features`); per kind pooled over
+    the shapes of the dtype with the most samples (:func:`fit_host_cost`), per kind for each
+    other dtype, and per (shape, kind), each a pool scaled to its own samples
+    (:func:`scaled_pool`). Within one shape the chunks split the work (x = the layer's work
+    / r), so its samples cannot tell the slopes in x and r apart: fitted on their own (three
+    points, three coefficients) they priced gpt2xl-4L's dispatch at four times the
+    micro-batch at 0.90 ms, 2.7x its 0.34 ms at its own (``results/h200x1/passes9``; a
+    traced step of that plan issued it in 0.39 ms, ``results/h200x1/traces-validate``). The step kinds, at r = 1 and x = the parameter bytes at one
+    and four layers, are fitted on the shape's own samples."""
     by_dtype: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     for shape, kind, x, r, us in samples:
@@ -73,25 +79,30 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x
         by_dtype.setdefault(dt, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
         shapes.setdefault(shape, {}).setdefault(kind, []).append((float(x), int(r), float(us)))
     main = most_rows(by_dtype)
-    fit = lambda kind, pts: fit_host_cost(pts, constant=kind in CONSTANT_KINDS)  # noqa: E731
-    pool = {k: fit(k, p) for k, p in sorted(by_dtype.get(main, {}).items())}
+    pool = {k: fit_host_cost(p, constant=k in CONSTANT_KINDS) for k, p in sorted(by_dtype.get(main, {}).items())}
+    dtypes = {dt: scaled_pool(pool, by) for dt, by in sorted(by_dtype.items()) if dt and dt != main}
+
+    def shape_pool(shape: str) -> dict[str, HostCost]:
+        return dtypes.get(dtype_of_shape(shape), pool)
     return HostCosts(round(float(lag_us), 3), pool,
-                     {s: {k: fit(k, p) for k, p in sorted(by.items())} for s, by in sorted(shapes.items())},
-                     x_unit, {dt: dtype_pool(pool, by) for dt, by in sorted(by_dtype.items()) if dt and dt != main})
+                     {s: scaled_pool(shape_pool(s), by, own=STEP_KINDS) for s, by in sorted(shapes.items())},
+                     x_unit, dtypes)
 
 
-def dtype_pool(main: dict[str, HostCost], samples: dict[str, list[tuple[float, int, float]]]) -> dict[str, HostCost]:
-    """A dtype's pooled host costs: per kind, the main dtype's cost times the median ratio of
-    this dtype's samples (x, r, µs) to it, so that the slopes in work and degree (which one
-    or two shapes cannot tell apart: chunks split the work) stay those fitted over the main
-    dtype's shapes; a kind the main dtype lacks is fitted on its own."""
+def scaled_pool(base: dict[str, HostCost], samples: dict[str, list[tuple[float, int, float]]],
+                own: tuple[str, ...] = ()) -> dict[str, HostCost]:
+    """Pooled host costs scaled to a dtype's or a shape's samples: per kind, the ``base``
+    cost times the median ratio of the samples (x, r, µs) to it, so that the slopes in work
+    and degree (which one or two shapes cannot tell apart: chunks split the work) stay those
+    fitted over the base's shapes; a kind the base lacks, or one of ``own``, is fitted on its
+    own samples."""
     out = {}
     for kind, pts in sorted(samples.items()):
-        base = main.get(kind)
-        ratios = [us / base(x, r) for x, r, us in pts if base is not None and base(x, r) > 0]
-        if base is None or not ratios:
+        b = base.get(kind)
+        ratios = [us / b(x, r) for x, r, us in pts if b is not None and b(x, r) > 0]
+        if b is None or not ratios or kind in own:
             out[kind] = fit_host_cost(pts, constant=kind in CONSTANT_KINDS)
             continue
         f = statistics.median(ratios)
-        out[kind] = HostCost(round(base.alpha_us * f, 3), base.per_unit_us * f, base.per_chunk_us * f, None)
+        out[kind] = HostCost(round(b.alpha_us * f, 3), b.per_unit_us * f, b.per_chunk_us * f, None)
     return out
