@@ -49,6 +49,10 @@ def task_rows(measured: Path) -> list[dict]:
 
 def table(folders: list[str]) -> pd.DataFrame:
     rows = [r for f in folders for tr in sorted(Path(f, "traces").glob("*_measured.json")) for r in task_rows(tr)]
+    if not rows:
+        print(f"trace_tasks: error: no traces/*_measured.json under {' '.join(folders) or '(no folder given)'}"
+              " (moesched validate --traces writes them)", file=sys.stderr)
+        sys.exit(2)
     d = pd.DataFrame(rows)
     d = d[d.full]
     d["ratio"] = d.measured_us / d.predicted_us
