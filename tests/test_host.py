@@ -118,7 +118,7 @@ def test_fit_host_recovers_the_coefficients() -> None:
 
 
 def test_step_finish_is_one_constant_that_calibration_stalls_do_not_set() -> None:
-    """The four-layer GPT samples of results/h200x1/passes9 (10 of 12 stalled) and its
+    """The four-layer GPT samples of results/h200x1/passes9 (9 of 12 stalled) and its
     one-layer ones: the finish is priced at the lower quartile, the same at any parameter
     bytes, where a line through the medians priced the four-layer finish at 0.8 ms; the
     setup keeps its slope in bytes (the gradient buffers' zeroing)."""

@@ -67,8 +67,9 @@ def fit_host(samples: list[tuple[str, str, float, int, float]], lag_us: float, x
     / r), so its samples cannot tell the slopes in x and r apart: fitted on their own (three
     points, three coefficients) they priced gpt2xl-4L's dispatch at four times the
     micro-batch at 0.90 ms, 2.7x its 0.34 ms at its own (``results/h200x1/passes9``; a
-    traced step of that plan issued it in 0.39 ms, ``results/h200x1/traces-validate``). The step kinds, at r = 1 and x = the parameter bytes at one
-    and four layers, are fitted on the shape's own samples."""
+    traced step of that plan issued it in 0.39 ms, ``results/h200x1/traces-validate``). The
+    step kinds, at r = 1 and x = the parameter bytes at one and four layers, are fitted on
+    the shape's own samples."""
     by_dtype: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     shapes: dict[str, dict[str, list[tuple[float, int, float]]]] = {}
     for shape, kind, x, r, us in samples:
