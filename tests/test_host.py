@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
@@ -134,6 +135,34 @@ def test_step_finish_is_one_constant_that_calibration_stalls_do_not_set() -> Non
     assert h.kinds["step_finish"] == finish
     setup = h.shapes["s"]["step_setup"]
     assert setup.per_unit_us == pytest.approx(3.5e-7) and setup(x4, 1) == pytest.approx(113.0 + 3.5e-7 * x4)
+
+
+_SAMPLE = st.tuples(st.sampled_from(["M1-gpt-bf16", "M2-gpt-bf16", "M3-gpt-fp32"]),
+                    st.sampled_from(["dispatch", "expert_fwd", "step_setup", "step_finish"]),
+                    st.sampled_from([1e6, 4e6, 2.6e7, 1e9]), st.sampled_from([1, 2, 4]),
+                    st.floats(1.0, 5000.0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_SAMPLE, min_size=1, max_size=40))
+def test_fitted_host_costs_are_valid_at_any_samples(samples: list) -> None:
+    """Whatever the calibration measured: slopes >= 0, the finish a constant, every cost
+    finite and within the samples' range at a sampled (x, r) of its kind when it has one
+    (x, r) point, and the section round-trips through a profile's JSON."""
+    h = fit_host(samples, 25.0)
+    groups = [h.kinds, *h.shapes.values(), *h.dtypes.values()]
+    for by in groups:
+        for kind, c in by.items():
+            assert c.per_unit_us >= 0.0 and c.per_chunk_us >= 0.0, (kind, c)
+            if kind == "step_finish":
+                assert c.per_unit_us == c.per_chunk_us == 0.0
+    for shape, by in h.shapes.items():
+        for kind, c in by.items():
+            pts = [(x, r, us) for s, k, x, r, us in samples if s == shape and k == kind]
+            if len({(x, r) for x, r, _ in pts}) == 1 and kind in ("step_setup", "step_finish"):
+                x, r, _ = pts[0]
+                assert min(u for *_, u in pts) - 1e-3 <= c(x, r) <= max(u for *_, u in pts) + 1e-3, (kind, c, pts)  # alpha to 3 places
+    assert HostCosts.from_dict(json.loads(json.dumps(h.to_dict()))) == h
 
 
 # ---- the simulator's host resource ----------------------------------------------------------

@@ -33,8 +33,9 @@ def fit_host_cost(points: list[tuple[float, int, float]], constant: bool = False
     the slopes kept >= 0 (a negative or unidentifiable one is dropped and the rest refitted);
     ``constant``: alpha alone, the lower quartile of all points (:data:`moesched.host.CONSTANT_KINDS`)."""
     if constant:
-        us = sorted(us for _, _, us in points)
-        return HostCost(round(statistics.quantiles(us, n=4)[0] if len(us) > 1 else us[0], 3), 0.0, 0.0, None)
+        us = [us for _, _, us in points]
+        q1 = statistics.quantiles(us, n=4, method="inclusive")[0] if len(us) > 1 else us[0]  # within the samples
+        return HostCost(round(q1, 3), 0.0, 0.0, None)
     by: dict[tuple[float, int], list[float]] = {}
     for x, r, us in points:
         by.setdefault((x, r), []).append(us)
