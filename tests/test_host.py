@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -465,3 +468,27 @@ def test_calibration_passes_interleave_every_plan_and_keep_their_spread() -> Non
     assert pass_spread([("a", 0, 0, 90.0), ("a", 0, 1, 110.0), ("a", 1, 0, 50.0), ("a", 1, 1, 50.0)]) \
         == {"mean": 10.0, "max": 20.0}
     assert pass_spread([("a", 0, 0, 90.0)]) == {}
+
+
+def test_calibration_steps_benchmark_times_every_step_of_every_plan(tmp_path: Path) -> None:
+    """benchmarks/calibration_steps.py on one CPU process: a row per step of each
+    calibration plan (setup, finish and call µs, call the longest), and a bad name
+    is one error line, exit 2, no file."""
+    root = Path(__file__).resolve().parents[1]
+    m = dataclasses.replace(MODEL, layers=2, d_model=64, heads=4, seq_len=32, micro_batch=2, ffn_hidden=128,
+                            experts=4, dtype="fp32", name="tiny")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps([{"name": "tiny", "model": m.to_dict()}]))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    run = lambda *a: subprocess.run([sys.executable, "benchmarks/calibration_steps.py", "--configs", str(cfg), *a],  # noqa: E731
+                                    cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    r = run("--names", "tiny", "--steps", "6", "--out", str(tmp_path / "s.csv"))
+    assert r.returncode == 0, r.stderr
+    d = pd.read_csv(tmp_path / "s.csv")
+    assert sorted(d.plan.unique()) == ["host-r1-L1", "host-r1-L2", "host-r2-L2", "host-r2-L2-at"]
+    assert (d.groupby("plan").step.apply(list) == [list(range(1, 7))] * 4).all()
+    assert (d.setup_us > 0).all() and (d.finish_us >= 0).all() and (d.call_us > d.setup_us + d.finish_us).all()
+    bad = run("--names", "nope", "--out", str(tmp_path / "t.csv"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no config" in bad.stderr
+    assert not (tmp_path / "t.csv").exists()
