@@ -47,7 +47,6 @@ from moesched import dense as dense_layers
 from moesched import memory, work
 from moesched.cluster import Cluster, check_setup, collective_us, comm_model
 from moesched.costs.calibrate import saved_copy_us
-from moesched.errors import MoeschedError
 from moesched.knobs import Knobs
 from moesched.models import MoEModel
 from moesched.profile import Profile
@@ -216,33 +215,8 @@ class _Builder:
         L, T = m.layers, m.tokens
         prev_out: list[list[int]] = []  # per chunk: tasks producing layer output
         for l in range(L):
-            r = k.r_fwd[l]
-            toks = chunk_tokens(T, r)
-            if m.is_dense(l):
-                prev_out = self.dense_fwd(l, r, toks, prev_out)
-                continue
-            if k.at_chunked:
-                same = prev_out and len(prev_out) == r
-                attn: list[int] = []
-                for c in range(r):
-                    deps = prev_out[c] if same else _flat(prev_out)
-                    if m.capacity_factor is not None and c:
-                        # Capacity ranks copies in token order across chunks (GShard): chunk c's
-                        # routing needs the per-expert counts of chunks 0..c-1.
-                        deps = deps + [attn[c - 1]]
-                    attn.append(self.compute(tid(l, "fwd", "attn_fwd", c), deps, "attn_fwd", l, c, r, "fwd", toks[c]))
-            else:
-                attn = [self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T)] * r
-            out = []
-            for c in range(r):
-                d = self.a2a("dispatch", [attn[c]], l, c, r, "fwd", toks[c], True)
-                e = self.compute(tid(l, "fwd", "expert_fwd", c), [d], "expert_fwd", l, c, r, "fwd", toks[c])
-                o = [self.a2a("combine", [e], l, c, r, "fwd", toks[c], False)]
-                if m.shared_experts:
-                    o.append(self.compute(tid(l, "fwd", "shared_fwd", c), [attn[c]], "shared_fwd", l, c, r, "fwd",
-                                          toks[c]))
-                out.append(o)
-            prev_out = out
+            fwd = self.dense_fwd if m.is_dense(l) else self.moe_fwd
+            prev_out = fwd(l, k.r_fwd[l], chunk_tokens(T, k.r_fwd[l]), prev_out)
         # The loss task merges the last layer's output, computes the loss and its gradient;
         # 0 µs with a profile that does not measure it. Backward starts from it.
         loss = self.loss = self.compute("loss", _flat(prev_out), "loss", L, 0, 1, "fwd", T)
@@ -251,37 +225,8 @@ class _Builder:
         dense: dict[int, list[int]] = {}
         expert: dict[int, list[int]] = {}
         for l in reversed(range(L)):
-            rb = k.r_bwd[l]
-            toks = chunk_tokens(T, rb)
-            if m.is_dense(l):
-                gout, dense[l], expert[l] = self.dense_bwd(l, rb, toks, gout)
-                continue
-            same = len(gout) == rb
-            into_attn: list[list[int]] = []
-            dws, ready = [], []
-            for c in range(rb):
-                src = gout[c] if same else _flat(gout)
-                cb = self.a2a("combine_bwd", src, l, c, rb, "bwd", toks[c], True)
-                dx = self.compute(tid(l, "bwd", "expert_dx", c), [cb], "expert_dx", l, c, rb, "bwd", toks[c])
-                if c == 0:
-                    self.saved_copy(dx, k.r_fwd[l])
-                # dW reuses the activation gradient that dX computes (g_h = dY W2 * act'(h)).
-                dws.append(self.compute(tid(l, "bwd", "expert_dw", c), [dx], "expert_dw", l, c, rb, "bwd", toks[c]))
-                ins = [self.a2a("dispatch_bwd", [dx], l, c, rb, "bwd", toks[c], False)]
-                if m.shared_experts:
-                    s = self.compute(tid(l, "bwd", "shared_bwd", c), src, "shared_bwd", l, c, rb, "bwd", toks[c])
-                    ins.append(s)
-                    ready.append(s)
-                into_attn.append(ins)
-            if k.at_chunked:
-                attn = [self.compute(tid(l, "bwd", "attn_bwd", c), into_attn[c], "attn_bwd", l, c, rb, "bwd", toks[c])
-                        for c in range(rb)]
-                gout = [[a] for a in attn]
-            else:
-                attn = [self.compute(tid(l, "bwd", "attn_bwd", 0), _flat(into_attn), "attn_bwd", l, 0, 1, "bwd", T)]
-                gout = [attn]
-            dense[l] = attn + ready
-            expert[l] = dws
+            bwd = self.dense_bwd if m.is_dense(l) else self.moe_bwd
+            gout, dense[l], expert[l] = bwd(l, k.r_bwd[l], chunk_tokens(T, k.r_bwd[l]), gout)
         self.ready = {"dense": dense, "expert": expert}
         # The end of backward: the last attention gradients and every expert dW (dW tasks
         # have no other successor, so a priority may run them last).
@@ -292,6 +237,66 @@ class _Builder:
                 succ[p].append(i)
         self.succ = [tuple(s) for s in succ]
         return self
+
+    def moe_fwd(self, l: int, r: int, toks: list[int], prev_out: list[list[int]]) -> list[list[int]]:
+        """MoE layer l forward at degree r (chunk c of toks[c] tokens): attention (whole or
+        chunked), then per chunk dispatch, experts, combine and the shared experts. Returns,
+        per chunk, the tasks producing the layer's output."""
+        m, k, T = self.m, self.k, self.m.tokens
+        if k.at_chunked:
+            same = prev_out and len(prev_out) == r
+            attn: list[int] = []
+            for c in range(r):
+                deps = prev_out[c] if same else _flat(prev_out)
+                if m.capacity_factor is not None and c:
+                    # Capacity ranks copies in token order across chunks (GShard): chunk c's
+                    # routing needs the per-expert counts of chunks 0..c-1.
+                    deps = deps + [attn[c - 1]]
+                attn.append(self.compute(tid(l, "fwd", "attn_fwd", c), deps, "attn_fwd", l, c, r, "fwd", toks[c]))
+        else:
+            attn = [self.compute(tid(l, "fwd", "attn_fwd", 0), _flat(prev_out), "attn_fwd", l, 0, 1, "fwd", T)] * r
+        out = []
+        for c in range(r):
+            d = self.a2a("dispatch", [attn[c]], l, c, r, "fwd", toks[c], True)
+            e = self.compute(tid(l, "fwd", "expert_fwd", c), [d], "expert_fwd", l, c, r, "fwd", toks[c])
+            o = [self.a2a("combine", [e], l, c, r, "fwd", toks[c], False)]
+            if m.shared_experts:
+                o.append(self.compute(tid(l, "fwd", "shared_fwd", c), [attn[c]], "shared_fwd", l, c, r, "fwd",
+                                      toks[c]))
+            out.append(o)
+        return out
+
+    def moe_bwd(self, l: int, rb: int, toks: list[int], gout: list[list[int]]
+                ) -> tuple[list[list[int]], list[int], list[int]]:
+        """MoE layer l backward at degree rb from gout (per chunk, the tasks producing the
+        gradient of the layer's output): per chunk combine_bwd, expert dX and dW,
+        dispatch_bwd and the shared experts, then attention (whole or chunked). Returns the
+        gradient of the layer's input per chunk, and the tasks after which the dense and the
+        expert gradients of the layer are ready."""
+        m, k, T = self.m, self.k, self.m.tokens
+        same = len(gout) == rb
+        into_attn: list[list[int]] = []
+        dws, ready = [], []
+        for c in range(rb):
+            src = gout[c] if same else _flat(gout)
+            cb = self.a2a("combine_bwd", src, l, c, rb, "bwd", toks[c], True)
+            dx = self.compute(tid(l, "bwd", "expert_dx", c), [cb], "expert_dx", l, c, rb, "bwd", toks[c])
+            if c == 0:
+                self.saved_copy(dx, k.r_fwd[l])
+            # dW reuses the activation gradient that dX computes (g_h = dY W2 * act'(h)).
+            dws.append(self.compute(tid(l, "bwd", "expert_dw", c), [dx], "expert_dw", l, c, rb, "bwd", toks[c]))
+            ins = [self.a2a("dispatch_bwd", [dx], l, c, rb, "bwd", toks[c], False)]
+            if m.shared_experts:
+                s = self.compute(tid(l, "bwd", "shared_bwd", c), src, "shared_bwd", l, c, rb, "bwd", toks[c])
+                ins.append(s)
+                ready.append(s)
+            into_attn.append(ins)
+        if k.at_chunked:
+            attn = [self.compute(tid(l, "bwd", "attn_bwd", c), into_attn[c], "attn_bwd", l, c, rb, "bwd", toks[c])
+                    for c in range(rb)]
+            return [[a] for a in attn], attn + ready, dws
+        attn = [self.compute(tid(l, "bwd", "attn_bwd", 0), _flat(into_attn), "attn_bwd", l, 0, 1, "bwd", T)]
+        return [attn], attn + ready, dws
 
     def dense_fwd(self, l: int, r: int, toks: list[int], prev_out: list[list[int]]) -> list[list[int]]:
         """Forward of dense layer ``l`` in ``r`` chunks: attention (chunked or not, as in an
