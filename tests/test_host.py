@@ -149,9 +149,9 @@ _SAMPLE = st.tuples(st.sampled_from(["M1-gpt-bf16", "M2-gpt-bf16", "M3-gpt-fp32"
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_SAMPLE, min_size=1, max_size=40))
 def test_fitted_host_costs_are_valid_at_any_samples(samples: list) -> None:
-    """Whatever the calibration measured: slopes >= 0, the finish a constant, every cost
-    finite and within the samples' range at a sampled (x, r) of its kind when it has one
-    (x, r) point, and the section round-trips through a profile's JSON."""
+    """Whatever the calibration measured: slopes >= 0, the finish a constant, a step kind
+    sampled at one (x, r) priced there within its samples' range, and the section
+    round-trips through a profile's JSON."""
     h = fit_host(samples, 25.0)
     groups = [h.kinds, *h.shapes.values(), *h.dtypes.values()]
     for by in groups:
@@ -164,7 +164,8 @@ def test_fitted_host_costs_are_valid_at_any_samples(samples: list) -> None:
             pts = [(x, r, us) for s, k, x, r, us in samples if s == shape and k == kind]
             if len({(x, r) for x, r, _ in pts}) == 1 and kind in ("step_setup", "step_finish"):
                 x, r, _ = pts[0]
-                assert min(u for *_, u in pts) - 1e-3 <= c(x, r) <= max(u for *_, u in pts) + 1e-3, (kind, c, pts)  # alpha to 3 places
+                lo, hi = min(u for *_, u in pts), max(u for *_, u in pts)
+                assert lo - 1e-3 <= c(x, r) <= hi + 1e-3, (kind, c, pts)  # alpha rounded to 3 places
     assert HostCosts.from_dict(json.loads(json.dumps(h.to_dict()))) == h
 
 
@@ -431,7 +432,8 @@ def test_a_shape_scales_its_pool_where_its_chunks_split_the_work() -> None:
     w = 26e6
     pool = [(f"M{m}-gpt-bf16", "dispatch", x, r, main_us(x, r)) for m in (1, 2) for x in (5e6, 1e7, 2e7, 4e7)
             for r in (1, 2, 4)]
-    shape = [("M3-gpt-bf16", "dispatch", w / r, r, 1.2 * main_us(w / r, r) * e) for r, e in ((1, 1.1), (2, 1.0), (4, 0.9))]
+    noise = ((1, 1.1), (2, 1.0), (4, 0.9))
+    shape = [("M3-gpt-bf16", "dispatch", w / r, r, 1.2 * main_us(w / r, r) * e) for r, e in noise]
     setup = [("M3-gpt-bf16", "step_setup", x, 1, 100.0 + 3e-7 * x) for x in (7e8, 2.8e9)]
     h = fit_host(pool + shape + setup, 20.0)
     c = h.shapes["M3-gpt-bf16"]["dispatch"]
@@ -481,8 +483,9 @@ def test_calibration_steps_benchmark_times_every_step_of_every_plan(tmp_path: Pa
     cfg.write_text(json.dumps([{"name": "tiny", "model": m.to_dict()}]))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    run = lambda *a: subprocess.run([sys.executable, "benchmarks/calibration_steps.py", "--configs", str(cfg), *a],  # noqa: E731
-                                    cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    def run(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "benchmarks/calibration_steps.py", "--configs", str(cfg), *a],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
     r = run("--names", "tiny", "--steps", "6", "--out", str(tmp_path / "s.csv"))
     assert r.returncode == 0, r.stderr
     d = pd.read_csv(tmp_path / "s.csv")
