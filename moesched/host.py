@@ -59,8 +59,9 @@ STEP_KINDS = ("step_setup", "step_finish")
 #: fresh module) sometimes stall there for 0.3-1.8 ms (``results/h200x1/passes9``: 9 of the
 #: 12 four-layer samples of the GPT shape, every one of a chunked plan; ``passes7``: 8 of 12
 #: of the DeepSeek shape), while the validation steps of the same shapes ended in 85-230 µs
-#: (the last steps of 682 validation runs: 99% under 0.3 ms); a line through the medians at one and four layers turned those
-#: stalls into a slope and priced the four-layer GPT step's finish at 0.8 ms.
+#: (the last steps of 682 validation runs: 99% under 0.3 ms); a line through the medians at
+#: one and four layers turned those stalls into a slope and priced the four-layer GPT step's
+#: finish at 0.8 ms.
 CONSTANT_KINDS = ("step_finish",)
 HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",) + STEP_KINDS
 
