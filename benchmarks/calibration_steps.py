@@ -20,14 +20,12 @@ plan, the setup and finish at the profiler's timed step (3) and the median over 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 
@@ -38,7 +36,7 @@ from executor.runtime import PlannedStep
 from moesched.cluster import Cluster
 from moesched.configs import load_configs
 from moesched.errors import MoeschedError
-from moesched.fileio import write_atomic
+from moesched.fileio import check_output, write_atomic
 
 PROFILER_STEP = 3  # the profiler's timed step: after its two untimed ones
 SETTLED_FROM = 6
@@ -76,9 +74,7 @@ def main(argv: list[str]) -> int:
     names = args.names.split(",")
     if missing := [n for n in names if n not in byname]:
         raise MoeschedError(f"{args.configs} has no config {missing}")
-    folder = Path(args.out).resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise MoeschedError(f"cannot write {args.out}: {folder} is not a writable folder")
+    check_output("--out", args.out)
     cuda = torch.cuda.is_available()
     store = None
     if "RANK" in os.environ:  # under torchrun
@@ -94,11 +90,7 @@ def main(argv: list[str]) -> int:
         dist.destroy_process_group()
         if store is not None and os.path.exists(store):
             os.unlink(store)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    write_atomic(args.out, buf.getvalue())
+    write_atomic(args.out, pd.DataFrame(rows).to_csv(index=False))
     return 0
 
 
