@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
 from moesched.plan import from_timeline  # noqa: E402
-from moesched.profile import Profile  # noqa: E402
+from moesched.profile import Profile, freeze_loaded  # noqa: E402
 from moesched.solve import candidates, grids, search as search_mod, sweep  # noqa: E402
 from moesched.solve.api import solve  # noqa: E402
 
@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--skip-sweep", action="store_true")
     args = ap.parse_args()
     profile = Profile.load(args.profile)
+    freeze_loaded()  # as the CLI does once its profile is loaded
     cluster = Cluster(profile.nodes, profile.gpus_per_node)
     print(f"profile {profile.name}, cluster {cluster.label()}")
     per_layer(profile, cluster, args.sample)

@@ -49,6 +49,7 @@ one collective (``all_to_all``, ``all_reduce``); the top pair holds for the othe
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -337,3 +338,12 @@ def default_profile_path() -> Path:
     else the analytic one."""
     measured = PROFILES_DIR / f"{DEFAULT_PROFILE}.json"
     return measured if measured.exists() else PROFILES_DIR / "analytic-h200x4-nvlink.json"
+
+
+def freeze_loaded() -> None:
+    """Exclude every object alive now from Python's cyclic garbage collector
+    (:func:`gc.freeze`), once a command's long-lived inputs are loaded. The shipped measured
+    profile holds about 90,000 tracked objects; a full collection rescanning them took 42 ms
+    in the middle of a layer solve of 7 ms (CI machine, ``benchmarks/bench_solver.py``).
+    Objects that later become garbage are still freed by reference counting."""
+    gc.freeze()

@@ -271,3 +271,20 @@ def test_shipped_names_resolve_with_or_without_json_from_anywhere(tmp_path: Path
         Profile.load("no-such-profile.json")
     with pytest.raises(MoeschedError, match="empty"):
         Profile.load("")
+
+
+def test_a_commands_profile_is_kept_out_of_full_collections() -> None:
+    """The profile a command loads lives for the whole command: its objects leave the
+    collector's generations, so a full collection during a search does not rescan them."""
+    import argparse
+    import gc
+
+    from moesched.commands.setup import load_profile
+    gc.unfreeze()
+    try:
+        profile = load_profile(argparse.Namespace(profile="h200x4-nvlink"))
+        frozen = gc.get_freeze_count()
+        assert profile.name == "h200x4-nvlink" and frozen > 50_000, frozen
+        assert not any(gc.is_tracked(o) and o is profile for o in gc.get_objects())
+    finally:
+        gc.unfreeze()

@@ -11,7 +11,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 from moesched.models import MoEModel
 from moesched.network import default_network_name, load_network
-from moesched.profile import Profile, default_profile_path, resolve_profile_path
+from moesched.profile import Profile, default_profile_path, freeze_loaded, resolve_profile_path
 
 #: Most layers ``--layers`` accepts (the presets have at most a few dozen).
 MAX_LAYERS = 1024
@@ -24,8 +24,12 @@ def profile_path(args: argparse.Namespace) -> Path:
 
 
 def load_profile(args: argparse.Namespace) -> Profile:
-    """``--profile`` (a path or a shipped name), or the default profile."""
-    return Profile.load(profile_path(args))
+    """``--profile`` (a path or a shipped name), or the default profile; it lives for the
+    whole command, so it is kept out of the garbage collector's full passes
+    (:func:`moesched.profile.freeze_loaded`)."""
+    profile = Profile.load(profile_path(args))
+    freeze_loaded()
+    return profile
 
 
 def check_command_outputs(args: argparse.Namespace, outputs: dict[str, str | None],

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
-from moesched.profile import Profile
+from moesched.profile import Profile, freeze_loaded
 from moesched.schedules import POLICIES
 from moesched.solve.grids import feasible, shape_columns
 from moesched.solve.api import solve
@@ -49,6 +49,7 @@ def _init(cluster: Cluster, profile_dict: dict) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STATE["cluster"] = cluster
     _STATE["profile"] = Profile.from_dict(profile_dict)
+    freeze_loaded()
 
 
 def _work(model: MoEModel) -> dict[str, Any]:
