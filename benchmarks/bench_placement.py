@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
 from moesched.network import load_network  # noqa: E402
-from moesched.placement import Placement, PlacementCost, balance_ratio  # noqa: E402
+from moesched.placement import Placement, balance_ratio  # noqa: E402
+from moesched.placement_cost import PlacementCost  # noqa: E402
 from moesched.placement_policies import eplb, flexmoe_greedy, hot_replicas  # noqa: E402
 from moesched.placement_replay import zipf_loads  # noqa: E402
 from moesched.placement_search import search  # noqa: E402

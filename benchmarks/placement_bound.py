@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
-from moesched.placement import Placement, PlacementCost  # noqa: E402
+from moesched.placement import Placement  # noqa: E402
+from moesched.placement_cost import PlacementCost  # noqa: E402
 from moesched.placement_trace import trace_loads  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 

@@ -5,7 +5,7 @@
 For 1 and 4 experts' state of the model (parameters + Adam moments + fp32 master copy):
 the measured device -> host -> device copy (``meta.expert_move``), and the price of a
 migration of the same bytes inside a node (the profile's intra-node link plus the copy's
-fixed cost per expert, :meth:`moesched.placement.PlacementCost.move_us`).
+fixed cost per expert, :meth:`moesched.placement_cost.PlacementCost.move_us`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from moesched.cluster import Cluster  # noqa: E402
 from moesched.errors import MoeschedError  # noqa: E402
 from moesched.models import MoEModel  # noqa: E402
-from moesched.placement import MOVE_KEY, PlacementCost  # noqa: E402
+from moesched.placement_cost import MOVE_KEY, PlacementCost  # noqa: E402
 from moesched.profile import Profile  # noqa: E402
 
 

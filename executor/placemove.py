@@ -5,13 +5,13 @@
 
 The stand-in for a peer copy between GPUs (issue 22): the expert's state -- parameters in
 the model's dtype, two fp32 Adam moments and, for a 16-bit model, the fp32 master copy
-(:attr:`moesched.placement.PlacementCost.expert_state_bytes`) -- is copied device to pinned
+(:attr:`moesched.placement_cost.PlacementCost.expert_state_bytes`) -- is copied device to pinned
 host memory and back to the device, as one flat buffer, for 1/8, 1/4, 1/2, 1, 2 and 4
 experts' worth of bytes (on ``--device cpu``: host to host, 1/64 of them, so that a test
 runs in seconds). Median of ``--repeats`` after two warm-ups. The fitted cost
 (:func:`moesched.costs.fit.fit_cost`, x = bytes) goes into the profile's free-form
 ``meta.expert_move`` (with ``meta.expert_move_how``), where
-:class:`moesched.placement.PlacementCost` reads it: a migration is priced at the slower of
+:class:`moesched.placement_cost.PlacementCost` reads it: a migration is priced at the slower of
 this copy and the link. Output written atomically, checked before any work.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from moesched.cluster import Cluster
 from moesched.costs.fit import fit_cost
 from moesched.fileio import check_outputs, write_json
 from moesched.models import MoEModel
-from moesched.placement import MOVE_KEY, PlacementCost
+from moesched.placement_cost import MOVE_KEY, PlacementCost
 from moesched.profile import Profile, resolve_profile_path
 
 from executor import errors

@@ -4,7 +4,7 @@ One layer at a time. Every policy sees ``observed`` (the loads of this layer in 
 before, copies per expert) and, only where the policy decides per micro-batch after the
 router ran, ``now`` (this step's loads). A :class:`LayerDecision` says which placement
 runs, its persistent part ``kept`` (replicas that keep their Adam state: a change of it is
-a migration, :meth:`moesched.placement.PlacementCost.migrate_us`), the temporary
+a migration, :meth:`moesched.placement_cost.PlacementCost.migrate_us`), the temporary
 replicas beyond it (fetched for this step only: ``extra_us``), the loads the experts
 really compute, and the copies dropped.
 
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from moesched.errors import MoeschedError
-from moesched.placement import Placement, PlacementCost, balance_ratio
+from moesched.placement import Placement, balance_ratio
+from moesched.placement_cost import PlacementCost
 
 
 @dataclass(frozen=True)

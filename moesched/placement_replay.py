@@ -5,12 +5,12 @@ in one step (every rank's micro-batch together). :func:`zipf_loads` makes a drif
 workload; a routing trace gives them measured.
 
 Step time under a policy: the sum over layers of attention and shared experts (forward
-+ backward; :attr:`~moesched.placement.PlacementCost.dense_us`) and the
-policy's :class:`~moesched.placement.LayerCost` (busiest rank's expert compute, four
++ backward; :attr:`~moesched.placement_cost.PlacementCost.dense_us`) and the
+policy's :class:`~moesched.placement_cost.LayerCost` (busiest rank's expert compute, four
 all-to-alls, replica all-reduces), plus the extra transfers of temporary replicas, plus
 the migration of the placement changes made before the step. The layers are serialised
 (no overlap): the same pricing for every policy, so the comparison is like for like.
-The force-balanced ideal (:meth:`~moesched.placement.PlacementCost.ideal`): every rank at
+The force-balanced ideal (:meth:`~moesched.placement_cost.PlacementCost.ideal`): every rank at
 the mean load, no replica, no migration.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from moesched.errors import MoeschedError
-from moesched.placement import Placement, PlacementCost
+from moesched.placement import Placement
+from moesched.placement_cost import PlacementCost
 from moesched.placement_policies import (LayerDecision, PolicyConfig, eplb, flexmoe_greedy, hot_replicas,
                                          mean_loads)
 from moesched.placement_search import search

@@ -5,9 +5,9 @@ per-expert loads n (copies; the mean of the last interval):
 
     f(p) = horizon * T_layer(p, n) + T_move(c -> p)
 
-T_layer: :meth:`moesched.placement.PlacementCost.layer` (busiest rank's expert compute,
+T_layer: :meth:`moesched.placement_cost.PlacementCost.layer` (busiest rank's expert compute,
 all-to-alls, replica gradient all-reduces); T_move: parameters and Adam state of every
-added replica (:meth:`~moesched.placement.PlacementCost.migrate_us`); horizon: the steps
+added replica (:meth:`~moesched.placement_cost.PlacementCost.migrate_us`); horizon: the steps
 until the next decision. This is the digest's per-iteration cost T(x) with the move
 amortised over the interval (``flexmoe_ppmoe_findep.md`` §1 [R]).
 
@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from moesched.placement import Placement, PlacementCost
+from moesched.placement import Placement
+from moesched.placement_cost import PlacementCost
 from moesched.placement_policies import _with, eplb, flexmoe_greedy
 
 

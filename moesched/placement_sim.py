@@ -8,7 +8,7 @@ them); :func:`simulate_step` builds the graph of a published schedule
 (:func:`moesched.routing.apply_routing`; the all-to-alls carry :func:`placement_traffic`), simulates it
 (:meth:`moesched.sim.Compiled.run`) with the replica gradient all-reduces of every layer as
 tasks of the graph (:func:`add_replica_syncs`), and adds the migration from the previous
-placements. It is the simulator's view of what :class:`moesched.placement.PlacementCost`
+placements. It is the simulator's view of what :class:`moesched.placement_cost.PlacementCost`
 prices layer by layer, with the schedule's overlap of communication and compute.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.graph import build
 from moesched.models import MoEModel
-from moesched.placement import Placement, PlacementCost
+from moesched.placement import Placement
+from moesched.placement_cost import PlacementCost
 from moesched.profile import Profile
 from moesched.routing import Routing, apply_routing
 from moesched.schedules.base import priority_vector
@@ -40,7 +41,7 @@ def placement_routing(placements: Sequence[Placement], per_source: Sequence[Sequ
 def placement_traffic(placements: Sequence[Placement], per_source: Sequence[Sequence[Sequence[float]]]) -> Routing:
     """copies[l][src][dst] the all-to-alls carry: as :func:`placement_routing`, but every
     copy to a split expert goes to each of its shards (the source sums the partial outputs;
-    :meth:`moesched.placement.PlacementCost.layer` prices the same)."""
+    :meth:`moesched.placement_cost.PlacementCost.layer` prices the same)."""
     return _matrices(placements, per_source, traffic=True)
 
 
@@ -70,7 +71,7 @@ def add_replica_syncs(g: nx.DiGraph, cost: PlacementCost, placements: Sequence[P
     """Add to ``g`` one gradient all-reduce task per layer with replicated experts, after all
     of that layer's expert weight gradients (``expert_dw``), on the communication link of its
     widest replica group, each rank busy for the all-reduces of the replicas it holds
-    (:meth:`moesched.placement.PlacementCost.allreduce_us`): the simulator overlaps them
+    (:meth:`moesched.placement_cost.PlacementCost.allreduce_us`): the simulator overlaps them
     with the backward of the layers below, as it does the data-parallel gradient chunks.
     A split expert's shards hold disjoint weights (tensor parallelism inside the expert,
     Pipeline MoE / Megatron expert tensor parallelism): no all-reduce."""
@@ -106,7 +107,7 @@ def simulate_step(model: MoEModel, cluster: Cluster, profile: Profile, placement
     ``per_source`` [layer][EP rank][expert]: the simulated makespan over every rank, the
     replica all-reduces in the graph (:func:`add_replica_syncs`), plus, when ``previous``
     placements are given, the migration to ``placements`` before the step
-    (:meth:`moesched.placement.PlacementCost.migrate_us`, layer after layer)."""
+    (:meth:`moesched.placement_cost.PlacementCost.migrate_us`, layer after layer)."""
     if len(placements) != model.layers or len(per_source) != model.layers:
         raise MoeschedError(f"simulate_step: need one placement and one routing per layer ({model.layers})")
     if previous is not None and len(previous) != model.layers:

@@ -38,7 +38,7 @@ measured on one H200. Dots: steps where a policy moved experts.
 # %%
 from moesched.cluster import Cluster
 from moesched.models import MoEModel
-from moesched.placement import PlacementCost
+from moesched.placement_cost import PlacementCost
 from moesched.placement_figure import replay_figure
 from moesched.placement_policies import PolicyConfig
 from moesched.placement_replay import POLICIES, replay

@@ -11,7 +11,8 @@ from moesched.dense import moe_part
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 from moesched.network import load_network
-from moesched.placement import Placement, PlacementCost, balance_ratio
+from moesched.placement import Placement, balance_ratio
+from moesched.placement_cost import PlacementCost
 from moesched.placement_policies import PolicyConfig, eplb, flexmoe_greedy, hot_replicas
 from moesched.placement_replay import POLICIES, replay, zipf_loads
 from moesched.placement_search import objective, search

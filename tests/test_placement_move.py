@@ -1,5 +1,5 @@
 """The measured cost of moving an expert's state (executor.placemove) goes into a profile and
-prices migrations (moesched.placement)."""
+prices migrations (moesched.placement_cost)."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,8 @@ from moesched.cluster import Cluster
 from moesched.dense import moe_part
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
-from moesched.placement import MOVE_KEY, Placement, PlacementCost
+from moesched.placement import Placement
+from moesched.placement_cost import MOVE_KEY, PlacementCost
 from moesched.profile import Profile
 
 from executor.placemove import main

@@ -6,7 +6,8 @@ import pytest
 from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
-from moesched.placement import Placement, PlacementCost
+from moesched.placement import Placement
+from moesched.placement_cost import PlacementCost
 from moesched.placement_policies import _with, hot_replicas
 from moesched.placement_schedule import PlacementSchedule
 from moesched.placement_search import search

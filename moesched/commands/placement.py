@@ -10,7 +10,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
 from moesched.memory import GB, gpu_memory_bytes, rank_memory
 from moesched.models import MoEModel
-from moesched.placement import PlacementCost
+from moesched.placement_cost import PlacementCost
 from moesched.placement_policies import PolicyConfig
 from moesched.placement_replay import POLICIES, ReplayResult, replay, zipf_loads
 from moesched.profile import default_profile_path
