@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from executor import issue
 from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.validate import make_plan
@@ -41,7 +42,7 @@ def _tagged_call(orig):
     def call(ctx, name, a):
         with record_function(f"task::{a['kind']}"):
             return orig(ctx, name, a)
-    return staticmethod(call)
+    return call
 
 
 def op_table(prof, top: int) -> dict:
@@ -115,7 +116,7 @@ def main() -> None:
     args, rank, dev, cluster, args.profile, cfgs = setup(ap, steps=5)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    PlannedStep._call = _tagged_call(PlannedStep._call)
+    issue.call = _tagged_call(issue.call)
     out = []
     for c in cfgs:
         m = c.model

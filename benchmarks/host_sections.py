@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from host_breakdown import setup  # benchmarks/ is on sys.path when run as a script
 
-from executor import graphs, state, tasks
+from executor import graphs, issue, state, tasks
 from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.validate import make_plan
@@ -66,7 +66,7 @@ def install() -> None:
     wrap(torch.autograd, "backward", "torch.autograd.backward")
     wrap(torch.cuda.Event, "record", "Event.record")
     wrap(torch.Tensor, "pin_memory", "Tensor.pin_memory")
-    wrap(PlannedStep, "_issue_cuda")
+    wrap(issue, "issue_cuda")
     wrap(PlannedStep, "_ctx")
     if hasattr(graphs, "GraphedPiece"):  # the current executor: graphed pieces are objects (older ones: dicts)
         wrap(graphs.GraphedPiece, "forward", "graphed_attention")
