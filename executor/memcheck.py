@@ -17,7 +17,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile, record_function
 

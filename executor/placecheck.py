@@ -18,7 +18,6 @@ ranks). Exit status 0 when every model matches, 1 when one does not.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 

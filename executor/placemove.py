@@ -16,7 +16,6 @@ this copy and the link. Output written atomically, checked before any work.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time

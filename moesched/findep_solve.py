@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from moesched.errors import MoeschedError
-from moesched.findep import (ORDERS, DepConfig, DepCosts, DepModel, Schedule, TaskTimes, ag_sequence,
+from moesched.findep import (DepConfig, DepCosts, DepModel, Schedule, TaskTimes, ag_sequence,
                              closed_form_ms, makespan_ms, task_times, tokens_per_expert)
 
 Times = Callable[[int, int], TaskTimes]

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 
 from moesched.placement import Placement
 from moesched.placement_cost import PlacementCost
-from moesched.placement_policies import _with, eplb, flexmoe_greedy
+from moesched.placement_policies import eplb, flexmoe_greedy
 
 
 def objective(p: Placement, current: Placement, loads: Sequence[float], cost: PlacementCost, horizon: int) -> float:
