@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from host_breakdown import setup  # benchmarks/ is on sys.path when run as a script
 
-from executor import graphs, issue, state, tasks
+from executor import comm_tasks, graphs, issue, state, tasks
 from executor.layers import TORCH_DTYPES, MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.validate import make_plan
@@ -44,12 +44,13 @@ def install() -> None:
     for n in ("merge", "h2d", "_dispatch_counts", "_dispatch_rows", "_exchange_counts", "_resolve_counts",
               "keep_mask", "_mark_ready", "_saved", "_offs", "experts_fwd", "experts_dx", "experts_dw", "_a2a",
               "a2a", "hop_plan", "new_layer_states", "ffn_fwd", "ffn_dx", "ffn_dw"):
-        if hasattr(tasks, n):
-            wrap(tasks, n)
-    for d, pre in ((tasks.COMPUTE, "task"), (tasks.A2A, "task")):
+        for owner in (tasks, comm_tasks):
+            if hasattr(owner, n):
+                wrap(owner, n)
+    for d in (tasks.COMPUTE, comm_tasks.A2A):
         for kind, f in list(d.items()):
-            d[kind] = _timed(f, f"{pre}.{kind}")
-    tasks.grad_ar = _timed(tasks.grad_ar, "task.grad_ar")
+            d[kind] = _timed(f, f"task.{kind}")
+    comm_tasks.grad_ar = _timed(comm_tasks.grad_ar, "task.grad_ar")
     for n in ("expert_chunk", "expert_bwd", "matrix_fwd", "matrix_bwd", "ready"):
         wrap(state.LayerState, n, f"LayerState.{n}")
     wrap(state, "ranges")

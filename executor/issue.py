@@ -3,9 +3,10 @@ launched in the plan's order, on its stream (CUDA) or inline/async (CPU), into t
 :class:`StepRecord`.
 
 ``drive(step, ctx)`` issues one step and returns its record; ``issue_cuda`` and
-``issue_cpu`` launch one task, ``call`` runs its task function (:mod:`executor.tasks`).
-``step`` is the :class:`executor.runtime.PlannedStep` (not annotated: that module imports
-this one); these functions read its plan order, streams and issue thread, as its methods did.
+``issue_cpu`` launch one task, ``call`` runs its task function (:mod:`executor.tasks`,
+:mod:`executor.comm_tasks`). ``step`` is the :class:`executor.runtime.PlannedStep` (not
+annotated: that module imports this one), whose plan order, streams and issue thread these
+functions read.
 
 Issue. By default (``issue="single"``) this thread launches every task in plan order.
 ``issue="threads"`` launches compute tasks from this thread and the collectives from an
@@ -40,7 +41,7 @@ import torch
 
 from moesched.graph import COMPUTE
 
-from executor import tasks
+from executor import comm_tasks, tasks
 
 _WARNED = False
 ISSUE_MODES = ("single", "threads")
@@ -104,8 +105,8 @@ def run_task(ctx: tasks.Ctx, a: dict) -> list:
         tasks.COMPUTE[kind](ctx, a["layer"], a["chunk"], a["nchunks"])
         return []
     if kind == "grad_ar":
-        return tasks.grad_ar(ctx, a)
-    return tasks.A2A[kind](ctx, a["layer"], a["chunk"], a.get("hop"))
+        return comm_tasks.grad_ar(ctx, a)
+    return comm_tasks.A2A[kind](ctx, a["layer"], a["chunk"], a.get("hop"))
 
 
 def drive(step, ctx: tasks.Ctx) -> StepRecord:

@@ -18,7 +18,7 @@ from moesched.errors import MoeschedError
 from moesched.graph import COMPUTE
 from moesched.knobs import Knobs
 
-from executor import tasks
+from executor import comm_tasks, tasks
 from executor.layers import MoEModule, make_batch
 from executor.runtime import PlannedStep
 from executor.testplans import make_plan, tiny_model
@@ -89,7 +89,7 @@ def test_timeline_times_the_call_around_the_tasks(world1) -> None:
 def test_failure_on_either_thread_is_raised(world1, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     def boom(*a, **k):
         raise RuntimeError(f"{kind} failed")
-    table = tasks.A2A if kind == "dispatch" else tasks.COMPUTE
+    table = comm_tasks.A2A if kind == "dispatch" else tasks.COMPUTE
     monkeypatch.setitem(table, kind, boom)
     with pytest.raises(RuntimeError, match=f"{kind} failed"):
         _grads(_plan(), "threads")
