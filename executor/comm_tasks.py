@@ -1,13 +1,27 @@
-"""The communication tasks of :mod:`moesched.graph`, on the per-step context of
-:mod:`executor.tasks`: the four all-to-alls of an MoE layer (flat, or one hop of the two-hop
-one) and the gradient all-reduce chunks.
+"""The communication task kinds of :mod:`moesched.graph`: the all-to-alls of a MoE layer
+(:data:`moesched.kinds.A2A_KINDS`) and the gradient all-reduce ``grad_ar``, on the per-step
+context :class:`executor.tasks.Ctx` (the compute kinds are in :mod:`executor.tasks`).
 
-They take ``(ctx, layer, chunk, hop)`` (:data:`A2A`, by kind; ``grad_ar``: the node's
-attributes), issue their collectives async on the current (link) stream and return the
-Works. An all-to-all moves whole rows of the layer's width M: dispatch sends the rows the
-forward routing built (:mod:`executor.route`), combine sends the expert outputs back,
-combine_bwd sends the output gradients to the experts and dispatch_bwd the input gradients
-back.
+Each all-to-all task takes ``(ctx, layer, chunk, hop)`` (``grad_ar``: the node's
+attributes), issues its collectives async on the current (link) stream and returns the
+Works. ``hop`` None: one flat all-to-all over the EP group; "intra" / "inter": one hop of
+the two-hop all-to-all (:func:`executor.comm.hop_plan`), the owner-to-expert direction
+(dispatch, combine_bwd) intra-node first, the way back (combine, dispatch_bwd) inter-node
+first; the first hop's received rows wait in ``ctx.hold`` for the second. Rows are
+[rows, M], one per kept routed copy, with split sizes per rank from the layer's routing
+counts (``LayerState``: ``fsplit``, ``bsplit``, ``cnt``):
+
+* dispatch: forward chunk c's send rows ``fsend[c]`` to the experts' ranks -> ``xin[c]``
+  (on CUDA it first waits for the chunk's routing counts, exchanged by attn_fwd);
+* combine: the expert outputs ``eout[c]`` back to the tokens' owners -> ``comb[c]`` (and,
+  after two hops, each row's flat position ``comb_pos[c]``);
+* combine_bwd: backward chunk j's rows w * dy ``bsend[j]`` to the experts -> ``ebwd[j].dy``;
+* dispatch_bwd: the expert input gradients ``edx[j]`` back -> ``dxr[j]`` (``dxr_pos[j]``);
+* grad_ar: all-reduce (SUM) of bytes [offset, offset+work) of the "dense" or "expert" flat
+  gradient buffer (``ctx.flat``) over that group (``ctx.groups.dense``: every rank;
+  ``ctx.groups.expert``: the expert-data-parallel ranks).
+
+``A2A`` maps each all-to-all kind to its function.
 """
 from __future__ import annotations
 
