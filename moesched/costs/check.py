@@ -106,7 +106,19 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
                          f" (the profile interpolates the measured point)")
     flagged = sum(len(r.flagged) for r in rows)
     lines.append(f"{len(rows)} fits, {flagged} point(s) more than {100 * tol:g} % off their line")
-    meta: dict[str, Any] = prof.meta
+    lines += _meta_lines(prof.meta)
+    if prof.host is not None:
+        lines += _host_lines(prof)
+    lines += _correction_lines(prof)
+    for k in ("command", "date", "duration_s"):
+        if k in prof.meta:
+            lines.append(f"{k}: {prof.meta[k]}")
+    return lines
+
+
+def _meta_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's lines on the profiler's replay, per-task overheads and uneven all-to-alls."""
+    lines: list[str] = []
     rep = meta.get("replay")
     if isinstance(rep, dict):
         lines.append(f"replay on {rep.get('n')} held-out points: mean error {rep.get('mean_err_pct')} %, "
@@ -124,8 +136,12 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
         lines.append("uneven all-to-all / even: " + ", ".join(
             f"{s} mean {v.get('mean_ratio_to_even')} max {v.get('max_ratio_to_even')}"
             for s, v in meta["all_to_all_uneven"].items()))
-    if prof.host is not None:
-        lines += _host_lines(prof)
+    return lines
+
+
+def _correction_lines(prof: Profile) -> list[str]:
+    """The report's lines on the operator-composition correction and the in-situ costs."""
+    lines: list[str] = []
     if prof.ops is not None and prof.ops.correction:
         stale = "" if prof.ops.recipe == RECIPE else f"; refit with --refit --models for recipe {RECIPE}"
         lines.append(f"operator composition correction (moesched.optables; fitted against operator recipe "
@@ -140,14 +156,11 @@ def report_lines(prof: Profile, tol: float = REL_TOL) -> list[str]:
             pts = "  ".join(f"{x / 2**20:.2f} MB {_fmt(t)} us ({t / prof.comm_us('all_to_all', scope, x):.2f}x)"
                             for x, t in c.points) if scope in prof.comm["all_to_all"] else "-"
             lines.append(f"    {sh} {scope}: {pts}")
-    factors = meta.get("insitu_compute")
+    factors = prof.meta.get("insitu_compute")
     if isinstance(factors, dict) and factors:
         lines.append("compute in executor steps / micro-benchmark (applied to the costs, moesched.costs.calibrate):")
         for sh, by in sorted(factors.items()):
             lines.append(f"    {sh}: " + "  ".join(f"{k} {f['factor']:.3f} (n={f['n']})" for k, f in by.items()))
-    for k in ("command", "date", "duration_s"):
-        if k in meta:
-            lines.append(f"{k}: {meta[k]}")
     return lines
 
 
