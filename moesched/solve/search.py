@@ -258,6 +258,28 @@ def _descent(model: MoEModel, ev: Evaluator, best: _Best, alts: list[int], clock
             best.offer(k, rule, ev.step_us(k, rule), "search:descent")  # type: ignore[arg-type]
 
 
+def _layer_stage(model: MoEModel, cluster: Cluster, profile: Profile, ev: Evaluator, best: _Best, clock: Clock,
+                 gc: int | None) -> list[LayerSpec]:
+    """Steps 2-3: rank the one-layer combinations by sub-simulation, then offer the top
+    ``TOP_K`` distinct ones as whole steps (with and without gradient chunks of ``gc``
+    bytes). Returns those top combinations."""
+    options = layer_options(model, cluster, profile, clock, ev)
+    clock.say(f"one-layer sub-simulations: {len(options)} combinations")
+    top: list[LayerSpec] = []
+    for _, spec in options:
+        if spec.key() not in [s.key() for s in top]:
+            top.append(spec)
+        if len(top) >= TOP_K:
+            break
+    for spec in top:
+        if clock.out():
+            break
+        for sp in dict.fromkeys([None, gc]):
+            knobs, rule = _uniform(model, spec, grad_chunk_bytes=sp)
+            best.offer(knobs, rule, ev.step_us(knobs, rule), "search:layers")
+    return top
+
+
 def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: float | None = None,
            progress: Callable[[str], None] | None = None, zero: int = 0) -> Outcome:
     """Run steps 1-5 (see the module docstring) and return the :class:`Outcome`.
@@ -285,21 +307,8 @@ def search(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: fl
             rule = Rule(comm, comm, dw, lag)
             best.offer(first.knobs, rule, ev.step_us(first.knobs, rule), "search:published-knobs")
 
-    options = layer_options(model, cluster, profile, clock, ev)
-    clock.say(f"one-layer sub-simulations: {len(options)} combinations")
-    top: list[LayerSpec] = []
-    for _, spec in options:
-        if spec.key() not in [s.key() for s in top]:
-            top.append(spec)
-        if len(top) >= TOP_K:
-            break
     gc = first.knobs.grad_chunk_bytes
-    for spec in top:
-        if clock.out():
-            break
-        for sp in dict.fromkeys([None, gc]):
-            knobs, rule = _uniform(model, spec, grad_chunk_bytes=sp)
-            best.offer(knobs, rule, ev.step_us(knobs, rule), "search:layers")
+    top = _layer_stage(model, cluster, profile, ev, best, clock, gc)
     clock.say(f"whole-step verification: best {best.c.step_us / 1000:.3f} ms ({best.c.source})")
 
     if not clock.out():
