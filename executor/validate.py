@@ -92,6 +92,19 @@ def main(args: argparse.Namespace) -> int:
     return errors.guarded(lambda: _main(args))
 
 
+def _solve_plans(jobs: list[tuple], rank: int, workers: int) -> list[dict]:
+    """Rank 0 solves every (profile path, model, cluster, schedule) job in ``workers``
+    processes; every rank gets the plans (as dicts) by broadcast."""
+    box: list = [None]
+    if rank == 0:
+        t0 = time.time()
+        with ProcessPoolExecutor(max_workers=min(len(jobs), workers)) as ex:
+            box[0] = list(ex.map(make_plan, jobs))
+        print(f"validate: {len(jobs)} plans solved in {time.time() - t0:.1f} s", flush=True)
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _main(args: argparse.Namespace) -> int:
     for k, v in SAFE_ENV.items():
         os.environ.setdefault(k, v)
@@ -109,27 +122,20 @@ def _main(args: argparse.Namespace) -> int:
     if bad or not issues:
         raise MoeschedError(f"--issue takes threads and/or single, got {args.issue!r}")
     regime = args.regime or str(profile.hardware["regime"])
+    repeats = getattr(args, "repeats", 1)
+    if repeats < 1:
+        raise MoeschedError(f"--repeats must be at least 1, got {repeats}")
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=300))
     watchdog = Watchdog(rank, world, getattr(args, "heartbeat_timeout", DEFAULT_TIMEOUT_S)).start()
     jobs = [(args.profile, c.model.to_dict(), cluster.to_dict(), s) for c in configs for s in schedules]
-    box: list = [None]
-    if rank == 0:
-        t0 = time.time()
-        with ProcessPoolExecutor(max_workers=min(len(jobs), args.workers)) as ex:
-            box[0] = list(ex.map(make_plan, jobs))
-        print(f"validate: {len(jobs)} plans solved in {time.time() - t0:.1f} s", flush=True)
-    dist.broadcast_object_list(box, src=0)
-    plans = box[0]
+    plans = _solve_plans(jobs, rank, args.workers)
     if args.traces and rank == 0:
         os.makedirs(args.traces, exist_ok=True)
     table = CsvTable(args.out) if rank == 0 else None  # rewritten as each plan is measured
     dev = torch.device("cuda" if cuda else "cpu")
-    repeats = getattr(args, "repeats", 1)
-    if repeats < 1:
-        raise MoeschedError(f"--repeats must be at least 1, got {repeats}")
     times: dict[tuple, list[list[float]]] = {}  # (plan index, issue) -> step times (ms) per repeat
     hosts: dict[tuple, list[RepeatHost]] = {}   # ... -> the host around each repeat
     for rep in range(repeats):  # interleaved: a drift of the machine spreads over every plan alike
