@@ -109,6 +109,43 @@ def setup(ap: argparse.ArgumentParser, steps: int, scratch: str | None = None) -
     return args, rank, torch.device("cuda" if cuda else "cpu"), cluster, path, cfgs
 
 
+def _step_times_ms(step: PlannedStep, x: torch.Tensor, t: torch.Tensor, n: int, sync) -> list[float]:
+    """Wall time of each of `n` steps (ms), every rank starting together."""
+    times = []
+    for _ in range(n):
+        dist.barrier()
+        sync()
+        t0 = time.perf_counter()
+        step(x, t)
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _host_per_kind(step: PlannedStep):
+    """The last step's host time per task kind: count, host µs and wait µs (a DataFrame)."""
+    host = step.timeline().host
+    kinds = {n: a["kind"] for n, a, _ in step.steps}
+    host = host.assign(kind=host.task.map(kinds), dur=host.end_us - host.start_us - host.wait_us)
+    return host.groupby("kind").agg(n=("dur", "size"), host_us=("dur", "sum"),
+                                    wait_us=("wait_us", "sum")).round(1)
+
+
+def _profiled_step(step: PlannedStep, x: torch.Tensor, t: torch.Tensor, sync, top: int) -> tuple[list, list]:
+    """One step under torch.profiler (top `top` ops) and one under cProfile (top 40 functions)."""
+    dist.barrier()
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        step(x, t)
+        sync()
+    dist.barrier()
+    pr = cProfile.Profile()
+    pr.enable()
+    step(x, t)
+    sync()
+    pr.disable()
+    return op_table(p, top), py_table(pstats.Stats(pr), 40)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--graphs", default="0,1")
@@ -131,36 +168,16 @@ def main() -> None:
                 step = PlannedStep(module, plan)
                 t_build = time.perf_counter() - t_build
                 x, t = make_batch(m, rank, 0, device=dev, dtype=dtype)
-                times = []
-                for i in range(2 + args.steps):
-                    dist.barrier()
-                    sync()
-                    t0 = time.perf_counter()
-                    step(x, t)
-                    sync()
-                    times.append((time.perf_counter() - t0) * 1e3)
-                host = step.timeline().host
-                kinds = {n: a["kind"] for n, a, _ in step.steps}
-                host = host.assign(kind=host.task.map(kinds), dur=host.end_us - host.start_us - host.wait_us)
-                per_kind = host.groupby("kind").agg(n=("dur", "size"), host_us=("dur", "sum"),
-                                                    wait_us=("wait_us", "sum")).round(1)
-                dist.barrier()
-                with profile(activities=[ProfilerActivity.CPU]) as p:
-                    step(x, t)
-                    sync()
-                dist.barrier()
-                pr = cProfile.Profile()
-                pr.enable()
-                step(x, t)
-                sync()
-                pr.disable()
+                times = _step_times_ms(step, x, t, 2 + args.steps, sync)
+                per_kind = _host_per_kind(step)
+                ops, py = _profiled_step(step, x, t, sync, args.top)
                 if rank == 0:
                     rec = {"config": c.name, "schedule": sched, "graphs": g, "graphs_captured": step.graphs is not None,
                            "build_s": round(t_build, 2), "step_ms": round(statistics.median(times[2:]), 3),
                            "step_ms_all": [round(v, 2) for v in times],
                            "host_total_us": round(float(per_kind.host_us.sum()), 1),
                            "per_kind": per_kind.reset_index().to_dict("records"),
-                           "ops": op_table(p, args.top), "python": py_table(pstats.Stats(pr), 40)}
+                           "ops": ops, "python": py}
                     out.append(rec)
                     print(f"{c.name} {sched} graphs={g} ({rec['graphs_captured']}): step {rec['step_ms']} ms, "
                           f"host {rec['host_total_us'] / 1e3:.1f} ms, build {rec['build_s']} s", flush=True)
