@@ -52,7 +52,7 @@ def report(tgz: Path, configs: list[str], schedules: list[str], tmp: Path) -> No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path, help="run folders holding traces-REG.tgz")
-    ap.add_argument("--configs", default="gpt2xl-4L,gpt2xl-4L-b16,mixtral-4L")
+    ap.add_argument("--configs", default="mixtral-2L,mixtral-4L,gpt2xl-4L-b16,gpt2xl-4L")
     ap.add_argument("--schedules", default="vanilla,flowmoe,moesched")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())

@@ -11,7 +11,7 @@ starts again at offset 0 on :meth:`reset`.
 Safety: a slice is reused only in the next step, and a step ends with the host holding its
 loss, after the compute stream waited for every other stream, so every copy and every
 kernel that read a slice has finished. An array that does not fit goes through
-``pin_memory()`` as before and the buffer grows (to twice the step's need) at the next
+``pin_memory()`` on its own and the buffer grows (to twice the step's need) at the next
 reset.
 """
 from __future__ import annotations

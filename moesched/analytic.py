@@ -1,10 +1,13 @@
 """Analytic profiles from the measured ceilings in shared/hardware.md (4 x H200).
 
-These stand in until measured profiles exist and are labelled ``kind: analytic``. Each
-number is derived below from a row of hardware.md; run ``python -m moesched.analytic``
-to regenerate ``profiles/analytic-*.json``.
+They price plans without any profiling run, from the machine's published and measured
+ceilings, and are labelled ``kind: analytic`` (the measured profiles are the default). Each
+number is derived below from a row of hardware.md; ``python -m moesched.analytic``
+regenerates ``profiles/analytic-*.json``.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from moesched.profile import PROFILES_DIR, Cost, Profile
 
@@ -92,8 +95,17 @@ def two_nodes() -> Profile:
         compute_slowdown=1.1, comm_slowdown=1.0)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """Write both analytic profiles into ``--out-dir`` (default: the shipped profiles)."""
+    from moesched.cli import _Parser
+    ap = _Parser(prog="python -m moesched.analytic", description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default=str(PROFILES_DIR), help="folder for analytic-*.json (default: %(default)s)")
+    args = ap.parse_args(argv)
     for p in (nvlink(), two_nodes()):
-        path = PROFILES_DIR / f"{p.name}.json"
+        path = Path(args.out_dir) / f"{p.name}.json"
         p.save(path)
         print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Choose the parallel layout of a model on a cluster: today's EP with all-to-alls (its EP
+"""Choose the parallel layout of a model on a cluster: EP with all-to-alls (its EP
 size and schedule by :func:`moesched.solve.layout.solve_layout`) against PPMoE's EP inside
 TP (:mod:`moesched.layouts`) for every TP size that divides the node, with and without
 sequence parallelism. Every candidate is checked against GPU memory

@@ -1,8 +1,8 @@
-"""Parallel layouts of an MoE layer stack: today's EP (experts over an all-to-all group) and
+"""Parallel layouts of an MoE layer stack: EP (experts over an all-to-all group) and
 Pipeline MoE's EP inside tensor parallelism (Chen et al., "Pipeline MoE", §3.3; digest in
 shared/papers/flexmoe_ppmoe_findep.md §2).
 
-A :class:`Layout` with ``tp == 1`` is today's layout (data + expert parallel, all-to-alls;
+A :class:`Layout` with ``tp == 1`` is the EP layout (data + expert parallel, all-to-alls;
 :mod:`moesched.graph`). With ``tp = t > 1`` (PPMoE):
 
 * the ranks form tensor-parallel (TP) groups of t consecutive ranks inside one node; a TP
@@ -38,7 +38,7 @@ from moesched.models import MoEModel
 
 @dataclass(frozen=True)
 class Layout:
-    """tp: ranks of a TP group (1: today's EP layout). sequence_parallel: reduce-scatter +
+    """tp: ranks of a TP group (1: the EP layout). sequence_parallel: reduce-scatter +
     all-gather instead of all-reduce (Korthikanti et al. §4.2.2). grouped_experts: the
     local experts as one grouped GEMM (else one GEMM per expert, serially: PPMoE §3.3 (i))."""
 
@@ -189,7 +189,7 @@ def activation_bytes_per_layer(model: MoEModel, layout: Layout, layer: int = -1)
 
 
 def layout_memory(model: MoEModel, cluster: Cluster, layout: Layout, zero: int = 0) -> memory.RankMemory:
-    """Per-rank memory of ``layout`` (:class:`moesched.memory.RankMemory`, bytes): today's
+    """Per-rank memory of ``layout`` (:class:`moesched.memory.RankMemory`, bytes): the
     model (:func:`moesched.memory.rank_memory`) for tp == 1; for PPMoE the parameters of
     :func:`param_counts`, Adam state ZeRO-sharded over the DP group (world/t ranks), the
     activations of :func:`activation_bytes_per_layer` and no all-to-all buffers."""

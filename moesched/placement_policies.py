@@ -10,7 +10,7 @@ really compute, and the copies dropped.
 
 Policies and sources:
 
-* ``static``: today's expert parallelism, E/ranks contiguous experts per rank.
+* ``static``: plain expert parallelism, E/ranks contiguous experts per rank.
 * ``capacity``: DeepSpeed-MoE / GShard capacity-factor dropping (Lepikhin et al. 2020,
   C = f k T / E per expert and source rank; summed over ranks f times the mean load):
   static placement, copies beyond the capacity dropped.

@@ -15,7 +15,7 @@ JSON (version 1)::
      "layout": {"tp": 2, "sequence_parallel": false, "grouped_experts": true},
      "hash": "sha256 of the canonical JSON of everything above"}
 
-``layout`` is optional: absent (today's EP plans, whose hashes it leaves unchanged) the
+``layout`` is optional: absent (EP plans, whose hashes do not depend on it) the
 graph is :func:`moesched.graph.build` of the knobs; present (a PPMoE layout,
 :class:`moesched.layouts.Layout` with tp >= 2) it is :func:`moesched.layoutgraph.build`
 and the knobs are unused (one chunk per layer).

@@ -32,7 +32,7 @@ A compute task's cost, in order of precedence: the curve measured on its model s
 (``shapes``, with its in-situ factor); else, when the profile has operator tables
 (``ops``) for the model's dtype, the sum of its operators' costs
 (:mod:`moesched.ops`, :mod:`moesched.optables`); else the per-kind line (``compute``).
-A profile without ``ops`` (every profile measured before operator tables) prices as before.
+A profile without ``ops`` prices every task from its per-kind line or its shape's curve.
 ``dep`` (optional, ``moesched profile --inference``) holds the forward-only DEP inference
 tasks timed on their own, x = tokens or copies (:mod:`moesched.depcurves`); DEP pricing
 (:mod:`moesched.findep_profile`) prefers them and falls back to the training curves.

@@ -3,7 +3,7 @@
 A graph whose attribute ``roles`` is set (a tuple of role names; a role is a named set of
 ranks that run the same tasks: ``"attn"``, ``"expert"``, ``"stage0"``, ...) is simulated
 here: :func:`moesched.sim.simulate` dispatches to :func:`run_roles`. Graphs without
-the attribute simulate exactly as before (:mod:`moesched.sim`); call
+the attribute are simulated as one rank's view (:mod:`moesched.sim`); call
 :func:`moesched.sim.simulate` for both (this module cannot import sim: no import cycles).
 
 Tasks (node attributes, besides those of :mod:`moesched.graph`):

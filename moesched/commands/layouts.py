@@ -1,4 +1,4 @@
-"""``moesched layouts``: compare today's EP layout (all-to-alls; the solver's EP size and
+"""``moesched layouts``: compare the EP layout (all-to-alls; the solver's EP size and
 schedule) with Pipeline MoE's EP inside tensor parallelism for every TP size of the node,
 under the memory model, and explain the choice (:mod:`moesched.layoutchoice`). ``--out``
 writes the chosen layout's plan (graph + order; a PPMoE plan carries its ``layout``)."""
