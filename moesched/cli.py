@@ -130,8 +130,7 @@ def _main(argv: list[str] | None) -> int:
     if extra and not isinstance(modules.get(args.command), _Unavailable):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
-        parser.print_help()
-        return 2
+        parser.error(f"give a command, one of: {', '.join(modules)} (moesched --help says what each does)")
     return int(modules[args.command].run(args) or 0)
 
 

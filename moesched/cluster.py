@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from moesched.errors import MoeschedError
 from moesched.network import Network
 
+MAX_RANKS = 65536  # the largest world a cluster (or a profile's hardware) may have
+
 if TYPE_CHECKING:
     from moesched.collectives import CollectiveModel
     from moesched.profile import Profile
@@ -42,6 +44,8 @@ class Cluster:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MoeschedError(f"cluster: {f} must be a positive integer, got {v!r}")
+        if self.world > MAX_RANKS:
+            raise MoeschedError(f"cluster: {self.nodes}x{self.gpus_per_node} is {self.world} GPUs; at most {MAX_RANKS}")
         if self.ep is not None:
             if not isinstance(self.ep, int) or isinstance(self.ep, bool) or self.ep <= 0:
                 raise MoeschedError(f"cluster: ep must be a positive integer, got {self.ep!r}")

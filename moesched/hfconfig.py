@@ -17,10 +17,12 @@ embeddings, activations other than SiLU.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 from moesched.errors import MoeschedError
+from moesched.models import MAX_LAYERS
 
 SUPPORTED = ("mixtral", "qwen3_moe")
 _REFUSED = {
@@ -62,7 +64,14 @@ def _rope_theta(d: dict) -> float:
     if kind != "default":
         raise MoeschedError(f"rotary embeddings of type {kind!r} are not supported (only the default)")
     theta = rp.get("rope_theta") if isinstance(rp, dict) else None
-    return float(theta if theta is not None else d.get("rope_theta", 10000.0))
+    return _real(theta if theta is not None else d.get("rope_theta", 10000.0), "rope_theta")
+
+
+def _real(v: Any, key: str) -> float:
+    """``v`` as a float; a string, list or non-finite number is one line naming ``key``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise MoeschedError(f"Hugging Face config: {key} must be a finite number, got {v!r:.40}")
+    return float(v)
 
 
 def _refuse_unsupported(d: dict, mt: str) -> None:
@@ -98,6 +107,9 @@ def dense_fields(d: dict) -> dict[str, Any]:
 
     A dense layer's FFN is SwiGLU of hidden ``intermediate_size``."""
     mt, L = d.get("model_type"), _get(d, "num_hidden_layers")
+    if isinstance(L, bool) or not isinstance(L, int) or not 0 < L <= MAX_LAYERS:
+        raise MoeschedError(f"Hugging Face config: num_hidden_layers must be an integer in [1, {MAX_LAYERS}], "
+                            f"got {L!r:.40}")
     if mt in ("qwen2_moe", "qwen3_moe"):
         only = d.get("mlp_only_layers")
         only = [] if only is None else only
@@ -128,7 +140,7 @@ def model_kwargs(path_or_dict: str | os.PathLike | dict) -> dict[str, Any]:
         experts=_get(d, "num_local_experts", "num_experts"), top_k=_get(d, "num_experts_per_tok"),
         expert_kind="swiglu", kv_heads=None if kv == heads else kv,
         head_dim=None if hd is None or hd * heads == M else hd, rope_theta=_rope_theta(d),
-        norm_eps=float(_get(d, "rms_norm_eps")), qk_norm=mt == "qwen3_moe",
+        norm_eps=_real(_get(d, "rms_norm_eps"), "rms_norm_eps"), qk_norm=mt == "qwen3_moe",
         norm_topk_prob=True if mt == "mixtral" else bool(d.get("norm_topk_prob", False)),
         vocab_size=_get(d, "vocab_size"), tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         **dense_fields(d))

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from moesched import dense as dense_layers
-from moesched.cluster import Cluster
+from moesched.cluster import MAX_RANKS, Cluster
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 
@@ -200,8 +200,9 @@ def memory_problem(model: MoEModel, cluster: Cluster, capacity_bytes: int, zero:
 
 
 def _unbounded(model: MoEModel) -> Cluster:
-    """A cluster so large that the ZeRO-sharded terms vanish, at the largest EP (E)."""
-    return Cluster(nodes=1 << 20, gpus_per_node=model.experts, ep=model.experts)
+    """The largest cluster accepted (MAX_RANKS GPUs), at the largest EP (E): the ZeRO-sharded
+    terms at their smallest."""
+    return Cluster(nodes=max(1, MAX_RANKS // model.experts), gpus_per_node=model.experts, ep=model.experts)
 
 
 def fit_problem(mem: RankMemory, capacity_bytes: int) -> str | None:
@@ -225,7 +226,7 @@ def fits_nowhere(model: MoEModel, capacity_bytes: int, zero: int) -> str | None:
     hint = f"; with --zero {higher[0]} it fits on enough nodes" if higher else \
         "; in the EP layout it needs more sharding (try `moesched layouts`: experts inside tensor parallelism)"
     return (f"{model.name} fits no cluster of {capacity_bytes / GB:.3g} GB GPUs at ZeRO-{zero}: even at EP "
-            f"{model.experts} on any number of nodes a rank {why}{hint}")
+            f"{model.experts} on up to {MAX_RANKS} GPUs a rank {why}{hint}")
 
 
 def remedies(model: MoEModel, cluster: Cluster, capacity_bytes: int, zero: int) -> str:

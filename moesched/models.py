@@ -15,6 +15,9 @@ from moesched.errors import MoeschedError
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 EXPERT_KINDS = ("gpt", "swiglu")
+MAX_LAYERS = 1024  # the most layers a model (or --layers) may have
+MAX_WIDTH = 1 << 24  # the largest width, head count, sequence length, micro-batch or vocabulary
+MAX_SIZE = {"layers": MAX_LAYERS, "experts": 65536}  # other integer fields: MAX_WIDTH
 ROUTERS = routers.ROUTERS
 #: fields a model dict may leave out (their defaults apply)
 OPTIONAL_FIELDS = frozenset({"kv_heads", "head_dim", "rope_theta", "norm_eps", "qk_norm", "norm_topk_prob",
@@ -106,9 +109,9 @@ class MoEModel:
 
     def __post_init__(self) -> None:
         for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise MoeschedError(f"model {self.name}: {f} must be a positive integer, got {v!r}")
+            v, most = getattr(self, f), MAX_SIZE.get(f, MAX_WIDTH)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= most:
+                raise MoeschedError(f"model {self.name}: {f} must be a positive integer at most {most}, got {v!r:.40}")
         if not isinstance(self.shared_experts, int) or isinstance(self.shared_experts, bool) or self.shared_experts < 0:
             raise MoeschedError(f"model {self.name}: shared_experts must be an integer >= 0, got {self.shared_experts!r}")
         if self.top_k > self.experts:
@@ -145,15 +148,16 @@ class MoEModel:
                                 f"(got dense_layers={list(dl)}, dense_ffn_hidden={h!r})")
 
     def _check_lm_fields(self) -> None:
-        pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+        pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WIDTH  # noqa: E731
         for f in ("kv_heads", "head_dim", "vocab_size"):
             v = getattr(self, f)
             if v is not None and not pos(v):
-                raise MoeschedError(f"model {self.name}: {f} must be a positive integer or None, got {v!r}")
+                raise MoeschedError(f"model {self.name}: {f} must be a positive integer at most {MAX_WIDTH} or None, "
+                                    f"got {v!r:.40}")
         if self.heads % self.n_kv_heads:
             raise MoeschedError(f"model {self.name}: heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
         if self.rope_theta is not None and (isinstance(self.rope_theta, bool) or not isinstance(
-                self.rope_theta, (int, float)) or not self.rope_theta > 0):
+                self.rope_theta, (int, float)) or not 0 < self.rope_theta < math.inf):
             raise MoeschedError(f"model {self.name}: rope_theta must be a positive number or None")
         if self.rope_theta is not None and self.hd % 2:
             raise MoeschedError(f"model {self.name}: rotary embeddings need an even head size, got {self.hd}")

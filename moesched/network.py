@@ -136,10 +136,15 @@ def _number(x: Any, where: str) -> float:
     return float(x)
 
 
+MIN_RATE = 1e-3  # the smallest bandwidth (GB/s or Gb/s) or oversubscription accepted: below, a step takes days
+
+
 def _positive(x: Any, where: str, integer: bool = False) -> float:
     v = _number(x, where)
-    if v <= 0 or (integer and (not isinstance(x, int) or v > 65536)):
-        raise MoeschedError(f"{where} must be a positive {'integer (at most 65536)' if integer else 'number'}, got {x!r:.40}")
+    if integer and (not isinstance(x, int) or not 0 < v <= 65536):
+        raise MoeschedError(f"{where} must be a positive integer (at most 65536), got {x!r:.40}")
+    if not integer and v < MIN_RATE:
+        raise MoeschedError(f"{where} must be at least {MIN_RATE:g}, got {x!r:.40}")
     return v
 
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moesched.cluster import MAX_RANKS
 from moesched.cost import MAX_MAGNITUDE, Cost  # noqa: F401  (re-exported: moesched.profile.Cost)
 from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
@@ -80,8 +81,6 @@ HW_KEYS = {"gpu", "nodes", "gpus_per_node", "gpu_memory_bytes", "regime"}
 DEFAULT_PROFILE = "h200x4-nvlink"
 #: Largest interference slowdown factor accepted.
 MAX_SLOWDOWN = 1000.0
-#: Most ranks (nodes x GPUs per node) a profile may describe.
-MAX_RANKS = 65536
 
 
 @dataclass(frozen=True)

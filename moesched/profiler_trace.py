@@ -10,6 +10,7 @@ DeepSeek's DualPipe profile write them) the report also gives each label's total
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -79,11 +80,15 @@ def read_kernels(path: str | os.PathLike) -> tuple[list[Kernel], dict[str, float
             continue
         try:
             start, dur = float(e["ts"]), float(e.get("dur", 0.0))
-        except (KeyError, TypeError, ValueError):
+            tid = int(e.get("tid", 0)) if e.get("cat") == "kernel" else 0
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
+        if not (math.isfinite(start) and math.isfinite(dur) and dur >= 0):
+            raise MoeschedError(f"profiler trace {path}: event {str(e.get('name', ''))[:40]!r} has ts {start:g}, "
+                                f"dur {dur:g} (expected finite, dur >= 0)")
         name = str(e.get("name", ""))
         if e.get("cat") == "kernel":
-            kernels.append(Kernel(name, int(e.get("tid", 0)), start, start + dur, bool(_COMM.search(name))))
+            kernels.append(Kernel(name, tid, start, start + dur, bool(_COMM.search(name))))
         elif e.get("cat") == "user_annotation" and not name.startswith("ProfilerStep#"):
             labels[name] += dur
     if not kernels:

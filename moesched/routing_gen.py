@@ -68,7 +68,7 @@ def parse_spec(text: str) -> RoutingSpec:
     if not math.isfinite(param) or (kind == "zipf" and param < 0) or (kind == "dirichlet" and param <= 0):
         raise MoeschedError(f"routing spec {text!r}: zipf needs s >= 0, dirichlet alpha > 0")
     drift, seed = kw.get("drift", 0.0), kw.get("seed", 0.0)
-    if not math.isfinite(drift) or drift < 0 or seed != int(seed) or seed < 0:
+    if not math.isfinite(drift) or drift < 0 or not math.isfinite(seed) or seed != int(seed) or seed < 0:
         raise MoeschedError(f"routing spec {text!r}: drift must be >= 0 and seed a non-negative integer")
     return RoutingSpec(kind, param, drift, int(seed))
 

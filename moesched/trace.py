@@ -10,6 +10,7 @@ Works for any :class:`~moesched.sim.Timeline`, simulated or measured (same colum
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Mapping
 
@@ -105,26 +106,36 @@ def read_chrome_trace(path: str | os.PathLike, label: str | None = None) -> Time
     if not isinstance(d, dict) or not isinstance(d.get("traceEvents"), list):
         raise MoeschedError(f"trace {path}: expected an object with a traceEvents list")
     other = d.get("otherData") or {}
-    offsets: dict[str, int] = other.get("timelines") or {"sim": 0}
+    offsets = (other.get("timelines") or {"sim": 0}) if isinstance(other, dict) else None
+    if not isinstance(offsets, dict) or not isinstance(other.get("meta") or {}, dict):
+        raise MoeschedError(f"trace {path}: otherData must be an object whose timelines and meta are objects")
     if label is None:
         label = next(iter(offsets))
     if label not in offsets:
         raise MoeschedError(f"trace {path} has no timeline {label!r} (it has {sorted(offsets)})")
-    lo = int(offsets[label])
+    try:
+        return _timeline(d["traceEvents"], int(offsets[label]), label, dict((other.get("meta") or {}).get(label, {})))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise MoeschedError(f"trace {path}: a malformed event ({type(e).__name__}: {str(e)[:60]})") from None
+
+
+def _timeline(events: list, lo: int, label: str, meta: dict) -> Timeline:
+    """The Timeline of the events whose pid lies in [lo, lo + PID_STRIDE)."""
     rows, host = [], []
-    for e in d["traceEvents"]:
+    for e in events:
         if e.get("ph") != "X" or not lo <= int(e["pid"]) < lo + PID_STRIDE:
             continue
         a = e.get("args") or {}
         start = float(e["ts"])
         end = float(a["end_us"]) if "end_us" in a else start + float(e["dur"])
+        if not (math.isfinite(start) and math.isfinite(end) and end >= start):
+            raise ValueError(f"event {str(e.get('name'))[:30]!r} spans {start:g}..{end:g} µs")
         if int(e["tid"]) in HOST_THREAD_NAMES:
             host.append((e["name"], int(e["pid"]) - lo, a.get("thread", "main"), start, end,
                          float(a.get("wait_us", 0.0))))
             continue
         rows.append((e["name"], a.get("kind", e.get("cat", "")), int(a.get("layer", -1)), int(a.get("chunk", 0)),
                      a.get("phase", ""), int(e["pid"]) - lo, TID_RESOURCE.get(int(e["tid"]), "compute"), start, end))
-    meta = dict((other.get("meta") or {}).get(label, {}))
     meta["label"] = label
     return Timeline(pd.DataFrame.from_records(rows, columns=COLUMNS), meta,
                     host=pd.DataFrame.from_records(host, columns=HOST_COLUMNS) if host else None)

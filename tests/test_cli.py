@@ -135,6 +135,8 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
                                 str(tmp / "p.json")],
         "zero sweep workers": ["sweep", "--grid", "schemoe675", "--limit", "1", "--workers", "0"],
         "empty profile path": sim + ["--profile", ""],
+        "no command": [],
+        "empty cluster": sim + ["--cluster", ""],
     }
 
 
@@ -142,7 +144,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
     "unknown model", "bad cluster", "cluster not matching profile", "malformed profile", "missing profile",
     "unknown schedule", "ep not dividing world", "missing flag", "unknown command", "empty schedule list",
     "blank schedule list", "zero layers", "too many layers", "nan time limit", "infinite time limit",
-    "zero sweep workers", "empty profile path"])
+    "zero sweep workers", "empty profile path", "no command", "empty cluster"])
 def test_bad_input_in_process(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = bad_inputs(tmp_path)[case]
     try:

@@ -146,7 +146,10 @@ def test_cli_solves_inference_on_the_profile(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("argv,needle", [
     (["--ag", "1"], "go together"),
     (["--ag", "1", "--eg", "3"], "do not divide over 3 expert GPUs"),
-    (["--ag", "0", "--eg", "4"], "must be >= 1"),
+    (["--ag", "0", "--eg", "4"], "must be between 1 and"),
+    (["--ag", "99999999999", "--eg", "1"], "must be between 1 and"),
+    (["--zero", "1", "--pp", "2"], "--pp, --zero: training only"),
+    (["--routing", "zipf:1"], "--routing: training only"),
     (["--ag", "2", "--eg", "3", "--cluster", "1x4"], "--cluster 1x4 has 4"),
 ])
 def test_cli_inference_bad_input_is_one_line(tmp_path, capsys, argv, needle) -> None:

@@ -94,6 +94,12 @@ def test_from_hf_config_fields(tmp_path):
     ({"sliding_window": 4096}, "sliding-window"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "'yarn'"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "big"}}, "rope_theta must be a finite number"),
+    ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a finite number"),
+    ({"rms_norm_eps": [1e-5]}, "rms_norm_eps must be a finite number"),
+    ({"num_hidden_layers": "32"}, "num_hidden_layers must be an integer"),
+    ({"num_hidden_layers": 10**12}, "num_hidden_layers must be an integer"),
+    ({"hidden_size": 10**30}, "d_model must be a positive integer at most"),
 ])
 def test_from_hf_config_refuses(change, words):
     d = {**mixtral().config.to_dict(), **change}

@@ -39,6 +39,8 @@ def test_choice_is_the_fastest_that_fits() -> None:
     (["--model", "nope"], "nope"),
     (["--model", "LLaMA2-MoE", "--time-limit", "-1"], "time-limit"),
     (["--model", "LLaMA2-MoE", "--cluster", "3x"], "cannot parse cluster"),
+    (["--model", "LLaMA2-MoE", "--cluster", ""], "cannot parse cluster"),
+    (["--model", "LLaMA2-MoE", "--cluster", "99999999x8/ep8"], "at most 65536"),
     (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200"], "no layout of Mixtral-8x22B runs"),
 ])
 def test_bad_input_is_one_line(argv: list[str], what: str, capsys: pytest.CaptureFixture) -> None:

@@ -407,6 +407,25 @@ def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path
         refit(prof, models[:1])
 
 
+def test_refit_refuses_bad_outputs_before_any_work(tmp_path, capsys) -> None:
+    """--refit never overwrites its --models file, never writes a shipped profile's name into
+    the working folder, and does not mix with --check: one line, exit 2, nothing written."""
+    from moesched.cli import main
+    models = tmp_path / "models.json"
+    models.write_text("[]")
+    prof = tmp_path / "p.json"
+    prof.write_text("{}")
+    cases = ((["--refit", str(prof), "--out", str(models), "--models", str(models)], "same file"),
+             (["--refit", "cpu-gloo-2"], "names a shipped profile"),
+             (["--refit", str(prof), "--check", str(prof)], "not both"))
+    for argv, words in cases:
+        assert main(["profile", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("moesched: error:") and words in err[0], err
+    assert models.read_text() == "[]" and prof.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models.json", "p.json"]
+
+
 def test_half_octave_fp32_rows_price_the_held_out_fp32_shape() -> None:
     """On one H200's measured profile with fp32 GEMM rows at half-octave steps, the held-out
     fp32 shape's eight plans re-predict within 7% of their measured steps; with its fp32

@@ -42,7 +42,11 @@ def test_cli_prints_the_report_and_refuses_bad_traces(tmp_path: Path, capsys: py
     none = _trace(tmp_path / "cpu.json", [])
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    for path, words in ((none, "no GPU kernels"), (bad, "JSON"), (tmp_path / "missing.json", "missing.json")):
+    odd_tid = _trace(tmp_path / "tid.json", [("gemm", "stream?", 0, 10)])  # type: ignore[list-item]
+    negative = _trace(tmp_path / "neg.json", [("gemm", 7, 0, -10)])
+    nan = _trace(tmp_path / "nan.json", [("gemm", 7, float("nan"), 10)])
+    for path, words in ((none, "no GPU kernels"), (bad, "JSON"), (tmp_path / "missing.json", "missing.json"),
+                        (odd_tid, "no GPU kernels"), (negative, "dur >= 0"), (nan, "nan.json")):
         assert main(["overlap", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("moesched: error: ") and err.count("\n") == 1 and words in err

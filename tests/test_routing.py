@@ -163,6 +163,21 @@ def test_validate_skew_is_checked_before_any_work(tmp_path: Path, capsys) -> Non
         assert len(err) == 1 and err[0].startswith("moesched: error: --skew") and msg in err[0]
 
 
+def test_validate_lists_are_checked_before_the_process_group(tmp_path: Path, capsys) -> None:
+    """An unknown or empty --schedules, a bad --issue, or a --traces that is a file: one line
+    and exit 2 outside torchrun too, so every rank of a job would say it before starting."""
+    from moesched.cli import main
+    (tmp_path / "file").write_text("x")
+    for extra, msg in ((["--schedules", "vanilla,nope"], "--schedules"), (["--schedules", ","], "--schedules"),
+                       (["--issue", "both"], "--issue"), (["--traces", str(tmp_path / "file")], "--traces")):
+        argv = ["validate", "--profile", "profiles/cpu-gloo-2.json", "--configs", "docs/validation_configs.json",
+                "--out", str(tmp_path / "v.csv"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"moesched: error: {msg}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_validate_skewed_steps_are_priced_under_their_own_load(tmp_path: Path) -> None:
     """``--skew`` on a deepseek_v3 model: the executed steps are imbalanced (recorded
     per-expert load), and the row replays the plan under that load."""

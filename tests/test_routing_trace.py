@@ -139,3 +139,10 @@ def test_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, ar
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("spec", ["zipf:1,seed=inf", "zipf:1,seed=nan", "zipf:1,seed=1e400", "zipf:1,seed=-1",
+                                  "zipf:1,seed=0.5", "dirichlet:0.5,drift=1", "zipf:nan", "zipf:1,what=2"])
+def test_bad_routing_specs_are_refused(spec: str) -> None:
+    with pytest.raises(MoeschedError, match="routing spec"):
+        parse_spec(spec)

@@ -103,6 +103,18 @@ def test_bad_trace_files(tmp_path: Path) -> None:
     (tmp_path / "arr.json").write_text("[]")
     with pytest.raises(MoeschedError, match="traceEvents"):
         read_chrome_trace(tmp_path / "arr.json")
+    ev = {"ph": "X", "name": "a", "pid": 0, "tid": 0, "ts": 0, "dur": 1}
+    for name, doc, words in (
+            ("args", {"traceEvents": [dict(ev, args=[1])]}, "malformed event"),
+            ("tid", {"traceEvents": [dict(ev, tid="x")]}, "malformed event"),
+            ("negative", {"traceEvents": [dict(ev, dur=-1)]}, "spans"),
+            ("events", {"traceEvents": [1]}, "malformed event"),
+            ("other", {"traceEvents": [ev], "otherData": [1]}, "otherData"),
+            ("timelines", {"traceEvents": [ev], "otherData": {"timelines": 5}}, "otherData"),
+            ("meta", {"traceEvents": [ev], "otherData": {"meta": {"sim": 3}}}, "malformed event")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        with pytest.raises(MoeschedError, match=words):
+            read_chrome_trace(tmp_path / f"{name}.json")
 
 
 def test_exposed_intervals_match_exposed_time() -> None:

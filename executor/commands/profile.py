@@ -17,13 +17,14 @@ Check (no torch)::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from moesched.configs import models_from_spec
 from moesched.costs.build import refit
 from moesched.costs.check import report_lines
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
-from moesched.profile import Profile
+from moesched.profile import Profile, resolve_profile_path
 
 HELP = "measure a profile (under torchrun, --out FILE) or check the fits of one (--check FILE)"
 
@@ -55,12 +56,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _offline(args: argparse.Namespace) -> int:
     """``--refit`` and ``--check``: no torch, no measuring."""
     if args.refit:
-        check_outputs({"--out": args.out or args.refit})  # in place by default
+        if args.check:
+            raise MoeschedError("profile: give either --check FILE or --refit FILE, not both")
+        src = resolve_profile_path(args.refit)
+        if args.out is None and src != Path(args.refit):
+            raise MoeschedError(f"profile: --refit {args.refit} names a shipped profile; give --out FILE for the "
+                                "refitted copy (or its path, to refit it in place)")
+        out = args.out or src  # in place by default
+        models_file = args.models if args.models and args.models.endswith(".json") else None
+        check_outputs({"--out": out}, {"--models": models_file})
         models = models_from_spec(args.models) if args.models else None
-        prof = refit(Profile.load(args.refit), models)
-        prof.save(args.out or args.refit)
+        prof = refit(Profile.load(src), models)
+        prof.save(out)
         rep = prof.meta["replay"]
-        print(f"refitted {args.refit} -> {args.out or args.refit}: replay error mean {rep['mean_err_pct']} %, "
+        print(f"refitted {src} -> {out}: replay error mean {rep['mean_err_pct']} %, "
               f"max {rep['max_err_pct']} % ({rep['worst']})")
         return 0
     if args.out:

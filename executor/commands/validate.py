@@ -54,6 +54,22 @@ def check_skew(skew: float, models: list[MoEModel]) -> None:
                             f"route otherwise")
 
 
+def check_lists(args: argparse.Namespace) -> None:
+    """Refuse an unknown or empty ``--schedules``, a bad ``--issue`` and a ``--traces`` that is
+    a file, before the process group starts (one line, on every rank)."""
+    names = [s.strip() for s in args.schedules.split(",") if s.strip()]
+    bad = [s for s in names if s not in POLICIES and s != "moesched"]
+    if bad or not names:
+        raise MoeschedError(f"--schedules: unknown or none {bad or args.schedules!r}; known: "
+                            f"{', '.join(POLICIES)}, moesched")
+    issues = [s for s in args.issue.split(",") if s]
+    if not issues or any(s not in ("threads", "single") for s in issues):
+        raise MoeschedError(f"--issue takes threads and/or single, got {args.issue!r}")
+    if args.traces is not None and (not args.traces.strip() or os.path.lexists(args.traces)
+                                    and not os.path.isdir(args.traces)):
+        raise MoeschedError(f"--traces {args.traces!r} must be a folder (it is created if missing)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         raise MoeschedError(f"--repeats and --steps must be at least 1 and --warmup at least 0 "
@@ -63,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                             f"(got {args.heartbeat_timeout:g}, {args.workers})")
     check_outputs({"--out": args.out}, {"--profile": args.profile, "--configs": args.configs})
     check_csv(args.out)
+    check_lists(args)
     check_skew(args.skew, [c.model for c in load_configs(args.configs)])
     try:
         import torch  # noqa: F401

@@ -74,12 +74,10 @@ def load_timelines(paths: list[str]) -> dict[str, object]:
         if not isinstance(d, dict) or not isinstance(d.get("traceEvents"), list):
             raise MoeschedError(f"trace {path}: expected a Chrome trace object with a traceEvents list")
         other = d.get("otherData") if isinstance(d.get("otherData"), dict) else {}
-        labels = list(other.get("timelines") or {}) or [None]
+        named = other.get("timelines")
+        labels = list(named) if isinstance(named, dict) and named else [None]
         for lab in labels:
-            try:
-                tl = read_chrome_trace(path, lab)
-            except (KeyError, TypeError, ValueError) as e:
-                raise MoeschedError(f"trace {path}: malformed event ({type(e).__name__}: {e})") from None
+            tl = read_chrome_trace(path, lab)  # a malformed file is one MoeschedError
             if tl.df.empty:
                 raise MoeschedError(f"trace {path} has no complete ('X') events" +
                                     (f" for timeline {lab!r}" if lab else ""))

@@ -9,12 +9,11 @@ from pathlib import Path
 from moesched.cluster import Cluster, check_setup, comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
-from moesched.models import MoEModel
+from moesched.models import MAX_LAYERS, MoEModel
 from moesched.network import default_network_name, load_network
 from moesched.profile import Profile, default_profile_path, freeze_loaded, resolve_profile_path
 
 #: Most layers ``--layers`` accepts (the presets have at most a few dozen).
-MAX_LAYERS = 1024
 
 
 def profile_path(args: argparse.Namespace) -> Path:
@@ -98,7 +97,7 @@ def resolve_cluster(args: argparse.Namespace, profile: Profile) -> Cluster:
     """``--cluster`` (default: the profile's layout) with its network: ``--network``, or the
     default preset for the profile's GPU when the cluster is not the profiled layout. The
     profile's own layout keeps its measured per-scope prices (:func:`network_note`)."""
-    cluster = Cluster.parse(args.cluster) if args.cluster else Cluster(profile.nodes, profile.gpus_per_node)
+    cluster = Cluster.parse(args.cluster) if args.cluster is not None else Cluster(profile.nodes, profile.gpus_per_node)
     name = getattr(args, "network", None)
     if name is None and cluster.same_layout(profile):
         return cluster

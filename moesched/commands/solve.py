@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from moesched.solve.layout import solve_layout
 
     if args.mode == "inference":
+        training_only = [f for f, on in (("--trace", args.trace is not None), ("--routing", args.routing is not None),
+                                          ("--routing-chunks", args.routing_chunks), ("--pp", args.pp != 1),
+                                          ("--microbatches", args.microbatches != 1), ("--zero", args.zero != 0)) if on]
+        if training_only:
+            raise MoeschedError(f"{', '.join(training_only)}: training only (not with --mode inference)")
         return solve_inference.run(args)
     if args.ag is not None or args.eg is not None:
         raise MoeschedError("--ag and --eg are for --mode inference")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from moesched.cluster import MAX_RANKS
 from moesched.commands.setup import check_command_outputs, resolve
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
@@ -34,8 +35,8 @@ def _splits(args: argparse.Namespace, world: int) -> list[tuple[int, int]]:
     if (args.ag is None) != (args.eg is None):
         raise MoeschedError("--ag and --eg go together (or neither: every split of --cluster's GPUs)")
     if args.ag is not None:
-        if args.ag < 1 or args.eg < 1:
-            raise MoeschedError(f"--ag and --eg must be >= 1, got {args.ag} and {args.eg}")
+        if not (1 <= args.ag <= MAX_RANKS and 1 <= args.eg <= MAX_RANKS):
+            raise MoeschedError(f"--ag and --eg must be between 1 and {MAX_RANKS}, got {args.ag} and {args.eg}")
         if getattr(args, "cluster", None) and args.ag + args.eg != world:
             raise MoeschedError(f"--ag {args.ag} + --eg {args.eg} = {args.ag + args.eg} GPUs, but --cluster "
                                 f"{args.cluster} has {world}")
