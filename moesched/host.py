@@ -70,6 +70,7 @@ HOST_KINDS = ALL_COMPUTE_KINDS + A2A_KINDS + ("grad_ar",) + STEP_KINDS
 #: the parameter bytes one rank holds) or, in profiles measured before work units, "tokens"
 #: (tokens of the task, bytes of a gradient chunk; step kinds: the model's layers).
 X_UNITS = ("work", "tokens")
+MAX_LAG_US = 1e6  # the longest launch lag accepted (µs): a second
 
 
 def host_features(kind: str, attrs: Mapping[str, Any], knobs: Any, x_unit: str = "work") -> tuple[float, int]:
@@ -177,8 +178,8 @@ class HostCosts:
         if x_unit not in X_UNITS:
             raise MoeschedError(f"{source}: host.x_unit must be one of {list(X_UNITS)}, got {x_unit!r}")
         lag = d["lag_us"]
-        if not isinstance(lag, (int, float)) or lag < 0:
-            raise MoeschedError(f"{source}: host.lag_us must be a number >= 0")
+        if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not 0 <= lag <= MAX_LAG_US:
+            raise MoeschedError(f"{source}: host.lag_us must be a number in [0, {MAX_LAG_US:g}], got {lag!r:.40}")
 
         def costs(by: Any, where: str) -> dict[str, HostCost]:
             if not isinstance(by, dict) or not set(by) <= set(HOST_KINDS):

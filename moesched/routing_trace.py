@@ -63,6 +63,8 @@ class TraceHeader:
                 raise MoeschedError(f"routing trace: {f} must be a positive integer, got {v!r}")
         if self.experts % self.ep:
             raise MoeschedError(f"routing trace: experts={self.experts} do not divide over ep={self.ep}")
+        if self.top_k > self.experts:
+            raise MoeschedError(f"routing trace: top_k={self.top_k} exceeds experts={self.experts}")
         if not isinstance(self.router, str) or not isinstance(self.source, str):
             raise MoeschedError("routing trace: router and source must be strings")
 

@@ -92,6 +92,8 @@ def test_scaled_host_costs_price_every_kind_and_shape_by_the_factor() -> None:
     ({"lag_us": 1.0, "kinds": {}}, "must have the keys"),
     ({"lag_us": 1.0, "kinds": {}, "shapes": {}, "x_unit": "flops"}, "x_unit"),
     ({"lag_us": -1.0, "kinds": {}, "shapes": {}}, "lag_us"),
+    ({"lag_us": True, "kinds": {}, "shapes": {}}, "lag_us"),
+    ({"lag_us": 1e300, "kinds": {}, "shapes": {}}, "lag_us"),
     ({"lag_us": 1.0, "kinds": {"warp": {"alpha_us": 1.0, "per_unit_us": 0.0, "per_chunk_us": 0.0}},
       "shapes": {}}, "task kinds"),
     ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0}}, "shapes": {}}, "alpha_us, per_unit_us"),

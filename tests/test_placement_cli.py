@@ -37,6 +37,8 @@ def test_placement_replays_every_policy(tmp_path, capsys):
     (["--routing", "zipf:1", "--threshold", "0.5"], "--threshold"),
     (["--routing", "zipf:1", "--slots", "900"], "over the GPU"),
     (["--routing", "zipf:1", "--steps", "0"], "--steps"),
+    (["--routing", "zipf:1", "--seed", "-1"], "--seed"),
+    (["--routing", "zipf:1", "--drift-steps", "inf"], "--drift-steps"),
     (["--routing", "zipf:1", "--cluster", "1x3"], "not divisible"),
     (["--routing", "/nonexistent/trace.jsonl"], "trace"),
 ])

@@ -100,6 +100,8 @@ def _bad_inputs(tmp: Path, traces: dict[str, Path]) -> list[list[str]]:
         ["plot", "compare", "--model", "NoSuchModel", "--profile", str(NVLINK), "--out", str(tmp / "x.png")],
         ["plot", "compare", "--model", "GPT2-Tiny-MoE", "--profile", str(tmp / "none.json"),
          "--out", str(tmp / "x.png")],
+        ["plot", "compare", "--model", "GPT2-Tiny-MoE", "--cluster", "2x8", "--network", "no-such-preset",
+         "--out", str(tmp / "x.png")],
         ["plot", "sweep", "--csv", str(tmp / "missing.csv"), "--out", str(tmp / "x.png")],
         ["plot", "sweep", "--csv", str(tmp / "cols.csv"), "--out", str(tmp / "x.png")],
         ["plot", "sweep", "--csv", str(tmp / "empty.csv"), "--out", str(tmp / "x.png")],

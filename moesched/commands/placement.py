@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from moesched.commands.models import format_table
@@ -61,8 +62,10 @@ def _loads(args: argparse.Namespace, model: MoEModel, cost: PlacementCost) -> tu
     if m:
         if not 1 <= args.steps <= MAX_STEPS:
             raise MoeschedError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
-        if not args.drift_steps > 0:
-            raise MoeschedError(f"--drift-steps must be positive, got {args.drift_steps}")
+        if not 0 < args.drift_steps < math.inf:
+            raise MoeschedError(f"--drift-steps must be positive and finite, got {args.drift_steps}")
+        if args.seed < 0:
+            raise MoeschedError(f"--seed must be >= 0, got {args.seed}")
         s = float(m.group(1))
         loads = zipf_loads(model.experts, model.layers, args.steps, cost.sent_copies * cost.ranks, s,
                            seed=args.seed, drift_steps=args.drift_steps, top_k=model.top_k)

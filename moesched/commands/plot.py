@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from moesched.errors import MoeschedError
-from moesched.commands.setup import check_command_outputs
+from moesched.commands.setup import add_cluster_arguments, check_command_outputs
 from moesched.fileio import check_input, check_outputs, read_json
 
 HELP = "draw PNG figures: timelines from traces, a policy comparison, a sweep's speedups"
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--model", required=True, help="model preset (see `moesched models`)")
     c.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
     c.add_argument("--profile", default=None, help="profile JSON file or shipped profile name")
-    c.add_argument("--cluster", default=None, help="NODESxGPUS[/epN] (default: the profile's layout)")
+    add_cluster_arguments(c)
     c.add_argument("--time-limit", type=float, default=None, metavar="S", help="solver time limit in seconds")
     c.add_argument("--out", required=True, help="PNG to write")
     s = sub.add_parser("sweep", help="speedup distribution of a sweep CSV",
