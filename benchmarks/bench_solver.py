@@ -72,7 +72,7 @@ def big_model(profile: Profile, cluster: Cluster, layers: int) -> None:
     res = solve(model, cluster, profile)
     plan = from_timeline("moesched", model, cluster, res.schedule.knobs, res.evaluation.timeline, profile)
     dt = time.perf_counter() - t
-    best_pub = min(r["step_us"] for r in res.table if r["step_us"] is not None)
+    best_pub = min(r.step_us for r in res.table if r.step_us is not None)
     print(f"{model.name} x{layers} layers: plan of {len(plan.order)} tasks in {dt:.2f} s (goal < 5 s); "
           f"step {res.step_us / 1e3:.3f} ms vs best published {best_pub / 1e3:.3f} ms "
           f"({best_pub / res.step_us:.3f}x), {res.stats['simulations']} simulations")

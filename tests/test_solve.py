@@ -52,8 +52,8 @@ def _check_never_slower(model: MoEModel, cluster: Cluster, profile: Profile) -> 
     assert pub, "no published schedule ran"
     for name, step in pub.items():
         assert res.step_us <= step * (1 + 1e-9), f"{model.name}: moesched {res.step_us} slower than {name} {step}"
-        row = next(r for r in res.table if r["policy"] == name)
-        assert row["step_us"] == pytest.approx(step, rel=1e-9)
+        row = next(r for r in res.table if r.policy == name)
+        assert row.step_us == pytest.approx(step, rel=1e-9)
 
 
 @pytest.mark.parametrize("setup", range(len(SETUPS)))
@@ -248,13 +248,13 @@ def test_host_aware_solve_is_never_slower_as_executed(profiles, alpha_us) -> Non
     res = solve(model, cluster, prof)
     assert res.executed_us == pytest.approx(_replayed_us(model, cluster, prof, res.evaluation), rel=1e-9)
     for name in POLICIES:
-        row = next(r for r in res.table if r["policy"] == name)
-        if row["step_us"] is None:
+        row = next(r for r in res.table if r.policy == name)
+        if row.step_us is None:
             continue
         ev = evaluate(model, cluster, prof, get(name).schedule(model, cluster, prof))
         x = _replayed_us(model, cluster, prof, ev)
-        assert row["executed_us"] == pytest.approx(x, rel=1e-9)
-        assert row["step_us"] == pytest.approx(ev.step_us, rel=1e-9)
+        assert row.executed_us == pytest.approx(x, rel=1e-9)
+        assert row.step_us == pytest.approx(ev.step_us, rel=1e-9)
         assert res.executed_us <= x * (1 + 1e-9), f"moesched {res.executed_us} slower than {name} {x} as executed"
 
 

@@ -107,7 +107,7 @@ def _compare(args: argparse.Namespace) -> int:
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args)
     res = solve(model, cluster, profile, args.time_limit)
-    steps = {r["policy"]: r["executed_us"] for r in res.table}  # host model (the tables' step time)
+    steps = {r.policy: r.executed_us for r in res.table}  # host model (the tables' step time)
     steps["moesched"] = res.executed_us
     kind = "analytic profile" if profile.kind == "analytic" else "measured profile"
     how = ", host model" if profile.host is not None else ""

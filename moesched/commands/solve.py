@@ -29,6 +29,7 @@ from moesched.profile import default_profile_path
 from moesched.costs.check import pricing_note
 
 if TYPE_CHECKING:
+    from moesched.solve.api import PolicyRow
     from moesched.solve.layout import LayoutResult
 
 HELP = "search knobs and task priorities for the fastest predicted step; write the plan"
@@ -140,16 +141,16 @@ def _degrees(rs: tuple[int, ...]) -> str:
     return str(rs[0]) if len(set(rs)) == 1 else ",".join(map(str, rs))
 
 
-def _table(rows: list[dict], step_us: float, executed_us: float, host: bool) -> str:
+def _table(rows: list[PolicyRow], step_us: float, executed_us: float, host: bool) -> str:
     """One row per schedule, moesched first. ``step_ms (host model)``: the step as the
     executor runs it (:func:`moesched.schedules.base.executed_timeline`); with host costs a
     ``GPU-only step_ms`` column gives the list-scheduled step on GPU costs alone.
     ``speedup_vs_vanilla`` = vanilla's step / the row's step (> 1 is faster), host model."""
     step_h = "step_ms (host model)" if host else "step_ms (GPU costs)"
-    base = next((r["executed_us"] for r in rows if r["policy"] == "vanilla" and r["executed_us"]), None)
+    base = next((r.executed_us for r in rows if r.policy == "vanilla" and r.executed_us), None)
     headers = ["schedule", step_h] + (["GPU-only step_ms"] if host else []) + ["speedup_vs_vanilla"]
     out = [[f"{'moesched':10s}", executed_us, step_us, base / executed_us if base else None]]
-    out += [[f"{r['policy']:10s}", r["executed_us"], r["step_us"], r["speedup_vs_vanilla"]] for r in rows]
+    out += [[f"{r.policy:10s}", r.executed_us, r.step_us, r.speedup_vs_vanilla] for r in rows]
     widths = [10, len(step_h)] + ([len("GPU-only step_ms")] if host else []) + [len("speedup_vs_vanilla")]
     lines = [" ".join(h.ljust(w) if j == 0 else h.rjust(w) for j, (h, w) in enumerate(zip(headers, widths)))]
     for name, x, gpu, sp in out:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["solve", "SolveResult"]
+__all__ = ["solve", "SolveResult", "PolicyRow"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,22 @@ from moesched.solve.search import search
 RUNNERS_UP = 6
 
 
+@dataclass(frozen=True)
+class PolicyRow:
+    """One published policy in :attr:`SolveResult.table` (µs; None when the policy cannot
+    schedule the model).
+
+    step_us: list-scheduled on GPU costs alone (as :attr:`SolveResult.step_us`).
+    executed_us: the step as the executor runs it, host model (as :attr:`SolveResult.executed_us`).
+    speedup_vs_vanilla: vanilla's executed step / this one (> 1 is faster).
+    """
+
+    policy: str
+    step_us: float | None
+    executed_us: float | None
+    speedup_vs_vanilla: float | None
+
+
 @dataclass
 class SolveResult:
     """The solver's answer.
@@ -27,16 +43,14 @@ class SolveResult:
         scheduling on GPU costs; its start order is the plan's order).
     executed_us: the predicted step of that plan as the executor runs it
         (:func:`executed_us`; equals ``evaluation.step_us`` without host costs).
-    table: one row per published policy: policy, step_us (list-scheduled on GPU costs
-        alone; None when the policy cannot schedule the model), executed_us (host model),
-        and speedup_vs_vanilla (vanilla's executed step / its executed step: > 1 is faster).
+    table: one :class:`PolicyRow` per published policy, in ``POLICIES`` order.
     timed_out: the time limit stopped the search early.
     stats: simulations run and seconds spent.
     """
 
     schedule: Schedule
     evaluation: Evaluation
-    table: list[dict[str, Any]]
+    table: list[PolicyRow]
     timed_out: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     executed_us: float = 0.0
@@ -91,8 +105,7 @@ def solve(model: MoEModel, cluster: Cluster, profile: Profile, time_limit_s: flo
     base_x = pub_x.get("vanilla")
     for name in POLICIES:
         e = pub.get(name)
-        rows.append({"policy": name, "step_us": None if e is None else e.step_us,
-                     "executed_us": None if e is None else pub_x[name],
-                     "speedup_vs_vanilla": None if e is None or base_x is None else base_x / pub_x[name]})
+        rows.append(PolicyRow(name, None if e is None else e.step_us, None if e is None else pub_x[name],
+                              None if e is None or base_x is None else base_x / pub_x[name]))
     return SolveResult(ev.schedule, ev, rows, out.timed_out,
                        {"simulations": out.sims, "elapsed_s": round(out.elapsed_s, 3)}, x)

@@ -31,7 +31,7 @@ def row_for(model: MoEModel, cluster: Cluster, profile: Profile) -> dict[str, An
     res = solve(model, cluster, profile)
     row = shape_columns(model)
     for r in res.table:
-        row[f"{r['policy']}_us"] = None if r["executed_us"] is None else round(r["executed_us"], 3)
+        row[f"{r.policy}_us"] = None if r.executed_us is None else round(r.executed_us, 3)
     k = res.schedule.knobs
     prio, source = res.schedule.notes.get("priority"), str(res.schedule.notes.get("source"))
     row.update({"moesched_us": round(res.executed_us, 3), "r_fwd": "/".join(map(str, sorted(set(k.r_fwd)))),
