@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moesched.errors import MoeschedError
+from moesched.limits import MAX_RANKS
 from moesched.network import Network
-
-MAX_RANKS = 65536  # the largest world a cluster (or a profile's hardware) may have
 
 if TYPE_CHECKING:
     from moesched.collectives import CollectiveModel

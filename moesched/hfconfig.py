@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from moesched.errors import MoeschedError
-from moesched.models import MAX_LAYERS
+from moesched.limits import MAX_LAYERS
 
 SUPPORTED = ("mixtral", "qwen3_moe")
 _REFUSED = {

@@ -46,7 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from moesched import dense as dense_layers
-from moesched.cluster import MAX_RANKS, Cluster
+from moesched.cluster import Cluster
+from moesched.limits import MAX_RANKS
 from moesched.errors import MoeschedError
 from moesched.models import MoEModel
 

@@ -12,12 +12,11 @@ from typing import Any
 
 from moesched import routers
 from moesched.errors import MoeschedError
+from moesched.limits import MAX_EXPERTS, MAX_LAYERS, MAX_WIDTH
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 EXPERT_KINDS = ("gpt", "swiglu")
-MAX_LAYERS = 1024  # the most layers a model (or --layers) may have
-MAX_WIDTH = 1 << 24  # the largest width, head count, sequence length, micro-batch or vocabulary
-MAX_SIZE = {"layers": MAX_LAYERS, "experts": 65536}  # other integer fields: MAX_WIDTH
+MAX_SIZE = {"layers": MAX_LAYERS, "experts": MAX_EXPERTS}  # other integer fields: MAX_WIDTH
 ROUTERS = routers.ROUTERS
 #: fields a model dict may leave out (their defaults apply)
 OPTIONAL_FIELDS = frozenset({"kv_heads", "head_dim", "rope_theta", "norm_eps", "qk_norm", "norm_topk_prob",

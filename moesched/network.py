@@ -29,6 +29,7 @@ from typing import Any
 
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json
+from moesched.limits import MAX_RANKS
 
 FORMAT = "moesched.network"
 VERSION = 1
@@ -141,8 +142,8 @@ MIN_RATE = 1e-3  # the smallest bandwidth (GB/s or Gb/s) or oversubscription acc
 
 def _positive(x: Any, where: str, integer: bool = False) -> float:
     v = _number(x, where)
-    if integer and (not isinstance(x, int) or not 0 < v <= 65536):
-        raise MoeschedError(f"{where} must be a positive integer (at most 65536), got {x!r:.40}")
+    if integer and (not isinstance(x, int) or not 0 < v <= MAX_RANKS):
+        raise MoeschedError(f"{where} must be a positive integer (at most {MAX_RANKS}), got {x!r:.40}")
     if not integer and v < MIN_RATE:
         raise MoeschedError(f"{where} must be at least {MIN_RATE:g}, got {x!r:.40}")
     return v

@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moesched.cluster import MAX_RANKS
 from moesched.cost import MAX_MAGNITUDE, Cost  # noqa: F401  (re-exported: moesched.profile.Cost)
 from moesched.depcurves import DepCurves
 from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
+from moesched.limits import MAX_RANKS
 from moesched.optables import OpTables
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from pathlib import Path
 from moesched.cluster import Cluster, check_setup, comm_model
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
-from moesched.models import MAX_LAYERS, MoEModel
+from moesched.limits import MAX_LAYERS
+from moesched.models import MoEModel
 from moesched.network import default_network_name, load_network
 from moesched.profile import Profile, default_profile_path, freeze_loaded, resolve_profile_path
 

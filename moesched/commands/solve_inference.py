@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from moesched.cluster import MAX_RANKS
 from moesched.commands.setup import check_command_outputs, resolve
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
+from moesched.limits import MAX_RANKS
 from moesched.findep import dep_model, memory_bound, throughput_tokens_s
 from moesched.findep_profile import profile_times
 from moesched.findep_solve import DepResult, algorithm1, naive_dep, own_search, pppipe, schedule_of
