@@ -206,7 +206,8 @@ def test_non_positive_sizes(field: str, value: int) -> None:
 
 def test_other_bad_models_and_clusters() -> None:
     for kw in (dict(d_model=66), dict(capacity_factor=0.0), dict(expert_kind="relu"), dict(dtype="int8"),
-               dict(shared_experts=-1)):
+               dict(shared_experts=-1), dict(d_model=10**30), dict(layers=2000), dict(vocab_size=1 << 30),
+               dict(rope_theta=float("inf"))):
         with pytest.raises(MoeschedError):
             small(**kw)
     for text in ("4", "1x0", "2x2/ep3", "axb"):
