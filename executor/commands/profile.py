@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "kind (moesched.host; default 3 on GPUs, 0 = skip, the CPU default)")
 
 
+def _models_file(args: argparse.Namespace) -> str | None:
+    """``--models`` when it names a configs file (an input no output may overwrite)."""
+    return args.models if args.models and args.models.endswith(".json") else None
+
+
 def _offline(args: argparse.Namespace) -> int:
     """``--refit`` and ``--check``: no torch, no measuring."""
     if args.refit:
@@ -63,8 +68,7 @@ def _offline(args: argparse.Namespace) -> int:
             raise MoeschedError(f"profile: --refit {args.refit} names a shipped profile; give --out FILE for the "
                                 "refitted copy (or its path, to refit it in place)")
         out = args.out or src  # in place by default
-        models_file = args.models if args.models and args.models.endswith(".json") else None
-        check_outputs({"--out": out}, {"--models": models_file})
+        check_outputs({"--out": out}, {"--models": _models_file(args)})
         models = models_from_spec(args.models) if args.models else None
         prof = refit(Profile.load(src), models)
         prof.save(out)
@@ -90,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                 f"({type(e).__name__}: {e})") from None
     if not args.out:
         raise MoeschedError("profile: give --out FILE to measure (under torchrun) or --check FILE to inspect")
-    models_file = args.models if args.models and args.models.endswith(".json") else None
-    check_outputs({"--out": args.out}, {"--models": models_file})  # before minutes of measuring
+    check_outputs({"--out": args.out}, {"--models": _models_file(args)})  # before minutes of measuring
     if args.host_steps is not None and args.host_steps < 0:
         raise MoeschedError(f"profile: --host-steps must be >= 0, got {args.host_steps}")
     if args.emulate_nodes is not None and args.emulate_nodes < 1:
