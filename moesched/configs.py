@@ -7,11 +7,15 @@ preset names, as ``--models`` takes either.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from moesched.errors import MoeschedError
 from moesched.fileio import read_json
 from moesched.models import MoEModel
+
+#: A configuration's name: it names trace files and CSV rows.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,11 @@ def load_configs(path: str | os.PathLike) -> list[Config]:
     for i, c in enumerate(d):
         if not isinstance(c, dict) or set(c) != {"name", "model"}:
             raise MoeschedError(f"configs {path}: entry {i} must have exactly the keys name, model")
+        if not isinstance(c["name"], str) or not NAME.fullmatch(c["name"]):
+            raise MoeschedError(f"configs {path}: entry {i}'s name {c['name']!r:.40} must be 1-100 letters, digits "
+                                f"and . _ + - (it names files), starting with a letter or digit")
         try:
-            out.append(Config(str(c["name"]), MoEModel.from_dict(c["model"])))
+            out.append(Config(c["name"], MoEModel.from_dict(c["model"])))
         except MoeschedError as e:
             raise MoeschedError(f"configs {path}: entry {i} ({c.get('name')}): {e}") from None
     if len({c.name for c in out}) != len(out):

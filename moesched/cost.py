@@ -62,11 +62,11 @@ class Cost:
         pts_d = d.get("points", [])
         if not isinstance(pts_d, list) or not all(isinstance(p, list) and len(p) == 2 for p in pts_d):
             raise MoeschedError(f"profile: {where}.points must be a list of [x, us] pairs")
-        a = _number(d["alpha_us"], f"{where}.alpha_us")
-        b = _number(d["beta_us_per_unit"], f"{where}.beta_us_per_unit")
-        pts = tuple((_number(x, f"{where}.points[{i}][0]"), _number(y, f"{where}.points[{i}][1]"))
+        a = number(d["alpha_us"], f"{where}.alpha_us")
+        b = number(d["beta_us_per_unit"], f"{where}.beta_us_per_unit")
+        pts = tuple((number(x, f"{where}.points[{i}][0]"), number(y, f"{where}.points[{i}][1]"))
                     for i, (x, y) in enumerate(pts_d))
-        r2 = None if d.get("r2") is None else _number(d["r2"], f"{where}.r2")
+        r2 = None if d.get("r2") is None else number(d["r2"], f"{where}.r2")
         if b < 0 or any(y < 0 or x < 0 for x, y in pts):
             raise MoeschedError(f"profile: {where} has a negative cost")
         if b == 0 and a <= 0 and not any(y > 0 for _, y in pts):
@@ -75,7 +75,7 @@ class Cost:
         return cls(a, b, pts, r2)
 
 
-def _number(x: Any, where: str) -> float:
+def number(x: Any, where: str) -> float:
     """``x`` as a float if it is a finite JSON number (not a boolean) of sane magnitude."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise MoeschedError(f"profile: {where} has a non-numeric value {x!r:.40}")

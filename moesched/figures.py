@@ -8,6 +8,7 @@ reads one and adds the speedup columns the sweep figures use.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -187,9 +188,15 @@ def sweep_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         ours = pd.to_numeric(df["moesched_us"], errors="raise")
     except (ValueError, TypeError) as e:
         raise MoeschedError(f"sweep CSV has non-numeric step times: {e}") from None
-    if not (ours > 0).all():
-        raise MoeschedError("sweep CSV has non-positive moesched_us values")
     times.columns = pols
+    if any(c.dtype.kind not in "iuf" for c in (ours, *(times[p] for p in pols))):
+        raise MoeschedError("sweep CSV has step times that are not numbers (e.g. True)")
+    def positive(x: pd.Series) -> bool:  # NaN is not
+        return bool(((x > 0) & (x < math.inf)).all())
+    if not positive(ours) or not all(positive(times[p].dropna()) for p in pols):
+        raise MoeschedError("sweep CSV has step times that are not positive finite µs")
+    if not times["vanilla"].notna().all():
+        raise MoeschedError("sweep CSV needs a vanilla_us step time in every row (the speedups are over it)")
     if times.isna().all(axis=1).any():
         raise MoeschedError("sweep CSV has a row where no published policy has a step time")
     df["best_published"] = times.idxmin(axis=1)
@@ -198,7 +205,10 @@ def sweep_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     df["speedup_best"] = df["best_published_us"] / ours
     for col in ("r_fwd", "r_bwd"):  # "1/2" = degrees used by several layers: keep the largest
         if col in df.columns:
-            df[f"{col}_max"] = df[col].map(lambda v: max(int(x) for x in str(v).split("/")) if pd.notna(v) else None)
+            try:
+                df[f"{col}_max"] = df[col].map(lambda v: max(int(x) for x in str(v).split("/")) if pd.notna(v) else None)
+            except ValueError:
+                raise MoeschedError(f"sweep CSV column {col} must hold degrees like 2 or 1/2") from None
     return df
 
 

@@ -213,8 +213,8 @@ def makespan_ms(tt: TaskTimes, layers: int, cfg: DepConfig, ag_order: list[tuple
     chunk)), each task at the earliest time its inputs and its resource allow."""
     r1, r2 = cfg.r1, cfg.r2
     seq = ag_order or ag_sequence(cfg.order, r1)
-    if sorted(seq) != sorted(ag_sequence("AASS", r1)) or any(
-            k == "s" and seq.index(("a", i)) > seq.index((k, i)) for k, i in seq):
+    pos = {task: j for j, task in enumerate(seq)}
+    if sorted(seq) != sorted(ag_sequence("AASS", r1)) or any(pos[("a", i)] > pos[("s", i)] for i in range(r1)):
         raise MoeschedError("DEP attention order must hold a and s of every micro-batch once, a before s")
     free = {"ag": 0.0, "a2e": 0.0, "eg": 0.0, "e2a": 0.0}
     iv: dict[str, list[tuple[float, float]]] = {k: [] for k in free}

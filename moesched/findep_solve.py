@@ -144,11 +144,12 @@ def naive_dep(m: DepModel, times: Times, ag: int, m_max: int) -> DepResult:
     return DepResult("naive-dep", cfg, evaluate(times, m.layers, cfg))
 
 
-def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult, budget: int = 200) -> DepResult:
+def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult, budget: int = 200,
+               deadline: float | None = None) -> DepResult:
     """moesched: from FinDEP's configuration, a local search over any attention-group
     order (not only ASAS/AASS: a shared-expert task moved to any later slot) and r2 +- 1,
-    on the exact evaluation, first improvement, at most ``budget`` evaluations; never worse
-    than ``start``."""
+    on the exact evaluation, first improvement, at most ``budget`` evaluations and none
+    after ``deadline`` (a ``time.perf_counter()`` value); never worse than ``start``."""
     t0 = time.perf_counter()
     cfg = start.config
     seq = list(start.ag_order or ag_sequence(cfg.order, cfg.r1))
@@ -157,7 +158,8 @@ def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult,
     while improved and evals < budget:
         improved = False
         for cand_cfg, cand_seq in _neighbours(best_cfg, seq, r2_limit(m, ag, cfg.m_a)):
-            if evals >= budget:
+            if evals >= budget or (deadline is not None and time.perf_counter() > deadline):
+                evals = budget
                 break
             evals += 1
             span = makespan_ms(times(cand_cfg.m_a, cand_cfg.r2), m.layers, cand_cfg, cand_seq).makespan_ms

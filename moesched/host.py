@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
+from moesched.cost import number
 from moesched.errors import MoeschedError
 from moesched.kinds import A2A_KINDS, ALL_COMPUTE_KINDS
 from moesched.models import DTYPE_BYTES as MODEL_DTYPES, dtype_of_shape
@@ -119,11 +120,8 @@ class HostCost:
         keys = {"alpha_us", "per_unit_us", "per_chunk_us"}
         if not isinstance(d, dict) or not keys <= set(d) <= keys | {"r2"}:
             raise MoeschedError(f"profile: {where} must have keys alpha_us, per_unit_us, per_chunk_us[, r2]")
-        try:
-            vals = [float(d[k]) for k in ("alpha_us", "per_unit_us", "per_chunk_us")]
-            r2 = None if d.get("r2") is None else float(d["r2"])
-        except (TypeError, ValueError):
-            raise MoeschedError(f"profile: {where} has a non-numeric value") from None
+        vals = [number(d[k], f"{where}.{k}") for k in ("alpha_us", "per_unit_us", "per_chunk_us")]
+        r2 = None if d.get("r2") is None else number(d["r2"], f"{where}.r2")
         if vals[1] < 0 or vals[2] < 0:
             raise MoeschedError(f"profile: {where} has a negative per-unit or per-chunk cost")
         return cls(*vals, r2=r2)

@@ -10,3 +10,5 @@ MAX_LAYERS = 1024
 MAX_EXPERTS = 65536
 #: Largest width, head count, sequence length, micro-batch or vocabulary of a model.
 MAX_WIDTH = 1 << 24
+#: Most memory of one GPU, bytes (1 PiB; an H200 has 141 GB).
+MAX_GPU_MEMORY_BYTES = 1 << 50

@@ -107,6 +107,8 @@ class MoEModel:
     dense_ffn_hidden: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 1000:
+            raise MoeschedError(f"model name must be a non-empty string, got {self.name!r:.40}")
         for f in ("layers", "d_model", "heads", "seq_len", "micro_batch", "ffn_hidden", "experts", "top_k"):
             v, most = getattr(self, f), MAX_SIZE.get(f, MAX_WIDTH)
             if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= most:

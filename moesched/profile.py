@@ -63,7 +63,7 @@ from moesched.errors import MoeschedError
 from moesched.fileio import find_nonfinite, read_json, write_json
 from moesched.host import HostCosts
 from moesched.kinds import ALL_COMPUTE_KINDS, COMPUTE_KINDS, OPTIONAL_COMPUTE_KINDS
-from moesched.limits import MAX_RANKS
+from moesched.limits import MAX_GPU_MEMORY_BYTES, MAX_RANKS
 from moesched.optables import OpTables
 
 if TYPE_CHECKING:
@@ -259,6 +259,8 @@ def _hardware(hw: Any, source: str) -> dict[str, Any]:
     if not all(isinstance(hw[k], int) and not isinstance(hw[k], bool) and hw[k] > 0
                for k in ("nodes", "gpus_per_node", "gpu_memory_bytes")):
         raise MoeschedError(f"{source}: hardware nodes, gpus_per_node, gpu_memory_bytes must be positive integers")
+    if hw["gpu_memory_bytes"] > MAX_GPU_MEMORY_BYTES:
+        raise MoeschedError(f"{source}: hardware gpu_memory_bytes is beyond {MAX_GPU_MEMORY_BYTES} (1 PiB)")
     if hw["nodes"] * hw["gpus_per_node"] > MAX_RANKS:
         raise MoeschedError(f"{source}: hardware has {hw['nodes']} x {hw['gpus_per_node']} GPUs; at most {MAX_RANKS} ranks")
     if not isinstance(hw["gpu"], str) or not isinstance(hw["regime"], str):

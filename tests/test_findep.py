@@ -99,6 +99,18 @@ def test_solvers_respect_memory_and_their_rules(m, split) -> None:
     assert rate["moesched"] >= rate["findep"] * (1 - 1e-9)
 
 
+def test_order_search_stops_at_its_deadline() -> None:
+    """A deadline already past: no neighbour is evaluated, FinDEP's own order is kept."""
+    ag, eg = split = (4, 4)  # where the search improves on FinDEP's order
+    times = paper_times(DS, PAPER_COSTS[split], ag, eg)
+    mm = memory_bound(DS, ag, 48e9)
+    f = algorithm1(DS, times, ag, mm)
+    free = own_search(DS, times, ag, mm, f, budget=30)
+    stopped = own_search(DS, times, ag, mm, f, budget=30, deadline=0.0)
+    assert free.makespan_ms < f.makespan_ms - 1e-9  # the search improves when it may run
+    assert stopped.config == f.config and stopped.makespan_ms == pytest.approx(f.makespan_ms)
+
+
 def test_every_preset_solves_in_under_a_second() -> None:
     """Algorithm 1 on every preset, priced by the paper's lines and by the shipped profile."""
     from moesched.findep_profile import profile_times

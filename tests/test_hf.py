@@ -119,3 +119,10 @@ def test_cli_model_takes_a_hf_config(tmp_path, capsys):
                  "--out", str(tmp_path / "p2.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error: cannot read Hugging Face config")
+    config = tmp_path / "m" / "config.json"
+    before = config.read_bytes()
+    for argv in (["solve", "--out", str(config), "--time-limit", "2"], ["simulate", "--trace", str(config)]):
+        assert main([argv[0], "--model", str(config), "--profile", "cpu-gloo-2", *argv[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is the same file as --model" in err[0]
+    assert config.read_bytes() == before

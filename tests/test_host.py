@@ -99,6 +99,12 @@ def test_scaled_host_costs_price_every_kind_and_shape_by_the_factor() -> None:
     ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0}}, "shapes": {}}, "alpha_us, per_unit_us"),
     ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1.0, "per_unit_us": 0.0, "per_chunk_us": -2.0}},
       "shapes": {}}, "negative"),
+    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": "inf", "per_unit_us": 0.0, "per_chunk_us": 0.0}},
+      "shapes": {}}, "alpha_us has a non-numeric value"),
+    ({"lag_us": 1.0, "kinds": {"attn_fwd": {"alpha_us": 1e308, "per_unit_us": 0.0, "per_chunk_us": 0.0}},
+      "shapes": {}}, "alpha_us is 1e\\+308, outside"),
+    ({"lag_us": 1.0, "kinds": {}, "shapes": {"s": {"attn_fwd": {"alpha_us": 1.0, "per_unit_us": 10**400,
+                                                               "per_chunk_us": 0.0}}}}, "per_unit_us is inf"),
 ])
 def test_malformed_host_section_is_rejected(tmp_path: Path, host: dict, msg: str) -> None:
     d = NVLINK.to_dict()

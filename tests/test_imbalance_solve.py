@@ -145,3 +145,17 @@ def test_bad_trace_through_the_entry_point(tmp_path: Path) -> None:
                         "analytic-h200x4-nvlink", "--routing", _bad_trace(tmp_path, "negative")],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("moesched: error:") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["solve", "--out", "TRACE"], ["simulate", "--trace", "TRACE"]])
+def test_output_may_not_overwrite_the_routing_trace(argv: list[str], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from moesched.cli import main
+    trace = tmp_path / "r.jsonl"
+    trace.write_text(generate(parse_spec("zipf:1.2"), 2, 16, 2, 64, 2, 3).to_jsonl())
+    before = trace.read_bytes()
+    assert main([argv[0], "--model", "GPT2-Tiny-MoE", "--profile", "analytic-h200x4-nvlink", "--routing", str(trace),
+                 *[str(trace) if a == "TRACE" else a for a in argv[1:]]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the same file as --routing" in err
+    assert trace.read_bytes() == before

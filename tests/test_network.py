@@ -53,7 +53,8 @@ def _write(tmp: Path, **changes: object) -> Path:
     {"version": 2}, {"inter": {"nics_per_node": 8}}, {"intra": {"bandwidth_GBps": -1.0, "latency_us": 1.0}},
     {"oversubscription": 0.5}, {"gpus_per_node": 2.5}, {"extra": 1}, {"name": ""},
     {"inter": {"nics_per_node": 8, "nic_bandwidth_Gbps": 1e-310, "latency_us": 1.0}},
-    {"inter": {"nics_per_node": 8, "nic_bandwidth_Gbps": "fast", "latency_us": 1.0}}])
+    {"inter": {"nics_per_node": 8, "nic_bandwidth_Gbps": "fast", "latency_us": 1.0}},
+    {"gpus_per_node": 10**400}, {"intra": {"bandwidth_GBps": 10**400, "latency_us": 1.0}}])
 def test_malformed_network_is_one_line(change: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _write(tmp_path, **change)
     before = path.read_bytes()

@@ -87,6 +87,7 @@ def _bad_inputs(tmp: Path, traces: dict[str, Path]) -> list[list[str]]:
     (tmp / "empty.csv").write_text("")
     header = SWEEP_CSV.read_text().splitlines()[0]
     (tmp / "nonnum.csv").write_text(header + "\n" + ",".join("x" for _ in header.split(",")) + "\n")
+    bad_sweeps = _bad_sweep_rows(tmp)
     good = str(traces["one"])
     return [
         ["plot", "timeline", "--trace", str(tmp / "missing.json"), "--out", str(tmp / "x.png")],
@@ -106,7 +107,23 @@ def _bad_inputs(tmp: Path, traces: dict[str, Path]) -> list[list[str]]:
         ["plot", "sweep", "--csv", str(tmp / "cols.csv"), "--out", str(tmp / "x.png")],
         ["plot", "sweep", "--csv", str(tmp / "empty.csv"), "--out", str(tmp / "x.png")],
         ["plot", "sweep", "--csv", str(tmp / "nonnum.csv"), "--out", str(tmp / "x.png")],
-    ]
+    ] + [["plot", "sweep", "--csv", str(p), "--out", str(tmp / "x.png")] for p in bad_sweeps]
+
+
+def _bad_sweep_rows(tmp: Path) -> list[Path]:
+    """Copies of a shipped sweep CSV's first rows with one cell changed: infinite, NaN,
+    negative, zero or boolean step times, a missing vanilla time, a degree that is text."""
+    import pandas as pd
+    good = pd.read_csv(SWEEP_CSV, nrows=3)
+    edits = [("moesched_us", "inf"), ("moesched_us", "True"), ("vanilla_us", "nan"), ("vanilla_us", "-5"),
+             ("vanilla_us", "0"), ("vanilla_us", "1e400"), ("r_fwd", "two")]
+    out = []
+    for i, (col, v) in enumerate(edits):
+        df = good.astype(str)
+        df.loc[1, col] = v
+        out.append(tmp / f"bad-sweep-{i}.csv")
+        df.to_csv(out[-1], index=False)
+    return out
 
 
 def test_bad_input_in_process(traces: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

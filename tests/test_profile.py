@@ -207,6 +207,7 @@ def test_nonfinite_and_nonnumeric_costs_named(tmp_path: Path, text: str, match: 
     ("gpu and regime must be strings", lambda d: d["hardware"].update(gpu=None)),
     ("positive integers", lambda d: d["hardware"].update(nodes=True)),
     ("at most 65536 ranks", lambda d: d["hardware"].update(nodes=10**30)),
+    (r"gpu_memory_bytes is beyond .* \(1 PiB\)", lambda d: d["hardware"].update(gpu_memory_bytes=10**400)),
     (r"points must be a list of \[x, us\] pairs", lambda d: d["compute"]["attn_fwd"].update(points=[[1.0]])),
     (r"points must be a list of \[x, us\] pairs", lambda d: d["compute"]["attn_fwd"].update(points="many")),
     (r"points\[0\]\[1\] has a non-numeric value", lambda d: d["compute"]["attn_fwd"].update(points=[[1, "x"]])),

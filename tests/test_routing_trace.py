@@ -131,6 +131,8 @@ def test_cli_gen_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     (["routing", "gen", "zipf:1", "--model", "GPT2-Tiny-MoE", "--ep", "3", "--out", "X"], "--ep 3"),
     (["routing", "gen", "pareto:1", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--out", "X"], "kind"),
     (["routing", "gen", "zipf:1", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--steps", "0", "--out", "X"], "--steps"),
+    (["routing", "gen", "zipf:1", "--model", "Qwen3-30B-A3B", "--ep", "128", "--steps", "1000", "--out", "X"],
+     "at most 127 steps"),
     (["routing", "show", "BAD"], "version"),
 ])
 def test_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], msg: str) -> None:

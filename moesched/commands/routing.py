@@ -24,6 +24,9 @@ from moesched.routing_trace import is_trace_path, load
 
 HELP = "make synthetic routing traces (gen) and report a trace's load skew (show)"
 MAX_STEPS = 100_000
+#: Most routing counts (steps x layers x EP x experts) a generated trace holds: 10^8 counts
+#: are about 350 MB of JSON lines and half a minute to write.
+MAX_COUNTS = 10**8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +128,12 @@ def _gen(args: argparse.Namespace) -> int:
     m = MoEModel.from_name(args.model)
     if args.ep < 1 or m.experts % args.ep:
         raise MoeschedError(f"--ep {args.ep} must divide the model's {m.experts} experts")
+    per_step = m.layers * args.ep * m.experts
+    if args.steps * per_step > MAX_COUNTS:
+        raise MoeschedError(f"--steps {args.steps}: a trace of {args.steps} steps x {m.layers} layers x EP {args.ep} x "
+                            f"{m.experts} experts holds more than {MAX_COUNTS:.0e} counts; "
+                            + (f"at most {MAX_COUNTS // per_step} steps here" if per_step <= MAX_COUNTS
+                               else "too many even for one step"))
     trace = generate(spec, m.layers, m.experts, args.ep, m.tokens, m.top_k, args.steps)
     trace.save(args.out)
     worst = max(s.worst for s in layer_skew(trace))

@@ -35,12 +35,15 @@ def load_profile(args: argparse.Namespace) -> Profile:
 def check_command_outputs(args: argparse.Namespace, outputs: dict[str, str | None],
                           inputs: dict[str, str | None] | None = None) -> None:
     """Check the command's output paths before any work (:func:`moesched.fileio.check_outputs`),
-    against its ``--profile`` (when it has one) and the other ``inputs``."""
+    against its ``--profile`` (when it has one), the files its ``--network``, ``--model``
+    (a Hugging Face config) and ``--routing`` (a trace) name, and the other ``inputs``."""
     given = dict(inputs or {})
     if hasattr(args, "profile"):
         given["--profile"] = str(profile_path(args))
-    if getattr(args, "network", None) and Path(args.network).exists():
-        given["--network"] = str(args.network)
+    for flag in ("network", "model", "routing"):
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and value and Path(value).exists():
+            given[f"--{flag}"] = value
     check_outputs(outputs, given)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 
-from moesched.commands.setup import check_command_outputs, resolve
+from moesched.commands.setup import check_command_outputs, check_time_limit, resolve
 from moesched.errors import MoeschedError
 from moesched.fileio import write_atomic
 from moesched.limits import MAX_RANKS
@@ -22,6 +24,8 @@ from moesched.findep_solve import DepResult, algorithm1, naive_dep, own_search, 
 from moesched.memory import gpu_memory_bytes
 
 FORMAT = "moesched.dep-schedule"
+#: Seconds of moesched's order search over all splits when ``--time-limit`` is not given.
+SEARCH_S = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +50,7 @@ def _splits(args: argparse.Namespace, world: int) -> list[tuple[int, int]]:
     return [(ag, world - ag) for ag in range(1, world)]
 
 
-def _solve_split(args, model, profile, ag: int, eg: int) -> dict[str, DepResult]:
+def _solve_split(args, model, profile, ag: int, eg: int, deadline: float) -> dict[str, DepResult]:
     if model.experts % eg:
         raise MoeschedError(f"{model.experts} experts do not divide over {eg} expert GPUs")
     dm = dep_model(model)
@@ -58,13 +62,15 @@ def _solve_split(args, model, profile, ag: int, eg: int) -> dict[str, DepResult]
                             f"weights and one sample's key/value cache): r1 m_a <= M_max = 0")
     times = profile_times(model, profile, ag, eg)
     f = algorithm1(dm, times, ag, mm)
-    return {"moesched": own_search(dm, times, ag, mm, f), "findep": f, "pppipe": pppipe(dm, times, ag, mm),
+    return {"moesched": own_search(dm, times, ag, mm, f, deadline=deadline), "findep": f, "pppipe": pppipe(dm, times, ag, mm),
             "naive-dep": naive_dep(dm, times, ag, mm)}
 
 
 def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out})
+    check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args, any_ep=True)
+    deadline = time.perf_counter() + (args.time_limit or SEARCH_S)
     if model.dense_layers:
         print(f"note: {model.name}'s {len(model.dense_layers)} dense layer(s) are priced as MoE layers "
               f"(FinDEP's cost model has one kind of layer)")
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not splits:
         raise MoeschedError(f"no split of {cluster.world} GPUs puts {model.experts} experts evenly on the expert group")
     for ag, eg in splits:
-        res = _solve_split(args, model, profile, ag, eg)
+        res = _solve_split(args, model, profile, ag, eg, deadline)
         dm = dep_model(model)
         times = profile_times(model, profile, ag, eg)
         for name, r in res.items():
@@ -84,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
             if name == "moesched" and (best is None or rate > best[0]):
                 best = (rate, ag, eg, r)
     assert best is not None
+    if time.perf_counter() > deadline:
+        print(f"moesched: solve: order search stopped at its time limit of {args.time_limit or SEARCH_S:g} s; "
+              f"the best order found is kept", file=sys.stderr)
     print(f"model: {model.name} ({model.layers} layers, sequence {model.seq_len}), profile {profile.name}; "
           f"DEP inference, a forward pass of the whole sequence")
     print(_table(rows))
