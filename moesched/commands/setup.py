@@ -3,6 +3,7 @@ its network, checked together once (:func:`moesched.cluster.check_setup`)."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def check_command_outputs(args: argparse.Namespace, outputs: dict[str, str | Non
         given["--profile"] = str(profile_path(args))
     for flag in ("network", "model", "routing"):
         value = getattr(args, flag, None)
-        if isinstance(value, str) and value and Path(value).exists():
+        if isinstance(value, str) and value and os.path.exists(value):  # False for a name too long
             given[f"--{flag}"] = value
     check_outputs(outputs, given)
 
