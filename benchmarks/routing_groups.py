@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from executor.profiling.timing import median_event_us  # noqa: E402
 from moesched import work  # noqa: E402
+from moesched.fileio import write_atomic  # noqa: E402
 from moesched.imbalance import load_source, sample_steps, step_load, uneven_expert_us  # noqa: E402
 from moesched.models import PRESETS  # noqa: E402
 from moesched.ops import even_split  # noqa: E402
@@ -114,8 +115,7 @@ def main() -> int:
                "even_routing_error_pct": round(100 * (pred - meas) / meas, 2), "cool_s": a.cool_s}
     lines.append(summary)
     print(json.dumps(summary), flush=True)
-    with open(os.path.join(a.out, "routing_groups.jsonl"), "w") as f:
-        f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    write_atomic(os.path.join(a.out, "routing_groups.jsonl"), "\n".join(json.dumps(x) for x in lines) + "\n")
     return 0
 
 

@@ -24,7 +24,7 @@ HELP = "compare EP (all-to-all) with PPMoE (EP inside TP) layouts under the memo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model preset (see `moesched models`) or HF config")
     parser.add_argument("--profile", default=None, help="profile JSON file or shipped profile name")
-    add_cluster_arguments(parser, example="32x8")
+    add_cluster_arguments(parser, example="32x8 or 32x8/ep16")
     parser.add_argument("--zero", type=int, default=0, choices=ZERO_STAGES, help="ZeRO stage of the memory model")
     parser.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                         help="seconds for the EP layout's schedule search (default 10)")

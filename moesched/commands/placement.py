@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model preset (see `moesched models`)")
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
-    add_cluster_arguments(parser, example="4x8")
+    add_cluster_arguments(parser, example="4x8 or 32x8")
     parser.add_argument("--routing", required=True, metavar="TRACE|zipf:S",
                         help="a routing trace (JSON lines), or zipf:S for drifting Zipf loads of exponent S")
     parser.add_argument("--steps", type=int, default=200, help="steps of a zipf workload (default 200)")

@@ -89,10 +89,10 @@ def _is_dir(path: str) -> bool:
         return False
 
 
-def add_cluster_arguments(parser: argparse.ArgumentParser, example: str = "1x4") -> None:
-    """``--cluster`` and ``--network``, shared by simulate, solve and sweep."""
+def add_cluster_arguments(parser: argparse.ArgumentParser, example: str = "1x4 or 32x8") -> None:
+    """``--cluster`` and ``--network``, shared by the commands that plan on a cluster."""
     parser.add_argument("--cluster", default=None,
-                        help=f"NODESxGPUS[/epN], e.g. {example} or 32x8 (default: the profile's hardware layout)")
+                        help=f"NODESxGPUS[/epN], e.g. {example} (default: the profile's hardware layout)")
     parser.add_argument("--network", default=None, metavar="PRESET|FILE",
                         help="links of a cluster other than the profiled layout: a preset (`moesched clusters`) "
                              "or a network JSON file (default: the preset matching the profile's GPU)")
