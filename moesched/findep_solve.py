@@ -159,7 +159,7 @@ def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult,
         improved = False
         for cand_cfg, cand_seq in _neighbours(best_cfg, seq, r2_limit(m, ag, cfg.m_a)):
             if evals >= budget or (deadline is not None and time.perf_counter() > deadline):
-                evals = budget
+                evals = budget  # ends the outer loop too
                 break
             evals += 1
             span = makespan_ms(times(cand_cfg.m_a, cand_cfg.r2), m.layers, cand_cfg, cand_seq).makespan_ms
