@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from moesched import schedules
 from moesched.cli import main
-from moesched.models import PRESETS
+from moesched.models import PRESETS, MoEModel
 from moesched.network import NETWORKS_DIR
 from moesched.profile import PROFILES_DIR
 
@@ -81,6 +82,14 @@ def test_simulate_adds_vanilla_baseline_and_uses_profile_layout(capsys: pytest.C
                  "--schedules", "lina"]) == 0
     out = capsys.readouterr().out
     assert "cluster 2x2" in out and "vanilla (baseline)" in out and "fastest: lina" in out
+
+
+def test_simulate_layers_keeps_the_first_layers(capsys: pytest.CaptureFixture) -> None:
+    def step_ms(*extra: str) -> float:
+        assert main(["simulate", "--model", "Mixtral-7B-FSMoE", "--schedules", "vanilla", *extra]) == 0
+        return float(re.search(r"fastest: vanilla \(([0-9.]+) ms", capsys.readouterr().out).group(1))
+    full, two = step_ms(), step_ms("--layers", "2")
+    assert MoEModel.from_name("Mixtral-7B-FSMoE").layers > 2 and two < 0.6 * full
 
 
 def test_simulate_warns_when_states_exceed_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

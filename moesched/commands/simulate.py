@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None,
                         help=f"profile JSON file or shipped profile name (default {default_profile_path().name})")
     add_cluster_arguments(parser)
+    parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
     parser.add_argument("--schedules", default="all", help="comma list of policies, or 'all' (default)")
     parser.add_argument("--trace", default=None, help="write a Chrome trace (Perfetto) of the fastest schedule")
     parser.add_argument("--png", default=None, help="write a Gantt chart PNG of the fastest schedule vs vanilla")
