@@ -191,9 +191,7 @@ def sweep_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     times.columns = pols
     if any(c.dtype.kind not in "iuf" for c in (ours, *(times[p] for p in pols))):
         raise MoeschedError("sweep CSV has step times that are not numbers (e.g. True)")
-    def positive(x: pd.Series) -> bool:  # NaN is not
-        return bool(((x > 0) & (x < math.inf)).all())
-    if not positive(ours) or not all(positive(times[p].dropna()) for p in pols):
+    if not _positive(ours) or not all(_positive(times[p].dropna()) for p in pols):
         raise MoeschedError("sweep CSV has step times that are not positive finite µs")
     if not times["vanilla"].notna().all():
         raise MoeschedError("sweep CSV needs a vanilla_us step time in every row (the speedups are over it)")
@@ -210,6 +208,11 @@ def sweep_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
             except ValueError:
                 raise MoeschedError(f"sweep CSV column {col} must hold degrees like 2 or 1/2") from None
     return df
+
+
+def _positive(x: pd.Series) -> bool:
+    """Every value positive and finite (NaN is not)."""
+    return bool(((x > 0) & (x < math.inf)).all())
 
 
 def speedup_figure(df: pd.DataFrame, title: str) -> "Figure":

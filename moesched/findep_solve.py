@@ -155,11 +155,14 @@ def own_search(m: DepModel, times: Times, ag: int, m_max: int, start: DepResult,
     seq = list(start.ag_order or ag_sequence(cfg.order, cfg.r1))
     best_span = makespan_ms(times(cfg.m_a, cfg.r2), m.layers, cfg, seq).makespan_ms
     best_cfg, evals, improved = cfg, 0, True
-    while improved and evals < budget:
+
+    def spent() -> bool:
+        return evals >= budget or (deadline is not None and time.perf_counter() > deadline)
+
+    while improved and not spent():
         improved = False
         for cand_cfg, cand_seq in _neighbours(best_cfg, seq, r2_limit(m, ag, cfg.m_a)):
-            if evals >= budget or (deadline is not None and time.perf_counter() > deadline):
-                evals = budget  # ends the outer loop too
+            if spent():
                 break
             evals += 1
             span = makespan_ms(times(cand_cfg.m_a, cand_cfg.r2), m.layers, cand_cfg, cand_seq).makespan_ms

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"--out": args.out})
     check_time_limit(args.time_limit)
     model, profile, cluster = resolve(args, any_ep=True)
-    deadline = time.perf_counter() + (args.time_limit or SEARCH_S)
+    limit_s = args.time_limit or SEARCH_S
+    deadline = time.perf_counter() + limit_s
     if model.dense_layers:
         print(f"note: {model.name}'s {len(model.dense_layers)} dense layer(s) are priced as MoE layers "
               f"(FinDEP's cost model has one kind of layer)")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 best = (rate, ag, eg, r)
     assert best is not None
     if time.perf_counter() > deadline:
-        print(f"moesched: solve: order search stopped at its time limit of {args.time_limit or SEARCH_S:g} s; "
+        print(f"moesched: solve: order search stopped at its time limit of {limit_s:g} s; "
               f"the best order found is kept", file=sys.stderr)
     print(f"model: {model.name} ({model.layers} layers, sequence {model.seq_len}), profile {profile.name}; "
           f"DEP inference, a forward pass of the whole sequence")
