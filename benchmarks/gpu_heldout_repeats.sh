@@ -3,7 +3,9 @@
 # run-to-run noise (benchmarks/noise_floor.py). Phases:
 #
 #   OUT=DIR PHASE=heldout bash benchmarks/gpu_heldout_repeats.sh   # profile + held-out shapes
-#   OUT=DIR PHASE=profiled P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # profiled shapes, same GPU
+#   OUT=DIR PHASE=profiled bash benchmarks/gpu_heldout_repeats.sh  # profile + profiled shapes
+#   OUT=DIR PHASE=heldout P=PROFILE bash ...   # held-out shapes on a given profile (no profiling)
+#   OUT=DIR PHASE=profiled P=PROFILE bash ...  # profiled shapes on a given profile, same GPU
 #   OUT=DIR PHASE=both bash benchmarks/gpu_heldout_repeats.sh      # profile + both sets, one call
 #   OUT=DIR PHASE=sets P=PROFILE bash benchmarks/gpu_heldout_repeats.sh   # both sets on a given profile
 #
@@ -17,14 +19,14 @@
 # HOST_STEPS sets the profiler's --host-steps (its interleaved calibration passes; default
 # the profiler's); TRACES=1 adds every plan's predicted and measured Chrome traces;
 # PTIMEOUT and VTIMEOUT override the profile's and (PHASE=heldout or profiled) validate's
-# time limits in seconds (default 330, and for validate what is left of a 590 s call with
-# PHASE=heldout, 420 with PHASE=profiled; the profile took 237-255 s measuring with
-# fp32 GEMM rows at half-octave steps, more with the widths at half-octave steps too).
+# time limits in seconds (default 330, and for validate what is left of a 590 s call; the
+# profile took 237-255 s measuring with fp32 GEMM rows at half-octave steps, more with the
+# widths at half-octave steps too).
 # HELDOUT (default benchmarks/heldout-shapes.json) names the held-out shapes and HSET (default
 # heldout) their set, e.g. HELDOUT=benchmarks/heldout-shapes-4x.json HSET=heldout4x.
 # PHASE=both fits one 600 s device call with STEPS=15 WARMUP=3 (timeouts 300 s, 190 s and the
-# rest, which may cut the profiled set short: PHASE=heldout, then PHASE=profiled in a second
-# call on the same machine, is safer).
+# rest, which may cut the profiled set short: PHASE=profiled, then PHASE=heldout with P set to
+# the profile it returns, in a second call on the same machine, is safer).
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}; PHASE=${PHASE:-heldout}; REPEATS=${REPEATS:-3}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-2}
@@ -47,15 +49,16 @@ validate() {
   tar -C $BASE -czf $OUT/$1-rep.tgz $1-rep  # the device tool returns a few files only
 }
 
-if [ "$PHASE" = heldout ] || [ "$PHASE" = both ]; then
-  mkdir -p $BASE/$HSET-rep; P=$BASE/$HSET-rep/h200x1-one-gpu.json
+# without P, PHASE=heldout, profiled and both measure the profile first, into the first set's folder
+if [ -z "$P" ] && { [ "$PHASE" = heldout ] || [ "$PHASE" = profiled ] || [ "$PHASE" = both ]; }; then
+  D=$BASE/$([ "$PHASE" = profiled ] && echo profiled || echo $HSET)-rep; mkdir -p $D; P=$D/h200x1-one-gpu.json
   S=$SECONDS; timeout $([ "$PHASE" = both ] && echo 300 || echo ${PTIMEOUT:-330}) $ON torchrun --nproc_per_node=1 -m moesched profile \
-    --out $P --models $CONFIGS ${HOST_STEPS:+--host-steps $HOST_STEPS} 2>&1 | $F > $BASE/$HSET-rep/log-profile.txt
-  echo "profile $((SECONDS-S)) s" >> $BASE/$HSET-rep/log-profile.txt; tail -n 3 $BASE/$HSET-rep/log-profile.txt
+    --out $P --models $CONFIGS ${HOST_STEPS:+--host-steps $HOST_STEPS} 2>&1 | $F > $D/log-profile.txt
+  echo "profile $((SECONDS-S)) s" >> $D/log-profile.txt; tail -n 3 $D/log-profile.txt
 fi
 case $PHASE in
   heldout) validate $HSET $HELDOUT $REPEATS ${VTIMEOUT:-$((590 - SECONDS))} ;;
-  profiled) P=${P:?set P}; validate profiled $CONFIGS $REPEATS ${VTIMEOUT:-420} ;;
+  profiled) validate profiled $CONFIGS $REPEATS ${VTIMEOUT:-$((590 - SECONDS))} ;;
   both) validate $HSET $HELDOUT ${HREPEATS:-3} 190  # took 161-170 s
         validate profiled $CONFIGS ${PREPEATS:-2} $((590 - SECONDS)) ;;     # the rest of the 600 s call
   sets) P=${P:?set P}; validate $HSET $HELDOUT ${HREPEATS:-3} ${VTIMEOUT:-220}
