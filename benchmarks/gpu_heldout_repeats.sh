@@ -41,7 +41,9 @@ validate() {
   local W=$BASE/$1-rep S=$SECONDS; mkdir -p $W
   nvidia-smi --query-gpu=name,uuid,driver_version,power.limit --format=csv > $W/gpu.csv
   echo "STEPS=$STEPS WARMUP=$WARMUP REPEATS=$3 PIN=$PIN CONFIGS=$CONFIGS PHASE=$PHASE HOST_STEPS=$HOST_STEPS" > $W/protocol.txt
-  [ "$P" -ef $W/h200x1-one-gpu.json ] || cp $P $W/h200x1-one-gpu.json
+  [ -f "$P" ] || [ ! -f "$P.gz" ] || P=$P.gz  # the profiles under results/ are gzip-compressed
+  local C=$W/h200x1-one-gpu.json${P##*.json}  # the copy keeps its .gz
+  [ "$P" -ef $C ] || cp $P $C
   timeout $4 $ON torchrun --nproc_per_node=1 -m moesched validate --profile $P --configs $2 \
     --out $W/validation-one-gpu.csv --steps $STEPS --warmup $WARMUP --regime one-gpu --repeats $3 --workers $WORKERS ${TRACES:+--traces $W/traces} \
     2>&1 | $F > $W/log-validate.txt; echo "validate $((SECONDS-S)) s" >> $W/log-validate.txt

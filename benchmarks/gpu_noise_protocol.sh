@@ -11,7 +11,7 @@
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}; W=$(mktemp -d)/noise; mkdir -p $W
-P=results/h200x1/repeats/heldout-rep/h200x1-one-gpu.json
+P=results/h200x1/repeats/heldout-rep/h200x1-one-gpu.json.gz
 python - <<'PY' > $W/configs.json
 import json
 print(json.dumps([c for c in json.load(open("benchmarks/heldout-shapes.json")) if c["name"] in ("gpt-top1", "gpt-long")]))

@@ -14,7 +14,7 @@ F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e UserWarning -e run_ba
 run() {  # name, then the example's flags
   local name=$1; shift
   timeout 150 torchrun --nproc_per_node=1 examples/train_moe_lm.py --device cuda --dtype bf16 \
-    --profile results/h200x1/h200x1-ops.json --text-bytes 4000000 --layers 4 --d-model 1024 --heads 16 \
+    --profile results/h200x1/h200x1-ops.json.gz --text-bytes 4000000 --layers 4 --d-model 1024 --heads 16 \
     --experts-per-rank 16 --seq-len 1024 --batch 8 --steps 1000 --lr 1e-3 --log-every 100 \
     --metrics "$OUT/$name.metrics.jsonl" --record-routing "$OUT/$name.jsonl" "$@" 2>&1 | $F | tee "$OUT/$name.log" | tail -2
 }

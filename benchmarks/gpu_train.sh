@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training example on one GPU (nvidia-h200): a byte-level MoE language model trained on
 # the Python standard library's sources, bf16, NCCL world of one rank, the plan solved on the
-# one-H200 operator profile (results/h200x1/h200x1-ops.json), so each logged step prints the
+# one-H200 operator profile (results/h200x1/h200x1-ops.json.gz), so each logged step prints the
 # measured MoE blocks beside the plan's prediction. Two sizes; each writes one JSON line per
 # step into $OUT/train-<size>.jsonl and its console into $OUT/train-<size>.log.
 #
@@ -10,7 +10,7 @@ set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 OUT=${OUT:-results/h200x1/train}
 mkdir -p "$OUT"
-P=results/h200x1/h200x1-ops.json
+P=results/h200x1/h200x1-ops.json.gz
 F="grep --line-buffered -v -e ^W1 -e OMP_NUM -e ^\*\*\* -e UserWarning"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/machine.txt"
 run() {  # size, then the example's flags

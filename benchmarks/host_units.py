@@ -7,7 +7,7 @@ an all-to-all, the parameter bytes of one rank for the step kinds; see
 the measurements untouched. The models come from the configuration set the profile was
 measured on (its shape keys must all be there)::
 
-    python benchmarks/host_units.py results/h200x1/h200x1-ops.json results/h200x1/configs-1gpu.json
+    python benchmarks/host_units.py results/h200x1/h200x1-ops.json.gz results/h200x1/configs-1gpu.json
 """
 from __future__ import annotations
 

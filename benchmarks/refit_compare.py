@@ -17,6 +17,7 @@ rows of ``--config`` (default gpt-top1-fp32), |error| and signed, as run / old /
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shutil
 import subprocess
@@ -45,15 +46,18 @@ def compare(folder: Path, old: Path, new: Path, scratch: Path, config: str) -> d
     """One folder's row of the table (errors in %)."""
     (csv,) = folder.glob("validation-*.csv")
     reg = csv.stem[len("validation-"):]
-    (prof,) = folder.glob(f"h200x[0-9]-{reg}.json")
+    (prof,) = [*folder.glob(f"h200x[0-9]-{reg}.json"), *folder.glob(f"h200x[0-9]-{reg}.json.gz")]
     row = {f"as_run_{k}": v for k, v in _errors(pd.read_csv(csv), "error_pct", config).items()}
     for name, root in (("old", old), ("new", new)):
         dst = scratch / name / folder
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(folder, dst)
+        if prof.suffix == ".gz":  # refitted in place, so as plain JSON
+            (dst / prof.stem).write_bytes(gzip.decompress((dst / prof.name).read_bytes()))
+            (dst / prof.name).unlink()
         if not (dst / f"plans-{reg}.json").exists():
             _run(old, [str(old.resolve() / "benchmarks/repredict.py"), "--write-plans", str(dst.resolve())], old)
-        _run(root, ["-m", "moesched.cli", "profile", "--refit", str((dst / prof.name).resolve())], root)
+        _run(root, ["-m", "moesched.cli", "profile", "--refit", str((dst / prof.name.removesuffix(".gz")).resolve())], root)
         _run(root, [str(root.resolve() / "benchmarks/repredict.py"), str(dst.resolve())], root)
         (out,) = dst.glob("repredicted-*.csv")
         row.update({f"{name}_{k}": v for k, v in _errors(pd.read_csv(out), "now_error_pct", config).items()})

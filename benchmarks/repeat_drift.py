@@ -17,7 +17,6 @@ Nothing is fitted into the model.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from moesched.errors import MoeschedError
+from moesched.profile import Profile
 from moesched.validation_csv import repeat_values
 from moesched.validation_summary import repeat_stats
 
@@ -42,7 +42,7 @@ def per_repeat(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def report(folder: Path) -> None:
     df = pd.read_csv(folder / "validation-one-gpu.csv")
     steps, probes = per_repeat(df)
-    p0 = json.loads((folder / "h200x1-one-gpu.json").read_text())["meta"].get("host_probe_us")
+    p0 = Profile.load(folder / "h200x1-one-gpu.json").meta.get("host_probe_us")
     st = repeat_stats(df)
     assert st is not None  # per_repeat checked the columns
     print(f"== {folder}: {len(df)} rows, {steps.shape[1]} repeats; profiler's probe {p0} µs")

@@ -9,15 +9,17 @@
   temporary file and leaves the previous file intact. A symbolic link is written through:
   its target is replaced and the link stays.
 * :func:`read_json` turns a missing, unreadable, malformed or absurdly nested file into one
-  line; :func:`find_nonfinite` finds a NaN/Infinity inside what it read.
+  line (a name ending in ``.gz`` is read through gzip); :func:`find_nonfinite` finds a NaN/Infinity inside what it read.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import stat
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -125,12 +127,16 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
 
 def write_json(path: PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON; NaN and Infinity are refused (they are
-    not JSON), so every file written here can be read back by any JSON reader."""
+    not JSON), so every file written here can be read back by any JSON reader. A name ending
+    in ``.gz`` is written gzip-compressed (as ``gzip -9n``), as :func:`read_json` reads it."""
     try:
         text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=False)
     except ValueError as e:
         raise MoeschedError(f"cannot write {path}: {find_nonfinite(obj) or e} (not valid JSON)") from None
-    write_atomic(path, text + "\n")
+    if str(path).endswith(".gz"):
+        write_atomic(path, gzip.compress((text + "\n").encode(), 9, mtime=0))
+    else:
+        write_atomic(path, text + "\n")
 
 
 def check_input(path: PathLike, what: str) -> None:
@@ -152,11 +158,17 @@ def check_input(path: PathLike, what: str) -> None:
 
 def read_json(path: PathLike, what: str) -> Any:
     """Read a JSON file, turning a missing, unreadable or malformed file into a one-line
-    error. Only regular files are read (a fifo or device would block or never end)."""
+    error. Only regular files are read (a fifo or device would block or never end). A name
+    ending in ``.gz`` is gzip-compressed JSON (the measured profiles under ``results/``)."""
     check_input(path, what)
     try:
+        if str(path).endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return json.load(f)
         with open(path) as f:
             return json.load(f)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise MoeschedError(f"{what} file {path} is not valid gzip: {e or 'truncated'}") from None
     except FileNotFoundError:
         raise MoeschedError(f"{what} file not found: {path}") from None
     except IsADirectoryError:

@@ -321,11 +321,14 @@ PROFILES_DIR = shipped_profiles_dir()
 
 def resolve_profile_path(path_or_name: str | os.PathLike) -> Path:
     """``path_or_name`` as given when that file exists, else the shipped profile of that
-    name (``h200x4-nvlink`` or ``h200x4-nvlink.json``); the path as given otherwise (so a
-    missing file is reported under the name the user typed)."""
+    name (``h200x4-nvlink`` or ``h200x4-nvlink.json``), else its gzip-compressed copy
+    ``NAME.json.gz`` beside it; the path as given otherwise (so a missing file is reported
+    under the name the user typed)."""
     if not str(path_or_name).strip():
         raise MoeschedError("the profile path is empty")
     p = Path(path_or_name)
+    if not p.exists() and p.name.endswith(".json") and (gz := Path(f"{p}.gz")).is_file():
+        return gz
     if not p.exists() and p.name == str(path_or_name):
         name = p.name[:-5] if p.name.endswith(".json") else p.name
         shipped = PROFILES_DIR / f"{name}.json"

@@ -117,7 +117,7 @@ def test_check_report_lists_each_dtypes_pool_and_correction() -> None:
     """`moesched profile --check` on a profile with an fp32 shape profiled: the fp32 host
     pool (a ratio to the bf16 one) and fp32's own composition correction are listed."""
     from moesched.costs.check import report_lines
-    prof = refit(Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json"))
+    prof = refit(Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json.gz"))
     lines = report_lines(prof)
     assert "  pooled over fp32 shapes:" in lines
     fp32 = next(ln for ln in lines if ln.startswith("    fp32 "))
@@ -126,7 +126,7 @@ def test_check_report_lists_each_dtypes_pool_and_correction() -> None:
     ratio = fp.alpha_us / bf.alpha_us
     assert ratio > 2 and fp.per_unit_us / bf.per_unit_us == pytest.approx(ratio, rel=1e-3)  # one ratio, 2-3x
     assert not any(ln.startswith("host calibration:") for ln in lines)  # consecutive steps: no passes kept
-    passes = report_lines(Profile.load(ROOT / "results/h200x1/passes2/heldout-rep/h200x1-one-gpu.json"))
+    passes = report_lines(Profile.load(ROOT / "results/h200x1/passes2/heldout-rep/h200x1-one-gpu.json.gz"))
     assert "host calibration: one plan's passes 6.96 % apart on average, 27.12 % at most; host probe 33.91 us" in passes
 
 
@@ -136,8 +136,8 @@ def test_pricing_note_names_what_a_model_borrows_from_another_dtype(capsys: pyte
     from moesched.cli import main
     from moesched.costs.check import pricing_note
     fp32 = _heldout("gpt-top1-fp32")
-    with_fp32 = Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json")
-    bf16_only = Profile.load(ROOT / "results/h200x1/pinned/heldout-rep/h200x1-one-gpu.json")
+    with_fp32 = Profile.load(ROOT / "results/h200x1/dtype-host2/heldout-rep/h200x1-one-gpu.json.gz")
+    bf16_only = Profile.load(ROOT / "results/h200x1/pinned/heldout-rep/h200x1-one-gpu.json.gz")
     assert pricing_note(with_fp32, fp32).endswith("compute by operators in fp32 tables; "
                                                   "host issue costs pooled over fp32 shapes")
     note = pricing_note(bf16_only, fp32)

@@ -390,7 +390,7 @@ def test_refit_fits_the_operator_corrections_against_the_current_recipe(tmp_path
     from moesched.configs import load_configs
     from moesched.costs.build import refit
     root = Path(__file__).resolve().parents[1]
-    src = root / "results/h200x1/passes8/heldout4x-rep/h200x1-one-gpu.json"
+    src = root / "results/h200x1/passes8/heldout4x-rep/h200x1-one-gpu.json.gz"
     configs = root / "results/h200x1/configs-1gpu-dtypes2.json"
     prof = Profile.load(src)
     assert prof.ops.recipe == 1 and refit(prof).ops == prof.ops

@@ -274,6 +274,30 @@ def test_shipped_names_resolve_with_or_without_json_from_anywhere(tmp_path: Path
         Profile.load("")
 
 
+def test_gzip_profile_round_trips_and_stands_in_for_its_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A profile saved as ``NAME.json.gz`` is gzip (as the measured runs under results/ are
+    kept), loads equal to the plain one, and ``NAME.json`` loads it when only the ``.gz``
+    exists; ``--refit`` keeps it compressed in place; a broken ``.gz`` is one line."""
+    import gzip
+
+    from moesched.cli import main
+    p = Profile.load("h200x4-nvlink")  # measured: it keeps the raw samples --refit needs
+    p.save(tmp_path / "a.json.gz")
+    raw = (tmp_path / "a.json.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and json.loads(gzip.decompress(raw)) == p.to_dict()
+    assert Profile.load(tmp_path / "a.json.gz") == p == Profile.load(tmp_path / "a.json")
+    assert main(["profile", "--refit", str(tmp_path / "a.json")]) == 0
+    assert (tmp_path / "a.json.gz").read_bytes()[:2] == b"\x1f\x8b" and not (tmp_path / "a.json").exists()
+    assert Profile.load(tmp_path / "a.json").name == p.name
+    for bad in (b"not gzip", raw[: len(raw) // 2]):
+        (tmp_path / "b.json.gz").write_bytes(bad)
+        with pytest.raises(MoeschedError, match=r"b\.json\.gz is not valid gzip"):
+            Profile.load(tmp_path / "b.json")
+    assert main(["simulate", "--profile", str(tmp_path / "b.json.gz"), "--model", "GPT2-Tiny-MoE"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesched: error: ") and err.count("\n") == 1 and "not valid gzip" in err
+
+
 def test_a_commands_profile_is_kept_out_of_full_collections() -> None:
     """The profile a command loads lives for the whole command: its objects leave the
     collector's generations, so a full collection during a search does not rescan them."""

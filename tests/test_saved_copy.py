@@ -14,7 +14,7 @@ from moesched.graph import build
 from moesched.knobs import Knobs
 from moesched.profile import Profile
 
-PROFILE = "results/h200x1/traces-validate/profiled/h200x1-one-gpu.json"
+PROFILE = "results/h200x1/traces-validate/profiled/h200x1-one-gpu.json.gz"
 
 
 @pytest.fixture(scope="module")

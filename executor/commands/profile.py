@@ -64,7 +64,7 @@ def _offline(args: argparse.Namespace) -> int:
         if args.check:
             raise MoeschedError("profile: give either --check FILE or --refit FILE, not both")
         src = resolve_profile_path(args.refit)
-        if args.out is None and src != Path(args.refit):
+        if args.out is None and src not in (Path(args.refit), Path(f"{args.refit}.gz")):
             raise MoeschedError(f"profile: --refit {args.refit} names a shipped profile; give --out FILE for the "
                                 "refitted copy (or its path, to refit it in place)")
         out = args.out or src  # in place by default
