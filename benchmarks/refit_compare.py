@@ -52,7 +52,7 @@ def compare(folder: Path, old: Path, new: Path, scratch: Path, config: str) -> d
         dst = scratch / name / folder
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(folder, dst)
-        if prof.suffix == ".gz":  # refitted in place, so as plain JSON
+        if prof.suffix == ".gz":  # as plain JSON, which the old tree reads too
             (dst / prof.stem).write_bytes(gzip.decompress((dst / prof.name).read_bytes()))
             (dst / prof.name).unlink()
         if not (dst / f"plans-{reg}.json").exists():

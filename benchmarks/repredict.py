@@ -48,7 +48,7 @@ def profile_path(folder: Path, regime: str) -> Path:
     """The run's profile: ``h200xN-REG.json`` or ``h200xN-REG.json.gz`` (N GPUs)."""
     found = sorted(folder.glob(f"h200x[0-9]-{regime}.json")) + sorted(folder.glob(f"h200x[0-9]-{regime}.json.gz"))
     if len(found) != 1:
-        raise MoeschedError(f"{folder}: expected one h200xN-{regime}.json, found {[p.name for p in found]}")
+        raise MoeschedError(f"{folder}: expected one h200xN-{regime}.json(.gz), found {[p.name for p in found]}")
     return found[0]
 
 

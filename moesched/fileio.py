@@ -9,7 +9,8 @@
   temporary file and leaves the previous file intact. A symbolic link is written through:
   its target is replaced and the link stays.
 * :func:`read_json` turns a missing, unreadable, malformed or absurdly nested file into one
-  line (a name ending in ``.gz`` is read through gzip); :func:`find_nonfinite` finds a NaN/Infinity inside what it read.
+  line (a name ending in ``.gz`` is read through gzip); :func:`find_nonfinite` finds a
+  NaN/Infinity inside what it read.
 """
 from __future__ import annotations
 
