@@ -320,9 +320,9 @@ PROFILES_DIR = shipped_profiles_dir()
 
 
 def resolve_profile_path(path_or_name: str | os.PathLike) -> Path:
-    """``path_or_name`` as given when that file exists, else the shipped profile of that
-    name (``h200x4-nvlink`` or ``h200x4-nvlink.json``), else its gzip-compressed copy
-    ``NAME.json.gz`` beside it; the path as given otherwise (so a missing file is reported
+    """``path_or_name`` as given when that file exists, else its gzip-compressed copy
+    ``NAME.json.gz`` beside it, else the shipped profile of that name (``h200x4-nvlink`` or
+    ``h200x4-nvlink.json``); the path as given otherwise (so a missing file is reported
     under the name the user typed)."""
     if not str(path_or_name).strip():
         raise MoeschedError("the profile path is empty")
