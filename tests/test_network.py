@@ -10,7 +10,8 @@ import pytest
 
 from moesched.cli import main
 from moesched.cluster import Cluster, check_setup, comm_model
-from moesched.collectives import (OPS, Group, calibrate, cluster_group, dtree_edges, profile_groups, traffic,
+from moesched.collective_check import held_out_world_points, summary_lines
+from moesched.collectives import (OPS, Group, calibrate, cluster_group, dtree_edges, traffic,
                                   tree_efficiency)
 from moesched.errors import MoeschedError
 from moesched.graph import build
@@ -154,13 +155,13 @@ def test_larger_clusters_cost_more_communication() -> None:
 def held_out_errors() -> dict[str, list[float]]:
     """Relative errors of the whole-world points of the two-emulated-node profile predicted
     from its intra- and inter-node points alone (the world points held out)."""
-    model = calibrate(TWO_NODES, load_network("h200x4-box"), TWO_NODES.gpus_per_node, scopes=("intra", "inter"))
-    world = profile_groups(TWO_NODES)["world"]
-    return {op: [(model.us(op, world, x) - t) / t for x, t in TWO_NODES.comm[op]["world"].points] for op in OPS}
+    points = held_out_world_points(TWO_NODES, load_network("h200x4-box"))
+    return {op: [p.err for p in points if p.op == op] for op in OPS}
 
 
 def test_held_out_world_collectives_of_two_node_profile() -> None:
     errs = held_out_errors()
+    assert {op: len(e) for op, e in errs.items()} == {op: len(TWO_NODES.comm[op]["world"].points) for op in OPS}
     mean = {op: sum(map(abs, e)) / len(e) for op, e in errs.items()}
     overall = sum(abs(x) for e in errs.values() for x in e) / sum(len(e) for e in errs.values())
     print({op: round(v, 3) for op, v in mean.items()}, round(overall, 3))
@@ -172,6 +173,40 @@ def test_held_out_world_collectives_of_two_node_profile() -> None:
         pts = TWO_NODES.comm[op]["world"].points
         bound = 0.10 if op == "all_reduce" else 0.31
         assert all(abs(e) <= bound for (x, _), e in zip(pts, errs[op]) if x >= 128 * MB), (op, errs[op])
+
+
+def test_held_out_points_keep_their_passes_and_floor() -> None:
+    """A profile that keeps each pass's median (``--comm-passes``) gives each held-out
+    point its floor: the mean distance of one pass's median from the point's median."""
+    x, t = TWO_NODES.comm["all_gather"]["world"].points[3]
+    meta = dict(TWO_NODES.meta, comm_pass_us={f"all_gather.world@{int(x)}": [0.9 * t, t, 1.2 * t]})
+    points = held_out_world_points(replace(TWO_NODES, meta=meta), load_network("h200x4-box"))
+    (p,) = [p for p in points if p.pass_us]
+    assert (p.op, p.nbytes, p.measured_us) == ("all_gather", x, t) and p.floor == pytest.approx(0.1)
+    assert all(q.floor is None for q in points if q is not p)  # the committed profile keeps only spreads
+    lines = summary_lines(points)
+    assert len(lines) == len(OPS) + 1 and lines[-1].startswith("all") and "floor 10.0%" in lines[2]
+    assert "floor" not in lines[0]
+
+
+def test_held_out_check_needs_a_multi_node_profile() -> None:
+    with pytest.raises(MoeschedError, match="several nodes of several GPUs"):
+        held_out_world_points(NVLINK, load_network("h200x4-box"))
+    comm = {op: {k: v for k, v in by.items() if k != "world"} for op, by in TWO_NODES.comm.items()}
+    with pytest.raises(MoeschedError, match="lacks the intra, inter and world points of all_to_all"):
+        held_out_world_points(replace(TWO_NODES, comm=comm), load_network("h200x4-box"))
+
+
+def test_heldout_collectives_script(capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/heldout_collectives.py prints the check's lines; a one-node profile or an
+    unknown network is one line and exit 2."""
+    import runpy
+    main_ = runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "heldout_collectives.py"))["main"]
+    assert main_(["--points"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + 56 + 1 + len(OPS) + 1 and out[-1].startswith("all              56 points: mean  12.6%")
+    for argv in (["h200x4-nvlink"], ["--network", "nope"]):
+        assert_one_line_error(main_(argv), capsys.readouterr().err)
 
 
 def test_double_binary_tree_traffic() -> None:

@@ -36,7 +36,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.json"
     out.write_text("previous profile\n")  # replaced atomically on success
-    extra = ["--emulate-nodes", str(emulate)] if emulate else ["--host-steps", "2"]
+    extra = ["--emulate-nodes", str(emulate), "--comm-passes", "2"] if emulate else ["--host-steps", "2"]
     t0 = time.time()
     res = subprocess.run(_cmd(out, *extra), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                          timeout=180)
@@ -68,6 +68,12 @@ def test_profile_end_to_end(tmp_path: Path, emulate: int | None, capsys: pytest.
     # every collective point timed in several passes, its repeatability kept and summarised
     assert set(meta["comm_spread_pct"]) == {f"{op}.{s}@{b}" for op, s, b, _, _ in meta["samples"]["comm"]}
     assert all(v >= 0 for v in meta["comm_spread_pct"].values())
+    passes = 2 if emulate else 3  # --comm-passes, else 3: each pass's median kept, the point their pool's
+    assert meta["grid"]["comm_passes"] == passes and set(meta["comm_pass_us"]) == set(meta["comm_spread_pct"])
+    for op, s, b, us, _ in meta["samples"]["comm"]:
+        meds = meta["comm_pass_us"][f"{op}.{s}@{b}"]
+        assert len(meds) == passes and all(m > 0 for m in meds)
+        assert meta["comm_spread_pct"][f"{op}.{s}@{b}"] == pytest.approx(100 * (max(meds) - min(meds)) / us, abs=0.02)
     assert meta["replay"]["comm_replay_spread_mean_pct"] is not None
     if emulate is None:  # host issue costs from real executor steps (moesched.host)
         assert prof.host is not None and {"attn_fwd", "attn_bwd", "expert_fwd", "dispatch", "combine",
@@ -132,7 +138,10 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypa
     assert main(["profile", "--check", str(tmp_path / "missing.json")]) == 2
     assert main(["profile", "--out", str(tmp_path / "p.json")]) == 2  # not under torchrun
     assert main(["profile", "--out", str(tmp_path / "p.json"), "--host-steps", "-1"]) == 2
+    for bad in ("0", "65"):
+        assert main(["profile", "--out", str(tmp_path / "p.json"), "--comm-passes", bad]) == 2
     err = capsys.readouterr().err
+    assert "--comm-passes must be 1 to 64, got 0" in err
     assert "torchrun" in err and all(line.startswith("moesched: error:") for line in err.strip().splitlines())
     assert not (tmp_path / "p.json").exists()
 

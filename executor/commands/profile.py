@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate-nodes", type=int, metavar="K", default=None,
                    help="pose as K nodes (NCCL_HOSTID per node of world/K ranks)")
     p.add_argument("--quick", action="store_true", help="coarser grids (x4 steps)")
+    p.add_argument("--comm-passes", type=int, default=3, metavar="N",
+                   help="passes over the collective grid, each with its share of the reps; each pass's "
+                        "median is kept (meta.comm_pass_us) to show how repeatable a point is (default 3)")
     p.add_argument("--regime", metavar="LABEL", help="hardware.regime label (default from NCCL_* settings)")
     p.add_argument("--name", help="profile name (default: the file name without .json)")
     p.add_argument("--inference", action="store_true",
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise MoeschedError(f"profile: --host-steps must be >= 0, got {args.host_steps}")
     if args.emulate_nodes is not None and args.emulate_nodes < 1:
         raise MoeschedError(f"profile: --emulate-nodes must be >= 1, got {args.emulate_nodes}")
+    if not 1 <= args.comm_passes <= 64:
+        raise MoeschedError(f"profile: --comm-passes must be 1 to 64, got {args.comm_passes}")
     try:
         import torch  # noqa: F401
     except ImportError:

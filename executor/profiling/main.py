@@ -20,6 +20,7 @@ atomically at the very end, so a failed run leaves the old file intact.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -38,7 +39,7 @@ import torch.distributed as dist
 from executor.profiling import host as hostprof
 from executor.profiling.context import Ctx
 from executor.profiling.dep import n_points as dep_points, measure_dep
-from executor.profiling.measure import (OPS, ROUNDS, Grid, make_grid, measure_comm, measure_compute,
+from executor.profiling.measure import (OPS, Grid, make_grid, measure_comm, measure_compute,
                                         measure_count_exchange, measure_interference)
 from executor.profiling.ops import measure_ops
 from executor.profiling.timing import host_probe_us
@@ -93,7 +94,8 @@ def _meta(ctx: Ctx, args: argparse.Namespace, grid: Grid, models: list[MoEModel]
             "bench": "executor.profiling.bench.make_bench, ep = world size where it divides experts, else 1",
             "grid": {"tokens": list(grid.tokens), "replay_tokens": list(grid.replay_tokens),
                      "tiny_tokens": grid.tiny_tokens, "sizes_bytes": list(grid.sizes),
-                     "replay_sizes_bytes": list(grid.replay_sizes), "reps": grid.reps, "warmup": grid.warmup},
+                     "replay_sizes_bytes": list(grid.replay_sizes), "reps": grid.reps, "warmup": grid.warmup,
+                     "comm_passes": grid.comm_passes},
             "x": {"compute": "FLOPs (moesched.work)", "comm": "bytes of each rank's buffer: all-to-all send "
                   "buffer, all-reduce tensor, all-gather output, reduce-scatter input"}}
 
@@ -116,10 +118,10 @@ def _progress(ctx: Ctx, models: list[MoEModel], grid: Grid, host_steps: int, n_d
     from tqdm import tqdm
     n_comp = len(models) * len(ALL_COMPUTE_KINDS) * (len(grid.tokens) + len(grid.replay_tokens)) \
         + len(ALL_COMPUTE_KINDS) + n_dep
-    n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes)) * ROUNDS
+    n_comm = len(ctx.scopes) * len(OPS) * (len(grid.sizes) + len(grid.replay_sizes)) * grid.comm_passes
     if ctx.rank == 0:
         print(f"profiling: {n_comp} compute timings ({math.ceil(n_comp / ctx.world)} per rank), "
-              f"{n_comm // ROUNDS} collective timings on scopes {sorted(ctx.scopes)} in {ROUNDS} passes, "
+              f"{n_comm // grid.comm_passes} collective timings on scopes {sorted(ctx.scopes)} in {grid.comm_passes} passes, "
               f"x{grid.reps} runs each", file=sys.stderr)
     n_host = sum(len(hostprof.VARIANTS) + (m.layers > 1) for m in models) * max(host_steps, 0)
     return tqdm(total=math.ceil(n_comp / ctx.world) + n_comm + 2 + n_host, disable=ctx.rank != 0,
@@ -198,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
         os.environ.setdefault(k, v)
     cuda = torch.cuda.is_available()
     models = models_from_spec(args.models or ",".join(GPU_MODELS if cuda else CPU_MODELS))
-    grid = make_grid(cuda, args.quick)
+    grid = dataclasses.replace(make_grid(cuda, args.quick), comm_passes=args.comm_passes)
     ctx = Ctx(args.emulate_nodes)
     try:
         host_steps = args.host_steps if args.host_steps is not None else (3 if cuda else 0)
@@ -211,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
         if ctx.rank == 0:
             print(f"operator tables: {sum(len(r) for t in ops_tables.values() for r in t.values())} rows in "
                   f"{time.time() - t_ops:.1f} s", file=sys.stderr)
-        comm, comm_spread = measure_comm(ctx, grid, bar)
+        comm, comm_spread, comm_pass_us = measure_comm(ctx, grid, bar)
         exchange_us = measure_count_exchange(ctx, grid)
         compute = [(n, k, t, x, us + exchange_us if k == "attn_fwd" else us, role) for n, k, t, x, us, role in compute]
         inter = measure_interference(ctx, models[0], grid, bar)
@@ -219,7 +221,8 @@ def main(args: argparse.Namespace) -> int:
         host = _measure_host(ctx, models, host_steps, bar) if host_steps > 0 else HostRows()
         if ctx.rank == 0:
             meta = dict(_meta(ctx, args, grid, models), interference=inter,
-                        interference_all_reduce=inter_ar, count_exchange_us=exchange_us, comm_spread_pct=comm_spread)
+                        interference_all_reduce=inter_ar, count_exchange_us=exchange_us, comm_spread_pct=comm_spread,
+                        comm_pass_us=comm_pass_us)
             prof = _fit(ctx, args, meta, models, compute, comm, inter, inter_ar, host, t_start, ops_tables, dep_rows)
             prof.save(args.out)
             bar.close()

@@ -44,6 +44,7 @@ class Grid:
     warmup: int
     interference_bytes: int
     interference_tokens: int
+    comm_passes: int = 3
 
 
 def make_grid(cuda: bool, quick: bool) -> Grid:
@@ -105,40 +106,44 @@ def measure_count_exchange(ctx: Ctx, grid: Grid) -> float:
 # Latency-bound collectives jitter by 20-50 % run to run (NVLink): up to
 # SMALL_BYTES they get SMALL_REPS times the grid's reps for their median (cheap: ~0.1 ms each).
 SMALL_BYTES, SMALL_REPS = 16 * MB, 3
-# Every collective is timed in ROUNDS passes over the whole grid, its reps split between
-# them: a slow spell of the links (host-memory and socket transports have them)
-# then hits a few reps of many sizes rather than all reps of one size, and the passes'
-# medians show how repeatable each point is (``meta.comm_spread_pct``).
-ROUNDS = 3
+# Every collective is timed in ``Grid.comm_passes`` passes over the whole grid (3 unless
+# ``--comm-passes``), its reps split between them: a slow spell of the links (host-memory
+# and socket transports have them) then hits a few reps of many sizes rather than all reps
+# of one size, and the passes' medians show how repeatable each point is
+# (``meta.comm_pass_us``, ``meta.comm_spread_pct``).
 
 
-def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> tuple[list[tuple], dict[str, float]]:
+def measure_comm(ctx: Ctx, grid: Grid, bar: Any) -> tuple[list[tuple], dict[str, float], dict[str, list[float]]]:
     """(op, scope, bytes, us, role) rows, each collective timed alone
     (:func:`time_isolated_us`): per rep the smallest time over ranks, then the median over
     reps (``SMALL_REPS`` times the grid's reps up to ``SMALL_BYTES``), the reps spread over
-    ``ROUNDS`` passes. The smallest is the rank that joined last, which did not wait for
-    the others: the collective's own duration once every rank is in, which is what the
-    simulator charges (the host model and the dependencies decide when every rank is in).
-    Also {"op.scope@bytes": spread %}: range of the passes' medians over the median."""
+    ``grid.comm_passes`` passes. The smallest is the rank that joined last, which did not
+    wait for the others: the collective's own duration once every rank is in, which is what
+    the simulator charges (the host model and the dependencies decide when every rank is in).
+    Also, keyed "op.scope@bytes": the range of the passes' medians over the median, %, and
+    each pass's median, µs."""
     items = [(op, scope, nbytes, role) for scope in sorted(ctx.scopes) for op in OPS
              for nbytes, role in [(s, "fit") for s in grid.sizes] + [(s, "replay") for s in grid.replay_sizes]]
+    passes = grid.comm_passes
     times: list[list[float]] = [[] for _ in items]
-    for rnd in range(ROUNDS):
+    for rnd in range(passes):
         for i, (op, scope, nbytes, _) in enumerate(items):
-            reps = math.ceil(grid.reps * (SMALL_REPS if nbytes <= SMALL_BYTES else 1) / ROUNDS)
+            reps = math.ceil(grid.reps * (SMALL_REPS if nbytes <= SMALL_BYTES else 1) / passes)
             times[i] += time_isolated_us(ctx, collective(ctx, op, scope, nbytes, async_op=True), reps,
                                          grid.warmup if rnd == 0 else 1)
             bar.update(1)
     every = ctx.gather(times)
-    rows, spread = [], {}
+    rows, spread, pass_us = [], {}, {}
     for i, (op, scope, nbytes, role) in enumerate(items):
         last = [min(ts[i][k] for ts in every) for k in range(len(times[i]))]  # per rep: the last rank in
-        per = len(last) // ROUNDS
-        meds = [statistics.median(last[r * per:(r + 1) * per]) for r in range(ROUNDS)]
+        per = len(last) // passes
+        meds = [statistics.median(last[r * per:(r + 1) * per]) for r in range(passes)]
         med = statistics.median(last)
         rows.append((op, scope, nbytes, med, role))
-        spread[f"{op}.{scope}@{nbytes}"] = round(100.0 * (max(meds) - min(meds)) / med, 2) if med > 0 else 0.0
-    return rows, spread
+        key = f"{op}.{scope}@{nbytes}"
+        spread[key] = round(100.0 * (max(meds) - min(meds)) / med, 2) if med > 0 else 0.0
+        pass_us[key] = [round(m, 3) for m in meds]
+    return rows, spread, pass_us
 
 
 def measure_interference(ctx: Ctx, model: MoEModel, grid: Grid, bar: Any, op: str = "all_to_all") -> dict[str, float]:
