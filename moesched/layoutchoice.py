@@ -20,7 +20,7 @@ from moesched.knobs import Knobs
 from moesched.layoutgraph import build
 from moesched.layoutsearch import search_priority
 from moesched.layouts import Layout, check_layout, layout_memory
-from moesched.memory import RankMemory, fit_problem, gpu_memory_bytes
+from moesched.memory import GB, ZERO_STAGES, RankMemory, fit_problem, gpu_memory_bytes
 from moesched.models import MoEModel
 from moesched.plan import Plan, from_timeline
 from moesched.profile import Profile
@@ -104,7 +104,26 @@ def compare_layouts(model: MoEModel, cluster: Cluster, profile: Profile, zero: i
     for t in tp_sizes(cluster):
         for sp in (False, True):
             opts.append(ppmoe_option(model, cluster, profile, Layout(t, sp), zero))
-    return opts, fastest(opts, "layout", model, cluster)
+    try:
+        return opts, fastest(opts, "layout", model, cluster)
+    except MoeschedError as e:
+        raise MoeschedError(f"{e}{zero_hint(model, cluster, profile, zero)}") from None
+
+
+def zero_hint(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) -> str:
+    """"; with --zero Z, LAYOUT fits (N GB/rank)": the lowest ZeRO stage above ``zero`` at
+    which a PPMoE layout of ``cluster`` fits GPU memory (the first such layout), else ""."""
+    capacity = gpu_memory_bytes(profile.hardware)
+    for z in (z for z in ZERO_STAGES if z > zero):
+        for layout in (Layout(t, sp) for t in tp_sizes(cluster) for sp in (False, True)):
+            try:
+                check_layout(model, cluster, layout)
+                mem = layout_memory(model, cluster, layout, z)
+            except MoeschedError:
+                continue
+            if fit_problem(mem, capacity) is None:
+                return f"; with --zero {z}, {layout.label()} fits ({mem.total_bytes / GB:.1f} GB/rank)"
+    return ""
 
 
 def fastest(opts: list[Any], noun: str, model: MoEModel, cluster: Cluster) -> Any:

@@ -42,6 +42,10 @@ def test_choice_is_the_fastest_that_fits() -> None:
     (["--model", "LLaMA2-MoE", "--cluster", ""], "cannot parse cluster"),
     (["--model", "LLaMA2-MoE", "--cluster", "99999999x8/ep8"], "at most 65536"),
     (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200"], "no layout of Mixtral-8x22B runs"),
+    # the way out where one exists: the lowest ZeRO stage at which a layout fits
+    (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200"],
+     "; with --zero 2, PPMoE TP8+SP fits (144.3 GB/rank)"),
+    (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200", "--zero", "1"], "with --zero 2, PPMoE"),
 ])
 def test_bad_input_is_one_line(argv: list[str], what: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["layouts", *argv]) == 2
@@ -58,3 +62,12 @@ def test_mixtral_8x22b_fits_with_experts_inside_tensor_parallelism(capsys: pytes
     chosen = [line for line in out.splitlines() if line.rstrip().endswith("chosen")]
     assert len(chosen) == 1 and chosen[0].startswith("PPMoE TP8+SP"), out
     assert out.count("does not fit") + out.count("fits no cluster") == 6
+
+
+def test_no_zero_hint_where_no_stage_fits(capsys: pytest.CaptureFixture) -> None:
+    """Where no layout fits at any stage (too few ranks to shard over), the error names no
+    ZeRO stage."""
+    for argv in (["--cluster", "4x8", "--model", "Mixtral-8x22B"], ["--cluster", "1x4", "--model", "Mixtral-8x22B"]):
+        assert main(["layouts", "--network", "dgx-h200", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no layout of Mixtral-8x22B" in err and "--zero" not in err.split(": EP")[1], err
