@@ -184,3 +184,16 @@ def test_bad_input_subprocess(case: str, tmp_path: Path) -> None:
     r = cli(*bad_inputs(tmp_path)[case])
     assert_one_line_error(r.returncode, r.stderr)
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize("cluster,ep", [("32x8", 8), ("3x4", 4), ("1x6", 2)])
+def test_cluster_without_ep_that_experts_do_not_divide_names_one_that_does(
+        cluster: str, ep: int, capsys: pytest.CaptureFixture) -> None:
+    """EP over every rank (no /epN) where the experts do not divide: one line naming an EP
+    size that does; that size simulates."""
+    assert main(["simulate", "--model", "Mixtral-8x7B", "--layers", "1", "--cluster", cluster]) == 2
+    cap = capsys.readouterr()
+    assert_one_line_error(2, cap.err)
+    assert cap.out == "" and f"e.g. --cluster {cluster}/ep{ep}," in cap.err, cap.err
+    assert main(["simulate", "--model", "Mixtral-8x7B", "--layers", "1", "--cluster", f"{cluster}/ep{ep}",
+                 "--schedules", "vanilla"]) == 0

@@ -39,7 +39,7 @@ def test_placement_replays_every_policy(tmp_path, capsys):
     (["--routing", "zipf:1", "--steps", "0"], "--steps"),
     (["--routing", "zipf:1", "--seed", "-1"], "--seed"),
     (["--routing", "zipf:1", "--drift-steps", "inf"], "--drift-steps"),
-    (["--routing", "zipf:1", "--cluster", "1x3"], "not divisible"),
+    (["--routing", "zipf:1", "--cluster", "1x3"], "experts do not divide over the 3 ranks of 1x3"),
     (["--routing", "/nonexistent/trace.jsonl"], "trace"),
 ])
 def test_bad_input_is_one_line_and_exit_2(extra, msg, capsys):

@@ -3,6 +3,7 @@ its network, checked together once (:func:`moesched.cluster.check_setup`)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -74,11 +75,27 @@ def resolve(args: argparse.Namespace, any_ep: bool = False) -> tuple[MoEModel, P
     if any_ep and cluster.ep is None:
         comm_model(cluster, profile)
     else:
+        _check_default_ep(model, cluster)
         check_setup(model.experts, cluster, profile)
     note = network_note(args, cluster, profile)
     if note:
         print(note)
     return model, profile, cluster
+
+
+def _check_default_ep(model: MoEModel, cluster: Cluster) -> None:
+    """A ``--cluster`` without ``/epN`` runs EP over every rank: when the experts do not
+    divide over them, say so with an EP size that does (the largest that divides the experts
+    and the world and that divides or is a multiple of the node)."""
+    if cluster.ep is not None or model.experts % cluster.world == 0:
+        return
+    G = cluster.gpus_per_node
+    ep = max(d for d in range(1, math.gcd(model.experts, cluster.world) + 1)
+             if model.experts % d == 0 and cluster.world % d == 0 and (d % G == 0 or G % d == 0))
+    label = replace(cluster, ep=None).label()
+    raise MoeschedError(f"{model.name}'s {model.experts} experts do not divide over the {cluster.world} ranks of "
+                        f"{label} (EP over every rank without /epN); give the EP size, e.g. --cluster {label}/ep{ep}, "
+                        "or let `moesched solve` choose it")
 
 
 def _is_dir(path: str) -> bool:
