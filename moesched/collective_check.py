@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from moesched.collectives import OPS, calibrate, profile_groups
 from moesched.errors import MoeschedError
-from moesched.network import Network
+from moesched.network import Network, default_network_name, load_network
 from moesched.profile import Profile
 
 
@@ -80,3 +80,24 @@ def summary_lines(points: list[HeldOutPoint]) -> list[str]:
         lines.append(f"{op or 'all':<15} {len(sel):3d} points: mean {100 * statistics.fmean(errs):5.1f}%, "
                      f"max {100 * max(errs):5.1f}%{floor}")
     return lines
+
+
+def check_lines(profile: Profile) -> list[str]:
+    """The lines ``moesched profile --check`` adds for a profile of several nodes of several
+    GPUs with all three scopes: the held-out check, on the default network of the profile's
+    GPU (which gives only the hops' latencies; the tiers come from the profile). Else none."""
+    scopes = [set(by) for by in profile.comm.values()]
+    if profile.nodes < 2 or profile.gpus_per_node < 2 or not scopes or \
+            not all({"intra", "inter", "world"} <= s for s in scopes):
+        return []
+    gpu = str(profile.hardware.get("gpu", ""))
+    try:
+        name = default_network_name(gpu)
+    except MoeschedError:
+        return [f"cluster model on the whole-world points: not checked (no network preset is made for {gpu!r})"]
+    try:
+        points = held_out_world_points(profile, load_network(name))
+    except MoeschedError as e:  # a profile that cannot calibrate the model: the rest of the report stands
+        return [f"cluster model on the whole-world points: not checked ({e})"]
+    return [f"cluster model: the whole-world collectives predicted from the intra- and inter-node points "
+            f"(held out; hop latencies of network {name}):", *(f"  {line}" for line in summary_lines(points))]

@@ -10,7 +10,7 @@ import pytest
 
 from moesched.cli import main
 from moesched.cluster import Cluster, check_setup, comm_model
-from moesched.collective_check import held_out_world_points, summary_lines
+from moesched.collective_check import check_lines, held_out_world_points, summary_lines
 from moesched.collectives import (OPS, Group, calibrate, cluster_group, dtree_edges, traffic,
                                   tree_efficiency)
 from moesched.errors import MoeschedError
@@ -256,3 +256,16 @@ def test_plan_beyond_the_profile_records_its_network(tmp_path: Path) -> None:
     d["cluster"]["network"]["inter"]["nic_bandwidth_Gbps"] = -1
     with pytest.raises(MoeschedError, match="cluster.network: inter.nic_bandwidth_Gbps"):
         Plan.from_dict(d)
+
+
+def test_profile_check_prints_the_held_out_check_of_a_multi_node_profile(capsys: pytest.CaptureFixture) -> None:
+    """`moesched profile --check` ends with the held-out check on a profile of several nodes
+    of several GPUs, says why not where the GPU has no default network, and adds nothing
+    for one node."""
+    assert main(["profile", "--check", "h200x4-2nodes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-6].startswith("cluster model: the whole-world collectives predicted") and "dgx-h200" in out[-6]
+    assert out[-1] == "  " + summary_lines(held_out_world_points(TWO_NODES, DGX))[-1]
+    assert check_lines(replace(TWO_NODES, hardware=dict(TWO_NODES.hardware, gpu="TPU v5"))) == [
+        "cluster model on the whole-world points: not checked (no network preset is made for 'TPU v5')"]
+    assert check_lines(NVLINK) == []

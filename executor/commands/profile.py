@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moesched.collective_check import check_lines
 from moesched.configs import models_from_spec
 from moesched.costs.build import refit
 from moesched.costs.check import report_lines
@@ -83,7 +84,8 @@ def _offline(args: argparse.Namespace) -> int:
         raise MoeschedError("profile: give either --check FILE or --out FILE, not both")
     if not 0 <= args.tol < float("inf"):
         raise MoeschedError(f"profile: --tol must be a fraction >= 0, got {args.tol}")
-    print("\n".join(report_lines(Profile.load(args.check), args.tol)))
+    prof = Profile.load(args.check)
+    print("\n".join(report_lines(prof, args.tol) + check_lines(prof)))
     return 0
 
 
