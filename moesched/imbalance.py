@@ -90,9 +90,12 @@ def check_trace_fits(trace: RoutingTrace, model: MoEModel) -> None:
     """Raise MoeschedError unless the trace has the model's experts and the model a multiple
     of its layers."""
     h = trace.header
-    if h.experts != model.experts or model.layers % h.layers:
-        raise MoeschedError(f"routing trace has {h.layers} layers x {h.experts} experts, the model {model.name} "
-                            f"{model.layers} x {model.experts} (experts must match, layers be a multiple)")
+    if h.experts != model.experts:
+        raise MoeschedError(f"routing trace has {h.experts} experts, the model {model.name} {model.experts}: "
+                            "a trace of this model is needed")
+    if model.layers % h.layers:
+        raise MoeschedError(f"routing trace has {h.layers} layers, the model {model.name} {model.layers}: the "
+                            f"model's layers must be a multiple of the trace's (e.g. --layers {h.layers})")
 
 
 def step_load(trace: RoutingTrace, step: int, model: MoEModel, ep: int) -> StepLoad:

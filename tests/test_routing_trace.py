@@ -144,3 +144,25 @@ def test_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, ar
     err = capsys.readouterr().err
     assert err.startswith("moesched: error:") and msg in err and err.count("\n") == 1
 
+
+
+def test_a_trace_that_does_not_fit_the_model_says_what_to_change(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """A 12-layer trace prices a model of 12, 24, ... layers; other layer counts are told
+    the trace's, other expert counts that the trace is of another model. One line, exit 2,
+    nothing printed before."""
+    from moesched.cli import main
+    trace = tmp_path / "t.jsonl"
+    assert main(["routing", "gen", "zipf:1.2", "--model", "GPT2-Tiny-MoE", "--ep", "4", "--steps", "3",
+                 "--out", str(trace)]) == 0
+    capsys.readouterr()
+    cases = [("GPT2-Tiny-MoE", "5", "routing trace has 12 layers, the model GPT2-Tiny-MoE 5: the model's layers "
+              "must be a multiple of the trace's (e.g. --layers 12)"),
+             ("DeepSeek-V2-Lite", "12", "routing trace has 16 experts, the model DeepSeek-V2-Lite 64: "
+              "a trace of this model is needed")]
+    for model, layers, msg in cases:
+        assert main(["simulate", "--model", model, "--layers", layers, "--routing", str(trace)]) == 2
+        cap = capsys.readouterr()
+        assert cap.err == f"moesched: error: {msg}\n" and cap.out == ""
+    assert main(["simulate", "--model", "GPT2-Tiny-MoE", "--layers", "24", "--routing", str(trace),
+                 "--schedules", "vanilla", "--routing-samples", "2"]) == 0
