@@ -47,7 +47,7 @@ def test_step_load_scales_splits_and_caps() -> None:
     assert merged.groups[0] == ((8, 12, 6, 6),)  # both rows summed: 32 copies = the model's T*k
 
 
-@pytest.mark.parametrize("kw, msg", [(dict(experts=8, layers=2), "experts must match"),
+@pytest.mark.parametrize("kw, msg", [(dict(experts=8, layers=2), "a trace of this model is needed"),
                                      (dict(experts=4, layers=3), "multiple")])
 def test_a_trace_of_another_shape_is_refused(kw: dict, msg: str) -> None:
     m = dataclasses.replace(MODEL, top_k=2, micro_batch=1, seq_len=16, **kw)
@@ -126,7 +126,7 @@ def test_cli_simulate_and_solve_under_routing(tmp_path: Path, capsys: pytest.Cap
 
 @pytest.mark.parametrize("cmd", ["simulate", "solve"])
 @pytest.mark.parametrize("spec, msg", [("zipf:x", "not a trace file"), ("nofile.jsonl", "not a trace file"),
-                                       ("routing/bytelm-L4-E8-top2.jsonl", "experts must match"),
+                                       ("routing/bytelm-L4-E8-top2.jsonl", "a trace of this model is needed"),
                                        ("zipf:1 --routing-samples 0", "--routing-samples")])
 def test_cli_refuses_a_bad_routing_before_work(cmd: str, spec: str, msg: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:

@@ -125,7 +125,7 @@ def _bad_trace(tmp_path: Path, kind: str) -> str:
 
 @pytest.mark.parametrize("cmd", ["simulate", "solve"])
 @pytest.mark.parametrize("kind, msg", [("version", "version"), ("negative", "negative"),
-                                       ("experts", "experts must match"), ("layers", "layers"),
+                                       ("experts", "a trace of this model is needed"), ("layers", "layers"),
                                        ("width", "copies must be 2 x 16")])
 def test_bad_traces_one_line_exit_2(cmd: str, kind: str, msg: str, tmp_path: Path,
                                     capsys: pytest.CaptureFixture) -> None:
