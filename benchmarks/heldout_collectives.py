@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from moesched.collective_check import held_out_world_points, summary_lines
+from moesched.commands.models import format_table
 from moesched.errors import MoeschedError
 from moesched.network import load_network
 from moesched.profile import Profile
@@ -34,11 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moesched: error: {e}", file=sys.stderr)
         return 2
     if args.points:
-        print(f"{'collective':<15} {'bytes/rank':>11} {'measured us':>12} {'model us':>10} {'error':>7} {'floor':>6}")
-        for p in points:
-            floor = f"{100 * p.floor:5.1f}%" if p.floor is not None else "     -"
-            print(f"{p.op:<15} {int(p.nbytes):>11} {p.measured_us:>12.1f} {p.predicted_us:>10.1f} "
-                  f"{100 * p.err:>+6.1f}% {floor}")
+        rows = [[p.op, int(p.nbytes), f"{p.measured_us:.1f}", f"{p.predicted_us:.1f}", f"{100 * p.err:+.1f}%",
+                 f"{100 * p.floor:.1f}%" if p.floor is not None else "-"] for p in points]
+        print(format_table(["collective", "bytes/rank", "measured us", "model us", "error", "floor"], rows,
+                           [False] + [True] * 5))
     print(f"held-out whole-world points of {args.profile} (tiers from its intra and inter points, "
           f"network {args.network}):")
     print("\n".join(summary_lines(points)))

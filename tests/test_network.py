@@ -204,7 +204,7 @@ def test_heldout_collectives_script(capsys: pytest.CaptureFixture) -> None:
     main_ = runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "heldout_collectives.py"))["main"]
     assert main_(["--points"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 + 56 + 1 + len(OPS) + 1 and out[-1].startswith("all              56 points: mean  12.6%")
+    assert len(out) == 2 + 56 + 1 + len(OPS) + 1 and out[-1].startswith("all              56 points: mean  12.6%")
     for argv in (["h200x4-nvlink"], ["--network", "nope"]):
         assert_one_line_error(main_(argv), capsys.readouterr().err)
 
