@@ -11,3 +11,8 @@ class MoeschedError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class MemoryRefusal(MoeschedError):
+    """No EP size of the expert-parallel layout fits GPU memory (the solver's refusal,
+    which a command may follow with a layout that does fit)."""

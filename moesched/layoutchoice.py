@@ -110,11 +110,13 @@ def compare_layouts(model: MoEModel, cluster: Cluster, profile: Profile, zero: i
         raise MoeschedError(f"{e}{zero_hint(model, cluster, profile, zero)}") from None
 
 
-def zero_hint(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) -> str:
-    """"; with --zero Z, LAYOUT fits (N GB/rank)": the lowest ZeRO stage above ``zero`` at
-    which a PPMoE layout of ``cluster`` fits GPU memory (the first such layout), else ""."""
+def fitting_ppmoe(model: MoEModel, cluster: Cluster, profile: Profile, zeros: tuple[int, ...]
+                  ) -> tuple[int, Layout, RankMemory] | None:
+    """The first ZeRO stage of ``zeros`` at which a PPMoE layout of ``cluster`` fits GPU
+    memory, with the first such layout (by TP size, plain before sequence parallel) and its
+    memory per rank; None when none fits at any of them."""
     capacity = gpu_memory_bytes(profile.hardware)
-    for z in (z for z in ZERO_STAGES if z > zero):
+    for z in zeros:
         for layout in (Layout(t, sp) for t in tp_sizes(cluster) for sp in (False, True)):
             try:
                 check_layout(model, cluster, layout)
@@ -122,8 +124,31 @@ def zero_hint(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) ->
             except MoeschedError:
                 continue
             if fit_problem(mem, capacity) is None:
-                return f"; with --zero {z}, {layout.label()} fits ({mem.total_bytes / GB:.1f} GB/rank)"
-    return ""
+                return z, layout, mem
+    return None
+
+
+def zero_hint(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) -> str:
+    """"; with --zero Z, LAYOUT fits (N GB/rank)": the lowest ZeRO stage above ``zero`` at
+    which a PPMoE layout of ``cluster`` fits GPU memory, else ""."""
+    hit = fitting_ppmoe(model, cluster, profile, tuple(z for z in ZERO_STAGES if z > zero))
+    if hit is None:
+        return ""
+    z, layout, mem = hit
+    return f"; with --zero {z}, {layout.label()} fits ({mem.total_bytes / GB:.1f} GB/rank)"
+
+
+def layouts_hint(model: MoEModel, cluster: Cluster, profile: Profile, zero: int) -> str:
+    """For a model no EP size fits: "; on C: `moesched layouts --cluster C [--zero Z]` fits
+    LAYOUT (N GB/rank)" when a PPMoE layout fits ``cluster`` at ``zero`` or a higher stage,
+    else ""."""
+    hit = fitting_ppmoe(model, cluster, profile, tuple(z for z in ZERO_STAGES if z >= zero))
+    if hit is None:
+        return ""
+    z, layout, mem = hit
+    flag = f" --zero {z}" if z else ""
+    return (f"; on {cluster.label()}: `moesched layouts --cluster {cluster.label()}{flag}` fits {layout.label()} "
+            f"({mem.total_bytes / GB:.1f} GB/rank)")
 
 
 def fastest(opts: list[Any], noun: str, model: MoEModel, cluster: Cluster) -> Any:

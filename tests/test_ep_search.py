@@ -108,12 +108,18 @@ def test_cli_chooses_ep_on_a_world_the_experts_do_not_divide(tmp_path: Path, cap
     (["--model", "Mixtral-8x22B", "--zero", "2"], "binding term activations"),
     (["--model", "Mixtral-8x7B", "--zero", "1"], "does not fit 1x4"),
     (["--model", "Mixtral-8x7B", "--cluster", "1x4/ep2", "--zero", "2"], "at EP 2, ZeRO-2"),
+    # no EP size fits, a PPMoE layout does: the command that runs it
+    (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200"],
+     "; on 8x8: `moesched layouts --cluster 8x8 --zero 2` fits PPMoE TP8+SP (144.3 GB/rank)"),
+    (["--model", "Mixtral-8x22B", "--cluster", "8x8", "--network", "dgx-h200", "--zero", "2"],
+     "; on 8x8: `moesched layouts --cluster 8x8 --zero 2` fits PPMoE TP8+SP"),
 ])
 def test_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str) -> None:
     out = tmp_path / "plan.json"
     assert main(["solve", *argv, "--profile", str(NVLINK), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moesched: error: ") and needle in err[0]
+    assert ("8x8" in argv) == ("moesched layouts --cluster" in err[0])  # on 1x4 no layout fits at any stage
     assert not out.exists()
 
 

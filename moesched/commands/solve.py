@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from moesched.commands import solve_inference
 from moesched.commands.routing import add_routing_arguments, check_routing, choose_under_routing
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
-from moesched.errors import MoeschedError
+from moesched.errors import MemoryRefusal, MoeschedError
+from moesched.layoutchoice import layouts_hint
 from moesched.memory import GB, ZERO_STAGES
 from moesched.pipelinechoice import print_pipelines
 from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked
@@ -83,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     pipeline_args_checked(args, model)
     check_routing(args, model)
     t0 = time.perf_counter()
-    lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
+    try:
+        lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
+    except MemoryRefusal as e:
+        raise MemoryRefusal(f"{e}{layouts_hint(model, cluster, profile, args.zero)}") from None
     res, cluster = lay.result, lay.cluster
     if res.timed_out:
         print(f"moesched: solve: time limit of {args.time_limit:g} s reached; returning the best plan found",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from moesched.cluster import Cluster
-from moesched.errors import MoeschedError
+from moesched.errors import MemoryRefusal
 from moesched.memory import (GB, RankMemory, fits_nowhere, gpu_memory_bytes, memory_problem, rank_memory,
                              remedies)
 from moesched.models import MoEModel
@@ -131,7 +131,7 @@ def solve_layout(model: MoEModel, cluster: Cluster, profile: Profile, time_limit
     rows = layout_rows(model, cluster, capacity, zero)
     ok = [r for r in rows if r.problem is None]
     if not ok:
-        raise MoeschedError(_refusal(model, cluster, rows, capacity, zero))
+        raise MemoryRefusal(_refusal(model, cluster, rows, capacity, zero))
     share = None if time_limit_s is None else time_limit_s / len(ok)
     for r in ok:
         if progress:
