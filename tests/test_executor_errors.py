@@ -87,14 +87,18 @@ def test_bad_flags_of_executor_run(plan_w1: str) -> None:
 def test_bad_plans_and_traces_of_executor_run(plan_w1: str, tmp_path: Path) -> None:
     """Plans that cannot run and --trace paths that cannot be written: refused before any
     step, the plan file unchanged."""
-    w2 = tmp_path / "w2.json"
+    w2, n2 = tmp_path / "w2.json", tmp_path / "n2.json"
     make_plan(tiny_model(), Cluster(1, 2), Knobs((1, 1), (1, 1))).save(w2)
+    make_plan(tiny_model(), Cluster(2, 1), Knobs((1, 1), (1, 1))).save(n2)
     bad = tmp_path / "bad.json"
     bad.write_text(Path(plan_w1).read_text().replace('"grad_chunk_bytes":', '"grad_chunk_bytes": "x", "_":', 1))
     before = Path(plan_w1).read_bytes()
     cases = [
         (["--plan", str(tmp_path / "missing.json")], "could not load its plan"),
-        (["--plan", str(w2)], "the plan is for 2 ranks"),
+        (["--plan", str(w2)], "the plan is for 2 ranks (1x2) but 1 rank is running; "
+                              "start it with torchrun --nproc_per_node=2"),
+        (["--plan", str(n2)], "the plan is for 2 ranks (2x1) but 1 rank is running; start it with torchrun "
+                              "--nnodes=2 --nproc_per_node=1, or on one host --nproc_per_node=2 --emulate-nodes 2"),
         (["--plan", str(bad)], "could not load its plan"),
         (["--plan", plan_w1, "--trace", plan_w1], "same file as --plan"),
         (["--plan", plan_w1, "--trace", "/dev/null"], "special file"),
@@ -104,7 +108,7 @@ def test_bad_plans_and_traces_of_executor_run(plan_w1: str, tmp_path: Path) -> N
     for (args, needle), r in zip(cases, res):
         assert_one_line(r, needle)
     assert Path(plan_w1).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "w2.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "n2.json", "w2.json"]
 
 
 def test_bad_flags_of_selfcheck_and_launch(plan_w1: str, tmp_path: Path) -> None:
