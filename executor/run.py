@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 
 from executor import errors
 from executor.watchdog import DEFAULT_TIMEOUT_S, Watchdog
+from moesched.cluster import Cluster
 from moesched.errors import MoeschedError
 from moesched.fileio import check_outputs
 
@@ -187,10 +188,9 @@ def _layout_problem(rows: list[list[int]], world: int, emulate: int | None) -> s
         return f"ranks hold different plans (rank 0 and rank {diff} differ in plan hash)"
     pw, nodes, gpn, _ = rows[0][9:13]
     if pw != world:
-        start = f"--nproc_per_node={gpn}" if nodes == 1 else \
-            f"--nnodes={nodes} --nproc_per_node={gpn}, or on one host --nproc_per_node={pw} --emulate-nodes {nodes}"
         running = "1 rank is" if world == 1 else f"{world} ranks are"
-        return f"the plan is for {pw} ranks ({nodes}x{gpn}) but {running} running; start it with torchrun {start}"
+        return (f"the plan is for {pw} ranks ({nodes}x{gpn}) but {running} running; start it with torchrun "
+                f"{Cluster(nodes, gpn).torchrun_flags()}")
     if emulate is not None and emulate != nodes:
         return f"--emulate-nodes {emulate} but the plan's cluster has {nodes} nodes"
     locals_ = {row[12] for row in rows}

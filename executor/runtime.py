@@ -73,7 +73,8 @@ class PlannedStep:
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         c = plan.cluster
         if world != c.world:
-            raise MoeschedError(f"plan is for {c.world} ranks but the world has {world}")
+            raise MoeschedError(f"the plan is for {c.world} ranks ({c.nodes}x{c.gpus_per_node}) but the group has "
+                                f"{world}; start the job with torchrun {c.torchrun_flags()}")
         if module.cfg != plan.model:
             raise MoeschedError("the module's model differs from the plan's model")
         if (module.ep, module.ep_rank) != (c.ep_size, rank % c.ep_size):

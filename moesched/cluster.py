@@ -88,6 +88,14 @@ class Cluster:
     def label(self) -> str:
         return f"{self.nodes}x{self.gpus_per_node}" + (f"/ep{self.ep}" if self.ep else "")
 
+    def torchrun_flags(self) -> str:
+        """The torchrun flags of a job on this cluster, e.g. "--nproc_per_node=4"; for several
+        nodes also the one-host alternative (``--emulate-nodes`` of the executor's commands)."""
+        if self.nodes == 1:
+            return f"--nproc_per_node={self.gpus_per_node}"
+        return (f"--nnodes={self.nodes} --nproc_per_node={self.gpus_per_node}, or on one host "
+                f"--nproc_per_node={self.world} --emulate-nodes {self.nodes}")
+
     def to_dict(self) -> dict[str, Any]:
         """The layout, and the network that priced it when there is one (a plan for a cluster
         beyond the profiled layout replays with the links it was solved for; the executor

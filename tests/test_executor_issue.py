@@ -150,3 +150,13 @@ def test_groups_are_not_reused_across_worlds(world1) -> None:
     again = build_groups(Cluster(1, 1), Knobs.uniform(2, 1), "gloo").ep
     assert again is not first
     dist.all_reduce(torch.ones(1), group=again)  # a live group
+
+
+def test_a_plan_for_another_world_says_how_to_start_it(world1) -> None:
+    """PlannedStep in a user's job: a plan for 2 ranks in a group of 1 is refused in one line
+    naming the torchrun flags of the plan's cluster."""
+    plan = make_plan(tiny_model(), Cluster(1, 2), Knobs((1, 1), (1, 1)))
+    with pytest.raises(MoeschedError) as e:
+        PlannedStep(MoEModule(plan.model, ep=2, ep_rank=0, seed=0), plan)
+    assert str(e.value) == ("the plan is for 2 ranks (1x2) but the group has 1; start the job with torchrun "
+                            "--nproc_per_node=2")

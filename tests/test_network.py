@@ -269,3 +269,10 @@ def test_profile_check_prints_the_held_out_check_of_a_multi_node_profile(capsys:
     assert check_lines(replace(TWO_NODES, hardware=dict(TWO_NODES.hardware, gpu="TPU v5"))) == [
         "cluster model on the whole-world points: not checked (no network preset is made for 'TPU v5')"]
     assert check_lines(NVLINK) == []
+
+
+def test_torchrun_flags_of_a_cluster() -> None:
+    """What an error tells a user to start a plan's job with."""
+    assert Cluster(1, 4).torchrun_flags() == "--nproc_per_node=4"
+    assert Cluster(2, 8, ep=8).torchrun_flags() == \
+        "--nnodes=2 --nproc_per_node=8, or on one host --nproc_per_node=16 --emulate-nodes 2"
