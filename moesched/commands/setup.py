@@ -3,7 +3,6 @@ its network, checked together once (:func:`moesched.cluster.check_setup`)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -89,9 +88,9 @@ def _check_default_ep(model: MoEModel, cluster: Cluster) -> None:
     and the world and that divides or is a multiple of the node)."""
     if cluster.ep is not None or model.experts % cluster.world == 0:
         return
+    from moesched.solve.layout import ep_candidates  # the solver's import cost on this error path only
     G = cluster.gpus_per_node
-    ep = max(d for d in range(1, math.gcd(model.experts, cluster.world) + 1)
-             if model.experts % d == 0 and cluster.world % d == 0 and (d % G == 0 or G % d == 0))
+    ep = max(d for d in ep_candidates(model, cluster) if d % G == 0 or G % d == 0)
     label = replace(cluster, ep=None).label()
     raise MoeschedError(f"{model.name}'s {model.experts} experts do not divide over the {cluster.world} ranks of "
                         f"{label} (EP over every rank without /epN); give the EP size, e.g. --cluster {label}/ep{ep}, "
