@@ -21,7 +21,6 @@ from moesched.commands import solve_inference
 from moesched.commands.routing import add_routing_arguments, check_routing, choose_under_routing
 from moesched.commands.setup import add_cluster_arguments, check_command_outputs, check_time_limit, resolve
 from moesched.errors import MemoryRefusal, MoeschedError
-from moesched.layoutchoice import layouts_hint
 from moesched.memory import GB, ZERO_STAGES
 from moesched.pipelinechoice import print_pipelines
 from moesched.pipelineplan import add_pipeline_arguments, pipeline_args_checked
@@ -87,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lay = solve_layout(model, cluster, profile, args.time_limit, _progress(t0), zero=args.zero)
     except MemoryRefusal as e:
+        from moesched.layoutchoice import layouts_hint
         raise MemoryRefusal(f"{e}{layouts_hint(model, cluster, profile, args.zero)}") from None
     res, cluster = lay.result, lay.cluster
     if res.timed_out:
