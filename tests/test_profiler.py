@@ -244,3 +244,20 @@ def test_cpu_contention_is_steal_and_other_processes_share_of_the_cpus_time() ->
     now = cpu_sample()
     if now is not None:  # Linux
         assert now.total > 0 and 0 <= now.steal <= now.total and 0 <= now.busy <= now.total
+
+
+@pytest.mark.slow
+def test_two_node_comm_script_smoke_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_two_nodes_comm.sh on CPU/gloo (QUICK=1): 4 ranks posing as 2 nodes,
+    collectives in 2 passes, then the held-out check with each point's floor."""
+    env = dict(_env(tmp_path), OUT=str(tmp_path / "out"), QUICK="1", COMM_PASSES="2",
+               PET_MASTER_PORT=str(free_port()),  # torchrun's --master-port
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_two_nodes_comm.sh")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    prof = Profile.load(tmp_path / "out" / "h200x4-2nodes.json.gz")
+    assert (prof.nodes, prof.gpus_per_node) == (2, 2) and prof.meta["grid"]["comm_passes"] == 2
+    text = (tmp_path / "out" / "heldout_collectives.txt").read_text()
+    assert text.splitlines()[-1].startswith("all ") and ", floor " in text.splitlines()[-1]
+    assert not (tmp_path / "out" / "h200x4-2nodes.json").exists()  # only the compressed profile is kept
