@@ -21,6 +21,14 @@ from moesched.network import Network, default_network_name, load_network
 from moesched.profile import Profile
 
 
+#: The scopes the check needs: calibrated on the first two, checked on the third.
+SCOPES = frozenset({"intra", "inter", "world"})
+
+
+def _several_nodes_of_several_gpus(profile: Profile) -> bool:
+    return profile.nodes >= 2 and profile.gpus_per_node >= 2
+
+
 @dataclass(frozen=True)
 class HeldOutPoint:
     """One whole-world collective point: ``nbytes`` per rank (the profile's x), the
@@ -50,7 +58,7 @@ def held_out_world_points(profile: Profile, network: Network) -> list[HeldOutPoi
     """Every whole-world point of ``profile``, priced by tiers calibrated on its intra- and
     inter-node points only. Raises MoeschedError unless the profile spans several nodes of
     several GPUs and measured all three scopes."""
-    if profile.nodes < 2 or profile.gpus_per_node < 2:
+    if not _several_nodes_of_several_gpus(profile):
         raise MoeschedError(f"profile {profile.name} is {profile.nodes}x{profile.gpus_per_node}: the held-out "
                             "check needs several nodes of several GPUs")
     model = calibrate(profile, network, profile.gpus_per_node, scopes=("intra", "inter"))
@@ -59,7 +67,7 @@ def held_out_world_points(profile: Profile, network: Network) -> list[HeldOutPoi
     points = []
     for op in OPS:
         by = profile.comm.get(op, {})
-        if not {"intra", "inter", "world"} <= set(by):
+        if not SCOPES <= set(by):
             raise MoeschedError(f"profile {profile.name} lacks the intra, inter and world points of {op}")
         for x, t in by["world"].points:
             meds = tuple(float(v) for v in passes.get(f"{op}.world@{int(x)}", ()))
@@ -87,8 +95,7 @@ def check_lines(profile: Profile) -> list[str]:
     GPUs with all three scopes: the held-out check, on the default network of the profile's
     GPU (which gives only the hops' latencies; the tiers come from the profile). Else none."""
     scopes = [set(by) for by in profile.comm.values()]
-    if profile.nodes < 2 or profile.gpus_per_node < 2 or not scopes or \
-            not all({"intra", "inter", "world"} <= s for s in scopes):
+    if not _several_nodes_of_several_gpus(profile) or not scopes or not all(SCOPES <= s for s in scopes):
         return []
     gpu = str(profile.hardware.get("gpu", ""))
     try:

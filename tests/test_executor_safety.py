@@ -67,7 +67,8 @@ def plans(tmp_path: Path) -> dict[str, str]:
 
 def test_plan_for_another_world_size(plans: dict[str, str]) -> None:
     t0 = time.time()
-    assert_same_error(launch([plans["w4"]] * 2, 2), "the plan is for 4 ranks (1x4) but 2 ranks are running; start it with torchrun --nproc_per_node=4")
+    assert_same_error(launch([plans["w4"]] * 2, 2),
+                      "the plan is for 4 ranks (1x4) but 2 ranks are running; start it with torchrun --nproc_per_node=4")
     assert time.time() - t0 < 60
 
 
